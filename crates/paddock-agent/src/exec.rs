@@ -1,0 +1,528 @@
+//! Running commands: buffered, streamed, with stdin, or on a PTY.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paddock_proto::v1::{
+    exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStart, ExecStarted,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::pty::{self, Pty};
+use crate::reaper::{Exit, Reaper};
+
+const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
+const CHUNK: usize = 64 * 1024;
+
+pub type OutTx = mpsc::Sender<Result<ExecOutput, Status>>;
+
+fn out(msg: exec_output::Msg) -> Result<ExecOutput, Status> {
+    Ok(ExecOutput { msg: Some(msg) })
+}
+
+/// A user to run as: uid, gid and home directory.
+struct RunAs {
+    uid: u32,
+    gid: u32,
+    home: Option<String>,
+    name: Option<String>,
+}
+
+fn lookup_user(spec: &str) -> Result<RunAs, Status> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let mut found: Option<RunAs> = None;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 7 {
+            continue;
+        }
+        if f[0] == user || f[2] == user {
+            found = Some(RunAs {
+                uid: f[2].parse().unwrap_or(0),
+                gid: f[3].parse().unwrap_or(0),
+                home: Some(f[5].to_string()),
+                name: Some(f[0].to_string()),
+            });
+            break;
+        }
+    }
+    let mut run_as = match (found, user.parse::<u32>()) {
+        (Some(r), _) => r,
+        (None, Ok(uid)) => RunAs {
+            uid,
+            gid: uid,
+            home: None,
+            name: None,
+        },
+        (None, Err(_)) => {
+            return Err(Status::invalid_argument(format!(
+                "user: no user named {user:?} in the sandbox"
+            )))
+        }
+    };
+    if let Some(g) = group {
+        run_as.gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                groups
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() >= 3 && f[0] == g)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "user: no group named {g:?} in the sandbox"
+                        ))
+                    })?
+            }
+        };
+    }
+    Ok(run_as)
+}
+
+/// Validates the start message and builds the command.
+fn build(start: &ExecStart) -> Result<Command, Status> {
+    let argv: Vec<String> = if !start.shell.is_empty() {
+        vec!["/bin/sh".into(), "-c".into(), start.shell.clone()]
+    } else {
+        start.argv.clone()
+    };
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(Status::invalid_argument(
+            "cmd: give a non-empty argv or a shell string",
+        ));
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if !start.cwd.is_empty() {
+        match std::fs::metadata(&start.cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "cwd: {} is not a directory",
+                    start.cwd
+                )))
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "cwd: {} does not exist in the sandbox",
+                    start.cwd
+                )))
+            }
+        }
+        cmd.current_dir(&start.cwd);
+    }
+    if !start.user.is_empty() {
+        let u = lookup_user(&start.user)?;
+        cmd.uid(u.uid).gid(u.gid);
+        let gid = u.gid;
+        // SAFETY: setgroups is async-signal-safe and touches only a stack array.
+        unsafe {
+            cmd.pre_exec(move || {
+                let groups = [gid];
+                if libc::setgroups(1, groups.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        if let Some(home) = u.home {
+            cmd.env("HOME", home);
+        }
+        if let Some(name) = u.name {
+            cmd.env("USER", &name).env("LOGNAME", name);
+        }
+    }
+    for (k, v) in &start.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(Status::invalid_argument(format!(
+                "env: invalid variable name {k:?}"
+            )));
+        }
+        cmd.env(k, v);
+    }
+    let pty = start.pty;
+    // SAFETY: setsid and ioctl are async-signal-safe; no allocation happens.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if pty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Where a stream of output goes.
+enum Sink {
+    Stream(OutTx, bool),
+    Buffer(Vec<u8>, u64, bool),
+}
+
+#[derive(Default)]
+struct ReadState {
+    /// Waiting on an empty pipe (or finished).
+    idle: AtomicBool,
+    bytes: AtomicU64,
+}
+
+async fn pump<R, F>(
+    mut read: R,
+    mut sink: Sink,
+    state: Arc<ReadState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Sink
+where
+    R: FnMut(Vec<u8>) -> F,
+    F: std::future::Future<Output = (Vec<u8>, std::io::Result<usize>)>,
+{
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        state.idle.store(true, Ordering::SeqCst);
+        let (b, r) = tokio::select! {
+            r = read(buf) => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        buf = b;
+        if matches!(r, Ok(0) | Err(_)) {
+            break;
+        }
+        state.idle.store(false, Ordering::SeqCst);
+        let n = match r {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        state.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        match &mut sink {
+            Sink::Stream(tx, is_err) => {
+                let chunk = buf[..n].to_vec();
+                let msg = if *is_err {
+                    exec_output::Msg::Stderr(chunk)
+                } else {
+                    exec_output::Msg::Stdout(chunk)
+                };
+                if tx.send(out(msg)).await.is_err() {
+                    break;
+                }
+            }
+            Sink::Buffer(v, cap, truncated) => {
+                let room = (*cap as usize).saturating_sub(v.len());
+                if n > room {
+                    *truncated = true;
+                }
+                v.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    sink
+}
+
+enum Stdin {
+    Pipe(tokio::net::unix::pipe::Sender),
+    Pty(Arc<tokio::io::unix::AsyncFd<OwnedFd>>),
+}
+
+impl Stdin {
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stdin::Pipe(p) => p.write_all(data).await,
+            Stdin::Pty(m) => pty::write_all(m, data).await,
+        }
+    }
+}
+
+fn kill_group(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    unsafe {
+        libc::kill(-pid, sig);
+    }
+}
+
+/// Starts one exec. Returns once the process is spawned (or failed to);
+/// the rest runs in a task that feeds `tx`.
+pub async fn start(
+    reaper: &Reaper,
+    mut input: Streaming<ExecInput>,
+    tx: OutTx,
+) -> Result<(), Status> {
+    let start = match input.message().await? {
+        Some(ExecInput {
+            msg: Some(exec_input::Msg::Start(s)),
+        }) => s,
+        _ => {
+            return Err(Status::invalid_argument(
+                "exec: the first message must be `start`",
+            ))
+        }
+    };
+    let mut cmd = build(&start)?;
+    let began = Instant::now();
+    let buffered = start.buffered;
+    let cap = if start.max_output_bytes == 0 {
+        DEFAULT_MAX_OUTPUT
+    } else {
+        start.max_output_bytes
+    };
+
+    let mut pty_master = None;
+    if start.pty {
+        let p = Pty::open(start.rows as u16, start.cols as u16)
+            .map_err(|e| Status::internal(format!("openpty: {e}")))?;
+        let so = |fd: &OwnedFd| pty::dup(fd).map(Stdio::from);
+        cmd.stdin(so(&p.slave)?)
+            .stdout(so(&p.slave)?)
+            .stderr(so(&p.slave)?);
+        pty_master = Some(Arc::new(p.master));
+        drop(p.slave);
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+
+    let spawned = reaper.spawn(&mut cmd);
+    drop(cmd);
+    let (mut child, exit_rx) = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let (code, what) = match e.kind() {
+                std::io::ErrorKind::NotFound => (127, "command not found"),
+                std::io::ErrorKind::PermissionDenied => (126, "permission denied"),
+                _ => (126, "cannot execute"),
+            };
+            let argv0 = if start.shell.is_empty() {
+                start.argv[0].clone()
+            } else {
+                "/bin/sh".into()
+            };
+            let msg = format!("paddock: {argv0}: {what}: {e}\n").into_bytes();
+            let exit = ExecExit {
+                exit_code: code,
+                stderr: if buffered { msg.clone() } else { Vec::new() },
+                duration_us: began.elapsed().as_micros() as u64,
+                ..Default::default()
+            };
+            if !buffered {
+                let _ = tx.send(out(exec_output::Msg::Stderr(msg))).await;
+            }
+            let _ = tx.send(out(exec_output::Msg::Exit(exit))).await;
+            return Ok(());
+        }
+    };
+    let pid = child.id() as i32;
+    if !buffered {
+        let _ = tx
+            .send(out(exec_output::Msg::Started(ExecStarted {
+                pid: pid as u32,
+            })))
+            .await;
+    }
+
+    // Output readers.
+    let mk_sink = |is_err| {
+        if buffered {
+            Sink::Buffer(Vec::new(), cap, false)
+        } else {
+            Sink::Stream(tx.clone(), is_err)
+        }
+    };
+    let mut readers = Vec::new();
+    let mut states = Vec::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stdin: Option<Stdin>;
+    if let Some(master) = &pty_master {
+        let st = Arc::new(ReadState::default());
+        states.push(st.clone());
+        let m = master.clone();
+        readers.push(tokio::spawn(pump(
+            move |mut b: Vec<u8>| {
+                let m = m.clone();
+                async move {
+                    let r = pty::read(&m, &mut b).await;
+                    (b, r)
+                }
+            },
+            mk_sink(false),
+            st,
+            stop_rx.clone(),
+        )));
+        stdin = Some(Stdin::Pty(master.clone()));
+    } else {
+        for (i, fd) in [
+            child.stdout.take().map(OwnedFd::from),
+            child.stderr.take().map(OwnedFd::from),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(fd) = fd else { continue };
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| Status::internal(format!("pipe: {e}")))?;
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let st = Arc::new(ReadState::default());
+            states.push(st.clone());
+            readers.push(tokio::spawn(pump(
+                move |mut b: Vec<u8>| {
+                    let rx = rx.clone();
+                    async move {
+                        let r = rx.lock().await.read(&mut b).await;
+                        (b, r)
+                    }
+                },
+                mk_sink(i == 1),
+                st,
+                stop_rx.clone(),
+            )));
+        }
+        stdin = match child.stdin.take() {
+            Some(s) => Some(Stdin::Pipe(
+                tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(s))
+                    .map_err(|e| Status::internal(format!("pipe: {e}")))?,
+            )),
+            None => None,
+        };
+    }
+    drop(child);
+
+    // Input: initial stdin, then streamed stdin, resize and signals.
+    let master_fd = pty_master.as_ref().map(|m| m.get_ref().as_raw_fd());
+    let input_task = tokio::spawn(async move {
+        let mut stdin = stdin;
+        if !start.stdin.is_empty() {
+            if let Some(s) = stdin.as_mut() {
+                let _ = s.write(&start.stdin).await;
+            }
+        }
+        if start.close_stdin {
+            close(&mut stdin).await;
+        }
+        while let Ok(Some(msg)) = input.message().await {
+            match msg.msg {
+                Some(exec_input::Msg::Stdin(data)) => {
+                    if let Some(s) = stdin.as_mut() {
+                        if s.write(&data).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Some(exec_input::Msg::Resize(r)) => {
+                    if let Some(fd) = master_fd {
+                        let _ = pty::resize(fd, r.rows as u16, r.cols as u16);
+                    }
+                }
+                Some(exec_input::Msg::Signal(sig)) => kill_group(pid, sig),
+                Some(exec_input::Msg::CloseStdin(true)) => close(&mut stdin).await,
+                _ => {}
+            }
+        }
+        // Keep stdin open if the caller just stopped sending: an open pipe
+        // is what an interactive program expects until told otherwise.
+        std::future::pending::<()>().await;
+        drop(stdin);
+    });
+
+    let timeout = (start.timeout_ms > 0).then(|| Duration::from_millis(start.timeout_ms));
+    tokio::spawn(async move {
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut timed_out = false;
+        tokio::pin!(exit_rx, deadline);
+        let exit = loop {
+            tokio::select! {
+                r = &mut exit_rx => break r.unwrap_or(Exit::Signal(9)),
+                _ = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    kill_group(pid, libc::SIGKILL);
+                }
+                _ = tx.closed() => {
+                    // The caller went away: nobody will read the result.
+                    kill_group(pid, libc::SIGKILL);
+                    let _ = exit_rx.await;
+                    input_task.abort();
+                    for r in readers { r.abort(); }
+                    return;
+                }
+            }
+        };
+        // Drain what the process left in its pipes; stop reading a pipe that
+        // a background process keeps open with nothing in it.
+        let total = |st: &[Arc<ReadState>]| {
+            st.iter()
+                .map(|s| s.bytes.load(Ordering::SeqCst))
+                .sum::<u64>()
+        };
+        let mut joined = futures::future::join_all(readers);
+        let mut last = total(&states);
+        let sinks: Vec<Sink> = loop {
+            match tokio::time::timeout(Duration::from_millis(50), &mut joined).await {
+                Ok(r) => break r.into_iter().filter_map(Result::ok).collect(),
+                Err(_) => {
+                    let now = total(&states);
+                    if now == last && states.iter().all(|s| s.idle.load(Ordering::SeqCst)) {
+                        let _ = stop_tx.send(true);
+                    }
+                    last = now;
+                }
+            }
+        };
+        input_task.abort();
+        let (code, signal) = match exit {
+            Exit::Code(c) => (c, 0),
+            Exit::Signal(s) => (128 + s, s),
+        };
+        let mut msg = ExecExit {
+            exit_code: code,
+            signal,
+            timed_out,
+            duration_us: began.elapsed().as_micros() as u64,
+            ..Default::default()
+        };
+        let mut bufs = sinks.into_iter().filter_map(|s| match s {
+            Sink::Buffer(v, _, t) => Some((v, t)),
+            Sink::Stream(..) => None,
+        });
+        if buffered {
+            if let Some((v, t)) = bufs.next() {
+                msg.stdout = v;
+                msg.stdout_truncated = t;
+            }
+            if let Some((v, t)) = bufs.next() {
+                msg.stderr = v;
+                msg.stderr_truncated = t;
+            }
+        }
+        let _ = tx.send(out(exec_output::Msg::Exit(msg))).await;
+    });
+    Ok(())
+}
+
+async fn close(stdin: &mut Option<Stdin>) {
+    match stdin.take() {
+        Some(Stdin::Pty(m)) => {
+            // A terminal has no end-of-file: send ^D as a line discipline would.
+            let _ = pty::write_all(&m, &[4]).await;
+            *stdin = Some(Stdin::Pty(m));
+        }
+        Some(Stdin::Pipe(p)) => drop(p),
+        None => {}
+    }
+}

@@ -1,0 +1,328 @@
+//! paddock-agent: PID 1 inside every Paddock sandbox.
+//!
+//! It reaps orphans, optionally starts the sandbox's main process, and
+//! serves the agent protocol (see `paddock-proto`) on a unix socket that the
+//! daemon reaches from outside. Usage:
+//!
+//! `paddock-agent --socket PATH [--log PATH] [-- MAIN ARGS...]`
+
+mod exec;
+mod files;
+mod ports;
+mod pty;
+mod reaper;
+
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
+use paddock_proto::v1::agent_server::{Agent, AgentServer};
+use paddock_proto::v1::*;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+struct Service {
+    reaper: reaper::Reaper,
+    boot_unix_ms: u64,
+}
+
+#[tonic::async_trait]
+impl Agent for Service {
+    async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        Ok(Response::new(HelloResponse {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: paddock_proto::PROTOCOL_VERSION,
+            pid: std::process::id(),
+            boot_unix_ms: self.boot_unix_ms,
+        }))
+    }
+
+    type ExecStream = BoxStream<ExecOutput>;
+
+    async fn exec(
+        &self,
+        req: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        exec::start(&self.reaper, req.into_inner(), tx).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReadFileStream = BoxStream<FileChunk>;
+
+    async fn read_file(
+        &self,
+        req: Request<ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let req = req.into_inner();
+        let p = files::checked(&req.path)?;
+        let meta = tokio::fs::metadata(&p)
+            .await
+            .map_err(|e| files::io_status(e, &req.path))?;
+        if meta.is_dir() {
+            return Err(Status::failed_precondition(format!(
+                "{}: is a directory",
+                req.path
+            )));
+        }
+        let mut f = tokio::fs::File::open(&p)
+            .await
+            .map_err(|e| files::io_status(e, &req.path))?;
+        if req.offset > 0 {
+            f.seek(std::io::SeekFrom::Start(req.offset))
+                .await
+                .map_err(|e| files::io_status(e, &req.path))?;
+        }
+        let mut remaining = if req.limit == 0 { u64::MAX } else { req.limit };
+        let (tx, rx) = mpsc::channel(4);
+        let path = req.path.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 20];
+            while remaining > 0 {
+                let want = buf.len().min(remaining.min(usize::MAX as u64) as usize);
+                match f.read(&mut buf[..want]).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        remaining -= n as u64;
+                        if tx
+                            .send(Ok(FileChunk {
+                                data: buf[..n].to_vec(),
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(files::io_status(e, &path))).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn write_file(
+        &self,
+        req: Request<Streaming<WriteFileInput>>,
+    ) -> Result<Response<FileInfo>, Status> {
+        let mut input = req.into_inner();
+        let header = match input.message().await? {
+            Some(WriteFileInput {
+                msg: Some(write_file_input::Msg::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "write: the first message must be the header",
+                ))
+            }
+        };
+        let mut w = files::open_write(
+            &header.path,
+            header.mode,
+            header.mkdir_parents,
+            header.atomic,
+            header.append,
+        )
+        .await?;
+        loop {
+            match input.message().await {
+                Ok(Some(WriteFileInput {
+                    msg: Some(write_file_input::Msg::Commit(true)),
+                })) => break,
+                Ok(Some(WriteFileInput {
+                    msg: Some(write_file_input::Msg::Data(d)),
+                })) => {
+                    if let Err(e) = w.file.write_all(&d).await {
+                        let st = files::io_status(e, &header.path);
+                        w.abort().await;
+                        return Err(st);
+                    }
+                }
+                Ok(Some(_)) => {
+                    w.abort().await;
+                    return Err(Status::invalid_argument("write: a second header"));
+                }
+                Ok(None) => {
+                    w.abort().await;
+                    return Err(Status::aborted(
+                        "write: the upload ended before it was complete",
+                    ));
+                }
+                Err(e) => {
+                    // The sender went away mid-upload: keep nothing of an atomic write.
+                    w.abort().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Response::new(w.finish().await?))
+    }
+
+    async fn list_dir(
+        &self,
+        req: Request<PathRequest>,
+    ) -> Result<Response<ListDirResponse>, Status> {
+        let path = req.into_inner().path;
+        let entries = tokio::task::spawn_blocking(move || files::list(&path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(ListDirResponse { entries }))
+    }
+
+    async fn stat(&self, req: Request<PathRequest>) -> Result<Response<FileInfo>, Status> {
+        Ok(Response::new(files::stat(&req.into_inner().path)?))
+    }
+
+    async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        tokio::task::spawn_blocking(move || files::remove(&r.path, r.recursive))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        files::rename(&r.from, &r.to)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        files::mkdir(&r.path, r.parents, r.mode)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn ports(&self, _req: Request<Empty>) -> Result<Response<PortsResponse>, Status> {
+        Ok(Response::new(PortsResponse {
+            ports: ports::listening(),
+        }))
+    }
+}
+
+struct Args {
+    socket: String,
+    log: Option<String>,
+    main: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut socket = None;
+    let mut log = None;
+    let mut main = Vec::new();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--socket" => socket = it.next(),
+            "--log" => log = it.next(),
+            "--version" => {
+                println!("paddock-agent {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "--" => {
+                main = it.by_ref().collect();
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Args {
+        socket: socket.ok_or("--socket PATH is required")?,
+        log,
+        main,
+    })
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("paddock-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    // A small runtime: the agent is idle most of its life and must stay
+    // light (hundreds of sandboxes share one host).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(args)) {
+        eprintln!("paddock-agent: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let reaper = reaper::Reaper::default();
+    reaper.start()?;
+
+    if !args.main.is_empty() {
+        let mut cmd = Command::new(&args.main[0]);
+        cmd.args(&args.main[1..]).stdin(Stdio::null());
+        if let Some(log) = &args.log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        match reaper.spawn(&mut cmd) {
+            Ok((_child, exit)) => {
+                let log = args.log.clone();
+                tokio::spawn(async move {
+                    if let Ok(e) = exit.await {
+                        if let Some(log) = log {
+                            let line = format!("[paddock] main process ended: {e:?}\n");
+                            let _ = std::fs::OpenOptions::new().append(true).open(log).and_then(
+                                |mut f| std::io::Write::write_all(&mut f, line.as_bytes()),
+                            );
+                        }
+                    }
+                });
+            }
+            Err(e) => eprintln!("paddock-agent: main process {:?}: {e}", args.main[0]),
+        }
+    }
+
+    // SIGTERM ends the sandbox: as PID 1 the kernel then kills the rest.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        std::process::exit(0);
+    });
+
+    let _ = std::fs::remove_file(&args.socket);
+    let tmp = format!("{}.tmp", args.socket);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)?;
+    // Appear under the final name only once listening, so that a daemon
+    // that sees the socket can connect at once.
+    std::fs::rename(&tmp, &args.socket)?;
+    let boot_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            AgentServer::new(Service {
+                reaper,
+                boot_unix_ms,
+            })
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20),
+        )
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await?;
+    Ok(())
+}

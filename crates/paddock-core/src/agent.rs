@@ -1,0 +1,322 @@
+//! The daemon's side of the agent protocol.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use paddock_proto::v1::{self as pb, agent_client::AgentClient as Grpc};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::error::{from_agent, Error, Result};
+use crate::model::{ExecControl, ExecEvent, ExecRequest, ExecResult, FileInfo, WriteOptions};
+use crate::runtime::AgentEndpoint;
+
+#[derive(Clone)]
+pub struct AgentClient {
+    grpc: Grpc<Channel>,
+}
+
+fn to_result(e: pb::ExecExit) -> ExecResult {
+    ExecResult {
+        exit_code: e.exit_code,
+        signal: (e.signal != 0).then_some(e.signal),
+        timed_out: e.timed_out,
+        stdout: String::from_utf8_lossy(&e.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&e.stderr).into_owned(),
+        stdout_truncated: e.stdout_truncated,
+        stderr_truncated: e.stderr_truncated,
+        duration_ms: e.duration_us as f64 / 1000.0,
+    }
+}
+
+pub fn file_info(f: pb::FileInfo) -> FileInfo {
+    use chrono::TimeZone;
+    FileInfo {
+        name: f.name,
+        path: f.path,
+        kind: f.kind,
+        size: f.size,
+        mode: f.mode,
+        modified_at: chrono::Utc
+            .timestamp_millis_opt(f.mtime_unix_ms)
+            .single()
+            .unwrap_or_default(),
+        symlink_target: (!f.symlink_target.is_empty()).then_some(f.symlink_target),
+    }
+}
+
+impl AgentClient {
+    /// Connects, retrying until `timeout` (the agent may still be starting),
+    /// and checks the protocol version.
+    pub async fn connect(endpoint: &AgentEndpoint, timeout: Duration) -> Result<AgentClient> {
+        let deadline = Instant::now() + timeout;
+        let AgentEndpoint::Unix(path) = endpoint;
+        let mut delay = Duration::from_micros(200);
+        loop {
+            let attempt = async {
+                let ch = paddock_proto::connect_unix(path.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut grpc = Grpc::new(ch)
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(16 << 20);
+                let hello = grpc
+                    .hello(pb::HelloRequest {
+                        daemon_version: env!("CARGO_PKG_VERSION").into(),
+                        protocol_version: paddock_proto::PROTOCOL_VERSION,
+                    })
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                Ok::<_, String>((grpc, hello))
+            };
+            match attempt.await {
+                Ok((grpc, hello)) => {
+                    if hello.protocol_version != paddock_proto::PROTOCOL_VERSION {
+                        return Err(Error::Unavailable {
+                            what: "sandbox agent".into(),
+                            reason: format!(
+                                "agent {} speaks protocol {}, this daemon speaks {}",
+                                hello.agent_version,
+                                hello.protocol_version,
+                                paddock_proto::PROTOCOL_VERSION
+                            ),
+                        });
+                    }
+                    return Ok(AgentClient { grpc });
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::Unavailable {
+                        what: "sandbox agent".into(),
+                        reason: format!("no answer on {}: {e}", path.display()),
+                    })
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn start_msg(req: &ExecRequest, buffered: bool) -> pb::ExecInput {
+        let pty = req.pty.unwrap_or_default();
+        pb::ExecInput {
+            msg: Some(pb::exec_input::Msg::Start(pb::ExecStart {
+                argv: req.cmd.clone(),
+                shell: req.shell.clone().unwrap_or_default(),
+                env: req.env.clone().into_iter().collect(),
+                cwd: req.cwd.clone().unwrap_or_default(),
+                user: req.user.clone().unwrap_or_default(),
+                timeout_ms: req.timeout.map(|t| (t * 1000.0).ceil() as u64).unwrap_or(0),
+                pty: req.pty.is_some(),
+                rows: pty.rows as u32,
+                cols: pty.cols as u32,
+                buffered,
+                max_output_bytes: req.max_output_bytes.unwrap_or(0),
+                stdin: req.stdin.clone().unwrap_or_default().into_bytes(),
+                close_stdin: buffered || req.stdin.is_some(),
+            })),
+        }
+    }
+
+    /// Runs a command to completion and returns its collected output.
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResult> {
+        let start = Self::start_msg(req, true);
+        let mut grpc = self.grpc.clone();
+        let mut out = grpc
+            .exec(futures::stream::iter([start]))
+            .await
+            .map_err(|e| from_agent(e, "cmd"))?
+            .into_inner();
+        while let Some(msg) = out.message().await.map_err(|e| from_agent(e, "cmd"))? {
+            match msg.msg {
+                Some(pb::exec_output::Msg::Exit(e)) => return Ok(to_result(e)),
+                Some(pb::exec_output::Msg::Error(e)) => return Err(Error::invalid("cmd", e)),
+                _ => {}
+            }
+        }
+        Err(Error::Unavailable {
+            what: "sandbox agent".into(),
+            reason: "the command's stream ended without an exit status".into(),
+        })
+    }
+
+    /// Starts a command and streams its events; `control` carries stdin,
+    /// resizes and signals to it.
+    pub async fn exec_stream(
+        &self,
+        req: &ExecRequest,
+        control: mpsc::Receiver<ExecControl>,
+    ) -> Result<impl Stream<Item = Result<ExecEvent>> + Send + 'static> {
+        let start = Self::start_msg(req, false);
+        let input = futures::stream::iter([start])
+            .chain(tokio_stream::wrappers::ReceiverStream::new(control).map(control_msg));
+        let mut grpc = self.grpc.clone();
+        let out = grpc
+            .exec(input)
+            .await
+            .map_err(|e| from_agent(e, "cmd"))?
+            .into_inner();
+        Ok(out.filter_map(|m| async move {
+            match m {
+                Err(e) => Some(Err(from_agent(e, "cmd"))),
+                Ok(m) => match m.msg? {
+                    pb::exec_output::Msg::Started(s) => Some(Ok(ExecEvent::Started { pid: s.pid })),
+                    pb::exec_output::Msg::Stdout(b) => Some(Ok(ExecEvent::Stdout(Bytes::from(b)))),
+                    pb::exec_output::Msg::Stderr(b) => Some(Ok(ExecEvent::Stderr(Bytes::from(b)))),
+                    pb::exec_output::Msg::Exit(e) => Some(Ok(ExecEvent::Exit(to_result(e)))),
+                    pb::exec_output::Msg::Error(e) => Some(Err(Error::invalid("cmd", e))),
+                },
+            }
+        }))
+    }
+
+    pub async fn read_file(
+        &self,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+        let mut grpc = self.grpc.clone();
+        let s = grpc
+            .read_file(pb::ReadFileRequest {
+                path: path.into(),
+                offset: 0,
+                limit: 0,
+            })
+            .await
+            .map_err(|e| from_agent(e, "path"))?
+            .into_inner();
+        Ok(s.map(|c| {
+            c.map(|c| Bytes::from(c.data))
+                .map_err(|e| from_agent(e, "path"))
+        }))
+    }
+
+    pub async fn write_file<S>(&self, path: &str, opts: &WriteOptions, data: S) -> Result<FileInfo>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + 'static,
+    {
+        let header = pb::WriteFileInput {
+            msg: Some(pb::write_file_input::Msg::Header(pb::WriteFileHeader {
+                path: path.into(),
+                mode: opts.mode.unwrap_or(0),
+                mkdir_parents: opts.mkdir_parents,
+                atomic: opts.atomic,
+                append: opts.append,
+            })),
+        };
+        // A body error (the client went away mid-upload) must not look like a
+        // clean end of file: the stream stops there and we report the error.
+        // An atomic write then leaves nothing behind.
+        let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<Error>();
+        let mut err_tx = Some(err_tx);
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed2 = failed.clone();
+        let body = data
+            .take_while(move |r| {
+                if let Err(e) = r {
+                    failed2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    if let Some(tx) = err_tx.take() {
+                        let _ = tx.send(e.clone());
+                    }
+                }
+                futures::future::ready(r.is_ok())
+            })
+            .filter_map(|r| async move {
+                r.ok().map(|b| pb::WriteFileInput {
+                    msg: Some(pb::write_file_input::Msg::Data(b.to_vec())),
+                })
+            });
+        let commit = futures::stream::once(async move {
+            (!failed.load(std::sync::atomic::Ordering::SeqCst)).then_some(pb::WriteFileInput {
+                msg: Some(pb::write_file_input::Msg::Commit(true)),
+            })
+        })
+        .filter_map(futures::future::ready);
+        let input = futures::stream::iter([header]).chain(body).chain(commit);
+        let mut grpc = self.grpc.clone();
+        let res = grpc.write_file(input).await;
+        if let Ok(e) = err_rx.try_recv() {
+            return Err(e);
+        }
+        Ok(file_info(
+            res.map_err(|e| from_agent(e, "path"))?.into_inner(),
+        ))
+    }
+
+    pub async fn list_dir(&self, path: &str) -> Result<Vec<FileInfo>> {
+        let mut grpc = self.grpc.clone();
+        let r = grpc
+            .list_dir(pb::PathRequest { path: path.into() })
+            .await
+            .map_err(|e| from_agent(e, "path"))?;
+        Ok(r.into_inner().entries.into_iter().map(file_info).collect())
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileInfo> {
+        let mut grpc = self.grpc.clone();
+        let r = grpc
+            .stat(pb::PathRequest { path: path.into() })
+            .await
+            .map_err(|e| from_agent(e, "path"))?;
+        Ok(file_info(r.into_inner()))
+    }
+
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        let mut grpc = self.grpc.clone();
+        grpc.remove(pb::RemoveRequest {
+            path: path.into(),
+            recursive,
+        })
+        .await
+        .map_err(|e| from_agent(e, "path"))?;
+        Ok(())
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let mut grpc = self.grpc.clone();
+        grpc.rename(pb::RenameRequest {
+            from: from.into(),
+            to: to.into(),
+        })
+        .await
+        .map_err(|e| from_agent(e, "path"))?;
+        Ok(())
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<()> {
+        let mut grpc = self.grpc.clone();
+        grpc.mkdir(pb::MkdirRequest {
+            path: path.into(),
+            parents,
+            mode: mode.unwrap_or(0),
+        })
+        .await
+        .map_err(|e| from_agent(e, "path"))?;
+        Ok(())
+    }
+
+    pub async fn ports(&self) -> Result<Vec<pb::Port>> {
+        let mut grpc = self.grpc.clone();
+        let r = grpc
+            .ports(pb::Empty {})
+            .await
+            .map_err(|e| from_agent(e, "ports"))?;
+        Ok(r.into_inner().ports)
+    }
+}
+
+fn control_msg(c: ExecControl) -> pb::ExecInput {
+    use pb::exec_input::Msg;
+    let msg = match c {
+        ExecControl::Stdin(b) => Msg::Stdin(b.to_vec()),
+        ExecControl::CloseStdin => Msg::CloseStdin(true),
+        ExecControl::Resize(s) => Msg::Resize(pb::Resize {
+            rows: s.rows as u32,
+            cols: s.cols as u32,
+        }),
+        ExecControl::Signal(n) => Msg::Signal(n),
+    };
+    pb::ExecInput { msg: Some(msg) }
+}

@@ -1,0 +1,783 @@
+//! The engine: owns sandboxes, their lifecycle and their state.
+//!
+//! Every state change goes through [`Engine::transition`], which writes the
+//! sandbox and appends its event in one transaction. Exec, files and ports
+//! go to the sandbox's agent; start, stop and the rest go to its runtime.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::{mpsc, RwLock};
+use uuid::Uuid;
+
+use crate::agent::AgentClient;
+use crate::error::{Error, Result};
+use crate::events::{EventBus, Subscription};
+use crate::model::*;
+use crate::runtime::{Instance, Liveness, Runtime};
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub host_cpus: f64,
+    /// How long a new sandbox's agent may take to answer.
+    pub agent_timeout: Duration,
+    /// How often the reaper looks for lapsed TTLs and idle timeouts.
+    pub reap_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            host_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0),
+            agent_timeout: Duration::from_secs(10),
+            reap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running sandbox's live parts.
+struct Live {
+    agent: AgentClient,
+    instance: Instance,
+    last_active_ms: AtomicI64,
+    persisted_active_ms: AtomicI64,
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    bus: EventBus,
+    runtimes: HashMap<Isolation, Arc<dyn Runtime>>,
+    live: RwLock<HashMap<Uuid, Arc<Live>>>,
+    key_lock: tokio::sync::Mutex<()>,
+    cfg: EngineConfig,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<Store>,
+        runtimes: Vec<Arc<dyn Runtime>>,
+        cfg: EngineConfig,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            bus: EventBus::default(),
+            runtimes: runtimes.into_iter().map(|r| (r.isolation(), r)).collect(),
+            live: RwLock::new(HashMap::new()),
+            key_lock: tokio::sync::Mutex::new(()),
+            cfg,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn runtime(&self, iso: Isolation) -> Result<&Arc<dyn Runtime>> {
+        self.runtimes.get(&iso).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "isolation {:?} (no {} backend is available on this daemon; available: {})",
+                iso.as_str(),
+                iso.as_str(),
+                self.runtimes
+                    .keys()
+                    .map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    // ---- auth ---------------------------------------------------------
+
+    /// The principal a bearer token stands for.
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        match self
+            .store
+            .principal_for_hash(&crate::auth::hash_token(token))?
+        {
+            Some(id) => Ok(Principal { id }),
+            None => Err(Error::Unauthenticated("unknown or revoked API key".into())),
+        }
+    }
+
+    // ---- state --------------------------------------------------------
+
+    /// Changes a sandbox and records `kind` in one transaction.
+    fn transition(
+        &self,
+        id: Uuid,
+        kind: &str,
+        data: serde_json::Value,
+        f: impl FnOnce(&mut Sandbox),
+    ) -> Result<Sandbox> {
+        self.store.tx_events(
+            |tx| {
+                let doc: String = tx
+                    .query_row(
+                        "SELECT doc FROM sandboxes WHERE id = ?1",
+                        [id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .map_err(|_| Error::not_found(format!("sandbox {id}")))?;
+                let mut sb: Sandbox = serde_json::from_str(&doc)?;
+                f(&mut sb);
+                sb.updated_at = Utc::now();
+                Store::put_sandbox(tx, &sb)?;
+                let ev = Store::append_event(tx, id, &sb.owner, kind, data)?;
+                Ok((sb, vec![ev]))
+            },
+            |evs| evs.into_iter().for_each(|e| self.bus.publish(e)),
+        )
+    }
+
+    /// Records an activity event.
+    fn emit(&self, sb: &Sandbox, kind: &str, data: serde_json::Value) {
+        let r = self.store.tx_events(
+            |tx| {
+                let ev = Store::append_event(tx, sb.id, &sb.owner, kind, data)?;
+                Ok(((), vec![ev]))
+            },
+            |evs| evs.into_iter().for_each(|e| self.bus.publish(e)),
+        );
+        if let Err(e) = r {
+            tracing::warn!(sandbox = %sb.id, "event {kind} not recorded: {e}");
+        }
+    }
+
+    /// The sandbox, if `p` may see it.
+    pub fn get(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        match self.store.get_sandbox(id)? {
+            Some(sb) if sb.owner == p.id => Ok(sb),
+            _ => Err(Error::not_found(format!("sandbox {id}"))),
+        }
+    }
+
+    pub fn list(&self, p: &Principal, q: &ListQuery) -> Result<Vec<Sandbox>> {
+        self.store.list_sandboxes(Some(&p.id), q)
+    }
+
+    async fn live_for(&self, p: &Principal, id: Uuid) -> Result<(Sandbox, Arc<Live>)> {
+        let sb = self.get(p, id)?;
+        if sb.state != State::Running {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}, not running",
+                sb.state.as_str()
+            )));
+        }
+        let live = self.live.read().await.get(&id).cloned();
+        match live {
+            Some(l) => {
+                self.mark_active(&sb, &l);
+                Ok((sb, l))
+            }
+            None => Err(Error::Unavailable {
+                what: format!("sandbox {id}"),
+                reason: "its agent is not connected".into(),
+            }),
+        }
+    }
+
+    fn mark_active(&self, sb: &Sandbox, live: &Live) {
+        let now = now_ms();
+        live.last_active_ms.store(now, Ordering::Relaxed);
+        // Persist now and then, so that a restart keeps the idle clock.
+        if now - live.persisted_active_ms.load(Ordering::Relaxed) > 10_000 {
+            live.persisted_active_ms.store(now, Ordering::Relaxed);
+            let _ = self.persist_active(sb.id, now);
+        }
+    }
+
+    fn persist_active(&self, id: Uuid, at_ms: i64) -> Result<()> {
+        self.store.tx(|tx| {
+            let doc: String = tx.query_row(
+                "SELECT doc FROM sandboxes WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )?;
+            let mut sb: Sandbox = serde_json::from_str(&doc)?;
+            sb.last_active_at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
+            Store::put_sandbox(tx, &sb)
+        })
+    }
+
+    // ---- lifecycle ----------------------------------------------------
+
+    /// Creates a sandbox and returns once it takes commands. With a key that
+    /// `p` already used, returns that sandbox unchanged and `false`.
+    pub async fn create(&self, p: &Principal, spec: SandboxSpec) -> Result<(Sandbox, bool)> {
+        let config = spec.resolve(self.cfg.host_cpus)?;
+        let runtime = self.runtime(config.isolation)?.clone();
+        let id = Uuid::new_v4();
+        let now = Utc::now();
+        let sb = Sandbox {
+            id,
+            owner: p.id.clone(),
+            key: spec.key.clone(),
+            labels: spec.labels.clone(),
+            expires_at: config
+                .ttl_secs
+                .map(|t| now + chrono::Duration::seconds(t.min(i64::MAX as u64 / 1000) as i64)),
+            config,
+            state: State::Creating,
+            message: None,
+            created_at: now,
+            updated_at: now,
+            last_active_at: now,
+            ip: None,
+        };
+        {
+            let _guard = match &spec.key {
+                Some(_) => Some(self.key_lock.lock().await),
+                None => None,
+            };
+            if let Some(k) = &spec.key {
+                if let Some(existing) = self.store.find_by_key(&p.id, k)? {
+                    return Ok((existing, false));
+                }
+            }
+            self.store.tx_events(
+                |tx| {
+                    Store::put_sandbox(tx, &sb)?;
+                    let ev = Store::append_event(
+                        tx,
+                        id,
+                        &sb.owner,
+                        "sandbox.created",
+                        json!({"state": "creating", "isolation": sb.config.isolation}),
+                    )?;
+                    Ok(((), vec![ev]))
+                },
+                |evs| evs.into_iter().for_each(|e| self.bus.publish(e)),
+            )?;
+        }
+        match self.boot(&runtime, id, &sb.config, false).await {
+            Ok(ip) => self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
+                s.state = State::Running;
+                s.ip = ip;
+            }),
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = runtime.destroy(id).await;
+                let _ = self.transition(
+                    id,
+                    "sandbox.error",
+                    json!({"state": "error", "message": msg}),
+                    |s| {
+                        s.state = State::Error;
+                        s.message = Some(msg.clone());
+                    },
+                );
+                Err(e)
+            }
+        }
+        .map(|sb| (sb, true))
+    }
+
+    /// Starts (or restarts) the runtime side and connects the agent.
+    async fn boot(
+        &self,
+        runtime: &Arc<dyn Runtime>,
+        id: Uuid,
+        config: &SandboxConfig,
+        restart: bool,
+    ) -> Result<Option<String>> {
+        let instance = if restart {
+            runtime.start(id, config).await?
+        } else {
+            runtime.create(id, config).await?
+        };
+        let agent = AgentClient::connect(&instance.agent, self.cfg.agent_timeout).await?;
+        self.attach(id, agent, instance.clone()).await;
+        Ok(instance.ip.map(|ip| ip.to_string()))
+    }
+
+    async fn attach(&self, id: Uuid, agent: AgentClient, instance: Instance) {
+        let now = now_ms();
+        self.live.write().await.insert(
+            id,
+            Arc::new(Live {
+                agent,
+                instance,
+                last_active_ms: AtomicI64::new(now),
+                persisted_active_ms: AtomicI64::new(now),
+            }),
+        );
+    }
+
+    pub async fn destroy(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        self.destroy_inner(sb, "deleted").await
+    }
+
+    async fn destroy_inner(&self, sb: Sandbox, reason: &str) -> Result<Sandbox> {
+        if sb.state == State::Destroyed {
+            return Ok(sb);
+        }
+        self.live.write().await.remove(&sb.id);
+        if let Ok(rt) = self.runtime(sb.config.isolation) {
+            rt.destroy(sb.id).await?;
+        }
+        self.transition(
+            sb.id,
+            "sandbox.destroyed",
+            json!({"state": "destroyed", "reason": reason}),
+            |s| {
+                s.state = State::Destroyed;
+                s.ip = None;
+            },
+        )
+    }
+
+    pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        match sb.state {
+            State::Running | State::Paused => {}
+            State::Stopped => return Ok(sb),
+            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        }
+        self.live.write().await.remove(&id);
+        self.runtime(sb.config.isolation)?.stop(id).await?;
+        self.transition(id, "sandbox.stopped", json!({"state": "stopped"}), |s| {
+            s.state = State::Stopped;
+        })
+    }
+
+    pub async fn start(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        match sb.state {
+            State::Stopped => {}
+            State::Running => return Ok(sb),
+            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        }
+        let rt = self.runtime(sb.config.isolation)?.clone();
+        let ip = self.boot(&rt, id, &sb.config, true).await?;
+        self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
+            s.state = State::Running;
+            s.ip = ip;
+            s.last_active_at = Utc::now();
+        })
+    }
+
+    pub async fn pause(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        match sb.state {
+            State::Running => {}
+            State::Paused => return Ok(sb),
+            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        }
+        self.runtime(sb.config.isolation)?.pause(id).await?;
+        self.transition(id, "sandbox.paused", json!({"state": "paused"}), |s| {
+            s.state = State::Paused;
+        })
+    }
+
+    pub async fn resume(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        match sb.state {
+            State::Paused => {}
+            State::Running => return Ok(sb),
+            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        }
+        let rt = self.runtime(sb.config.isolation)?.clone();
+        rt.resume(id).await?;
+        if !self.live.read().await.contains_key(&id) {
+            if let (_, Some(inst)) = rt.inspect(id).await? {
+                let agent = AgentClient::connect(&inst.agent, self.cfg.agent_timeout).await?;
+                self.attach(id, agent, inst).await;
+            }
+        }
+        self.transition(id, "sandbox.resumed", json!({"state": "running"}), |s| {
+            s.state = State::Running;
+            s.last_active_at = Utc::now();
+        })
+    }
+
+    /// Resets the idle clock (and nothing else).
+    pub async fn touch(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        if matches!(sb.state, State::Destroyed | State::Error) {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}",
+                sb.state.as_str()
+            )));
+        }
+        let now = now_ms();
+        if let Some(l) = self.live.read().await.get(&id) {
+            l.last_active_ms.store(now, Ordering::Relaxed);
+            l.persisted_active_ms.store(now, Ordering::Relaxed);
+        }
+        self.persist_active(id, now)?;
+        self.get(p, id)
+    }
+
+    // ---- exec ---------------------------------------------------------
+
+    pub async fn exec(&self, p: &Principal, id: Uuid, req: &ExecRequest) -> Result<ExecResult> {
+        req.validate()?;
+        let (sb, live) = self.live_for(p, id).await?;
+        let r = live.agent.exec(req).await?;
+        self.emit(
+            &sb,
+            "exec",
+            json!({"cmd": req.cmd, "shell": req.shell, "exit_code": r.exit_code,
+                   "timed_out": r.timed_out, "duration_ms": r.duration_ms}),
+        );
+        Ok(r)
+    }
+
+    /// Starts a command and streams its events; `control` feeds it.
+    pub async fn exec_stream(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: Uuid,
+        req: &ExecRequest,
+        control: mpsc::Receiver<ExecControl>,
+    ) -> Result<impl Stream<Item = Result<ExecEvent>> + Send + 'static> {
+        req.validate()?;
+        let (sb, live) = self.live_for(p, id).await?;
+        let s = live.agent.exec_stream(req, control).await?;
+        let engine = self.clone();
+        let cmd = json!({"cmd": req.cmd, "shell": req.shell, "pty": req.pty.is_some()});
+        Ok(s.inspect(move |ev| {
+            if let Ok(ExecEvent::Exit(r)) = ev {
+                let mut data = cmd.clone();
+                data["exit_code"] = json!(r.exit_code);
+                data["duration_ms"] = json!(r.duration_ms);
+                engine.emit(&sb, "exec", data);
+            }
+        }))
+    }
+
+    // ---- files --------------------------------------------------------
+
+    fn check_path(path: &str) -> Result<()> {
+        if path.is_empty() {
+            return Err(Error::invalid("path", "must not be empty"));
+        }
+        if path.contains('\0') {
+            return Err(Error::invalid("path", "must not contain NUL"));
+        }
+        if path.split('/').any(|c| c == "..") {
+            return Err(Error::invalid("path", "must not contain '..'"));
+        }
+        Ok(())
+    }
+
+    pub async fn read_file(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        path: &str,
+    ) -> Result<(FileInfo, impl Stream<Item = Result<Bytes>> + Send + 'static)> {
+        Self::check_path(path)?;
+        let (_, live) = self.live_for(p, id).await?;
+        let info = live.agent.stat(path).await?;
+        if info.kind == "dir" {
+            return Err(Error::invalid("path", format!("{path} is a directory")));
+        }
+        Ok((info, live.agent.read_file(path).await?))
+    }
+
+    pub async fn write_file<S>(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        path: &str,
+        opts: &WriteOptions,
+        data: S,
+    ) -> Result<FileInfo>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + 'static,
+    {
+        Self::check_path(path)?;
+        if let Some(m) = opts.mode {
+            if m > 0o7777 {
+                return Err(Error::invalid("mode", "must be at most 0o7777"));
+            }
+        }
+        let (sb, live) = self.live_for(p, id).await?;
+        let info = live.agent.write_file(path, opts, data).await?;
+        self.emit(
+            &sb,
+            "file.written",
+            json!({"path": info.path, "size": info.size}),
+        );
+        Ok(info)
+    }
+
+    pub async fn list_dir(&self, p: &Principal, id: Uuid, path: &str) -> Result<Vec<FileInfo>> {
+        Self::check_path(path)?;
+        let (_, live) = self.live_for(p, id).await?;
+        live.agent.list_dir(path).await
+    }
+
+    pub async fn stat(&self, p: &Principal, id: Uuid, path: &str) -> Result<FileInfo> {
+        Self::check_path(path)?;
+        let (_, live) = self.live_for(p, id).await?;
+        live.agent.stat(path).await
+    }
+
+    pub async fn remove(&self, p: &Principal, id: Uuid, path: &str, recursive: bool) -> Result<()> {
+        Self::check_path(path)?;
+        let (sb, live) = self.live_for(p, id).await?;
+        live.agent.remove(path, recursive).await?;
+        self.emit(&sb, "file.removed", json!({"path": path}));
+        Ok(())
+    }
+
+    pub async fn rename(&self, p: &Principal, id: Uuid, from: &str, to: &str) -> Result<()> {
+        Self::check_path(from)
+            .map_err(|_| Error::invalid("from", "must be a path without '..'"))?;
+        Self::check_path(to).map_err(|_| Error::invalid("to", "must be a path without '..'"))?;
+        let (sb, live) = self.live_for(p, id).await?;
+        live.agent.rename(from, to).await?;
+        self.emit(&sb, "file.renamed", json!({"from": from, "to": to}));
+        Ok(())
+    }
+
+    pub async fn mkdir(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        path: &str,
+        parents: bool,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        Self::check_path(path)?;
+        let (sb, live) = self.live_for(p, id).await?;
+        live.agent.mkdir(path, parents, mode).await?;
+        self.emit(&sb, "file.mkdir", json!({"path": path}));
+        Ok(())
+    }
+
+    // ---- ports, proxy, metrics, logs ------------------------------------
+
+    pub async fn ports(&self, p: &Principal, id: Uuid) -> Result<Vec<Port>> {
+        let (sb, live) = self.live_for(p, id).await?;
+        let listening = live.agent.ports().await?;
+        let mut out: Vec<Port> = Vec::new();
+        for l in listening {
+            let port = l.port as u16;
+            if out.iter().any(|o| o.port == port) {
+                continue;
+            }
+            out.push(Port {
+                port,
+                address: l.address,
+                protocol: l.protocol,
+                declared: sb.config.ports.contains(&port),
+                listening: true,
+            });
+        }
+        for &d in &sb.config.ports {
+            if !out.iter().any(|o| o.port == d) {
+                out.push(Port {
+                    port: d,
+                    address: String::new(),
+                    protocol: "tcp".into(),
+                    declared: true,
+                    listening: false,
+                });
+            }
+        }
+        out.sort_by_key(|p| p.port);
+        Ok(out)
+    }
+
+    /// Where the proxy connects for `port` of the sandbox.
+    pub async fn proxy_target(&self, p: &Principal, id: Uuid, port: u16) -> Result<SocketAddr> {
+        if port == 0 {
+            return Err(Error::invalid("port", "0 is not a port"));
+        }
+        let (_, live) = self.live_for(p, id).await?;
+        match live.instance.ip {
+            Some(ip) => Ok(SocketAddr::new(ip, port)),
+            None => Err(Error::Unsupported(
+                "a port proxy for this sandbox's backend".into(),
+            )),
+        }
+    }
+
+    pub async fn metrics(&self, p: &Principal, id: Uuid) -> Result<Metrics> {
+        let sb = self.get(p, id)?;
+        if !matches!(sb.state, State::Running | State::Paused) {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}",
+                sb.state.as_str()
+            )));
+        }
+        self.runtime(sb.config.isolation)?.metrics(id).await
+    }
+
+    pub async fn logs(&self, p: &Principal, id: Uuid, offset: u64) -> Result<Vec<u8>> {
+        let sb = self.get(p, id)?;
+        if sb.state == State::Destroyed {
+            return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
+        }
+        self.runtime(sb.config.isolation)?.logs(id, offset).await
+    }
+
+    // ---- events -------------------------------------------------------
+
+    /// Events of one sandbox (after its per-sandbox id `after`), or of all
+    /// of `p`'s sandboxes (after the global sequence number `after`).
+    pub fn events(
+        &self,
+        p: &Principal,
+        sandbox: Option<Uuid>,
+        after: i64,
+    ) -> Result<impl Stream<Item = Event> + Send + 'static> {
+        if let Some(id) = sandbox {
+            self.get(p, id)?;
+        }
+        Ok(self.bus.subscribe(
+            self.store.clone(),
+            Subscription {
+                owner: Some(p.id.clone()),
+                sandbox,
+                after,
+            },
+        ))
+    }
+
+    // ---- background -----------------------------------------------------
+
+    /// Finds, after a restart, the sandboxes that are still there and
+    /// serves them again; marks and cleans up those that died.
+    pub async fn recover(&self) -> Result<()> {
+        let mut keep = Vec::new();
+        for sb in self.store.live_sandboxes()? {
+            let Ok(rt) = self.runtime(sb.config.isolation).cloned() else {
+                keep.push(sb.id);
+                continue;
+            };
+            let seen = rt.inspect(sb.id).await;
+            let outcome: Result<()> = async {
+                match (sb.state, seen?) {
+                    (State::Running, (Liveness::Running, Some(inst))) => {
+                        let agent =
+                            AgentClient::connect(&inst.agent, self.cfg.agent_timeout).await?;
+                        self.attach(sb.id, agent, inst).await;
+                        if let Some(l) = self.live.read().await.get(&sb.id) {
+                            let at = sb.last_active_at.timestamp_millis();
+                            l.last_active_ms.store(at, Ordering::Relaxed);
+                            l.persisted_active_ms.store(at, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    }
+                    (State::Paused, (Liveness::Paused, _)) => Ok(()),
+                    (State::Stopped, (Liveness::Stopped, _)) => Ok(()),
+                    (state, (seen, _)) => Err(Error::Unavailable {
+                        what: format!("sandbox {}", sb.id),
+                        reason: format!(
+                            "it was {} but is {seen:?} after the daemon restarted",
+                            state.as_str()
+                        ),
+                    }),
+                }
+            }
+            .await;
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(sandbox = %sb.id, state = sb.state.as_str(), "recovered");
+                    keep.push(sb.id);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    tracing::warn!(sandbox = %sb.id, "not recovered: {msg}");
+                    let _ = rt.destroy(sb.id).await;
+                    self.transition(
+                        sb.id,
+                        "sandbox.died",
+                        json!({"state": "error", "message": msg}),
+                        |s| {
+                            s.state = State::Error;
+                            s.message = Some(msg.clone());
+                            s.ip = None;
+                        },
+                    )?;
+                }
+            }
+        }
+        for rt in self.runtimes.values() {
+            match rt.gc(&keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "removed {n} leftover sandboxes of the {} backend",
+                    rt.isolation().as_str()
+                ),
+                Err(e) => tracing::warn!("gc of {} failed: {e}", rt.isolation().as_str()),
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass of the reaper: destroys sandboxes whose TTL or idle timeout
+    /// lapsed. Returns how many it destroyed.
+    pub async fn reap_once(&self) -> usize {
+        let now = Utc::now();
+        let Ok(all) = self.store.live_sandboxes() else {
+            return 0;
+        };
+        let mut n = 0;
+        for sb in all {
+            let expired = sb.expires_at.is_some_and(|t| t <= now);
+            let idle = match sb.config.idle_timeout_secs {
+                Some(secs) => {
+                    let last = match self.live.read().await.get(&sb.id) {
+                        Some(l) => l.last_active_ms.load(Ordering::Relaxed),
+                        None => sb.last_active_at.timestamp_millis(),
+                    };
+                    now.timestamp_millis() - last >= (secs as i64).saturating_mul(1000)
+                        && sb.state == State::Running
+                }
+                None => false,
+            };
+            if expired || idle {
+                let reason = if expired { "ttl" } else { "idle" };
+                let id = sb.id;
+                match self.destroy_inner(sb, reason).await {
+                    Ok(_) => n += 1,
+                    Err(e) => tracing::warn!(sandbox = %id, "reaper: {e}"),
+                }
+            }
+        }
+        n
+    }
+
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(engine.cfg.reap_interval);
+            loop {
+                tick.tick().await;
+                engine.reap_once().await;
+            }
+        })
+    }
+
+    /// Extends a sandbox's TTL to `secs` from now (the hiver `ping`).
+    pub async fn extend_ttl(&self, p: &Principal, id: Uuid, secs: u64) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        if sb.state == State::Destroyed {
+            return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
+        }
+        self.transition(id, "sandbox.ttl", json!({"ttl_secs": secs}), |s| {
+            s.expires_at = Some(Utc::now() + chrono::Duration::seconds(secs as i64));
+        })
+    }
+}

@@ -1,0 +1,82 @@
+use thiserror::Error;
+
+/// Every error the engine reports. Dialect adapters map these onto their
+/// own status codes; the engine knows no wire format.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable { what: String, reason: String },
+    #[error("{0} is not supported by this daemon")]
+    Unsupported(String),
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+    pub fn not_found(what: impl Into<String>) -> Error {
+        Error::NotFound { what: what.into() }
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Internal(format!("store: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Error {
+        Error::Internal(format!("store json: {e}"))
+    }
+}
+
+/// Maps an agent's gRPC status onto an engine error. `field` names the
+/// request field an invalid-argument status most likely refers to.
+pub fn from_agent(st: tonic::Status, field: &str) -> Error {
+    use tonic::Code;
+    let msg = st.message().to_string();
+    match st.code() {
+        Code::NotFound => Error::NotFound { what: msg },
+        Code::InvalidArgument => {
+            // The agent prefixes its messages with the field when it knows it.
+            match msg.split_once(": ") {
+                Some((f, r)) if !f.contains(' ') && !f.contains('/') => Error::invalid(f, r),
+                _ => Error::invalid(field, msg),
+            }
+        }
+        Code::AlreadyExists | Code::FailedPrecondition => Error::Conflict(msg),
+        Code::PermissionDenied => Error::Forbidden(msg),
+        Code::ResourceExhausted => Error::Quota(msg),
+        Code::Unavailable | Code::Cancelled | Code::Unknown => Error::Unavailable {
+            what: "sandbox agent".into(),
+            reason: msg,
+        },
+        Code::DeadlineExceeded => Error::Timeout(msg),
+        _ => Error::Internal(format!("agent: {msg}")),
+    }
+}

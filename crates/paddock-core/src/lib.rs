@@ -1,0 +1,18 @@
+//! The Paddock engine.
+//!
+//! It owns sandboxes, their lifecycle and their state, and speaks only
+//! domain types ([`model`]) and one error enum ([`Error`]). API dialects call
+//! it; isolation backends implement its [`Runtime`] port.
+
+pub mod agent;
+pub mod auth;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod model;
+pub mod runtime;
+pub mod store;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, Result};
+pub use runtime::{AgentEndpoint, Instance, Liveness, Runtime};

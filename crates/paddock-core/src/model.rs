@@ -1,0 +1,561 @@
+//! The engine's domain types.
+//!
+//! They derive serde because the store keeps them as JSON documents, and the
+//! native API (the engine's own dialect) speaks them as they are.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Container,
+    Gvisor,
+    Microvm,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Container => "container",
+            Isolation::Gvisor => "gvisor",
+            Isolation::Microvm => "microvm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Creating,
+    Running,
+    Paused,
+    Stopped,
+    Error,
+    Destroyed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopped => "stopped",
+            State::Error => "error",
+            State::Destroyed => "destroyed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "creating" => State::Creating,
+            "running" => State::Running,
+            "paused" => State::Paused,
+            "stopped" => State::Stopped,
+            "error" => State::Error,
+            "destroyed" => State::Destroyed,
+            _ => return None,
+        })
+    }
+}
+
+pub const DEFAULT_CPU: f64 = 1.0;
+pub const DEFAULT_MEMORY_MB: i64 = 512;
+pub const DEFAULT_DISK_MB: i64 = 1024;
+pub const DEFAULT_PIDS: i64 = 1024;
+
+/// What a caller asks for. Absent numbers take the daemon's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// Idempotency key, unique per owner: `[A-Za-z0-9_-]{1,64}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Image reference; none: the host-based default image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// CPU cores (fractions allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// A spec with every default applied and every field checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxConfig {
+    pub image: Option<String>,
+    pub isolation: Isolation,
+    pub cpu: f64,
+    pub memory_mb: i64,
+    pub disk_mb: i64,
+    pub pids: i64,
+    pub env: BTreeMap<String, String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub cwd: String,
+    pub ttl_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub ports: Vec<u16>,
+}
+
+pub fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 64
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl SandboxSpec {
+    /// Applies defaults and checks every field; errors name the field.
+    pub fn resolve(&self, host_cpus: f64) -> Result<SandboxConfig> {
+        if let Some(k) = &self.key {
+            if !valid_key(k) {
+                return Err(Error::invalid("key", "must match [A-Za-z0-9_-]{1,64}"));
+            }
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+                return Err(Error::invalid(
+                    "labels",
+                    "keys must be 1-128 bytes and values at most 1024 bytes",
+                ));
+            }
+        }
+        let cpu = self.cpu.unwrap_or(DEFAULT_CPU);
+        if !(cpu.is_finite() && cpu > 0.0) {
+            return Err(Error::invalid("cpu", "must be a positive number of cores"));
+        }
+        if cpu > host_cpus {
+            return Err(Error::invalid(
+                "cpu",
+                format!("must be at most the host's {host_cpus} cores"),
+            ));
+        }
+        let memory_mb = self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        if memory_mb < 16 {
+            return Err(Error::invalid("memory_mb", "must be at least 16 (MiB)"));
+        }
+        let disk_mb = self.disk_mb.unwrap_or(DEFAULT_DISK_MB);
+        if disk_mb < 1 {
+            return Err(Error::invalid("disk_mb", "must be positive (MiB)"));
+        }
+        let pids = self.pids.unwrap_or(DEFAULT_PIDS);
+        if pids < 8 {
+            return Err(Error::invalid("pids", "must be at least 8"));
+        }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(Error::invalid(
+                    "env",
+                    format!("invalid variable name {k:?}"),
+                ));
+            }
+        }
+        let cwd = self.cwd.clone().unwrap_or_else(|| "/workspace".into());
+        if !cwd.starts_with('/') {
+            return Err(Error::invalid("cwd", "must be an absolute path"));
+        }
+        if cwd.split('/').any(|c| c == "..") {
+            return Err(Error::invalid("cwd", "must not contain '..'"));
+        }
+        for (field, v) in [("entrypoint", &self.entrypoint), ("command", &self.command)] {
+            if let Some(v) = v {
+                if v.iter().any(|a| a.contains('\0')) {
+                    return Err(Error::invalid(field, "must not contain NUL"));
+                }
+            }
+        }
+        if self.ports.contains(&0) {
+            return Err(Error::invalid("ports", "0 is not a port"));
+        }
+        if let Some(img) = &self.image {
+            if img.trim().is_empty() {
+                return Err(Error::invalid("image", "must not be empty"));
+            }
+        }
+        Ok(SandboxConfig {
+            image: self.image.clone(),
+            isolation: self.isolation,
+            cpu,
+            memory_mb,
+            disk_mb,
+            pids,
+            env: self.env.clone(),
+            entrypoint: self.entrypoint.clone(),
+            command: self.command.clone(),
+            cwd,
+            ttl_secs: self.ttl_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            ports: self.ports.clone(),
+        })
+    }
+}
+
+impl SandboxConfig {
+    /// The main process, if any: entrypoint followed by command.
+    pub fn main_process(&self) -> Vec<String> {
+        let mut v = self.entrypoint.clone().unwrap_or_default();
+        v.extend(self.command.clone().unwrap_or_default());
+        v
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    pub id: Uuid,
+    pub owner: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub config: SandboxConfig,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_active_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// Who is asking. Open (loopback) daemons use [`Principal::local`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+}
+
+impl Principal {
+    pub fn local() -> Principal {
+        Principal { id: "local".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A command to run in a sandbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ExecRequest {
+    /// argv; give this or `shell`.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// A shell string, run through `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Written to the command's stdin, which is then closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Seconds; the command is killed when it runs longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
+    /// Per stream, buffered mode; default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+impl ExecRequest {
+    pub fn validate(&self) -> Result<()> {
+        match (&self.shell, self.cmd.is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::invalid("cmd", "give `cmd` or `shell`, not both"))
+            }
+            (None, true) => {
+                return Err(Error::invalid(
+                    "cmd",
+                    "give a non-empty `cmd` or a `shell` string",
+                ))
+            }
+            (Some(s), true) if s.is_empty() => {
+                return Err(Error::invalid("shell", "must not be empty"))
+            }
+            _ => {}
+        }
+        if self.cmd.first().is_some_and(|a| a.is_empty()) {
+            return Err(Error::invalid("cmd", "cmd[0] must not be empty"));
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.starts_with('/') {
+                return Err(Error::invalid("cwd", "must be an absolute path"));
+            }
+        }
+        if let Some(t) = self.timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(Error::invalid(
+                    "timeout",
+                    "must be a positive number of seconds",
+                ));
+            }
+        }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(Error::invalid(
+                    "env",
+                    format!("invalid variable name {k:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a finished command.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: f64,
+}
+
+/// What a running command reports.
+#[derive(Debug, Clone)]
+pub enum ExecEvent {
+    Started { pid: u32 },
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+    Exit(ExecResult),
+}
+
+/// What a caller sends to a running command.
+#[derive(Debug, Clone)]
+pub enum ExecControl {
+    Stdin(bytes::Bytes),
+    CloseStdin,
+    Resize(PtySize),
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    pub name: String,
+    pub path: String,
+    /// file, dir, symlink or other
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    pub modified_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub mode: Option<u32>,
+    pub mkdir_parents: bool,
+    pub atomic: bool,
+    pub append: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Port {
+    pub port: u16,
+    pub address: String,
+    pub protocol: String,
+    /// Declared in the sandbox's config (listening or not).
+    pub declared: bool,
+    pub listening: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Metrics {
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub memory_percent: f64,
+    pub cpu_percent: f64,
+    pub cpu_usage_ns: u64,
+    pub pids: u64,
+    pub pids_limit: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+}
+
+/// A lifecycle or activity event.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Daemon-wide sequence number.
+    pub seq: i64,
+    /// Per-sandbox id (monotonic within one sandbox).
+    pub id: i64,
+    pub sandbox_id: Uuid,
+    #[serde(skip)]
+    pub owner: String,
+    pub kind: String,
+    pub time: DateTime<Utc>,
+    pub data: serde_json::Value,
+}
+
+/// Filters for listing sandboxes.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub state: Option<State>,
+    pub labels: BTreeMap<String, String>,
+    pub key: Option<String>,
+    pub include_destroyed: bool,
+    pub limit: usize,
+    /// Resume after this id (from a previous page).
+    pub after: Option<Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let c = SandboxSpec::default().resolve(2.0).unwrap();
+        assert_eq!(c.memory_mb, 512);
+        assert_eq!(c.cpu, 1.0);
+        assert_eq!(c.pids, 1024);
+        assert_eq!(c.cwd, "/workspace");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases: Vec<(SandboxSpec, &str)> = vec![
+            (
+                SandboxSpec {
+                    memory_mb: Some(-1),
+                    ..Default::default()
+                },
+                "memory_mb",
+            ),
+            (
+                SandboxSpec {
+                    key: Some("a b".into()),
+                    ..Default::default()
+                },
+                "key",
+            ),
+            (
+                SandboxSpec {
+                    key: Some("x".repeat(65)),
+                    ..Default::default()
+                },
+                "key",
+            ),
+            (
+                SandboxSpec {
+                    cwd: Some("rel".into()),
+                    ..Default::default()
+                },
+                "cwd",
+            ),
+            (
+                SandboxSpec {
+                    cpu: Some(0.0),
+                    ..Default::default()
+                },
+                "cpu",
+            ),
+            (
+                SandboxSpec {
+                    cpu: Some(64.0),
+                    ..Default::default()
+                },
+                "cpu",
+            ),
+            (
+                SandboxSpec {
+                    pids: Some(1),
+                    ..Default::default()
+                },
+                "pids",
+            ),
+            (
+                SandboxSpec {
+                    ports: vec![0],
+                    ..Default::default()
+                },
+                "ports",
+            ),
+        ];
+        for (spec, field) in cases {
+            match spec.resolve(2.0) {
+                Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn keys() {
+        assert!(valid_key("abc-DEF_123"));
+        assert!(valid_key(&"a".repeat(64)));
+        assert!(!valid_key(""));
+        assert!(!valid_key("a/b"));
+        assert!(!valid_key("é"));
+    }
+
+    #[test]
+    fn unknown_isolation_is_rejected_by_name() {
+        let e = serde_json::from_str::<SandboxSpec>(r#"{"isolation":"vmware"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn exec_request_validation() {
+        assert!(ExecRequest::default().validate().is_err());
+        let r = ExecRequest {
+            cmd: vec!["true".into()],
+            cwd: Some("tmp".into()),
+            ..Default::default()
+        };
+        assert!(matches!(r.validate(), Err(Error::Invalid { field, .. }) if field == "cwd"));
+        let r = ExecRequest {
+            cmd: vec!["true".into()],
+            timeout: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(matches!(r.validate(), Err(Error::Invalid { field, .. }) if field == "timeout"));
+    }
+}

@@ -1,0 +1,379 @@
+//! Durable state in SQLite: sandboxes, the event log and API keys.
+//!
+//! One connection behind a mutex: every statement is short, and a single
+//! writer is what SQLite wants anyway. Migrations are a numbered list checked
+//! against `PRAGMA user_version` (a dozen lines; a crate would add nothing).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{Event, ListQuery, Sandbox, State};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        key TEXT,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX sandboxes_owner_key ON sandboxes(owner, key)
+        WHERE key IS NOT NULL AND state != 'destroyed';
+     CREATE INDEX sandboxes_owner ON sandboxes(owner, created_at);
+     CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sandbox_id TEXT NOT NULL,
+        sandbox_seq INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        data TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX events_sandbox ON events(sandbox_id, sandbox_seq);
+     CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+     );",
+];
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub principal: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Store> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(Error::Internal(format!(
+                "the store is at schema {version}, newer than this paddock ({}); upgrade paddock",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` in one transaction.
+    pub fn tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Runs `f` in one transaction and hands the events it made to `publish`
+    /// while still holding the store, so that subscribers see events in the
+    /// order of their sequence numbers.
+    pub fn tx_events<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, Vec<Event>)>,
+        publish: impl FnOnce(Vec<Event>),
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let (v, evs) = f(&tx)?;
+        tx.commit()?;
+        publish(evs);
+        Ok(v)
+    }
+
+    pub fn put_sandbox(tx: &rusqlite::Transaction<'_>, sb: &Sandbox) -> Result<()> {
+        let doc = serde_json::to_string(sb)?;
+        let r = tx.execute(
+            "INSERT INTO sandboxes (id, owner, key, state, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, doc = excluded.doc",
+            params![
+                sb.id.to_string(),
+                sb.owner,
+                sb.key,
+                sb.state.as_str(),
+                ms(sb.created_at),
+                doc
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Conflict(
+                    "a sandbox with this key already exists".into(),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends an event, giving it the next per-sandbox id and the next
+    /// global sequence number.
+    pub fn append_event(
+        tx: &rusqlite::Transaction<'_>,
+        sandbox_id: Uuid,
+        owner: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<Event> {
+        let sid = sandbox_id.to_string();
+        let next: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(sandbox_seq), 0) + 1 FROM events WHERE sandbox_id = ?1",
+            params![sid],
+            |r| r.get(0),
+        )?;
+        let now = Utc::now();
+        tx.execute(
+            "INSERT INTO events (sandbox_id, sandbox_seq, owner, kind, ts, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![sid, next, owner, kind, ms(now), data.to_string()],
+        )?;
+        Ok(Event {
+            seq: tx.last_insert_rowid(),
+            id: next,
+            sandbox_id,
+            owner: owner.to_string(),
+            kind: kind.to_string(),
+            time: from_ms(ms(now)),
+            data,
+        })
+    }
+
+    pub fn get_sandbox(&self, id: Uuid) -> Result<Option<Sandbox>> {
+        let conn = self.lock();
+        let doc: Option<String> = conn
+            .query_row(
+                "SELECT doc FROM sandboxes WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match doc {
+            Some(d) => Some(serde_json::from_str(&d)?),
+            None => None,
+        })
+    }
+
+    pub fn find_by_key(&self, owner: &str, key: &str) -> Result<Option<Sandbox>> {
+        let conn = self.lock();
+        let doc: Option<String> = conn
+            .query_row(
+                "SELECT doc FROM sandboxes WHERE owner = ?1 AND key = ?2 AND state != 'destroyed'",
+                params![owner, key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match doc {
+            Some(d) => Some(serde_json::from_str(&d)?),
+            None => None,
+        })
+    }
+
+    /// Sandboxes of `owner` (every owner when `None`) in creation order.
+    pub fn list_sandboxes(&self, owner: Option<&str>, q: &ListQuery) -> Result<Vec<Sandbox>> {
+        let conn = self.lock();
+        let mut sql = String::from("SELECT doc FROM sandboxes WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(o) = owner {
+            args.push(o.to_string().into());
+            sql += &format!(" AND owner = ?{}", args.len());
+        }
+        if let Some(s) = q.state {
+            args.push(s.as_str().to_string().into());
+            sql += &format!(" AND state = ?{}", args.len());
+        } else if !q.include_destroyed {
+            sql += " AND state != 'destroyed'";
+        }
+        if let Some(k) = &q.key {
+            args.push(k.clone().into());
+            sql += &format!(" AND key = ?{}", args.len());
+        }
+        if let Some(after) = q.after {
+            args.push(after.to_string().into());
+            let n = args.len();
+            sql += &format!(
+                " AND (created_at, id) > (SELECT created_at, id FROM sandboxes WHERE id = ?{n})"
+            );
+        }
+        sql += " ORDER BY created_at, id";
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for doc in rows {
+            let sb: Sandbox = serde_json::from_str(&doc?)?;
+            if q.labels.iter().all(|(k, v)| sb.labels.get(k) == Some(v)) {
+                out.push(sb);
+                if q.limit > 0 && out.len() > q.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events after `after` (a per-sandbox id when `sandbox` is given, else a
+    /// global sequence number), oldest first.
+    pub fn events_after(
+        &self,
+        owner: Option<&str>,
+        sandbox: Option<Uuid>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let conn = self.lock();
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String, i64, String, String, i64, String)> {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        };
+        let rows: Vec<_> = match sandbox {
+            Some(id) => {
+                let mut st = conn.prepare(
+                    "SELECT seq, sandbox_id, sandbox_seq, owner, kind, ts, data FROM events
+                     WHERE sandbox_id = ?1 AND sandbox_seq > ?2 ORDER BY sandbox_seq LIMIT ?3",
+                )?;
+                let r = st.query_map(params![id.to_string(), after, limit as i64], map)?;
+                r.collect::<rusqlite::Result<_>>()?
+            }
+            None => {
+                let mut st = conn.prepare(
+                    "SELECT seq, sandbox_id, sandbox_seq, owner, kind, ts, data FROM events
+                     WHERE seq > ?1 AND (?2 IS NULL OR owner = ?2) ORDER BY seq LIMIT ?3",
+                )?;
+                let r = st.query_map(params![after, owner, limit as i64], map)?;
+                r.collect::<rusqlite::Result<_>>()?
+            }
+        };
+        rows.into_iter()
+            .map(|(seq, sid, id, owner, kind, ts, data)| {
+                Ok(Event {
+                    seq,
+                    id,
+                    sandbox_id: Uuid::parse_str(&sid).map_err(Error::internal)?,
+                    owner,
+                    kind,
+                    time: from_ms(ts),
+                    data: serde_json::from_str(&data)?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn insert_key(&self, id: &str, name: &str, principal: &str, hash: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO api_keys (id, name, principal, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, principal, hash, ms(Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    pub fn principal_for_hash(&self, hash: &str) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT principal FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+                params![hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT id, name, principal, created_at, revoked_at FROM api_keys ORDER BY created_at",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(ApiKey {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                principal: r.get(2)?,
+                created_at: from_ms(r.get(3)?),
+                revoked_at: r.get::<_, Option<i64>>(4)?.map(from_ms),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Revokes a key by id or name; false when none matched.
+    pub fn revoke_key(&self, id_or_name: &str) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE (id = ?1 OR name = ?1) AND revoked_at IS NULL",
+            params![id_or_name, ms(Utc::now())],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Sandboxes whose state says something may be running.
+    pub fn live_sandboxes(&self) -> Result<Vec<Sandbox>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT doc FROM sandboxes WHERE state IN ('creating', 'running', 'paused', 'stopped')",
+        )?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for d in rows {
+            out.push(serde_json::from_str(&d?)?);
+        }
+        Ok(out)
+    }
+
+    pub fn state_of(&self, id: Uuid) -> Result<Option<State>> {
+        let s: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT state FROM sandboxes WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(s.and_then(|s| State::parse(&s)))
+    }
+}

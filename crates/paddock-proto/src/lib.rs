@@ -1,0 +1,31 @@
+//! The versioned protocol between the Paddock daemon and `paddock-agent`.
+//!
+//! Generated from `proto/agent.proto` by tonic. The transport is whatever
+//! the backend provides; [`connect_unix`] covers the unix socket that the
+//! container and gVisor backends share with the sandbox.
+
+pub mod v1 {
+    tonic::include_proto!("paddock.agent.v1");
+}
+
+/// Protocol version spoken by this build. The daemon refuses an agent whose
+/// protocol version differs (an agent is always shipped with its daemon).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+use std::path::PathBuf;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Connects a gRPC channel to an agent listening on a unix socket.
+pub async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    // The URI is ignored by the connector; it only has to parse.
+    Endpoint::try_from("http://agent.invalid")?
+        .tcp_nodelay(true)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}

@@ -1,0 +1,556 @@
+//! The container backend: one OCI bundle per sandbox, run by crun (where it
+//! works) or runc, with `paddock-agent` as PID 1.
+//!
+//! Layout under `<data>/sandboxes/<id>/`:
+//! - `rw/`: a tmpfs sized to the disk limit, holding the overlay's upper
+//!   and work directories (so a disk filler hits its own limit);
+//! - `rootfs/`: the overlay (read-only base image below, `rw/upper` above);
+//! - `run/`: shared with the sandbox at `/run/paddock`: the agent's socket
+//!   and the main process's log;
+//! - `etc/`: the sandbox's own hosts, hostname and resolv.conf;
+//! - `bundle/config.json` and `ip`.
+
+mod cgroup;
+mod cmd;
+mod net;
+mod spec;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use paddock_core::model::{Isolation, Metrics, SandboxConfig};
+use paddock_core::{AgentEndpoint, Error, Instance, Liveness, Result, Runtime};
+use uuid::Uuid;
+
+pub use net::NetConfig;
+
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub data_dir: PathBuf,
+    /// `crun`, `runc` or a path; `None` picks crun where it works.
+    pub oci_runtime: Option<String>,
+    pub agent_path: PathBuf,
+    pub net: NetConfig,
+}
+
+pub struct ContainerRuntime {
+    oci: String,
+    state_root: PathBuf,
+    sandboxes: PathBuf,
+    base: PathBuf,
+    agent: PathBuf,
+    host_binds: Vec<(String, String)>,
+    net: net::Network,
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = p.to_string_lossy();
+    m.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+/// The host directories that make the default image: /usr and /etc, plus
+/// /bin, /lib... where they are directories rather than links into /usr.
+fn host_layout(base: &Path) -> Result<Vec<(String, String)>> {
+    let mut binds = vec![
+        ("/usr".to_string(), "/usr".to_string()),
+        ("/etc".into(), "/etc".into()),
+    ];
+    std::fs::create_dir_all(base).map_err(io("base image"))?;
+    for d in [
+        "usr",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "workspace",
+        "home",
+        "var",
+        "var/tmp",
+        "mnt",
+        "opt",
+        "srv",
+    ] {
+        std::fs::create_dir_all(base.join(d)).map_err(io("base image"))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for (d, mode) in [("tmp", 0o1777), ("root", 0o700), ("var/tmp", 0o1777)] {
+        let p = base.join(d);
+        std::fs::create_dir_all(&p).map_err(io("base image"))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(io("base image"))?;
+    }
+    for d in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(d);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let target = base.join(d);
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(&host).map_err(io("base image"))?;
+            if std::fs::read_link(&target).ok().as_deref() != Some(link.as_path()) {
+                let _ = std::fs::remove_file(&target);
+                std::os::unix::fs::symlink(&link, &target).map_err(io("base image"))?;
+            }
+        } else if meta.is_dir() {
+            std::fs::create_dir_all(&target).map_err(io("base image"))?;
+            binds.push((host.to_string_lossy().into(), format!("/{d}")));
+        }
+    }
+    Ok(binds)
+}
+
+/// crun needs every v1 controller it knows as a v1 hierarchy; on hybrid
+/// hosts hugetlb may sit in the unified hierarchy instead. Move it.
+fn prepare_cgroups_for_crun() {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return; // pure v2
+    }
+    let unified = root.join("unified/cgroup.controllers");
+    let has = std::fs::read_to_string(unified).unwrap_or_default();
+    if has.split_whitespace().any(|c| c == "hugetlb") && !is_mounted(&root.join("hugetlb")) {
+        let target = root.join("hugetlb");
+        let _ = std::fs::create_dir_all(&target);
+        if let Err(e) = mount(
+            Some("cgroup"),
+            &target,
+            Some("cgroup"),
+            MsFlags::empty(),
+            Some("hugetlb"),
+        ) {
+            tracing::warn!("could not mount the hugetlb cgroup v1 hierarchy: {e}");
+        }
+    }
+}
+
+impl ContainerRuntime {
+    pub async fn new(cfg: ContainerConfig) -> Result<ContainerRuntime> {
+        let sandboxes = cfg.data_dir.join("sandboxes");
+        let base = cfg.data_dir.join("images/host");
+        std::fs::create_dir_all(&sandboxes).map_err(io("data dir"))?;
+        if !cfg.agent_path.is_file() {
+            return Err(Error::Unavailable {
+                what: "the container backend".into(),
+                reason: format!("no agent binary at {}", cfg.agent_path.display()),
+            });
+        }
+        let host_binds = host_layout(&base)?;
+        let net = net::Network::init(cfg.net.clone()).await?;
+        let mut rt = ContainerRuntime {
+            oci: String::new(),
+            state_root: PathBuf::new(),
+            sandboxes,
+            base,
+            agent: cfg.agent_path.clone(),
+            host_binds,
+            net,
+        };
+        let candidates: Vec<String> = match &cfg.oci_runtime {
+            Some(r) => vec![r.clone()],
+            None => vec!["crun".into(), "runc".into()],
+        };
+        let mut errors = Vec::new();
+        for c in candidates {
+            if c.ends_with("crun") {
+                prepare_cgroups_for_crun();
+            }
+            rt.oci = c.clone();
+            rt.state_root = cfg
+                .data_dir
+                .join("oci")
+                .join(Path::new(&c).file_name().unwrap_or_default());
+            std::fs::create_dir_all(&rt.state_root).map_err(io("oci state"))?;
+            match rt.probe(&cfg.data_dir).await {
+                Ok(()) => {
+                    tracing::info!("container backend uses {c}");
+                    return Ok(rt);
+                }
+                Err(e) => {
+                    tracing::info!("{c} does not work here: {e}");
+                    errors.push(format!("{c}: {e}"));
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            what: "the container backend".into(),
+            reason: format!("no working OCI runtime ({})", errors.join("; ")),
+        })
+    }
+
+    pub fn oci_runtime(&self) -> &str {
+        &self.oci
+    }
+
+    /// Runs `paddock-agent --version` in a throwaway container with cgroup
+    /// limits, to see that this OCI runtime works on this host.
+    async fn probe(&self, data_dir: &Path) -> Result<()> {
+        let dir = data_dir.join("probe");
+        let _ = std::fs::remove_dir_all(&dir);
+        let rootfs = dir.join("rootfs");
+        let run_dir = dir.join("run");
+        let etc = dir.join("etc");
+        for d in [&rootfs, &run_dir, &etc, &dir.join("bundle")] {
+            std::fs::create_dir_all(d).map_err(io("probe"))?;
+        }
+        for f in ["hosts", "hostname", "resolv.conf"] {
+            std::fs::write(etc.join(f), "").map_err(io("probe"))?;
+        }
+        let config = paddock_core::model::SandboxSpec::default().resolve(1.0)?;
+        let id = format!("paddock-probe-{}", std::process::id());
+        let mut spec = spec::build(&spec::SpecInput {
+            id: &id,
+            rootfs: &self.base,
+            run_dir: &run_dir,
+            etc_dir: &etc,
+            agent: &self.agent,
+            host_binds: &self.host_binds,
+            netns: None,
+            cgroup: &format!("/paddock/{id}"),
+            config: &config,
+        })?;
+        if let Some(p) = spec.process_mut() {
+            p.set_args(Some(vec!["/.paddock-agent".into(), "--version".into()]));
+            p.set_cwd("/".into());
+        }
+        if let Some(r) = spec.root_mut() {
+            r.set_readonly(Some(true));
+        }
+        spec.save(dir.join("bundle/config.json"))
+            .map_err(|e| Error::Internal(format!("probe spec: {e}")))?;
+        let bundle = dir.join("bundle");
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            cmd::run(
+                &self.oci,
+                &[
+                    "--root",
+                    &self.state_root.to_string_lossy(),
+                    "run",
+                    "--bundle",
+                    &bundle.to_string_lossy(),
+                    &id,
+                ],
+            ),
+        )
+        .await
+        .map_err(|_| Error::Timeout("probe container".into()))?;
+        let _ = cmd::run(
+            &self.oci,
+            &[
+                "--root",
+                &self.state_root.to_string_lossy(),
+                "delete",
+                "-f",
+                &id,
+            ],
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = out?;
+        if out.contains("paddock-agent") {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!("unexpected probe output {out:?}")))
+        }
+    }
+
+    fn dir(&self, id: Uuid) -> PathBuf {
+        self.sandboxes.join(id.to_string())
+    }
+
+    async fn oci(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["--root", self.state_root.to_str().unwrap_or("/run/paddock")];
+        full.extend_from_slice(args);
+        cmd::run(&self.oci, &full).await
+    }
+
+    async fn oci_status(&self, id: Uuid) -> Option<String> {
+        let out = self.oci(&["state", &id.to_string()]).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["status"].as_str().map(str::to_string)
+    }
+
+    fn instance(&self, id: Uuid) -> Instance {
+        let ip = std::fs::read_to_string(self.dir(id).join("ip"))
+            .ok()
+            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
+        Instance {
+            agent: AgentEndpoint::Unix(self.dir(id).join("run/agent.sock")),
+            ip: ip.map(IpAddr::V4),
+        }
+    }
+
+    /// Mounts the sandbox's filesystem and network (first boot only).
+    async fn prepare(&self, id: Uuid, config: &SandboxConfig) -> Result<()> {
+        let dir = self.dir(id);
+        let rw = dir.join("rw");
+        let rootfs = dir.join("rootfs");
+        for d in [
+            &rw,
+            &rootfs,
+            &dir.join("run"),
+            &dir.join("etc"),
+            &dir.join("bundle"),
+        ] {
+            std::fs::create_dir_all(d).map_err(io("sandbox dir"))?;
+        }
+        let size = format!("size={}m,mode=0755", config.disk_mb);
+        mount(
+            Some("tmpfs"),
+            &rw,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(size.as_str()),
+        )
+        .map_err(|e| Error::Internal(format!("mount sandbox disk: {e}")))?;
+        std::fs::create_dir_all(rw.join("upper")).map_err(io("upper"))?;
+        std::fs::create_dir_all(rw.join("work")).map_err(io("work"))?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.base.display(),
+            rw.join("upper").display(),
+            rw.join("work").display()
+        );
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| Error::Internal(format!("mount rootfs overlay: {e}")))?;
+        std::fs::create_dir_all(rootfs.join(config.cwd.trim_start_matches('/')))
+            .map_err(io("cwd"))?;
+
+        let ip = self.net.create(&id).await?;
+        std::fs::write(dir.join("ip"), ip.to_string()).map_err(io("ip"))?;
+        let host = spec::hostname(&id.to_string());
+        let etc = dir.join("etc");
+        std::fs::write(
+            etc.join("hosts"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{host}\n"
+            ),
+        )
+        .map_err(io("hosts"))?;
+        std::fs::write(etc.join("hostname"), format!("{host}\n")).map_err(io("hostname"))?;
+        std::fs::write(etc.join("resolv.conf"), net::Network::resolv_conf())
+            .map_err(io("resolv.conf"))?;
+        Ok(())
+    }
+
+    async fn run(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
+        let dir = self.dir(id);
+        let _ = std::fs::remove_file(dir.join("run/agent.sock"));
+        let netns = PathBuf::from("/var/run/netns").join(net::netns_name(&id));
+        let spec = spec::build(&spec::SpecInput {
+            id: &id.to_string(),
+            rootfs: &dir.join("rootfs"),
+            run_dir: &dir.join("run"),
+            etc_dir: &dir.join("etc"),
+            agent: &self.agent,
+            host_binds: &self.host_binds,
+            netns: Some(&netns),
+            cgroup: &cgroup::rel_path(&id),
+            config,
+        })?;
+        spec.save(dir.join("bundle/config.json"))
+            .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .map_err(io("agent log"))?;
+        let bundle = dir.join("bundle");
+        let mut c = tokio::process::Command::new(&self.oci);
+        c.args([
+            "--root",
+            &self.state_root.to_string_lossy(),
+            "run",
+            "-d",
+            "--bundle",
+            &bundle.to_string_lossy(),
+            &id.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(io("agent log"))?)
+        .stderr(log);
+        let status = c.status().await.map_err(io(&self.oci))?;
+        if !status.success() {
+            let tail = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+            let tail: String = tail
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(Error::Internal(format!("{} run failed: {tail}", self.oci)));
+        }
+        Ok(self.instance(id))
+    }
+}
+
+#[async_trait]
+impl Runtime for ContainerRuntime {
+    fn isolation(&self) -> Isolation {
+        Isolation::Container
+    }
+
+    async fn create(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
+        if config.image.is_some() {
+            return Err(Error::Unsupported(
+                "named images (this daemon runs only the default host image so far)".into(),
+            ));
+        }
+        self.prepare(id, config).await?;
+        self.run(id, config).await
+    }
+
+    async fn start(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
+        if !is_mounted(&self.dir(id).join("rootfs")) {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} has no filesystem left to start"
+            )));
+        }
+        let _ = self.oci(&["delete", "-f", &id.to_string()]).await;
+        self.run(id, config).await
+    }
+
+    async fn stop(&self, id: Uuid) -> Result<()> {
+        let sid = id.to_string();
+        let _ = self.oci(&["kill", &sid, "KILL"]).await;
+        for _ in 0..200 {
+            match self.oci_status(id).await.as_deref() {
+                Some("running") | Some("paused") | Some("pausing") => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => break,
+            }
+        }
+        let _ = self.oci(&["delete", "-f", &sid]).await;
+        Ok(())
+    }
+
+    async fn pause(&self, id: Uuid) -> Result<()> {
+        self.oci(&["pause", &id.to_string()]).await.map(|_| ())
+    }
+
+    async fn resume(&self, id: Uuid) -> Result<()> {
+        self.oci(&["resume", &id.to_string()]).await.map(|_| ())
+    }
+
+    async fn destroy(&self, id: Uuid) -> Result<()> {
+        let dir = self.dir(id);
+        let inst = self.instance(id);
+        if self.oci_status(id).await.is_some() {
+            if let Err(e) = self.oci(&["delete", "-f", &id.to_string()]).await {
+                tracing::warn!(sandbox = %id, "{e}");
+            }
+        }
+        for m in [dir.join("rootfs"), dir.join("rw")] {
+            if is_mounted(&m) {
+                if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
+                    tracing::warn!(sandbox = %id, "umount {}: {e}", m.display());
+                }
+            }
+        }
+        let ip = match inst.ip {
+            Some(IpAddr::V4(v4)) => Some(v4),
+            _ => None,
+        };
+        self.net.destroy(&id, ip).await;
+        cgroup::remove(&cgroup::rel_path(&id));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    async fn inspect(&self, id: Uuid) -> Result<(Liveness, Option<Instance>)> {
+        let inst = self.instance(id);
+        if let Some(IpAddr::V4(ip)) = inst.ip {
+            self.net.reserve(ip);
+        }
+        Ok(match self.oci_status(id).await.as_deref() {
+            Some("running") => (Liveness::Running, Some(inst)),
+            Some("paused") => (Liveness::Paused, Some(inst)),
+            _ if is_mounted(&self.dir(id).join("rootfs")) => (Liveness::Stopped, None),
+            _ => (Liveness::Missing, None),
+        })
+    }
+
+    async fn metrics(&self, id: Uuid) -> Result<Metrics> {
+        let rel = cgroup::rel_path(&id);
+        let veth = net::veth_name(&id);
+        let t0 = std::time::Instant::now();
+        let c0 = cgroup::cpu_usage_ns(&rel);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut m = cgroup::sample(&rel, &veth);
+        if let (Some(c0), Some(c1)) = (c0, cgroup::cpu_usage_ns(&rel)) {
+            let wall = t0.elapsed().as_nanos() as f64;
+            m.cpu_percent = (c1.saturating_sub(c0)) as f64 * 100.0 / wall;
+        }
+        if m.memory_limit_bytes == 0 && m.memory_bytes == 0 && m.pids == 0 {
+            return Err(Error::Unavailable {
+                what: format!("metrics of sandbox {id}"),
+                reason: "its cgroup is gone".into(),
+            });
+        }
+        Ok(m)
+    }
+
+    async fn logs(&self, id: Uuid, offset: u64) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let p = self.dir(id).join("run/main.log");
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("logs")(e)),
+        };
+        f.seek(std::io::SeekFrom::Start(offset))
+            .map_err(io("logs"))?;
+        let mut out = Vec::new();
+        f.take(16 << 20).read_to_end(&mut out).map_err(io("logs"))?;
+        Ok(out)
+    }
+
+    async fn gc(&self, keep: &[Uuid]) -> Result<usize> {
+        let mut n = 0;
+        let mut seen = std::collections::HashSet::new();
+        if let Ok(rd) = std::fs::read_dir(&self.sandboxes) {
+            for e in rd.flatten() {
+                if let Ok(id) = Uuid::parse_str(&e.file_name().to_string_lossy()) {
+                    seen.insert(id);
+                }
+            }
+        }
+        if let Ok(out) = self.oci(&["list", "-q"]).await {
+            for l in out.lines() {
+                if let Ok(id) = Uuid::parse_str(l.trim()) {
+                    seen.insert(id);
+                }
+            }
+        }
+        for id in seen {
+            if !keep.contains(&id) {
+                self.destroy(id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

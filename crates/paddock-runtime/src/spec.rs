@@ -1,0 +1,291 @@
+//! The OCI runtime spec (config.json) of a sandbox.
+//!
+//! Written as JSON for readability and parsed into `oci_spec::runtime::Spec`,
+//! which checks its shape, before it is saved.
+
+use std::path::Path;
+
+use paddock_core::model::SandboxConfig;
+use paddock_core::{Error, Result};
+use serde_json::{json, Value};
+
+/// Capabilities a sandbox keeps (Docker's default set less MKNOD).
+pub const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// System calls refused with EPERM: kernel modules, kexec, keyrings, BPF,
+/// perf, mounts and namespaces, clocks, swap, reboot, raw I/O ports.
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "adjtimex",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+];
+
+/// Paths masked from the sandbox: runc's defaults plus host secrets under
+/// the shared /etc.
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/ssh",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssl/private",
+];
+
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+pub struct SpecInput<'a> {
+    pub id: &'a str,
+    pub rootfs: &'a Path,
+    pub run_dir: &'a Path,
+    pub etc_dir: &'a Path,
+    pub agent: &'a Path,
+    /// Host directories bound read-only (host path, sandbox path).
+    pub host_binds: &'a [(String, String)],
+    pub netns: Option<&'a Path>,
+    pub cgroup: &'a str,
+    pub config: &'a SandboxConfig,
+}
+
+fn bind(src: &str, dst: &str, ro: bool) -> Value {
+    let mut opts = vec!["rbind", "nosuid", "nodev"];
+    if ro {
+        opts.push("ro");
+    }
+    json!({"destination": dst, "type": "bind", "source": src, "options": opts})
+}
+
+pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
+    let c = i.config;
+    let mut args = vec![
+        "/.paddock-agent".to_string(),
+        "--socket".into(),
+        "/run/paddock/agent.sock".into(),
+        "--log".into(),
+        "/run/paddock/main.log".into(),
+    ];
+    let main = c.main_process();
+    if !main.is_empty() {
+        args.push("--".into());
+        args.extend(main);
+    }
+    let mut env: Vec<String> = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "HOME=/root".into(),
+        "TERM=xterm".into(),
+        "LANG=C.UTF-8".into(),
+        format!("HOSTNAME={}", hostname(i.id)),
+        format!("PADDOCK_SANDBOX_ID={}", i.id),
+    ];
+    for (k, v) in &c.env {
+        env.retain(|e| !e.starts_with(&format!("{k}=")));
+        env.push(format!("{k}={v}"));
+    }
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for (src, dst) in i.host_binds {
+        mounts.push(bind(src, dst, true));
+    }
+    let etc = |f: &str| i.etc_dir.join(f).to_string_lossy().into_owned();
+    mounts.push(bind(&etc("hosts"), "/etc/hosts", true));
+    mounts.push(bind(&etc("hostname"), "/etc/hostname", true));
+    mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
+    mounts.push(bind(&i.run_dir.to_string_lossy(), "/run/paddock", false));
+    mounts.push(bind(&i.agent.to_string_lossy(), "/.paddock-agent", true));
+
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    match i.netns {
+        Some(p) => namespaces.push(json!({"type": "network", "path": p})),
+        None => namespaces.push(json!({"type": "network"})),
+    }
+
+    let period: u64 = 100_000;
+    let memory = (c.memory_mb as u64) << 20;
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": env,
+            "cwd": c.cwd,
+            "capabilities": {
+                "bounding": CAPS, "effective": CAPS, "permitted": CAPS,
+                "inheritable": [], "ambient": []
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 16384u64, "soft": 16384u64}],
+            "noNewPrivileges": true,
+            "oomScoreAdj": 500
+        },
+        "root": {"path": i.rootfs, "readonly": false},
+        "hostname": hostname(i.id),
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": i.cgroup,
+            "resources": {
+                "devices": [{"allow": false, "access": "rwm"}],
+                "memory": {"limit": memory, "swap": memory},
+                "cpu": {"quota": (c.cpu * period as f64).round() as i64, "period": period},
+                "pids": {"limit": c.pids}
+            },
+            "namespaces": namespaces,
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+            }
+        }
+    });
+    serde_json::from_value(spec).map_err(|e| Error::Internal(format!("OCI spec: {e}")))
+}
+
+pub fn hostname(id: &str) -> String {
+    format!("sb-{}", &id.replace('-', "")[..12.min(id.len())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paddock_core::model::SandboxSpec;
+
+    #[test]
+    fn spec_has_limits_and_isolation() {
+        let cfg = SandboxSpec {
+            memory_mb: Some(256),
+            cpu: Some(0.5),
+            command: Some(vec!["sleep".into(), "1".into()]),
+            ..Default::default()
+        }
+        .resolve(2.0)
+        .unwrap();
+        let spec = build(&SpecInput {
+            id: "6f1c4a8e-0000-4000-8000-000000000000",
+            rootfs: Path::new("/tmp/r"),
+            run_dir: Path::new("/tmp/run"),
+            etc_dir: Path::new("/tmp/etc"),
+            agent: Path::new("/usr/local/bin/paddock-agent"),
+            host_binds: &[("/usr".into(), "/usr".into())],
+            netns: Some(Path::new("/var/run/netns/x")),
+            cgroup: "/paddock/x",
+            config: &cfg,
+        })
+        .unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 256u64 << 20);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 1024);
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        let args: Vec<String> = serde_json::from_value(v["process"]["args"].clone()).unwrap();
+        assert_eq!(&args[args.len() - 3..], ["--", "sleep", "1"]);
+        let ns: Vec<String> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap().to_string())
+            .collect();
+        for want in ["pid", "ipc", "uts", "mount", "cgroup", "network"] {
+            assert!(ns.iter().any(|n| n == want), "{want} missing from {ns:?}");
+        }
+        assert!(!v["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "CAP_SYS_ADMIN"));
+    }
+}
