@@ -1,1 +1,531 @@
+//! The native API: REST under `/v1`, SSE and WebSocket streams, a port
+//! proxy, and `/openapi.json`. An adapter over the engine, nothing more.
 
+mod extract;
+mod problem;
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use paddock_core::model::*;
+use paddock_core::{Engine, Error};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use problem::{ApiResult, Problem};
+use extract::{Json, Query};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// No key needed (the daemon listens on loopback only).
+    pub open: bool,
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(inspect).delete(destroy))
+        .route("/sandboxes/{id}/touch", post(touch))
+        .route("/sandboxes/{id}/stop", post(stop))
+        .route("/sandboxes/{id}/start", post(start))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/exec", post(exec))
+        .route("/sandboxes/{id}/exec/stream", post(exec_sse))
+        .route("/sandboxes/{id}/exec/ws", get(exec_ws))
+        .route("/sandboxes/{id}/files", get(download).put(upload).delete(remove_file))
+        .route("/sandboxes/{id}/files/list", get(list_dir))
+        .route("/sandboxes/{id}/files/stat", get(stat))
+        .route("/sandboxes/{id}/files/mkdir", post(mkdir))
+        .route("/sandboxes/{id}/files/rename", post(rename))
+        .route("/sandboxes/{id}/ports", get(ports))
+        .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy_root))
+        .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/logs", get(logs))
+        .route("/sandboxes/{id}/events", get(sandbox_events))
+        .route("/events", get(all_events))
+        .route("/version", get(version))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_string());
+    let principal = match token {
+        Some(t) => match st.engine.authenticate(&t) {
+            Ok(p) => p,
+            Err(e) => return Problem::from(e).into_response(),
+        },
+        None if st.open => Principal::local(),
+        None => {
+            return Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "an API key is required: send `Authorization: Bearer <key>` (paddock keys create)",
+            )
+            .into_response()
+        }
+    };
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+fn parse_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| Problem::from(Error::not_found(format!("sandbox {id}"))))
+}
+
+type P = Extension<Principal>;
+
+// ---- sandboxes -----------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/sandboxes", request_body = SandboxSpec,
+    responses((status = 201, body = Sandbox, description = "created"),
+               (status = 200, body = Sandbox, description = "an existing sandbox with this key"),
+               (status = 400, body = Problem)))]
+async fn create(State(st): State<AppState>, Extension(p): P, Json(spec): Json<SandboxSpec>) -> ApiResult<Response> {
+    let (sb, created) = st.engine.create(&p, spec).await?;
+    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((code, axum::Json(sb)).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ListParams {
+    state: Option<String>,
+    /// `k=v,k2=v2`: sandboxes carrying all these labels.
+    labels: Option<String>,
+    key: Option<String>,
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<Uuid>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct SandboxList {
+    sandboxes: Vec<Sandbox>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<Uuid>,
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes", params(ListParams), responses((status = 200, body = SandboxList)))]
+async fn list(State(st): State<AppState>, Extension(p): P, Query(q): Query<ListParams>) -> ApiResult<axum::Json<SandboxList>> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(paddock_core::model::State::parse(s).ok_or_else(|| {
+            Problem::from(Error::invalid("state", format!("unknown state {s:?}")))
+        })?),
+    };
+    let mut labels = BTreeMap::new();
+    for kv in q.labels.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| Problem::from(Error::invalid("labels", "use k=v,k2=v2")))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut items = st.engine.list(&p, &ListQuery {
+        state,
+        labels,
+        key: q.key,
+        include_destroyed: state == Some(paddock_core::model::State::Destroyed),
+        limit,
+        after: q.after,
+    })?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|s| s.id)
+    } else {
+        None
+    };
+    Ok(axum::Json(SandboxList { sandboxes: items, next }))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", responses((status = 200, body = Sandbox), (status = 404, body = Problem)))]
+async fn inspect(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Sandbox>> {
+    Ok(axum::Json(st.engine.get(&p, parse_id(&id)?)?))
+}
+
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", responses((status = 200, body = Sandbox), (status = 404, body = Problem)))]
+async fn destroy(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Sandbox>> {
+    Ok(axum::Json(st.engine.destroy(&p, parse_id(&id)?).await?))
+}
+
+macro_rules! lifecycle {
+    ($name:ident, $method:ident, $path:literal) => {
+        #[utoipa::path(post, path = $path, responses((status = 200, body = Sandbox), (status = 404, body = Problem), (status = 409, body = Problem)))]
+        async fn $name(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Sandbox>> {
+            Ok(axum::Json(st.engine.$method(&p, parse_id(&id)?).await?))
+        }
+    };
+}
+lifecycle!(touch, touch, "/v1/sandboxes/{id}/touch");
+lifecycle!(stop, stop, "/v1/sandboxes/{id}/stop");
+lifecycle!(start, start, "/v1/sandboxes/{id}/start");
+lifecycle!(pause, pause, "/v1/sandboxes/{id}/pause");
+lifecycle!(resume, resume, "/v1/sandboxes/{id}/resume");
+
+// ---- exec ------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", request_body = ExecRequest,
+    responses((status = 200, body = ExecResult), (status = 400, body = Problem), (status = 409, body = Problem)))]
+async fn exec(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Json(req): Json<ExecRequest>) -> ApiResult<axum::Json<ExecResult>> {
+    Ok(axum::Json(st.engine.exec(&p, parse_id(&id)?, &req).await?))
+}
+
+fn exec_event_sse(ev: Result<ExecEvent, Error>) -> SseEvent {
+    match ev {
+        Ok(ExecEvent::Started { pid }) => SseEvent::default().event("started").json_data(serde_json::json!({"pid": pid})),
+        Ok(ExecEvent::Stdout(b)) => SseEvent::default().event("stdout").json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
+        Ok(ExecEvent::Stderr(b)) => SseEvent::default().event("stderr").json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
+        Ok(ExecEvent::Exit(r)) => SseEvent::default().event("exit").json_data(&r),
+        Err(e) => SseEvent::default().event("error").json_data(Problem::from(e)),
+    }
+    .unwrap_or_else(|_| SseEvent::default().event("error").data("unencodable event"))
+}
+
+/// Streams a command's output as server-sent events: `started`, `stdout`,
+/// `stderr` (`{"data": "..."}`) and one `exit` (an ExecResult).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec/stream", request_body = ExecRequest,
+    responses((status = 200, description = "text/event-stream"), (status = 409, body = Problem)))]
+async fn exec_sse(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Json(req): Json<ExecRequest>) -> ApiResult<Response> {
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let s = st.engine.exec_stream(&p, parse_id(&id)?, &req, rx).await?;
+    // Keep the control sender alive as long as the stream.
+    let s = s.map(move |ev| {
+        let _keep = &_tx;
+        Ok::<_, Infallible>(exec_event_sse(ev))
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// Interactive exec over WebSocket. The client's first message is a JSON
+/// ExecRequest (text). Then: binary frames are stdin; text frames are JSON
+/// `{"type":"resize","rows":R,"cols":C}`, `{"type":"signal","signal":N}` or
+/// `{"type":"eof"}`. The server sends binary frames whose first byte is 1
+/// (stdout) or 2 (stderr), and text frames `{"type":"started","pid":N}`,
+/// `{"type":"exit",...ExecResult}` or `{"type":"error",...Problem}`.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/ws", responses((status = 101, description = "WebSocket")))]
+async fn exec_ws(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, ws: WebSocketUpgrade) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    st.engine.get(&p, id)?;
+    Ok(ws.on_upgrade(move |socket| ws_session(st, p, id, socket)))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum WsControl {
+    Resize { rows: u16, cols: u16 },
+    Signal { signal: i32 },
+    Eof,
+    Stdin { data: String },
+}
+
+async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket) {
+    let send_err = |e: Problem| {
+        let mut v = serde_json::to_value(&e).unwrap_or_default();
+        v["type"] = "error".into();
+        Message::Text(v.to_string().into())
+    };
+    let req: ExecRequest = match socket.recv().await {
+        Some(Ok(Message::Text(t))) => match serde_json::from_str(&t) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = socket.send(send_err(Problem::new(StatusCode::BAD_REQUEST, e.to_string()))).await;
+                return;
+            }
+        },
+        _ => return,
+    };
+    let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(64);
+    let mut out = match st.engine.exec_stream(&p, id, &req, ctl_rx).await {
+        Ok(s) => Box::pin(s),
+        Err(e) => {
+            let _ = socket.send(send_err(e.into())).await;
+            return;
+        }
+    };
+    let (mut sink, mut stream) = socket.split();
+    use futures::SinkExt;
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let ctl = match msg {
+                Message::Binary(b) => ExecControl::Stdin(b),
+                Message::Text(t) => match serde_json::from_str::<WsControl>(&t) {
+                    Ok(WsControl::Resize { rows, cols }) => ExecControl::Resize(PtySize { rows, cols }),
+                    Ok(WsControl::Signal { signal }) => ExecControl::Signal(signal),
+                    Ok(WsControl::Eof) => ExecControl::CloseStdin,
+                    Ok(WsControl::Stdin { data }) => ExecControl::Stdin(Bytes::from(data)),
+                    Err(_) => continue,
+                },
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ctl_tx.send(ctl).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(ev) = out.next().await {
+        let msg = match ev {
+            Ok(ExecEvent::Started { pid }) => Message::Text(serde_json::json!({"type": "started", "pid": pid}).to_string().into()),
+            Ok(ExecEvent::Stdout(b)) => Message::Binary([&[1u8][..], &b].concat().into()),
+            Ok(ExecEvent::Stderr(b)) => Message::Binary([&[2u8][..], &b].concat().into()),
+            Ok(ExecEvent::Exit(r)) => {
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                v["type"] = "exit".into();
+                Message::Text(v.to_string().into())
+            }
+            Err(e) => send_err(e.into()),
+        };
+        if sink.send(msg).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    reader.abort();
+}
+
+// ---- files -------------------------------------------------------------------
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct PathParams {
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct UploadParams {
+    path: String,
+    /// Octal, such as `755`.
+    mode: Option<String>,
+    /// Create missing parent directories (default true).
+    parents: Option<bool>,
+    /// Write a temporary file and rename it into place (default true).
+    atomic: Option<bool>,
+    #[serde(default)]
+    append: bool,
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(PathParams),
+    responses((status = 200, description = "the file's bytes"), (status = 404, body = Problem)))]
+async fn download(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<Response> {
+    let (info, s) = st.engine.read_file(&p, parse_id(&id)?, &q.path).await?;
+    let body = Body::from_stream(s.map(|r| r.map_err(std::io::Error::other)));
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, info.size)
+        .body(body)
+        .unwrap_or_default())
+}
+
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(UploadParams),
+    responses((status = 201, body = FileInfo), (status = 400, body = Problem)))]
+async fn upload(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<UploadParams>, body: Body) -> ApiResult<Response> {
+    let mode = match &q.mode {
+        Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| Problem::from(Error::invalid("mode", "must be octal, such as 644")))?),
+        None => None,
+    };
+    let opts = WriteOptions {
+        mode,
+        mkdir_parents: q.parents.unwrap_or(true),
+        atomic: q.atomic.unwrap_or(true) && !q.append,
+        append: q.append,
+    };
+    let data = body
+        .into_data_stream()
+        .map(|r| r.map_err(|e| Error::invalid("body", format!("the upload broke off: {e}"))));
+    let info = st.engine.write_file(&p, parse_id(&id)?, &q.path, &opts, data).await?;
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(PathParams), responses((status = 204), (status = 404, body = Problem)))]
+async fn remove_file(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<StatusCode> {
+    st.engine.remove(&p, parse_id(&id)?, &q.path, q.recursive).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DirListing {
+    path: String,
+    entries: Vec<FileInfo>,
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", params(PathParams), responses((status = 200, body = DirListing)))]
+async fn list_dir(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<axum::Json<DirListing>> {
+    let entries = st.engine.list_dir(&p, parse_id(&id)?, &q.path).await?;
+    Ok(axum::Json(DirListing { path: q.path, entries }))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", params(PathParams), responses((status = 200, body = FileInfo)))]
+async fn stat(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<axum::Json<FileInfo>> {
+    Ok(axum::Json(st.engine.stat(&p, parse_id(&id)?, &q.path).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct MkdirParams {
+    path: String,
+    parents: Option<bool>,
+    mode: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", params(MkdirParams), responses((status = 201)))]
+async fn mkdir(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<MkdirParams>) -> ApiResult<StatusCode> {
+    let mode = match &q.mode {
+        Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| Problem::from(Error::invalid("mode", "must be octal, such as 755")))?),
+        None => None,
+    };
+    st.engine.mkdir(&p, parse_id(&id)?, &q.path, q.parents.unwrap_or(true), mode).await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct RenameBody {
+    from: String,
+    to: String,
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/rename", request_body = RenameBody, responses((status = 204)))]
+async fn rename(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Json(b): Json<RenameBody>) -> ApiResult<StatusCode> {
+    st.engine.rename(&p, parse_id(&id)?, &b.from, &b.to).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- ports, metrics, logs ------------------------------------------------------
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct PortList {
+    ports: Vec<Port>,
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/ports", responses((status = 200, body = PortList)))]
+async fn ports(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<PortList>> {
+    Ok(axum::Json(PortList { ports: st.engine.ports(&p, parse_id(&id)?).await? }))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", responses((status = 200, body = Metrics)))]
+async fn metrics(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Metrics>> {
+    Ok(axum::Json(st.engine.metrics(&p, parse_id(&id)?).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct LogParams {
+    #[serde(default)]
+    offset: u64,
+    /// Keep the response open and send what is appended.
+    #[serde(default)]
+    follow: bool,
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", params(LogParams), responses((status = 200, description = "text/plain")))]
+async fn logs(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<LogParams>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let first = st.engine.logs(&p, id, q.offset).await?;
+    if !q.follow {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], first).into_response());
+    }
+    let engine = st.engine.clone();
+    let offset = q.offset + first.len() as u64;
+    let rest = futures::stream::unfold((engine, p, offset), move |(engine, p, off)| async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match engine.logs(&p, id, off).await {
+                Ok(b) if b.is_empty() => continue,
+                Ok(b) => {
+                    let n = b.len() as u64;
+                    return Some((Ok::<_, Infallible>(Bytes::from(b)), (engine, p, off + n)));
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    let body = futures::stream::iter([Ok(Bytes::from(first))]).chain(rest);
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response())
+}
+
+// ---- events -----------------------------------------------------------------
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct EventParams {
+    /// Resume after this event id (as `Last-Event-ID` does).
+    after: Option<i64>,
+}
+
+fn resume_from(headers: &HeaderMap, q: &EventParams) -> i64 {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(q.after)
+        .unwrap_or(0)
+}
+
+fn event_sse(s: impl Stream<Item = Event> + Send + 'static, per_sandbox: bool) -> Response {
+    let s = s.map(move |e| {
+        let id = if per_sandbox { e.id } else { e.seq };
+        Ok::<_, Infallible>(
+            SseEvent::default()
+                .id(id.to_string())
+                .event(e.kind.clone())
+                .json_data(&e)
+                .unwrap_or_default(),
+        )
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+/// A sandbox's lifecycle and activity events; ids are per sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/events", params(EventParams), responses((status = 200, description = "text/event-stream of Event")))]
+async fn sandbox_events(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, headers: HeaderMap, Query(q): Query<EventParams>) -> ApiResult<Response> {
+    let s = st.engine.events(&p, Some(parse_id(&id)?), resume_from(&headers, &q))?;
+    Ok(event_sse(s, true))
+}
+
+/// Every event of the caller's sandboxes; ids are the daemon-wide sequence.
+#[utoipa::path(get, path = "/v1/events", params(EventParams), responses((status = 200, description = "text/event-stream of Event")))]
+async fn all_events(State(st): State<AppState>, Extension(p): P, headers: HeaderMap, Query(q): Query<EventParams>) -> ApiResult<Response> {
+    let s = st.engine.events(&p, None, resume_from(&headers, &q))?;
+    Ok(event_sse(s, false))
+}
+
+async fn version() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "api": "v1"}))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Paddock native API", description = "Sandboxes for AI agents. Errors are RFC 7807 problem+json."),
+    paths(create, list, inspect, destroy, touch, stop, start, pause, resume, exec, exec_sse, exec_ws,
+          download, upload, remove_file, list_dir, stat, mkdir, rename, ports, metrics, logs,
+          sandbox_events, all_events, proxy::proxy),
+    components(schemas(SandboxSpec, Sandbox, SandboxConfig, paddock_core::model::State, Isolation, ExecRequest, ExecResult,
+                       PtySize, FileInfo, Port, Metrics, Event, Problem, SandboxList, DirListing, PortList, RenameBody))
+)]
+struct ApiDoc;
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}

@@ -1,1 +1,71 @@
-fn main() {}
+//! `paddock`: the daemon (`paddock serve`) and the CLI that talks to it.
+
+mod cli;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "paddock", version, about = "Sandboxes for AI agents")]
+struct Opts {
+    /// The daemon's native API.
+    #[arg(long, global = true, env = "PADDOCK_HOST", default_value = "http://127.0.0.1:7070")]
+    host: String,
+    /// API key (needed when the daemon listens beyond loopback).
+    #[arg(long, global = true, env = "PADDOCK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon.
+    Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCmd),
+    /// Manage API keys (works on the daemon's data dir directly).
+    #[command(subcommand)]
+    Keys(cli::KeysCmd),
+}
+
+fn main() {
+    let opts = Opts::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let code = match opts.cmd {
+        Cmd::Serve(args) => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            let rt = tokio::runtime::Runtime::new().expect("tokio");
+            match rt.block_on(serve::run(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("paddock serve: {e:#}");
+                    1
+                }
+            }
+        }
+        Cmd::Keys(k) => match cli::keys(k, opts.json) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("paddock: {e:#}");
+                1
+            }
+        },
+        Cmd::Client(c) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+            let client = cli::Client::new(opts.host, opts.api_key, opts.json);
+            match rt.block_on(client.run(c)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("paddock: {e:#}");
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,73 @@
+//! RFC 7807 problem details, and the mapping of engine errors onto them.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use paddock_core::Error;
+use serde::Serialize;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("Error").into(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(mut self, f: impl Into<String>) -> Problem {
+        self.field = Some(f.into());
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+    }
+}
+
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        Error::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Problem {
+        let status = status_of(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{e}");
+        }
+        let p = Problem::new(status, e.to_string());
+        match e {
+            Error::Invalid { field, .. } => p.field(field),
+            _ => p,
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, Problem>;

@@ -1,0 +1,100 @@
+//! `paddock serve`: wires the store, the backends, the engine and the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use paddock_core::{Engine, EngineConfig, Runtime};
+use paddock_runtime::{ContainerConfig, ContainerRuntime, NetConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address of the native API. Not loopback: every request needs an API key.
+    #[arg(long, default_value = "127.0.0.1:7070", env = "PADDOCK_LISTEN")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "/var/lib/paddock", env = "PADDOCK_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// crun, runc or a path (default: crun where it works, else runc).
+    #[arg(long, env = "PADDOCK_OCI_RUNTIME")]
+    pub oci_runtime: Option<String>,
+    /// The paddock-agent binary (default: next to this binary).
+    #[arg(long, env = "PADDOCK_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Host bridge for sandbox networking.
+    #[arg(long, default_value = "paddock0")]
+    pub bridge: String,
+    /// The bridge's address; sandboxes get addresses in its /16.
+    #[arg(long, default_value = "10.88.0.1")]
+    pub gateway: std::net::Ipv4Addr,
+    /// Seconds between reaper passes (TTL and idle timeouts).
+    #[arg(long, default_value_t = 1.0)]
+    pub reap_interval: f64,
+}
+
+pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("binary has no directory")?;
+    let candidates = [
+        dir.join("paddock-agent"),
+        dir.join("../x86_64-unknown-linux-gnu/release/paddock-agent"),
+        dir.join("../../x86_64-unknown-linux-gnu/release/paddock-agent"),
+        PathBuf::from("/usr/local/lib/paddock/paddock-agent"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| format!("no paddock-agent binary found (looked at {candidates:?}); pass --agent"))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let agent = find_agent(args.agent.clone())?;
+    let store = Arc::new(paddock_core::store::Store::open(&args.data_dir.join("paddock.db"))?);
+    let container = ContainerRuntime::new(ContainerConfig {
+        data_dir: args.data_dir.clone(),
+        oci_runtime: args.oci_runtime.clone(),
+        agent_path: agent.clone(),
+        net: NetConfig {
+            bridge: args.bridge.clone(),
+            gateway: args.gateway,
+        },
+    })
+    .await?;
+    tracing::info!(oci = container.oci_runtime(), agent = %agent.display(), "container backend ready");
+    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(container)];
+    let engine = Engine::new(
+        store,
+        runtimes,
+        EngineConfig {
+            reap_interval: std::time::Duration::from_secs_f64(args.reap_interval.max(0.05)),
+            ..Default::default()
+        },
+    );
+    engine.recover().await?;
+    engine.spawn_reaper();
+    let open = args.listen.ip().is_loopback();
+    if !open {
+        tracing::info!("listening beyond loopback: every request needs an API key");
+    }
+    let app = paddock_api::router(paddock_api::AppState { engine, open });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!("paddock serving the native API on http://{}", args.listen);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        })
+        .await?;
+    Ok(())
+}
