@@ -126,17 +126,7 @@ fn build(start: &ExecStart) -> Result<Command, Status> {
     if !start.user.is_empty() {
         let u = lookup_user(&start.user)?;
         cmd.uid(u.uid).gid(u.gid);
-        let gid = u.gid;
-        // SAFETY: setgroups is async-signal-safe and touches only a stack array.
-        unsafe {
-            cmd.pre_exec(move || {
-                let groups = [gid];
-                if libc::setgroups(1, groups.as_ptr()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // std clears the supplementary groups when root drops to `uid`.
         if let Some(home) = u.home {
             cmd.env("HOME", home);
         }

@@ -15,7 +15,10 @@ pub fn io_status(e: std::io::Error, path: &str) -> Status {
     let msg = format!("{path}: {e}");
     match e.kind() {
         ErrorKind::NotFound => Status::not_found(msg),
-        ErrorKind::PermissionDenied => Status::permission_denied(msg),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+            Status::permission_denied(msg)
+        }
+        ErrorKind::InvalidFilename | ErrorKind::FileTooLarge => Status::invalid_argument(msg),
         ErrorKind::AlreadyExists => Status::already_exists(msg),
         ErrorKind::InvalidInput | ErrorKind::InvalidData => Status::invalid_argument(msg),
         ErrorKind::DirectoryNotEmpty | ErrorKind::IsADirectory | ErrorKind::NotADirectory => {

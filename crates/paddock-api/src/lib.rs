@@ -26,8 +26,8 @@ use paddock_core::{Engine, Error};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use problem::{ApiResult, Problem};
 use extract::{Json, Query};
+pub use problem::{ApiResult, Problem};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -48,13 +48,17 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/exec", post(exec))
         .route("/sandboxes/{id}/exec/stream", post(exec_sse))
         .route("/sandboxes/{id}/exec/ws", get(exec_ws))
-        .route("/sandboxes/{id}/files", get(download).put(upload).delete(remove_file))
+        .route(
+            "/sandboxes/{id}/files",
+            get(download).put(upload).delete(remove_file),
+        )
         .route("/sandboxes/{id}/files/list", get(list_dir))
         .route("/sandboxes/{id}/files/stat", get(stat))
         .route("/sandboxes/{id}/files/mkdir", post(mkdir))
         .route("/sandboxes/{id}/files/rename", post(rename))
         .route("/sandboxes/{id}/ports", get(ports))
         .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy_root))
+        .route("/sandboxes/{id}/proxy/{port}/", any(proxy::proxy_root))
         .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/logs", get(logs))
@@ -77,20 +81,19 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string());
-    let principal = match token {
-        Some(t) => match st.engine.authenticate(&t) {
-            Ok(p) => p,
-            Err(e) => return Problem::from(e).into_response(),
-        },
-        None if st.open => Principal::local(),
-        None => {
-            return Problem::new(
+    let principal =
+        match token {
+            Some(t) => match st.engine.authenticate(&t) {
+                Ok(p) => p,
+                Err(e) => return Problem::from(e).into_response(),
+            },
+            None if st.open => Principal::local(),
+            None => return Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "an API key is required: send `Authorization: Bearer <key>` (paddock keys create)",
             )
-            .into_response()
-        }
-    };
+            .into_response(),
+        };
     req.extensions_mut().insert(principal);
     next.run(req).await
 }
@@ -107,9 +110,17 @@ type P = Extension<Principal>;
     responses((status = 201, body = Sandbox, description = "created"),
                (status = 200, body = Sandbox, description = "an existing sandbox with this key"),
                (status = 400, body = Problem)))]
-async fn create(State(st): State<AppState>, Extension(p): P, Json(spec): Json<SandboxSpec>) -> ApiResult<Response> {
+async fn create(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(spec): Json<SandboxSpec>,
+) -> ApiResult<Response> {
     let (sb, created) = st.engine.create(&p, spec).await?;
-    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((code, axum::Json(sb)).into_response())
 }
 
@@ -133,7 +144,11 @@ struct SandboxList {
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes", params(ListParams), responses((status = 200, body = SandboxList)))]
-async fn list(State(st): State<AppState>, Extension(p): P, Query(q): Query<ListParams>) -> ApiResult<axum::Json<SandboxList>> {
+async fn list(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Query(q): Query<ListParams>,
+) -> ApiResult<axum::Json<SandboxList>> {
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(paddock_core::model::State::parse(s).ok_or_else(|| {
@@ -141,35 +156,57 @@ async fn list(State(st): State<AppState>, Extension(p): P, Query(q): Query<ListP
         })?),
     };
     let mut labels = BTreeMap::new();
-    for kv in q.labels.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| Problem::from(Error::invalid("labels", "use k=v,k2=v2")))?;
+    for kv in q
+        .labels
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Problem::from(Error::invalid("labels", "use k=v,k2=v2")))?;
         labels.insert(k.to_string(), v.to_string());
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let mut items = st.engine.list(&p, &ListQuery {
-        state,
-        labels,
-        key: q.key,
-        include_destroyed: state == Some(paddock_core::model::State::Destroyed),
-        limit,
-        after: q.after,
-    })?;
+    let mut items = st.engine.list(
+        &p,
+        &ListQuery {
+            state,
+            labels,
+            key: q.key,
+            include_destroyed: state == Some(paddock_core::model::State::Destroyed),
+            limit,
+            after: q.after,
+        },
+    )?;
     let next = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|s| s.id)
     } else {
         None
     };
-    Ok(axum::Json(SandboxList { sandboxes: items, next }))
+    Ok(axum::Json(SandboxList {
+        sandboxes: items,
+        next,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", responses((status = 200, body = Sandbox), (status = 404, body = Problem)))]
-async fn inspect(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Sandbox>> {
+async fn inspect(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Sandbox>> {
     Ok(axum::Json(st.engine.get(&p, parse_id(&id)?)?))
 }
 
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", responses((status = 200, body = Sandbox), (status = 404, body = Problem)))]
-async fn destroy(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Sandbox>> {
+async fn destroy(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Sandbox>> {
     Ok(axum::Json(st.engine.destroy(&p, parse_id(&id)?).await?))
 }
 
@@ -191,17 +228,30 @@ lifecycle!(resume, resume, "/v1/sandboxes/{id}/resume");
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", request_body = ExecRequest,
     responses((status = 200, body = ExecResult), (status = 400, body = Problem), (status = 409, body = Problem)))]
-async fn exec(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Json(req): Json<ExecRequest>) -> ApiResult<axum::Json<ExecResult>> {
+async fn exec(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> ApiResult<axum::Json<ExecResult>> {
     Ok(axum::Json(st.engine.exec(&p, parse_id(&id)?, &req).await?))
 }
 
 fn exec_event_sse(ev: Result<ExecEvent, Error>) -> SseEvent {
     match ev {
-        Ok(ExecEvent::Started { pid }) => SseEvent::default().event("started").json_data(serde_json::json!({"pid": pid})),
-        Ok(ExecEvent::Stdout(b)) => SseEvent::default().event("stdout").json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
-        Ok(ExecEvent::Stderr(b)) => SseEvent::default().event("stderr").json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
+        Ok(ExecEvent::Started { pid }) => SseEvent::default()
+            .event("started")
+            .json_data(serde_json::json!({"pid": pid})),
+        Ok(ExecEvent::Stdout(b)) => SseEvent::default()
+            .event("stdout")
+            .json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
+        Ok(ExecEvent::Stderr(b)) => SseEvent::default()
+            .event("stderr")
+            .json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
         Ok(ExecEvent::Exit(r)) => SseEvent::default().event("exit").json_data(&r),
-        Err(e) => SseEvent::default().event("error").json_data(Problem::from(e)),
+        Err(e) => SseEvent::default()
+            .event("error")
+            .json_data(Problem::from(e)),
     }
     .unwrap_or_else(|_| SseEvent::default().event("error").data("unencodable event"))
 }
@@ -210,7 +260,12 @@ fn exec_event_sse(ev: Result<ExecEvent, Error>) -> SseEvent {
 /// `stderr` (`{"data": "..."}`) and one `exit` (an ExecResult).
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/exec/stream", request_body = ExecRequest,
     responses((status = 200, description = "text/event-stream"), (status = 409, body = Problem)))]
-async fn exec_sse(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Json(req): Json<ExecRequest>) -> ApiResult<Response> {
+async fn exec_sse(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> ApiResult<Response> {
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
     let s = st.engine.exec_stream(&p, parse_id(&id)?, &req, rx).await?;
     // Keep the control sender alive as long as the stream.
@@ -228,7 +283,12 @@ async fn exec_sse(State(st): State<AppState>, Extension(p): P, Path(id): Path<St
 /// (stdout) or 2 (stderr), and text frames `{"type":"started","pid":N}`,
 /// `{"type":"exit",...ExecResult}` or `{"type":"error",...Problem}`.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/ws", responses((status = 101, description = "WebSocket")))]
-async fn exec_ws(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, ws: WebSocketUpgrade) -> ApiResult<Response> {
+async fn exec_ws(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     st.engine.get(&p, id)?;
     Ok(ws.on_upgrade(move |socket| ws_session(st, p, id, socket)))
@@ -253,7 +313,12 @@ async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket)
         Some(Ok(Message::Text(t))) => match serde_json::from_str(&t) {
             Ok(r) => r,
             Err(e) => {
-                let _ = socket.send(send_err(Problem::new(StatusCode::BAD_REQUEST, e.to_string()))).await;
+                let _ = socket
+                    .send(send_err(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        e.to_string(),
+                    )))
+                    .await;
                 return;
             }
         },
@@ -269,12 +334,14 @@ async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket)
     };
     let (mut sink, mut stream) = socket.split();
     use futures::SinkExt;
-    let reader = tokio::spawn(async move {
+    let mut reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
             let ctl = match msg {
                 Message::Binary(b) => ExecControl::Stdin(b),
                 Message::Text(t) => match serde_json::from_str::<WsControl>(&t) {
-                    Ok(WsControl::Resize { rows, cols }) => ExecControl::Resize(PtySize { rows, cols }),
+                    Ok(WsControl::Resize { rows, cols }) => {
+                        ExecControl::Resize(PtySize { rows, cols })
+                    }
                     Ok(WsControl::Signal { signal }) => ExecControl::Signal(signal),
                     Ok(WsControl::Eof) => ExecControl::CloseStdin,
                     Ok(WsControl::Stdin { data }) => ExecControl::Stdin(Bytes::from(data)),
@@ -283,14 +350,18 @@ async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket)
                 Message::Close(_) => break,
                 _ => continue,
             };
-            if ctl_tx.send(ctl).await.is_err() {
-                break;
-            }
+            // Once the command is gone, keep reading (and dropping) until the
+            // client closes, so that closing never resets the connection.
+            let _ = ctl_tx.send(ctl).await;
         }
     });
     while let Some(ev) = out.next().await {
         let msg = match ev {
-            Ok(ExecEvent::Started { pid }) => Message::Text(serde_json::json!({"type": "started", "pid": pid}).to_string().into()),
+            Ok(ExecEvent::Started { pid }) => Message::Text(
+                serde_json::json!({"type": "started", "pid": pid})
+                    .to_string()
+                    .into(),
+            ),
             Ok(ExecEvent::Stdout(b)) => Message::Binary([&[1u8][..], &b].concat().into()),
             Ok(ExecEvent::Stderr(b)) => Message::Binary([&[2u8][..], &b].concat().into()),
             Ok(ExecEvent::Exit(r)) => {
@@ -305,7 +376,15 @@ async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket)
         }
     }
     let _ = sink.send(Message::Close(None)).await;
-    reader.abort();
+    // The closing handshake: wait for the client's close (briefly), so that
+    // the exit frame is not lost to a reset connection.
+    if tokio::time::timeout(Duration::from_secs(5), &mut reader)
+        .await
+        .is_err()
+    {
+        tracing::debug!("websocket client did not close");
+        reader.abort();
+    }
 }
 
 // ---- files -------------------------------------------------------------------
@@ -332,7 +411,12 @@ struct UploadParams {
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(PathParams),
     responses((status = 200, description = "the file's bytes"), (status = 404, body = Problem)))]
-async fn download(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<Response> {
+async fn download(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Query(q): Query<PathParams>,
+) -> ApiResult<Response> {
     let (info, s) = st.engine.read_file(&p, parse_id(&id)?, &q.path).await?;
     let body = Body::from_stream(s.map(|r| r.map_err(std::io::Error::other)));
     Ok(Response::builder()
@@ -344,9 +428,18 @@ async fn download(State(st): State<AppState>, Extension(p): P, Path(id): Path<St
 
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(UploadParams),
     responses((status = 201, body = FileInfo), (status = 400, body = Problem)))]
-async fn upload(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<UploadParams>, body: Body) -> ApiResult<Response> {
+async fn upload(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Query(q): Query<UploadParams>,
+    body: Body,
+) -> ApiResult<Response> {
     let mode = match &q.mode {
-        Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| Problem::from(Error::invalid("mode", "must be octal, such as 644")))?),
+        Some(m) => Some(
+            u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .map_err(|_| Problem::from(Error::invalid("mode", "must be octal, such as 644")))?,
+        ),
         None => None,
     };
     let opts = WriteOptions {
@@ -358,13 +451,23 @@ async fn upload(State(st): State<AppState>, Extension(p): P, Path(id): Path<Stri
     let data = body
         .into_data_stream()
         .map(|r| r.map_err(|e| Error::invalid("body", format!("the upload broke off: {e}"))));
-    let info = st.engine.write_file(&p, parse_id(&id)?, &q.path, &opts, data).await?;
+    let info = st
+        .engine
+        .write_file(&p, parse_id(&id)?, &q.path, &opts, data)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(PathParams), responses((status = 204), (status = 404, body = Problem)))]
-async fn remove_file(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<StatusCode> {
-    st.engine.remove(&p, parse_id(&id)?, &q.path, q.recursive).await?;
+async fn remove_file(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Query(q): Query<PathParams>,
+) -> ApiResult<StatusCode> {
+    st.engine
+        .remove(&p, parse_id(&id)?, &q.path, q.recursive)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -375,14 +478,29 @@ struct DirListing {
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", params(PathParams), responses((status = 200, body = DirListing)))]
-async fn list_dir(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<axum::Json<DirListing>> {
+async fn list_dir(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Query(q): Query<PathParams>,
+) -> ApiResult<axum::Json<DirListing>> {
     let entries = st.engine.list_dir(&p, parse_id(&id)?, &q.path).await?;
-    Ok(axum::Json(DirListing { path: q.path, entries }))
+    Ok(axum::Json(DirListing {
+        path: q.path,
+        entries,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", params(PathParams), responses((status = 200, body = FileInfo)))]
-async fn stat(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<PathParams>) -> ApiResult<axum::Json<FileInfo>> {
-    Ok(axum::Json(st.engine.stat(&p, parse_id(&id)?, &q.path).await?))
+async fn stat(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Query(q): Query<PathParams>,
+) -> ApiResult<axum::Json<FileInfo>> {
+    Ok(axum::Json(
+        st.engine.stat(&p, parse_id(&id)?, &q.path).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -393,12 +511,22 @@ struct MkdirParams {
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", params(MkdirParams), responses((status = 201)))]
-async fn mkdir(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<MkdirParams>) -> ApiResult<StatusCode> {
+async fn mkdir(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Query(q): Query<MkdirParams>,
+) -> ApiResult<StatusCode> {
     let mode = match &q.mode {
-        Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| Problem::from(Error::invalid("mode", "must be octal, such as 755")))?),
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .map_err(|_| Problem::from(Error::invalid("mode", "must be octal, such as 755")))?,
+        ),
         None => None,
     };
-    st.engine.mkdir(&p, parse_id(&id)?, &q.path, q.parents.unwrap_or(true), mode).await?;
+    st.engine
+        .mkdir(&p, parse_id(&id)?, &q.path, q.parents.unwrap_or(true), mode)
+        .await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -409,7 +537,12 @@ struct RenameBody {
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/rename", request_body = RenameBody, responses((status = 204)))]
-async fn rename(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Json(b): Json<RenameBody>) -> ApiResult<StatusCode> {
+async fn rename(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Json(b): Json<RenameBody>,
+) -> ApiResult<StatusCode> {
     st.engine.rename(&p, parse_id(&id)?, &b.from, &b.to).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -422,12 +555,22 @@ struct PortList {
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/ports", responses((status = 200, body = PortList)))]
-async fn ports(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<PortList>> {
-    Ok(axum::Json(PortList { ports: st.engine.ports(&p, parse_id(&id)?).await? }))
+async fn ports(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<PortList>> {
+    Ok(axum::Json(PortList {
+        ports: st.engine.ports(&p, parse_id(&id)?).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", responses((status = 200, body = Metrics)))]
-async fn metrics(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Metrics>> {
+async fn metrics(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Metrics>> {
     Ok(axum::Json(st.engine.metrics(&p, parse_id(&id)?).await?))
 }
 
@@ -441,7 +584,12 @@ struct LogParams {
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", params(LogParams), responses((status = 200, description = "text/plain")))]
-async fn logs(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, Query(q): Query<LogParams>) -> ApiResult<Response> {
+async fn logs(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Query(q): Query<LogParams>,
+) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let first = st.engine.logs(&p, id, q.offset).await?;
     if !q.follow {
@@ -463,7 +611,11 @@ async fn logs(State(st): State<AppState>, Extension(p): P, Path(id): Path<String
         }
     });
     let body = futures::stream::iter([Ok(Bytes::from(first))]).chain(rest);
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 // ---- events -----------------------------------------------------------------
@@ -494,19 +646,34 @@ fn event_sse(s: impl Stream<Item = Event> + Send + 'static, per_sandbox: bool) -
                 .unwrap_or_default(),
         )
     });
-    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// A sandbox's lifecycle and activity events; ids are per sandbox.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/events", params(EventParams), responses((status = 200, description = "text/event-stream of Event")))]
-async fn sandbox_events(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>, headers: HeaderMap, Query(q): Query<EventParams>) -> ApiResult<Response> {
-    let s = st.engine.events(&p, Some(parse_id(&id)?), resume_from(&headers, &q))?;
+async fn sandbox_events(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<EventParams>,
+) -> ApiResult<Response> {
+    let s = st
+        .engine
+        .events(&p, Some(parse_id(&id)?), resume_from(&headers, &q))?;
     Ok(event_sse(s, true))
 }
 
 /// Every event of the caller's sandboxes; ids are the daemon-wide sequence.
 #[utoipa::path(get, path = "/v1/events", params(EventParams), responses((status = 200, description = "text/event-stream of Event")))]
-async fn all_events(State(st): State<AppState>, Extension(p): P, headers: HeaderMap, Query(q): Query<EventParams>) -> ApiResult<Response> {
+async fn all_events(
+    State(st): State<AppState>,
+    Extension(p): P,
+    headers: HeaderMap,
+    Query(q): Query<EventParams>,
+) -> ApiResult<Response> {
     let s = st.engine.events(&p, None, resume_from(&headers, &q))?;
     Ok(event_sse(s, false))
 }
@@ -517,12 +684,56 @@ async fn version() -> axum::Json<serde_json::Value> {
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "Paddock native API", description = "Sandboxes for AI agents. Errors are RFC 7807 problem+json."),
-    paths(create, list, inspect, destroy, touch, stop, start, pause, resume, exec, exec_sse, exec_ws,
-          download, upload, remove_file, list_dir, stat, mkdir, rename, ports, metrics, logs,
-          sandbox_events, all_events, proxy::proxy),
-    components(schemas(SandboxSpec, Sandbox, SandboxConfig, paddock_core::model::State, Isolation, ExecRequest, ExecResult,
-                       PtySize, FileInfo, Port, Metrics, Event, Problem, SandboxList, DirListing, PortList, RenameBody))
+    info(
+        title = "Paddock native API",
+        description = "Sandboxes for AI agents. Errors are RFC 7807 problem+json."
+    ),
+    paths(
+        create,
+        list,
+        inspect,
+        destroy,
+        touch,
+        stop,
+        start,
+        pause,
+        resume,
+        exec,
+        exec_sse,
+        exec_ws,
+        download,
+        upload,
+        remove_file,
+        list_dir,
+        stat,
+        mkdir,
+        rename,
+        ports,
+        metrics,
+        logs,
+        sandbox_events,
+        all_events,
+        proxy::proxy
+    ),
+    components(schemas(
+        SandboxSpec,
+        Sandbox,
+        SandboxConfig,
+        paddock_core::model::State,
+        Isolation,
+        ExecRequest,
+        ExecResult,
+        PtySize,
+        FileInfo,
+        Port,
+        Metrics,
+        Event,
+        Problem,
+        SandboxList,
+        DirListing,
+        PortList,
+        RenameBody
+    ))
 )]
 struct ApiDoc;
 

@@ -16,12 +16,18 @@ use crate::problem::{ApiResult, Problem};
 use crate::{parse_id, AppState};
 
 fn client() -> &'static Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
-    static C: OnceLock<Client<hyper_util::client::legacy::connect::HttpConnector, Body>> = OnceLock::new();
+    static C: OnceLock<Client<hyper_util::client::legacy::connect::HttpConnector, Body>> =
+        OnceLock::new();
     C.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
 }
 
 const HOP: &[&str] = &[
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
     "transfer-encoding",
 ];
 
@@ -55,9 +61,12 @@ async fn forward(
     rest: String,
     mut req: Request,
 ) -> ApiResult<Response> {
-    let port: u16 = port
-        .parse()
-        .map_err(|_| Problem::from(Error::invalid("port", format!("{port:?} is not a port number"))))?;
+    let port: u16 = port.parse().map_err(|_| {
+        Problem::from(Error::invalid(
+            "port",
+            format!("{port:?} is not a port number"),
+        ))
+    })?;
     let target = st.engine.proxy_target(&p, parse_id(&id)?, port).await?;
     let pq = match req.uri().query() {
         Some(q) => format!("/{rest}?{q}"),

@@ -726,6 +726,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Destroys every sandbox this daemon's store knows (`paddock serve
+    /// --cleanup`), and whatever the backends hold beyond that.
+    pub async fn destroy_all(&self) -> Result<usize> {
+        let mut n = 0;
+        for sb in self.store.live_sandboxes()? {
+            self.destroy_inner(sb, "cleanup").await?;
+            n += 1;
+        }
+        for rt in self.runtimes.values() {
+            n += rt.gc(&[]).await?;
+        }
+        Ok(n)
+    }
+
     /// One pass of the reaper: destroys sandboxes whose TTL or idle timeout
     /// lapsed. Returns how many it destroyed.
     pub async fn reap_once(&self) -> usize {

@@ -220,7 +220,10 @@ impl ContainerRuntime {
             config: &config,
         })?;
         if let Some(p) = spec.process_mut() {
-            p.set_args(Some(vec!["/.paddock-agent".into(), "--version".into()]));
+            p.set_args(Some(vec![
+                "/.paddock/paddock-agent".into(),
+                "--version".into(),
+            ]));
             p.set_cwd("/".into());
         }
         if let Some(r) = spec.root_mut() {

@@ -132,7 +132,7 @@ fn bind(src: &str, dst: &str, ro: bool) -> Value {
 pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     let c = i.config;
     let mut args = vec![
-        "/.paddock-agent".to_string(),
+        "/.paddock/paddock-agent".to_string(),
         "--socket".into(),
         "/run/paddock/agent.sock".into(),
         "--log".into(),
@@ -179,7 +179,11 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     mounts.push(bind(&etc("hostname"), "/etc/hostname", true));
     mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
     mounts.push(bind(&i.run_dir.to_string_lossy(), "/run/paddock", false));
-    mounts.push(bind(&i.agent.to_string_lossy(), "/.paddock-agent", true));
+    mounts.push(bind(
+        &i.agent.to_string_lossy(),
+        "/.paddock/paddock-agent",
+        true,
+    ));
 
     let mut namespaces = vec![
         json!({"type": "pid"}),

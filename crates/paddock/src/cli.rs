@@ -23,10 +23,10 @@ pub enum ClientCmd {
         #[arg(long)]
         cpu: Option<f64>,
         /// MiB
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         memory: Option<i64>,
         /// MiB
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         disk: Option<i64>,
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
@@ -56,7 +56,9 @@ pub enum ClientCmd {
         labels: Vec<String>,
     },
     /// Show one sandbox.
-    Inspect { id: String },
+    Inspect {
+        id: String,
+    },
     /// Run a command; prints its output and exits with its exit code.
     Exec {
         id: String,
@@ -82,18 +84,29 @@ pub enum ClientCmd {
         shell: String,
     },
     /// Copy files: `paddock cp ./local ID:/path` or `paddock cp ID:/path ./local`.
-    Cp { src: String, dst: String },
+    Cp {
+        src: String,
+        dst: String,
+    },
     /// Destroy sandboxes.
     Rm {
         #[arg(required = true)]
         ids: Vec<String>,
     },
     /// Stop a sandbox (its filesystem is kept).
-    Stop { id: String },
+    Stop {
+        id: String,
+    },
     /// Start a stopped sandbox.
-    Start { id: String },
-    Pause { id: String },
-    Resume { id: String },
+    Start {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
     /// The main process's output.
     Logs {
         id: String,
@@ -111,9 +124,13 @@ pub enum ClientCmd {
         limit: Option<usize>,
     },
     /// Resource usage from cgroups.
-    Metrics { id: String },
+    Metrics {
+        id: String,
+    },
     /// Ports listening in the sandbox.
-    Ports { id: String },
+    Ports {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,13 +163,25 @@ pub fn keys(cmd: KeysCmd, json_out: bool) -> Result<()> {
         Ok(paddock_core::store::Store::open(&d.join("paddock.db"))?)
     };
     match cmd {
-        KeysCmd::Create { name, principal, data_dir } => {
+        KeysCmd::Create {
+            name,
+            principal,
+            data_dir,
+        } => {
             let store = open(&data_dir)?;
             let (id, token) = paddock_core::auth::new_token();
             let principal = principal.unwrap_or_else(|| name.clone());
-            store.insert_key(&id, &name, &principal, &paddock_core::auth::hash_token(&token))?;
+            store.insert_key(
+                &id,
+                &name,
+                &principal,
+                &paddock_core::auth::hash_token(&token),
+            )?;
             if json_out {
-                println!("{}", json!({"id": id, "name": name, "principal": principal, "token": token}));
+                println!(
+                    "{}",
+                    json!({"id": id, "name": name, "principal": principal, "token": token})
+                );
             } else {
                 println!("{token}");
                 eprintln!("key {id} ({name}) acts as {principal:?}; the token is not shown again");
@@ -188,7 +217,8 @@ pub fn keys(cmd: KeysCmd, json_out: bool) -> Result<()> {
 
 fn table(headers: &[&str]) -> comfy_table::Table {
     let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING).set_header(headers.to_vec());
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_header(headers.to_vec());
     t
 }
 
@@ -229,10 +259,12 @@ impl Client {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = rb
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the paddock daemon at {} (is `paddock serve` running?)", self.host))?;
+        let resp = rb.send().await.with_context(|| {
+            format!(
+                "cannot reach the paddock daemon at {} (is `paddock serve` running?)",
+                self.host
+            )
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -253,7 +285,10 @@ impl Client {
                 s["id"].as_str().unwrap_or("").to_string(),
                 s["state"].as_str().unwrap_or("").to_string(),
                 s["key"].as_str().unwrap_or("").to_string(),
-                s["config"]["image"].as_str().unwrap_or("(host)").to_string(),
+                s["config"]["image"]
+                    .as_str()
+                    .unwrap_or("(host)")
+                    .to_string(),
                 s["config"]["cpu"].to_string(),
                 format!("{} MiB", s["config"]["memory_mb"]),
                 s["created_at"].as_str().unwrap_or("").to_string(),
@@ -265,7 +300,21 @@ impl Client {
     pub async fn run(&self, cmd: ClientCmd) -> Result<i32> {
         use reqwest::Method;
         match cmd {
-            ClientCmd::Create { image, key, cpu, memory, disk, labels, env, cwd, ttl, idle_timeout, ports, isolation, command } => {
+            ClientCmd::Create {
+                image,
+                key,
+                cpu,
+                memory,
+                disk,
+                labels,
+                env,
+                cwd,
+                ttl,
+                idle_timeout,
+                ports,
+                isolation,
+                command,
+            } => {
                 let mut spec = json!({
                     "labels": kv(&labels, "label")?, "env": kv(&env, "env")?, "ports": ports,
                 });
@@ -286,7 +335,9 @@ impl Client {
                 if !command.is_empty() {
                     spec["command"] = json!(command);
                 }
-                let sb = self.json_of(self.req(Method::POST, "/sandboxes").json(&spec)).await?;
+                let sb = self
+                    .json_of(self.req(Method::POST, "/sandboxes").json(&spec))
+                    .await?;
                 if self.json {
                     println!("{}", serde_json::to_string_pretty(&sb)?);
                 } else {
@@ -301,21 +352,33 @@ impl Client {
                 if !labels.is_empty() {
                     q.push(("labels".into(), labels.join(",")));
                 }
-                let v = self.json_of(self.req(Method::GET, "/sandboxes").query(&q)).await?;
+                let v = self
+                    .json_of(self.req(Method::GET, "/sandboxes").query(&q))
+                    .await?;
                 if self.json {
                     println!("{}", serde_json::to_string_pretty(&v["sandboxes"])?);
                 } else {
-                    self.print_sandboxes(v["sandboxes"].as_array().map(|a| a.as_slice()).unwrap_or(&[]));
+                    self.print_sandboxes(
+                        v["sandboxes"]
+                            .as_array()
+                            .map(|a| a.as_slice())
+                            .unwrap_or(&[]),
+                    );
                 }
             }
             ClientCmd::Inspect { id } => {
-                let v = self.json_of(self.req(Method::GET, &format!("/sandboxes/{id}"))).await?;
+                let v = self
+                    .json_of(self.req(Method::GET, &format!("/sandboxes/{id}")))
+                    .await?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
             ClientCmd::Rm { ids } => {
                 let mut failed = 0;
                 for id in ids {
-                    match self.send(self.req(Method::DELETE, &format!("/sandboxes/{id}"))).await {
+                    match self
+                        .send(self.req(Method::DELETE, &format!("/sandboxes/{id}")))
+                        .await
+                    {
                         Ok(_) => println!("{id}"),
                         Err(e) => {
                             eprintln!("paddock: {id}: {e}");
@@ -329,11 +392,25 @@ impl Client {
             ClientCmd::Start { id } => self.lifecycle(&id, "start").await?,
             ClientCmd::Pause { id } => self.lifecycle(&id, "pause").await?,
             ClientCmd::Resume { id } => self.lifecycle(&id, "resume").await?,
-            ClientCmd::Exec { id, env, cwd, user, timeout, tty, command } => {
+            ClientCmd::Exec {
+                id,
+                env,
+                cwd,
+                user,
+                timeout,
+                tty,
+                command,
+            } => {
                 let mut req = json!({"cmd": command, "env": kv(&env, "env")?});
-                if let Some(c) = cwd { req["cwd"] = json!(c); }
-                if let Some(u) = user { req["user"] = json!(u); }
-                if let Some(t) = timeout { req["timeout"] = json!(t); }
+                if let Some(c) = cwd {
+                    req["cwd"] = json!(c);
+                }
+                if let Some(u) = user {
+                    req["user"] = json!(u);
+                }
+                if let Some(t) = timeout {
+                    req["timeout"] = json!(t);
+                }
                 return self.interactive(&id, req, tty).await;
             }
             ClientCmd::Shell { id, shell } => {
@@ -343,7 +420,10 @@ impl Client {
             ClientCmd::Cp { src, dst } => self.cp(&src, &dst).await?,
             ClientCmd::Logs { id, follow } => {
                 let mut resp = self
-                    .send(self.req(Method::GET, &format!("/sandboxes/{id}/logs")).query(&[("follow", follow)]))
+                    .send(
+                        self.req(Method::GET, &format!("/sandboxes/{id}/logs"))
+                            .query(&[("follow", follow)]),
+                    )
                     .await?;
                 let mut out = std::io::stdout();
                 while let Some(chunk) = resp.chunk().await? {
@@ -383,7 +463,11 @@ impl Client {
                         } else {
                             println!(
                                 "{:>6} {} {} {:<18} {}",
-                                if id.is_some() { ev["id"].to_string() } else { ev["seq"].to_string() },
+                                if id.is_some() {
+                                    ev["id"].to_string()
+                                } else {
+                                    ev["seq"].to_string()
+                                },
                                 ev["time"].as_str().unwrap_or(""),
                                 ev["sandbox_id"].as_str().unwrap_or(""),
                                 ev["kind"].as_str().unwrap_or(""),
@@ -399,7 +483,9 @@ impl Client {
                 }
             }
             ClientCmd::Metrics { id } => {
-                let v = self.json_of(self.req(Method::GET, &format!("/sandboxes/{id}/metrics"))).await?;
+                let v = self
+                    .json_of(self.req(Method::GET, &format!("/sandboxes/{id}/metrics")))
+                    .await?;
                 if self.json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
@@ -413,13 +499,20 @@ impl Client {
                 }
             }
             ClientCmd::Ports { id } => {
-                let v = self.json_of(self.req(Method::GET, &format!("/sandboxes/{id}/ports"))).await?;
+                let v = self
+                    .json_of(self.req(Method::GET, &format!("/sandboxes/{id}/ports")))
+                    .await?;
                 if self.json {
                     println!("{}", serde_json::to_string_pretty(&v["ports"])?);
                 } else {
                     let mut t = table(&["PORT", "ADDRESS", "LISTENING", "DECLARED"]);
                     for p in v["ports"].as_array().cloned().unwrap_or_default() {
-                        t.add_row(vec![p["port"].to_string(), p["address"].as_str().unwrap_or("").to_string(), p["listening"].to_string(), p["declared"].to_string()]);
+                        t.add_row(vec![
+                            p["port"].to_string(),
+                            p["address"].as_str().unwrap_or("").to_string(),
+                            p["listening"].to_string(),
+                            p["declared"].to_string(),
+                        ]);
                     }
                     println!("{t}");
                 }
@@ -429,11 +522,17 @@ impl Client {
     }
 
     async fn lifecycle(&self, id: &str, verb: &str) -> Result<()> {
-        let v = self.json_of(self.req(reqwest::Method::POST, &format!("/sandboxes/{id}/{verb}"))).await?;
+        let v = self
+            .json_of(self.req(reqwest::Method::POST, &format!("/sandboxes/{id}/{verb}")))
+            .await?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
-            println!("{} {}", v["id"].as_str().unwrap_or(id), v["state"].as_str().unwrap_or(""));
+            println!(
+                "{} {}",
+                v["id"].as_str().unwrap_or(id),
+                v["state"].as_str().unwrap_or("")
+            );
         }
         Ok(())
     }
@@ -445,7 +544,9 @@ impl Client {
         };
         match (remote(src), remote(dst)) {
             (None, Some((id, path))) => {
-                let f = tokio::fs::File::open(src).await.with_context(|| format!("open {src}"))?;
+                let f = tokio::fs::File::open(src)
+                    .await
+                    .with_context(|| format!("open {src}"))?;
                 let mode = {
                     use std::os::unix::fs::PermissionsExt;
                     f.metadata().await?.permissions().mode() & 0o7777
@@ -464,17 +565,24 @@ impl Client {
             }
             (Some((id, path)), None) => {
                 let mut resp = self
-                    .send(self.req(reqwest::Method::GET, &format!("/sandboxes/{id}/files")).query(&[("path", path.as_str())]))
+                    .send(
+                        self.req(reqwest::Method::GET, &format!("/sandboxes/{id}/files"))
+                            .query(&[("path", path.as_str())]),
+                    )
                     .await?;
                 let mut f: Box<dyn Write> = if dst == "-" {
                     Box::new(std::io::stdout())
                 } else {
                     let target = if std::path::Path::new(dst).is_dir() {
-                        std::path::Path::new(dst).join(std::path::Path::new(&path).file_name().unwrap_or_default())
+                        std::path::Path::new(dst)
+                            .join(std::path::Path::new(&path).file_name().unwrap_or_default())
                     } else {
                         PathBuf::from(dst)
                     };
-                    Box::new(std::fs::File::create(&target).with_context(|| format!("create {}", target.display()))?)
+                    Box::new(
+                        std::fs::File::create(&target)
+                            .with_context(|| format!("create {}", target.display()))?,
+                    )
                 };
                 while let Some(chunk) = resp.chunk().await? {
                     f.write_all(&chunk)?;
@@ -489,17 +597,29 @@ impl Client {
     /// Runs a command over the WebSocket exec: output to our stdout and
     /// stderr, our stdin to it, and (with a terminal) raw mode and resizes.
     async fn interactive(&self, id: &str, mut req: Value, tty: bool) -> Result<i32> {
-        let ws_url = format!("{}/v1/sandboxes/{id}/exec/ws", self.host.replacen("http", "ws", 1));
+        let ws_url = format!(
+            "{}/v1/sandboxes/{id}/exec/ws",
+            self.host.replacen("http", "ws", 1)
+        );
         let mut request = ws_url.into_client_request()?;
         if let Some(k) = &self.key {
-            request.headers_mut().insert("authorization", format!("Bearer {k}").parse()?);
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {k}").parse()?);
         }
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                    let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-                    let detail = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["detail"].as_str().map(String::from)).unwrap_or(body);
+                    let body = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                    let detail = serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["detail"].as_str().map(String::from))
+                        .unwrap_or(body);
                     anyhow::anyhow!("{}: {detail}", resp.status())
                 }
                 e => anyhow::anyhow!("cannot reach the paddock daemon at {}: {e}", self.host),
@@ -526,11 +646,17 @@ impl Client {
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = tx_in.send(Message::Text(json!({"type": "eof"}).to_string().into())).await;
+                        let _ = tx_in
+                            .send(Message::Text(json!({"type": "eof"}).to_string().into()))
+                            .await;
                         break;
                     }
                     Ok(n) => {
-                        if tx_in.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        if tx_in
+                            .send(Message::Binary(buf[..n].to_vec().into()))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -541,11 +667,19 @@ impl Client {
         if raw {
             let tx_w = tx.clone();
             tokio::spawn(async move {
-                let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+                let Ok(mut sig) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+                else {
+                    return;
+                };
                 while sig.recv().await.is_some() {
                     if let Ok((cols, rows)) = crossterm::terminal::size() {
                         let m = json!({"type": "resize", "rows": rows, "cols": cols});
-                        if tx_w.send(Message::Text(m.to_string().into())).await.is_err() {
+                        if tx_w
+                            .send(Message::Text(m.to_string().into()))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -607,7 +741,9 @@ impl Drop for RawGuard {
 }
 
 /// A file as a stream of 1 MiB chunks, for a streamed upload.
-fn file_stream(f: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+fn file_stream(
+    f: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     futures::stream::unfold(Some(f), |f| async move {
         let mut f = f?;
         let mut buf = Vec::with_capacity(1 << 20);

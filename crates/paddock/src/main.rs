@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "paddock", version, about = "Sandboxes for AI agents")]
 struct Opts {
     /// The daemon's native API.
-    #[arg(long, global = true, env = "PADDOCK_HOST", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "PADDOCK_HOST",
+        default_value = "http://127.0.0.1:7070"
+    )]
     host: String,
     /// API key (needed when the daemon listens beyond loopback).
     #[arg(long, global = true, env = "PADDOCK_API_KEY", hide_env_values = true)]
@@ -38,7 +43,10 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let code = match opts.cmd {
         Cmd::Serve(args) => {
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
             let rt = tokio::runtime::Runtime::new().expect("tokio");
             match rt.block_on(serve::run(args)) {
                 Ok(()) => 0,
@@ -56,15 +64,21 @@ fn main() {
             }
         },
         Cmd::Client(c) => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio");
             let client = cli::Client::new(opts.host, opts.api_key, opts.json);
-            match rt.block_on(client.run(c)) {
+            let code = match rt.block_on(client.run(c)) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("paddock: {e:#}");
                     1
                 }
-            }
+            };
+            // Don't wait for a read of stdin that may never return.
+            rt.shutdown_background();
+            code
         }
     };
     std::process::exit(code);

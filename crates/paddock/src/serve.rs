@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Seconds between reaper passes (TTL and idle timeouts).
     #[arg(long, default_value_t = 1.0)]
     pub reap_interval: f64,
+    /// Destroy every sandbox of this data dir, then exit (no server).
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -48,14 +51,18 @@ pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .with_context(|| format!("no paddock-agent binary found (looked at {candidates:?}); pass --agent"))
+        .with_context(|| {
+            format!("no paddock-agent binary found (looked at {candidates:?}); pass --agent")
+        })
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let agent = find_agent(args.agent.clone())?;
-    let store = Arc::new(paddock_core::store::Store::open(&args.data_dir.join("paddock.db"))?);
+    let store = Arc::new(paddock_core::store::Store::open(
+        &args.data_dir.join("paddock.db"),
+    )?);
     let container = ContainerRuntime::new(ContainerConfig {
         data_dir: args.data_dir.clone(),
         oci_runtime: args.oci_runtime.clone(),
@@ -76,6 +83,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    if args.cleanup {
+        let n = engine.destroy_all().await?;
+        eprintln!("destroyed {n} sandboxes");
+        return Ok(());
+    }
     engine.recover().await?;
     engine.spawn_reaper();
     let open = args.listen.ip().is_loopback();
@@ -89,7 +101,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("paddock serving the native API on http://{}", args.listen);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},

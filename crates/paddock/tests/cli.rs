@@ -1,0 +1,185 @@
+//! The CLI, as people and scripts use it.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn create_ls_exec_cp_rm() {
+    let d = shared();
+    let id = ok(&d.cli(&[
+        "create",
+        "--label",
+        "t=cli",
+        "--memory",
+        "128",
+        "--env",
+        "GREETING=hi",
+    ]))
+    .trim()
+    .to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let table = ok(&d.cli(&["ls", "--label", "t=cli"]));
+    assert!(
+        table.contains("STATE") && table.contains(&id) && table.contains("running"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&d.cli(&["--json", "ls", "--label", "t=cli"]))).unwrap();
+    assert_eq!(json[0]["id"], id.as_str());
+    assert_eq!(json[0]["config"]["memory_mb"], 128);
+    let insp: serde_json::Value = serde_json::from_str(&ok(&d.cli(&["inspect", &id]))).unwrap();
+    assert_eq!(insp["config"]["env"]["GREETING"], "hi");
+
+    // exec prints the output and exits with the command's code.
+    let out = d.cli(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; echo e >&2; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "e\n");
+    assert_eq!(d.cli(&["exec", &id, "--", "true"]).status.code(), Some(0));
+    // stdin is passed through.
+    let mut child = Command::new(bin())
+        .args(["exec", &id, "--", "wc", "-c"])
+        .env("PADDOCK_HOST", &d.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"12345").unwrap();
+    assert_eq!(
+        String::from_utf8(child.wait_with_output().unwrap().stdout)
+            .unwrap()
+            .trim(),
+        "5"
+    );
+
+    // cp both ways.
+    let dir = std::env::temp_dir().join(format!("paddock-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("in.txt");
+    std::fs::write(&src, "copied in\n").unwrap();
+    ok(&d.cli(&[
+        "cp",
+        src.to_str().unwrap(),
+        &format!("{id}:/workspace/in.txt"),
+    ]));
+    assert_eq!(
+        ok(&d.cli(&["exec", &id, "--", "cat", "/workspace/in.txt"])),
+        "copied in\n"
+    );
+    let back = dir.join("back.txt");
+    ok(&d.cli(&[
+        "cp",
+        &format!("{id}:/workspace/in.txt"),
+        back.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
+
+    // Errors are clear and exit non-zero.
+    let out = d.cli(&["exec", "00000000-0000-0000-0000-000000000000", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.cli(&["create", "--memory", "-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("memory_mb"));
+    let out = Command::new(bin())
+        .args(["--host", "http://127.0.0.1:1", "ls"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+
+    let events = ok(&d.cli(&["events", &id, "--limit", "2"]));
+    assert!(
+        events.contains("sandbox.created") && events.contains("sandbox.started"),
+        "{events}"
+    );
+    let m = ok(&d.cli(&["--json", "metrics", &id]));
+    assert!(m.contains("memory_limit_bytes"));
+
+    assert_eq!(ok(&d.cli(&["rm", &id])).trim(), id);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&d.cli(&["--json", "ls", "--label", "t=cli"]))).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 0);
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (scripts/deps.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn shell_is_a_real_terminal() {
+    let d = shared();
+    let api = d.api();
+    let sb = Sb::new(&api, serde_json::json!({}));
+    let session = format!("pdsh{}", std::process::id());
+    let cmd = format!(
+        "PADDOCK_HOST={} {} shell {} --shell /bin/sh",
+        d.url,
+        bin(),
+        sb.id
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    let screen = |s: &str| tmux(&["capture-pane", "-p", "-t", s]);
+    eventually(15, || screen(&session).contains('#').then_some(()));
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "stty size; tty; echo $((6*7))",
+        "Enter",
+    ]);
+    eventually(10, || {
+        let s = screen(&session);
+        (s.contains("40 120") && s.contains("/dev/pts/") && s.contains("42")).then_some(())
+    });
+    // The window changes size: the shell's terminal follows (SIGWINCH).
+    tmux(&["resize-window", "-t", &session, "-x", "100", "-y", "30"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    tmux(&["send-keys", "-t", &session, "clear; stty size", "Enter"]);
+    eventually(10, || screen(&session).contains("30 100").then_some(()));
+    // Raw mode: Ctrl-C goes to the sandbox, not to the CLI.
+    tmux(&["send-keys", "-t", &session, "sleep 100", "Enter"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tmux(&["send-keys", "-t", &session, "C-c", ""]);
+    tmux(&["send-keys", "-t", &session, "echo after-interrupt", "Enter"]);
+    eventually(10, || {
+        screen(&session).contains("after-interrupt\n").then_some(())
+    });
+    tmux(&["send-keys", "-t", &session, "exit", "Enter"]);
+    eventually(10, || (!tmux(&["ls"]).contains(&session)).then_some(()));
+}

@@ -1,0 +1,341 @@
+//! Test harness: real `paddock serve` daemons on loopback, each with its
+//! own data dir, bridge and subnet, driving real sandboxes (needs root).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_paddock")
+}
+
+pub fn agent() -> PathBuf {
+    if let Ok(p) = std::env::var("PADDOCK_TEST_AGENT") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for c in [
+        "target/x86_64-unknown-linux-gnu/release/paddock-agent",
+        "target/release/paddock-agent",
+        "target/debug/paddock-agent",
+    ] {
+        let p = root.join(c);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("no paddock-agent built: run scripts/build.sh or set PADDOCK_TEST_AGENT")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct Daemon {
+    pub url: String,
+    pub listen: String,
+    pub data: PathBuf,
+    pub bridge: String,
+    pub gateway: String,
+    child: Mutex<Option<Child>>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A daemon listening on `host` (not loopback: keys required).
+    pub fn start_on(host: &str) -> Daemon {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let tag = format!("{}{}", pid % 100000, n);
+        let data = std::env::temp_dir().join(format!("paddock-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&data);
+        let port = free_port();
+        let d = Daemon {
+            url: format!("http://127.0.0.1:{port}"),
+            listen: format!("{host}:{port}"),
+            data,
+            bridge: format!("pdt{tag}").chars().take(15).collect(),
+            gateway: format!("10.{}.{}.1", 100 + (pid % 100), 1 + n * 2 % 250),
+            child: Mutex::new(None),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&self) {
+        // The daemon dies with the test process: PR_SET_PDEATHSIG fires when
+        // the spawning *thread* exits, so spawn from a thread that never does.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            self.listen.clone(),
+            "--data-dir".into(),
+            self.data.to_string_lossy().into(),
+            "--agent".into(),
+            agent().to_string_lossy().into(),
+            "--bridge".into(),
+            self.bridge.clone(),
+            "--gateway".into(),
+            self.gateway.clone(),
+            "--reap-interval".into(),
+            "0.2".into(),
+        ];
+        let log = self.data.with_extension("log");
+        std::thread::spawn(move || {
+            let logf = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            let mut cmd = Command::new(bin());
+            cmd.args(&args)
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone().unwrap())
+                .stderr(logf);
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            tx.send(cmd.spawn().unwrap()).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let child = rx.recv().unwrap();
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::blocking::get(format!("{}/healthz", self.url)) {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(st) = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+            {
+                panic!("paddock serve exited ({st}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// `kill -9` of the daemon, leaving its sandboxes running.
+    pub fn kill9(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn api(&self) -> Api {
+        Api {
+            base: format!("{}/v1", self.url),
+            key: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn api_with_key(&self, key: &str) -> Api {
+        Api {
+            key: Some(key.to_string()),
+            ..self.api()
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .env("PADDOCK_HOST", &self.url)
+            .env("PADDOCK_DATA_DIR", &self.data)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Destroy whatever the tests left behind.
+        let _ = Command::new(bin())
+            .args(["serve", "--cleanup", "--data-dir"])
+            .arg(&self.data)
+            .args(["--agent"])
+            .arg(agent())
+            .args(["--bridge", &self.bridge, "--gateway", &self.gateway])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// One daemon shared by the tests of a test binary.
+pub fn shared() -> &'static Daemon {
+    static D: OnceLock<Daemon> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = Daemon::start();
+        // Clean up at exit: statics are never dropped.
+        extern "C" fn cleanup() {
+            if let Some(d) = D.get() {
+                // SAFETY: called once at process exit; nothing uses D after.
+                unsafe { std::ptr::read(d as *const Daemon) };
+            }
+        }
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(cleanup) };
+        d
+    })
+}
+
+pub struct Api {
+    pub base: String,
+    pub key: Option<String>,
+    pub http: reqwest::blocking::Client,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Api {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            r = r.bearer_auth(k);
+        }
+        r
+    }
+
+    pub fn send(&self, rb: reqwest::blocking::RequestBuilder) -> Resp {
+        let r = rb.send().unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.send(self.req(reqwest::Method::GET, path))
+    }
+    pub fn post(&self, path: &str, body: Value) -> Resp {
+        self.send(self.req(reqwest::Method::POST, path).json(&body))
+    }
+    pub fn delete(&self, path: &str) -> Resp {
+        self.send(self.req(reqwest::Method::DELETE, path))
+    }
+
+    /// Creates a sandbox (asserting success) and returns its id.
+    pub fn create(&self, spec: Value) -> String {
+        let r = self.post("/sandboxes", spec);
+        assert_eq!(r.status, 201, "create: {}", r.text);
+        assert_eq!(r.body["state"], "running", "{}", r.text);
+        r.body["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn exec(&self, id: &str, req: Value) -> Value {
+        let r = self.post(&format!("/sandboxes/{id}/exec"), req);
+        assert_eq!(r.status, 200, "exec: {}", r.text);
+        r.body
+    }
+
+    pub fn sh(&self, id: &str, script: &str) -> Value {
+        self.exec(id, json!({"shell": script}))
+    }
+
+    pub fn destroy(&self, id: &str) {
+        let r = self.delete(&format!("/sandboxes/{id}"));
+        assert_eq!(r.status, 200, "destroy: {}", r.text);
+    }
+}
+
+/// Destroys the sandbox when dropped, so that a failing test leaks nothing.
+pub struct Sb<'a> {
+    pub api: &'a Api,
+    pub id: String,
+}
+
+impl<'a> Sb<'a> {
+    pub fn new(api: &'a Api, spec: Value) -> Sb<'a> {
+        Sb {
+            id: api.create(spec),
+            api,
+        }
+    }
+    pub fn path(&self, rest: &str) -> String {
+        format!("/sandboxes/{}{rest}", self.id)
+    }
+    pub fn sh(&self, script: &str) -> Value {
+        self.api.sh(&self.id, script)
+    }
+}
+
+impl Drop for Sb<'_> {
+    fn drop(&mut self) {
+        let _ = self.api.delete(&format!("/sandboxes/{}", self.id));
+    }
+}
+
+/// Polls `f` until it returns Some, for at most `secs`.
+pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {secs}s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

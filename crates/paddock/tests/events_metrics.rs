@@ -1,0 +1,146 @@
+//! Event streams with resumable ids, and metrics from cgroups.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+
+/// Reads SSE frames from a streaming response until `n` events arrived.
+fn read_events(resp: reqwest::blocking::Response, n: usize) -> Vec<(i64, Value)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in BufReader::new(resp).lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.parse::<i64>().unwrap());
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            out.push((id.take().unwrap(), serde_json::from_str(d).unwrap()));
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn stream(api: &Api, path: &str, last: Option<i64>) -> reqwest::blocking::Response {
+    let mut rb = api.req(reqwest::Method::GET, path);
+    if let Some(l) = last {
+        rb = rb.header("Last-Event-ID", l.to_string());
+    }
+    rb.send().unwrap()
+}
+
+#[test]
+fn sandbox_events_resume_without_gap_or_duplicate() {
+    let api = shared().api();
+    let sb = Sb::new(&api, json!({}));
+    for i in 0..5 {
+        api.exec(&sb.id, json!({"cmd": ["echo", i.to_string()]}));
+    }
+    // created, started, 5 execs.
+    let all = read_events(stream(&api, &sb.path("/events"), None), 7);
+    let ids: Vec<i64> = all.iter().map(|e| e.0).collect();
+    assert_eq!(ids, (1..=7).collect::<Vec<_>>());
+    assert_eq!(all[0].1["kind"], "sandbox.created");
+    assert_eq!(all[1].1["kind"], "sandbox.started");
+    assert_eq!(all[2].1["kind"], "exec");
+    // Resume after 4: exactly 5, 6, 7, then live ones as they happen.
+    let resp = stream(&api, &sb.path("/events"), Some(4));
+    let api2 = shared().api();
+    let id2 = sb.id.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for _ in 0..3 {
+            api2.exec(&id2, json!({"cmd": ["true"]}));
+        }
+    });
+    let rest = read_events(resp, 6);
+    writer.join().unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8, 9, 10]
+    );
+    // The query form works the same.
+    let q = read_events(stream(&api, &sb.path("/events?after=9"), None), 1);
+    assert_eq!(q[0].0, 10);
+}
+
+#[test]
+fn daemon_wide_events_carry_a_global_sequence() {
+    // A daemon of its own, so that every event is this test's.
+    let d = Daemon::start();
+    let api = d.api();
+    let a = Sb::new(&api, json!({}));
+    let b = Sb::new(&api, json!({}));
+    api.exec(&a.id, json!({"cmd": ["true"]}));
+    let evs = read_events(stream(&api, "/events", None), 5);
+    assert_eq!(
+        evs.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    let kinds: Vec<(String, String)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e.1["sandbox_id"].as_str().unwrap().to_string(),
+                e.1["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds[0], (a.id.clone(), "sandbox.created".into()));
+    assert_eq!(kinds[2], (b.id.clone(), "sandbox.created".into()));
+    assert_eq!(kinds[4], (a.id.clone(), "exec".into()));
+    // Per-sandbox ids stay per sandbox.
+    assert_eq!(evs[2].1["id"], 1);
+    // Resume from 3: 4, 5, then what happens next.
+    let resp = stream(&api, "/events", Some(3));
+    api.exec(&b.id, json!({"cmd": ["true"]}));
+    let rest = read_events(resp, 3);
+    assert_eq!(rest.iter().map(|e| e.0).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(rest[2].1["sandbox_id"], b.id.as_str());
+}
+
+#[test]
+fn metrics_from_cgroups() {
+    let api = shared().api();
+    let sb = Sb::new(&api, json!({"memory_mb": 200}));
+    sb.sh("(python3 -c 'import time; x = bytearray(60 << 20); time.sleep(30)' &) ; sleep 1; (timeout 2 sh -c 'while :; do :; done' &) ; head -c 1000000 /dev/zero > /workspace/z");
+    let m = api.get(&sb.path("/metrics")).body;
+    assert_eq!(m["memory_limit_bytes"], 200u64 << 20, "{m}");
+    assert!(m["memory_bytes"].as_u64().unwrap() > 50 << 20, "{m}");
+    let pct = m["memory_percent"].as_f64().unwrap();
+    assert!(pct > 20.0 && pct < 100.0, "{m}");
+    assert!(m["pids"].as_u64().unwrap() >= 3, "{m}");
+    assert_eq!(m["pids_limit"], 1024);
+    assert!(
+        m["cpu_percent"].as_f64().unwrap() > 10.0,
+        "a busy loop is running: {m}"
+    );
+    assert!(m["cpu_usage_ns"].as_u64().unwrap() > 0);
+    for k in [
+        "net_rx_bytes",
+        "net_tx_bytes",
+        "block_read_bytes",
+        "block_write_bytes",
+    ] {
+        assert!(m[k].is_u64(), "{k}: {m}");
+    }
+}
+
+#[test]
+fn logs_of_the_main_process() {
+    let d = shared();
+    let api = d.api();
+    let sb = Sb::new(
+        &api,
+        json!({"command": ["sh", "-c", "echo started main; echo to-stderr >&2; sleep 600"]}),
+    );
+    let text = eventually(10, || {
+        let r = api.get(&sb.path("/logs"));
+        r.text.contains("to-stderr").then_some(r.text)
+    });
+    assert!(text.contains("started main"), "{text}");
+    let out = d.cli(&["logs", &sb.id]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started main"));
+}

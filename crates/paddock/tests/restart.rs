@@ -1,0 +1,106 @@
+//! After `kill -9` of the daemon, a new one on the same data dir serves the
+//! sandboxes that still run, and marks and cleans up those that died.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+#[test]
+fn daemon_restart_keeps_running_sandboxes() {
+    let d = Daemon::start();
+    let api = d.api();
+    let keep = api.create(json!({"key": "survivor"}));
+    let dead = api.create(json!({}));
+    let stopped = api.create(json!({}));
+    api.sh(&keep, "echo state > /workspace/f; (sleep 600 &)");
+    assert_eq!(
+        api.post(&format!("/sandboxes/{stopped}/stop"), json!({}))
+            .status,
+        200
+    );
+
+    d.kill9();
+    // While the daemon is down, one sandbox's processes die.
+    let oci_root = std::fs::read_dir(d.data.join("oci"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rt = oci_root.file_name().unwrap().to_string_lossy().to_string();
+    let out = std::process::Command::new(&rt)
+        .arg("--root")
+        .arg(&oci_root)
+        .args(["kill", &dead, "KILL"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(10, || {
+        let o = std::process::Command::new(&rt)
+            .arg("--root")
+            .arg(&oci_root)
+            .args(["state", &dead])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .contains("stopped")
+            .then_some(())
+    });
+
+    d.restart();
+    // The survivor is served again, with its files and processes.
+    assert_eq!(
+        api.get(&format!("/sandboxes/{keep}")).body["state"],
+        "running"
+    );
+    assert_eq!(api.sh(&keep, "cat /workspace/f")["stdout"], "state\n");
+    assert!(
+        api.sh(&keep, "pgrep -c sleep || ps -e | grep -c sleep")["stdout"]
+            .as_str()
+            .unwrap()
+            .trim()
+            != "0"
+    );
+    // Creating by the same key finds it.
+    assert_eq!(
+        api.post("/sandboxes", json!({"key": "survivor"})).body["id"],
+        keep.as_str()
+    );
+    // The dead one is marked, and its resources are gone.
+    let g = api.get(&format!("/sandboxes/{dead}")).body;
+    assert_eq!(g["state"], "error", "{g}");
+    assert!(g["message"].as_str().unwrap().contains("restart"), "{g}");
+    assert!(!d.data.join("sandboxes").join(&dead).exists());
+    let short = dead.replace('-', "");
+    assert!(!std::path::Path::new(&format!("/var/run/netns/pd-{}", &short[..16])).exists());
+    // The stopped one is still stopped and starts again.
+    assert_eq!(
+        api.get(&format!("/sandboxes/{stopped}")).body["state"],
+        "stopped"
+    );
+    assert_eq!(
+        api.post(&format!("/sandboxes/{stopped}/start"), json!({}))
+            .body["state"],
+        "running"
+    );
+    // A new sandbox does not collide with the survivors' addresses.
+    let fresh = api.create(json!({}));
+    let ips: Vec<String> = [&keep, &stopped, &fresh]
+        .iter()
+        .map(|i| {
+            api.get(&format!("/sandboxes/{i}")).body["ip"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(ips[0], ips[2]);
+    assert_ne!(ips[1], ips[2]);
+    for i in [&keep, &stopped, &fresh] {
+        api.destroy(i);
+    }
+}
