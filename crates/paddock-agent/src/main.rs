@@ -250,8 +250,7 @@ fn main() {
     };
     // A small runtime: the agent is idle most of its life and must stay
     // light (hundreds of sandboxes share one host).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .enable_all()
         .build()

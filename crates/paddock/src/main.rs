@@ -1,5 +1,6 @@
 //! `paddock`: the daemon (`paddock serve`) and the CLI that talks to it.
 
+mod bench;
 mod cli;
 mod serve;
 
@@ -35,6 +36,8 @@ enum Cmd {
     /// Manage API keys (works on the daemon's data dir directly).
     #[command(subcommand)]
     Keys(cli::KeysCmd),
+    /// Measure a running daemon: create-to-ready, exec, files, density.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -63,6 +66,16 @@ fn main() {
                 1
             }
         },
+        Cmd::Bench(b) => {
+            let rt = tokio::runtime::Runtime::new().expect("tokio");
+            match rt.block_on(bench::run(opts.host, opts.api_key, opts.json, b)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("paddock bench: {e:#}");
+                    1
+                }
+            }
+        }
         Cmd::Client(c) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -144,3 +144,46 @@ fn logs_of_the_main_process() {
     let out = d.cli(&["logs", &sb.id]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("started main"));
 }
+
+#[test]
+fn cpu_limit_holds() {
+    let api = shared().api();
+    let sb = Sb::new(&api, json!({"cpu": 0.25}));
+    sb.sh("(timeout 5 sh -c 'while :; do :; done' &); (timeout 5 sh -c 'while :; do :; done' &); sleep 1");
+    let m = api.get(&sb.path("/metrics")).body;
+    let cpu = m["cpu_percent"].as_f64().unwrap();
+    // Two busy loops, a quarter of a core: the quota holds them near 25%.
+    assert!(cpu > 5.0 && cpu < 45.0, "{m}");
+}
+
+#[test]
+fn openapi_documents_the_api() {
+    let d = shared();
+    let doc: Value = reqwest::blocking::get(format!("{}/openapi.json", d.url))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/sandboxes",
+        "/v1/sandboxes/{id}",
+        "/v1/sandboxes/{id}/exec",
+        "/v1/sandboxes/{id}/exec/stream",
+        "/v1/sandboxes/{id}/exec/ws",
+        "/v1/sandboxes/{id}/files",
+        "/v1/sandboxes/{id}/files/list",
+        "/v1/sandboxes/{id}/ports",
+        "/v1/sandboxes/{id}/metrics",
+        "/v1/sandboxes/{id}/events",
+        "/v1/events",
+        "/v1/sandboxes/{id}/touch",
+        "/v1/sandboxes/{id}/logs",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["SandboxSpec"]["properties"]["memory_mb"].is_object());
+}
