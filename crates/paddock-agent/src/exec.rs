@@ -200,7 +200,7 @@ where
         state.bytes.fetch_add(n as u64, Ordering::SeqCst);
         match &mut sink {
             Sink::Stream(tx, is_err) => {
-                let chunk = buf[..n].to_vec();
+                let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
                 let msg = if *is_err {
                     exec_output::Msg::Stderr(chunk)
                 } else {
@@ -303,12 +303,16 @@ pub async fn start(
             let msg = format!("paddock: {argv0}: {what}: {e}\n").into_bytes();
             let exit = ExecExit {
                 exit_code: code,
-                stderr: if buffered { msg.clone() } else { Vec::new() },
+                stderr: if buffered {
+                    msg.clone().into()
+                } else {
+                    Default::default()
+                },
                 duration_us: began.elapsed().as_micros() as u64,
                 ..Default::default()
             };
             if !buffered {
-                let _ = tx.send(out(exec_output::Msg::Stderr(msg))).await;
+                let _ = tx.send(out(exec_output::Msg::Stderr(msg.into()))).await;
             }
             let _ = tx.send(out(exec_output::Msg::Exit(exit))).await;
             return Ok(());
@@ -492,11 +496,11 @@ pub async fn start(
         });
         if buffered {
             if let Some((v, t)) = bufs.next() {
-                msg.stdout = v;
+                msg.stdout = v.into();
                 msg.stdout_truncated = t;
             }
             if let Some((v, t)) = bufs.next() {
-                msg.stderr = v;
+                msg.stderr = v.into();
                 msg.stderr_truncated = t;
             }
         }

@@ -82,20 +82,16 @@ impl Agent for Service {
         let (tx, rx) = mpsc::channel(4);
         let path = req.path.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 1 << 20];
+            const CHUNK: u64 = 1 << 20;
             while remaining > 0 {
-                let want = buf.len().min(remaining.min(usize::MAX as u64) as usize);
-                match f.read(&mut buf[..want]).await {
+                // Read straight into the buffer that is sent: no copy.
+                let mut buf = bytes::BytesMut::with_capacity(remaining.min(CHUNK) as usize);
+                let mut limited = (&mut f).take(remaining.min(CHUNK));
+                match limited.read_buf(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => {
                         remaining -= n as u64;
-                        if tx
-                            .send(Ok(FileChunk {
-                                data: buf[..n].to_vec(),
-                            }))
-                            .await
-                            .is_err()
-                        {
+                        if tx.send(Ok(FileChunk { data: buf.freeze() })).await.is_err() {
                             break;
                         }
                     }
@@ -313,6 +309,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(0);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(paddock_proto::STREAM_WINDOW)
+        .initial_connection_window_size(paddock_proto::CONNECTION_WINDOW)
+        .max_frame_size(paddock_proto::MAX_FRAME)
         .add_service(
             AgentServer::new(Service {
                 reaper,

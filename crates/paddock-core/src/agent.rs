@@ -52,7 +52,7 @@ impl AgentClient {
     pub async fn connect(endpoint: &AgentEndpoint, timeout: Duration) -> Result<AgentClient> {
         let deadline = Instant::now() + timeout;
         let AgentEndpoint::Unix(path) = endpoint;
-        let mut delay = Duration::from_micros(200);
+        let mut delay = Duration::from_micros(100);
         loop {
             let attempt = async {
                 let ch = paddock_proto::connect_unix(path.clone())
@@ -94,7 +94,7 @@ impl AgentClient {
                 }
                 Err(_) => {
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(20));
+                    delay = (delay * 2).min(Duration::from_millis(2));
                 }
             }
         }
@@ -115,7 +115,7 @@ impl AgentClient {
                 cols: pty.cols as u32,
                 buffered,
                 max_output_bytes: req.max_output_bytes.unwrap_or(0),
-                stdin: req.stdin.clone().unwrap_or_default().into_bytes(),
+                stdin: req.stdin.clone().unwrap_or_default().into_bytes().into(),
                 close_stdin: buffered || req.stdin.is_some(),
             })),
         }
@@ -164,8 +164,8 @@ impl AgentClient {
                 Err(e) => Some(Err(from_agent(e, "cmd"))),
                 Ok(m) => match m.msg? {
                     pb::exec_output::Msg::Started(s) => Some(Ok(ExecEvent::Started { pid: s.pid })),
-                    pb::exec_output::Msg::Stdout(b) => Some(Ok(ExecEvent::Stdout(Bytes::from(b)))),
-                    pb::exec_output::Msg::Stderr(b) => Some(Ok(ExecEvent::Stderr(Bytes::from(b)))),
+                    pb::exec_output::Msg::Stdout(b) => Some(Ok(ExecEvent::Stdout(b))),
+                    pb::exec_output::Msg::Stderr(b) => Some(Ok(ExecEvent::Stderr(b))),
                     pb::exec_output::Msg::Exit(e) => Some(Ok(ExecEvent::Exit(to_result(e)))),
                     pb::exec_output::Msg::Error(e) => Some(Err(Error::invalid("cmd", e))),
                 },
@@ -187,10 +187,7 @@ impl AgentClient {
             .await
             .map_err(|e| from_agent(e, "path"))?
             .into_inner();
-        Ok(s.map(|c| {
-            c.map(|c| Bytes::from(c.data))
-                .map_err(|e| from_agent(e, "path"))
-        }))
+        Ok(s.map(|c| c.map(|c| c.data).map_err(|e| from_agent(e, "path"))))
     }
 
     pub async fn write_file<S>(&self, path: &str, opts: &WriteOptions, data: S) -> Result<FileInfo>
@@ -225,7 +222,7 @@ impl AgentClient {
             })
             .filter_map(|r| async move {
                 r.ok().map(|b| pb::WriteFileInput {
-                    msg: Some(pb::write_file_input::Msg::Data(b.to_vec())),
+                    msg: Some(pb::write_file_input::Msg::Data(b)),
                 })
             });
         let commit = futures::stream::once(async move {
@@ -310,7 +307,7 @@ impl AgentClient {
 fn control_msg(c: ExecControl) -> pb::ExecInput {
     use pb::exec_input::Msg;
     let msg = match c {
-        ExecControl::Stdin(b) => Msg::Stdin(b.to_vec()),
+        ExecControl::Stdin(b) => Msg::Stdin(b),
         ExecControl::CloseStdin => Msg::CloseStdin(true),
         ExecControl::Resize(s) => Msg::Resize(pb::Resize {
             rows: s.rows as u32,

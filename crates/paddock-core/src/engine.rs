@@ -300,7 +300,9 @@ impl Engine {
         } else {
             runtime.create(id, config).await?
         };
+        let t0 = std::time::Instant::now();
         let agent = AgentClient::connect(&instance.agent, self.cfg.agent_timeout).await?;
+        tracing::debug!(sandbox = %id, connect = ?t0.elapsed(), "agent connected");
         self.attach(id, agent, instance.clone()).await;
         Ok(instance.ip.map(|ip| ip.to_string()))
     }
@@ -736,8 +738,17 @@ impl Engine {
         }
         for rt in self.runtimes.values() {
             n += rt.gc(&[]).await?;
+            rt.shutdown().await;
         }
         Ok(n)
+    }
+
+    /// Lets the backends release what they keep ready (pools); running
+    /// sandboxes are left alone.
+    pub async fn shutdown(&self) {
+        for rt in self.runtimes.values() {
+            rt.shutdown().await;
+        }
     }
 
     /// One pass of the reaper: destroys sandboxes whose TTL or idle timeout

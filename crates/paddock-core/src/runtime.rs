@@ -70,4 +70,8 @@ pub trait Runtime: Send + Sync {
 
     /// Removes whatever the backend holds for sandboxes not in `keep`.
     async fn gc(&self, keep: &[Uuid]) -> Result<usize>;
+
+    /// Releases what the backend keeps ready for future sandboxes (the
+    /// daemon is stopping); running sandboxes are left alone.
+    async fn shutdown(&self) {}
 }

@@ -15,11 +15,23 @@ pub const PROTOCOL_VERSION: u32 = 1;
 use std::path::PathBuf;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// HTTP/2 flow-control windows for the agent channel. The default 64 KiB
+/// would cap file transfers far below what a local socket carries.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame either side accepts (the default 16 KiB would cut
+/// a 1 MiB file chunk into 64 frames).
+pub const MAX_FRAME: u32 = (1 << 20) - 1;
+
 /// Connects a gRPC channel to an agent listening on a unix socket.
 pub async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
     // The URI is ignored by the connector; it only has to parse.
     Endpoint::try_from("http://agent.invalid")?
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .buffer_size(64)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {

@@ -11,7 +11,35 @@ pub async fn run(program: &str, args: &[&str]) -> Result<String, Error> {
 }
 
 pub async fn run_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
+    run_opts(program, args, stdin, false).await
+}
+
+/// Runs at low CPU priority: background work (refilling a pool) must not
+/// slow down the work a caller waits for.
+pub async fn run_background(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, Error> {
+    run_opts(program, args, stdin, true).await
+}
+
+async fn run_opts(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    background: bool,
+) -> Result<String, Error> {
     let mut cmd = Command::new(program);
+    if background {
+        // SAFETY: setpriority is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 15);
+                Ok(())
+            });
+        }
+    }
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -15,7 +15,7 @@ mod cmd;
 mod net;
 mod spec;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct ContainerConfig {
     pub oci_runtime: Option<String>,
     pub agent_path: PathBuf,
     pub net: NetConfig,
+    /// Network namespaces kept wired and ready for the next creates.
+    pub net_pool: usize,
 }
 
 pub struct ContainerRuntime {
@@ -43,7 +45,7 @@ pub struct ContainerRuntime {
     base: PathBuf,
     agent: PathBuf,
     host_binds: Vec<(String, String)>,
-    net: net::Network,
+    net: std::sync::Arc<net::Network>,
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
@@ -146,7 +148,7 @@ impl ContainerRuntime {
             });
         }
         let host_binds = host_layout(&base)?;
-        let net = net::Network::init(cfg.net.clone()).await?;
+        let net = net::Network::init(cfg.net.clone(), cfg.net_pool).await?;
         let mut rt = ContainerRuntime {
             oci: String::new(),
             state_root: PathBuf::new(),
@@ -174,6 +176,18 @@ impl ContainerRuntime {
             match rt.probe(&cfg.data_dir).await {
                 Ok(()) => {
                     tracing::info!("container backend uses {c}");
+                    // Addresses of the sandboxes already here are taken
+                    // before the pool picks any.
+                    if let Ok(rd) = std::fs::read_dir(&rt.sandboxes) {
+                        for e in rd.flatten() {
+                            if let Ok(id) = Uuid::parse_str(&e.file_name().to_string_lossy()) {
+                                if let Some(slot) = rt.slot(id) {
+                                    rt.net.reserve(slot.ip);
+                                }
+                            }
+                        }
+                    }
+                    rt.net.spawn_refill();
                     return Ok(rt);
                 }
                 Err(e) => {
@@ -284,17 +298,21 @@ impl ContainerRuntime {
         v["status"].as_str().map(str::to_string)
     }
 
+    /// The network namespace a sandbox runs in, as recorded at creation.
+    fn slot(&self, id: Uuid) -> Option<net::Slot> {
+        let text = std::fs::read_to_string(self.dir(id).join("net.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     fn instance(&self, id: Uuid) -> Instance {
-        let ip = std::fs::read_to_string(self.dir(id).join("ip"))
-            .ok()
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
         Instance {
             agent: AgentEndpoint::Unix(self.dir(id).join("run/agent.sock")),
-            ip: ip.map(IpAddr::V4),
+            ip: self.slot(id).map(|s| IpAddr::V4(s.ip)),
         }
     }
 
-    /// Mounts the sandbox's filesystem and network (first boot only).
+    /// Mounts the sandbox's filesystem and gives it a network namespace
+    /// (first boot only).
     async fn prepare(&self, id: Uuid, config: &SandboxConfig) -> Result<()> {
         let dir = self.dir(id);
         let rw = dir.join("rw");
@@ -336,8 +354,15 @@ impl ContainerRuntime {
         std::fs::create_dir_all(rootfs.join(config.cwd.trim_start_matches('/')))
             .map_err(io("cwd"))?;
 
-        let ip = self.net.create(&id).await?;
-        std::fs::write(dir.join("ip"), ip.to_string()).map_err(io("ip"))?;
+        let slot = self.net.take().await?;
+        let ip = slot.ip;
+        let recorded = serde_json::to_string(&slot).map_err(Error::internal);
+        if let Err(e) =
+            recorded.and_then(|j| std::fs::write(dir.join("net.json"), j).map_err(io("net.json")))
+        {
+            self.net.destroy(&slot).await;
+            return Err(e);
+        }
         let host = spec::hostname(&id.to_string());
         let etc = dir.join("etc");
         std::fs::write(
@@ -356,7 +381,10 @@ impl ContainerRuntime {
     async fn run(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
         let dir = self.dir(id);
         let _ = std::fs::remove_file(dir.join("run/agent.sock"));
-        let netns = PathBuf::from("/var/run/netns").join(net::netns_name(&id));
+        let netns = self
+            .slot(id)
+            .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?
+            .path();
         let spec = spec::build(&spec::SpecInput {
             id: &id.to_string(),
             rootfs: &dir.join("rootfs"),
@@ -419,8 +447,12 @@ impl Runtime for ContainerRuntime {
                 "named images (this daemon runs only the default host image so far)".into(),
             ));
         }
+        let t0 = std::time::Instant::now();
         self.prepare(id, config).await?;
-        self.run(id, config).await
+        let t1 = t0.elapsed();
+        let inst = self.run(id, config).await?;
+        tracing::debug!(sandbox = %id, prepare = ?t1, run = ?(t0.elapsed() - t1), "container created");
+        Ok(inst)
     }
 
     async fn start(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
@@ -458,7 +490,7 @@ impl Runtime for ContainerRuntime {
 
     async fn destroy(&self, id: Uuid) -> Result<()> {
         let dir = self.dir(id);
-        let inst = self.instance(id);
+        let slot = self.slot(id);
         if self.oci_status(id).await.is_some() {
             if let Err(e) = self.oci(&["delete", "-f", &id.to_string()]).await {
                 tracing::warn!(sandbox = %id, "{e}");
@@ -471,11 +503,9 @@ impl Runtime for ContainerRuntime {
                 }
             }
         }
-        let ip = match inst.ip {
-            Some(IpAddr::V4(v4)) => Some(v4),
-            _ => None,
-        };
-        self.net.destroy(&id, ip).await;
+        if let Some(slot) = slot {
+            self.net.destroy(&slot).await;
+        }
         cgroup::remove(&cgroup::rel_path(&id));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
@@ -485,9 +515,6 @@ impl Runtime for ContainerRuntime {
 
     async fn inspect(&self, id: Uuid) -> Result<(Liveness, Option<Instance>)> {
         let inst = self.instance(id);
-        if let Some(IpAddr::V4(ip)) = inst.ip {
-            self.net.reserve(ip);
-        }
         Ok(match self.oci_status(id).await.as_deref() {
             Some("running") => (Liveness::Running, Some(inst)),
             Some("paused") => (Liveness::Paused, Some(inst)),
@@ -498,7 +525,7 @@ impl Runtime for ContainerRuntime {
 
     async fn metrics(&self, id: Uuid) -> Result<Metrics> {
         let rel = cgroup::rel_path(&id);
-        let veth = net::veth_name(&id);
+        let veth = self.slot(id).map(|s| s.veth).unwrap_or_default();
         let t0 = std::time::Instant::now();
         let c0 = cgroup::cpu_usage_ns(&rel);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -554,6 +581,16 @@ impl Runtime for ContainerRuntime {
                 n += 1;
             }
         }
+        let kept: Vec<String> = keep
+            .iter()
+            .filter_map(|id| self.slot(*id))
+            .map(|s| s.netns)
+            .collect();
+        n += self.net.gc(&kept).await;
         Ok(n)
+    }
+
+    async fn shutdown(&self) {
+        self.net.drain().await;
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use paddock_core::{Error, Result};
 
-use crate::cmd::{run, run_stdin};
+use crate::cmd::{run, run_background};
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -25,23 +25,40 @@ impl Default for NetConfig {
     }
 }
 
+/// A network namespace wired to the bridge: what a sandbox runs in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Slot {
+    /// Its name under /var/run/netns.
+    pub netns: String,
+    /// The host end of its veth pair.
+    pub veth: String,
+    pub ip: Ipv4Addr,
+}
+
+impl Slot {
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/run/netns").join(&self.netns)
+    }
+}
+
+/// Sandbox networking. Wiring a namespace takes a few `ip` calls (~13 ms),
+/// so a small pool of ready namespaces is kept and refilled in the
+/// background; a create takes one and pays nothing for its network.
 pub struct Network {
     pub cfg: NetConfig,
     used: Mutex<HashSet<Ipv4Addr>>,
-}
-
-pub fn netns_name(id: &uuid::Uuid) -> String {
-    format!("pd-{}", &id.simple().to_string()[..16])
-}
-
-pub fn veth_name(id: &uuid::Uuid) -> String {
-    // IFNAMSIZ is 16 with the NUL.
-    format!("pdv{}", &id.simple().to_string()[..12])
+    pool: Mutex<Vec<Slot>>,
+    pool_size: usize,
+    refill: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+    /// Namespaces this process made and has not removed (pooled, being
+    /// wired, or given to a sandbox): never garbage.
+    made: Mutex<HashSet<String>>,
 }
 
 impl Network {
     /// Sets up the bridge, forwarding and NAT (idempotent).
-    pub async fn init(cfg: NetConfig) -> Result<Network> {
+    pub async fn init(cfg: NetConfig, pool_size: usize) -> Result<std::sync::Arc<Network>> {
         let b = cfg.bridge.as_str();
         let cidr = format!("{}/16", cfg.gateway);
         let subnet = {
@@ -86,10 +103,46 @@ impl Network {
                 }
             }
         }
-        Ok(Network {
+        let net = std::sync::Arc::new(Network {
             cfg,
             used: Mutex::new(HashSet::new()),
-        })
+            pool: Mutex::new(Vec::new()),
+            pool_size,
+            refill: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            made: Mutex::new(HashSet::new()),
+        });
+        Ok(net)
+    }
+
+    /// Keeps the pool full, in the background.
+    pub fn spawn_refill(self: &std::sync::Arc<Self>) {
+        let n = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // Register for a wake-up before looking, so none is missed.
+                let notified = n.refill.notified();
+                if n.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let short = n.pool.lock().unwrap_or_else(|e| e.into_inner()).len() < n.pool_size;
+                if !short {
+                    notified.await;
+                    continue;
+                }
+                match n.make_slot().await {
+                    Ok(slot) if n.closed.load(std::sync::atomic::Ordering::SeqCst) => {
+                        n.destroy(&slot).await;
+                        return;
+                    }
+                    Ok(slot) => n.pool.lock().unwrap_or_else(|e| e.into_inner()).push(slot),
+                    Err(e) => {
+                        tracing::warn!("network pool: {e}");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
     }
 
     pub fn reserve(&self, ip: Ipv4Addr) {
@@ -119,49 +172,106 @@ impl Network {
         Err(Error::Quota("no free sandbox addresses left".into()))
     }
 
-    /// Creates the namespace and its veth; returns the sandbox's address.
-    pub async fn create(&self, id: &uuid::Uuid) -> Result<Ipv4Addr> {
-        let ip = self.allocate()?;
-        match self.create_with(id, ip).await {
-            Ok(()) => Ok(ip),
-            Err(e) => {
-                self.destroy(id, Some(ip)).await;
-                Err(e)
-            }
+    /// Names of this daemon's namespaces start with its bridge's name.
+    fn prefix(&self) -> String {
+        format!("{}-", self.cfg.bridge)
+    }
+
+    /// A wired namespace: from the pool when it has one, else made now.
+    pub async fn take(&self) -> Result<Slot> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        self.refill.notify_one();
+        match pooled {
+            Some(s) => Ok(s),
+            None => self.make_slot().await,
         }
     }
 
-    async fn create_with(&self, id: &uuid::Uuid, ip: Ipv4Addr) -> Result<()> {
-        let ns = netns_name(id);
-        let veth = veth_name(id);
-        run("ip", &["netns", "add", &ns]).await?;
+    async fn make_slot(&self) -> Result<Slot> {
+        let tag: String = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+        let slot = Slot {
+            netns: format!("{}{tag}", self.prefix()),
+            veth: format!("pv{tag}"),
+            ip: self.allocate()?,
+        };
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot.netns.clone());
+        if let Err(e) = self.wire(&slot).await {
+            self.destroy(&slot).await;
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
+    async fn wire(&self, s: &Slot) -> Result<()> {
+        run_background("ip", &["netns", "add", &s.netns], None).await?;
         let host = format!(
-            "link add {veth} type veth peer name eth0 netns {ns}\nlink set {veth} master {b} up\n",
+            "link add {v} type veth peer name eth0 netns {ns}\nlink set {v} master {b} up\n",
+            v = s.veth,
+            ns = s.netns,
             b = self.cfg.bridge
         );
-        run_stdin("ip", &["-batch", "-"], Some(&host)).await?;
+        run_background("ip", &["-batch", "-"], Some(&host)).await?;
         let inside = format!(
             "link set lo up\naddr add {ip}/16 dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+            ip = s.ip,
             gw = self.cfg.gateway
         );
-        run_stdin("ip", &["-n", &ns, "-batch", "-"], Some(&inside)).await?;
+        run_background("ip", &["-n", &s.netns, "-batch", "-"], Some(&inside)).await?;
         Ok(())
     }
 
     /// Removes the namespace (which takes its veth pair with it).
-    pub async fn destroy(&self, id: &uuid::Uuid, ip: Option<Ipv4Addr>) {
-        let ns = netns_name(id);
-        if std::path::Path::new("/var/run/netns").join(&ns).exists() {
-            if let Err(e) = run("ip", &["netns", "del", &ns]).await {
+    pub async fn destroy(&self, s: &Slot) {
+        if s.path().exists() {
+            if let Err(e) = run("ip", &["netns", "del", &s.netns]).await {
                 tracing::warn!("{e}");
             }
         }
-        let veth = veth_name(id);
-        if std::path::Path::new("/sys/class/net").join(&veth).exists() {
-            let _ = run("ip", &["link", "del", &veth]).await;
+        if std::path::Path::new("/sys/class/net")
+            .join(&s.veth)
+            .exists()
+        {
+            let _ = run("ip", &["link", "del", &s.veth]).await;
         }
-        if let Some(ip) = ip {
-            self.release(ip);
+        self.release(s.ip);
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&s.netns);
+    }
+
+    /// Removes this daemon's namespaces that are neither in `keep` nor made
+    /// by this process (left by a crash).
+    pub async fn gc(&self, keep: &[String]) -> usize {
+        let made = self.made.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut n = 0;
+        let Ok(rd) = std::fs::read_dir("/var/run/netns") else {
+            return 0;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.prefix())
+                && !keep.contains(&name)
+                && !made.contains(&name)
+                && run("ip", &["netns", "del", &name]).await.is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Empties the pool (when the daemon stops for good, or `--cleanup`).
+    pub async fn drain(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.refill.notify_one();
+        let slots: Vec<Slot> =
+            std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        for s in slots {
+            self.destroy(&s).await;
         }
     }
 
@@ -185,4 +295,16 @@ impl Network {
         }
         out
     }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }

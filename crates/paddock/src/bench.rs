@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 #[derive(clap::Args, Debug)]
@@ -37,12 +37,50 @@ fn summary(name: &str, unit: &str, mut v: Vec<f64>) -> Value {
            "min": v.first(), "max": v.last()})
 }
 
-fn mem_available_kib() -> Result<u64> {
+/// Host memory that sandboxes cost, KiB, read on the daemon's host:
+/// what their cgroups are charged (the agent, its page tables, the
+/// writable layer on tmpfs, charged kernel objects), plus kernel memory no
+/// cgroup is charged for (unreclaimable slab, kernel stacks, page tables),
+/// plus the daemon's own resident memory. MemFree is no use here: this VM
+/// hands free pages back to its host, so it moves on its own.
+fn sandbox_memory_kib() -> Result<u64> {
     let m = std::fs::read_to_string("/proc/meminfo")?;
-    m.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("MemAvailable in /proc/meminfo")
+    let get = |k: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix(':')))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let kernel = get("SUnreclaim") + get("KernelStack") + get("PageTables");
+    let mut cgroups = 0u64;
+    for root in ["/sys/fs/cgroup/memory/paddock", "/sys/fs/cgroup/paddock"] {
+        if let Ok(rd) = std::fs::read_dir(root) {
+            for e in rd.flatten() {
+                for f in ["memory.usage_in_bytes", "memory.current"] {
+                    if let Ok(v) = std::fs::read_to_string(e.path().join(f)) {
+                        cgroups += v.trim().parse::<u64>().unwrap_or(0) / 1024;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let mut daemon = 0u64;
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            if args.len() > 1 && args[0].ends_with(b"paddock") && args[1] == b"serve" {
+                let st = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                daemon += st
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Ok(kernel + cgroups + daemon)
 }
 
 struct Api {
@@ -163,7 +201,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     if a.density > 0 {
         say(&format!("density: {} idle sandboxes at once", a.density));
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = mem_available_kib()?;
+        let before = sandbox_memory_kib()?;
         let mut ids = Vec::new();
         let t0 = Instant::now();
         for _ in 0..a.density {
@@ -171,8 +209,8 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         }
         let took = t0.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = mem_available_kib()?;
-        let per = (before.saturating_sub(after)) as f64 / 1024.0 / a.density as f64;
+        let after = sandbox_memory_kib()?;
+        let per = (after.saturating_sub(before)) as f64 / 1024.0 / a.density as f64;
         // Every one still answers.
         let mut t = Vec::new();
         for id in &ids {

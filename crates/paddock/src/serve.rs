@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Seconds between reaper passes (TTL and idle timeouts).
     #[arg(long, default_value_t = 1.0)]
     pub reap_interval: f64,
+    /// Network namespaces kept wired for the next creates.
+    #[arg(long, default_value_t = 4)]
+    pub net_pool: usize,
     /// Destroy every sandbox of this data dir, then exit (no server).
     #[arg(long)]
     pub cleanup: bool,
@@ -88,6 +91,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             bridge: args.bridge.clone(),
             gateway: args.gateway,
         },
+        net_pool: if args.cleanup { 0 } else { args.net_pool },
     })
     .await?;
     tracing::info!(oci = container.oci_runtime(), agent = %agent.display(), "container backend ready");
@@ -111,7 +115,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !open {
         tracing::info!("listening beyond loopback: every request needs an API key");
     }
-    let app = paddock_api::router(paddock_api::AppState { engine, open });
+    let app = paddock_api::router(paddock_api::AppState {
+        engine: engine.clone(),
+        open,
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
@@ -127,5 +134,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
         .await?;
+    engine.shutdown().await;
     Ok(())
 }

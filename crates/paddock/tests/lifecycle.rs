@@ -256,10 +256,11 @@ fn destroy_leaves_nothing_behind() {
     let d = shared();
     let api = d.api();
     let id = api.create(json!({}));
-    let short = id.replace('-', "");
-    let netns = format!("/var/run/netns/pd-{}", &short[..16]);
-    let veth = format!("/sys/class/net/pdv{}", &short[..12]);
     let dir = d.data.join("sandboxes").join(&id);
+    let net: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("net.json")).unwrap()).unwrap();
+    let netns = format!("/var/run/netns/{}", net["netns"].as_str().unwrap());
+    let veth = format!("/sys/class/net/{}", net["veth"].as_str().unwrap());
     assert!(std::path::Path::new(&netns).exists());
     assert!(std::path::Path::new(&veth).exists());
     assert!(dir.exists());

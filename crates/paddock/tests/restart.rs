@@ -19,6 +19,12 @@ fn daemon_restart_keeps_running_sandboxes() {
         200
     );
 
+    let dead_net: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.data.join("sandboxes").join(&dead).join("net.json")).unwrap(),
+    )
+    .unwrap();
+    let dead_netns = format!("/var/run/netns/{}", dead_net["netns"].as_str().unwrap());
+    assert!(std::path::Path::new(&dead_netns).exists());
     d.kill9();
     // While the daemon is down, one sandbox's processes die.
     let oci_root = std::fs::read_dir(d.data.join("oci"))
@@ -75,8 +81,7 @@ fn daemon_restart_keeps_running_sandboxes() {
     assert_eq!(g["state"], "error", "{g}");
     assert!(g["message"].as_str().unwrap().contains("restart"), "{g}");
     assert!(!d.data.join("sandboxes").join(&dead).exists());
-    let short = dead.replace('-', "");
-    assert!(!std::path::Path::new(&format!("/var/run/netns/pd-{}", &short[..16])).exists());
+    assert!(!std::path::Path::new(&dead_netns).exists());
     // The stopped one is still stopped and starts again.
     assert_eq!(
         api.get(&format!("/sandboxes/{stopped}")).body["state"],
