@@ -49,6 +49,7 @@ pub struct Daemon {
     pub data: PathBuf,
     pub bridge: String,
     pub gateway: String,
+    extra: Vec<String>,
     child: Mutex<Option<Child>>,
 }
 
@@ -59,6 +60,11 @@ impl Daemon {
 
     /// A daemon listening on `host` (not loopback: keys required).
     pub fn start_on(host: &str) -> Daemon {
+        Self::start_with(host, &[])
+    }
+
+    /// A daemon with extra `paddock serve` arguments.
+    pub fn start_with(host: &str, extra: &[&str]) -> Daemon {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let tag = format!("{}{}", pid % 100000, n);
@@ -71,6 +77,7 @@ impl Daemon {
             data,
             bridge: format!("pdt{tag}").chars().take(15).collect(),
             gateway: format!("10.{}.{}.1", 100 + (pid % 100), 1 + n * 2 % 250),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: Mutex::new(None),
         };
         d.spawn();
@@ -81,7 +88,7 @@ impl Daemon {
         // The daemon dies with the test process: PR_SET_PDEATHSIG fires when
         // the spawning *thread* exits, so spawn from a thread that never does.
         let (tx, rx) = std::sync::mpsc::channel();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
             self.listen.clone(),
