@@ -103,6 +103,7 @@ impl Daemon {
             "--reap-interval".into(),
             "0.2".into(),
         ];
+        args.extend(self.extra.iter().cloned());
         let log = self.data.with_extension("log");
         std::thread::spawn(move || {
             let logf = std::fs::OpenOptions::new()
