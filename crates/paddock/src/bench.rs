@@ -111,6 +111,21 @@ impl Api {
         Ok(v["id"].as_str().unwrap_or_default().to_string())
     }
 
+    /// One `true` through the exec API; its round trip in ms.
+    async fn exec_true(&self, id: &str) -> Result<f64> {
+        let t0 = Instant::now();
+        let r = self
+            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
+            .json(&json!({"cmd": ["true"]}))
+            .send()
+            .await?;
+        let v: Value = r.json().await?;
+        if v["exit_code"] != 0 {
+            bail!("exec: {v}");
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1000.0)
+    }
+
     async fn destroy(&self, id: &str) -> Result<()> {
         self.req(reqwest::Method::DELETE, &format!("/sandboxes/{id}"))
             .send()
@@ -153,18 +168,9 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     say(&format!("exec round trip: {} × `true`", a.execs));
     let mut t = Vec::new();
     for i in 0..a.execs + 20 {
-        let t0 = Instant::now();
-        let r = api
-            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
-            .json(&json!({"cmd": ["true"]}))
-            .send()
-            .await?;
-        let v: Value = r.json().await?;
-        if v["exit_code"] != 0 {
-            bail!("exec: {v}");
-        }
+        let ms = api.exec_true(&id).await?;
         if i >= 20 {
-            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            t.push(ms);
         }
     }
     figures.push(summary("exec_round_trip", "ms", t));
@@ -214,14 +220,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         // Every one still answers.
         let mut t = Vec::new();
         for id in &ids {
-            let t0 = Instant::now();
-            let r = api
-                .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
-                .json(&json!({"cmd": ["true"]}))
-                .send()
-                .await?;
-            r.error_for_status()?;
-            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            t.push(api.exec_true(id).await?);
         }
         figures.push(json!({"figure": "host_memory_per_idle_sandbox", "unit": "MiB", "n": a.density, "p50": per, "p99": per}));
         figures.push(summary("exec_round_trip_at_density", "ms", t));

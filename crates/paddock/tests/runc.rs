@@ -17,13 +17,27 @@ fn sandboxes_run_on_runc_too() {
     assert_eq!(m["memory_limit_bytes"], 128u64 << 20, "{m}");
     // An unknown runtime is a clear error at start.
     let out = std::process::Command::new(bin())
-        .args(["serve", "--oci-runtime", "no-such-runtime", "--listen", "127.0.0.1:1", "--data-dir"])
+        .args([
+            "serve",
+            "--oci-runtime",
+            "no-such-runtime",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+        ])
         .arg(d.data.join("other"))
-        .args(["--agent"]).arg(agent())
+        .args(["--agent"])
+        .arg(agent())
         .args(["--bridge", "pdtnone", "--gateway", "10.99.0.1"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-runtime"), "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = std::process::Command::new("ip").args(["link", "del", "pdtnone"]).output();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-runtime"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "pdtnone"])
+        .output();
 }
