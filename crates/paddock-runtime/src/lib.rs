@@ -417,7 +417,9 @@ impl ContainerRuntime {
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(io("agent log"))?)
         .stderr(log);
+        let t0 = std::time::Instant::now();
         let status = c.status().await.map_err(io(&self.oci))?;
+        tracing::debug!(sandbox = %id, oci_run = ?t0.elapsed(), "{} run -d", self.oci);
         if !status.success() {
             let tail = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
             let tail: String = tail
@@ -448,9 +450,14 @@ impl Runtime for ContainerRuntime {
             ));
         }
         let t0 = std::time::Instant::now();
-        self.prepare(id, config).await?;
+        let prepared = self.prepare(id, config).await;
         let t1 = t0.elapsed();
-        let inst = self.run(id, config).await?;
+        let inst = match prepared {
+            Ok(()) => self.run(id, config).await,
+            Err(e) => Err(e),
+        };
+        self.net.refill();
+        let inst = inst?;
         tracing::debug!(sandbox = %id, prepare = ?t1, run = ?(t0.elapsed() - t1), "container created");
         Ok(inst)
     }
@@ -504,7 +511,7 @@ impl Runtime for ContainerRuntime {
             }
         }
         if let Some(slot) = slot {
-            self.net.destroy(&slot).await;
+            self.net.recycle(slot).await;
         }
         cgroup::remove(&cgroup::rel_path(&id));
         if dir.exists() {
@@ -525,11 +532,17 @@ impl Runtime for ContainerRuntime {
 
     async fn metrics(&self, id: Uuid) -> Result<Metrics> {
         let rel = cgroup::rel_path(&id);
-        let veth = self.slot(id).map(|s| s.veth).unwrap_or_default();
+        let slot = self.slot(id);
+        let veth = slot.as_ref().map(|s| s.veth.clone()).unwrap_or_default();
         let t0 = std::time::Instant::now();
         let c0 = cgroup::cpu_usage_ns(&rel);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut m = cgroup::sample(&rel, &veth);
+        if let Some(s) = &slot {
+            // The host end receives what the sandbox sends.
+            m.net_tx_bytes = m.net_tx_bytes.saturating_sub(s.rx_base);
+            m.net_rx_bytes = m.net_rx_bytes.saturating_sub(s.tx_base);
+        }
         if let (Some(c0), Some(c1)) = (c0, cgroup::cpu_usage_ns(&rel)) {
             let wall = t0.elapsed().as_nanos() as f64;
             m.cpu_percent = (c1.saturating_sub(c0)) as f64 * 100.0 / wall;

@@ -33,11 +33,24 @@ pub struct Slot {
     /// The host end of its veth pair.
     pub veth: String,
     pub ip: Ipv4Addr,
+    /// The veth's byte counters when the sandbox got it (a namespace is
+    /// reused), subtracted from what metrics report.
+    #[serde(default)]
+    pub rx_base: u64,
+    #[serde(default)]
+    pub tx_base: u64,
 }
 
 impl Slot {
     pub fn path(&self) -> std::path::PathBuf {
         std::path::Path::new("/var/run/netns").join(&self.netns)
+    }
+
+    fn counter(&self, which: &str) -> u64 {
+        std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{which}", self.veth))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -145,6 +158,13 @@ impl Network {
         });
     }
 
+    /// Tops the pool up in the background. Called after a create rather
+    /// than when it takes a namespace, so that wiring the next one does not
+    /// compete with starting this one for the CPU.
+    pub fn refill(&self) {
+        self.refill.notify_one();
+    }
+
     pub fn reserve(&self, ip: Ipv4Addr) {
         self.used
             .lock()
@@ -178,12 +198,35 @@ impl Network {
     }
 
     /// A wired namespace: from the pool when it has one, else made now.
+    /// Call [`Network::refill`] once the sandbox is up.
     pub async fn take(&self) -> Result<Slot> {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        self.refill.notify_one();
-        match pooled {
-            Some(s) => Ok(s),
-            None => self.make_slot().await,
+        let mut slot = match pooled {
+            Some(s) => s,
+            None => self.make_slot().await?,
+        };
+        slot.rx_base = slot.counter("rx_bytes");
+        slot.tx_base = slot.counter("tx_bytes");
+        Ok(slot)
+    }
+
+    /// Takes back the namespace of a destroyed sandbox (its processes are
+    /// gone) for the next one: removing a namespace is costly kernel work
+    /// that slows down the creates around it. Sandboxes hold no
+    /// CAP_NET_ADMIN and /proc/sys is read-only to them, so they cannot
+    /// have changed its interfaces, addresses, routes or sysctls.
+    pub async fn recycle(&self, s: Slot) {
+        let keep = !self.closed.load(std::sync::atomic::Ordering::SeqCst) && s.path().exists() && {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < self.pool_size * 2 {
+                pool.push(s.clone());
+                true
+            } else {
+                false
+            }
+        };
+        if !keep {
+            self.destroy(&s).await;
         }
     }
 
@@ -193,6 +236,8 @@ impl Network {
             netns: format!("{}{tag}", self.prefix()),
             veth: format!("pv{tag}"),
             ip: self.allocate()?,
+            rx_base: 0,
+            tx_base: 0,
         };
         self.made
             .lock()

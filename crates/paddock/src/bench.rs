@@ -155,6 +155,21 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         "create-to-ready: {} sandboxes, one after another",
         a.creates
     ));
+    let (mut t, mut ids) = (Vec::new(), Vec::new());
+    for _ in 0..a.creates {
+        let t0 = Instant::now();
+        ids.push(api.create().await?);
+        t.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    figures.push(summary("create_to_ready", "ms", t));
+    let mut t = Vec::new();
+    for id in ids {
+        let t0 = Instant::now();
+        api.destroy(&id).await?;
+        t.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    figures.push(summary("destroy", "ms", t));
+    say("create-to-ready with a destroy between creates");
     let mut t = Vec::new();
     for _ in 0..a.creates {
         let t0 = Instant::now();
@@ -162,7 +177,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         t.push(t0.elapsed().as_secs_f64() * 1000.0);
         api.destroy(&id).await?;
     }
-    figures.push(summary("create_to_ready", "ms", t));
+    figures.push(summary("create_to_ready_between_destroys", "ms", t));
 
     let id = api.create().await?;
     say(&format!("exec round trip: {} × `true`", a.execs));

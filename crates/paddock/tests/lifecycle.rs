@@ -253,7 +253,8 @@ fn ttl_and_idle_timeout_are_reaped_and_touch_resets_idle() {
 
 #[test]
 fn destroy_leaves_nothing_behind() {
-    let d = shared();
+    // A daemon of its own, so that counts are this test's alone.
+    let d = Daemon::start();
     let api = d.api();
     let id = api.create(json!({}));
     let dir = d.data.join("sandboxes").join(&id);
@@ -284,9 +285,54 @@ fn destroy_leaves_nothing_behind() {
     };
     assert!(cgroups() > 0);
     api.destroy(&id);
-    assert!(!std::path::Path::new(&netns).exists(), "netns left");
-    assert!(!std::path::Path::new(&veth).exists(), "veth left");
+    // A destroyed sandbox's network namespace goes back to the daemon's
+    // bounded pool (at most twice --net-pool, 4 here) or is removed.
+    let netns_of_daemon = || {
+        std::fs::read_dir("/var/run/netns")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}-", d.bridge))
+            })
+            .count()
+    };
+    let _ = (&netns, &veth);
+    let live = api.get("/sandboxes?state=running").body["sandboxes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        netns_of_daemon() <= live + 8,
+        "{} namespaces for {live} live sandboxes",
+        netns_of_daemon()
+    );
+    // Many creates and destroys do not grow it.
+    for _ in 0..12 {
+        let id = api.create(json!({}));
+        api.destroy(&id);
+    }
+    let live = api.get("/sandboxes?state=running").body["sandboxes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        netns_of_daemon() <= live + 8,
+        "{} namespaces for {live} live sandboxes",
+        netns_of_daemon()
+    );
     assert!(!dir.exists(), "sandbox dir left");
     assert_eq!(mounts(), 0, "mounts left");
     assert_eq!(cgroups(), 0, "cgroups left");
+    // Stopping for good (`paddock serve --cleanup`) removes the pool too.
+    let prefix = format!("{}-", d.bridge);
+    drop(api);
+    drop(d);
+    let left = std::fs::read_dir("/var/run/netns")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .count();
+    assert_eq!(left, 0, "network namespaces left after cleanup");
 }
