@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/logs", get(logs))
         .route("/sandboxes/{id}/events", get(sandbox_events))
         .route("/events", get(all_events))
+        .route("/images", get(list_images).post(pull_image))
         .route("/version", get(version))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -676,6 +677,38 @@ async fn all_events(
 ) -> ApiResult<Response> {
     let s = st.engine.events(&p, None, resume_from(&headers, &q))?;
     Ok(event_sse(s, false))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ImageList {
+    images: Vec<ImageInfo>,
+}
+
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = ImageList)))]
+async fn list_images(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<ImageList>> {
+    Ok(axum::Json(ImageList {
+        images: st.engine.list_images(&p)?,
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct PullBody {
+    /// Such as `alpine:latest` or `127.0.0.1:5000/team/img@sha256:...`.
+    reference: String,
+}
+
+/// Pulls an image (again); layers already cached are not downloaded.
+#[utoipa::path(post, path = "/v1/images", request_body = PullBody,
+    responses((status = 200, body = ImageInfo), (status = 404, body = Problem), (status = 503, body = Problem)))]
+async fn pull_image(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(b): Json<PullBody>,
+) -> ApiResult<axum::Json<ImageInfo>> {
+    Ok(axum::Json(st.engine.pull_image(&p, &b.reference).await?))
 }
 
 async fn version() -> axum::Json<serde_json::Value> {

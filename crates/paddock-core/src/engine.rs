@@ -45,6 +45,17 @@ impl Default for EngineConfig {
     }
 }
 
+/// The port to the image store: resolves a reference to unpacked layers
+/// and an image config, pulling it when needed.
+#[async_trait::async_trait]
+pub trait Images: Send + Sync {
+    /// From the cache, else pulled.
+    async fn resolve(&self, reference: &str) -> Result<ResolvedImage>;
+    /// Pulled again (only missing layers are downloaded).
+    async fn pull(&self, reference: &str) -> Result<ImageInfo>;
+    fn list(&self) -> Vec<ImageInfo>;
+}
+
 /// A running sandbox's live parts.
 struct Live {
     agent: AgentClient,
@@ -59,6 +70,7 @@ pub struct Engine {
     runtimes: HashMap<Isolation, Arc<dyn Runtime>>,
     live: RwLock<HashMap<Uuid, Arc<Live>>>,
     key_lock: tokio::sync::Mutex<()>,
+    images: Option<Arc<dyn Images>>,
     cfg: EngineConfig,
 }
 
@@ -70,6 +82,7 @@ impl Engine {
     pub fn new(
         store: Arc<Store>,
         runtimes: Vec<Arc<dyn Runtime>>,
+        images: Option<Arc<dyn Images>>,
         cfg: EngineConfig,
     ) -> Arc<Engine> {
         Arc::new(Engine {
@@ -78,6 +91,7 @@ impl Engine {
             runtimes: runtimes.into_iter().map(|r| (r.isolation(), r)).collect(),
             live: RwLock::new(HashMap::new()),
             key_lock: tokio::sync::Mutex::new(()),
+            images,
             cfg,
         })
     }
@@ -219,8 +233,21 @@ impl Engine {
     /// Creates a sandbox and returns once it takes commands. With a key that
     /// `p` already used, returns that sandbox unchanged and `false`.
     pub async fn create(&self, p: &Principal, spec: SandboxSpec) -> Result<(Sandbox, bool)> {
-        let config = spec.resolve(self.cfg.host_cpus)?;
+        let mut config = spec.resolve(self.cfg.host_cpus)?;
         let runtime = self.runtime(config.isolation)?.clone();
+        if let Some(reference) = &config.image {
+            // With a key, an existing sandbox is returned before any pull.
+            if let Some(k) = &spec.key {
+                if let Some(existing) = self.store.find_by_key(&p.id, k)? {
+                    return Ok((existing, false));
+                }
+            }
+            let images = self.images.as_ref().ok_or_else(|| {
+                Error::Unsupported("named images (this daemon has no image store)".into())
+            })?;
+            let img = images.resolve(reference).await?;
+            config.apply_image(&spec, img);
+        }
         let id = Uuid::new_v4();
         let now = Utc::now();
         let sb = Sandbox {
@@ -428,10 +455,19 @@ impl Engine {
 
     // ---- exec ---------------------------------------------------------
 
+    /// Fills in what the sandbox's image says a command runs as.
+    fn with_defaults(sb: &Sandbox, req: &ExecRequest) -> ExecRequest {
+        let mut r = req.clone();
+        if r.user.is_none() {
+            r.user = sb.config.user.clone();
+        }
+        r
+    }
+
     pub async fn exec(&self, p: &Principal, id: Uuid, req: &ExecRequest) -> Result<ExecResult> {
         req.validate()?;
         let (sb, live) = self.live_for(p, id).await?;
-        let r = live.agent.exec(req).await?;
+        let r = live.agent.exec(&Self::with_defaults(&sb, req)).await?;
         self.emit(
             &sb,
             "exec",
@@ -451,7 +487,10 @@ impl Engine {
     ) -> Result<impl Stream<Item = Result<ExecEvent>> + Send + 'static> {
         req.validate()?;
         let (sb, live) = self.live_for(p, id).await?;
-        let s = live.agent.exec_stream(req, control).await?;
+        let s = live
+            .agent
+            .exec_stream(&Self::with_defaults(&sb, req), control)
+            .await?;
         let engine = self.clone();
         let cmd = json!({"cmd": req.cmd, "shell": req.shell, "pty": req.pty.is_some()});
         Ok(s.inspect(move |ev| {
@@ -654,6 +693,25 @@ impl Engine {
                 after,
             },
         ))
+    }
+
+    // ---- images ---------------------------------------------------------
+
+    fn images(&self) -> Result<&Arc<dyn Images>> {
+        self.images.as_ref().ok_or_else(|| {
+            Error::Unsupported("named images (this daemon has no image store)".into())
+        })
+    }
+
+    pub async fn pull_image(&self, _p: &Principal, reference: &str) -> Result<ImageInfo> {
+        if reference.trim().is_empty() {
+            return Err(Error::invalid("reference", "must not be empty"));
+        }
+        self.images()?.pull(reference).await
+    }
+
+    pub fn list_images(&self, _p: &Principal) -> Result<Vec<ImageInfo>> {
+        Ok(self.images()?.list())
     }
 
     // ---- background -----------------------------------------------------

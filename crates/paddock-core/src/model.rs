@@ -110,6 +110,36 @@ pub struct SandboxSpec {
     pub ports: Vec<u16>,
 }
 
+/// What an image reference resolved to, as the engine and backends need it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResolvedImage {
+    /// The manifest's digest.
+    pub digest: String,
+    /// Unpacked layer directories, bottom first.
+    pub layers: Vec<String>,
+    pub env: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub exposed_ports: Vec<u16>,
+    /// Compressed size of the layers, bytes.
+    pub size: u64,
+}
+
+/// An image in the daemon's cache.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    /// As the caller named it.
+    pub reference: String,
+    /// What was pulled (after aliases).
+    pub resolved: String,
+    pub digest: String,
+    pub layers: usize,
+    pub size: u64,
+    pub exposed_ports: Vec<u16>,
+}
+
 /// A spec with every default applied and every field checked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxConfig {
@@ -126,6 +156,47 @@ pub struct SandboxConfig {
     pub ttl_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub ports: Vec<u16>,
+    /// The default user of commands (from the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The image's digest and layers, once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_image: Option<ResolvedImage>,
+}
+
+impl SandboxConfig {
+    /// Applies an image's config: its env under the caller's, its working
+    /// directory and main process unless the caller gave their own, its
+    /// user, its exposed ports.
+    pub fn apply_image(&mut self, spec: &SandboxSpec, img: ResolvedImage) {
+        let mut env = std::collections::BTreeMap::new();
+        for kv in &img.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        env.extend(self.env.clone());
+        self.env = env;
+        if spec.cwd.is_none() {
+            if let Some(wd) = &img.working_dir {
+                self.cwd = wd.clone();
+            }
+        }
+        if spec.entrypoint.is_none() && spec.command.is_none() {
+            self.entrypoint = img.entrypoint.clone();
+            self.command = img.cmd.clone();
+        } else if spec.entrypoint.is_none() && spec.command.is_some() {
+            self.entrypoint = img.entrypoint.clone();
+        }
+        self.user = img.user.clone();
+        for p in &img.exposed_ports {
+            if !self.ports.contains(p) {
+                self.ports.push(*p);
+            }
+        }
+        self.ports.sort_unstable();
+        self.resolved_image = Some(img);
+    }
 }
 
 pub fn valid_key(k: &str) -> bool {
@@ -217,6 +288,8 @@ impl SandboxSpec {
             ttl_secs: self.ttl_secs,
             idle_timeout_secs: self.idle_timeout_secs,
             ports: self.ports.clone(),
+            user: None,
+            resolved_image: None,
         })
     }
 }

@@ -202,6 +202,13 @@ impl ContainerRuntime {
         })
     }
 
+    /// An empty lower directory, for an image with no layers.
+    fn empty_base(&self) -> PathBuf {
+        let p = self.base.with_file_name("empty");
+        let _ = std::fs::create_dir_all(&p);
+        p
+    }
+
     pub fn oci_runtime(&self) -> &str {
         &self.oci
     }
@@ -337,9 +344,21 @@ impl ContainerRuntime {
         .map_err(|e| Error::Internal(format!("mount sandbox disk: {e}")))?;
         std::fs::create_dir_all(rw.join("upper")).map_err(io("upper"))?;
         std::fs::create_dir_all(rw.join("work")).map_err(io("work"))?;
+        // A named image's layers (top first), or the host-based default.
+        let lower = match &config.resolved_image {
+            Some(img) if !img.layers.is_empty() => img
+                .layers
+                .iter()
+                .rev()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(":"),
+            Some(_) => self.empty_base().to_string_lossy().into_owned(),
+            None => self.base.to_string_lossy().into_owned(),
+        };
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
-            self.base.display(),
+            lower,
             rw.join("upper").display(),
             rw.join("work").display()
         );
@@ -391,7 +410,11 @@ impl ContainerRuntime {
             run_dir: &dir.join("run"),
             etc_dir: &dir.join("etc"),
             agent: &self.agent,
-            host_binds: &self.host_binds,
+            host_binds: if config.resolved_image.is_some() {
+                &[]
+            } else {
+                &self.host_binds
+            },
             netns: Some(&netns),
             cgroup: &cgroup::rel_path(&id),
             config,
@@ -444,10 +467,8 @@ impl Runtime for ContainerRuntime {
     }
 
     async fn create(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
-        if config.image.is_some() {
-            return Err(Error::Unsupported(
-                "named images (this daemon runs only the default host image so far)".into(),
-            ));
+        if config.image.is_some() && config.resolved_image.is_none() {
+            return Err(Error::invalid("image", "the image was not resolved"));
         }
         let t0 = std::time::Instant::now();
         let prepared = self.prepare(id, config).await;

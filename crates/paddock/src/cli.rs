@@ -131,6 +131,18 @@ pub enum ClientCmd {
     Ports {
         id: String,
     },
+    /// Images in the daemon's cache.
+    #[command(subcommand)]
+    Images(ImagesCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCmd {
+    Ls,
+    /// Pull an image into the daemon's cache.
+    Pull {
+        reference: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -496,6 +508,46 @@ impl Client {
                         }
                     }
                     println!("{t}");
+                }
+            }
+            ClientCmd::Images(ImagesCmd::Ls) => {
+                let v = self.json_of(self.req(Method::GET, "/images")).await?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&v["images"])?);
+                } else {
+                    let mut t = table(&["REFERENCE", "DIGEST", "LAYERS", "SIZE"]);
+                    for i in v["images"].as_array().cloned().unwrap_or_default() {
+                        t.add_row(vec![
+                            i["reference"].as_str().unwrap_or("").to_string(),
+                            i["digest"]
+                                .as_str()
+                                .unwrap_or("")
+                                .chars()
+                                .take(19)
+                                .collect(),
+                            i["layers"].to_string(),
+                            format!("{:.1} MB", i["size"].as_f64().unwrap_or(0.0) / 1e6),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Images(ImagesCmd::Pull { reference }) => {
+                eprintln!("pulling {reference}...");
+                let v = self
+                    .json_of(
+                        self.req(Method::POST, "/images")
+                            .json(&json!({"reference": reference})),
+                    )
+                    .await?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!(
+                        "{} {}",
+                        v["reference"].as_str().unwrap_or(""),
+                        v["digest"].as_str().unwrap_or("")
+                    );
                 }
             }
             ClientCmd::Ports { id } => {

@@ -30,6 +30,15 @@ pub struct ServeArgs {
     /// Seconds between reaper passes (TTL and idle timeouts).
     #[arg(long, default_value_t = 1.0)]
     pub reap_interval: f64,
+    /// A registry reached over plain HTTP (`HOST:PORT`); repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// A mirror for a registry, tried first: `docker.io=http://127.0.0.1:5000`; repeatable.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL")]
+    pub registry_mirrors: Vec<String>,
+    /// Pull another reference for this one: `FROM=TO`; repeatable.
+    #[arg(long = "image-alias", value_name = "FROM=TO")]
+    pub image_aliases: Vec<String>,
     /// Network namespaces kept wired for the next creates.
     #[arg(long, default_value_t = 4)]
     pub net_pool: usize,
@@ -96,9 +105,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!(oci = container.oci_runtime(), agent = %agent.display(), "container backend ready");
     let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(container)];
+    let pair = |s: &String, what: &str| -> anyhow::Result<(String, String)> {
+        s.split_once('=')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .with_context(|| format!("{what} {s:?}: use A=B"))
+    };
+    let images = paddock_image::ImageStore::new(
+        &args.data_dir.join("images"),
+        paddock_image::ImageSettings {
+            insecure: args.insecure_registries.clone(),
+            mirrors: args
+                .registry_mirrors
+                .iter()
+                .map(|m| pair(m, "--registry-mirror"))
+                .collect::<anyhow::Result<_>>()?,
+            aliases: args
+                .image_aliases
+                .iter()
+                .map(|m| pair(m, "--image-alias"))
+                .collect::<anyhow::Result<_>>()?,
+        },
+    )?;
     let engine = Engine::new(
         store,
         runtimes,
+        Some(Arc::new(images)),
         EngineConfig {
             reap_interval: std::time::Duration::from_secs_f64(args.reap_interval.max(0.05)),
             ..Default::default()

@@ -1,0 +1,396 @@
+//! The image store: pulls OCI and Docker v2 images from registries
+//! (oci-client), keeps their layers unpacked in a content-addressed cache
+//! shared by every image, and reads their configs.
+//!
+//! Layout under `<data>/images/`: `layers/<hex>/` is the unpacked layer of
+//! blob `sha256:<hex>`, ready to be an overlayfs lower (whiteouts as 0/0
+//! character devices, opaque directories marked with the
+//! `trusted.overlay.opaque` xattr); `refs/<sha256 of reference>.json`
+//! records what a reference resolved to. A layer appears under its final
+//! name only once completely unpacked and synced (unpack to `*.tmp`, fsync,
+//! rename), so a half-written layer is never used.
+
+mod unpack;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use paddock_core::model::{ImageInfo, ResolvedImage};
+use paddock_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageSettings {
+    /// `host:port` of registries reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Registry (as in a reference: `docker.io`) → mirror (`http://host:port`
+    /// or `host:port`), tried first, with the registry itself as fallback.
+    pub mirrors: Vec<(String, String)>,
+    /// Reference → the reference to pull instead.
+    pub aliases: HashMap<String, String>,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    settings: ImageSettings,
+    client: Client,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What a reference resolved to, as recorded in `refs/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub reference: String,
+    pub resolved: String,
+    pub image: ResolvedImage,
+}
+
+fn hex_of(digest: &str) -> Result<&str> {
+    match digest.strip_prefix("sha256:") {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(h),
+        _ => Err(Error::Unavailable {
+            what: "image".into(),
+            reason: format!("unsupported digest {digest:?}"),
+        }),
+    }
+}
+
+fn pull_error(reference: &str, e: OciDistributionError) -> Error {
+    use OciDistributionError as E;
+    match &e {
+        E::ImageManifestNotFoundError(_) => Error::not_found(format!("image {reference}")),
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|x| {
+                let c = format!("{:?}", x.code);
+                c.contains("ManifestUnknown")
+                    || c.contains("NameUnknown")
+                    || c.contains("BlobUnknown")
+            }) =>
+        {
+            Error::not_found(format!("image {reference}"))
+        }
+        E::ServerError { code: 404, .. } => Error::not_found(format!("image {reference}")),
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            Error::Forbidden(format!("the registry refused access to {reference}: {e}"))
+        }
+        E::DigestError(_) => Error::Unavailable {
+            what: format!("image {reference}"),
+            reason: format!("a blob did not match its digest: {e}"),
+        },
+        _ => Error::Unavailable {
+            what: format!("image {reference}"),
+            reason: e.to_string(),
+        },
+    }
+}
+
+impl ImageStore {
+    pub fn new(root: &Path, settings: ImageSettings) -> Result<ImageStore> {
+        for d in ["layers", "refs", "blobs"] {
+            std::fs::create_dir_all(root.join(d))
+                .map_err(|e| Error::Internal(format!("image store {}: {e}", root.display())))?;
+        }
+        let mut insecure = settings.insecure.clone();
+        for (_, m) in &settings.mirrors {
+            if let Some(h) = m.strip_prefix("http://") {
+                insecure.push(h.trim_end_matches('/').to_string());
+            }
+        }
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure),
+            platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+            ..Default::default()
+        });
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+            settings,
+            client,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn layer_dir(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.root.join("layers").join(hex_of(digest)?))
+    }
+
+    fn lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn ref_file(&self, reference: &str) -> PathBuf {
+        self.root.join("refs").join(format!(
+            "{}.json",
+            hex::encode(Sha256::digest(reference.as_bytes()))
+        ))
+    }
+
+    /// The cached resolution of `reference`, if it was pulled before and
+    /// every layer is still there.
+    pub fn cached(&self, reference: &str) -> Option<ImageRecord> {
+        let text = std::fs::read_to_string(self.ref_file(reference)).ok()?;
+        let rec: ImageRecord = serde_json::from_str(&text).ok()?;
+        rec.image
+            .layers
+            .iter()
+            .all(|l| Path::new(l).is_dir())
+            .then_some(rec)
+    }
+
+    pub fn list(&self) -> Vec<ImageRecord> {
+        let mut out: Vec<ImageRecord> = std::fs::read_dir(self.root.join("refs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| serde_json::from_str(&t).ok())
+            .collect();
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        out
+    }
+
+    fn parse(&self, reference: &str) -> Result<(String, Reference)> {
+        let resolved = self
+            .settings
+            .aliases
+            .get(reference)
+            .cloned()
+            .unwrap_or_else(|| reference.to_string());
+        let r: Reference = resolved.parse().map_err(|e| {
+            Error::invalid(
+                "image",
+                format!("{reference:?} is not an image reference: {e}"),
+            )
+        })?;
+        Ok((resolved, r))
+    }
+
+    /// The image for `reference`: from the cache, else pulled.
+    pub async fn ensure(&self, reference: &str) -> Result<ResolvedImage> {
+        if let Some(rec) = self.cached(reference) {
+            return Ok(rec.image);
+        }
+        Ok(self.pull(reference).await?.image)
+    }
+
+    /// Pulls `reference` (again), downloading only layers not yet cached.
+    pub async fn pull(&self, reference: &str) -> Result<ImageRecord> {
+        let (resolved, r) = self.parse(reference)?;
+        let _guard = self.lock(&format!("ref:{resolved}"));
+        let _guard = _guard.lock().await;
+        // Through a mirror first, then the registry itself.
+        let mut attempts = Vec::new();
+        if let Some((_, m)) = self
+            .settings
+            .mirrors
+            .iter()
+            .find(|(reg, _)| *reg == r.registry())
+        {
+            let mut via = r.clone();
+            let host = m
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/');
+            via.set_mirror_registry(host.to_string());
+            attempts.push(via);
+        }
+        attempts.push(r.clone());
+        let mut last = None;
+        for (i, attempt) in attempts.iter().enumerate() {
+            match self.pull_from(reference, &resolved, attempt).await {
+                Ok(rec) => return Ok(rec),
+                Err(e) => {
+                    if i + 1 < attempts.len() {
+                        tracing::info!("pull of {resolved} through its mirror failed ({e}); trying the registry");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::internal("no pull attempt")))
+    }
+
+    async fn pull_from(
+        &self,
+        reference: &str,
+        resolved: &str,
+        r: &Reference,
+    ) -> Result<ImageRecord> {
+        let auth = RegistryAuth::Anonymous;
+        let (manifest, digest, config) = self
+            .client
+            .pull_manifest_and_config(r, &auth)
+            .await
+            .map_err(|e| pull_error(reference, e))?;
+        let mut layers = Vec::new();
+        let mut size = 0u64;
+        for layer in &manifest.layers {
+            let dir = self.layer_dir(&layer.digest)?;
+            size += layer.size.max(0) as u64;
+            let lock = self.lock(&layer.digest);
+            let _g = lock.lock().await;
+            if !dir.is_dir() {
+                self.fetch_layer(reference, r, layer, &dir).await?;
+            }
+            layers.push(dir.to_string_lossy().into_owned());
+        }
+        let image = image_config(&config, &digest, layers, size)?;
+        let rec = ImageRecord {
+            reference: reference.to_string(),
+            resolved: resolved.to_string(),
+            image,
+        };
+        let tmp = self.ref_file(reference).with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&rec).map_err(Error::internal)?,
+        )
+        .and_then(|_| std::fs::rename(&tmp, self.ref_file(reference)))
+        .map_err(|e| Error::Internal(format!("record image: {e}")))?;
+        Ok(rec)
+    }
+
+    async fn fetch_layer(
+        &self,
+        reference: &str,
+        r: &Reference,
+        layer: &oci_client::manifest::OciDescriptor,
+        dir: &Path,
+    ) -> Result<()> {
+        let hex = hex_of(&layer.digest)?.to_string();
+        let blob = self.root.join("blobs").join(format!("{hex}.partial"));
+        let file = tokio::fs::File::create(&blob)
+            .await
+            .map_err(|e| Error::Internal(format!("layer download: {e}")))?;
+        let res = self.client.pull_blob(r, layer, file).await;
+        if let Err(e) = res {
+            let _ = tokio::fs::remove_file(&blob).await;
+            return Err(pull_error(reference, e));
+        }
+        let media = layer.media_type.clone();
+        let dir = dir.to_path_buf();
+        let blob2 = blob.clone();
+        let out = tokio::task::spawn_blocking(move || unpack::unpack_layer(&blob2, &media, &dir))
+            .await
+            .map_err(Error::internal)?;
+        let _ = tokio::fs::remove_file(&blob).await;
+        out
+    }
+
+    /// Removes a reference's record (its layers stay until `prune`).
+    pub fn remove(&self, reference: &str) -> Result<bool> {
+        match std::fs::remove_file(self.ref_file(reference)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::Internal(e.to_string())),
+        }
+    }
+
+    /// Removes layers that no recorded image and no path in `in_use` needs.
+    pub fn prune(&self, in_use: &[String]) -> Result<usize> {
+        let mut keep: std::collections::HashSet<String> = in_use.iter().cloned().collect();
+        for rec in self.list() {
+            keep.extend(rec.image.layers);
+        }
+        let mut n = 0;
+        for e in std::fs::read_dir(self.root.join("layers"))
+            .map_err(Error::internal)?
+            .flatten()
+        {
+            let p = e.path().to_string_lossy().into_owned();
+            if !keep.contains(&p) {
+                std::fs::remove_dir_all(e.path()).map_err(Error::internal)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Reads what a sandbox needs from an image config blob.
+fn image_config(
+    config: &str,
+    digest: &str,
+    layers: Vec<String>,
+    size: u64,
+) -> Result<ResolvedImage> {
+    let v: serde_json::Value = serde_json::from_str(config).map_err(|e| Error::Unavailable {
+        what: "image".into(),
+        reason: format!("bad image config: {e}"),
+    })?;
+    let c = &v["config"];
+    let strings = |x: &serde_json::Value| -> Option<Vec<String>> {
+        x.as_array().map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+    };
+    let mut ports: Vec<u16> = c["ExposedPorts"]
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .filter_map(|k| k.split('/').next().and_then(|p| p.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ports.sort_unstable();
+    Ok(ResolvedImage {
+        digest: digest.to_string(),
+        layers,
+        env: strings(&c["Env"]).unwrap_or_default(),
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        working_dir: c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+        user: c["User"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+        exposed_ports: ports,
+        size,
+    })
+}
+
+impl ImageRecord {
+    pub fn info(&self) -> ImageInfo {
+        ImageInfo {
+            reference: self.reference.clone(),
+            resolved: self.resolved.clone(),
+            digest: self.image.digest.clone(),
+            layers: self.image.layers.len(),
+            size: self.image.size,
+            exposed_ports: self.image.exposed_ports.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl paddock_core::engine::Images for ImageStore {
+    async fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
+        self.ensure(reference).await
+    }
+
+    async fn pull(&self, reference: &str) -> Result<ImageInfo> {
+        Ok(ImageStore::pull(self, reference).await?.info())
+    }
+
+    fn list(&self) -> Vec<ImageInfo> {
+        ImageStore::list(self)
+            .iter()
+            .map(ImageRecord::info)
+            .collect()
+    }
+}

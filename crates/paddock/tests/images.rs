@@ -1,0 +1,284 @@
+//! Images from a real registry: Debian's docker-registry on loopback,
+//! serving small images built here with umoci and pushed with skopeo.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-ec").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Registry {
+    addr: String,
+    dir: PathBuf,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.yml"), format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.join("data").display())).unwrap();
+        let r = Registry {
+            addr,
+            dir: dir.to_path_buf(),
+            child: std::sync::Mutex::new(None),
+        };
+        r.up();
+        r
+    }
+
+    fn up(&self) {
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (scripts/deps.sh installs it)");
+        *self.child.lock().unwrap() = Some(child);
+        eventually(20, || {
+            std::net::TcpStream::connect(&self.addr).ok().map(|_| ())
+        });
+    }
+
+    fn down(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Builds a busybox image of two layers and pushes it as `name`.
+    fn push_busybox(&self, work: &Path, name: &str) {
+        let oci = work.join(format!("oci-{}", name.replace(['/', ':'], "-")));
+        let bundle = oci.with_extension("bundle");
+        let _ = std::fs::remove_dir_all(&oci);
+        let _ = std::fs::remove_dir_all(&bundle);
+        let (o, b) = (oci.display(), bundle.display());
+        sh(&format!("umoci init --layout {o} && umoci new --image {o}:img && umoci unpack --image {o}:img {b}"));
+        sh(&format!("mkdir -p {b}/rootfs/bin {b}/rootfs/etc {b}/rootfs/tmp && cp /bin/busybox {b}/rootfs/bin/ && \
+            for c in sh ls cat echo id pwd env sleep wc stat head md5sum test; do ln -sf busybox {b}/rootfs/bin/$c; done && \
+            echo 'root:x:0:0:root:/root:/bin/sh' > {b}/rootfs/etc/passwd && echo 'app:x:1000:1000::/home/app:/bin/sh' >> {b}/rootfs/etc/passwd && \
+            echo deleted-later > {b}/rootfs/etc/gone && mkdir -p {b}/rootfs/srv && echo keep > {b}/rootfs/srv/keep && \
+            umoci repack --image {o}:img {b}"));
+        // A second layer: one deletion (a whiteout) and one new file.
+        sh(&format!(
+            "rm -rf {b} && umoci unpack --image {o}:img {b} && rm {b}/rootfs/etc/gone && \
+            echo layer2 > {b}/rootfs/srv/second && umoci repack --image {o}:img {b}"
+        ));
+        sh(&format!("umoci config --image {o}:img --config.env GREETING=from-image --config.workingdir /srv \
+            --config.cmd sleep --config.cmd 600 --config.exposedports 8080/tcp --config.user app"));
+        sh(&format!(
+            "skopeo copy --quiet --dest-tls-verify=false oci:{o}:img docker://{}/{name}",
+            self.addr
+        ));
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+struct Env {
+    reg: Registry,
+    daemon: Daemon,
+}
+
+fn env() -> &'static Env {
+    static E: OnceLock<Env> = OnceLock::new();
+    E.get_or_init(|| {
+        let work = std::env::temp_dir().join(format!("paddock-images-{}", std::process::id()));
+        let reg = Registry::start(&work.join("registry"));
+        reg.push_busybox(&work, "test/bb:1");
+        reg.push_busybox(&work, "library/mirrored:latest");
+        reg.push_busybox(&work, "test/corrupt:1");
+        let mirror = format!("docker.io=http://{}", reg.addr);
+        let daemon = Daemon::start_with(
+            "127.0.0.1",
+            &[
+                "--insecure-registry",
+                &reg.addr,
+                "--registry-mirror",
+                &mirror,
+                "--image-alias",
+                &format!("alias/of-bb:1={}/test/bb:1", reg.addr),
+            ],
+        );
+        Env { reg, daemon }
+    })
+}
+
+#[test]
+fn pull_run_and_image_config() {
+    let e = env();
+    let api = e.daemon.api();
+    let image = format!("{}/test/bb:1", e.reg.addr);
+    let r = api.post("/images", json!({"reference": image}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["layers"], 2);
+    assert!(r.body["digest"].as_str().unwrap().starts_with("sha256:"));
+    let sb = Sb::new(&api, json!({"image": image, "env": {"MINE": "1"}}));
+    let out = sb.sh("pwd; echo $GREETING $MINE; id -u; cat /srv/keep /srv/second; test -e /etc/gone && echo still-there || echo whited-out");
+    assert_eq!(
+        out["stdout"], "/srv\nfrom-image 1\n1000\nkeep\nlayer2\nwhited-out\n",
+        "{out}"
+    );
+    // Cmd is the main process; ExposedPorts are declared.
+    assert!(sb.sh("cat /proc/*/cmdline | tr '\\0' ' '")["stdout"]
+        .as_str()
+        .unwrap()
+        .contains("sleep 600"));
+    let ports = api.get(&sb.path("/ports")).body;
+    assert!(
+        ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == 8080 && p["declared"] == true),
+        "{ports}"
+    );
+    // The caller overrides the image: user, cwd.
+    let r = api.exec(&sb.id, json!({"cmd": ["id", "-u"], "user": "root"}));
+    assert_eq!(r["stdout"], "0\n");
+    let listed = api.get("/images").body;
+    assert!(listed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["reference"] == image.as_str()));
+}
+
+#[test]
+fn cache_hits_need_no_registry_and_share_layers() {
+    let e = env();
+    let api = e.daemon.api();
+    let image = format!("{}/test/bb:1", e.reg.addr);
+    api.post("/images", json!({"reference": image}));
+    let layers = std::fs::read_dir(e.daemon.data.join("images/layers"))
+        .unwrap()
+        .count();
+    // Two sandboxes of one image: the layers are shared, nothing is copied.
+    let a = Sb::new(&api, json!({"image": image}));
+    let b = Sb::new(&api, json!({"image": image}));
+    assert_eq!(
+        std::fs::read_dir(e.daemon.data.join("images/layers"))
+            .unwrap()
+            .count(),
+        layers
+    );
+    a.sh("echo private > /srv/keep");
+    assert_eq!(b.sh("cat /srv/keep")["stdout"], "keep\n");
+    // An alias resolves to the same image.
+    let c = Sb::new(&api, json!({"image": "alias/of-bb:1"}));
+    assert_eq!(c.sh("cat /srv/second")["stdout"], "layer2\n");
+}
+
+#[test]
+fn mirror_serves_docker_hub_names() {
+    let e = env();
+    let api = e.daemon.api();
+    // `mirrored:latest` is docker.io/library/mirrored:latest, fetched
+    // through the mirror on loopback.
+    let sb = Sb::new(&api, json!({"image": "mirrored:latest"}));
+    assert_eq!(sb.sh("cat /srv/keep")["stdout"], "keep\n");
+}
+
+#[test]
+fn registry_errors_are_clear() {
+    let e = env();
+    let api = e.daemon.api();
+    let r = api.post(
+        "/sandboxes",
+        json!({"image": format!("{}/test/bb:no-such-tag", e.reg.addr)}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("no-such-tag"),
+        "{}",
+        r.text
+    );
+    let r = api.post("/sandboxes", json!({"image": "UPPER/case::bad"}));
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.body["field"], "image");
+    // A registry that does not answer.
+    let r = api.post(
+        "/images",
+        json!({"reference": "127.0.0.1:1/nothing/here:1"}),
+    );
+    assert!(r.status == 503 || r.status == 502, "{}", r.text);
+    // A corrupted blob: refused, and nothing is cached.
+    let blobs = e.reg.dir.join("data/docker/registry/v2/blobs/sha256");
+    let corrupt = format!("{}/test/corrupt:1", e.reg.addr);
+    let manifest: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("http://{}/v2/test/corrupt/manifests/1", e.reg.addr))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let layer = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let data = blobs.join(&layer[..2]).join(&layer).join("data");
+    let good = std::fs::read(&data).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0xff;
+    std::fs::write(&data, &bad).unwrap();
+    let r = api.post("/images", json!({"reference": corrupt}));
+    assert!(r.status >= 500 || r.status == 400, "{}", r.text);
+    assert!(r.text.to_lowercase().contains("digest"), "{}", r.text);
+    assert!(
+        !e.daemon.data.join("images/layers").join(&layer).exists(),
+        "a corrupt layer was cached"
+    );
+    std::fs::write(&data, &good).unwrap();
+    let r = api.post("/images", json!({"reference": corrupt}));
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[test]
+fn registry_down_then_back() {
+    // A registry of its own, so that stopping it disturbs no other test.
+    let work = std::env::temp_dir().join(format!("paddock-images-down-{}", std::process::id()));
+    let reg = Registry::start(&work.join("registry"));
+    reg.push_busybox(&work, "test/flaky:1");
+    let d = Daemon::start_with("127.0.0.1", &["--insecure-registry", &reg.addr]);
+    let api = d.api();
+    reg.down();
+    let r = api.post(
+        "/images",
+        json!({"reference": format!("{}/test/flaky:1", reg.addr)}),
+    );
+    assert!(r.status == 503 || r.status == 502, "{}", r.text);
+    reg.up();
+    let r = api.post(
+        "/images",
+        json!({"reference": format!("{}/test/flaky:1", reg.addr)}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    drop(reg);
+    let _ = std::fs::remove_dir_all(work);
+}
