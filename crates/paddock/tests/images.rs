@@ -82,7 +82,8 @@ impl Registry {
         // A second layer: one deletion (a whiteout) and one new file.
         sh(&format!(
             "rm -rf {b} && umoci unpack --image {o}:img {b} && rm {b}/rootfs/etc/gone && \
-            echo layer2 > {b}/rootfs/srv/second && umoci repack --image {o}:img {b}"
+            echo layer2 > {b}/rootfs/srv/second && echo {name} > {b}/rootfs/srv/name && \
+            umoci repack --image {o}:img {b}"
         ));
         sh(&format!("umoci config --image {o}:img --config.env GREETING=from-image --config.workingdir /srv \
             --config.cmd sleep --config.cmd 600 --config.exposedports 8080/tcp --config.user app"));
@@ -174,17 +175,31 @@ fn cache_hits_need_no_registry_and_share_layers() {
     let api = e.daemon.api();
     let image = format!("{}/test/bb:1", e.reg.addr);
     api.post("/images", json!({"reference": image}));
-    let layers = std::fs::read_dir(e.daemon.data.join("images/layers"))
-        .unwrap()
-        .count();
-    // Two sandboxes of one image: the layers are shared, nothing is copied.
+    // Two sandboxes of one image: both stack the same cached layer
+    // directories, nothing is copied.
     let a = Sb::new(&api, json!({"image": image}));
     let b = Sb::new(&api, json!({"image": image}));
-    assert_eq!(
-        std::fs::read_dir(e.daemon.data.join("images/layers"))
+    let lower = |id: &str| -> String {
+        let root = e.daemon.data.join("sandboxes").join(id).join("rootfs");
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mi
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap()))
+            .expect("rootfs mount")
+            .to_string();
+        line.split(',')
+            .find_map(|o| o.strip_prefix("lowerdir="))
             .unwrap()
-            .count(),
-        layers
+            .to_string()
+    };
+    let (la, lb) = (lower(&a.id), lower(&b.id));
+    assert_eq!(la, lb);
+    let cache = e.daemon.data.join("images/layers");
+    assert_eq!(la.split(':').count(), 2, "{la}");
+    assert!(
+        la.split(':')
+            .all(|l| std::path::Path::new(l).starts_with(&cache)),
+        "{la}"
     );
     a.sh("echo private > /srv/keep");
     assert_eq!(b.sh("cat /srv/keep")["stdout"], "keep\n");
