@@ -64,7 +64,12 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/logs", get(logs))
         .route("/sandboxes/{id}/events", get(sandbox_events))
         .route("/events", get(all_events))
-        .route("/images", get(list_images).post(pull_image))
+        .route(
+            "/images",
+            get(list_images).post(pull_image).delete(remove_image),
+        )
+        .route("/images/inspect", get(inspect_image))
+        .route("/images/prune", post(prune_images))
         .route("/version", get(version))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -709,6 +714,42 @@ async fn pull_image(
     Json(b): Json<PullBody>,
 ) -> ApiResult<axum::Json<ImageInfo>> {
     Ok(axum::Json(st.engine.pull_image(&p, &b.reference).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ImageRef {
+    reference: String,
+}
+
+#[utoipa::path(get, path = "/v1/images/inspect", params(ImageRef), responses((status = 200, body = ImageInfo), (status = 404, body = Problem)))]
+async fn inspect_image(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Query(q): Query<ImageRef>,
+) -> ApiResult<axum::Json<ImageInfo>> {
+    Ok(axum::Json(st.engine.inspect_image(&p, &q.reference)?))
+}
+
+/// Forgets an image; its layers stay cached until a prune.
+#[utoipa::path(delete, path = "/v1/images", params(ImageRef), responses((status = 204), (status = 404, body = Problem)))]
+async fn remove_image(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Query(q): Query<ImageRef>,
+) -> ApiResult<StatusCode> {
+    st.engine.remove_image(&p, &q.reference)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes cached layers no image and no sandbox needs.
+#[utoipa::path(post, path = "/v1/images/prune", responses((status = 200, description = "{\"removed_layers\": N}")))]
+async fn prune_images(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    Ok(axum::Json(
+        serde_json::json!({"removed_layers": st.engine.prune_images(&p).await?}),
+    ))
 }
 
 async fn version() -> axum::Json<serde_json::Value> {

@@ -54,6 +54,13 @@ pub trait Images: Send + Sync {
     /// Pulled again (only missing layers are downloaded).
     async fn pull(&self, reference: &str) -> Result<ImageInfo>;
     fn list(&self) -> Vec<ImageInfo>;
+    /// The cached image of `reference`, without pulling.
+    fn inspect(&self, reference: &str) -> Result<ImageInfo>;
+    /// Forgets `reference` (its layers stay until a prune).
+    fn remove(&self, reference: &str) -> Result<()>;
+    /// Removes cached layers that no image and no path of `in_use` needs;
+    /// returns how many.
+    async fn prune(&self, in_use: &[String]) -> Result<usize>;
 }
 
 /// A running sandbox's live parts.
@@ -712,6 +719,27 @@ impl Engine {
 
     pub fn list_images(&self, _p: &Principal) -> Result<Vec<ImageInfo>> {
         Ok(self.images()?.list())
+    }
+
+    pub fn inspect_image(&self, _p: &Principal, reference: &str) -> Result<ImageInfo> {
+        self.images()?.inspect(reference)
+    }
+
+    pub fn remove_image(&self, _p: &Principal, reference: &str) -> Result<()> {
+        self.images()?.remove(reference)
+    }
+
+    /// Removes unused cached layers; never one a sandbox that still has a
+    /// filesystem (running, paused or stopped) stands on.
+    pub async fn prune_images(&self, _p: &Principal) -> Result<usize> {
+        let in_use: Vec<String> = self
+            .store
+            .live_sandboxes()?
+            .into_iter()
+            .filter_map(|sb| sb.config.resolved_image)
+            .flat_map(|img| img.layers)
+            .collect();
+        self.images()?.prune(&in_use).await
     }
 
     // ---- background -----------------------------------------------------

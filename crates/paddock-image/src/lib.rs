@@ -41,6 +41,9 @@ pub struct ImageStore {
     settings: ImageSettings,
     client: Client,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls hold it shared; a prune holds it alone, so that it never
+    /// removes a layer a pull has unpacked but not yet recorded.
+    prune_lock: tokio::sync::RwLock<()>,
 }
 
 /// What a reference resolved to, as recorded in `refs/`.
@@ -112,6 +115,7 @@ impl ImageStore {
             settings,
             client,
             locks: Mutex::new(HashMap::new()),
+            prune_lock: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -186,6 +190,7 @@ impl ImageStore {
     /// Pulls `reference` (again), downloading only layers not yet cached.
     pub async fn pull(&self, reference: &str) -> Result<ImageRecord> {
         let (resolved, r) = self.parse(reference)?;
+        let _shared = self.prune_lock.read().await;
         let _guard = self.lock(&format!("ref:{resolved}"));
         let _guard = _guard.lock().await;
         // Through a mirror first, then the registry itself.
@@ -297,7 +302,8 @@ impl ImageStore {
     }
 
     /// Removes layers that no recorded image and no path in `in_use` needs.
-    pub fn prune(&self, in_use: &[String]) -> Result<usize> {
+    pub async fn prune(&self, in_use: &[String]) -> Result<usize> {
+        let _alone = self.prune_lock.write().await;
         let mut keep: std::collections::HashSet<String> = in_use.iter().cloned().collect();
         for rec in self.list() {
             keep.extend(rec.image.layers);
@@ -392,5 +398,23 @@ impl paddock_core::engine::Images for ImageStore {
             .iter()
             .map(ImageRecord::info)
             .collect()
+    }
+
+    fn inspect(&self, reference: &str) -> Result<ImageInfo> {
+        self.cached(reference)
+            .map(|r| r.info())
+            .ok_or_else(|| Error::not_found(format!("image {reference} in the cache")))
+    }
+
+    fn remove(&self, reference: &str) -> Result<()> {
+        if ImageStore::remove(self, reference)? {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!("image {reference} in the cache")))
+        }
+    }
+
+    async fn prune(&self, in_use: &[String]) -> Result<usize> {
+        ImageStore::prune(self, in_use).await
     }
 }

@@ -143,6 +143,15 @@ pub enum ImagesCmd {
     Pull {
         reference: String,
     },
+    Inspect {
+        reference: String,
+    },
+    /// Forget an image (its layers stay until a prune).
+    Rm {
+        reference: String,
+    },
+    /// Remove cached layers that no image and no sandbox needs.
+    Prune,
 }
 
 #[derive(Subcommand, Debug)]
@@ -548,6 +557,33 @@ impl Client {
                         v["reference"].as_str().unwrap_or(""),
                         v["digest"].as_str().unwrap_or("")
                     );
+                }
+            }
+            ClientCmd::Images(ImagesCmd::Inspect { reference }) => {
+                let v = self
+                    .json_of(
+                        self.req(Method::GET, "/images/inspect")
+                            .query(&[("reference", &reference)]),
+                    )
+                    .await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            ClientCmd::Images(ImagesCmd::Rm { reference }) => {
+                self.send(
+                    self.req(Method::DELETE, "/images")
+                        .query(&[("reference", &reference)]),
+                )
+                .await?;
+                println!("{reference}");
+            }
+            ClientCmd::Images(ImagesCmd::Prune) => {
+                let v = self
+                    .json_of(self.req(Method::POST, "/images/prune"))
+                    .await?;
+                if self.json {
+                    println!("{v}");
+                } else {
+                    println!("removed {} layers", v["removed_layers"]);
                 }
             }
             ClientCmd::Ports { id } => {

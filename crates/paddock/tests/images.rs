@@ -46,10 +46,15 @@ impl Registry {
     }
 
     fn up(&self) {
+        let access = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("access.log"))
+            .unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(self.dir.join("config.yml"))
-            .stdout(Stdio::null())
+            .stdout(access)
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry (scripts/deps.sh installs it)");
@@ -113,6 +118,8 @@ fn env() -> &'static Env {
         reg.push_busybox(&work, "test/bb:1");
         reg.push_busybox(&work, "library/mirrored:latest");
         reg.push_busybox(&work, "test/corrupt:1");
+        reg.push_busybox(&work, "test/concurrent:1");
+        reg.push_busybox(&work, "test/prunable:1");
         let mirror = format!("docker.io=http://{}", reg.addr);
         let daemon = Daemon::start_with(
             "127.0.0.1",
@@ -296,4 +303,83 @@ fn registry_down_then_back() {
     assert_eq!(r.status, 200, "{}", r.text);
     drop(reg);
     let _ = std::fs::remove_dir_all(work);
+}
+
+/// The digest of the n-th layer of `repo:tag` in the test registry.
+fn layer_digest(e: &Env, repo: &str, tag: &str, n: usize) -> String {
+    let manifest: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("http://{}/v2/{repo}/manifests/{tag}", e.reg.addr))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    manifest["layers"][n]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn concurrent_pulls_download_once() {
+    let e = env();
+    let api = e.daemon.api();
+    let image = format!("{}/test/concurrent:1", e.reg.addr);
+    let layer = layer_digest(e, "test/concurrent", "1", 1);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| api.post("/images", json!({"reference": image})).status))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![200, 200, 200]);
+    let log = std::fs::read_to_string(e.reg.dir.join("access.log")).unwrap();
+    let gets = log
+        .lines()
+        .filter(|l| l.contains("GET") && l.contains(&format!("/blobs/{layer}")))
+        .count();
+    assert_eq!(gets, 1, "the layer was downloaded {gets} times");
+}
+
+#[test]
+fn inspect_rm_and_prune() {
+    let e = env();
+    let api = e.daemon.api();
+    let image = format!("{}/test/prunable:1", e.reg.addr);
+    let layer = layer_digest(e, "test/prunable", "1", 1);
+    let layer_dir = e
+        .daemon
+        .data
+        .join("images/layers")
+        .join(layer.trim_start_matches("sha256:"));
+    assert_eq!(api.post("/images", json!({"reference": image})).status, 200);
+    let i = api.get(&format!("/images/inspect?reference={image}"));
+    assert_eq!(i.status, 200, "{}", i.text);
+    assert_eq!(i.body["layers"], 2);
+    let sb = Sb::new(&api, json!({"image": image}));
+    // Forgotten, but its sandbox still stands on its layers: prune keeps them.
+    assert_eq!(
+        api.delete(&format!("/images?reference={image}")).status,
+        204
+    );
+    assert_eq!(
+        api.get(&format!("/images/inspect?reference={image}"))
+            .status,
+        404
+    );
+    assert_eq!(
+        api.delete(&format!("/images?reference={image}")).status,
+        404
+    );
+    assert_eq!(api.post("/images/prune", json!({})).status, 200);
+    assert!(layer_dir.is_dir(), "prune removed a layer a sandbox uses");
+    assert_eq!(sb.sh("cat /srv/name")["stdout"], "test/prunable:1\n");
+    drop(sb);
+    let r = api.post("/images/prune", json!({}));
+    assert!(
+        r.body["removed_layers"].as_u64().unwrap() >= 1,
+        "{}",
+        r.text
+    );
+    assert!(!layer_dir.exists());
 }
