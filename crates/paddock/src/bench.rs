@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Idle sandboxes held at once for the density figure (0: skip).
     #[arg(long, default_value_t = 300)]
     pub density: usize,
+    /// Also measure this image: create-to-ready from the cache, and pulls
+    /// with nothing cached (the daemon must reach its registry).
+    #[arg(long)]
+    pub image: Option<String>,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -218,6 +222,52 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     figures.push(summary("upload", "MB/s", up));
     figures.push(summary("download", "MB/s", down));
     api.destroy(&id).await?;
+
+    if let Some(image) = &a.image {
+        say(&format!(
+            "image {image}: pulls with an empty cache, then creates from it"
+        ));
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let _ = api
+                .req(reqwest::Method::DELETE, "/images")
+                .query(&[("reference", image)])
+                .send()
+                .await?;
+            api.req(reqwest::Method::POST, "/images/prune")
+                .send()
+                .await?
+                .error_for_status()?;
+            let t0 = Instant::now();
+            let r = api
+                .req(reqwest::Method::POST, "/images")
+                .json(&json!({"reference": image}))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("pull {image}: {} {}", r.status(), r.text().await?);
+            }
+            let v: Value = r.json().await?;
+            rates.push(v["size"].as_f64().unwrap_or(0.0) / 1e6 / t0.elapsed().as_secs_f64());
+        }
+        figures.push(summary("image_pull", "MB/s", rates));
+        let mut t = Vec::new();
+        for _ in 0..a.creates {
+            let t0 = Instant::now();
+            let r = api
+                .req(reqwest::Method::POST, "/sandboxes")
+                .json(&json!({"image": image, "labels": {"paddock-bench": "1"}}))
+                .send()
+                .await?;
+            if r.status().as_u16() != 201 {
+                bail!("create from {image}: {} {}", r.status(), r.text().await?);
+            }
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            let v: Value = r.json().await?;
+            api.destroy(v["id"].as_str().unwrap_or_default()).await?;
+        }
+        figures.push(summary("create_to_ready_cached_image", "ms", t));
+    }
 
     if a.density > 0 {
         say(&format!("density: {} idle sandboxes at once", a.density));
