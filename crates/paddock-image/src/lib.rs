@@ -34,6 +34,9 @@ pub struct ImageSettings {
     pub mirrors: Vec<(String, String)>,
     /// Reference → the reference to pull instead.
     pub aliases: HashMap<String, String>,
+    /// Registry host (`host[:port]`, as pulled from, mirrors included) →
+    /// basic credentials; others are pulled anonymously.
+    pub auth: HashMap<String, (String, String)>,
 }
 
 pub struct ImageStore {
@@ -231,7 +234,10 @@ impl ImageStore {
         resolved: &str,
         r: &Reference,
     ) -> Result<ImageRecord> {
-        let auth = RegistryAuth::Anonymous;
+        let auth = match self.settings.auth.get(r.resolve_registry()) {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        };
         let (manifest, digest, config) = self
             .client
             .pull_manifest_and_config(r, &auth)

@@ -30,6 +30,14 @@ pub struct ServeArgs {
     /// Seconds between reaper passes (TTL and idle timeouts).
     #[arg(long, default_value_t = 1.0)]
     pub reap_interval: f64,
+    /// Settings file (TOML): insecure_registries = [..], [registry_mirrors],
+    /// [image_aliases], [registry_auth."HOST"] username/password.
+    #[arg(
+        long,
+        env = "PADDOCK_CONFIG",
+        default_value = "/etc/paddock/config.toml"
+    )]
+    pub config: PathBuf,
     /// A registry reached over plain HTTP (`HOST:PORT`); repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
@@ -45,6 +53,70 @@ pub struct ServeArgs {
     /// Destroy every sandbox of this data dir, then exit (no server).
     #[arg(long)]
     pub cleanup: bool,
+}
+
+/// The settings file; every key is optional.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    #[serde(default)]
+    pub registry_mirrors: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub image_aliases: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub registry_auth: std::collections::BTreeMap<String, Credentials>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+fn load_config(path: &std::path::Path, explicit: bool) -> anyhow::Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Credentials from Docker's client config (`$DOCKER_CONFIG/config.json`
+/// or `~/.docker/config.json`): `auths.HOST.auth` is base64 of `user:pass`.
+fn docker_credentials() -> std::collections::HashMap<String, (String, String)> {
+    use base64::Engine as _;
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+    let Some(text) = dir.and_then(|d| std::fs::read_to_string(d.join("config.json")).ok()) else {
+        return Default::default();
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut out = std::collections::HashMap::new();
+    for (host, entry) in v["auths"].as_object().cloned().unwrap_or_default() {
+        let decoded = entry["auth"]
+            .as_str()
+            .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        if let Some((u, p)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+            let host = host
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            let host = host.split('/').next().unwrap_or(host);
+            let host = if host == "index.docker.io" {
+                "docker.io"
+            } else {
+                host
+            };
+            out.insert(host.to_string(), (u.to_string(), p.to_string()));
+        }
+    }
+    out
 }
 
 pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -110,20 +182,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .with_context(|| format!("{what} {s:?}: use A=B"))
     };
+    let file = load_config(
+        &args.config,
+        std::env::var_os("PADDOCK_CONFIG").is_some()
+            || args.config != std::path::Path::new("/etc/paddock/config.toml"),
+    )?;
+    let mut insecure = file.insecure_registries.clone();
+    insecure.extend(args.insecure_registries.iter().cloned());
+    let mut mirrors: Vec<(String, String)> = file.registry_mirrors.into_iter().collect();
+    for m in &args.registry_mirrors {
+        mirrors.push(pair(m, "--registry-mirror")?);
+    }
+    let mut aliases: std::collections::HashMap<String, String> =
+        file.image_aliases.into_iter().collect();
+    for a in &args.image_aliases {
+        let (k, v) = pair(a, "--image-alias")?;
+        aliases.insert(k, v);
+    }
+    let mut auth = docker_credentials();
+    for (host, c) in file.registry_auth {
+        auth.insert(host, (c.username, c.password));
+    }
     let images = paddock_image::ImageStore::new(
         &args.data_dir.join("images"),
         paddock_image::ImageSettings {
-            insecure: args.insecure_registries.clone(),
-            mirrors: args
-                .registry_mirrors
-                .iter()
-                .map(|m| pair(m, "--registry-mirror"))
-                .collect::<anyhow::Result<_>>()?,
-            aliases: args
-                .image_aliases
-                .iter()
-                .map(|m| pair(m, "--image-alias"))
-                .collect::<anyhow::Result<_>>()?,
+            insecure,
+            mirrors,
+            aliases,
+            auth,
         },
     )?;
     let engine = Engine::new(

@@ -21,11 +21,17 @@ fn sh(cmd: &str) {
 struct Registry {
     addr: String,
     dir: PathBuf,
+    creds: Option<(String, String)>,
     child: std::sync::Mutex<Option<Child>>,
 }
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Self::start_with_auth(dir, None)
+    }
+
+    /// A registry that wants `user:password` (htpasswd, bcrypt).
+    fn start_with_auth(dir: &Path, creds: Option<(&str, &str)>) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -33,12 +39,26 @@ impl Registry {
             .port();
         let addr = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(dir).unwrap();
+        let mut auth = String::new();
+        if let Some((u, p)) = creds {
+            let out = Command::new("/usr/bin/python3")
+                .args(["-c", &format!("import crypt; print(crypt.crypt('{p}', crypt.mksalt(crypt.METHOD_BLOWFISH)))")])
+                .output()
+                .unwrap();
+            let hash = String::from_utf8(out.stdout).unwrap();
+            std::fs::write(dir.join("htpasswd"), format!("{u}:{}\n", hash.trim())).unwrap();
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            );
+        }
         std::fs::write(dir.join("config.yml"), format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
             dir.join("data").display())).unwrap();
         let r = Registry {
             addr,
             dir: dir.to_path_buf(),
+            creds: creds.map(|(u, p)| (u.to_string(), p.to_string())),
             child: std::sync::Mutex::new(None),
         };
         r.up();
@@ -92,8 +112,12 @@ impl Registry {
         ));
         sh(&format!("umoci config --image {o}:img --config.env GREETING=from-image --config.workingdir /srv \
             --config.cmd sleep --config.cmd 600 --config.exposedports 8080/tcp --config.user app"));
+        let creds = match &self.creds {
+            Some((u, p)) => format!("--dest-creds {u}:{p}"),
+            None => String::new(),
+        };
         sh(&format!(
-            "skopeo copy --quiet --dest-tls-verify=false oci:{o}:img docker://{}/{name}",
+            "skopeo copy --quiet --dest-tls-verify=false {creds} oci:{o}:img docker://{}/{name}",
             self.addr
         ));
     }
@@ -382,4 +406,56 @@ fn inspect_rm_and_prune() {
         r.text
     );
     assert!(!layer_dir.exists());
+}
+
+#[test]
+fn private_registry_with_credentials() {
+    let work = std::env::temp_dir().join(format!("paddock-images-auth-{}", std::process::id()));
+    let reg = Registry::start_with_auth(&work.join("registry"), Some(("alice", "s3cret")));
+    reg.push_busybox(&work, "private/bb:1");
+    let image = format!("{}/private/bb:1", reg.addr);
+
+    // No credentials: a clear refusal.
+    let anon = Daemon::start_with("127.0.0.1", &["--insecure-registry", &reg.addr]);
+    let r = anon.api().post("/images", json!({"reference": image}));
+    assert!(
+        r.status == 403 || r.status == 401 || r.status == 503,
+        "{}",
+        r.text
+    );
+    drop(anon);
+
+    // Credentials from the settings file.
+    let cfg = work.join("config.toml");
+    std::fs::write(&cfg, format!(
+        "insecure_registries = [\"{a}\"]\n[registry_auth.\"{a}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n",
+        a = reg.addr
+    )).unwrap();
+    let d = Daemon::start_with("127.0.0.1", &["--config", cfg.to_str().unwrap()]);
+    let api = d.api();
+    let sb = Sb::new(&api, json!({"image": image}));
+    assert_eq!(sb.sh("cat /srv/name")["stdout"], "private/bb:1\n");
+    drop(sb);
+    drop(d);
+
+    // A settings file with an unknown key is refused at start, naming it.
+    std::fs::write(&cfg, "insecure_registry = []\n").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("insecure_registry"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(reg);
+    let _ = std::fs::remove_dir_all(work);
 }
