@@ -438,6 +438,27 @@ fn private_registry_with_credentials() {
     drop(sb);
     drop(d);
 
+    // Credentials from Docker's client config.
+    let docker = work.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        // base64 of "alice:s3cret"
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"YWxpY2U6czNjcmV0\"}}}}}}",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with_env(
+        "127.0.0.1",
+        &["--insecure-registry", &reg.addr],
+        &[("DOCKER_CONFIG", docker.to_str().unwrap())],
+    );
+    let r = d.api().post("/images", json!({"reference": image}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    drop(d);
+
     // A settings file with an unknown key is refused at start, naming it.
     std::fs::write(&cfg, "insecure_registry = []\n").unwrap();
     let out = Command::new(bin())

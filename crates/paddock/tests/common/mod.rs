@@ -50,6 +50,7 @@ pub struct Daemon {
     pub bridge: String,
     pub gateway: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
 }
 
@@ -65,6 +66,11 @@ impl Daemon {
 
     /// A daemon with extra `paddock serve` arguments.
     pub fn start_with(host: &str, extra: &[&str]) -> Daemon {
+        Self::start_with_env(host, extra, &[])
+    }
+
+    /// A daemon with extra arguments and environment variables.
+    pub fn start_with_env(host: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let tag = format!("{}{}", pid % 100000, n);
@@ -78,6 +84,10 @@ impl Daemon {
             bridge: format!("pdt{tag}").chars().take(15).collect(),
             gateway: format!("10.{}.{}.1", 100 + (pid % 100), 1 + n * 2 % 250),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: Mutex::new(None),
         };
         d.spawn();
@@ -104,6 +114,7 @@ impl Daemon {
             "0.2".into(),
         ];
         args.extend(self.extra.iter().cloned());
+        let env = self.env.clone();
         let log = self.data.with_extension("log");
         std::thread::spawn(move || {
             let logf = std::fs::OpenOptions::new()
@@ -113,6 +124,7 @@ impl Daemon {
                 .unwrap();
             let mut cmd = Command::new(bin());
             cmd.args(&args)
+                .envs(env)
                 .stdin(Stdio::null())
                 .stdout(logf.try_clone().unwrap())
                 .stderr(logf);
