@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{Event, ListQuery, Sandbox, State};
+use crate::model::{Event, ListQuery, Sandbox};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -363,17 +363,5 @@ impl Store {
             out.push(serde_json::from_str(&d?)?);
         }
         Ok(out)
-    }
-
-    pub fn state_of(&self, id: Uuid) -> Result<Option<State>> {
-        let s: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT state FROM sandboxes WHERE id = ?1",
-                params![id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(s.and_then(|s| State::parse(&s)))
     }
 }

@@ -20,11 +20,10 @@ pub fn unpack_layer(blob: &Path, media_type: &str, dir: &Path) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| err("create", e))?;
-    let f = std::fs::File::open(blob).map_err(|e| err("open blob", e))?;
+    let mut f = std::fs::File::open(blob).map_err(|e| err("open blob", e))?;
     let mut head = [0u8; 4];
-    let n = (&f).read(&mut head).map_err(|e| err("read blob", e))?;
-    drop(f);
-    let f = std::fs::File::open(blob).map_err(|e| err("open blob", e))?;
+    let n = f.read(&mut head).map_err(|e| err("read blob", e))?;
+    std::io::Seek::rewind(&mut f).map_err(|e| err("read blob", e))?;
     let reader: Box<dyn Read> =
         if media_type.ends_with("zstd") || head[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
             Box::new(zstd::stream::Decoder::new(f).map_err(|e| err("zstd", e))?)
@@ -39,10 +38,11 @@ pub fn unpack_layer(blob: &Path, media_type: &str, dir: &Path) -> Result<()> {
         return Err(e);
     }
     // Make it durable before it appears under its final name.
-    let _ = std::process::Command::new("sync")
-        .arg("-f")
-        .arg(&tmp)
-        .status();
+    let dir_fd = std::fs::File::open(&tmp).map_err(|e| err("open layer", e))?;
+    // SAFETY: syncfs on a descriptor we own for the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir_fd)) } != 0 {
+        return Err(err("sync layer", std::io::Error::last_os_error()));
+    }
     std::fs::rename(&tmp, dir).map_err(|e| err("rename", e))?;
     Ok(())
 }

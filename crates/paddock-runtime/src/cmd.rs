@@ -7,11 +7,7 @@ use paddock_core::Error;
 use tokio::process::Command;
 
 pub async fn run(program: &str, args: &[&str]) -> Result<String, Error> {
-    run_stdin(program, args, None).await
-}
-
-pub async fn run_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-    run_opts(program, args, stdin, false).await
+    run_opts(program, args, None, false).await
 }
 
 /// Runs at low CPU priority: background work (refilling a pool) must not
