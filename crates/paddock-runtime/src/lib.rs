@@ -13,6 +13,8 @@
 mod cgroup;
 mod cmd;
 mod net;
+mod netlink;
+mod sealed;
 mod spec;
 
 use std::net::IpAddr;
@@ -36,10 +38,15 @@ pub struct ContainerConfig {
     pub net: NetConfig,
     /// Network namespaces kept wired and ready for the next creates.
     pub net_pool: usize,
+    /// Set the host-wide cgroup `favordynmods` flag (see
+    /// [`cgroup::favor_dynamic_modifications`]).
+    pub tune_cgroups: bool,
 }
 
 pub struct ContainerRuntime {
     oci: String,
+    /// What to execute for `oci`: a sealed copy when one could be made.
+    oci_exe: PathBuf,
     state_root: PathBuf,
     sandboxes: PathBuf,
     base: PathBuf,
@@ -147,10 +154,14 @@ impl ContainerRuntime {
                 reason: format!("no agent binary at {}", cfg.agent_path.display()),
             });
         }
+        if cfg.tune_cgroups {
+            cgroup::favor_dynamic_modifications();
+        }
         let host_binds = host_layout(&base)?;
         let net = net::Network::init(cfg.net.clone(), cfg.net_pool).await?;
         let mut rt = ContainerRuntime {
             oci: String::new(),
+            oci_exe: PathBuf::new(),
             state_root: PathBuf::new(),
             sandboxes,
             base,
@@ -168,6 +179,14 @@ impl ContainerRuntime {
                 prepare_cgroups_for_crun();
             }
             rt.oci = c.clone();
+            rt.oci_exe = match sealed::SealedBinary::new(&c) {
+                // The copy lives as long as the daemon: leaked on purpose.
+                Ok(s) => Box::leak(Box::new(s)).path().to_path_buf(),
+                Err(e) => {
+                    tracing::debug!("no sealed copy of {c}: {e}");
+                    PathBuf::from(&c)
+                }
+            };
             rt.state_root = cfg
                 .data_dir
                 .join("oci")
@@ -255,7 +274,8 @@ impl ContainerRuntime {
         let bundle = dir.join("bundle");
         let out = tokio::time::timeout(
             Duration::from_secs(20),
-            cmd::run(
+            cmd::run_exe(
+                &self.oci_exe,
                 &self.oci,
                 &[
                     "--root",
@@ -269,7 +289,8 @@ impl ContainerRuntime {
         )
         .await
         .map_err(|_| Error::Timeout("probe container".into()))?;
-        let _ = cmd::run(
+        let _ = cmd::run_exe(
+            &self.oci_exe,
             &self.oci,
             &[
                 "--root",
@@ -296,7 +317,7 @@ impl ContainerRuntime {
     async fn oci(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["--root", self.state_root.to_str().unwrap_or("/run/paddock")];
         full.extend_from_slice(args);
-        cmd::run(&self.oci, &full).await
+        cmd::run_exe(&self.oci_exe, &self.oci, &full).await
     }
 
     async fn oci_status(&self, id: Uuid) -> Option<String> {
@@ -427,7 +448,7 @@ impl ContainerRuntime {
             .open(dir.join("agent.log"))
             .map_err(io("agent log"))?;
         let bundle = dir.join("bundle");
-        let mut c = tokio::process::Command::new(&self.oci);
+        let mut c = tokio::process::Command::new(&self.oci_exe);
         c.args([
             "--root",
             &self.state_root.to_string_lossy(),

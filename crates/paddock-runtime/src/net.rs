@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use paddock_core::{Error, Result};
 
-use crate::cmd::{run, run_background};
+use crate::cmd::run;
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -43,7 +43,7 @@ pub struct Slot {
 
 impl Slot {
     pub fn path(&self) -> std::path::PathBuf {
-        std::path::Path::new("/var/run/netns").join(&self.netns)
+        std::path::Path::new(crate::netlink::NETNS_DIR).join(&self.netns)
     }
 
     fn counter(&self, which: &str) -> u64 {
@@ -54,8 +54,8 @@ impl Slot {
     }
 }
 
-/// Sandbox networking. Wiring a namespace takes a few `ip` calls (~13 ms),
-/// so a small pool of ready namespaces is kept and refilled in the
+/// Sandbox networking. Wiring a namespace costs the kernel a few ms of
+/// work, so a small pool of ready namespaces is kept and refilled in the
 /// background; a create takes one and pays nothing for its network.
 pub struct Network {
     pub cfg: NetConfig,
@@ -143,7 +143,7 @@ impl Network {
                     notified.await;
                     continue;
                 }
-                match n.make_slot().await {
+                match n.make_slot(true).await {
                     Ok(slot) if n.closed.load(std::sync::atomic::Ordering::SeqCst) => {
                         n.destroy(&slot).await;
                         return;
@@ -200,10 +200,19 @@ impl Network {
     /// A wired namespace: from the pool when it has one, else made now.
     /// Call [`Network::refill`] once the sandbox is up.
     pub async fn take(&self) -> Result<Slot> {
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = loop {
+            let s = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match s {
+                Some(s) if !s.path().exists() => {
+                    tracing::warn!(netns = %s.netns, "pooled network namespace vanished");
+                    self.destroy(&s).await;
+                }
+                other => break other,
+            }
+        };
         let mut slot = match pooled {
             Some(s) => s,
-            None => self.make_slot().await?,
+            None => self.make_slot(false).await?,
         };
         slot.rx_base = slot.counter("rx_bytes");
         slot.tx_base = slot.counter("tx_bytes");
@@ -218,7 +227,14 @@ impl Network {
     pub async fn recycle(&self, s: Slot) {
         let keep = !self.closed.load(std::sync::atomic::Ordering::SeqCst) && s.path().exists() && {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < self.pool_size * 2 {
+            // Only namespaces this process made: one left from before a
+            // restart goes, with the rest of its sandbox.
+            let ours = self
+                .made
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&s.netns);
+            if ours && pool.len() < self.pool_size * 2 {
                 pool.push(s.clone());
                 true
             } else {
@@ -230,7 +246,7 @@ impl Network {
         }
     }
 
-    async fn make_slot(&self) -> Result<Slot> {
+    async fn make_slot(&self, background: bool) -> Result<Slot> {
         let tag: String = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
         let slot = Slot {
             netns: format!("{}{tag}", self.prefix()),
@@ -243,35 +259,37 @@ impl Network {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(slot.netns.clone());
-        if let Err(e) = self.wire(&slot).await {
+        if let Err(e) = self.wire(&slot, background).await {
             self.destroy(&slot).await;
             return Err(e);
         }
         Ok(slot)
     }
 
-    async fn wire(&self, s: &Slot) -> Result<()> {
-        run_background("ip", &["netns", "add", &s.netns], None).await?;
-        let host = format!(
-            "link add {v} type veth peer name eth0 netns {ns}\nlink set {v} master {b} up\n",
-            v = s.veth,
-            ns = s.netns,
-            b = self.cfg.bridge
-        );
-        run_background("ip", &["-batch", "-"], Some(&host)).await?;
-        let inside = format!(
-            "link set lo up\naddr add {ip}/16 dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
-            ip = s.ip,
-            gw = self.cfg.gateway
-        );
-        run_background("ip", &["-n", &s.netns, "-batch", "-"], Some(&inside)).await?;
-        Ok(())
+    async fn wire(&self, s: &Slot, background: bool) -> Result<()> {
+        let s = s.clone();
+        let cfg = self.cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::netlink::create(
+                &crate::netlink::Wiring {
+                    netns: &s.netns,
+                    veth: &s.veth,
+                    bridge: &cfg.bridge,
+                    ip: s.ip,
+                    prefix_len: 16,
+                    gateway: cfg.gateway,
+                },
+                background,
+            )
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("network namespace: {e}")))?
     }
 
     /// Removes the namespace (which takes its veth pair with it).
     pub async fn destroy(&self, s: &Slot) {
         if s.path().exists() {
-            if let Err(e) = run("ip", &["netns", "del", &s.netns]).await {
+            if let Err(e) = crate::netlink::remove(&s.netns) {
                 tracing::warn!("{e}");
             }
         }
@@ -293,7 +311,7 @@ impl Network {
     pub async fn gc(&self, keep: &[String]) -> usize {
         let made = self.made.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut n = 0;
-        let Ok(rd) = std::fs::read_dir("/var/run/netns") else {
+        let Ok(rd) = std::fs::read_dir(crate::netlink::NETNS_DIR) else {
             return 0;
         };
         for e in rd.flatten() {
@@ -301,7 +319,7 @@ impl Network {
             if name.starts_with(&self.prefix())
                 && !keep.contains(&name)
                 && !made.contains(&name)
-                && run("ip", &["netns", "del", &name]).await.is_ok()
+                && crate::netlink::remove(&name).is_ok()
             {
                 n += 1;
             }

@@ -50,6 +50,12 @@ pub struct ServeArgs {
     /// Network namespaces kept wired for the next creates.
     #[arg(long, default_value_t = 4)]
     pub net_pool: usize,
+    /// Leave the host's cgroup mounts as they are. By default the daemon sets
+    /// the kernel's `favordynmods` flag on the cgroup2 mount, which takes
+    /// about 13 ms off every create (moving a process into a cgroup otherwise
+    /// waits for an RCU grace period).
+    #[arg(long)]
+    pub no_tune_cgroups: bool,
     /// Destroy every sandbox of this data dir, then exit (no server).
     #[arg(long)]
     pub cleanup: bool,
@@ -121,7 +127,9 @@ fn docker_credentials() -> std::collections::HashMap<String, (String, String)> {
 
 pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
-        return Ok(p);
+        // The OCI runtime resolves a relative mount source against the bundle.
+        return std::fs::canonicalize(&p)
+            .with_context(|| format!("--agent {}: no such file", p.display()));
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("binary has no directory")?;
@@ -173,6 +181,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             gateway: args.gateway,
         },
         net_pool: if args.cleanup { 0 } else { args.net_pool },
+        tune_cgroups: !args.no_tune_cgroups,
     })
     .await?;
     tracing::info!(oci = container.oci_runtime(), agent = %agent.display(), "container backend ready");
