@@ -39,7 +39,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-fn detail_field(d: &str) -> Option<String> {
+pub(crate) fn detail_field(d: &str) -> Option<String> {
     // serde: "unknown field `foo`, expected ..." / "missing field `bar`"
     let start = d.find('`')? + 1;
     let end = start + d[start..].find('`')?;

@@ -69,6 +69,11 @@ pub fn router(state: AppState) -> Router {
             get(list_images).post(pull_image).delete(remove_image),
         )
         .route("/images/inspect", get(inspect_image))
+        .route("/templates", get(list_templates).post(create_template))
+        .route(
+            "/templates/{name}",
+            get(inspect_template).delete(delete_template),
+        )
         .route("/images/prune", post(prune_images))
         .route("/version", get(version))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
@@ -706,14 +711,122 @@ struct PullBody {
 }
 
 /// Pulls an image (again); layers already cached are not downloaded.
+///
+/// With `Accept: text/event-stream` the answer is a stream instead:
+/// `progress` events (a PullProgress each, downloads at most every 100 ms),
+/// then one `pulled` event with the ImageInfo, or one `error` event with a
+/// Problem.
 #[utoipa::path(post, path = "/v1/images", request_body = PullBody,
-    responses((status = 200, body = ImageInfo), (status = 404, body = Problem), (status = 503, body = Problem)))]
+    responses((status = 200, body = ImageInfo, description = "the image; or, with Accept: text/event-stream, `progress` events (PullProgress) then `pulled` (ImageInfo) or `error` (Problem)"),
+        (status = 404, body = Problem), (status = 503, body = Problem)))]
 async fn pull_image(
     State(st): State<AppState>,
     Extension(p): P,
+    headers: HeaderMap,
     Json(b): Json<PullBody>,
-) -> ApiResult<axum::Json<ImageInfo>> {
-    Ok(axum::Json(st.engine.pull_image(&p, &b.reference).await?))
+) -> ApiResult<Response> {
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !streaming {
+        let info = st.engine.pull_image(&p, &b.reference, None).await?;
+        return Ok(axum::Json(info).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
+    let progress_tx = tx.clone();
+    let progress: ProgressFn = Arc::new(move |pp: PullProgress| {
+        let ev = SseEvent::default()
+            .event("progress")
+            .json_data(&pp)
+            .unwrap_or_default();
+        let _ = progress_tx.send(ev);
+    });
+    tokio::spawn(async move {
+        let ev = match st.engine.pull_image(&p, &b.reference, Some(progress)).await {
+            Ok(info) => SseEvent::default().event("pulled").json_data(&info),
+            Err(e) => SseEvent::default()
+                .event("error")
+                .json_data(Problem::from(e)),
+        };
+        let _ = tx.send(ev.unwrap_or_default());
+    });
+    let s = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Ok(Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TemplateList {
+    templates: Vec<Template>,
+}
+
+/// Stores a template: `name` plus any fields of a sandbox spec (image, cpu,
+/// memory_mb, env, ttl_secs, ports, labels...) but `key` and `template`.
+/// Its image is pulled now.
+#[utoipa::path(post, path = "/v1/templates", request_body = SandboxSpec,
+    responses((status = 201, body = Template), (status = 400, body = Problem), (status = 409, body = Problem)))]
+async fn create_template(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
+) -> ApiResult<(StatusCode, axum::Json<Template>)> {
+    let mut body = body;
+    let name = match body.remove("name") {
+        Some(serde_json::Value::String(n)) => n,
+        Some(_) => return Err(Error::invalid("name", "must be a string").into()),
+        None => return Err(Error::invalid("name", "missing field `name`").into()),
+    };
+    let defaults: SandboxSpec =
+        match serde_json::from_value(serde_json::Value::Object(body.clone())) {
+            Ok(d) => d,
+            Err(e) => {
+                let msg = e.to_string();
+                // serde_json names no path here: find the field that fails alone.
+                let field = extract::detail_field(&msg).or_else(|| {
+                    body.iter().find_map(|(k, v)| {
+                        let one = serde_json::json!({ k.as_str(): v });
+                        serde_json::from_value::<SandboxSpec>(one)
+                            .is_err()
+                            .then(|| k.clone())
+                    })
+                });
+                return Err(Error::invalid(field.unwrap_or_else(|| "defaults".into()), msg).into());
+            }
+        };
+    let t = st.engine.create_template(&p, &name, defaults).await?;
+    Ok((StatusCode::CREATED, axum::Json(t)))
+}
+
+#[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = TemplateList)))]
+async fn list_templates(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<TemplateList>> {
+    Ok(axum::Json(TemplateList {
+        templates: st.engine.list_templates(&p)?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/templates/{name}", responses((status = 200, body = Template), (status = 404, body = Problem)))]
+async fn inspect_template(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Template>> {
+    Ok(axum::Json(st.engine.get_template(&p, &name)?))
+}
+
+/// Deletes a template; sandboxes created from it are not touched.
+#[utoipa::path(delete, path = "/v1/templates/{name}", responses((status = 204), (status = 404, body = Problem)))]
+async fn delete_template(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.engine.delete_template(&p, &name)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -787,7 +900,16 @@ async fn version() -> axum::Json<serde_json::Value> {
         logs,
         sandbox_events,
         all_events,
-        proxy::proxy
+        proxy::proxy,
+        list_images,
+        pull_image,
+        inspect_image,
+        remove_image,
+        prune_images,
+        create_template,
+        list_templates,
+        inspect_template,
+        delete_template
     ),
     components(schemas(
         SandboxSpec,
@@ -806,7 +928,13 @@ async fn version() -> axum::Json<serde_json::Value> {
         SandboxList,
         DirListing,
         PortList,
-        RenameBody
+        RenameBody,
+        ImageInfo,
+        ImageList,
+        PullBody,
+        PullProgress,
+        Template,
+        TemplateList
     ))
 )]
 struct ApiDoc;

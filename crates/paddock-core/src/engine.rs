@@ -51,8 +51,9 @@ impl Default for EngineConfig {
 pub trait Images: Send + Sync {
     /// From the cache, else pulled.
     async fn resolve(&self, reference: &str) -> Result<ResolvedImage>;
-    /// Pulled again (only missing layers are downloaded).
-    async fn pull(&self, reference: &str) -> Result<ImageInfo>;
+    /// Pulled again (only missing layers are downloaded), reporting
+    /// progress to `progress` as it goes.
+    async fn pull(&self, reference: &str, progress: Option<ProgressFn>) -> Result<ImageInfo>;
     fn list(&self) -> Vec<ImageInfo>;
     /// The cached image of `reference`, without pulling.
     fn inspect(&self, reference: &str) -> Result<ImageInfo>;
@@ -240,6 +241,15 @@ impl Engine {
     /// Creates a sandbox and returns once it takes commands. With a key that
     /// `p` already used, returns that sandbox unchanged and `false`.
     pub async fn create(&self, p: &Principal, spec: SandboxSpec) -> Result<(Sandbox, bool)> {
+        let spec = match &spec.template {
+            Some(name) => {
+                let t = self.store.get_template(&p.id, name)?.ok_or_else(|| {
+                    Error::invalid("template", format!("no template named {name:?}"))
+                })?;
+                spec.with_defaults(&t.defaults)
+            }
+            None => spec,
+        };
         let mut config = spec.resolve(self.cfg.host_cpus)?;
         let runtime = self.runtime(config.isolation)?.clone();
         if let Some(reference) = &config.image {
@@ -262,6 +272,7 @@ impl Engine {
             owner: p.id.clone(),
             key: spec.key.clone(),
             labels: spec.labels.clone(),
+            template: spec.template.clone(),
             expires_at: config
                 .ttl_secs
                 .map(|t| now + chrono::Duration::seconds(t.min(i64::MAX as u64 / 1000) as i64)),
@@ -702,6 +713,62 @@ impl Engine {
         ))
     }
 
+    // ---- templates ------------------------------------------------------
+
+    /// Stores a template: its defaults are validated as a sandbox spec
+    /// would be, and its image is pulled now, so that creates from it find
+    /// the image cached.
+    pub async fn create_template(
+        &self,
+        p: &Principal,
+        name: &str,
+        defaults: SandboxSpec,
+    ) -> Result<Template> {
+        crate::model::validate_template_name(name)?;
+        if defaults.key.is_some() {
+            return Err(Error::invalid("key", "a template has no idempotency key"));
+        }
+        if defaults.template.is_some() {
+            return Err(Error::invalid("template", "a template cannot name another"));
+        }
+        let config = defaults.resolve(self.cfg.host_cpus)?;
+        self.runtime(config.isolation)?;
+        if self.store.get_template(&p.id, name)?.is_some() {
+            return Err(Error::Conflict(format!(
+                "a template named {name:?} already exists"
+            )));
+        }
+        if let Some(reference) = &config.image {
+            self.images()?.resolve(reference).await?;
+        }
+        let t = Template {
+            name: name.to_string(),
+            owner: p.id.clone(),
+            defaults,
+            created_at: Utc::now(),
+        };
+        self.store.insert_template(&t)?;
+        Ok(t)
+    }
+
+    pub fn list_templates(&self, p: &Principal) -> Result<Vec<Template>> {
+        self.store.list_templates(&p.id)
+    }
+
+    pub fn get_template(&self, p: &Principal, name: &str) -> Result<Template> {
+        self.store
+            .get_template(&p.id, name)?
+            .ok_or_else(|| Error::not_found(format!("template {name:?}")))
+    }
+
+    pub fn delete_template(&self, p: &Principal, name: &str) -> Result<()> {
+        if self.store.delete_template(&p.id, name)? {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!("template {name:?}")))
+        }
+    }
+
     // ---- images ---------------------------------------------------------
 
     fn images(&self) -> Result<&Arc<dyn Images>> {
@@ -710,11 +777,16 @@ impl Engine {
         })
     }
 
-    pub async fn pull_image(&self, _p: &Principal, reference: &str) -> Result<ImageInfo> {
+    pub async fn pull_image(
+        &self,
+        _p: &Principal,
+        reference: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImageInfo> {
         if reference.trim().is_empty() {
             return Err(Error::invalid("reference", "must not be empty"));
         }
-        self.images()?.pull(reference).await
+        self.images()?.pull(reference, progress).await
     }
 
     pub fn list_images(&self, _p: &Principal) -> Result<Vec<ImageInfo>> {

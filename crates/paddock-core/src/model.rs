@@ -83,8 +83,13 @@ pub struct SandboxSpec {
     /// Image reference; none: the host-based default image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    #[serde(default)]
-    pub isolation: Isolation,
+    /// Default: `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// A template (see [`Template`]) whose defaults fill in what this spec
+    /// leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// CPU cores (fractions allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<f64>,
@@ -126,6 +131,24 @@ pub struct ResolvedImage {
     /// Compressed size of the layers, bytes.
     pub size: u64,
 }
+
+/// How far a pull has come: reported while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PullProgress {
+    pub reference: String,
+    /// `resolving`, `downloading`, `extracting`, `cached` (a layer already
+    /// in the cache), `extracted` or `done`.
+    pub status: String,
+    /// The layer (`sha256:...`) the status is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    /// Bytes of layers downloaded or found cached so far, of `total`.
+    pub current: u64,
+    pub total: u64,
+}
+
+/// Where a pull reports its progress.
+pub type ProgressFn = std::sync::Arc<dyn Fn(PullProgress) + Send + Sync>;
 
 /// An image in the daemon's cache.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -276,7 +299,7 @@ impl SandboxSpec {
         }
         Ok(SandboxConfig {
             image: self.image.clone(),
-            isolation: self.isolation,
+            isolation: self.isolation.unwrap_or_default(),
             cpu,
             memory_mb,
             disk_mb,
@@ -291,6 +314,71 @@ impl SandboxSpec {
             user: None,
             resolved_image: None,
         })
+    }
+}
+
+impl SandboxSpec {
+    /// This spec with what it leaves out taken from a template's defaults:
+    /// its own values win; env and labels are merged key by key.
+    pub fn with_defaults(self, t: &SandboxSpec) -> SandboxSpec {
+        let mut labels = t.labels.clone();
+        labels.extend(self.labels);
+        let mut env = t.env.clone();
+        env.extend(self.env);
+        SandboxSpec {
+            key: self.key,
+            labels,
+            image: self.image.or_else(|| t.image.clone()),
+            isolation: self.isolation.or(t.isolation),
+            template: self.template,
+            cpu: self.cpu.or(t.cpu),
+            memory_mb: self.memory_mb.or(t.memory_mb),
+            disk_mb: self.disk_mb.or(t.disk_mb),
+            pids: self.pids.or(t.pids),
+            env,
+            entrypoint: self.entrypoint.or_else(|| t.entrypoint.clone()),
+            command: self.command.or_else(|| t.command.clone()),
+            cwd: self.cwd.or_else(|| t.cwd.clone()),
+            ttl_secs: self.ttl_secs.or(t.ttl_secs),
+            idle_timeout_secs: self.idle_timeout_secs.or(t.idle_timeout_secs),
+            ports: if self.ports.is_empty() {
+                t.ports.clone()
+            } else {
+                self.ports
+            },
+        }
+    }
+}
+
+/// A stored, named image plus sandbox defaults. A sandbox created with
+/// `template` takes them, each overridable.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    pub name: String,
+    pub owner: String,
+    /// The defaults: any field of a sandbox spec but `key` and `template`.
+    pub defaults: SandboxSpec,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Template names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub fn validate_template_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "name",
+            "a template name is 1-64 of [A-Za-z0-9_.-], starting with a letter or digit",
+        ))
     }
 }
 
@@ -310,6 +398,9 @@ pub struct Sandbox {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The template it was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     pub config: SandboxConfig,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]

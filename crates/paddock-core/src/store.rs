@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{Event, ListQuery, Sandbox};
+use crate::model::{Event, ListQuery, Sandbox, Template};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -44,6 +44,14 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL UNIQUE,
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
+     );",
+    // 2: templates.
+    "CREATE TABLE templates (
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (owner, name)
      );",
 ];
 
@@ -304,6 +312,58 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    pub fn insert_template(&self, t: &Template) -> Result<()> {
+        let doc = serde_json::to_string(t)?;
+        let r = self.lock().execute(
+            "INSERT INTO templates (owner, name, created_at, doc) VALUES (?1, ?2, ?3, ?4)",
+            params![t.owner, t.name, ms(t.created_at), doc],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Conflict(format!(
+                    "a template named {:?} already exists",
+                    t.name
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn get_template(&self, owner: &str, name: &str) -> Result<Option<Template>> {
+        let doc: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT doc FROM templates WHERE owner = ?1 AND name = ?2",
+                params![owner, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match doc {
+            Some(d) => Some(serde_json::from_str(&d)?),
+            None => None,
+        })
+    }
+
+    pub fn list_templates(&self, owner: &str) -> Result<Vec<Template>> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT doc FROM templates WHERE owner = ?1 ORDER BY name")?;
+        let docs = st
+            .query_map(params![owner], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// Whether there was one to delete.
+    pub fn delete_template(&self, owner: &str, name: &str) -> Result<bool> {
+        Ok(self.lock().execute(
+            "DELETE FROM templates WHERE owner = ?1 AND name = ?2",
+            params![owner, name],
+        )? > 0)
     }
 
     pub fn insert_key(&self, id: &str, name: &str, principal: &str, hash: &str) -> Result<()> {

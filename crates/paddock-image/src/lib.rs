@@ -20,7 +20,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use paddock_core::model::{ImageInfo, ResolvedImage};
+use paddock_core::model::{ImageInfo, ProgressFn, PullProgress, ResolvedImage};
 use paddock_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,6 +55,101 @@ pub struct ImageRecord {
     pub reference: String,
     pub resolved: String,
     pub image: ResolvedImage,
+}
+
+/// Sends a pull's progress, downloads at most every 100 ms.
+struct Reporter {
+    reference: String,
+    sink: Option<ProgressFn>,
+    current: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+    last: Mutex<std::time::Instant>,
+}
+
+impl Reporter {
+    fn new(reference: &str, sink: Option<ProgressFn>) -> Reporter {
+        Reporter {
+            reference: reference.to_string(),
+            sink,
+            current: Default::default(),
+            total: Default::default(),
+            last: Mutex::new(std::time::Instant::now()),
+        }
+    }
+    fn start(&self, total: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total.store(total, Relaxed);
+        self.current.store(0, Relaxed);
+    }
+    fn current(&self) -> u64 {
+        self.current.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set(&self, v: u64) {
+        self.current.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn add(&self, n: u64) {
+        self.current
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn send(&self, status: &str, layer: Option<&str>) {
+        let Some(sink) = &self.sink else { return };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        sink(PullProgress {
+            reference: self.reference.clone(),
+            status: status.to_string(),
+            layer: layer.map(str::to_string),
+            current: self.current(),
+            total,
+        });
+    }
+    /// Counts downloaded bytes; reports when 100 ms have passed.
+    fn downloaded(&self, n: u64, layer: &str) {
+        self.add(n);
+        if self.sink.is_none() {
+            return;
+        }
+        let due = {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.elapsed() >= std::time::Duration::from_millis(100)
+        };
+        if due {
+            self.send("downloading", Some(layer));
+        }
+    }
+}
+
+/// A blob's file, counting what is written to it.
+struct Counting<'a, W> {
+    inner: W,
+    report: &'a Reporter,
+    layer: &'a str,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<'_, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.report.downloaded(*n as u64, self.layer);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn hex_of(digest: &str) -> Result<&str> {
@@ -192,6 +287,17 @@ impl ImageStore {
 
     /// Pulls `reference` (again), downloading only layers not yet cached.
     pub async fn pull(&self, reference: &str) -> Result<ImageRecord> {
+        self.pull_with(reference, None).await
+    }
+
+    /// [`ImageStore::pull`], reporting progress to `progress`.
+    pub async fn pull_with(
+        &self,
+        reference: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImageRecord> {
+        let report = Reporter::new(reference, progress);
+        report.send("resolving", None);
         let (resolved, r) = self.parse(reference)?;
         let _shared = self.prune_lock.read().await;
         let _guard = self.lock(&format!("ref:{resolved}"));
@@ -215,8 +321,11 @@ impl ImageStore {
         attempts.push(r.clone());
         let mut last = None;
         for (i, attempt) in attempts.iter().enumerate() {
-            match self.pull_from(reference, &resolved, attempt).await {
-                Ok(rec) => return Ok(rec),
+            match self.pull_from(reference, &resolved, attempt, &report).await {
+                Ok(rec) => {
+                    report.send("done", None);
+                    return Ok(rec);
+                }
                 Err(e) => {
                     if i + 1 < attempts.len() {
                         tracing::info!("pull of {resolved} through its mirror failed ({e}); trying the registry");
@@ -233,6 +342,7 @@ impl ImageStore {
         reference: &str,
         resolved: &str,
         r: &Reference,
+        report: &Reporter,
     ) -> Result<ImageRecord> {
         let auth = match self.settings.auth.get(r.resolve_registry()) {
             Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
@@ -244,14 +354,17 @@ impl ImageStore {
             .await
             .map_err(|e| pull_error(reference, e))?;
         let mut layers = Vec::new();
-        let mut size = 0u64;
+        let size: u64 = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum();
+        report.start(size);
         for layer in &manifest.layers {
             let dir = self.layer_dir(&layer.digest)?;
-            size += layer.size.max(0) as u64;
             let lock = self.lock(&layer.digest);
             let _g = lock.lock().await;
-            if !dir.is_dir() {
-                self.fetch_layer(reference, r, layer, &dir).await?;
+            if dir.is_dir() {
+                report.add(layer.size.max(0) as u64);
+                report.send("cached", Some(&layer.digest));
+            } else {
+                self.fetch_layer(reference, r, layer, &dir, report).await?;
             }
             layers.push(dir.to_string_lossy().into_owned());
         }
@@ -277,17 +390,28 @@ impl ImageStore {
         r: &Reference,
         layer: &oci_client::manifest::OciDescriptor,
         dir: &Path,
+        report: &Reporter,
     ) -> Result<()> {
         let hex = hex_of(&layer.digest)?.to_string();
         let blob = self.root.join("blobs").join(format!("{hex}.partial"));
         let file = tokio::fs::File::create(&blob)
             .await
             .map_err(|e| Error::Internal(format!("layer download: {e}")))?;
+        let before = report.current();
+        report.send("downloading", Some(&layer.digest));
+        let file = Counting {
+            inner: file,
+            report,
+            layer: &layer.digest,
+        };
         let res = self.client.pull_blob(r, layer, file).await;
         if let Err(e) = res {
             let _ = tokio::fs::remove_file(&blob).await;
             return Err(pull_error(reference, e));
         }
+        // The layer counts as its declared size, whatever the transfer was.
+        report.set(before + layer.size.max(0) as u64);
+        report.send("extracting", Some(&layer.digest));
         let media = layer.media_type.clone();
         let dir = dir.to_path_buf();
         let blob2 = blob.clone();
@@ -295,6 +419,9 @@ impl ImageStore {
             .await
             .map_err(Error::internal)?;
         let _ = tokio::fs::remove_file(&blob).await;
+        if out.is_ok() {
+            report.send("extracted", Some(&layer.digest));
+        }
         out
     }
 
@@ -395,8 +522,10 @@ impl paddock_core::engine::Images for ImageStore {
         self.ensure(reference).await
     }
 
-    async fn pull(&self, reference: &str) -> Result<ImageInfo> {
-        Ok(ImageStore::pull(self, reference).await?.info())
+    async fn pull(&self, reference: &str, progress: Option<ProgressFn>) -> Result<ImageInfo> {
+        Ok(ImageStore::pull_with(self, reference, progress)
+            .await?
+            .info())
     }
 
     fn list(&self) -> Vec<ImageInfo> {

@@ -7,10 +7,17 @@ use std::path::{Component, Path, PathBuf};
 
 use paddock_core::{Error, Result};
 
-fn err(what: &str, e: impl std::fmt::Display) -> Error {
+fn err(what: &str, e: impl std::error::Error) -> Error {
+    // tar's errors keep the cause in their source.
+    let mut reason = format!("{what}: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        reason.push_str(&format!(": {s}"));
+        src = s.source();
+    }
     Error::Unavailable {
         what: "image layer".into(),
-        reason: format!("{what}: {e}"),
+        reason,
     }
 }
 
@@ -115,4 +122,127 @@ fn set_opaque(dir: &Path) -> Result<()> {
         return Err(err("opaque", std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+
+    /// A layer: a file, a whiteout of `gone`, an opaque `opaque/` with one
+    /// new file in it.
+    fn layer_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            if path.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+            } else {
+                h.set_mode(0o644);
+            }
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_700_000_000);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_cksum();
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        add("etc/", b"");
+        add("opaque/", b"");
+        add("etc/hello", b"hi\n");
+        add(".wh.gone", b"");
+        add("opaque/.wh..wh..opq", b"");
+        add("opaque/new", b"new\n");
+        b.into_inner().unwrap()
+    }
+
+    fn check(dir: &Path) {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etc/hello")).unwrap(),
+            "hi\n"
+        );
+        let gone = std::fs::symlink_metadata(dir.join("gone")).unwrap();
+        assert!(gone.file_type().is_char_device());
+        assert_eq!(std::os::unix::fs::MetadataExt::rdev(&gone), 0);
+        assert!(!dir.join(".wh.gone").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("opaque/new")).unwrap(),
+            "new\n"
+        );
+        assert!(!dir.join("opaque/.wh..wh..opq").exists());
+        let p = CString::new(dir.join("opaque").as_os_str().as_bytes()).unwrap();
+        let mut v = [0u8; 4];
+        // SAFETY: getxattr into a buffer of the given length.
+        let n = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                v.as_mut_ptr().cast(),
+                v.len(),
+            )
+        };
+        assert_eq!(n, 1, "opaque xattr: {}", std::io::Error::last_os_error());
+        assert_eq!(v[0], b'y');
+    }
+
+    fn unpack(name: &str, blob: &[u8], media: &str) -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("paddock-unpack-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("blob"), blob).unwrap();
+        let dir = root.join("layer");
+        unpack_layer(&root.join("blob"), media, &dir).unwrap();
+        assert!(!dir.with_extension("tmp").exists());
+        dir
+    }
+
+    #[test]
+    fn plain_gzip_and_zstd_layers_with_whiteouts() {
+        let tar = layer_tar();
+        check(&unpack(
+            "plain",
+            &tar,
+            "application/vnd.oci.image.layer.v1.tar",
+        ));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        check(&unpack(
+            "gzip",
+            &gz,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ));
+        let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        check(&unpack(
+            "zstd",
+            &zst,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ));
+        // Sniffed from the bytes when the media type says nothing.
+        check(&unpack("sniffed", &zst, "application/octet-stream"));
+    }
+
+    #[test]
+    fn a_broken_layer_leaves_nothing() {
+        let root =
+            std::env::temp_dir().join(format!("paddock-unpack-{}-broken", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut gz = layer_tar();
+        gz.truncate(700);
+        let zst = zstd::stream::encode_all(&gz[..], 3).unwrap();
+        std::fs::write(root.join("blob"), &zst[..zst.len() - 5]).unwrap();
+        let dir = root.join("layer");
+        assert!(unpack_layer(
+            &root.join("blob"),
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            &dir
+        )
+        .is_err());
+        assert!(!dir.exists());
+        assert!(!dir.with_extension("tmp").exists());
+    }
 }

@@ -17,33 +17,12 @@ pub enum ClientCmd {
     /// Create a sandbox (and print its id).
     Create {
         #[arg(long)]
-        image: Option<String>,
-        #[arg(long)]
         key: Option<String>,
+        /// Take defaults from this template (flags override them).
         #[arg(long)]
-        cpu: Option<f64>,
-        /// MiB
-        #[arg(long, allow_negative_numbers = true)]
-        memory: Option<i64>,
-        /// MiB
-        #[arg(long, allow_negative_numbers = true)]
-        disk: Option<i64>,
-        #[arg(long = "label", value_name = "K=V")]
-        labels: Vec<String>,
-        #[arg(long = "env", short = 'e', value_name = "K=V")]
-        env: Vec<String>,
-        #[arg(long)]
-        cwd: Option<String>,
-        /// Seconds until it is destroyed.
-        #[arg(long)]
-        ttl: Option<u64>,
-        /// Seconds of inactivity until it is destroyed.
-        #[arg(long)]
-        idle_timeout: Option<u64>,
-        #[arg(long = "port")]
-        ports: Vec<u16>,
-        #[arg(long)]
-        isolation: Option<String>,
+        template: Option<String>,
+        #[command(flatten)]
+        spec: SpecArgs,
         /// The main process.
         #[arg(last = true)]
         command: Vec<String>,
@@ -134,6 +113,94 @@ pub enum ClientCmd {
     /// Images in the daemon's cache.
     #[command(subcommand)]
     Images(ImagesCmd),
+    /// Templates: a named image plus sandbox defaults.
+    #[command(subcommand)]
+    Templates(TemplatesCmd),
+}
+
+/// What a sandbox (or a template's defaults) is made of.
+#[derive(clap::Args, Debug)]
+pub struct SpecArgs {
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// MiB
+    #[arg(long, allow_negative_numbers = true)]
+    memory: Option<i64>,
+    /// MiB
+    #[arg(long, allow_negative_numbers = true)]
+    disk: Option<i64>,
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Seconds until it is destroyed.
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Seconds of inactivity until it is destroyed.
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    #[arg(long = "port")]
+    ports: Vec<u16>,
+    #[arg(long)]
+    isolation: Option<String>,
+}
+
+impl SpecArgs {
+    /// The spec as JSON, with only what was given.
+    fn to_json(&self, command: &[String]) -> Result<Value> {
+        let mut spec = json!({});
+        let mut set = |k: &str, v: Value| {
+            if !v.is_null() {
+                spec[k] = v;
+            }
+        };
+        set("image", json!(self.image));
+        set("cpu", json!(self.cpu));
+        set("memory_mb", json!(self.memory));
+        set("disk_mb", json!(self.disk));
+        set("cwd", json!(self.cwd));
+        set("ttl_secs", json!(self.ttl));
+        set("idle_timeout_secs", json!(self.idle_timeout));
+        set("isolation", json!(self.isolation));
+        if !self.labels.is_empty() {
+            set("labels", json!(kv(&self.labels, "label")?));
+        }
+        if !self.env.is_empty() {
+            set("env", json!(kv(&self.env, "env")?));
+        }
+        if !self.ports.is_empty() {
+            set("ports", json!(self.ports));
+        }
+        if !command.is_empty() {
+            set("command", json!(command));
+        }
+        Ok(spec)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TemplatesCmd {
+    /// Store a template (its image is pulled now).
+    Create {
+        name: String,
+        #[command(flatten)]
+        spec: Box<SpecArgs>,
+        /// The main process of sandboxes made from it.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    Ls,
+    Inspect {
+        name: String,
+    },
+    /// Delete a template (sandboxes made from it stay).
+    Rm {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -295,6 +362,70 @@ impl Client {
         bail!("{status}: {detail}")
     }
 
+    /// Pulls through the streaming form of `POST /images`, drawing a
+    /// progress bar on stderr (when it is a terminal); returns the image.
+    async fn pull_with_progress(&self, reference: &str) -> Result<Value> {
+        let resp = self
+            .send(
+                self.req(reqwest::Method::POST, "/images")
+                    .header(reqwest::header::ACCEPT, "text/event-stream")
+                    .json(&json!({ "reference": reference })),
+            )
+            .await?;
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:<24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("resolving {reference}"));
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let mut event = "message";
+                let mut data = String::new();
+                for line in frame.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                match event {
+                    "progress" => {
+                        bar.set_length(v["total"].as_u64().unwrap_or(0));
+                        bar.set_position(v["current"].as_u64().unwrap_or(0));
+                        let layer: String = v["layer"]
+                            .as_str()
+                            .map(|l| l.trim_start_matches("sha256:").chars().take(12).collect())
+                            .unwrap_or_default();
+                        bar.set_message(format!("{} {layer}", v["status"].as_str().unwrap_or("")));
+                    }
+                    "pulled" => {
+                        bar.finish_and_clear();
+                        return Ok(v);
+                    }
+                    "error" => {
+                        bar.abandon();
+                        bail!("{}", v["detail"].as_str().unwrap_or(&data));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        bar.abandon();
+        bail!("the daemon closed the pull stream without a result")
+    }
+
     async fn json_of(&self, rb: reqwest::RequestBuilder) -> Result<Value> {
         Ok(self.send(rb).await?.json().await?)
     }
@@ -322,39 +453,17 @@ impl Client {
         use reqwest::Method;
         match cmd {
             ClientCmd::Create {
-                image,
                 key,
-                cpu,
-                memory,
-                disk,
-                labels,
-                env,
-                cwd,
-                ttl,
-                idle_timeout,
-                ports,
-                isolation,
+                template,
+                spec,
                 command,
             } => {
-                let mut spec = json!({
-                    "labels": kv(&labels, "label")?, "env": kv(&env, "env")?, "ports": ports,
-                });
-                let set = |spec: &mut Value, k: &str, v: Value| {
-                    if !v.is_null() {
-                        spec[k] = v;
-                    }
-                };
-                set(&mut spec, "image", json!(image));
-                set(&mut spec, "key", json!(key));
-                set(&mut spec, "cpu", json!(cpu));
-                set(&mut spec, "memory_mb", json!(memory));
-                set(&mut spec, "disk_mb", json!(disk));
-                set(&mut spec, "cwd", json!(cwd));
-                set(&mut spec, "ttl_secs", json!(ttl));
-                set(&mut spec, "idle_timeout_secs", json!(idle_timeout));
-                set(&mut spec, "isolation", json!(isolation));
-                if !command.is_empty() {
-                    spec["command"] = json!(command);
+                let mut spec = spec.to_json(&command)?;
+                if let Some(k) = key {
+                    spec["key"] = json!(k);
+                }
+                if let Some(t) = template {
+                    spec["template"] = json!(t);
                 }
                 let sb = self
                     .json_of(self.req(Method::POST, "/sandboxes").json(&spec))
@@ -519,6 +628,59 @@ impl Client {
                     println!("{t}");
                 }
             }
+            ClientCmd::Templates(TemplatesCmd::Create {
+                name,
+                spec,
+                command,
+            }) => {
+                let mut body = spec.to_json(&command)?;
+                body["name"] = json!(name);
+                let t = self
+                    .json_of(self.req(Method::POST, "/templates").json(&body))
+                    .await?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&t)?);
+                } else {
+                    println!("{}", t["name"].as_str().unwrap_or(""));
+                }
+            }
+            ClientCmd::Templates(TemplatesCmd::Ls) => {
+                let v = self.json_of(self.req(Method::GET, "/templates")).await?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&v["templates"])?);
+                } else {
+                    let mut t = table(&["NAME", "IMAGE", "CPU", "MEMORY", "CREATED"]);
+                    for i in v["templates"].as_array().into_iter().flatten() {
+                        let d = &i["defaults"];
+                        let or_default = |v: &Value, dflt: &str| match v {
+                            Value::Null => dflt.to_string(),
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        t.add_row(vec![
+                            i["name"].as_str().unwrap_or("").to_string(),
+                            or_default(&d["image"], "(host)"),
+                            or_default(&d["cpu"], "-"),
+                            or_default(&d["memory_mb"], "-"),
+                            i["created_at"].as_str().unwrap_or("").to_string(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Templates(TemplatesCmd::Inspect { name }) => {
+                let v = self
+                    .json_of(self.req(Method::GET, &format!("/templates/{name}")))
+                    .await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            ClientCmd::Templates(TemplatesCmd::Rm { name }) => {
+                self.send(self.req(Method::DELETE, &format!("/templates/{name}")))
+                    .await?;
+                if !self.json {
+                    println!("{name}");
+                }
+            }
             ClientCmd::Images(ImagesCmd::Ls) => {
                 let v = self.json_of(self.req(Method::GET, "/images")).await?;
                 if self.json {
@@ -542,13 +704,7 @@ impl Client {
                 }
             }
             ClientCmd::Images(ImagesCmd::Pull { reference }) => {
-                eprintln!("pulling {reference}...");
-                let v = self
-                    .json_of(
-                        self.req(Method::POST, "/images")
-                            .json(&json!({"reference": reference})),
-                    )
-                    .await?;
+                let v = self.pull_with_progress(&reference).await?;
                 if self.json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {

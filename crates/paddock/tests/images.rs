@@ -480,3 +480,424 @@ fn private_registry_with_credentials() {
     drop(reg);
     let _ = std::fs::remove_dir_all(work);
 }
+
+/// Splits a text/event-stream body into (event, data) pairs.
+fn sse_events(body: &str) -> Vec<(String, serde_json::Value)> {
+    body.split("\n\n")
+        .filter_map(|frame| {
+            let mut event = "message".to_string();
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            (!data.is_empty()).then(|| (event, serde_json::from_str(&data).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn pull_reports_progress() {
+    let e = env();
+    let api = e.daemon.api();
+    let work = std::env::temp_dir().join(format!("paddock-images-{}", std::process::id()));
+    e.reg.push_busybox(&work, "test/progress:1");
+    let image = format!("{}/test/progress:1", e.reg.addr);
+    let r = api.send(
+        api.req(reqwest::Method::POST, "/images")
+            .header("accept", "text/event-stream")
+            .json(&json!({"reference": image})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let events = sse_events(&r.text);
+    let progress: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|(k, _)| k == "progress")
+        .map(|(_, v)| v)
+        .collect();
+    let statuses: Vec<&str> = progress
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.first(), Some(&"resolving"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"done"), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "extracted").count(),
+        2,
+        "two layers downloaded and unpacked: {statuses:?}"
+    );
+    let last = progress.last().unwrap();
+    assert!(last["total"].as_u64().unwrap() > 100_000, "{last}");
+    assert_eq!(last["current"], last["total"], "{last}");
+    // Byte counts only grow.
+    let currents: Vec<u64> = progress
+        .iter()
+        .map(|p| p["current"].as_u64().unwrap())
+        .collect();
+    assert!(currents.windows(2).all(|w| w[0] <= w[1]), "{currents:?}");
+    let (kind, info) = events.last().unwrap();
+    assert_eq!(kind, "pulled");
+    assert_eq!(info["layers"], 2);
+
+    // Pulled again: every layer is a cache hit.
+    let r = api.send(
+        api.req(reqwest::Method::POST, "/images")
+            .header("accept", "text/event-stream")
+            .json(&json!({"reference": image})),
+    );
+    let statuses: Vec<String> = sse_events(&r.text)
+        .iter()
+        .filter(|(k, _)| k == "progress")
+        .map(|(_, v)| v["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "cached").count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(!statuses.iter().any(|s| s == "downloading"), "{statuses:?}");
+
+    // A failing pull ends the stream with an `error` event.
+    let r = api.send(
+        api.req(reqwest::Method::POST, "/images")
+            .header("accept", "text/event-stream")
+            .json(&json!({"reference": format!("{}/test/progress:nope", e.reg.addr)})),
+    );
+    let (kind, problem) = sse_events(&r.text).pop().unwrap();
+    assert_eq!(kind, "error", "{}", r.text);
+    assert_eq!(problem["status"], 404, "{problem}");
+
+    // The CLI pulls through the same stream (its bar is drawn only on a
+    // terminal) and reports the image, or the error with a failing status.
+    let out = e.daemon.cli(&["images", "pull", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sha256:"));
+    let out = e.daemon.cli(&[
+        "images",
+        "pull",
+        &format!("{}/test/progress:nope", e.reg.addr),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn template_of_a_registry_image() {
+    let e = env();
+    let api = e.daemon.api();
+    let work = std::env::temp_dir().join(format!("paddock-images-{}", std::process::id()));
+    e.reg.push_busybox(&work, "test/templated:1");
+    let image = format!("{}/test/templated:1", e.reg.addr);
+    let r = api.post(
+        "/templates",
+        json!({"name": "bb", "image": image, "env": {"T": "1"}, "memory_mb": 300}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    // Made with the template, the image was pulled: it is in the cache.
+    assert_eq!(
+        api.get(&format!("/images/inspect?reference={image}"))
+            .status,
+        200
+    );
+    let sb = Sb::new(&api, json!({"template": "bb"}));
+    assert_eq!(
+        sb.sh("echo $T $GREETING; cat /srv/name")["stdout"],
+        "1 from-image\ntest/templated:1\n"
+    );
+    // Overriding the template's image.
+    let other = format!("{}/test/bb:1", e.reg.addr);
+    let sb2 = Sb::new(&api, json!({"template": "bb", "image": other}));
+    assert_eq!(sb2.sh("cat /srv/name")["stdout"], "test/bb:1\n");
+    // A template whose image cannot be pulled is refused, and not stored.
+    let r = api.post(
+        "/templates",
+        json!({"name": "broken", "image": format!("{}/test/none:1", e.reg.addr)}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(api.get("/templates/broken").status, 404);
+    assert_eq!(api.delete("/templates/bb").status, 204);
+}
+
+/// A token server for the registry's bearer auth: it checks basic
+/// credentials and answers with a JWT (RS256, signed by `openssl`, its
+/// certificate in the `x5c` header) granting what the scope asks.
+fn token_server(dir: &Path, user: &str, pass: &str) -> String {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Write};
+    sh(&format!(
+        "cd {} && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem \
+         -days 2 -subj /CN=paddock-test-token 2>/dev/null && openssl x509 -in cert.pem -outform DER -out cert.der",
+        dir.display()
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    );
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let cert = base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(dir.join("cert.der")).unwrap());
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut authorized = false;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") && v.trim() == want {
+                        authorized = true;
+                    }
+                }
+            }
+            if !authorized {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            // scope=repository:<name>:<actions>
+            let query = request_line.split(' ').nth(1).unwrap_or("").to_string();
+            let scope = query
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("scope="))
+                .unwrap_or("")
+                .replace("%3A", ":")
+                .replace("%2F", "/");
+            let mut access = Vec::new();
+            if let Some(rest) = scope.strip_prefix("repository:") {
+                if let Some((name, actions)) = rest.rsplit_once(':') {
+                    access.push(json!({"type": "repository", "name": name,
+                        "actions": actions.split(',').collect::<Vec<_>>()}));
+                }
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let header = json!({"alg": "RS256", "typ": "JWT", "x5c": [cert]});
+            let claims = json!({"iss": "paddock-test-issuer", "sub": "alice",
+                "aud": "paddock-test", "exp": now + 300, "nbf": now - 10, "iat": now,
+                "jti": format!("{now}-{}", access.len()), "access": access});
+            let input = format!(
+                "{}.{}",
+                b64.encode(header.to_string()),
+                b64.encode(claims.to_string())
+            );
+            let mut child = Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(dir.join("key.pem"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            let sig = child.wait_with_output().unwrap().stdout;
+            let token = format!("{input}.{}", b64.encode(sig));
+            let body =
+                json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn registry_with_bearer_token_auth() {
+    let work = std::env::temp_dir().join(format!("paddock-images-token-{}", std::process::id()));
+    // Pushed while the registry is open, then served behind token auth.
+    let reg = Registry::start(&work.join("registry"));
+    reg.push_busybox(&work, "tokened/bb:1");
+    reg.down();
+    let token = token_server(&work, "alice", "s3cret");
+    let config = work.join("registry/config.yml");
+    let mut cfg = std::fs::read_to_string(&config).unwrap();
+    cfg.push_str(&format!(
+        "auth:\n  token:\n    realm: http://{token}/token\n    service: paddock-test\n    issuer: paddock-test-issuer\n    rootcertbundle: {}\n",
+        work.join("cert.pem").display()
+    ));
+    std::fs::write(&config, cfg).unwrap();
+    reg.up();
+    let image = format!("{}/tokened/bb:1", reg.addr);
+
+    // Without credentials the token server refuses: a clear error.
+    let anon = Daemon::start_with("127.0.0.1", &["--insecure-registry", &reg.addr]);
+    let r = anon.api().post("/images", json!({"reference": image}));
+    assert!([401, 403, 503].contains(&r.status), "{}", r.text);
+    drop(anon);
+
+    // With them, the client trades them for a token and pulls.
+    let cfg = work.join("config.toml");
+    std::fs::write(&cfg, format!(
+        "insecure_registries = [\"{a}\"]\n[registry_auth.\"{a}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n",
+        a = reg.addr
+    )).unwrap();
+    let d = Daemon::start_with("127.0.0.1", &["--config", cfg.to_str().unwrap()]);
+    let api = d.api();
+    let sb = Sb::new(&api, json!({"image": image}));
+    assert_eq!(sb.sh("cat /srv/name")["stdout"], "tokened/bb:1\n");
+    drop(sb);
+    drop(d);
+    drop(reg);
+    let _ = std::fs::remove_dir_all(work);
+}
+
+impl Registry {
+    /// Pushes a python3 image built from the host's own interpreter: its
+    /// binary, standard library and the shared libraries it needs.
+    fn push_python(&self, work: &Path, name: &str) {
+        let oci = work.join("oci-python");
+        let b = work.join("oci-python.bundle");
+        let _ = std::fs::remove_dir_all(&oci);
+        let _ = std::fs::remove_dir_all(&b);
+        let (o, bd) = (oci.display(), b.display());
+        sh(&format!("umoci init --layout {o} && umoci new --image {o}:img && umoci unpack --image {o}:img {bd}"));
+        sh(&format!(
+            "r={bd}/rootfs; py=$(readlink -f /usr/bin/python3); v=$(basename $py); \
+             mkdir -p $r/usr/bin $r/usr/lib $r/tmp $r/etc $r/bin && cp $py $r/usr/bin/ && ln -s $v $r/usr/bin/python3 && \
+             cp /bin/busybox $r/bin/ && ln -s busybox $r/bin/sh && \
+             tar -C / --exclude=__pycache__ --exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
+                 --exclude=ensurepip --exclude=lib2to3 --exclude=pydoc_data --exclude=dist-packages \
+                 -cf - usr/lib/$v | tar -C $r -xf - && \
+             for l in $(ldd $py | grep -o '/[^ ]*'); do mkdir -p $r$(dirname $l) && cp -L $l $r$l; done && \
+             for d in lib lib64; do [ -L /$d ] && ln -sfn usr/$d $r/$d || true; done && \
+             echo 'root:x:0:0:root:/root:/bin/sh' > $r/etc/passwd && \
+             umoci repack --image {o}:img {bd} && \
+             umoci config --image {o}:img --config.env PATH=/usr/bin:/bin --config.cmd sleep --config.cmd 600"
+        ));
+        sh(&format!(
+            "skopeo copy --quiet --dest-tls-verify=false oci:{o}:img docker://{}/{name}",
+            self.addr
+        ));
+    }
+}
+
+#[test]
+fn python_image_runs_python() {
+    let e = env();
+    let api = e.daemon.api();
+    let work = std::env::temp_dir().join(format!("paddock-images-{}", std::process::id()));
+    e.reg.push_python(&work, "test/python:3");
+    let sb = Sb::new(
+        &api,
+        json!({"image": format!("{}/test/python:3", e.reg.addr)}),
+    );
+    let out = sb.sh("python3 -c 'import json, sys; print(json.dumps({\"v\": sys.version_info[0]}))'; ls /usr/bin");
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert!(
+        out["stdout"].as_str().unwrap().starts_with("{\"v\": 3}\n"),
+        "{out}"
+    );
+    // The host's /usr is not there: this really is the image.
+    assert!(!out["stdout"].as_str().unwrap().contains("skopeo"), "{out}");
+}
+
+#[test]
+fn zstd_layers_and_a_multi_arch_index() {
+    let e = env();
+    let api = e.daemon.api();
+    let work = std::env::temp_dir().join(format!("paddock-images-{}", std::process::id()));
+    // zstd-compressed layers (recompressed by skopeo).
+    let o = work.join("oci-test-bb-1");
+    let z = work.join("oci-zstd");
+    sh(&format!(
+        "rm -rf {z} && skopeo copy --quiet --dest-compress --dest-compress-format zstd oci:{o}:img oci:{z}:img && \
+         skopeo copy --quiet --dest-tls-verify=false oci:{z}:img docker://{}/test/zstd:1",
+        e.reg.addr,
+        o = o.display(),
+        z = z.display(),
+    ));
+    let m = reqwest::blocking::Client::new()
+        .get(format!("http://{}/v2/test/zstd/manifests/1", e.reg.addr))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(m.contains("zstd"), "{m}");
+    let sb = Sb::new(
+        &api,
+        json!({"image": format!("{}/test/zstd:1", e.reg.addr)}),
+    );
+    assert_eq!(sb.sh("cat /srv/second")["stdout"], "layer2\n");
+    drop(sb);
+
+    // An index with an arm64 and an amd64 entry: the amd64 one is pulled.
+    e.reg.push_busybox(&work, "test/multi:amd64");
+    e.reg.push_busybox(&work, "test/multi:arm64");
+    let http = reqwest::blocking::Client::new();
+    let manifest = |tag: &str| -> (String, u64, String) {
+        let r = http
+            .get(format!(
+                "http://{}/v2/test/multi/manifests/{tag}",
+                e.reg.addr
+            ))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap();
+        let digest = r.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let media = r.headers()["content-type"].to_str().unwrap().to_string();
+        let len = r.bytes().unwrap().len() as u64;
+        (digest, len, media)
+    };
+    let (amd, amd_len, amd_media) = manifest("amd64");
+    let (arm, arm_len, arm_media) = manifest("arm64");
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": arm_media, "digest": arm, "size": arm_len,
+             "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": amd_media, "digest": amd, "size": amd_len,
+             "platform": {"architecture": "amd64", "os": "linux"}}
+        ]
+    });
+    let r = http
+        .put(format!(
+            "http://{}/v2/test/multi/manifests/latest",
+            e.reg.addr
+        ))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.to_string())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let image = format!("{}/test/multi:latest", e.reg.addr);
+    let pulled = api.post("/images", json!({"reference": image}));
+    assert_eq!(pulled.status, 200, "{}", pulled.text);
+    assert_eq!(pulled.body["digest"], amd.as_str(), "{}", pulled.text);
+    let sb = Sb::new(&api, json!({"image": image}));
+    assert_eq!(sb.sh("cat /srv/name")["stdout"], "test/multi:amd64\n");
+}
