@@ -901,3 +901,62 @@ fn zstd_layers_and_a_multi_arch_index() {
     let sb = Sb::new(&api, json!({"image": image}));
     assert_eq!(sb.sh("cat /srv/name")["stdout"], "test/multi:amd64\n");
 }
+
+#[test]
+fn mirror_fallback_cli_and_a_cache_that_survives_restarts() {
+    let e = env();
+    // The registry's mirror is down: pulls fall back to the registry.
+    let d = Daemon::start_with(
+        "127.0.0.1",
+        &[
+            "--insecure-registry",
+            &e.reg.addr,
+            "--registry-mirror",
+            &format!("{}=http://127.0.0.1:1", e.reg.addr),
+        ],
+    );
+    let image = format!("{}/test/bb:1", e.reg.addr);
+    let ok = |args: &[&str]| -> String {
+        let out = d.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(ok(&["images", "pull", &image]).contains("sha256:"));
+    let ls = ok(&["images", "ls"]);
+    assert!(ls.contains(&image), "{ls}");
+    let listed: serde_json::Value = serde_json::from_str(&ok(&["images", "ls", "--json"])).unwrap();
+    assert!(listed.to_string().contains(&image), "{listed}");
+    let inspected: serde_json::Value =
+        serde_json::from_str(&ok(&["images", "inspect", &image])).unwrap();
+    assert_eq!(inspected["layers"], 2, "{inspected}");
+
+    // The cache survives a crash of the daemon.
+    d.kill9();
+    d.restart();
+    let api = d.api();
+    assert_eq!(
+        api.get(&format!("/images/inspect?reference={image}")).body["digest"],
+        inspected["digest"]
+    );
+    let sb = Sb::new(&api, json!({"image": image}));
+    assert_eq!(sb.sh("cat /srv/name")["stdout"], "test/bb:1\n");
+    drop(sb);
+
+    // rm forgets the reference; prune then removes its layers.
+    ok(&["images", "rm", &image]);
+    let out = d.cli(&["images", "inspect", &image]);
+    assert!(!out.status.success());
+    let pruned = ok(&["images", "prune"]);
+    assert!(pruned.contains('2'), "{pruned}");
+    assert_eq!(
+        std::fs::read_dir(d.data.join("images/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
