@@ -3,7 +3,7 @@
 
 mod extract;
 mod problem;
-mod proxy;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

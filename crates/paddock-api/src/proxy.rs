@@ -59,7 +59,7 @@ async fn forward(
     id: String,
     port: String,
     rest: String,
-    mut req: Request,
+    req: Request,
 ) -> ApiResult<Response> {
     let port: u16 = port.parse().map_err(|_| {
         Problem::from(Error::invalid(
@@ -68,13 +68,29 @@ async fn forward(
         ))
     })?;
     let target = st.engine.proxy_target(&p, parse_id(&id)?, port).await?;
+    forward_to(target, &rest, req)
+        .await
+        .map_err(|(status, msg)| Problem::new(status, msg))
+}
+
+/// Forwards `req` to `http://{target}/{rest}` (its query kept), passing
+/// WebSocket upgrades through. For every dialect's port proxy.
+pub async fn forward_to(
+    target: std::net::SocketAddr,
+    rest: &str,
+    mut req: Request,
+) -> Result<Response, (StatusCode, String)> {
+    let port = target.port();
     let pq = match req.uri().query() {
         Some(q) => format!("/{rest}?{q}"),
         None => format!("/{rest}"),
     };
-    let uri: Uri = format!("http://{target}{pq}")
-        .parse()
-        .map_err(|_| Problem::from(Error::invalid("path", "not a valid URI path")))?;
+    let uri: Uri = format!("http://{target}{pq}").parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "path: not a valid URI path".to_string(),
+        )
+    })?;
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let inbound_upgrade = if upgrade {
         Some(hyper::upgrade::on(&mut req))
@@ -94,7 +110,7 @@ async fn forward(
     }
     let out = Request::from_parts(parts, body);
     let mut resp = client().request(out).await.map_err(|e| {
-        Problem::new(
+        (
             StatusCode::BAD_GATEWAY,
             format!("nothing answered on port {port} in the sandbox: {e}"),
         )

@@ -113,6 +113,164 @@ pub struct SandboxSpec {
     pub idle_timeout_secs: Option<u64>,
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Directories the file API may reach, each with its ACL. None: the
+    /// file API reaches the whole sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Ordered egress rules, first match wins, no match denies. None: all
+    /// egress allowed. Stored and returned; enforced once the egress
+    /// firewall exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<EgressRule>>,
+    /// What to capture on shutdown and restore on start. Stored; acted on
+    /// once snapshots exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotPolicy>,
+    /// `hostname:ip` entries for the sandbox's /etc/hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// Run the main process on a terminal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Record a `resource.usage` event this often (seconds); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_events_secs: Option<u64>,
+}
+
+/// A directory of the sandbox the file API may reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    /// A host directory bound there (absolute); none: a private directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Checked longest pattern first; no match denies.
+    #[serde(default)]
+    pub acls: Vec<AclRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Rw,
+    Ro,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// A glob: `*` within a path segment, `**` across segments; `dir/**`
+    /// also matches `dir` itself.
+    pub path: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressAccess {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    pub access: EgressAccess,
+    /// Exact, or `*.suffix`, or `*`.
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// Values injected into matching requests (secrets the sandbox never sees).
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<EgressOverride>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+}
+
+/// Whether `path` lies at or under `dir` (both absolute, normalised).
+pub fn path_under(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    dir.is_empty() || path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+}
+
+/// Glob match for ACL patterns: `**` spans segments, `*` and `?` stay
+/// within one; `dir/**` also matches `dir`.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    if let Some(base) = pattern.strip_suffix("/**") {
+        if glob_match(base, path) {
+            return true;
+        }
+    }
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        if let Some(rest) = p.strip_prefix(b"**") {
+            // `**/` may stand for no directory at all.
+            if let Some(r) = rest.strip_prefix(b"/") {
+                if go(r, s) {
+                    return true;
+                }
+            }
+            return (0..=s.len()).any(|i| go(rest, &s[i..]));
+        }
+        match p.first() {
+            None => s.is_empty(),
+            Some(b'*') => {
+                for i in 0..=s.len() {
+                    if go(&p[1..], &s[i..]) {
+                        return true;
+                    }
+                    if i < s.len() && s[i] == b'/' {
+                        break;
+                    }
+                }
+                false
+            }
+            Some(b'?') => !s.is_empty() && s[0] != b'/' && go(&p[1..], &s[1..]),
+            Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
+        }
+    }
+    go(pattern.as_bytes(), path.as_bytes())
+}
+
+impl Mount {
+    /// The access its ACL grants to `path` (under this mount): the rule
+    /// with the longest pattern that matches wins; none denies.
+    pub fn access(&self, path: &str) -> Access {
+        let mut rules: Vec<&AclRule> = self.acls.iter().collect();
+        rules.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        rules
+            .into_iter()
+            .find(|r| glob_match(&r.path, path))
+            .map_or(Access::Deny, |r| r.access)
+    }
 }
 
 /// What an image reference resolved to, as the engine and backends need it.
@@ -185,6 +343,125 @@ pub struct SandboxConfig {
     /// The image's digest and layers, once resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_image: Option<ResolvedImage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<EgressRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_events_secs: Option<u64>,
+}
+
+impl SandboxConfig {
+    /// The mount `path` lies under (the deepest), if any.
+    pub fn mount_of(&self, path: &str) -> Option<&Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| path_under(path, &m.path))
+            .max_by_key(|m| m.path.len())
+    }
+}
+
+/// Checks mounts: absolute, without `..`, unique and not nested; ACL
+/// patterns under their mount; origins absolute.
+pub fn validate_mounts(mounts: &[Mount]) -> Result<()> {
+    for (i, m) in mounts.iter().enumerate() {
+        let f = |x: &str| format!("mounts[{i}].{x}");
+        if !m.path.starts_with('/') || m.path.split('/').any(|c| c == "..") || m.path.contains('\0')
+        {
+            return Err(Error::invalid(
+                f("path"),
+                "must be an absolute path without '..'",
+            ));
+        }
+        if m.path.trim_end_matches('/').is_empty() {
+            return Err(Error::invalid(f("path"), "cannot be /"));
+        }
+        if let Some(o) = &m.origin {
+            if !o.starts_with('/') || o.split('/').any(|c| c == "..") {
+                return Err(Error::invalid(
+                    f("origin"),
+                    "must be an absolute host path without '..'",
+                ));
+            }
+        }
+        for (j, o) in mounts.iter().enumerate() {
+            if i != j && (path_under(&m.path, &o.path) || path_under(&o.path, &m.path)) {
+                return Err(Error::invalid(
+                    f("path"),
+                    format!("{} overlaps mount {}", m.path, o.path),
+                ));
+            }
+        }
+        for (j, r) in m.acls.iter().enumerate() {
+            if !path_under(&r.path, &m.path) {
+                return Err(Error::invalid(
+                    format!("mounts[{i}].acls[{j}].path"),
+                    format!("{} is not under the mount {}", r.path, m.path),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks egress rules' hosts, methods and ports.
+pub fn validate_egress(rules: &[EgressRule]) -> Result<()> {
+    for (i, r) in rules.iter().enumerate() {
+        let h = r.host.strip_prefix("*.").unwrap_or(&r.host);
+        let ok_host = r.host == "*"
+            || (!h.is_empty()
+                && !h.contains('*')
+                && h.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')
+                }));
+        if !ok_host {
+            return Err(Error::invalid(
+                format!("egress[{i}].host"),
+                format!("{:?} is not a host, `*.suffix` or `*`", r.host),
+            ));
+        }
+        if r.ports.as_ref().is_some_and(|p| p.contains(&0)) {
+            return Err(Error::invalid(
+                format!("egress[{i}].ports"),
+                "0 is not a port",
+            ));
+        }
+        for m in r.methods.iter().flatten() {
+            if !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].contains(&m.as_str()) {
+                return Err(Error::invalid(
+                    format!("egress[{i}].methods"),
+                    format!("unknown method {m:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_snapshot(s: &SnapshotPolicy) -> Result<()> {
+    for (f, k) in [
+        ("snapshot.restore_key", &s.restore_key),
+        ("snapshot.write_key", &s.write_key),
+    ] {
+        if let Some(k) = k {
+            if !valid_key(k) {
+                return Err(Error::invalid(f, "must match [A-Za-z0-9_-]{1,64}"));
+            }
+        }
+    }
+    if s.include.as_ref().is_some_and(|i| i.is_empty()) {
+        return Err(Error::invalid(
+            "snapshot.include",
+            "must name at least one path",
+        ));
+    }
+    Ok(())
 }
 
 impl SandboxConfig {
@@ -297,6 +574,27 @@ impl SandboxSpec {
                 return Err(Error::invalid("image", "must not be empty"));
             }
         }
+        validate_mounts(&self.mounts)?;
+        if let Some(e) = &self.egress {
+            validate_egress(e)?;
+        }
+        if let Some(sn) = &self.snapshot {
+            validate_snapshot(sn)?;
+        }
+        for (i, h) in self.extra_hosts.iter().enumerate() {
+            let ok = h.split_once(':').is_some_and(|(n, ip)| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+                    && (ip == "host-gateway" || ip.parse::<std::net::IpAddr>().is_ok())
+            });
+            if !ok {
+                return Err(Error::invalid(
+                    format!("extra_hosts[{i}]"),
+                    format!("{h:?} is not hostname:ip"),
+                ));
+            }
+        }
         Ok(SandboxConfig {
             image: self.image.clone(),
             isolation: self.isolation.unwrap_or_default(),
@@ -313,6 +611,12 @@ impl SandboxSpec {
             ports: self.ports.clone(),
             user: None,
             resolved_image: None,
+            mounts: self.mounts.clone(),
+            egress: self.egress.clone(),
+            snapshot: self.snapshot.clone(),
+            extra_hosts: self.extra_hosts.clone(),
+            tty: self.tty,
+            usage_events_secs: self.usage_events_secs,
         })
     }
 }
@@ -346,6 +650,20 @@ impl SandboxSpec {
             } else {
                 self.ports
             },
+            mounts: if self.mounts.is_empty() {
+                t.mounts.clone()
+            } else {
+                self.mounts
+            },
+            egress: self.egress.or_else(|| t.egress.clone()),
+            snapshot: self.snapshot.or_else(|| t.snapshot.clone()),
+            extra_hosts: if self.extra_hosts.is_empty() {
+                t.extra_hosts.clone()
+            } else {
+                self.extra_hosts
+            },
+            tty: self.tty || t.tty,
+            usage_events_secs: self.usage_events_secs.or(t.usage_events_secs),
         }
     }
 }
@@ -608,6 +926,79 @@ pub struct ListQuery {
     pub limit: usize,
     /// Resume after this id (from a previous page).
     pub after: Option<Uuid>,
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("/workspace/**", "/workspace"));
+        assert!(glob_match("/workspace/**", "/workspace/a/b.txt"));
+        assert!(!glob_match("/workspace/**", "/workspaces/a"));
+        assert!(glob_match("/w/*.txt", "/w/a.txt"));
+        assert!(!glob_match("/w/*.txt", "/w/d/a.txt"));
+        assert!(glob_match("/w/**/*.txt", "/w/a.txt"));
+        assert!(glob_match("/w/**/*.txt", "/w/d/e/a.txt"));
+        assert!(glob_match("/w/secret", "/w/secret"));
+        assert!(!glob_match("/w/secret", "/w/secret2"));
+        assert!(glob_match("/w/?", "/w/x"));
+    }
+
+    #[test]
+    fn longest_pattern_wins_and_default_denies() {
+        let m = Mount {
+            path: "/workspace".into(),
+            origin: None,
+            acls: vec![
+                AclRule {
+                    path: "/workspace/**".into(),
+                    access: Access::Rw,
+                },
+                AclRule {
+                    path: "/workspace/ro/**".into(),
+                    access: Access::Ro,
+                },
+                AclRule {
+                    path: "/workspace/ro/hidden/**".into(),
+                    access: Access::Deny,
+                },
+            ],
+        };
+        assert_eq!(m.access("/workspace/a"), Access::Rw);
+        assert_eq!(m.access("/workspace/ro/x"), Access::Ro);
+        assert_eq!(m.access("/workspace/ro/hidden/y"), Access::Deny);
+        let none = Mount {
+            path: "/data".into(),
+            origin: None,
+            acls: vec![],
+        };
+        assert_eq!(none.access("/data/x"), Access::Deny);
+    }
+
+    #[test]
+    fn mounts_are_checked() {
+        let m = |p: &str| Mount {
+            path: p.into(),
+            origin: None,
+            acls: vec![],
+        };
+        assert!(validate_mounts(&[m("/a"), m("/b")]).is_ok());
+        assert!(validate_mounts(&[m("/a"), m("/a/b")]).is_err());
+        assert!(validate_mounts(&[m("rel")]).is_err());
+        assert!(validate_mounts(&[m("/a/../b")]).is_err());
+        let bad_acl = Mount {
+            path: "/a".into(),
+            origin: None,
+            acls: vec![AclRule {
+                path: "/b/**".into(),
+                access: Access::Rw,
+            }],
+        };
+        let e = validate_mounts(&[bad_acl]).unwrap_err();
+        assert!(matches!(e, Error::Invalid { ref field, .. } if field == "mounts[0].acls[0].path"));
+    }
 }
 
 #[cfg(test)]

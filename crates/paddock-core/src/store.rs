@@ -314,6 +314,13 @@ impl Store {
             .collect()
     }
 
+    /// The newest event's daemon-wide sequence number (0: none yet).
+    pub fn last_seq(&self) -> Result<i64> {
+        Ok(self
+            .lock()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+    }
+
     pub fn insert_template(&self, t: &Template) -> Result<()> {
         let doc = serde_json::to_string(t)?;
         let r = self.lock().execute(

@@ -393,6 +393,19 @@ impl ContainerRuntime {
         .map_err(|e| Error::Internal(format!("mount rootfs overlay: {e}")))?;
         std::fs::create_dir_all(rootfs.join(config.cwd.trim_start_matches('/')))
             .map_err(io("cwd"))?;
+        for (i, m) in config.mounts.iter().enumerate() {
+            match &m.origin {
+                Some(o) if !Path::new(o).is_dir() => {
+                    return Err(Error::invalid(
+                        format!("mounts[{i}].origin"),
+                        format!("{o} is not a directory on the host"),
+                    ))
+                }
+                Some(_) => {}
+                None => std::fs::create_dir_all(rootfs.join(m.path.trim_start_matches('/')))
+                    .map_err(io("mount directory"))?,
+            }
+        }
 
         let slot = self.net.take().await?;
         let ip = slot.ip;
@@ -405,13 +418,20 @@ impl ContainerRuntime {
         }
         let host = spec::hostname(&id.to_string());
         let etc = dir.join("etc");
-        std::fs::write(
-            etc.join("hosts"),
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{host}\n"
-            ),
-        )
-        .map_err(io("hosts"))?;
+        let mut hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{host}\n"
+        );
+        for h in &config.extra_hosts {
+            if let Some((name, addr)) = h.split_once(':') {
+                let addr = if addr == "host-gateway" {
+                    self.net.cfg.gateway.to_string()
+                } else {
+                    addr.to_string()
+                };
+                hosts.push_str(&format!("{addr}\t{name}\n"));
+            }
+        }
+        std::fs::write(etc.join("hosts"), hosts).map_err(io("hosts"))?;
         std::fs::write(etc.join("hostname"), format!("{host}\n")).map_err(io("hostname"))?;
         std::fs::write(etc.join("resolv.conf"), net::Network::resolv_conf())
             .map_err(io("resolv.conf"))?;

@@ -78,6 +78,22 @@ impl Network {
             let o = cfg.gateway.octets();
             format!("{}.{}.0.0/16", o[0], o[1])
         };
+        // Another interface routing the same subnet would take the traffic
+        // meant for this bridge's sandboxes.
+        let routes = run("ip", &["-o", "route", "show", "exact", &subnet]).await?;
+        if let Some(dev) = routes.lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            it.by_ref().find(|w| *w == "dev");
+            it.next().filter(|d| *d != b)
+        }) {
+            return Err(Error::Unavailable {
+                what: "sandbox networking".into(),
+                reason: format!(
+                    "the sandbox subnet {subnet} (from --gateway {}) is already routed via {dev}; choose another --gateway, or remove {dev}",
+                    cfg.gateway
+                ),
+            });
+        }
         if run("ip", &["link", "show", b]).await.is_err() {
             run("ip", &["link", "add", b, "type", "bridge"]).await?;
         }

@@ -179,6 +179,13 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     mounts.push(bind(&etc("hostname"), "/etc/hostname", true));
     mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
     mounts.push(bind(&i.run_dir.to_string_lossy(), "/run/paddock", false));
+    // Host directories the caller asked for, read-write: the file API's
+    // ACLs govern what reaches them through Paddock.
+    for m in &i.config.mounts {
+        if let Some(origin) = &m.origin {
+            mounts.push(bind(origin, &m.path, false));
+        }
+    }
     mounts.push(bind(
         &i.agent.to_string_lossy(),
         "/.paddock/paddock-agent",

@@ -1,5 +1,6 @@
 //! `paddock serve`: wires the store, the backends, the engine and the API.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,11 @@ pub struct ServeArgs {
     /// Address of the native API. Not loopback: every request needs an API key.
     #[arg(long, default_value = "127.0.0.1:7070", env = "PADDOCK_LISTEN")]
     pub listen: SocketAddr,
+    /// Address of the hiver-py dialect (its SDK's default gateway URL is
+    /// http://localhost:10000), or `off`. It has no authentication: keep it
+    /// on loopback.
+    #[arg(long, default_value = "127.0.0.1:10000", env = "PADDOCK_HIVER_LISTEN")]
+    pub hiver_listen: String,
     #[arg(long, default_value = "/var/lib/paddock", env = "PADDOCK_DATA_DIR")]
     pub data_dir: PathBuf,
     /// crun, runc or a path (default: crun where it works, else runc).
@@ -165,6 +171,13 @@ fn raise_nofile() {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let hiver_addr: Option<SocketAddr> = match args.hiver_listen.as_str() {
+        "off" | "" => None,
+        addr => Some(
+            addr.parse()
+                .with_context(|| format!("--hiver-listen {addr}: not ADDR:PORT or off"))?,
+        ),
+    };
     raise_nofile();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
@@ -237,6 +250,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     engine.recover().await?;
     engine.spawn_reaper();
+    engine.spawn_monitor();
     let open = args.listen.ip().is_loopback();
     if !open {
         tracing::info!("listening beyond loopback: every request needs an API key");
@@ -248,18 +262,52 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
+    let hiver_listener = match hiver_addr {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--hiver-listen: listen on {addr}"))?;
+            tracing::info!("serving the hiver-py dialect on http://{addr}");
+            Some(l)
+        }
+    };
     tracing::info!("paddock serving the native API on http://{}", args.listen);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    if let Some(l) = hiver_listener {
+        servers.spawn(
+            axum::serve(l, paddock_hiver::router(engine.clone()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("signal handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+        r = servers.join_next() => {
+            if let Some(Ok(Err(e))) = r {
+                return Err(e.into());
             }
-        })
-        .await?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Streams (events, SSE) never end on their own: give requests in
+    // flight a moment, then go on.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
     engine.shutdown().await;
     Ok(())
 }

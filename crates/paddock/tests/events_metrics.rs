@@ -38,14 +38,18 @@ fn sandbox_events_resume_without_gap_or_duplicate() {
     for i in 0..5 {
         api.exec(&sb.id, json!({"cmd": ["echo", i.to_string()]}));
     }
-    // created, started, 5 execs.
-    let all = read_events(stream(&api, &sb.path("/events"), None), 7);
+    // created, started, 5 execs (a request and a response each).
+    let all = read_events(stream(&api, &sb.path("/events"), None), 12);
     let ids: Vec<i64> = all.iter().map(|e| e.0).collect();
-    assert_eq!(ids, (1..=7).collect::<Vec<_>>());
+    assert_eq!(ids, (1..=12).collect::<Vec<_>>());
     assert_eq!(all[0].1["kind"], "sandbox.created");
     assert_eq!(all[1].1["kind"], "sandbox.started");
-    assert_eq!(all[2].1["kind"], "exec");
-    // Resume after 4: exactly 5, 6, 7, then live ones as they happen.
+    assert_eq!(all[2].1["kind"], "exec.request");
+    assert_eq!(all[2].1["data"]["command"], "echo 0");
+    assert_eq!(all[3].1["kind"], "exec.response");
+    assert_eq!(all[3].1["data"]["request_id"], 3);
+    assert_eq!(all[3].1["data"]["exit_code"], 0);
+    // Resume after 4: exactly 5..12, then live ones as they happen.
     let resp = stream(&api, &sb.path("/events"), Some(4));
     let api2 = shared().api();
     let id2 = sb.id.clone();
@@ -55,15 +59,15 @@ fn sandbox_events_resume_without_gap_or_duplicate() {
             api2.exec(&id2, json!({"cmd": ["true"]}));
         }
     });
-    let rest = read_events(resp, 6);
+    let rest = read_events(resp, 14);
     writer.join().unwrap();
     assert_eq!(
         rest.iter().map(|e| e.0).collect::<Vec<_>>(),
-        vec![5, 6, 7, 8, 9, 10]
+        (5..=18).collect::<Vec<_>>()
     );
     // The query form works the same.
-    let q = read_events(stream(&api, &sb.path("/events?after=9"), None), 1);
-    assert_eq!(q[0].0, 10);
+    let q = read_events(stream(&api, &sb.path("/events?after=17"), None), 1);
+    assert_eq!(q[0].0, 18);
 }
 
 #[test]
@@ -74,10 +78,10 @@ fn daemon_wide_events_carry_a_global_sequence() {
     let a = Sb::new(&api, json!({}));
     let b = Sb::new(&api, json!({}));
     api.exec(&a.id, json!({"cmd": ["true"]}));
-    let evs = read_events(stream(&api, "/events", None), 5);
+    let evs = read_events(stream(&api, "/events", None), 6);
     assert_eq!(
         evs.iter().map(|e| e.0).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5]
+        vec![1, 2, 3, 4, 5, 6]
     );
     let kinds: Vec<(String, String)> = evs
         .iter()
@@ -90,15 +94,19 @@ fn daemon_wide_events_carry_a_global_sequence() {
         .collect();
     assert_eq!(kinds[0], (a.id.clone(), "sandbox.created".into()));
     assert_eq!(kinds[2], (b.id.clone(), "sandbox.created".into()));
-    assert_eq!(kinds[4], (a.id.clone(), "exec".into()));
+    assert_eq!(kinds[4], (a.id.clone(), "exec.request".into()));
+    assert_eq!(kinds[5], (a.id.clone(), "exec.response".into()));
     // Per-sandbox ids stay per sandbox.
     assert_eq!(evs[2].1["id"], 1);
     // Resume from 3: 4, 5, then what happens next.
     let resp = stream(&api, "/events", Some(3));
     api.exec(&b.id, json!({"cmd": ["true"]}));
-    let rest = read_events(resp, 3);
-    assert_eq!(rest.iter().map(|e| e.0).collect::<Vec<_>>(), vec![4, 5, 6]);
-    assert_eq!(rest[2].1["sandbox_id"], b.id.as_str());
+    let rest = read_events(resp, 5);
+    assert_eq!(
+        rest.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7, 8]
+    );
+    assert_eq!(rest[3].1["sandbox_id"], b.id.as_str());
 }
 
 #[test]

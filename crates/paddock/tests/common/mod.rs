@@ -2,6 +2,8 @@
 //! own data dir, bridge and subnet, driving real sandboxes (needs root).
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,7 +35,28 @@ pub fn agent() -> PathBuf {
     panic!("no paddock-agent built: run scripts/build.sh or set PADDOCK_TEST_AGENT")
 }
 
-fn free_port() -> u16 {
+/// A gateway whose /16 no interface routes yet and no daemon of this
+/// process has: every daemon gets a subnet of its own.
+fn free_subnet(pid: u32, n: u32) -> String {
+    static TAKEN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    let routes = Command::new("ip")
+        .args(["-o", "route", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut taken = TAKEN.lock().unwrap();
+    for i in 0..140 {
+        let x = 110 + (pid + n * 7 + i) % 140;
+        if x == 88 || taken.contains(&x) || routes.contains(&format!("10.{x}.0.0/16")) {
+            continue;
+        }
+        taken.push(x);
+        return format!("10.{x}.0.1");
+    }
+    panic!("no free 10.x.0.0/16 subnet left for a test daemon");
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -82,7 +105,7 @@ impl Daemon {
             listen: format!("{host}:{port}"),
             data,
             bridge: format!("pdt{tag}").chars().take(15).collect(),
-            gateway: format!("10.{}.{}.1", 100 + (pid % 100), 1 + n * 2 % 250),
+            gateway: free_subnet(pid, n),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
@@ -113,6 +136,9 @@ impl Daemon {
             "--reap-interval".into(),
             "0.2".into(),
         ];
+        if !self.extra.iter().any(|a| a == "--hiver-listen") {
+            args.extend(["--hiver-listen".into(), "off".into()]);
+        }
         args.extend(self.extra.iter().cloned());
         let env = self.env.clone();
         let log = self.data.with_extension("log");

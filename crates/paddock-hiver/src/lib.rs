@@ -1,0 +1,862 @@
+//! The hiver-py 0.1.18 dialect (`../shared/protocols/hiver-py.md`): the
+//! controller under `/controller/v1` and the per-sandbox API under
+//! `/sandbox/{key}/v1`, served on a listener of its own.
+//!
+//! An adapter: it maps hiver's wire types onto engine calls and engine
+//! errors onto hiver's status codes and `{"error": ...}` bodies. hiver has
+//! no authentication; its sandboxes belong to the daemon's local principal,
+//! so the native API and CLI on loopback see them too.
+
+pub mod wire;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use paddock_core::engine::ConfigUpdate;
+use paddock_core::model::{
+    Event, ExecControl, ExecEvent, ExecRequest, ListQuery, Principal, PtySize, Sandbox,
+    State as SbState, WriteOptions,
+};
+use paddock_core::{Engine, Error};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use wire::{ascii_json, config_of, HConfig, Utf8Chunks};
+
+/// How long a buffered exec may run before its answer starts trickling
+/// whitespace: the SDK reads with a 3 s timeout.
+const TRICKLE_AFTER: Duration = Duration::from_millis(1500);
+const TRICKLE_EVERY: Duration = Duration::from_millis(1000);
+
+/// Streaming execs by the client's `exec_id`: their sandbox and stdin.
+type Execs = Arc<Mutex<HashMap<String, (Uuid, mpsc::Sender<ExecControl>)>>>;
+
+#[derive(Clone)]
+pub struct Hiver {
+    engine: Arc<Engine>,
+    /// Streaming execs by the client's `exec_id`, for their stdin.
+    execs: Execs,
+}
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    let h = Hiver {
+        engine,
+        execs: Arc::default(),
+    };
+    Router::new()
+        .route("/controller/v1/sandboxes", get(list))
+        // A key may be the literal `events`: route that path by method.
+        .route(
+            "/controller/v1/sandboxes/events",
+            get(watch).put(create_events),
+        )
+        .route("/controller/v1/sandboxes/{key}", put(create))
+        .route("/controller/v1/shutdown/{key}", post(shutdown))
+        .route("/sandbox/{key}/v1/ping", get(ping))
+        .route("/sandbox/{key}/v1/ports", get(ports))
+        .route(
+            "/sandbox/{key}/v1/config",
+            get(get_config).put(apply_config),
+        )
+        .route("/sandbox/{key}/v1/exec", post(exec))
+        .route("/sandbox/{key}/v1/exec-stream/{exec_id}", post(exec_stream))
+        .route(
+            "/sandbox/{key}/v1/exec-stream/{exec_id}/stdin",
+            post(exec_stdin),
+        )
+        .route("/sandbox/{key}/v1/directories", get(directories))
+        .route("/sandbox/{key}/v1/file", get(download).post(upload))
+        .route("/sandbox/{key}/v1/events", get(events))
+        .route("/sandbox/{key}/v1/proxy/{port}", any(proxy_root))
+        .route("/sandbox/{key}/v1/proxy/{port}/", any(proxy_root))
+        .route("/sandbox/{key}/v1/proxy/{port}/{*rest}", any(proxy))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
+        .layer(DefaultBodyLimit::disable())
+        .with_state(h)
+}
+
+fn principal() -> Principal {
+    Principal::local()
+}
+
+// ---- errors ---------------------------------------------------------------
+
+fn err(status: StatusCode, message: String, field: Option<String>) -> Response {
+    let mut body = json!({ "error": message });
+    if let Some(f) = field {
+        body["details"] = json!({ "field": f });
+    }
+    (status, Json(body)).into_response()
+}
+
+struct HError(Error);
+
+impl From<Error> for HError {
+    fn from(e: Error) -> HError {
+        HError(e)
+    }
+}
+
+impl IntoResponse for HError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = match &e {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("hiver: {e}");
+        }
+        match e {
+            Error::Invalid { field, reason } => {
+                let field = wire::hiver_field(&field);
+                err(status, format!("{field}: {reason}"), Some(field))
+            }
+            other => err(status, other.to_string(), None),
+        }
+    }
+}
+
+type HResult<T> = Result<T, HError>;
+
+fn bad(field: &str, reason: impl Into<String>) -> HError {
+    HError(Error::invalid(field, reason))
+}
+
+fn valid_key(k: &str) -> bool {
+    paddock_core::model::valid_key(k)
+}
+
+impl Hiver {
+    fn sandbox(&self, key: &str) -> HResult<Sandbox> {
+        Ok(self.engine.find(&principal(), key)?)
+    }
+
+    /// A running sandbox: hiver's per-sandbox API answers only then.
+    fn running(&self, key: &str) -> HResult<Sandbox> {
+        let sb = self.sandbox(key)?;
+        if sb.state != SbState::Running {
+            return Err(HError(Error::Conflict(format!(
+                "sandbox {key} is {}, not running",
+                sb.state.as_str()
+            ))));
+        }
+        Ok(sb)
+    }
+}
+
+fn key_of(sb: &Sandbox) -> String {
+    sb.key.clone().unwrap_or_else(|| sb.id.to_string())
+}
+
+fn sandbox_ref(sb: &Sandbox) -> Value {
+    json!({ "id": sb.id.to_string(), "key": key_of(sb) })
+}
+
+// ---- controller -------------------------------------------------------------
+
+async fn create_events(st: State<Hiver>, body: Bytes) -> HResult<Response> {
+    create(st, Path("events".to_string()), body).await
+}
+
+/// Get-or-create by key: 201 when made, 200 when it existed (its config
+/// unchanged, the body ignored). Answers once the sandbox takes commands.
+async fn create(State(h): State<Hiver>, Path(key): Path<String>, body: Bytes) -> HResult<Response> {
+    if !valid_key(&key) {
+        return Err(bad("key", "must match ^[A-Za-z0-9_-]{1,64}$"));
+    }
+    let config: HConfig = if body.iter().all(u8::is_ascii_whitespace) {
+        HConfig::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad("config", e.to_string()))?
+    };
+    let spec = wire::spec_of(&key, &config)?;
+    let (sb, created) = h.engine.create(&principal(), spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(sandbox_ref(&sb))).into_response())
+}
+
+/// The running sandboxes, as a bare array.
+async fn list(State(h): State<Hiver>) -> HResult<Json<Value>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = h.engine.list(
+            &principal(),
+            &ListQuery {
+                state: Some(SbState::Running),
+                limit: 1000,
+                after,
+                ..Default::default()
+            },
+        )?;
+        let n = page.len();
+        after = page.last().map(|s| s.id);
+        out.extend(page.iter().map(sandbox_ref));
+        if n < 1000 {
+            break;
+        }
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// Stops and removes a sandbox: exactly 204.
+async fn shutdown(State(h): State<Hiver>, Path(key): Path<String>) -> HResult<StatusCode> {
+    let sb = h.sandbox(&key)?;
+    h.engine.destroy(&principal(), sb.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lifecycle events of every sandbox from now on: start, stop, die,
+/// destroy. Keep-alives every 2 s (the SDK reads with a 5 s timeout).
+async fn watch(State(h): State<Hiver>) -> HResult<Response> {
+    let after = h.engine.last_event_seq()?;
+    let engine = h.engine.clone();
+    let s = h.engine.events(&principal(), None, after)?;
+    let s = s.filter_map(move |ev| {
+        let status = match ev.kind.as_str() {
+            "sandbox.started" | "sandbox.resumed" => Some("start"),
+            "sandbox.stopped" | "sandbox.paused" => Some("stop"),
+            "sandbox.died" | "sandbox.error" => Some("die"),
+            "sandbox.destroyed" => Some("destroy"),
+            _ => None,
+        };
+        let key = status.map(|_| {
+            engine
+                .get(&principal(), ev.sandbox_id)
+                .map(|sb| key_of(&sb))
+                .unwrap_or_else(|_| ev.sandbox_id.to_string())
+        });
+        async move {
+            let data = json!({"id": ev.sandbox_id.to_string(), "key": key?, "status": status?});
+            Some(Ok::<_, Infallible>(
+                SseEvent::default().data(ascii_json(&data)),
+            ))
+        }
+    });
+    Ok(Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(2)))
+        .into_response())
+}
+
+// ---- per sandbox ------------------------------------------------------------
+
+/// Resets the idle TTL; answers 2xx only while the sandbox takes commands.
+async fn ping(State(h): State<Hiver>, Path(key): Path<String>) -> HResult<Json<Value>> {
+    let sb = h.running(&key)?;
+    h.engine.touch(&principal(), sb.id).await?;
+    Ok(Json(json!({})))
+}
+
+/// The image's exposed ports (and any the config declares).
+async fn ports(State(h): State<Hiver>, Path(key): Path<String>) -> HResult<Json<Value>> {
+    let sb = h.sandbox(&key)?;
+    Ok(Json(json!(sb.config.ports)))
+}
+
+async fn get_config(State(h): State<Hiver>, Path(key): Path<String>) -> HResult<Json<HConfig>> {
+    let sb = h.sandbox(&key)?;
+    Ok(Json(config_of(&sb.config)))
+}
+
+/// Applies a desired config, diffed against the running one: fs (mounts
+/// and ACLs), egress, snapshot and ttl change, all or nothing; the fields
+/// fixed at creation are kept and named in `changes.warnings`. A rollback
+/// is still a 2xx, with `applied: false` and `error`.
+async fn apply_config(
+    State(h): State<Hiver>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> HResult<Json<Value>> {
+    let sb = h.sandbox(&key)?;
+    let desired: HConfig =
+        serde_json::from_slice(&body).map_err(|e| bad("config", e.to_string()))?;
+    let current = config_of(&sb.config);
+    let mut warnings = Vec::new();
+    macro_rules! immutable {
+        ($($f:ident),*) => {$(
+            if desired.$f.is_some() && desired.$f != current.$f {
+                warnings.push(format!(
+                    "{} is fixed when the sandbox is created; kept {}",
+                    stringify!($f),
+                    serde_json::to_string(&current.$f).unwrap_or_default()
+                ));
+            }
+        )*};
+    }
+    immutable!(
+        image,
+        isolation,
+        cpu,
+        memory,
+        entrypoint,
+        cwd,
+        tty,
+        extra_hosts
+    );
+    if let Some(env) = &desired.env {
+        if Some(env) != current.env.as_ref() && !(env.is_empty() && current.env.is_none()) {
+            warnings.push("env is fixed when the sandbox is created; kept the current env".into());
+        }
+    }
+    let rollback = |error: String| {
+        Json(json!({
+            "applied": false,
+            "config": current.clone(),
+            "changes": {},
+            "error": error,
+        }))
+    };
+    let mounts = match desired.fs.as_deref().map(wire::mounts_of).transpose() {
+        Ok(m) => m,
+        Err(e) => return Ok(rollback(e.to_string())),
+    };
+    let ttl = match desired.ttl {
+        Some(t) if t < 0 => return Ok(rollback("ttl: must be 0 (never) or more seconds".into())),
+        Some(t) => Some((t > 0).then_some(t as u64)),
+        None => None,
+    };
+    let res = h
+        .engine
+        .update_config(
+            &principal(),
+            sb.id,
+            ConfigUpdate {
+                mounts,
+                egress: Some(desired.egress.clone()),
+                snapshot: Some(desired.snapshot.clone()),
+                idle_timeout_secs: ttl,
+                warnings,
+            },
+        )
+        .await?;
+    let mut out = json!({
+        "applied": res.applied,
+        "config": config_of(&res.sandbox.config),
+        "changes": wire::changes_json(&res.changes),
+    });
+    if let Some(e) = res.error {
+        out["error"] = json!(wire::hiver_field(&e));
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct ExecBody {
+    command: String,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+fn exec_json(r: &paddock_core::model::ExecResult) -> Value {
+    json!({"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code})
+}
+
+/// Buffered exec. The SDK gives up reading after 3 s, so an answer that is
+/// not ready within 1.5 s starts with a 200 and a space every second (JSON
+/// allows leading whitespace), then the result.
+async fn exec(State(h): State<Hiver>, Path(key): Path<String>, body: Bytes) -> HResult<Response> {
+    let sb = h.running(&key)?;
+    let b: ExecBody = serde_json::from_slice(&body).map_err(|e| bad("command", e.to_string()))?;
+    if b.command.trim().is_empty() {
+        return Err(bad("command", "must not be empty"));
+    }
+    let req = ExecRequest {
+        shell: Some(b.command),
+        cwd: b.cwd,
+        env: b.env.unwrap_or_default(),
+        ..Default::default()
+    };
+    let engine = h.engine.clone();
+    let mut job = tokio::spawn(async move { engine.exec(&principal(), sb.id, &req).await });
+    match tokio::time::timeout(TRICKLE_AFTER, &mut job).await {
+        Ok(done) => {
+            let r = done.map_err(|e| Error::Internal(format!("exec task: {e}")))??;
+            Ok(Json(exec_json(&r)).into_response())
+        }
+        Err(_) => {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TRICKLE_EVERY);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut job => break r,
+                        _ = tick.tick() => {
+                            if tx.send(Ok(Bytes::from_static(b" "))).await.is_err() {
+                                job.abort();
+                                return;
+                            }
+                        }
+                    }
+                };
+                let body = match result {
+                    Ok(Ok(r)) => exec_json(&r),
+                    // The status is already sent: the error goes in the body,
+                    // in the shape the SDK hands back.
+                    Ok(Err(e)) => {
+                        json!({"stdout": "", "stderr": format!("{e}\n"), "exit_code": -1, "error": e.to_string()})
+                    }
+                    Err(e) => {
+                        json!({"stdout": "", "stderr": format!("{e}\n"), "exit_code": -1, "error": e.to_string()})
+                    }
+                };
+                let _ = tx.send(Ok(Bytes::from(body.to_string()))).await;
+            });
+            Ok((
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
+                .into_response())
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ExecStreamBody {
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    env: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    tty: Option<bool>,
+}
+
+/// Removes a streaming exec from the stdin registry when its stream ends.
+struct Registered {
+    execs: Execs,
+    id: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn frame(v: Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(ascii_json(&v)))
+}
+
+/// Streaming exec: SSE frames `stdout`, `stderr` (merged into stdout with
+/// `tty`), then always one `exit`. The exec is registered for stdin before
+/// the response's headers go out.
+async fn exec_stream(
+    State(h): State<Hiver>,
+    Path((key, exec_id)): Path<(String, String)>,
+    body: Bytes,
+) -> HResult<Response> {
+    let sb = h.running(&key)?;
+    let b: ExecStreamBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ExecStreamBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad("body", e.to_string()))?
+    };
+    let tty = b.tty.unwrap_or(false);
+    let command = match b.command.filter(|c| !c.trim().is_empty()) {
+        Some(c) => c,
+        None if sb.config.tty => {
+            return Err(HError(Error::Unsupported(
+                "attaching to the entrypoint's terminal".into(),
+            )))
+        }
+        None => {
+            return Err(bad(
+                "command",
+                "is required: this sandbox's entrypoint has no terminal to attach to",
+            ))
+        }
+    };
+    if exec_id.is_empty() || exec_id.len() > 128 {
+        return Err(bad("exec_id", "must be 1-128 characters"));
+    }
+    let (ctl, ctl_rx) = mpsc::channel(64);
+    {
+        let mut execs = h.execs.lock().unwrap_or_else(|e| e.into_inner());
+        if execs.contains_key(&exec_id) {
+            return Err(HError(Error::Conflict(format!(
+                "exec {exec_id} is already running"
+            ))));
+        }
+        execs.insert(exec_id.clone(), (sb.id, ctl));
+    }
+    let guard = Registered {
+        execs: h.execs.clone(),
+        id: exec_id,
+    };
+    let req = ExecRequest {
+        shell: Some(command),
+        cwd: b.cwd,
+        env: b.env.unwrap_or_default(),
+        pty: tty.then_some(PtySize { rows: 24, cols: 80 }),
+        ..Default::default()
+    };
+    let s = h
+        .engine
+        .exec_stream(&principal(), sb.id, &req, ctl_rx)
+        .await?;
+    let out = exec_frames(s, guard);
+    Ok(Sse::new(out).into_response())
+}
+
+fn exec_frames(
+    s: impl Stream<Item = paddock_core::Result<ExecEvent>> + Send + 'static,
+    guard: Registered,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    struct St<S> {
+        s: std::pin::Pin<Box<S>>,
+        out: Utf8Chunks,
+        err: Utf8Chunks,
+        done: bool,
+        _guard: Registered,
+    }
+    let st = St {
+        s: Box::pin(s),
+        out: Utf8Chunks::default(),
+        err: Utf8Chunks::default(),
+        done: false,
+        _guard: guard,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let frames: Vec<Value> = match st.s.next().await {
+                Some(Ok(ExecEvent::Stdout(b))) => {
+                    let t = st.out.push(&b);
+                    if t.is_empty() {
+                        continue;
+                    }
+                    vec![json!({"type": "stdout", "text": t})]
+                }
+                Some(Ok(ExecEvent::Stderr(b))) => {
+                    let t = st.err.push(&b);
+                    if t.is_empty() {
+                        continue;
+                    }
+                    vec![json!({"type": "stderr", "text": t})]
+                }
+                Some(Ok(ExecEvent::Started { .. })) => continue,
+                Some(Ok(ExecEvent::Exit(r))) => {
+                    st.done = true;
+                    let mut v = Vec::new();
+                    let (o, e) = (st.out.finish(), st.err.finish());
+                    if !o.is_empty() {
+                        v.push(json!({"type": "stdout", "text": o}));
+                    }
+                    if !e.is_empty() {
+                        v.push(json!({"type": "stderr", "text": e}));
+                    }
+                    v.push(json!({"type": "exit", "code": r.exit_code}));
+                    v
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    vec![
+                        json!({"type": "stderr", "text": format!("paddock: {e}\n")}),
+                        json!({"type": "exit", "code": -1}),
+                    ]
+                }
+                None => {
+                    st.done = true;
+                    vec![json!({"type": "exit", "code": -1})]
+                }
+            };
+            let events: Vec<Result<SseEvent, Infallible>> = frames.into_iter().map(frame).collect();
+            return Some((futures::stream::iter(events), st));
+        }
+    })
+    .flatten()
+}
+
+#[derive(Deserialize)]
+struct StdinBody {
+    data: String,
+}
+
+async fn exec_stdin(
+    State(h): State<Hiver>,
+    Path((key, exec_id)): Path<(String, String)>,
+    body: Bytes,
+) -> HResult<Json<Value>> {
+    let sb = h.sandbox(&key)?;
+    let b: StdinBody = serde_json::from_slice(&body).map_err(|e| bad("data", e.to_string()))?;
+    let ctl = h
+        .execs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&exec_id)
+        .filter(|(id, _)| *id == sb.id)
+        .map(|(_, c)| c.clone());
+    let Some(ctl) = ctl else {
+        return Err(HError(Error::not_found(format!(
+            "running exec {exec_id} in sandbox {key}"
+        ))));
+    };
+    ctl.send(ExecControl::Stdin(Bytes::from(b.data)))
+        .await
+        .map_err(|_| Error::Conflict(format!("exec {exec_id} has finished")))?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct PathQuery {
+    path: Option<String>,
+}
+
+fn path_param(q: &PathQuery) -> HResult<String> {
+    match &q.path {
+        Some(p) if p.starts_with('/') => Ok(p.clone()),
+        Some(_) => Err(bad("path", "must be an absolute path")),
+        None => Err(bad("path", "is required")),
+    }
+}
+
+async fn directories(
+    State(h): State<Hiver>,
+    Path(key): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> HResult<Json<Value>> {
+    let sb = h.running(&key)?;
+    let path = path_param(&q)?;
+    let entries = h.engine.list_dir(&principal(), sb.id, &path).await?;
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({"name": e.name, "path": e.path, "is_dir": e.kind == "dir", "size": e.size}))
+        .collect();
+    Ok(Json(json!({ "entries": entries })))
+}
+
+async fn download(
+    State(h): State<Hiver>,
+    Path(key): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> HResult<Response> {
+    let sb = h.running(&key)?;
+    let path = path_param(&q)?;
+    let (info, s) = h.engine.read_file(&principal(), sb.id, &path).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, info.size.to_string()),
+        ],
+        Body::from_stream(s.map(|r| r.map_err(std::io::Error::other))),
+    )
+        .into_response())
+}
+
+/// multipart/form-data: `destination` (one of the mounts) then `file`.
+async fn upload(
+    State(h): State<Hiver>,
+    Path(key): Path<String>,
+    mut form: Multipart,
+) -> HResult<Json<Value>> {
+    let sb = h.running(&key)?;
+    let mut destination: Option<String> = None;
+    let mut file: Option<(String, Vec<Bytes>)> = None;
+    while let Some(mut field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad("body", format!("not valid multipart/form-data: {e}")))?
+    {
+        match field.name() {
+            Some("destination") => {
+                destination = Some(
+                    field
+                        .text()
+                        .await
+                        .map_err(|e| bad("destination", e.to_string()))?,
+                );
+            }
+            Some("file") => {
+                let name = field.file_name().unwrap_or_default().to_string();
+                let mut chunks = Vec::new();
+                while let Some(c) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| bad("file", e.to_string()))?
+                {
+                    chunks.push(c);
+                }
+                file = Some((name, chunks));
+            }
+            _ => {}
+        }
+    }
+    let destination = destination.ok_or_else(|| bad("destination", "is required"))?;
+    let (filename, chunks) = file.ok_or_else(|| bad("file", "is required"))?;
+    let dest = destination.trim_end_matches('/');
+    if !sb.config.mounts.is_empty() && !sb.config.mounts.iter().any(|m| m.path == dest) {
+        return Err(bad(
+            "destination",
+            format!(
+                "{destination} is not one of this sandbox's mounts ({})",
+                sb.config
+                    .mounts
+                    .iter()
+                    .map(|m| m.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".." {
+        return Err(bad("file", format!("{filename:?} is not a file name")));
+    }
+    let path = format!("{dest}/{filename}");
+    let data = futures::stream::iter(chunks.into_iter().map(Ok));
+    let info = h
+        .engine
+        .write_file(
+            &principal(),
+            sb.id,
+            &path,
+            &WriteOptions {
+                mkdir_parents: true,
+                ..Default::default()
+            },
+            data,
+        )
+        .await?;
+    Ok(Json(json!({"path": path, "bytes": info.size})))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+/// The engine's event in hiver's shape, for the 12 types 0.1.18 knows; any
+/// other kind is left out (0.1.18 tears its stream down on an unknown type).
+pub fn hiver_event(ev: &Event) -> Option<Value> {
+    let d = &ev.data;
+    let mut v = match ev.kind.as_str() {
+        "exec.request" => json!({"type": "exec.request", "cwd": d["cwd"], "command": d["command"]}),
+        "exec.response" => {
+            json!({"type": "exec.response", "request_id": d["request_id"].as_i64()?})
+        }
+        "fs.request" => json!({"type": "fs.request", "access": d["access"], "mount": d["mount"],
+                                "path": d["path"], "operation": d["operation"]}),
+        "fs.response" => {
+            let mut v = json!({"type": "fs.response", "backend": "local",
+                               "request_id": d["request_id"].as_i64()?,
+                               "duration_ms": d["duration_ms"].as_i64().unwrap_or(0)});
+            if let Some(e) = d["error"].as_str() {
+                v["error"] = json!(e);
+            }
+            v
+        }
+        "config.apply" => {
+            let mut v = json!({"type": "config.apply", "success": d["success"].as_bool().unwrap_or(false),
+                               "changes": wire::changes_from_event(&d["changes"])});
+            if let Some(e) = d["error"].as_str() {
+                v["errorMessage"] = json!(e);
+            }
+            v
+        }
+        "stdio" => {
+            let mut v = json!({"type": "stdio"});
+            for k in ["stdout", "stderr"] {
+                if let Some(t) = d[k].as_str() {
+                    v[k] = json!(t);
+                }
+            }
+            v
+        }
+        "resource.usage" => json!({"type": "resource.usage",
+            "cpu_percent": d["cpu_percent"].as_f64().unwrap_or(0.0),
+            "memory_bytes": d["memory_bytes"].as_u64().unwrap_or(0)}),
+        _ => return None,
+    };
+    v["id"] = json!(ev.id);
+    v["timestamp"] = json!(ev.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    Some(v)
+}
+
+/// Activity events, resumable with `lastEventId`; the stream stays open
+/// with keep-alives (the SDK's reconnects are few).
+async fn events(
+    State(h): State<Hiver>,
+    Path(key): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> HResult<Response> {
+    let sb = h.sandbox(&key)?;
+    let after = match q.last_event_id.as_deref() {
+        None | Some("") => 0,
+        Some(s) => s
+            .parse::<i64>()
+            .map_err(|_| bad("lastEventId", format!("{s:?} is not an event id")))?,
+    };
+    let s = h.engine.events(&principal(), Some(sb.id), after)?;
+    let s = s.filter_map(|ev| async move { hiver_event(&ev).map(frame) });
+    Ok(Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response())
+}
+
+async fn proxy_root(
+    st: State<Hiver>,
+    Path((key, port)): Path<(String, String)>,
+    req: Request,
+) -> HResult<Response> {
+    forward(st, key, port, String::new(), req).await
+}
+
+async fn proxy(
+    st: State<Hiver>,
+    Path((key, port, rest)): Path<(String, String, String)>,
+    req: Request,
+) -> HResult<Response> {
+    forward(st, key, port, rest, req).await
+}
+
+async fn forward(
+    State(h): State<Hiver>,
+    key: String,
+    port: String,
+    rest: String,
+    req: Request,
+) -> HResult<Response> {
+    let sb = h.running(&key)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("port", format!("{port:?} is not a port number")))?;
+    let target = h.engine.proxy_target(&principal(), sb.id, port).await?;
+    match paddock_api::proxy::forward_to(target, &rest, req).await {
+        Ok(r) => Ok(r),
+        Err((status, msg)) => Ok(err(status, msg, None)),
+    }
+}
