@@ -216,6 +216,10 @@ async def surface():
     await expect_error(sb.download_file("/workspace/secret/x"), 403, "ACL deny", "secret")
     await expect_error(sb.list_directory("/workspace/secret"), 403, "ACL deny on a listing")
     await expect_error(sb.download_file("/etc/passwd"), 403, "a path outside every mount", "outside")
+    # Symlinks are judged by where they lead.
+    await sb.exec("python3 -c \"import os; os.symlink('/workspace/secret/x', '/workspace/peek'); os.symlink('/etc', '/workspace/etc-link')\"")
+    await expect_error(sb.download_file("/workspace/peek"), 403, "a symlink into a denied path")
+    await expect_error(sb.download_file("/workspace/etc-link/passwd"), 403, "a symlink out of every mount")
     await expect_error(sb.upload_file("/tmp", "x", b"x"), 400, "upload to a non-mount", "destination")
     await expect_error(sb.download_file("/workspace/nope"), 404, "a missing file")
 
@@ -370,7 +374,19 @@ async def config_fields():
         hiver.SandboxConfig(
             fs=[hiver.LocalFileSystem(backend="local", mount="/mnt/host", origin=host_dir,
                                       acls=[hiver.ACLRule(path="/mnt/host/**", access="ro")])],
-            egress=hiver.allowed_python_packages("numpy"),
+            egress=[
+                # The README's override example: a secret the sandbox never sees.
+                hiver.EgressRule(
+                    access="allow",
+                    host="api.example.com",
+                    paths=["/v1/*"],
+                    override=hiver.EgressOverride(
+                        headers={"Authorization": "Bearer sk-live-abc123"},
+                        query={"api_key": "sk-live-abc123"},
+                    ),
+                ),
+                *hiver.allowed_python_packages("numpy"),
+            ],
             snapshot=snap,
             extra_hosts=["gateway.test:10.1.2.3"],
             cpu=2,
@@ -386,6 +402,10 @@ async def config_fields():
         check(cfg.snapshot == snap, f"snapshot stored and returned ({cfg.snapshot})")
         check(cfg.egress and any("pypi" in (e.host or "") or "pythonhosted" in (e.host or "") for e in cfg.egress),
               "egress rules stored and returned")
+        check(cfg.egress[0].override.headers == {"Authorization": "Bearer sk-live-abc123"}
+              and cfg.egress[0].override.query == {"api_key": "sk-live-abc123"}, "egress overrides stored and returned")
+        r = await sb.exec("env")
+        check("sk-live" not in r["stdout"], "the override's secret is not in the sandbox's environment")
         check(cfg.cpu == 2 and cfg.memory == 256 and cfg.extra_hosts == ["gateway.test:10.1.2.3"], f"cpu, memory {cfg}")
         r = await sb.exec("cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
         check(r["stdout"].strip() == str(256 << 20), f"memory is a cgroup limit ({r['stdout']!r})")

@@ -84,6 +84,35 @@ pub fn info(path: &Path, meta: &std::fs::Metadata) -> FileInfo {
     }
 }
 
+/// Follows every symlink of `path`: the longest prefix that exists is
+/// canonicalised, the components after it are appended as they are.
+pub fn resolve(path: &str) -> Result<String, Status> {
+    let p = checked(path)?;
+    let mut existing = p.clone();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        match std::fs::canonicalize(&existing) {
+            Ok(c) => {
+                let mut out = c;
+                for r in rest.iter().rev() {
+                    out.push(r);
+                }
+                return Ok(out.to_string_lossy().into_owned());
+            }
+            Err(_) => match (
+                existing.file_name().map(|n| n.to_os_string()),
+                existing.parent(),
+            ) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    existing = parent.to_path_buf();
+                }
+                _ => return Ok(p.to_string_lossy().into_owned()),
+            },
+        }
+    }
+}
+
 pub fn stat(path: &str) -> Result<FileInfo, Status> {
     let p = checked(path)?;
     let meta = std::fs::symlink_metadata(&p).map_err(|e| io_status(e, path))?;

@@ -173,6 +173,17 @@ impl Agent for Service {
         Ok(Response::new(ListDirResponse { entries }))
     }
 
+    async fn resolve(
+        &self,
+        req: Request<PathRequest>,
+    ) -> Result<Response<ResolveResponse>, Status> {
+        let path = req.into_inner().path;
+        let path = tokio::task::spawn_blocking(move || files::resolve(&path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(ResolveResponse { path }))
+    }
+
     async fn stat(&self, req: Request<PathRequest>) -> Result<Response<FileInfo>, Status> {
         Ok(Response::new(files::stat(&req.into_inner().path)?))
     }

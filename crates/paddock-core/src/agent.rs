@@ -251,6 +251,16 @@ impl AgentClient {
         Ok(r.into_inner().entries.into_iter().map(file_info).collect())
     }
 
+    /// Where `path` leads once its symlinks are followed.
+    pub async fn resolve(&self, path: &str) -> Result<String> {
+        let mut grpc = self.grpc.clone();
+        let r = grpc
+            .resolve(pb::PathRequest { path: path.into() })
+            .await
+            .map_err(|e| from_agent(e, "path"))?;
+        Ok(r.into_inner().path)
+    }
+
     pub async fn stat(&self, path: &str) -> Result<FileInfo> {
         let mut grpc = self.grpc.clone();
         let r = grpc

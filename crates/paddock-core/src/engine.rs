@@ -187,12 +187,19 @@ impl Engine {
     /// Checks a file operation against the sandbox's mounts and their ACLs
     /// and records an `fs.request` event; [`FsOp::done`] records the
     /// `fs.response`. Without mounts every path is allowed.
-    fn fs_begin(&self, sb: &Sandbox, path: &str, write: bool) -> Result<FsOp> {
+    async fn fs_begin(&self, sb: &Sandbox, live: &Live, path: &str, write: bool) -> Result<FsOp> {
         let operation = if write { "write" } else { "read" };
         let (mount, allowed) = if sb.config.mounts.is_empty() {
             ("/".to_string(), true)
         } else {
-            let norm = normalize_path(path);
+            // Judge where the path really leads: a symlink in a mount must
+            // not reach past its ACL.
+            let norm = match live.agent.resolve(path).await {
+                Ok(r) => normalize_path(&r),
+                Err(e @ Error::Invalid { .. }) => return Err(e),
+                // An agent without Resolve: the path as written.
+                Err(_) => normalize_path(path),
+            };
             match sb.config.mount_of(&norm) {
                 None => {
                     self.emit(
@@ -615,7 +622,7 @@ impl Engine {
     ) -> Result<(FileInfo, impl Stream<Item = Result<Bytes>> + Send + 'static)> {
         Self::check_path(path)?;
         let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, path, false)?;
+        let op = self.fs_begin(&sb, &live, path, false).await?;
         let r = async {
             let info = live.agent.stat(path).await?;
             if info.kind == "dir" {
@@ -648,7 +655,7 @@ impl Engine {
             }
         }
         let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, path, true)?;
+        let op = self.fs_begin(&sb, &live, path, true).await?;
         let r = live.agent.write_file(path, opts, data).await;
         let size = r.as_ref().map(|i| i.size).unwrap_or(0);
         self.fs_done(&sb, op, &r, json!({"size": size}));
@@ -658,7 +665,7 @@ impl Engine {
     pub async fn list_dir(&self, p: &Principal, id: Uuid, path: &str) -> Result<Vec<FileInfo>> {
         Self::check_path(path)?;
         let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, path, false)?;
+        let op = self.fs_begin(&sb, &live, path, false).await?;
         let r = live.agent.list_dir(path).await;
         self.fs_done(&sb, op, &r, json!({}));
         r
@@ -667,7 +674,7 @@ impl Engine {
     pub async fn stat(&self, p: &Principal, id: Uuid, path: &str) -> Result<FileInfo> {
         Self::check_path(path)?;
         let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, path, false)?;
+        let op = self.fs_begin(&sb, &live, path, false).await?;
         let r = live.agent.stat(path).await;
         self.fs_done(&sb, op, &r, json!({}));
         r
@@ -676,7 +683,7 @@ impl Engine {
     pub async fn remove(&self, p: &Principal, id: Uuid, path: &str, recursive: bool) -> Result<()> {
         Self::check_path(path)?;
         let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, path, true)?;
+        let op = self.fs_begin(&sb, &live, path, true).await?;
         let r = live.agent.remove(path, recursive).await;
         self.fs_done(&sb, op, &r, json!({"removed": true}));
         r
@@ -687,8 +694,8 @@ impl Engine {
             .map_err(|_| Error::invalid("from", "must be a path without '..'"))?;
         Self::check_path(to).map_err(|_| Error::invalid("to", "must be a path without '..'"))?;
         let (sb, live) = self.live_for(p, id).await?;
-        let op_from = self.fs_begin(&sb, from, true)?;
-        let op = match self.fs_begin(&sb, to, true) {
+        let op_from = self.fs_begin(&sb, &live, from, true).await?;
+        let op = match self.fs_begin(&sb, &live, to, true).await {
             Ok(op) => op,
             Err(e) => {
                 self.fs_done::<()>(&sb, op_from, &Err(e.clone()), json!({}));
@@ -711,7 +718,7 @@ impl Engine {
     ) -> Result<()> {
         Self::check_path(path)?;
         let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, path, true)?;
+        let op = self.fs_begin(&sb, &live, path, true).await?;
         let r = live.agent.mkdir(path, parents, mode).await;
         self.fs_done(&sb, op, &r, json!({"mkdir": true}));
         r
