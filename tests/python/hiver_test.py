@@ -131,6 +131,28 @@ async def lifecycle():
     await hiver.shutdown(a, gateway_url=URL)
     await asyncio.wait_for(watcher, 15)
     check(events == ["start", "stop", "start", "destroy"], f"lifecycle events {events}")
+
+    # A sandbox whose init is killed from outside: `die`.
+    key2 = f"doomed-{RUN}"
+    died = []
+    abort2 = asyncio.Event()
+
+    async def watch_die():
+        async for ev in watch_sandbox_events(gateway_url=URL, abort=abort2):
+            if ev.get("key") == key2:
+                died.append(ev["status"])
+                if ev["status"] == "die":
+                    return
+
+    w2 = asyncio.create_task(watch_die())
+    await asyncio.sleep(0.5)
+    doomed = await hiver.get_or_create_sandbox(key2, gateway_url=URL)
+    pid_file = os.path.join(os.environ["PADDOCK_DATA"], "sandboxes", doomed.id, "init.pid")
+    os.kill(int(open(pid_file).read()), 9)
+    await asyncio.wait_for(w2, 15)
+    check(died == ["start", "die"], f"a killed sandbox: {died}")
+    await expect_error(doomed.ping(), 409, "ping of a dead sandbox")
+    await doomed.aclose()
     listed = await hiver.list_sandboxes(gateway_url=URL)
     check(not any(s.key == key for s in listed), "a shut-down sandbox is not listed")
     await expect_error(hiver.shutdown(a, gateway_url=URL), 404, "shutdown of a gone sandbox")

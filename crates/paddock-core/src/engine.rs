@@ -1205,9 +1205,15 @@ impl Engine {
             let mut watch: HashMap<Uuid, Option<(Sandbox, bool, Option<u64>)>> = HashMap::new();
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut round: u64 = 0;
+            let mut dead_seen: HashMap<Uuid, u32> = HashMap::new();
             loop {
                 tick.tick().await;
+                round += 1;
                 let ids: Vec<Uuid> = engine.live.read().await.keys().copied().collect();
+                if round.is_multiple_of(4) {
+                    engine.check_alive(&ids, &mut dead_seen).await;
+                }
                 offsets.retain(|id, _| ids.contains(id));
                 decoders.retain(|id, _| ids.contains(id));
                 usage_due.retain(|id, _| ids.contains(id));
@@ -1286,6 +1292,58 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// Marks sandboxes whose init process is gone (seen twice, a second
+    /// apart, so that a stop or destroy under way is not taken for a death):
+    /// `sandbox.died`, state `error`, their resources cleaned up.
+    async fn check_alive(&self, ids: &[Uuid], dead_seen: &mut HashMap<Uuid, u32>) {
+        dead_seen.retain(|id, _| ids.contains(id));
+        for &id in ids {
+            // Asked of the backends first: cheap, unlike the store.
+            let mut dead = None;
+            for rt in self.runtimes.values() {
+                match rt.alive(id).await {
+                    Some(true) => break,
+                    Some(false) => {
+                        dead = Some(rt.clone());
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            let Some(rt) = dead else {
+                dead_seen.remove(&id);
+                continue;
+            };
+            let Ok(Some(sb)) = self.store.get_sandbox(id) else {
+                continue;
+            };
+            if sb.state != State::Running {
+                dead_seen.remove(&id);
+                continue;
+            }
+            let n = dead_seen.entry(id).or_insert(0);
+            *n += 1;
+            if *n < 2 || !self.live.read().await.contains_key(&id) {
+                continue;
+            }
+            dead_seen.remove(&id);
+            self.live.write().await.remove(&id);
+            let msg = "its processes exited (the sandbox's init died)".to_string();
+            tracing::warn!(sandbox = %id, "{msg}");
+            let _ = rt.destroy(id).await;
+            let _ = self.transition(
+                id,
+                "sandbox.died",
+                json!({"state": "error", "message": msg}),
+                |s| {
+                    s.state = State::Error;
+                    s.message = Some(msg.clone());
+                    s.ip = None;
+                },
+            );
+        }
     }
 
     /// Extends a sandbox's TTL to `secs` from now (the hiver `ping`).

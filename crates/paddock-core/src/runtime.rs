@@ -71,6 +71,12 @@ pub trait Runtime: Send + Sync {
     /// Removes whatever the backend holds for sandboxes not in `keep`.
     async fn gc(&self, keep: &[Uuid]) -> Result<usize>;
 
+    /// Whether the sandbox's init process still exists, cheaply (it is
+    /// asked every second for every running sandbox); `None`: unknown.
+    async fn alive(&self, _id: Uuid) -> Option<bool> {
+        None
+    }
+
     /// Releases what the backend keeps ready for future sandboxes (the
     /// daemon is stopping); running sandboxes are left alone.
     async fn shutdown(&self) {}

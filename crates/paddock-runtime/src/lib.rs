@@ -469,11 +469,16 @@ impl ContainerRuntime {
             .map_err(io("agent log"))?;
         let bundle = dir.join("bundle");
         let mut c = tokio::process::Command::new(&self.oci_exe);
+        // Outside run/, which the sandbox can write.
+        let pid_file = dir.join("init.pid");
+        let _ = std::fs::remove_file(&pid_file);
         c.args([
             "--root",
             &self.state_root.to_string_lossy(),
             "run",
             "-d",
+            "--pid-file",
+            &pid_file.to_string_lossy(),
             "--bundle",
             &bundle.to_string_lossy(),
             &id.to_string(),
@@ -631,6 +636,22 @@ impl Runtime for ContainerRuntime {
         let mut out = Vec::new();
         f.take(16 << 20).read_to_end(&mut out).map_err(io("logs"))?;
         Ok(out)
+    }
+
+    async fn alive(&self, id: Uuid) -> Option<bool> {
+        let pid: u32 = std::fs::read_to_string(self.dir(id).join("init.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // The pid may have been reused: it must still be in this sandbox's
+        // cgroup.
+        Some(
+            match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+                Ok(cg) => cg.contains(&id.to_string()),
+                Err(_) => false,
+            },
+        )
     }
 
     async fn gc(&self, keep: &[Uuid]) -> Result<usize> {

@@ -40,6 +40,7 @@ fn hiver_sdk_against_paddock() {
         .arg(&script)
         .env("HIVER_URL", format!("http://{hiver}"))
         .env("PADDOCK_URL", &d.url)
+        .env("PADDOCK_DATA", &d.data)
         .output()
         .expect("the test virtualenv (scripts/pyenv.sh makes it)");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -109,3 +109,27 @@ fn daemon_restart_keeps_running_sandboxes() {
         api.destroy(i);
     }
 }
+
+#[test]
+fn a_sandbox_whose_init_dies_is_marked_and_cleaned_up() {
+    let d = shared();
+    let api = d.api();
+    let id = api.create(json!({}));
+    let dir = d.data.join("sandboxes").join(&id);
+    let pid: i32 = std::fs::read_to_string(dir.join("init.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on a pid we just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let sb = eventually(10, || {
+        let sb = api.get(&format!("/sandboxes/{id}")).body;
+        (sb["state"] == "error").then_some(sb)
+    });
+    assert!(sb["message"].as_str().unwrap().contains("exited"), "{sb}");
+    let r = api.post(&format!("/sandboxes/{id}/exec"), json!({"cmd": ["true"]}));
+    assert_eq!(r.status, 409, "{}", r.text);
+    eventually(10, || (!dir.exists()).then_some(()));
+    api.destroy(&id);
+}
