@@ -1095,17 +1095,7 @@ impl Engine {
                 Err(e) => {
                     let msg = e.to_string();
                     tracing::warn!(sandbox = %sb.id, "not recovered: {msg}");
-                    let _ = rt.destroy(sb.id).await;
-                    self.transition(
-                        sb.id,
-                        "sandbox.died",
-                        json!({"state": "error", "message": msg}),
-                        |s| {
-                            s.state = State::Error;
-                            s.message = Some(msg.clone());
-                            s.ip = None;
-                        },
-                    )?;
+                    self.mark_died(rt.as_ref(), sb.id, msg).await?;
                 }
             }
         }
@@ -1294,6 +1284,22 @@ impl Engine {
         })
     }
 
+    /// Cleans up a sandbox whose processes are gone and records it:
+    /// `sandbox.died`, state `error` with `msg`.
+    async fn mark_died(&self, rt: &dyn Runtime, id: Uuid, msg: String) -> Result<Sandbox> {
+        let _ = rt.destroy(id).await;
+        self.transition(
+            id,
+            "sandbox.died",
+            json!({"state": "error", "message": msg}),
+            |s| {
+                s.state = State::Error;
+                s.message = Some(msg.clone());
+                s.ip = None;
+            },
+        )
+    }
+
     /// Marks sandboxes whose init process is gone (seen twice, a second
     /// apart, so that a stop or destroy under way is not taken for a death):
     /// `sandbox.died`, state `error`, their resources cleaned up.
@@ -1332,17 +1338,7 @@ impl Engine {
             self.live.write().await.remove(&id);
             let msg = "its processes exited (the sandbox's init died)".to_string();
             tracing::warn!(sandbox = %id, "{msg}");
-            let _ = rt.destroy(id).await;
-            let _ = self.transition(
-                id,
-                "sandbox.died",
-                json!({"state": "error", "message": msg}),
-                |s| {
-                    s.state = State::Error;
-                    s.message = Some(msg.clone());
-                    s.ip = None;
-                },
-            );
+            let _ = self.mark_died(rt.as_ref(), id, msg).await;
         }
     }
 

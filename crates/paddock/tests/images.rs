@@ -766,16 +766,7 @@ fn mirror_fallback_cli_and_a_cache_that_survives_restarts() {
         ],
     );
     let image = format!("{}/test/bb:1", e.reg.addr);
-    let ok = |args: &[&str]| -> String {
-        let out = d.cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ok = |args: &[&str]| d.cli_ok(args);
     assert!(ok(&["images", "pull", &image]).contains("sha256:"));
     let ls = ok(&["images", "ls"]);
     assert!(ls.contains(&image), "{ls}");

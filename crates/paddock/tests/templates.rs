@@ -148,16 +148,7 @@ fn templates_belong_to_their_principal() {
 fn templates_through_the_cli() {
     let d = shared();
     let name = format!("cli-tpl-{}", std::process::id());
-    let ok = |args: &[&str]| -> String {
-        let out = d.cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ok = |args: &[&str]| d.cli_ok(args);
     ok(&[
         "templates",
         "create",
