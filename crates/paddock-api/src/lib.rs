@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use extract::{Json, Query};
-pub use problem::{ApiResult, Problem};
+pub use problem::{status_of, ApiResult, Problem};
 
 #[derive(Clone)]
 pub struct AppState {

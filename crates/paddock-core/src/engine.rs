@@ -4,7 +4,7 @@
 //! sandbox and appends its event in one transaction. Exec, files and ports
 //! go to the sandbox's agent; start, stop and the rest go to its runtime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -185,12 +185,13 @@ impl Engine {
     }
 
     /// Checks a file operation against the sandbox's mounts and their ACLs
-    /// and records an `fs.request` event; [`FsOp::done`] records the
+    /// and records an `fs.request` event; `fs_done` records the
     /// `fs.response`. Without mounts every path is allowed.
     async fn fs_begin(&self, sb: &Sandbox, live: &Live, path: &str, write: bool) -> Result<FsOp> {
         let operation = if write { "write" } else { "read" };
-        let (mount, allowed) = if sb.config.mounts.is_empty() {
-            ("/".to_string(), true)
+        // (the mount, or "" for none; why it is refused, if it is)
+        let (mount, refused) = if sb.config.mounts.is_empty() {
+            ("/".to_string(), None)
         } else {
             // Judge where the path really leads: a symlink in a mount must
             // not reach past its ACL.
@@ -201,37 +202,34 @@ impl Engine {
                 Err(_) => normalize_path(path),
             };
             match sb.config.mount_of(&norm) {
-                None => {
-                    self.emit(
-                        sb,
-                        "fs.request",
-                        json!({"access": "denied", "mount": "", "path": path, "operation": operation}),
-                    );
-                    return Err(Error::Forbidden(format!(
-                        "{path} is outside every mount of this sandbox"
-                    )));
-                }
+                None => (
+                    String::new(),
+                    Some(format!("{path} is outside every mount of this sandbox")),
+                ),
                 Some(m) => {
-                    let a = m.access(&norm);
-                    let ok = match a {
+                    let ok = match m.access(&norm) {
                         Access::Rw => true,
                         Access::Ro => !write,
                         Access::Deny => false,
                     };
-                    (m.path.clone(), ok)
+                    let why = (!ok).then(|| {
+                        format!(
+                            "the ACL of mount {} does not allow {operation} access to {path}",
+                            m.path
+                        )
+                    });
+                    (m.path.clone(), why)
                 }
             }
         };
         let request_id = self.emit(
             sb,
             "fs.request",
-            json!({"access": if allowed { "allowed" } else { "denied" }, "mount": mount,
-                   "path": path, "operation": operation}),
+            json!({"access": if refused.is_none() { "allowed" } else { "denied" },
+                   "mount": mount, "path": path, "operation": operation}),
         );
-        if !allowed {
-            return Err(Error::Forbidden(format!(
-                "the ACL of mount {mount} does not allow {operation} access to {path}"
-            )));
+        if let Some(why) = refused {
+            return Err(Error::Forbidden(why));
         }
         Ok(FsOp {
             request_id,
@@ -240,7 +238,7 @@ impl Engine {
     }
 
     fn fs_done<T>(&self, sb: &Sandbox, op: FsOp, r: &Result<T>, extra: serde_json::Value) {
-        let mut data = json!({"request_id": op.request_id, "backend": "local",
+        let mut data = json!({"request_id": op.request_id,
                               "duration_ms": op.started.elapsed().as_millis() as u64});
         if let Err(e) = r {
             data["error"] = json!(e.to_string());
@@ -330,10 +328,7 @@ impl Engine {
                     return Ok((existing, false));
                 }
             }
-            let images = self.images.as_ref().ok_or_else(|| {
-                Error::Unsupported("named images (this daemon has no image store)".into())
-            })?;
-            let img = images.resolve(reference).await?;
+            let img = self.images()?.resolve(reference).await?;
             config.apply_image(&spec, img);
         }
         let id = Uuid::new_v4();
@@ -838,34 +833,18 @@ impl Engine {
         let egress = u.egress.clone().unwrap_or_else(|| cur.egress.clone());
         let snapshot = u.snapshot.clone().unwrap_or_else(|| cur.snapshot.clone());
         let idle = u.idle_timeout_secs.unwrap_or(cur.idle_timeout_secs);
-        let mut changes = ConfigChanges {
-            mounts_added: mounts
-                .iter()
-                .filter(|m| !cur.mounts.contains(m))
-                .cloned()
-                .collect(),
-            mounts_removed: cur
-                .mounts
-                .iter()
-                .filter(|m| !mounts.contains(m))
-                .cloned()
-                .collect(),
-            egress_added: Vec::new(),
-            egress_removed: Vec::new(),
+        let (mounts_added, mounts_removed) = added_removed(&cur.mounts, &mounts);
+        let (egress_added, egress_removed) = added_removed(
+            cur.egress.as_deref().unwrap_or_default(),
+            egress.as_deref().unwrap_or_default(),
+        );
+        let changes = ConfigChanges {
+            mounts_added,
+            mounts_removed,
+            egress_added,
+            egress_removed,
             warnings: u.warnings.clone(),
         };
-        let old_rules = cur.egress.clone().unwrap_or_default();
-        let new_rules = egress.clone().unwrap_or_default();
-        changes.egress_added = new_rules
-            .iter()
-            .filter(|r| !old_rules.contains(r))
-            .cloned()
-            .collect();
-        changes.egress_removed = old_rules
-            .iter()
-            .filter(|r| !new_rules.contains(r))
-            .cloned()
-            .collect();
 
         let check = async {
             validate_mounts(&mounts)?;
@@ -1188,7 +1167,7 @@ impl Engine {
         let started = Utc::now();
         tokio::spawn(async move {
             let mut offsets: HashMap<Uuid, u64> = HashMap::new();
-            let mut decoders: HashMap<Uuid, Vec<u8>> = HashMap::new();
+            let mut decoders: HashMap<Uuid, crate::text::Utf8Chunks> = HashMap::new();
             let mut usage_due: HashMap<Uuid, std::time::Instant> = HashMap::new();
             // What to watch in each sandbox, read once: (sandbox, has a main
             // process, usage interval). None: nothing to watch.
@@ -1200,7 +1179,7 @@ impl Engine {
             loop {
                 tick.tick().await;
                 round += 1;
-                let ids: Vec<Uuid> = engine.live.read().await.keys().copied().collect();
+                let ids: HashSet<Uuid> = engine.live.read().await.keys().copied().collect();
                 if round.is_multiple_of(4) {
                     engine.check_alive(&ids, &mut dead_seen).await;
                 }
@@ -1231,32 +1210,14 @@ impl Engine {
                     if main {
                         let off = match offsets.get(&id) {
                             Some(o) => *o,
-                            None if sb.created_at < started => {
-                                // Recovered: start at what is there now.
-                                let mut n = 0u64;
-                                while let Ok(b) = rt.logs(id, n).await {
-                                    if b.is_empty() {
-                                        break;
-                                    }
-                                    n += b.len() as u64;
-                                }
-                                n
-                            }
+                            // Recovered: start at what is there now.
+                            None if sb.created_at < started => rt.log_len(id).await,
                             None => 0,
                         };
                         if let Ok(bytes) = rt.logs(id, off).await {
                             if !bytes.is_empty() {
                                 offsets.insert(id, off + bytes.len() as u64);
-                                let carry = decoders.entry(id).or_default();
-                                carry.extend_from_slice(&bytes);
-                                let valid = match std::str::from_utf8(carry) {
-                                    Ok(_) => carry.len(),
-                                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                                    Err(_) => carry.len(),
-                                };
-                                let rest = carry.split_off(valid);
-                                let text = String::from_utf8_lossy(carry).into_owned();
-                                *carry = rest;
+                                let text = decoders.entry(id).or_default().push(&bytes);
                                 if !text.is_empty() {
                                     engine.emit(&sb, "stdio", json!({"stdout": text}));
                                 }
@@ -1303,7 +1264,7 @@ impl Engine {
     /// Marks sandboxes whose init process is gone (seen twice, a second
     /// apart, so that a stop or destroy under way is not taken for a death):
     /// `sandbox.died`, state `error`, their resources cleaned up.
-    async fn check_alive(&self, ids: &[Uuid], dead_seen: &mut HashMap<Uuid, u32>) {
+    async fn check_alive(&self, ids: &HashSet<Uuid>, dead_seen: &mut HashMap<Uuid, u32>) {
         dead_seen.retain(|id, _| ids.contains(id));
         for &id in ids {
             // Asked of the backends first: cheap, unlike the store.
@@ -1354,6 +1315,17 @@ impl Engine {
     }
 }
 
+/// What `new` has that `old` lacks, and what `old` has that `new` lacks.
+fn added_removed<T: PartialEq + Clone>(old: &[T], new: &[T]) -> (Vec<T>, Vec<T>) {
+    let missing = |from: &[T], other: &[T]| -> Vec<T> {
+        from.iter()
+            .filter(|x| !other.contains(x))
+            .cloned()
+            .collect()
+    };
+    (missing(new, old), missing(old, new))
+}
+
 /// A file operation in flight: its `fs.request` event and start.
 struct FsOp {
     request_id: Option<i64>,
@@ -1397,7 +1369,9 @@ pub struct ConfigUpdate {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What an update changed, as its `config.apply` event records it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ConfigChanges {
     pub mounts_added: Vec<Mount>,
     pub mounts_removed: Vec<Mount>,

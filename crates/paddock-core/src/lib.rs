@@ -12,6 +12,7 @@ pub mod events;
 pub mod model;
 pub mod runtime;
 pub mod store;
+pub mod text;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};

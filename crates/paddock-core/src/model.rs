@@ -223,7 +223,10 @@ pub fn path_under(path: &str, dir: &str) -> bool {
 }
 
 /// Glob match for ACL patterns: `**` spans segments, `*` and `?` stay
-/// within one; `dir/**` also matches `dir`.
+/// within one; `dir/**` also matches `dir`. Hand-written rather than
+/// globset: patterns arrive per sandbox and are matched a few times per
+/// file operation, where compiling a matcher each time would cost more than
+/// these few lines.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
     if let Some(base) = pattern.strip_suffix("/**") {
         if glob_match(base, path) {
@@ -357,16 +360,6 @@ pub struct SandboxConfig {
     pub usage_events_secs: Option<u64>,
 }
 
-impl SandboxConfig {
-    /// The mount `path` lies under (the deepest), if any.
-    pub fn mount_of(&self, path: &str) -> Option<&Mount> {
-        self.mounts
-            .iter()
-            .filter(|m| path_under(path, &m.path))
-            .max_by_key(|m| m.path.len())
-    }
-}
-
 /// Checks mounts: absolute, without `..`, unique and not nested; ACL
 /// patterns under their mount; origins absolute.
 pub fn validate_mounts(mounts: &[Mount]) -> Result<()> {
@@ -465,6 +458,14 @@ fn validate_snapshot(s: &SnapshotPolicy) -> Result<()> {
 }
 
 impl SandboxConfig {
+    /// The mount `path` lies under (the deepest), if any.
+    pub fn mount_of(&self, path: &str) -> Option<&Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| path_under(path, &m.path))
+            .max_by_key(|m| m.path.len())
+    }
+
     /// Applies an image's config: its env under the caller's, its working
     /// directory and main process unless the caller gave their own, its
     /// user, its exposed ports.
@@ -645,26 +646,23 @@ impl SandboxSpec {
             cwd: self.cwd.or_else(|| t.cwd.clone()),
             ttl_secs: self.ttl_secs.or(t.ttl_secs),
             idle_timeout_secs: self.idle_timeout_secs.or(t.idle_timeout_secs),
-            ports: if self.ports.is_empty() {
-                t.ports.clone()
-            } else {
-                self.ports
-            },
-            mounts: if self.mounts.is_empty() {
-                t.mounts.clone()
-            } else {
-                self.mounts
-            },
+            ports: or_template(self.ports, &t.ports),
+            mounts: or_template(self.mounts, &t.mounts),
             egress: self.egress.or_else(|| t.egress.clone()),
             snapshot: self.snapshot.or_else(|| t.snapshot.clone()),
-            extra_hosts: if self.extra_hosts.is_empty() {
-                t.extra_hosts.clone()
-            } else {
-                self.extra_hosts
-            },
+            extra_hosts: or_template(self.extra_hosts, &t.extra_hosts),
             tty: self.tty || t.tty,
             usage_events_secs: self.usage_events_secs.or(t.usage_events_secs),
         }
+    }
+}
+
+/// A list a spec left empty takes the template's.
+fn or_template<T: Clone>(mine: Vec<T>, template: &[T]) -> Vec<T> {
+    if mine.is_empty() {
+        template.to_vec()
+    } else {
+        mine
     }
 }
 

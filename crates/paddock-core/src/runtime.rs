@@ -68,6 +68,18 @@ pub trait Runtime: Send + Sync {
     /// The main process's output (and the agent's own), from `offset`.
     async fn logs(&self, id: Uuid, offset: u64) -> Result<Vec<u8>>;
 
+    /// How many bytes of output [`Runtime::logs`] holds now.
+    async fn log_len(&self, id: Uuid) -> u64 {
+        let mut n = 0u64;
+        while let Ok(b) = self.logs(id, n).await {
+            if b.is_empty() {
+                break;
+            }
+            n += b.len() as u64;
+        }
+        n
+    }
+
     /// Removes whatever the backend holds for sandboxes not in `keep`.
     async fn gc(&self, keep: &[Uuid]) -> Result<usize>;
 

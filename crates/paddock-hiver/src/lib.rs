@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use paddock_core::engine::ConfigUpdate;
 use paddock_core::model::{
-    Event, ExecControl, ExecEvent, ExecRequest, ListQuery, Principal, PtySize, Sandbox,
+    Event, ExecControl, ExecEvent, ExecRequest, ExecResult, ListQuery, Principal, PtySize, Sandbox,
     State as SbState, WriteOptions,
 };
 use paddock_core::{Engine, Error};
@@ -34,7 +34,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use wire::{ascii_json, config_of, HConfig, Utf8Chunks};
+use paddock_core::text::Utf8Chunks;
+use wire::{ascii_json, config_of, HConfig};
 
 /// How long a buffered exec may run before its answer starts trickling
 /// whitespace: the SDK reads with a 3 s timeout.
@@ -113,18 +114,7 @@ impl From<Error> for HError {
 impl IntoResponse for HError {
     fn into_response(self) -> Response {
         let e = self.0;
-        let status = match &e {
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Error::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = paddock_api::status_of(&e);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("hiver: {e}");
         }
@@ -144,8 +134,15 @@ fn bad(field: &str, reason: impl Into<String>) -> HError {
     HError(Error::invalid(field, reason))
 }
 
-fn valid_key(k: &str) -> bool {
-    paddock_core::model::valid_key(k)
+/// A JSON body, or the default for an empty one (the SDK sends none at times).
+fn body_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    field: &str,
+) -> HResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad(field, e.to_string()))
 }
 
 impl Hiver {
@@ -153,7 +150,8 @@ impl Hiver {
         Ok(self.engine.find(&principal(), key)?)
     }
 
-    /// A running sandbox: hiver's per-sandbox API answers only then.
+    /// A running sandbox (the readiness ping answers only then; other
+    /// calls leave the check to the engine).
     fn running(&self, key: &str) -> HResult<Sandbox> {
         let sb = self.sandbox(key)?;
         if sb.state != SbState::Running {
@@ -183,14 +181,8 @@ async fn create_events(st: State<Hiver>, body: Bytes) -> HResult<Response> {
 /// Get-or-create by key: 201 when made, 200 when it existed (its config
 /// unchanged, the body ignored). Answers once the sandbox takes commands.
 async fn create(State(h): State<Hiver>, Path(key): Path<String>, body: Bytes) -> HResult<Response> {
-    if !valid_key(&key) {
-        return Err(bad("key", "must match ^[A-Za-z0-9_-]{1,64}$"));
-    }
-    let config: HConfig = if body.iter().all(u8::is_ascii_whitespace) {
-        HConfig::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad("config", e.to_string()))?
-    };
+    // The engine checks the key.
+    let config: HConfig = body_or_default(&body, "config")?;
     let spec = wire::spec_of(&key, &config)?;
     let (sb, created) = h.engine.create(&principal(), spec).await?;
     let status = if created {
@@ -375,7 +367,7 @@ struct ExecBody {
     env: Option<std::collections::BTreeMap<String, String>>,
 }
 
-fn exec_json(r: &paddock_core::model::ExecResult) -> Value {
+fn exec_json(r: &ExecResult) -> Value {
     json!({"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code})
 }
 
@@ -383,7 +375,7 @@ fn exec_json(r: &paddock_core::model::ExecResult) -> Value {
 /// not ready within 1.5 s starts with a 200 and a space every second (JSON
 /// allows leading whitespace), then the result.
 async fn exec(State(h): State<Hiver>, Path(key): Path<String>, body: Bytes) -> HResult<Response> {
-    let sb = h.running(&key)?;
+    let sb = h.sandbox(&key)?;
     let b: ExecBody = serde_json::from_slice(&body).map_err(|e| bad("command", e.to_string()))?;
     if b.command.trim().is_empty() {
         return Err(bad("command", "must not be empty"));
@@ -396,11 +388,11 @@ async fn exec(State(h): State<Hiver>, Path(key): Path<String>, body: Bytes) -> H
     };
     let engine = h.engine.clone();
     let mut job = tokio::spawn(async move { engine.exec(&principal(), sb.id, &req).await });
+    let joined = |done: Result<paddock_core::Result<ExecResult>, tokio::task::JoinError>| {
+        done.map_err(|e| Error::Internal(format!("exec task: {e}")))?
+    };
     match tokio::time::timeout(TRICKLE_AFTER, &mut job).await {
-        Ok(done) => {
-            let r = done.map_err(|e| Error::Internal(format!("exec task: {e}")))??;
-            Ok(Json(exec_json(&r)).into_response())
-        }
+        Ok(done) => Ok(Json(exec_json(&joined(done)?)).into_response()),
         Err(_) => {
             let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
             tokio::spawn(async move {
@@ -416,13 +408,10 @@ async fn exec(State(h): State<Hiver>, Path(key): Path<String>, body: Bytes) -> H
                         }
                     }
                 };
-                let body = match result {
-                    Ok(Ok(r)) => exec_json(&r),
+                let body = match joined(result) {
+                    Ok(r) => exec_json(&r),
                     // The status is already sent: the error goes in the body,
                     // in the shape the SDK hands back.
-                    Ok(Err(e)) => {
-                        json!({"stdout": "", "stderr": format!("{e}\n"), "exit_code": -1, "error": e.to_string()})
-                    }
                     Err(e) => {
                         json!({"stdout": "", "stderr": format!("{e}\n"), "exit_code": -1, "error": e.to_string()})
                     }
@@ -477,12 +466,8 @@ async fn exec_stream(
     Path((key, exec_id)): Path<(String, String)>,
     body: Bytes,
 ) -> HResult<Response> {
-    let sb = h.running(&key)?;
-    let b: ExecStreamBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ExecStreamBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad("body", e.to_string()))?
-    };
+    let sb = h.sandbox(&key)?;
+    let b: ExecStreamBody = body_or_default(&body, "body")?;
     let tty = b.tty.unwrap_or(false);
     let command = match b.command.filter(|c| !c.trim().is_empty()) {
         Some(c) => c,
@@ -649,7 +634,7 @@ async fn directories(
     Path(key): Path<String>,
     Query(q): Query<PathQuery>,
 ) -> HResult<Json<Value>> {
-    let sb = h.running(&key)?;
+    let sb = h.sandbox(&key)?;
     let path = path_param(&q)?;
     let entries = h.engine.list_dir(&principal(), sb.id, &path).await?;
     let entries: Vec<Value> = entries
@@ -664,7 +649,7 @@ async fn download(
     Path(key): Path<String>,
     Query(q): Query<PathQuery>,
 ) -> HResult<Response> {
-    let sb = h.running(&key)?;
+    let sb = h.sandbox(&key)?;
     let path = path_param(&q)?;
     let (info, s) = h.engine.read_file(&principal(), sb.id, &path).await?;
     Ok((
@@ -677,15 +662,16 @@ async fn download(
         .into_response())
 }
 
-/// multipart/form-data: `destination` (one of the mounts) then `file`.
+/// multipart/form-data: `destination` (one of the mounts) then `file`,
+/// streamed into the sandbox as it arrives (an upload may be large).
 async fn upload(
     State(h): State<Hiver>,
     Path(key): Path<String>,
     mut form: Multipart,
 ) -> HResult<Json<Value>> {
-    let sb = h.running(&key)?;
+    let sb = h.sandbox(&key)?;
     let mut destination: Option<String> = None;
-    let mut file: Option<(String, Vec<Bytes>)> = None;
+    let mut written = None;
     while let Some(mut field) = form
         .next_field()
         .await
@@ -701,56 +687,71 @@ async fn upload(
                 );
             }
             Some("file") => {
-                let name = field.file_name().unwrap_or_default().to_string();
-                let mut chunks = Vec::new();
-                while let Some(c) = field
-                    .chunk()
-                    .await
-                    .map_err(|e| bad("file", e.to_string()))?
-                {
-                    chunks.push(c);
+                let destination = destination
+                    .as_deref()
+                    .ok_or_else(|| bad("destination", "is required, before `file`"))?;
+                let path = upload_path(&sb, destination, field.file_name().unwrap_or_default())?;
+                let (tx, rx) = mpsc::channel::<paddock_core::Result<Bytes>>(4);
+                let engine = h.engine.clone();
+                let target = path.clone();
+                let write = tokio::spawn(async move {
+                    let opts = WriteOptions {
+                        mkdir_parents: true,
+                        ..Default::default()
+                    };
+                    let data = tokio_stream::wrappers::ReceiverStream::new(rx);
+                    engine
+                        .write_file(&principal(), sb.id, &target, &opts, data)
+                        .await
+                });
+                loop {
+                    let chunk = match field.chunk().await {
+                        Ok(Some(c)) => Ok(c),
+                        Ok(None) => break,
+                        // An incomplete body: the write is never committed.
+                        Err(e) => Err(Error::invalid("file", e.to_string())),
+                    };
+                    let failed = chunk.is_err();
+                    if tx.send(chunk).await.is_err() || failed {
+                        break;
+                    }
                 }
-                file = Some((name, chunks));
+                drop(tx);
+                let info = write
+                    .await
+                    .map_err(|e| Error::Internal(format!("upload task: {e}")))??;
+                written = Some((path, info.size));
+                break;
             }
             _ => {}
         }
     }
-    let destination = destination.ok_or_else(|| bad("destination", "is required"))?;
-    let (filename, chunks) = file.ok_or_else(|| bad("file", "is required"))?;
+    if destination.is_none() {
+        return Err(bad("destination", "is required"));
+    }
+    let (path, bytes) = written.ok_or_else(|| bad("file", "is required"))?;
+    Ok(Json(json!({"path": path, "bytes": bytes})))
+}
+
+/// Where an upload of `filename` to `destination` goes: the destination
+/// must be one of the sandbox's mounts, the name a plain file name.
+fn upload_path(sb: &Sandbox, destination: &str, filename: &str) -> HResult<String> {
     let dest = destination.trim_end_matches('/');
-    if !sb.config.mounts.is_empty() && !sb.config.mounts.iter().any(|m| m.path == dest) {
+    let mounts = &sb.config.mounts;
+    if !mounts.is_empty() && !mounts.iter().any(|m| m.path == dest) {
+        let names: Vec<&str> = mounts.iter().map(|m| m.path.as_str()).collect();
         return Err(bad(
             "destination",
             format!(
                 "{destination} is not one of this sandbox's mounts ({})",
-                sb.config
-                    .mounts
-                    .iter()
-                    .map(|m| m.path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names.join(", ")
             ),
         ));
     }
     if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".." {
         return Err(bad("file", format!("{filename:?} is not a file name")));
     }
-    let path = format!("{dest}/{filename}");
-    let data = futures::stream::iter(chunks.into_iter().map(Ok));
-    let info = h
-        .engine
-        .write_file(
-            &principal(),
-            sb.id,
-            &path,
-            &WriteOptions {
-                mkdir_parents: true,
-                ..Default::default()
-            },
-            data,
-        )
-        .await?;
-    Ok(Json(json!({"path": path, "bytes": info.size})))
+    Ok(format!("{dest}/{filename}"))
 }
 
 #[derive(Deserialize)]
@@ -850,7 +851,7 @@ async fn forward(
     rest: String,
     req: Request,
 ) -> HResult<Response> {
-    let sb = h.running(&key)?;
+    let sb = h.sandbox(&key)?;
     let port: u16 = port
         .parse()
         .map_err(|_| bad("port", format!("{port:?} is not a port number")))?;

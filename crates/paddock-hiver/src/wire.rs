@@ -232,31 +232,9 @@ pub fn changes_json(c: &ConfigChanges) -> Value {
 /// The engine's `changes` as recorded in a `config.apply` event, in hiver's
 /// shape.
 pub fn changes_from_event(v: &Value) -> Value {
-    serde_json::from_value::<ConfigChangesDoc>(v.clone())
-        .map(|c| {
-            changes_json(&ConfigChanges {
-                mounts_added: c.mounts_added,
-                mounts_removed: c.mounts_removed,
-                egress_added: c.egress_added,
-                egress_removed: c.egress_removed,
-                warnings: c.warnings,
-            })
-        })
+    serde_json::from_value::<ConfigChanges>(v.clone())
+        .map(|c| changes_json(&c))
         .unwrap_or_else(|_| json!({}))
-}
-
-#[derive(Deserialize)]
-struct ConfigChangesDoc {
-    #[serde(default)]
-    mounts_added: Vec<Mount>,
-    #[serde(default)]
-    mounts_removed: Vec<Mount>,
-    #[serde(default)]
-    egress_added: Vec<EgressRule>,
-    #[serde(default)]
-    egress_removed: Vec<EgressRule>,
-    #[serde(default)]
-    warnings: Vec<String>,
 }
 
 /// JSON with every non-ASCII character escaped: the SDK decodes each
@@ -281,34 +259,6 @@ pub fn ascii_json(v: &Value) -> String {
     out
 }
 
-/// Turns byte chunks into text without splitting a UTF-8 character: an
-/// incomplete sequence at the end waits for the next chunk.
-#[derive(Default)]
-pub struct Utf8Chunks {
-    carry: Vec<u8>,
-}
-
-impl Utf8Chunks {
-    pub fn push(&mut self, bytes: &[u8]) -> String {
-        self.carry.extend_from_slice(bytes);
-        let valid = match std::str::from_utf8(&self.carry) {
-            Ok(_) => self.carry.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.carry.len(), // invalid: replaced below
-        };
-        let rest = self.carry.split_off(valid);
-        let text = String::from_utf8_lossy(&self.carry).into_owned();
-        self.carry = rest;
-        text
-    }
-
-    pub fn finish(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.carry).into_owned();
-        self.carry.clear();
-        text
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,18 +269,6 @@ mod tests {
         let s = ascii_json(&v);
         assert!(s.is_ascii());
         assert_eq!(serde_json::from_str::<Value>(&s).unwrap(), v);
-    }
-
-    #[test]
-    fn utf8_chunks_never_split_a_character() {
-        let bytes = "aé✓😀b".as_bytes();
-        for cut in 0..bytes.len() {
-            let mut d = Utf8Chunks::default();
-            let mut s = d.push(&bytes[..cut]);
-            s.push_str(&d.push(&bytes[cut..]));
-            s.push_str(&d.finish());
-            assert_eq!(s, "aé✓😀b");
-        }
     }
 
     #[test]

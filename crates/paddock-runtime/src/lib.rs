@@ -45,8 +45,11 @@ pub struct ContainerConfig {
 
 pub struct ContainerRuntime {
     oci: String,
-    /// What to execute for `oci`: a sealed copy when one could be made.
+    /// What to execute for `oci`: its sealed copy when one could be made,
+    /// else `oci` itself.
     oci_exe: PathBuf,
+    /// Holds the sealed copy open for as long as the backend lives.
+    _oci_sealed: Option<sealed::SealedBinary>,
     state_root: PathBuf,
     sandboxes: PathBuf,
     base: PathBuf,
@@ -162,6 +165,7 @@ impl ContainerRuntime {
         let mut rt = ContainerRuntime {
             oci: String::new(),
             oci_exe: PathBuf::new(),
+            _oci_sealed: None,
             state_root: PathBuf::new(),
             sandboxes,
             base,
@@ -179,14 +183,13 @@ impl ContainerRuntime {
                 prepare_cgroups_for_crun();
             }
             rt.oci = c.clone();
-            rt.oci_exe = match sealed::SealedBinary::new(&c) {
-                // The copy lives as long as the daemon: leaked on purpose.
-                Ok(s) => Box::leak(Box::new(s)).path().to_path_buf(),
-                Err(e) => {
-                    tracing::debug!("no sealed copy of {c}: {e}");
-                    PathBuf::from(&c)
-                }
-            };
+            rt._oci_sealed = sealed::SealedBinary::new(&c)
+                .inspect_err(|e| tracing::debug!("no sealed copy of {c}: {e}"))
+                .ok();
+            rt.oci_exe = rt
+                ._oci_sealed
+                .as_ref()
+                .map_or_else(|| PathBuf::from(&c), |s| s.path().to_path_buf());
             rt.state_root = cfg
                 .data_dir
                 .join("oci")
@@ -312,6 +315,11 @@ impl ContainerRuntime {
 
     fn dir(&self, id: Uuid) -> PathBuf {
         self.sandboxes.join(id.to_string())
+    }
+
+    /// The main process's output, as the agent writes it.
+    fn main_log(&self, id: Uuid) -> PathBuf {
+        self.dir(id).join("run/main.log")
     }
 
     async fn oci(&self, args: &[&str]) -> Result<String> {
@@ -625,7 +633,7 @@ impl Runtime for ContainerRuntime {
 
     async fn logs(&self, id: Uuid, offset: u64) -> Result<Vec<u8>> {
         use std::io::{Read, Seek};
-        let p = self.dir(id).join("run/main.log");
+        let p = self.main_log(id);
         let mut f = match std::fs::File::open(&p) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -636,6 +644,10 @@ impl Runtime for ContainerRuntime {
         let mut out = Vec::new();
         f.take(16 << 20).read_to_end(&mut out).map_err(io("logs"))?;
         Ok(out)
+    }
+
+    async fn log_len(&self, id: Uuid) -> u64 {
+        std::fs::metadata(self.main_log(id)).map_or(0, |m| m.len())
     }
 
     async fn alive(&self, id: Uuid) -> Option<bool> {

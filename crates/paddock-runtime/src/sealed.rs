@@ -20,7 +20,8 @@ const SEALS: libc::c_int =
 /// A sealed copy of a binary, executable through `/proc/<pid>/fd/<n>`.
 #[derive(Debug)]
 pub struct SealedBinary {
-    fd: OwnedFd,
+    /// Kept open: `path` names it through /proc.
+    _fd: OwnedFd,
     path: PathBuf,
 }
 
@@ -54,12 +55,12 @@ impl SealedBinary {
             std::process::id(),
             fd.as_raw_fd()
         ));
-        Ok(SealedBinary { fd, path })
+        Ok(SealedBinary { _fd: fd, path })
     }
 
-    /// The path to execute.
+    /// The path to execute, valid while this value lives (it holds the
+    /// memfd open).
     pub fn path(&self) -> &Path {
-        let _ = &self.fd;
         &self.path
     }
 }
@@ -94,7 +95,7 @@ mod tests {
             "a sealed memfd refused the write"
         );
         // SAFETY: fcntl on an fd the SealedBinary owns.
-        let seals = unsafe { libc::fcntl(s.fd.as_raw_fd(), libc::F_GET_SEALS) };
+        let seals = unsafe { libc::fcntl(s._fd.as_raw_fd(), libc::F_GET_SEALS) };
         assert_eq!(seals, SEALS);
     }
 }

@@ -17,8 +17,9 @@ pub struct ServeArgs {
     /// Address of the hiver-py dialect (its SDK's default gateway URL is
     /// http://localhost:10000), or `off`. It has no authentication: keep it
     /// on loopback.
-    #[arg(long, default_value = "127.0.0.1:10000", env = "PADDOCK_HIVER_LISTEN")]
-    pub hiver_listen: String,
+    #[arg(long, default_value = "127.0.0.1:10000", env = "PADDOCK_HIVER_LISTEN",
+          value_parser = listen_or_off)]
+    pub hiver_listen: Listen,
     #[arg(long, default_value = "/var/lib/paddock", env = "PADDOCK_DATA_DIR")]
     pub data_dir: PathBuf,
     /// crun, runc or a path (default: crun where it works, else runc).
@@ -131,6 +132,20 @@ fn docker_credentials() -> std::collections::HashMap<String, (String, String)> {
     out
 }
 
+/// A dialect's listener: an address, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn listen_or_off(s: &str) -> Result<Listen, String> {
+    match s {
+        "off" | "" => Ok(Listen(None)),
+        addr => addr
+            .parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|_| format!("{addr:?} is not ADDR:PORT or off")),
+    }
+}
+
 pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         // The OCI runtime resolves a relative mount source against the bundle.
@@ -171,13 +186,6 @@ fn raise_nofile() {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let hiver_addr: Option<SocketAddr> = match args.hiver_listen.as_str() {
-        "off" | "" => None,
-        addr => Some(
-            addr.parse()
-                .with_context(|| format!("--hiver-listen {addr}: not ADDR:PORT or off"))?,
-        ),
-    };
     raise_nofile();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
@@ -262,7 +270,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
-    let hiver_listener = match hiver_addr {
+    let hiver_listener = match args.hiver_listen.0 {
         None => None,
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)

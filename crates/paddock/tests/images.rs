@@ -288,6 +288,23 @@ fn inspect_rm_and_prune() {
     assert!(!layer_dir.exists());
 }
 
+/// A settings file giving `alice:s3cret` for `reg` (reached over HTTP).
+fn credentials_file(work: &Path, reg: &Registry) -> std::path::PathBuf {
+    let cfg = work.join("config.toml");
+    std::fs::write(&cfg, format!(
+        "insecure_registries = [\"{a}\"]\n[registry_auth.\"{a}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n",
+        a = reg.addr
+    )).unwrap();
+    cfg
+}
+
+/// Without credentials, a pull from `reg` is refused with a clear error.
+fn refused_without_credentials(reg: &Registry, image: &str) {
+    let anon = Daemon::start_with("127.0.0.1", &["--insecure-registry", &reg.addr]);
+    let r = anon.api().post("/images", json!({"reference": image}));
+    assert!([401, 403, 503].contains(&r.status), "{}", r.text);
+}
+
 #[test]
 fn private_registry_with_credentials() {
     let work = std::env::temp_dir().join(format!("paddock-images-auth-{}", std::process::id()));
@@ -296,21 +313,10 @@ fn private_registry_with_credentials() {
     let image = format!("{}/private/bb:1", reg.addr);
 
     // No credentials: a clear refusal.
-    let anon = Daemon::start_with("127.0.0.1", &["--insecure-registry", &reg.addr]);
-    let r = anon.api().post("/images", json!({"reference": image}));
-    assert!(
-        r.status == 403 || r.status == 401 || r.status == 503,
-        "{}",
-        r.text
-    );
-    drop(anon);
+    refused_without_credentials(&reg, &image);
 
     // Credentials from the settings file.
-    let cfg = work.join("config.toml");
-    std::fs::write(&cfg, format!(
-        "insecure_registries = [\"{a}\"]\n[registry_auth.\"{a}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n",
-        a = reg.addr
-    )).unwrap();
+    let cfg = credentials_file(&work, &reg);
     let d = Daemon::start_with("127.0.0.1", &["--config", cfg.to_str().unwrap()]);
     let api = d.api();
     let sb = Sb::new(&api, json!({"image": image}));
@@ -630,17 +636,10 @@ fn registry_with_bearer_token_auth() {
     let image = format!("{}/tokened/bb:1", reg.addr);
 
     // Without credentials the token server refuses: a clear error.
-    let anon = Daemon::start_with("127.0.0.1", &["--insecure-registry", &reg.addr]);
-    let r = anon.api().post("/images", json!({"reference": image}));
-    assert!([401, 403, 503].contains(&r.status), "{}", r.text);
-    drop(anon);
+    refused_without_credentials(&reg, &image);
 
     // With them, the client trades them for a token and pulls.
-    let cfg = work.join("config.toml");
-    std::fs::write(&cfg, format!(
-        "insecure_registries = [\"{a}\"]\n[registry_auth.\"{a}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n",
-        a = reg.addr
-    )).unwrap();
+    let cfg = credentials_file(&work, &reg);
     let d = Daemon::start_with("127.0.0.1", &["--config", cfg.to_str().unwrap()]);
     let api = d.api();
     let sb = Sb::new(&api, json!({"image": image}));
