@@ -7,6 +7,7 @@ Every check raises on failure; the script exits non-zero on the first.
 
 import asyncio
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -432,13 +433,14 @@ async def config_fields():
         r = await sb.exec("cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
         check(r["stdout"].strip() == str(256 << 20), f"memory is a cgroup limit ({r['stdout']!r})")
         await hiver.shutdown(sb, gateway_url=URL)
+    shutil.rmtree(host_dir, ignore_errors=True)
 
     # ttl: idle seconds, reset by ping.
     sb = await hiver.get_or_create_sandbox(f"ttl-{RUN}", hiver.SandboxConfig(ttl=3), gateway_url=URL)
     for _ in range(5):
         await asyncio.sleep(1)
         await sb.ping()
-    check(True, "pinged past its ttl: still alive")
+    print("ok - pinged past its ttl: still alive", flush=True)
     await asyncio.sleep(5)
     listed = await hiver.list_sandboxes(gateway_url=URL)
     check(not any(s.key == sb.key for s in listed), "idle past its ttl: gone")

@@ -158,7 +158,8 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn check(dir: &Path) {
+    fn check(root: &tempfile::TempDir) {
+        let dir = &root.path().join("layer");
         assert_eq!(
             std::fs::read_to_string(dir.join("etc/hello")).unwrap(),
             "hi\n"
@@ -187,16 +188,18 @@ mod tests {
         assert_eq!(v[0], b'y');
     }
 
-    fn unpack(name: &str, blob: &[u8], media: &str) -> PathBuf {
-        let root =
-            std::env::temp_dir().join(format!("paddock-unpack-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("blob"), blob).unwrap();
-        let dir = root.join("layer");
-        unpack_layer(&root.join("blob"), media, &dir).unwrap();
+    /// Unpacks into `layer` of a temporary directory, removed when the
+    /// returned guard drops.
+    fn unpack(name: &str, blob: &[u8], media: &str) -> tempfile::TempDir {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("paddock-unpack-{name}-"))
+            .tempdir()
+            .unwrap();
+        std::fs::write(root.path().join("blob"), blob).unwrap();
+        let dir = root.path().join("layer");
+        unpack_layer(&root.path().join("blob"), media, &dir).unwrap();
         assert!(!dir.with_extension("tmp").exists());
-        dir
+        root
     }
 
     #[test]
@@ -227,10 +230,8 @@ mod tests {
 
     #[test]
     fn a_broken_layer_leaves_nothing() {
-        let root =
-            std::env::temp_dir().join(format!("paddock-unpack-{}-broken", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let mut gz = layer_tar();
         gz.truncate(700);
         let zst = zstd::stream::encode_all(&gz[..], 3).unwrap();

@@ -91,6 +91,7 @@ fn create_ls_exec_cp_rm() {
         back.to_str().unwrap(),
     ]));
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
+    let _ = std::fs::remove_dir_all(&dir);
 
     // Errors are clear and exit non-zero.
     let out = d.cli(&["exec", "00000000-0000-0000-0000-000000000000", "--", "true"]);

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 struct Env {
     reg: Registry,
     daemon: Daemon,
+    work: std::path::PathBuf,
 }
 
 fn env() -> &'static Env {
@@ -36,7 +37,20 @@ fn env() -> &'static Env {
                 &format!("alias/of-bb:1={}/test/bb:1", reg.addr),
             ],
         );
-        Env { reg, daemon }
+        // Statics are never dropped: tear the daemon (its sandboxes,
+        // bridge and NAT rules) and the registry down at exit.
+        extern "C" fn cleanup() {
+            if let Some(e) = E.get() {
+                // SAFETY: called once at process exit; nothing uses E after.
+                let e = unsafe { std::ptr::read(e as *const Env) };
+                let work = e.work.clone();
+                drop(e);
+                let _ = std::fs::remove_dir_all(work);
+            }
+        }
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(cleanup) };
+        Env { reg, daemon, work }
     })
 }
 
