@@ -11,13 +11,16 @@ install -D -m 0755 target/release/paddock /usr/local/bin/paddock
 install -D -m 0755 target/x86_64-unknown-linux-gnu/release/paddock-agent /usr/local/lib/paddock/paddock-agent
 if pid=$(pgrep -x -f '/usr/local/bin/paddock serve' || true) && [ -n "$pid" ]; then
   echo "restarting paddock serve (pid $pid); its sandboxes keep running"
-  kill "$pid"; sleep 0.5
+  kill $pid
+  # Its listeners are free once it has exited.
+  for _ in $(seq 1 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 fi
 mkdir -p /var/lib/paddock /var/log
 nohup /usr/local/bin/paddock serve >>/var/log/paddock.log 2>&1 </dev/null &
 for _ in $(seq 1 100); do
   if curl -fsS http://127.0.0.1:7070/healthz >/dev/null 2>&1; then
     echo "paddock serve is up on http://127.0.0.1:7070 (log: /var/log/paddock.log)"
+    echo "SDK dialects: hiver-py on :10000, flash-sandbox on :8080 (HTTP) and :50051 (gRPC)"
     exit 0
   fi
   sleep 0.1

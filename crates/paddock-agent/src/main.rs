@@ -213,6 +213,18 @@ impl Agent for Service {
             ports: ports::listening(),
         }))
     }
+
+    async fn platform(&self, _req: Request<Empty>) -> Result<Response<PlatformInfo>, Status> {
+        let u = nix::sys::utsname::uname().map_err(|e| Status::internal(format!("uname: {e}")))?;
+        let s = |v: &std::ffi::OsStr| v.to_string_lossy().into_owned();
+        Ok(Response::new(PlatformInfo {
+            sysname: s(u.sysname()),
+            nodename: s(u.nodename()),
+            release: s(u.release()),
+            version: s(u.version()),
+            machine: s(u.machine()),
+        }))
+    }
 }
 
 struct Args {

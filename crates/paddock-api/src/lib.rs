@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/proxy/{port}/", any(proxy::proxy_root))
         .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
         .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/platform", get(platform))
         .route("/sandboxes/{id}/logs", get(logs))
         .route("/sandboxes/{id}/events", get(sandbox_events))
         .route("/events", get(all_events))
@@ -585,6 +586,16 @@ async fn metrics(
     Ok(axum::Json(st.engine.metrics(&p, parse_id(&id)?).await?))
 }
 
+/// uname(2) as the sandbox sees it.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/platform", responses((status = 200, body = Platform)))]
+async fn platform(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Platform>> {
+    Ok(axum::Json(st.engine.platform(&p, parse_id(&id)?).await?))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 struct LogParams {
     #[serde(default)]
@@ -897,6 +908,7 @@ async fn version() -> axum::Json<serde_json::Value> {
         rename,
         ports,
         metrics,
+        platform,
         logs,
         sandbox_events,
         all_events,
@@ -923,6 +935,7 @@ async fn version() -> axum::Json<serde_json::Value> {
         FileInfo,
         Port,
         Metrics,
+        Platform,
         Event,
         Problem,
         SandboxList,

@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::error::{from_agent, Error, Result};
-use crate::model::{ExecControl, ExecEvent, ExecRequest, ExecResult, FileInfo, WriteOptions};
+use crate::model::{
+    ExecControl, ExecEvent, ExecRequest, ExecResult, FileInfo, Platform, WriteOptions,
+};
 use crate::runtime::AgentEndpoint;
 
 #[derive(Clone)]
@@ -311,6 +313,30 @@ impl AgentClient {
             .await
             .map_err(|e| from_agent(e, "ports"))?;
         Ok(r.into_inner().ports)
+    }
+
+    /// uname(2) inside the sandbox.
+    pub async fn platform(&self) -> Result<Platform> {
+        let mut grpc = self.grpc.clone();
+        let r = grpc
+            .platform(pb::Empty {})
+            .await
+            .map_err(|e| match e.code() {
+                tonic::Code::Unimplemented => Error::Unsupported(
+                    "platform info from this sandbox's agent, which predates it (recreate the \
+                     sandbox)"
+                        .into(),
+                ),
+                _ => from_agent(e, "platform"),
+            })?
+            .into_inner();
+        Ok(Platform {
+            system: r.sysname,
+            node: r.nodename,
+            release: r.release,
+            version: r.version,
+            machine: r.machine,
+        })
     }
 }
 

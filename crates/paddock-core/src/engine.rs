@@ -753,6 +753,12 @@ impl Engine {
         Ok(out)
     }
 
+    /// uname(2) as the sandbox sees it, asked of its agent.
+    pub async fn platform(&self, p: &Principal, id: Uuid) -> Result<Platform> {
+        let (_, live) = self.live_for(p, id).await?;
+        live.agent.platform().await
+    }
+
     /// Where the proxy connects for `port` of the sandbox.
     pub async fn proxy_target(&self, p: &Principal, id: Uuid, port: u16) -> Result<SocketAddr> {
         if port == 0 {

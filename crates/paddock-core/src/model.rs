@@ -884,6 +884,18 @@ pub struct Port {
     pub listening: bool,
 }
 
+/// What the sandbox reports of the machine it runs on: uname(2) seen from
+/// inside (its own hostname; the kernel that serves it, which under gVisor
+/// or a microVM is not the host's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Platform {
+    pub system: String,
+    pub node: String,
+    pub release: String,
+    pub version: String,
+    pub machine: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Metrics {
     pub memory_bytes: u64,

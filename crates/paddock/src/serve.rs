@@ -20,6 +20,17 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:10000", env = "PADDOCK_HIVER_LISTEN",
           value_parser = listen_or_off)]
     pub hiver_listen: Listen,
+    /// Address of the flash-sandbox dialect's REST API (its SDK's default
+    /// port is 8080), or `off`. No authentication: keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "PADDOCK_FLASH_HTTP_LISTEN",
+          value_parser = listen_or_off)]
+    pub flash_http_listen: Listen,
+    /// Address of the flash-sandbox dialect's gRPC service (plaintext
+    /// HTTP/2; its SDK's default port is 50051), or `off`. No
+    /// authentication: keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:50051", env = "PADDOCK_FLASH_GRPC_LISTEN",
+          value_parser = listen_or_off)]
+    pub flash_grpc_listen: Listen,
     #[arg(long, default_value = "/var/lib/paddock", env = "PADDOCK_DATA_DIR")]
     pub data_dir: PathBuf,
     /// crun, runc or a path (default: crun where it works, else runc).
@@ -185,8 +196,57 @@ fn raise_nofile() {
     }
 }
 
+/// The daemon's listeners, bound before anything else.
+struct Listeners {
+    native: tokio::net::TcpListener,
+    hiver: Option<tokio::net::TcpListener>,
+    flash_http: Option<tokio::net::TcpListener>,
+    flash_grpc: Option<tokio::net::TcpListener>,
+}
+
+async fn bind(
+    listen: Listen,
+    flag: &str,
+    what: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = listen.0 else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag}: listen on {addr}"))?;
+    tracing::info!("serving {what} on {addr}");
+    Ok(Some(l))
+}
+
+async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
+    let native = bind(Listen(Some(args.listen)), "--listen", "the native API").await?;
+    Ok(Listeners {
+        native: native.context("--listen")?,
+        hiver: bind(args.hiver_listen, "--hiver-listen", "the hiver-py dialect").await?,
+        flash_http: bind(
+            args.flash_http_listen,
+            "--flash-http-listen",
+            "the flash-sandbox dialect (HTTP)",
+        )
+        .await?,
+        flash_grpc: bind(
+            args.flash_grpc_listen,
+            "--flash-grpc-listen",
+            "the flash-sandbox dialect (gRPC)",
+        )
+        .await?,
+    })
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     raise_nofile();
+    // Every listener first: a taken port fails the start before the
+    // daemon touches the host.
+    let listeners = match args.cleanup {
+        true => None,
+        false => Some(bind_all(&args).await?),
+    };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let agent = find_agent(args.agent.clone())?;
@@ -251,11 +311,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
-    if args.cleanup {
+    let Some(ls) = listeners else {
         let n = engine.destroy_all().await?;
         eprintln!("destroyed {n} sandboxes");
         return Ok(());
-    }
+    };
     engine.recover().await?;
     engine.spawn_reaper();
     engine.spawn_monitor();
@@ -267,36 +327,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         open,
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listen on {}", args.listen))?;
-    let hiver_listener = match args.hiver_listen.0 {
-        None => None,
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--hiver-listen: listen on {addr}"))?;
-            tracing::info!("serving the hiver-py dialect on http://{addr}");
-            Some(l)
-        }
-    };
-    tracing::info!("paddock serving the native API on http://{}", args.listen);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(
-        axum::serve(listener, app)
+        axum::serve(ls.native, app)
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
-    if let Some(l) = hiver_listener {
+    if let Some(l) = ls.hiver {
         servers.spawn(
             axum::serve(l, paddock_hiver::router(engine.clone()))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
+    }
+    let flash = paddock_flash::Flash::new(engine.clone());
+    if let Some(l) = ls.flash_http {
+        let f = flash.clone();
+        servers.spawn(paddock_flash::http::serve(l, f, stopped(stop_rx.clone())));
+    }
+    if let Some(l) = ls.flash_grpc {
+        let f = flash.clone();
+        let stop = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            paddock_flash::grpc::serve(l, f, stop)
+                .await
+                .map_err(std::io::Error::other)
+        });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("signal handler")?;

@@ -136,8 +136,16 @@ impl Daemon {
             "--reap-interval".into(),
             "0.2".into(),
         ];
-        if !self.extra.iter().any(|a| a == "--hiver-listen") {
-            args.extend(["--hiver-listen".into(), "off".into()]);
+        // The dialects' default ports are the installed daemon's: off
+        // unless a test asks for them.
+        for flag in [
+            "--hiver-listen",
+            "--flash-http-listen",
+            "--flash-grpc-listen",
+        ] {
+            if !self.extra.iter().any(|a| a == flag) {
+                args.extend([flag.into(), "off".into()]);
+            }
         }
         args.extend(self.extra.iter().cloned());
         let env = self.env.clone();
@@ -194,6 +202,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().as_ref().expect("running").id()
     }
 
     pub fn log(&self) -> String {
@@ -269,6 +282,33 @@ impl Drop for Daemon {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
+        // And the NAT and forwarding rules the daemon added for its bridge.
+        let o: Vec<&str> = self.gateway.split('.').collect();
+        let subnet = format!("{}.{}.0.0/16", o[0], o[1]);
+        let b = self.bridge.as_str();
+        for rule in [
+            vec![
+                "-t",
+                "nat",
+                "-D",
+                "POSTROUTING",
+                "-s",
+                &subnet,
+                "!",
+                "-o",
+                b,
+                "-j",
+                "MASQUERADE",
+            ],
+            vec!["-t", "filter", "-D", "FORWARD", "-i", b, "-j", "ACCEPT"],
+            vec!["-t", "filter", "-D", "FORWARD", "-o", b, "-j", "ACCEPT"],
+        ] {
+            let _ = Command::new("iptables").args(&rule).output();
+        }
+        if std::env::var_os("PADDOCK_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.data);
+            let _ = std::fs::remove_file(self.data.with_extension("log"));
+        }
     }
 }
 

@@ -98,7 +98,7 @@ impl Registry {
         let (o, b) = (oci.display(), bundle.display());
         sh(&format!("umoci init --layout {o} && umoci new --image {o}:img && umoci unpack --image {o}:img {b}"));
         sh(&format!("mkdir -p {b}/rootfs/bin {b}/rootfs/etc {b}/rootfs/tmp && cp /bin/busybox {b}/rootfs/bin/ && \
-            for c in sh ls cat echo id pwd env sleep wc stat head md5sum test; do ln -sf busybox {b}/rootfs/bin/$c; done && \
+            for c in sh ls cat echo id pwd env sleep wc stat head tail tr md5sum test uname hostname; do ln -sf busybox {b}/rootfs/bin/$c; done && \
             echo 'root:x:0:0:root:/root:/bin/sh' > {b}/rootfs/etc/passwd && echo 'app:x:1000:1000::/home/app:/bin/sh' >> {b}/rootfs/etc/passwd && \
             echo deleted-later > {b}/rootfs/etc/gone && mkdir -p {b}/rootfs/srv && echo keep > {b}/rootfs/srv/keep && \
             umoci repack --image {o}:img {b}"));
@@ -145,7 +145,7 @@ impl Registry {
         sh(&format!(
             "r={bd}/rootfs; py=$(readlink -f /usr/bin/python3); v=$(basename $py); \
              mkdir -p $r/usr/bin $r/usr/lib $r/tmp $r/etc $r/bin && cp $py $r/usr/bin/ && ln -s $v $r/usr/bin/python3 && \
-             cp /bin/busybox $r/bin/ && for c in sh ls cat echo sleep mkdir rm env id pwd test head wc nohup kill ps grep; do ln -s busybox $r/bin/$c; done && \
+             cp /bin/busybox $r/bin/ && for c in sh ls cat echo sleep mkdir rm env id pwd test head tail tr wc nohup kill ps grep uname hostname timeout; do ln -s busybox $r/bin/$c; done && \
              tar -C / --exclude=__pycache__ --exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
                  --exclude=ensurepip --exclude=lib2to3 --exclude=pydoc_data --exclude=dist-packages \
                  -cf - usr/lib/$v | tar -C $r -xf - && \

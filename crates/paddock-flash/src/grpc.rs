@@ -1,0 +1,234 @@
+//! flash-sandbox's gRPC transport: `sandbox.SandboxService` over plaintext
+//! HTTP/2, as `SandboxClient` of 0.1.1 calls it. Engine errors become
+//! standard status codes (`NOT_FOUND`, `INVALID_ARGUMENT` naming the field,
+//! `UNIMPLEMENTED` for what this daemon cannot do, ...).
+
+use paddock_core::Error;
+use tonic::{Code, Request, Response, Status};
+
+use crate::{exit_code, status_word, Flash, Start, GRPC_OUTPUT_LIMIT};
+
+pub mod pb {
+    tonic::include_proto!("sandbox");
+}
+
+use pb::sandbox_service_server::{SandboxService, SandboxServiceServer};
+use pb::*;
+
+/// The service, for a tonic server of its own (see [`unprefix`]).
+pub fn service(flash: Flash) -> SandboxServiceServer<Flash> {
+    SandboxServiceServer::new(flash)
+}
+
+/// Serves the service on `listener` (plaintext HTTP/2) until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    flash: Flash,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(tower::util::MapRequestLayer::new(unprefix))
+        .add_service(service(flash))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// A gRPC path is `/package.Service/Method`; a reverse proxy's prefix in
+/// front of it (`/v1/service/sandbox/sandbox.SandboxService/StartSandbox`,
+/// as the SDK's `address=` sends it) is dropped before routing.
+pub fn strip_prefix(path: &str) -> Option<String> {
+    let mut segs = path.trim_start_matches('/').rsplitn(3, '/');
+    let method = segs.next()?;
+    let service = segs.next()?;
+    segs.next()?;
+    Some(format!("/{service}/{method}"))
+}
+
+pub fn unprefix<B>(mut req: http::Request<B>) -> http::Request<B> {
+    if let Some(path) = strip_prefix(req.uri().path()) {
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = path.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+/// The status for an engine error.
+pub fn status_of(e: Error) -> Status {
+    let code = match &e {
+        Error::NotFound { .. } => Code::NotFound,
+        Error::Invalid { .. } => Code::InvalidArgument,
+        Error::Conflict(_) => Code::FailedPrecondition,
+        Error::Unavailable { .. } => Code::Unavailable,
+        Error::Unsupported(_) => Code::Unimplemented,
+        Error::Quota(_) => Code::ResourceExhausted,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::Forbidden(_) => Code::PermissionDenied,
+        Error::Timeout(_) => Code::DeadlineExceeded,
+        Error::Internal(_) => {
+            tracing::error!("flash grpc: {e}");
+            Code::Internal
+        }
+    };
+    Status::new(code, e.to_string())
+}
+
+type GResult<T> = Result<Response<T>, Status>;
+
+/// The last `max` bytes of `s`, cut at a character boundary: a status
+/// message travels in HTTP/2 trailers, which clients bound (8 KiB).
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut at = s.len() - max;
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
+}
+
+#[tonic::async_trait]
+impl SandboxService for Flash {
+    async fn start_sandbox(&self, req: Request<StartRequest>) -> GResult<StartResponse> {
+        let r = req.into_inner();
+        let sb = self
+            .start(Start {
+                kind: r.r#type,
+                image: r.image,
+                command: r.command,
+                memory_mb: r.memory_mb,
+                cpu_cores: r.cpu_cores,
+                firecracker_fields: Vec::new(),
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(StartResponse {
+            id: sb.id.to_string(),
+        }))
+    }
+
+    async fn stop_sandbox(&self, req: Request<StopRequest>) -> GResult<StopResponse> {
+        self.stop(&req.into_inner().id).await.map_err(status_of)?;
+        Ok(Response::new(StopResponse {}))
+    }
+
+    async fn exec_command(&self, req: Request<ExecRequest>) -> GResult<ExecResponse> {
+        let r = req.into_inner();
+        let out = self
+            .exec(&r.id, r.command, None, GRPC_OUTPUT_LIMIT)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(ExecResponse {
+            exit_code: exit_code(&out),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }))
+    }
+
+    async fn get_status(&self, req: Request<StatusRequest>) -> GResult<StatusResponse> {
+        let id = req.into_inner().id;
+        let sb = self.status(&id).map_err(status_of)?;
+        Ok(Response::new(StatusResponse {
+            id: sb.id.to_string(),
+            status: status_word(sb.state).into(),
+        }))
+    }
+
+    async fn get_metrics(&self, req: Request<MetricsRequest>) -> GResult<MetricsResponse> {
+        let m = self
+            .metrics(&req.into_inner().id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(MetricsResponse {
+            memory_usage_bytes: m.memory_bytes,
+            memory_limit_bytes: m.memory_limit_bytes,
+            memory_percent: m.memory_percent,
+            cpu_percent: m.cpu_percent,
+            pids_current: m.pids,
+            net_rx_bytes: m.net_rx_bytes,
+            net_tx_bytes: m.net_tx_bytes,
+            block_read_bytes: m.block_read_bytes,
+            block_write_bytes: m.block_write_bytes,
+        }))
+    }
+
+    async fn snapshot_sandbox(&self, req: Request<SnapshotRequest>) -> GResult<SnapshotResponse> {
+        let s = self.snapshot(&req.into_inner().id).map_err(status_of)?;
+        Ok(Response::new(SnapshotResponse {
+            snapshot_path: s.snapshot_path,
+            mem_file_path: s.mem_file_path,
+        }))
+    }
+
+    async fn resume_sandbox(&self, req: Request<ResumeRequest>) -> GResult<ResumeResponse> {
+        self.resume(&req.into_inner().id).await.map_err(status_of)?;
+        Ok(Response::new(ResumeResponse {}))
+    }
+
+    async fn run_python(&self, req: Request<RunPythonRequest>) -> GResult<RunPythonResponse> {
+        let r = req.into_inner();
+        let out = Flash::run_python(self, &r.id, &r.code, GRPC_OUTPUT_LIMIT)
+            .await
+            .map_err(status_of)?;
+        if out.exit_code != 0 {
+            // The answer carries stdout only: a failure is a status, with
+            // the end of stderr (the traceback) in its message.
+            return Err(Status::new(
+                Code::Unknown,
+                format!(
+                    "python exited with status {}:\n{}",
+                    out.exit_code,
+                    tail(&out.stderr, 3000)
+                ),
+            ));
+        }
+        Ok(Response::new(RunPythonResponse { result: out.stdout }))
+    }
+
+    async fn get_platform_info(
+        &self,
+        req: Request<GetPlatformInfoRequest>,
+    ) -> GResult<GetPlatformInfoResponse> {
+        let info = self
+            .platform_info(&req.into_inner().id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(GetPlatformInfoResponse { info }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{strip_prefix, tail};
+
+    #[test]
+    fn prefixes_are_dropped_from_method_paths() {
+        assert_eq!(strip_prefix("/sandbox.SandboxService/StartSandbox"), None);
+        assert_eq!(
+            strip_prefix("/v1/service/sandbox/sandbox.SandboxService/StartSandbox").as_deref(),
+            Some("/sandbox.SandboxService/StartSandbox")
+        );
+        assert_eq!(
+            strip_prefix("/p/sandbox.SandboxService/GetStatus").as_deref(),
+            Some("/sandbox.SandboxService/GetStatus")
+        );
+        assert_eq!(strip_prefix("/x"), None);
+    }
+
+    #[test]
+    fn tails_cut_at_char_boundaries() {
+        assert_eq!(tail("abc", 10), "abc");
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("aé✓", 2), "");
+        assert_eq!(tail("aé✓", 3), "✓");
+    }
+}

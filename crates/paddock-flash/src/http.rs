@@ -1,0 +1,382 @@
+//! flash-sandbox's REST/JSON transport: `HTTPClient` of 0.1.1, plus the two
+//! calls its README documents on HTTP (`run_python`, `get_platform_info`)
+//! in the form later releases send them.
+//!
+//! Keys are the proto's snake_case names. Errors are JSON objects in the
+//! envelope later releases parse (`code`, `message`, `origin`, `outcome`);
+//! 0.1.1 keeps the body verbatim as the error's detail and maps 404 to
+//! `SandboxNotFoundError`.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use paddock_core::model::{ListQuery, Principal, Sandbox};
+use paddock_core::Error;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{exit_code, status_word, type_word, Flash, Start, HTTP_OUTPUT_LIMIT};
+
+/// The REST router, for a listener of its own. Requests under any path
+/// prefix (`/v1/service/sandbox/sandboxes/...`) reach the same routes.
+pub fn router(flash: Flash) -> Router {
+    Router::new()
+        .route("/sandboxes", post(start).get(list))
+        .route("/sandboxes/{id}", get(status).delete(stop))
+        .route("/sandboxes/{id}/exec", post(exec))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/snapshot", post(snapshot))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/run_python", post(run_python))
+        .route("/sandboxes/{id}/platform_info", get(platform_info))
+        .fallback(|uri: Uri| async move {
+            error_body(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                format!("no flash-sandbox route for {}", uri.path()),
+                None,
+            )
+        })
+        .layer(DefaultBodyLimit::max(16 << 20))
+        .with_state(flash)
+}
+
+/// Serves the REST API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    flash: Flash,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::ServiceExt;
+    let app = tower::util::MapRequest::new(router(flash), unprefix::<axum::body::Body>);
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The path from its first `sandboxes` segment on: what a reverse proxy in
+/// front of the daemon would have stripped.
+pub fn strip_prefix(path: &str) -> Option<String> {
+    if path == "/sandboxes" || path.starts_with("/sandboxes/") {
+        return None;
+    }
+    let at = path
+        .match_indices("/sandboxes")
+        .map(|(i, _)| i)
+        .find(|&i| matches!(path.as_bytes().get(i + 10), None | Some(b'/')))?;
+    Some(path[at..].to_string())
+}
+
+/// Rewrites a prefixed request's URI (the query kept) before routing.
+pub fn unprefix<B>(mut req: http::Request<B>) -> http::Request<B> {
+    if let Some(path) = strip_prefix(req.uri().path()) {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+// ---- errors ---------------------------------------------------------------
+
+fn error_body(status: StatusCode, code: &str, message: String, field: Option<&str>) -> Response {
+    let mut body = json!({
+        "code": code,
+        "message": message,
+        "origin": "worker",
+        "outcome": "not_dispatched",
+    });
+    if let Some(f) = field {
+        body["field"] = json!(f);
+    }
+    (status, Json(body)).into_response()
+}
+
+pub struct FError(Error);
+
+impl From<Error> for FError {
+    fn from(e: Error) -> FError {
+        FError(e)
+    }
+}
+
+impl IntoResponse for FError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = paddock_api::status_of(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("flash: {e}");
+        }
+        let code = match &e {
+            Error::NotFound { what } if what.starts_with("sandbox") => "sandbox_not_found",
+            Error::NotFound { .. } => "not_found",
+            Error::Invalid { .. } => "invalid_argument",
+            Error::Conflict(_) => "failed_precondition",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Unsupported(_) => "not_implemented",
+            Error::Quota(_) => "resource_exhausted",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::Forbidden(_) => "permission_denied",
+            Error::Timeout(_) => "deadline_exceeded",
+            Error::Internal(_) => "internal",
+        };
+        let field = match &e {
+            Error::Invalid { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        error_body(status, code, e.to_string(), field.as_deref())
+    }
+}
+
+type FResult<T> = Result<T, FError>;
+
+/// A JSON object body (an empty body reads as `{}`), with the path of a
+/// field of the wrong type in the error.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> FResult<T> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    // serde would take a struct from an array too.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(FError(Error::invalid("body", "expected a JSON object")));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if matches!(path.as_str(), "." | "?" | "") {
+            "body".to_string()
+        } else {
+            path
+        };
+        let reason = if inner.is_syntax() || inner.is_eof() {
+            format!("not valid JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        FError(Error::invalid(field, reason))
+    })
+}
+
+fn detail(sb: &Sandbox) -> Value {
+    json!({
+        "id": sb.id.to_string(),
+        "status": status_word(sb.state),
+        "type": type_word(sb.config.isolation),
+        "image": sb.config.image,
+        "command": sb.config.main_process(),
+        "memory_mb": sb.config.memory_mb,
+        "cpu_cores": sb.config.cpu,
+        "created_at": sb.created_at,
+        "message": sb.message,
+    })
+}
+
+// ---- handlers -------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct StartBody {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    memory_mb: Option<i64>,
+    #[serde(default)]
+    cpu_cores: Option<f64>,
+    #[serde(default)]
+    kernel_image: Option<String>,
+    #[serde(default)]
+    initrd_path: Option<String>,
+    #[serde(default)]
+    snapshot_path: Option<String>,
+    #[serde(default)]
+    mem_file_path: Option<String>,
+}
+
+async fn start(State(f): State<Flash>, body: Bytes) -> FResult<Response> {
+    let b: StartBody = parse(&body)?;
+    let firecracker_fields = [
+        ("kernel_image", &b.kernel_image),
+        ("initrd_path", &b.initrd_path),
+        ("snapshot_path", &b.snapshot_path),
+        ("mem_file_path", &b.mem_file_path),
+    ]
+    .into_iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(k, _)| k)
+    .collect();
+    let sb = f
+        .start(Start {
+            kind: b.kind.unwrap_or_default(),
+            image: b.image.unwrap_or_default(),
+            command: b.command.unwrap_or_default(),
+            memory_mb: b.memory_mb.unwrap_or(0),
+            cpu_cores: b.cpu_cores.unwrap_or(0.0),
+            firecracker_fields,
+        })
+        .await
+        .map_err(|e| match e {
+            // Over HTTP a 404 means "no such sandbox" to the SDK.
+            Error::NotFound { what } if what.starts_with("image") => {
+                Error::invalid("image", format!("{what} not found"))
+            }
+            other => other,
+        })?;
+    Ok((StatusCode::CREATED, Json(detail(&sb))).into_response())
+}
+
+async fn list(State(f): State<Flash>) -> FResult<Json<Value>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = f.engine.list(
+            &Principal::local(),
+            &ListQuery {
+                limit: 1000,
+                after,
+                ..Default::default()
+            },
+        )?;
+        after = page.last().map(|s| s.id);
+        out.extend(page.iter().map(detail));
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(Json(json!({ "sandboxes": out })))
+}
+
+async fn status(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
+    Ok(Json(detail(&f.status(&id)?)))
+}
+
+async fn stop(State(f): State<Flash>, Path(id): Path<String>) -> FResult<StatusCode> {
+    f.stop(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ExecBody {
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    /// A shell script (what later releases send for a string command).
+    #[serde(default)]
+    script: Option<String>,
+}
+
+async fn exec(State(f): State<Flash>, Path(id): Path<String>, body: Bytes) -> FResult<Json<Value>> {
+    let b: ExecBody = parse(&body)?;
+    let argv = b.command.unwrap_or_default();
+    if !argv.is_empty() && b.script.is_some() {
+        return Err(FError(Error::invalid(
+            "command",
+            "give `command` or `script`, not both",
+        )));
+    }
+    let r = f.exec(&id, argv, b.script, HTTP_OUTPUT_LIMIT).await?;
+    Ok(Json(json!({
+        "stdout": r.stdout,
+        "stderr": r.stderr,
+        "exit_code": exit_code(&r),
+        "timed_out": r.timed_out,
+        "duration_ms": r.duration_ms,
+    })))
+}
+
+async fn metrics(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
+    let m = f.metrics(&id).await?;
+    Ok(Json(json!({
+        "memory_usage_bytes": m.memory_bytes,
+        "memory_limit_bytes": m.memory_limit_bytes,
+        "memory_percent": m.memory_percent,
+        "cpu_percent": m.cpu_percent,
+        "pids_current": m.pids,
+        "net_rx_bytes": m.net_rx_bytes,
+        "net_tx_bytes": m.net_tx_bytes,
+        "block_read_bytes": m.block_read_bytes,
+        "block_write_bytes": m.block_write_bytes,
+    })))
+}
+
+async fn snapshot(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
+    let snap = f.snapshot(&id)?;
+    Ok(Json(json!({
+        "snapshot_path": snap.snapshot_path,
+        "mem_file_path": snap.mem_file_path,
+    })))
+}
+
+async fn resume(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
+    f.resume(&id).await?;
+    Ok(Json(detail(&f.status(&id)?)))
+}
+
+#[derive(Deserialize)]
+struct PythonBody {
+    #[serde(default)]
+    code: Option<String>,
+}
+
+async fn run_python(
+    State(f): State<Flash>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> FResult<Json<Value>> {
+    let b: PythonBody = parse(&body)?;
+    let code = b
+        .code
+        .ok_or_else(|| FError(Error::invalid("code", "the Python code is required")))?;
+    let r = f.run_python(&id, &code, HTTP_OUTPUT_LIMIT).await?;
+    Ok(Json(json!({
+        "result": r.stdout,
+        "stdout": r.stdout,
+        "stderr": r.stderr,
+        "exit_code": r.exit_code,
+    })))
+}
+
+async fn platform_info(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
+    Ok(Json(json!({ "info": f.platform_info(&id).await? })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_prefix;
+
+    #[test]
+    fn prefixes_are_stripped_up_to_the_first_sandboxes_segment() {
+        assert_eq!(strip_prefix("/sandboxes"), None);
+        assert_eq!(strip_prefix("/sandboxes/x/exec"), None);
+        assert_eq!(
+            strip_prefix("/v1/service/sandbox/sandboxes").as_deref(),
+            Some("/sandboxes")
+        );
+        assert_eq!(
+            strip_prefix("/v1/service/sandbox/sandboxes/ab-1/exec").as_deref(),
+            Some("/sandboxes/ab-1/exec")
+        );
+        // A segment that only starts with "sandboxes" is not one.
+        assert_eq!(
+            strip_prefix("/p/sandboxesx/sandboxes/1").as_deref(),
+            Some("/sandboxes/1")
+        );
+        assert_eq!(strip_prefix("/nothing/here"), None);
+    }
+}

@@ -1,0 +1,326 @@
+//! The flash-sandbox 0.1.1 dialect (`../shared/protocols/flash-sandbox.md`):
+//! one logical API on two transports, REST/JSON ([`http`]) and a plaintext
+//! gRPC `sandbox.SandboxService` ([`grpc`]), each on a listener of its own.
+//!
+//! An adapter: [`Flash`] maps the dialect's calls onto engine calls, and
+//! each transport maps engine errors onto its own status codes. Both accept
+//! a path prefix in front of every route (a reverse proxy's
+//! `/v1/service/sandbox`), as the SDK's `address=` sends it. flash has no
+//! authentication; its sandboxes belong to the daemon's local principal, so
+//! the native API and CLI on loopback see them too.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+
+use paddock_core::model::{
+    ExecRequest, ExecResult, Isolation, Metrics, Principal, Sandbox, SandboxSpec, State,
+};
+use paddock_core::{Engine, Error, Result};
+
+/// The largest output a gRPC exec answer carries per stream: the SDK's
+/// channel refuses messages over 4 MiB.
+pub const GRPC_OUTPUT_LIMIT: u64 = (2 << 20) - 4096;
+/// The largest output an HTTP exec answer carries per stream.
+pub const HTTP_OUTPUT_LIMIT: u64 = 16 << 20;
+
+/// `start_sandbox`'s arguments, from either transport.
+#[derive(Debug, Default, Clone)]
+pub struct Start {
+    pub kind: String,
+    pub image: String,
+    pub command: Vec<String>,
+    /// 0: the daemon's default.
+    pub memory_mb: i64,
+    /// 0: the daemon's default.
+    pub cpu_cores: f64,
+    /// Firecracker-only fields of the HTTP transport, by name, when given.
+    pub firecracker_fields: Vec<&'static str>,
+}
+
+/// Where a snapshot's files are.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+}
+
+/// What a `run_python` call produced.
+#[derive(Debug, Clone)]
+pub struct PythonRun {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+}
+
+#[derive(Clone)]
+pub struct Flash {
+    engine: Arc<Engine>,
+}
+
+fn principal() -> Principal {
+    Principal::local()
+}
+
+/// flash's name for a field the engine names differently.
+pub fn flash_field(engine_field: &str) -> &str {
+    match engine_field {
+        "cpu" => "cpu_cores",
+        "cmd" | "shell" => "command",
+        "isolation" => "type",
+        other => other,
+    }
+}
+
+/// The engine error with flash's field names.
+pub fn rename_fields(e: Error) -> Error {
+    match e {
+        Error::Invalid { field, reason } => Error::Invalid {
+            field: flash_field(&field).to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// flash's status word for a sandbox state (its SDKs know `running`,
+/// `stopped`, `created`, `paused`).
+pub fn status_word(s: State) -> &'static str {
+    match s {
+        State::Creating => "created",
+        State::Running => "running",
+        State::Paused => "paused",
+        State::Stopped => "stopped",
+        State::Error => "error",
+        State::Destroyed => "destroyed",
+    }
+}
+
+/// flash's type name for an isolation.
+pub fn type_word(i: Isolation) -> &'static str {
+    match i {
+        Isolation::Container => "docker",
+        Isolation::Gvisor => "gvisor",
+        Isolation::Microvm => "firecracker",
+    }
+}
+
+fn isolation_of(kind: &str) -> Result<Isolation> {
+    match kind.to_ascii_lowercase().as_str() {
+        // proto3 cannot tell an empty type from none: the default backend.
+        "" | "docker" | "container" | "oci" => Ok(Isolation::Container),
+        "gvisor" | "runsc" => Ok(Isolation::Gvisor),
+        "firecracker" | "microvm" | "vm" => Ok(Isolation::Microvm),
+        other => Err(Error::invalid(
+            "type",
+            format!("unknown sandbox type {other:?}: use docker, gvisor or firecracker"),
+        )),
+    }
+}
+
+/// A missing backend, said in flash's words (the engine names isolations).
+fn missing_backend(e: Error, kind: &str) -> Error {
+    match e {
+        Error::Unsupported(what) => Error::Unsupported(format!("sandbox type {kind:?}: {what}")),
+        other => other,
+    }
+}
+
+impl Flash {
+    pub fn new(engine: Arc<Engine>) -> Flash {
+        Flash { engine }
+    }
+
+    /// A live (not destroyed) sandbox by id (or key).
+    pub fn sandbox(&self, id: &str) -> Result<Sandbox> {
+        if id.is_empty() {
+            return Err(Error::invalid("id", "a sandbox id is required"));
+        }
+        let sb = self.engine.find(&principal(), id)?;
+        if sb.state == State::Destroyed {
+            return Err(Error::not_found(format!(
+                "sandbox {id} (it was stopped and removed)"
+            )));
+        }
+        Ok(sb)
+    }
+
+    /// Creates a sandbox and answers once it takes commands.
+    pub async fn start(&self, s: Start) -> Result<Sandbox> {
+        let isolation = isolation_of(&s.kind)?;
+        if s.image.trim().is_empty() {
+            return Err(Error::invalid("image", "an image is required"));
+        }
+        if let Some(f) = s.firecracker_fields.first() {
+            if isolation != Isolation::Microvm {
+                return Err(Error::invalid(
+                    *f,
+                    "applies to firecracker sandboxes only".to_string(),
+                ));
+            }
+        }
+        if s.memory_mb < 0 {
+            return Err(Error::invalid("memory_mb", "must be positive (MiB)"));
+        }
+        if s.cpu_cores.is_nan() || s.cpu_cores < 0.0 {
+            return Err(Error::invalid("cpu_cores", "must be a positive number"));
+        }
+        if s.command.iter().any(|a| a.contains('\0')) {
+            return Err(Error::invalid("command", "must not contain NUL"));
+        }
+        let spec = SandboxSpec {
+            image: Some(s.image.clone()),
+            isolation: Some(isolation),
+            command: (!s.command.is_empty()).then(|| s.command.clone()),
+            memory_mb: (s.memory_mb > 0).then_some(s.memory_mb),
+            cpu: (s.cpu_cores > 0.0).then_some(s.cpu_cores),
+            labels: [("dialect".to_string(), "flash".to_string())].into(),
+            ..Default::default()
+        };
+        let kind = if s.kind.is_empty() { "docker" } else { &s.kind };
+        let (sb, _) = self
+            .engine
+            .create(&principal(), spec)
+            .await
+            .map_err(|e| missing_backend(rename_fields(e), kind))?;
+        Ok(sb)
+    }
+
+    /// `stop_sandbox`: stops and removes.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let sb = self.sandbox(id)?;
+        self.engine.destroy(&principal(), sb.id).await?;
+        Ok(())
+    }
+
+    pub fn status(&self, id: &str) -> Result<Sandbox> {
+        self.sandbox(id)
+    }
+
+    /// Runs `argv` (or a shell script) and collects its output, each stream
+    /// up to `limit` bytes; what was cut is said at the end of stderr.
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        script: Option<String>,
+        limit: u64,
+    ) -> Result<ExecResult> {
+        if argv.is_empty() && script.is_none() {
+            return Err(Error::invalid("command", "a command is required"));
+        }
+        if argv.first().is_some_and(|a| a.is_empty()) {
+            return Err(Error::invalid("command", "the program name is empty"));
+        }
+        let sb = self.sandbox(id)?;
+        let req = ExecRequest {
+            cmd: argv,
+            shell: script,
+            max_output_bytes: Some(limit),
+            ..Default::default()
+        };
+        let mut r = self
+            .engine
+            .exec(&principal(), sb.id, &req)
+            .await
+            .map_err(rename_fields)?;
+        for (cut, name) in [
+            (r.stdout_truncated, "stdout"),
+            (r.stderr_truncated, "stderr"),
+        ] {
+            if cut {
+                r.stderr
+                    .push_str(&format!("\n[paddock: {name} truncated at {limit} bytes]\n"));
+            }
+        }
+        Ok(r)
+    }
+
+    /// Cgroup figures of the sandbox.
+    pub async fn metrics(&self, id: &str) -> Result<Metrics> {
+        let sb = self.sandbox(id)?;
+        self.engine.metrics(&principal(), sb.id).await
+    }
+
+    /// Runs Python code with the image's `python3` (or `python`).
+    pub async fn run_python(&self, id: &str, code: &str, limit: u64) -> Result<PythonRun> {
+        if code.contains('\0') {
+            return Err(Error::invalid("code", "must not contain NUL"));
+        }
+        for python in ["python3", "python"] {
+            let r = self
+                .exec(
+                    id,
+                    vec![python.into(), "-c".into(), code.into()],
+                    None,
+                    limit,
+                )
+                .await?;
+            // The agent answers 127 when the program is not on PATH.
+            if r.exit_code == 127 && r.stderr.starts_with("paddock: ") {
+                continue;
+            }
+            return Ok(PythonRun {
+                exit_code: exit_code(&r),
+                stdout: r.stdout,
+                stderr: r.stderr,
+            });
+        }
+        Err(Error::Conflict(format!(
+            "sandbox {id} has no python3 or python on its PATH: run_python needs an image with Python"
+        )))
+    }
+
+    /// uname(2) from inside the sandbox, as the JSON text flash's
+    /// `get_platform_info` returns (Python's `platform.uname()` keys).
+    pub async fn platform_info(&self, id: &str) -> Result<String> {
+        let sb = self.sandbox(id)?;
+        let p = self.engine.platform(&principal(), sb.id).await?;
+        Ok(serde_json::json!({
+            "system": p.system,
+            "node": p.node,
+            "release": p.release,
+            "version": p.version,
+            "machine": p.machine,
+            "processor": p.machine,
+        })
+        .to_string())
+    }
+
+    /// Snapshots capture a sandbox's filesystem and memory; Paddock has no
+    /// snapshot backend yet, so this says so.
+    pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
+        let sb = self.sandbox(id)?;
+        Err(no_snapshots(&sb))
+    }
+
+    /// Resumes a paused sandbox (or starts a stopped one). A running one
+    /// has nothing to resume from until snapshots exist.
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let sb = self.sandbox(id)?;
+        match sb.state {
+            State::Paused => self.engine.resume(&principal(), sb.id).await.map(drop),
+            State::Stopped => self.engine.start(&principal(), sb.id).await.map(drop),
+            _ => Err(no_snapshots(&sb)),
+        }
+    }
+}
+
+fn no_snapshots(sb: &Sandbox) -> Error {
+    Error::Unsupported(format!(
+        "snapshotting (sandbox {} is {}; Paddock cannot yet capture a sandbox's memory and \
+         filesystem, so there is nothing to snapshot or to resume from; pausing through the \
+         native API keeps a sandbox in memory instead)",
+        sb.id,
+        status_word(sb.state)
+    ))
+}
+
+/// The shell's exit code: 128 + the signal for a killed command.
+pub fn exit_code(r: &ExecResult) -> i32 {
+    match r.signal {
+        Some(sig) if sig > 0 => 128 + sig,
+        _ => r.exit_code,
+    }
+}
