@@ -61,24 +61,5 @@ fn hiver_sdk_against_paddock() {
     let _ = std::fs::remove_dir_all(work);
 }
 
-#[test]
-fn hiver_listener_is_configurable_and_can_be_off() {
-    // Off: nothing listens.
-    let port = free_port();
-    let d = Daemon::start_with("127.0.0.1", &["--hiver-listen", "off"]);
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
-    drop(d);
-    // A bad address is refused at start, naming the flag.
-    let out = Command::new(bin())
-        .args([
-            "serve",
-            "--hiver-listen",
-            "nowhere",
-            "--listen",
-            "127.0.0.1:1",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--hiver-listen"));
-}
+// That --hiver-listen binds where it is told, can be off, and refuses a bad
+// address: tests/flash.rs, dialect_listeners_are_configurable_and_can_be_off.
