@@ -15,7 +15,6 @@ import grpc
 import requests
 
 from flash_sandbox import (
-    ExecResult,
     HTTPClient,
     MetricsResult,
     SandboxClient,
@@ -106,10 +105,10 @@ def http_quick_start():
     check(metrics.memory_limit_bytes == 128 << 20, "http quick start: the 128 MiB limit is the cgroup's")
     check(0 < metrics.memory_usage_bytes < 128 << 20, "http quick start: memory in use")
 
-    # 0.1.1's HTTPClient has no run_python / get_platform_info, whatever
-    # its README says: the SDK itself raises before sending anything.
-    for name in ("run_python", "get_platform_info"):
-        check(not hasattr(client, name), f"http quick start: 0.1.1's HTTPClient has no {name}")
+    # Execute arbitrary Python code / Get Platform Information: 0.1.1's
+    # HTTPClient has no run_python or get_platform_info, whatever its README
+    # says (AttributeError before anything is sent); the server's HTTP forms
+    # of both are checked in http_methods, the SDK's gRPC ones in grpc_methods.
 
     # Snapshot and resume: a clear 501 until Paddock has snapshots.
     expect_http(lambda: client.snapshot_sandbox(sandbox_id), 501, "http quick start: snapshot", "snapshot")
@@ -200,6 +199,11 @@ def exercise(client, transport):
     check(sb["state"] == "running", f"{t}: running as soon as start_sandbox answers")
     check(sb["config"]["memory_mb"] == 128 and sb["config"]["cpu"] == 0.5, f"{t}: memory_mb and cpu_cores kept")
     check(sb["config"]["isolation"] == "container", f"{t}: type docker runs on the container backend")
+    # cpu_cores is the cgroup's CPU quota, as the sandbox sees it.
+    r = client.exec_command(sid, ["sh", "-c", "cat /sys/fs/cgroup/cpu.max 2>/dev/null || "
+                                  "echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)"])
+    quota, period = (int(x) for x in r.stdout.split())
+    check(quota / period == 0.5, f"{t}: cpu_cores 0.5 is the cgroup quota ({r.stdout.strip()})")
     # The command is the sandbox's main process, and it lives.
     r = client.exec_command(sid, ["sh", "-c", 'kill -0 "$(cat /tmp/main.pid)" && echo alive'])
     check(r.stdout == "alive\n" and r.exit_code == 0, f"{t}: the command runs as the main process ({r})")
@@ -239,13 +243,12 @@ def http_methods():
     t = "http"
     with HTTPClient(host=HTTP_HOST, port=HTTP_PORT) as client:
         sid = exercise(client, t)
-        # cpu_cores is a cgroup quota: two busy loops get about half a core.
+        # Real cgroup figures: two busy loops show up as CPU use.
         client.exec_command(
             sid, ["sh", "-c", "(timeout 5 sh -c 'while :; do :; done' &); (timeout 5 sh -c 'while :; do :; done' &); sleep 1.5"]
         )
         m = client.get_metrics(sid)
-        check(isinstance(m, MetricsResult), f"{t}: get_metrics returns MetricsResult")
-        check(5.0 < m.cpu_percent < 85.0, f"{t}: cpu_cores 0.5 holds two busy loops near 50% ({m.cpu_percent:.1f}%)")
+        check(m.cpu_percent > 5.0, f"{t}: cpu_percent of two busy loops ({m.cpu_percent:.1f}%)")
         check(m.memory_limit_bytes == 128 << 20, f"{t}: memory_limit_bytes from the cgroup")
         check(0 < m.memory_usage_bytes < m.memory_limit_bytes, f"{t}: memory_usage_bytes ({m.memory_usage_bytes})")
         check(abs(m.memory_percent - 100.0 * m.memory_usage_bytes / m.memory_limit_bytes) < 5, f"{t}: memory_percent")
@@ -269,8 +272,6 @@ def http_methods():
         check(raw["result"] == "42\n" and raw["exit_code"] == 0, f"{t}: POST run_python ({raw})")
         raw = requests.get(f"http://{HTTP_HOST}:{HTTP_PORT}/sandboxes/{sid}/platform_info", timeout=10).json()
         check(json.loads(raw["info"])["system"] == "Linux", f"{t}: GET platform_info ({raw})")
-        ex = client.exec_command(sid, ["sh", "-c", ":"])
-        check(isinstance(ex, ExecResult), f"{t}: exec_command returns ExecResult")
         client.stop_sandbox(sid)
         expect_http(lambda: client.get_status(sid), 404, f"{t}: status after stop", sid, SandboxNotFoundError)
         expect_http(lambda: client.exec_command(sid, ["sh", "-c", ":"]), 404, f"{t}: exec after stop", cls=SandboxNotFoundError)
@@ -315,6 +316,21 @@ def http_errors():
         "microvm backend",
     )
     expect_http(lambda: c.start_sandbox(type="gvisor", image=ALPINE), 501, f"{t}: gvisor", "gvisor backend")
+    expect_http(
+        lambda: c.start_sandbox(type="docker", image=ALPINE, snapshot_path="/snap", mem_file_path="/mem"),
+        501,
+        f"{t}: restoring from a snapshot",
+        "snapshot_path",
+    )
+    # Bodies must say they are JSON: a web page can POST text/plain to
+    # loopback without a preflight.
+    r = requests.post(
+        f"http://{HTTP_HOST}:{HTTP_PORT}/sandboxes",
+        data=json.dumps({"type": "docker", "image": ALPINE}),
+        headers={"Content-Type": "text/plain"},
+        timeout=10,
+    )
+    check(r.status_code == 400 and r.json()["field"] == "Content-Type", f"{t}: a text/plain body is refused ({r.text})")
     base = f"http://{HTTP_HOST}:{HTTP_PORT}"
     for body, field in [
         ("{", "body"),
@@ -327,7 +343,9 @@ def http_errors():
         check(r.status_code == 400 and r.json()["field"] == field, f"{t}: {body!r} is a 400 naming {field} ({r.text})")
     sid = c.start_sandbox(type="docker", image=ALPINE)
     expect_http(lambda: c.exec_command(sid, []), 400, f"{t}: empty exec", "command")
-    r = requests.post(f"{base}/sandboxes/{sid}/exec", data='{"command": [1]}', timeout=10)
+    r = requests.post(
+        f"{base}/sandboxes/{sid}/exec", data='{"command": [1]}', headers={"Content-Type": "application/json"}, timeout=10
+    )
     check(r.status_code == 400 and "command" in r.json()["field"], f"{t}: a non-string argv is a 400 ({r.text})")
     r = requests.post(f"{base}/sandboxes/{sid}/run_python", json={"code": "print(1)"}, timeout=30)
     check(r.status_code == 409 and "python" in r.json()["message"], f"{t}: run_python without Python ({r.text})")
@@ -406,6 +424,11 @@ def grpc_errors():
     # More output than a gRPC message holds: cut, and said so, not a failure.
     r = c.exec_command(sid, ["sh", "-c", "head -c 6000000 /dev/zero"])
     check(r.exit_code == 0 and len(r.stdout) < 4 << 20 and "truncated" in r.stderr, f"{t}: 6 MB of output is cut ({len(r.stdout)})")
+    # Bytes that are not UTF-8 grow threefold once decoded (U+FFFD): still
+    # one message the SDK accepts.
+    r = c.exec_command(sid, ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' '\\200'"])
+    size = len(r.stdout.encode()) + len(r.stderr.encode())
+    check(r.exit_code == 0 and size < 4 << 20 and "4 MiB" in r.stderr, f"{t}: undecodable output is cut to fit ({size} bytes)")
     c.stop_sandbox(sid)
     c.close()
 
@@ -426,6 +449,11 @@ def prefixed():
     check(h.get_status(sid2) == "running", "prefix grpc: start")
     g.stop_sandbox(sid2)
     expect_grpc(lambda: g.get_status(sid2), grpc.StatusCode.NOT_FOUND, "prefix grpc: not found")
+    # A prefix with a sandboxes segment of its own.
+    h2 = HTTPClient(address=f"http://{HTTP_HOST}:{HTTP_PORT}/team/sandboxes/api")
+    check(h2.get_status(sid) == "running", "prefix http: a prefix holding /sandboxes")
+    check(h2.exec_command(sid, ["echo", "x"]).stdout == "x\n", "prefix http: exec under that prefix")
+    h2.close()
     h.stop_sandbox(sid)
     expect_http(lambda: h.get_status(sid), 404, "prefix http: not found", cls=SandboxNotFoundError)
     # A scheme in the gRPC address is dropped by the SDK, as is a trailing slash.

@@ -83,6 +83,38 @@ pub fn status_of(e: Error) -> Status {
 
 type GResult<T> = Result<Response<T>, Status>;
 
+/// What an answer's strings may take in all: the SDK's channel refuses
+/// messages over 4 MiB.
+const GRPC_MESSAGE_BUDGET: usize = (4 << 20) - (64 << 10);
+
+/// The first `max` bytes of `s`, cut at a character boundary.
+fn head(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
+/// Output, once decoded, can outgrow the agent's byte cap (an invalid byte
+/// becomes a 3-byte U+FFFD): cut both streams to the message budget, stdout
+/// first, and say so at the end of stderr.
+fn fit_message(mut stdout: String, mut stderr: String) -> (String, String) {
+    if stdout.len() + stderr.len() <= GRPC_MESSAGE_BUDGET {
+        return (stdout, stderr);
+    }
+    let note = "\n[paddock: output cut to fit a 4 MiB gRPC message]\n";
+    let room = GRPC_MESSAGE_BUDGET - note.len();
+    // stdout keeps at least half the room if it needs it; stderr the rest.
+    let out_share = stdout.len().min(room / 2);
+    head(&mut stderr, room - out_share);
+    head(&mut stdout, room - stderr.len());
+    stderr.push_str(note);
+    (stdout, stderr)
+}
+
 /// The last `max` bytes of `s`, cut at a character boundary: a status
 /// message travels in HTTP/2 trailers, which clients bound (8 KiB).
 fn tail(s: &str, max: usize) -> &str {
@@ -127,10 +159,12 @@ impl SandboxService for Flash {
             .exec(&r.id, r.command, None, GRPC_OUTPUT_LIMIT)
             .await
             .map_err(status_of)?;
+        let code = exit_code(&out);
+        let (stdout, stderr) = fit_message(out.stdout, out.stderr);
         Ok(Response::new(ExecResponse {
-            exit_code: exit_code(&out),
-            stdout: out.stdout,
-            stderr: out.stderr,
+            exit_code: code,
+            stdout,
+            stderr,
         }))
     }
 
@@ -187,7 +221,7 @@ impl SandboxService for Flash {
                 format!(
                     "python exited with status {}:\n{}",
                     out.exit_code,
-                    tail(&out.stderr, 3000)
+                    tail(&out.stderr, 1000)
                 ),
             ));
         }
@@ -208,7 +242,7 @@ impl SandboxService for Flash {
 
 #[cfg(test)]
 mod tests {
-    use super::{strip_prefix, tail};
+    use super::{fit_message, strip_prefix, tail};
 
     #[test]
     fn prefixes_are_dropped_from_method_paths() {
@@ -222,6 +256,16 @@ mod tests {
             Some("/sandbox.SandboxService/GetStatus")
         );
         assert_eq!(strip_prefix("/x"), None);
+    }
+
+    #[test]
+    fn answers_fit_a_grpc_message() {
+        let big = "\u{fffd}".repeat(2 << 20);
+        let (o, e) = fit_message(big.clone(), big);
+        assert!(o.len() + e.len() <= 4 << 20);
+        assert!(e.ends_with("4 MiB gRPC message]\n"));
+        let (o, e) = fit_message("a".into(), "b".into());
+        assert_eq!((o.as_str(), e.as_str()), ("a", "b"));
     }
 
     #[test]

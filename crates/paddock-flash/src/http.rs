@@ -9,7 +9,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -58,17 +58,34 @@ pub async fn serve(
         .await
 }
 
-/// The path from its first `sandboxes` segment on: what a reverse proxy in
-/// front of the daemon would have stripped.
+/// Whether `path` has the shape of one of this API's routes.
+fn is_route(path: &str) -> bool {
+    let mut segs = path.trim_start_matches('/').split('/');
+    if segs.next() != Some("sandboxes") {
+        return false;
+    }
+    let rest: Vec<&str> = segs.collect();
+    match rest.as_slice() {
+        [] | [_] => true,
+        [_, op] => matches!(
+            *op,
+            "exec" | "metrics" | "snapshot" | "resume" | "run_python" | "platform_info"
+        ),
+        _ => false,
+    }
+}
+
+/// The path from the `/sandboxes` segment on where the rest is a route:
+/// what a reverse proxy in front of the daemon would have stripped (its
+/// prefix may hold a `sandboxes` segment of its own).
 pub fn strip_prefix(path: &str) -> Option<String> {
-    if path == "/sandboxes" || path.starts_with("/sandboxes/") {
+    if is_route(path) {
         return None;
     }
-    let at = path
-        .match_indices("/sandboxes")
-        .map(|(i, _)| i)
-        .find(|&i| matches!(path.as_bytes().get(i + 10), None | Some(b'/')))?;
-    Some(path[at..].to_string())
+    path.match_indices("/sandboxes")
+        .map(|(i, _)| &path[i..])
+        .find(|rest| is_route(rest))
+        .map(String::from)
 }
 
 /// Rewrites a prefixed request's URI (the query kept) before routing.
@@ -91,12 +108,20 @@ pub fn unprefix<B>(mut req: http::Request<B>) -> http::Request<B> {
 
 // ---- errors ---------------------------------------------------------------
 
+/// `outcome`: whether the call may have had an effect (later SDK releases
+/// retry only what was `not_dispatched`).
 fn error_body(status: StatusCode, code: &str, message: String, field: Option<&str>) -> Response {
+    let outcome = match status {
+        StatusCode::INTERNAL_SERVER_ERROR
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => "uncertain",
+        _ => "not_dispatched",
+    };
     let mut body = json!({
         "code": code,
         "message": message,
         "origin": "worker",
-        "outcome": "not_dispatched",
+        "outcome": outcome,
     });
     if let Some(f) = field {
         body["field"] = json!(f);
@@ -143,11 +168,27 @@ impl IntoResponse for FError {
 type FResult<T> = Result<T, FError>;
 
 /// A JSON object body (an empty body reads as `{}`), with the path of a
-/// field of the wrong type in the error.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> FResult<T> {
+/// field of the wrong type in the error. A body must say it is JSON: a
+/// web page can POST `text/plain` to loopback without asking first, and
+/// this API has no authentication.
+fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> FResult<T> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || m.ends_with("+json")
+            });
+        if !json {
+            return Err(FError(Error::invalid(
+                "Content-Type",
+                "a request body must be application/json",
+            )));
+        }
         body
     };
     // serde would take a struct from an array too.
@@ -210,8 +251,8 @@ struct StartBody {
     mem_file_path: Option<String>,
 }
 
-async fn start(State(f): State<Flash>, body: Bytes) -> FResult<Response> {
-    let b: StartBody = parse(&body)?;
+async fn start(State(f): State<Flash>, headers: HeaderMap, body: Bytes) -> FResult<Response> {
+    let b: StartBody = parse(&headers, &body)?;
     let firecracker_fields = [
         ("kernel_image", &b.kernel_image),
         ("initrd_path", &b.initrd_path),
@@ -281,8 +322,13 @@ struct ExecBody {
     script: Option<String>,
 }
 
-async fn exec(State(f): State<Flash>, Path(id): Path<String>, body: Bytes) -> FResult<Json<Value>> {
-    let b: ExecBody = parse(&body)?;
+async fn exec(
+    State(f): State<Flash>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> FResult<Json<Value>> {
+    let b: ExecBody = parse(&headers, &body)?;
     let argv = b.command.unwrap_or_default();
     if !argv.is_empty() && b.script.is_some() {
         return Err(FError(Error::invalid(
@@ -337,9 +383,10 @@ struct PythonBody {
 async fn run_python(
     State(f): State<Flash>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> FResult<Json<Value>> {
-    let b: PythonBody = parse(&body)?;
+    let b: PythonBody = parse(&headers, &body)?;
     let code = b
         .code
         .ok_or_else(|| FError(Error::invalid("code", "the Python code is required")))?;
@@ -376,6 +423,15 @@ mod tests {
         assert_eq!(
             strip_prefix("/p/sandboxesx/sandboxes/1").as_deref(),
             Some("/sandboxes/1")
+        );
+        // A prefix with a sandboxes segment of its own.
+        assert_eq!(
+            strip_prefix("/team/sandboxes/api/sandboxes/ab/exec").as_deref(),
+            Some("/sandboxes/ab/exec")
+        );
+        assert_eq!(
+            strip_prefix("/team/sandboxes/api/sandboxes").as_deref(),
+            Some("/sandboxes")
         );
         assert_eq!(strip_prefix("/nothing/here"), None);
     }

@@ -152,7 +152,13 @@ impl Flash {
         if s.image.trim().is_empty() {
             return Err(Error::invalid("image", "an image is required"));
         }
-        if let Some(f) = s.firecracker_fields.first() {
+        for f in &s.firecracker_fields {
+            if matches!(*f, "snapshot_path" | "mem_file_path") {
+                return Err(Error::Unsupported(format!(
+                    "{f}: restoring a sandbox from a snapshot (Paddock cannot yet capture a \
+                     sandbox's memory and filesystem)"
+                )));
+            }
             if isolation != Isolation::Microvm {
                 return Err(Error::invalid(
                     *f,
@@ -302,7 +308,12 @@ impl Flash {
         match sb.state {
             State::Paused => self.engine.resume(&principal(), sb.id).await.map(drop),
             State::Stopped => self.engine.start(&principal(), sb.id).await.map(drop),
-            _ => Err(no_snapshots(&sb)),
+            State::Running => Err(no_snapshots(&sb)),
+            other => Err(Error::Conflict(format!(
+                "sandbox {} is {}: nothing to resume",
+                sb.id,
+                status_word(other)
+            ))),
         }
     }
 }

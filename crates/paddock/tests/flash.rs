@@ -144,7 +144,14 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
     let addr = taken.local_addr().unwrap().to_string();
     let data = std::env::temp_dir().join(format!("paddock-taken-{}", std::process::id()));
     let out = Command::new(bin())
-        .args(["serve", "--flash-grpc-listen", &addr, "--listen"])
+        .args(["serve", "--flash-grpc-listen", &addr])
+        .args([
+            "--hiver-listen",
+            "off",
+            "--flash-http-listen",
+            "off",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--data-dir")
         .arg(&data)
