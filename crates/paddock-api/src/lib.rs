@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/images/inspect", get(inspect_image))
         .route("/templates", get(list_templates).post(create_template))
+        .route("/pools", get(list_pools))
         .route(
             "/templates/{name}",
             get(inspect_template).delete(delete_template),
@@ -810,6 +811,20 @@ async fn create_template(
     Ok((StatusCode::CREATED, axum::Json(t)))
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+struct PoolList {
+    pools: Vec<paddock_core::engine::PoolStatus>,
+}
+
+/// The warm pools (`paddock serve --warm-pool`): how many sandboxes each
+/// keeps ready, and how many it has.
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = PoolList)))]
+async fn list_pools(State(st): State<AppState>) -> axum::Json<PoolList> {
+    axum::Json(PoolList {
+        pools: st.engine.pools(),
+    })
+}
+
 #[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = TemplateList)))]
 async fn list_templates(
     State(st): State<AppState>,
@@ -920,6 +935,7 @@ async fn version() -> axum::Json<serde_json::Value> {
         prune_images,
         create_template,
         list_templates,
+        list_pools,
         inspect_template,
         delete_template
     ),
@@ -936,6 +952,8 @@ async fn version() -> axum::Json<serde_json::Value> {
         Port,
         Metrics,
         Platform,
+        PoolList,
+        paddock_core::engine::PoolStatus,
         Event,
         Problem,
         SandboxList,

@@ -17,6 +17,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, RwLock};
 use uuid::Uuid;
 
+mod pool;
+pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
+
 use crate::agent::AgentClient;
 use crate::error::{Error, Result};
 use crate::events::{EventBus, Subscription};
@@ -31,6 +34,10 @@ pub struct EngineConfig {
     pub agent_timeout: Duration,
     /// How often the reaper looks for lapsed TTLs and idle timeouts.
     pub reap_interval: Duration,
+    /// Warm pools: sandboxes booted ahead of time per image.
+    pub warm_pools: Vec<PoolConfig>,
+    /// Pools are not refilled while the host has less memory available.
+    pub warm_pool_min_free_mb: u64,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +48,8 @@ impl Default for EngineConfig {
                 .unwrap_or(1.0),
             agent_timeout: Duration::from_secs(10),
             reap_interval: Duration::from_secs(1),
+            warm_pools: Vec::new(),
+            warm_pool_min_free_mb: 1024,
         }
     }
 }
@@ -79,6 +88,7 @@ pub struct Engine {
     live: RwLock<HashMap<Uuid, Arc<Live>>>,
     key_lock: tokio::sync::Mutex<()>,
     images: Option<Arc<dyn Images>>,
+    pools: pool::Pools,
     cfg: EngineConfig,
 }
 
@@ -100,6 +110,7 @@ impl Engine {
             live: RwLock::new(HashMap::new()),
             key_lock: tokio::sync::Mutex::new(()),
             images,
+            pools: Default::default(),
             cfg,
         })
     }
@@ -309,7 +320,22 @@ impl Engine {
 
     /// Creates a sandbox and returns once it takes commands. With a key that
     /// `p` already used, returns that sandbox unchanged and `false`.
-    pub async fn create(&self, p: &Principal, spec: SandboxSpec) -> Result<(Sandbox, bool)> {
+    pub async fn create(
+        self: &Arc<Self>,
+        p: &Principal,
+        spec: SandboxSpec,
+    ) -> Result<(Sandbox, bool)> {
+        self.create_inner(p, spec, true).await
+    }
+
+    /// `create`; with `warm`, a spec a warm pool can serve is handed a
+    /// pooled sandbox instead of booting one.
+    async fn create_inner(
+        self: &Arc<Self>,
+        p: &Principal,
+        spec: SandboxSpec,
+        warm: bool,
+    ) -> Result<(Sandbox, bool)> {
         let spec = match &spec.template {
             Some(name) => {
                 let t = self.store.get_template(&p.id, name)?.ok_or_else(|| {
@@ -321,6 +347,11 @@ impl Engine {
         };
         let mut config = spec.resolve(self.cfg.host_cpus)?;
         let runtime = self.runtime(config.isolation)?.clone();
+        if warm && !self.cfg.warm_pools.is_empty() {
+            if let Some(out) = self.take_warm(p, &spec, &config).await? {
+                return Ok(out);
+            }
+        }
         if let Some(reference) = &config.image {
             // With a key, an existing sandbox is returned before any pull.
             if let Some(k) = &spec.key {
@@ -375,7 +406,25 @@ impl Engine {
                 |evs| evs.into_iter().for_each(|e| self.bus.publish(e)),
             )?;
         }
-        match self.boot(&runtime, id, &sb.config, false).await {
+        // Booted in a task of its own: a caller that goes away (a client
+        // timing out) must not leave the sandbox half made, `creating`
+        // for ever.
+        let engine = self.clone();
+        let config = sb.config.clone();
+        tokio::spawn(async move { engine.finish_create(runtime, id, config).await })
+            .await
+            .map_err(|e| Error::internal(format!("create {id}: {e}")))?
+            .map(|sb| (sb, true))
+    }
+
+    /// Boots a stored `creating` sandbox: `running`, or `error` and torn down.
+    async fn finish_create(
+        &self,
+        runtime: Arc<dyn Runtime>,
+        id: Uuid,
+        config: SandboxConfig,
+    ) -> Result<Sandbox> {
+        match self.boot(&runtime, id, &config, false).await {
             Ok(ip) => self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
                 s.state = State::Running;
                 s.ip = ip;
@@ -395,7 +444,6 @@ impl Engine {
                 Err(e)
             }
         }
-        .map(|sb| (sb, true))
     }
 
     /// Starts (or restarts) the runtime side and connects the agent.

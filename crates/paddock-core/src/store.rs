@@ -142,7 +142,8 @@ impl Store {
         let doc = serde_json::to_string(sb)?;
         let r = tx.execute(
             "INSERT INTO sandboxes (id, owner, key, state, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(id) DO UPDATE SET state = excluded.state, doc = excluded.doc",
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, doc = excluded.doc,
+                 owner = excluded.owner, key = excluded.key, created_at = excluded.created_at",
             params![
                 sb.id.to_string(),
                 sb.owner,
@@ -285,9 +286,12 @@ impl Store {
             Some(id) => {
                 let mut st = conn.prepare(
                     "SELECT seq, sandbox_id, sandbox_seq, owner, kind, ts, data FROM events
-                     WHERE sandbox_id = ?1 AND sandbox_seq > ?2 ORDER BY sandbox_seq LIMIT ?3",
+                     WHERE sandbox_id = ?1 AND sandbox_seq > ?2 AND (?4 IS NULL OR owner = ?4)
+                     ORDER BY sandbox_seq LIMIT ?3",
                 )?;
-                let r = st.query_map(params![id.to_string(), after, limit as i64], map)?;
+                // The owner too: a sandbox handed out of a warm pool had
+                // another before.
+                let r = st.query_map(params![id.to_string(), after, limit as i64, owner], map)?;
                 r.collect::<rusqlite::Result<_>>()?
             }
             None => {

@@ -259,6 +259,9 @@ pub fn keys(cmd: KeysCmd, json_out: bool) -> Result<()> {
             let store = open(&data_dir)?;
             let (id, token) = paddock_core::auth::new_token();
             let principal = principal.unwrap_or_else(|| name.clone());
+            if principal.starts_with("paddock:") {
+                anyhow::bail!("principal {principal:?}: names starting with paddock: are reserved");
+            }
             store.insert_key(
                 &id,
                 &name,

@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// Network namespaces kept wired for the next creates.
     #[arg(long, default_value_t = 4)]
     pub net_pool: usize,
+    /// Keep N sandboxes of an image booted ahead of time, so that a create
+    /// asking for that image and nothing else (bar key, labels, TTL and
+    /// idle timeout) is answered at once: `IMAGE=N`, or `default=N` for the
+    /// default host image; repeatable. Off by default.
+    #[arg(long = "warm-pool", value_name = "IMAGE=N", value_parser = warm_pool)]
+    pub warm_pools: Vec<paddock_core::engine::PoolConfig>,
+    /// Warm pools are not refilled while the host has less memory
+    /// available (MiB).
+    #[arg(long, default_value_t = 1024)]
+    pub warm_pool_min_free_mb: u64,
     /// Leave the host's cgroup mounts as they are. By default the daemon sets
     /// the kernel's `favordynmods` flag on the cgroup2 mount, which takes
     /// about 13 ms off every create (moving a process into a cgroup otherwise
@@ -157,6 +167,25 @@ fn listen_or_off(s: &str) -> Result<Listen, String> {
     }
 }
 
+fn warm_pool(s: &str) -> Result<paddock_core::engine::PoolConfig, String> {
+    let (image, n) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: use IMAGE=N (or default=N)"))?;
+    let size = n
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| format!("{s:?}: N must be 1 to 1000"))?;
+    let image = image.trim();
+    if image.is_empty() {
+        return Err(format!("{s:?}: name an image, or default"));
+    }
+    Ok(paddock_core::engine::PoolConfig {
+        image: (image != "default").then(|| image.to_string()),
+        size,
+    })
+}
+
 pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         // The OCI runtime resolves a relative mount source against the bundle.
@@ -216,6 +245,11 @@ async fn bind(
         .await
         .with_context(|| format!("{flag}: listen on {addr}"))?;
     tracing::info!("serving {what} on {addr}");
+    if flag != "--listen" && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "{flag} {addr}: {what} has no authentication; anyone who reaches this address can run sandboxes"
+        );
+    }
     Ok(Some(l))
 }
 
@@ -241,8 +275,13 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     raise_nofile();
-    // Every listener first: a taken port fails the start before the
-    // daemon touches the host.
+    // The settings file, then every listener: a bad setting or a taken
+    // port fails the start before the daemon touches the host.
+    let file = load_config(
+        &args.config,
+        std::env::var_os("PADDOCK_CONFIG").is_some()
+            || args.config != std::path::Path::new("/etc/paddock/config.toml"),
+    )?;
     let listeners = match args.cleanup {
         true => None,
         false => Some(bind_all(&args).await?),
@@ -272,11 +311,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .with_context(|| format!("{what} {s:?}: use A=B"))
     };
-    let file = load_config(
-        &args.config,
-        std::env::var_os("PADDOCK_CONFIG").is_some()
-            || args.config != std::path::Path::new("/etc/paddock/config.toml"),
-    )?;
     let mut insecure = file.insecure_registries.clone();
     insecure.extend(args.insecure_registries.iter().cloned());
     let mut mirrors: Vec<(String, String)> = file.registry_mirrors.into_iter().collect();
@@ -308,6 +342,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(Arc::new(images)),
         EngineConfig {
             reap_interval: std::time::Duration::from_secs_f64(args.reap_interval.max(0.05)),
+            warm_pools: args.warm_pools.clone(),
+            warm_pool_min_free_mb: args.warm_pool_min_free_mb,
             ..Default::default()
         },
     );
@@ -319,6 +355,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     engine.recover().await?;
     engine.spawn_reaper();
     engine.spawn_monitor();
+    engine.spawn_pools();
     let open = args.listen.ip().is_loopback();
     if !open {
         tracing::info!("listening beyond loopback: every request needs an API key");

@@ -3,33 +3,6 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-
-/// Reads SSE frames from a streaming response until `n` events arrived.
-fn read_events(resp: reqwest::blocking::Response, n: usize) -> Vec<(i64, Value)> {
-    let mut out = Vec::new();
-    let mut id = None;
-    for line in BufReader::new(resp).lines() {
-        let line = line.unwrap();
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = Some(v.parse::<i64>().unwrap());
-        } else if let Some(d) = line.strip_prefix("data: ") {
-            out.push((id.take().unwrap(), serde_json::from_str(d).unwrap()));
-            if out.len() == n {
-                break;
-            }
-        }
-    }
-    out
-}
-
-fn stream(api: &Api, path: &str, last: Option<i64>) -> reqwest::blocking::Response {
-    let mut rb = api.req(reqwest::Method::GET, path);
-    if let Some(l) = last {
-        rb = rb.header("Last-Event-ID", l.to_string());
-    }
-    rb.send().unwrap()
-}
 
 #[test]
 fn sandbox_events_resume_without_gap_or_duplicate() {

@@ -23,6 +23,12 @@ fn sandboxes_run_on_runc_too() {
             "no-such-runtime",
             "--listen",
             "127.0.0.1:1",
+            "--hiver-listen",
+            "off",
+            "--flash-http-listen",
+            "off",
+            "--flash-grpc-listen",
+            "off",
             "--data-dir",
         ])
         .arg(d.data.join("other"))
@@ -40,4 +46,24 @@ fn sandboxes_run_on_runc_too() {
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "pdtnone"])
         .output();
+    let _ = std::process::Command::new("iptables")
+        .args([
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-s",
+            "10.99.0.0/16",
+            "!",
+            "-o",
+            "pdtnone",
+            "-j",
+            "MASQUERADE",
+        ])
+        .output();
+    for dir in ["-i", "-o"] {
+        let _ = std::process::Command::new("iptables")
+            .args(["-D", "FORWARD", dir, "pdtnone", "-j", "ACCEPT"])
+            .output();
+    }
 }

@@ -437,3 +437,29 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Reads SSE frames from a streaming response until `n` events arrived.
+pub fn read_events(resp: reqwest::blocking::Response, n: usize) -> Vec<(i64, Value)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(resp)) {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.parse::<i64>().unwrap());
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            out.push((id.take().unwrap(), serde_json::from_str(d).unwrap()));
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+pub fn stream(api: &Api, path: &str, last: Option<i64>) -> reqwest::blocking::Response {
+    let mut rb = api.req(reqwest::Method::GET, path);
+    if let Some(l) = last {
+        rb = rb.header("Last-Event-ID", l.to_string());
+    }
+    rb.send().unwrap()
+}

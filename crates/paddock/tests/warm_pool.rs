@@ -1,0 +1,118 @@
+//! Warm pools (`paddock serve --warm-pool default=N`): creates that ask
+//! for nothing else are handed a sandbox booted ahead of time, never one
+//! that was used, and the pool refills in the background and survives a
+//! restart.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+fn ready(api: &Api) -> u64 {
+    let r = api.get("/pools");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["pools"][0]["ready"].as_u64().unwrap()
+}
+
+/// The sandbox's lifecycle events as its owner sees them.
+fn lifecycle(api: &Api, id: &str) -> Vec<(i64, Value)> {
+    read_events(stream(api, &format!("/sandboxes/{id}/events"), None), 2)
+}
+
+fn pooled_dirs(d: &Daemon) -> usize {
+    std::fs::read_dir(d.data.join("sandboxes"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn creates_are_served_from_the_warm_pool() {
+    let d = Daemon::start_with("127.0.0.1", &["--warm-pool", "default=2"]);
+    let api = d.api();
+    let pools = api.get("/pools").body;
+    assert_eq!(pools["pools"][0]["size"], 2, "{pools}");
+    assert!(pools["pools"][0]["image"].is_null(), "{pools}");
+    eventually(60, || (ready(&api) == 2).then_some(()));
+    // Pooled sandboxes are nobody's: not listed.
+    let listed = api.get("/sandboxes").body;
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 0, "{listed}");
+
+    // A plain create gets one, with its key, labels and TTL.
+    let r = api.post(
+        "/sandboxes",
+        json!({"key": "warm-1", "labels": {"t": "warm"}, "ttl_secs": 600}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let a = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["state"], "running");
+    assert_eq!(r.body["key"], "warm-1");
+    assert_eq!(r.body["labels"]["t"], "warm");
+    assert_eq!(r.body["config"]["ttl_secs"], 600);
+    assert!(r.body["expires_at"].is_string(), "{}", r.text);
+    let ev = lifecycle(&api, &a);
+    assert_eq!(ev[0].1["kind"], "sandbox.created");
+    assert_eq!(ev[0].1["data"]["warm"], true, "{:?}", ev);
+    assert_eq!(ev[1].1["kind"], "sandbox.started");
+    // It is the caller's now: listed, found by key, and a second create
+    // with the key returns it.
+    let again = api.post("/sandboxes", json!({"key": "warm-1"}));
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["id"], a.as_str());
+    assert_eq!(
+        api.get("/sandboxes?key=warm-1").body["sandboxes"][0]["id"],
+        a.as_str()
+    );
+    let out = api.sh(&a, "echo used > /workspace/mark; hostname");
+    assert_eq!(out["exit_code"], 0, "{out}");
+
+    // A spec the pool cannot serve boots a sandbox of its own.
+    let own = api.create(json!({"memory_mb": 128}));
+    let ev = lifecycle(&api, &own);
+    assert!(ev[0].1["data"]["warm"].is_null(), "{:?}", ev);
+
+    // Drain the pool and beyond: every create succeeds, none is handed a
+    // sandbox seen before, and none carries an earlier sandbox's files.
+    let mut seen = vec![a.clone(), own.clone()];
+    for _ in 0..4 {
+        let id = api.create(json!({}));
+        assert!(!seen.contains(&id), "{id} handed out twice");
+        let out = api.sh(&id, "test -e /workspace/mark && echo dirty || echo clean");
+        assert_eq!(out["stdout"], "clean\n");
+        seen.push(id);
+    }
+    api.destroy(&a);
+    // Refilled in the background.
+    eventually(60, || (ready(&api) == 2).then_some(()));
+
+    // After kill -9 the new daemon adopts the pooled sandboxes it finds
+    // instead of booting others.
+    let before = pooled_dirs(&d);
+    d.kill9();
+    d.restart();
+    eventually(30, || (ready(&api) == 2).then_some(()));
+    assert_eq!(
+        pooled_dirs(&d),
+        before,
+        "the pool was adopted, not rebooted"
+    );
+    let after = api.create(json!({}));
+    let ev = lifecycle(&api, &after);
+    assert_eq!(ev[0].1["data"]["warm"], true, "{:?}", ev);
+    for id in seen.iter().skip(1).chain([&after]) {
+        api.destroy(id);
+    }
+}
+
+#[test]
+fn warm_pool_flags_are_checked() {
+    for bad in ["default", "default=0", "=3", "img=x", "default=100000"] {
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--warm-pool", bad, "--listen", "127.0.0.1:1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--warm-pool"),
+            "{bad}: {err}"
+        );
+    }
+}
