@@ -1,6 +1,9 @@
 //! `paddock bench`: measures a running daemon through its native API, as a
-//! client would see it: create-to-ready, exec round trip, file upload and
-//! download throughput, and host memory per idle sandbox.
+//! client would see it: create-to-ready (cold, and from a warm pool when the
+//! daemon keeps one), exec round trip, exec stdout throughput, file upload
+//! and download throughput, and host memory per idle sandbox; then the same
+//! figures for peers on this machine (`bench_peers`), with Paddock's ratio
+//! to each.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,12 @@ pub struct BenchArgs {
     /// with nothing cached (the daemon must reach its registry).
     #[arg(long)]
     pub image: Option<String>,
+    /// Peers measured next to Paddock on this machine (run the bench where
+    /// the daemon runs): a bare busybox OCI bundle under crun or runc,
+    /// podman with that root as an image; comma-separated, `none` for
+    /// none. Missing ones are skipped with a note.
+    #[arg(long, default_value = "crun,runc,podman")]
+    pub peers: String,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -35,7 +44,13 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn summary(name: &str, unit: &str, mut v: Vec<f64>) -> Value {
+/// A shell command writing `n` bytes of text to stdout, quickly (lines of
+/// 80 characters from `yes`).
+pub(crate) fn stdout_producer(n: usize) -> String {
+    format!("yes {} | head -c {n}", "x".repeat(79))
+}
+
+pub(crate) fn summary(name: &str, unit: &str, mut v: Vec<f64>) -> Value {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     json!({"figure": name, "unit": unit, "n": v.len(), "p50": pct(&v, 0.5), "p99": pct(&v, 0.99),
            "min": v.first(), "max": v.last()})
@@ -102,10 +117,22 @@ impl Api {
         }
     }
 
+    /// A cold create: the env keeps it off any warm pool.
     async fn create(&self) -> Result<String> {
+        self.create_spec(json!({"labels": {"paddock-bench": "1"}, "env": {"PADDOCK_BENCH": "1"}}))
+            .await
+    }
+
+    /// A create a warm pool of the default image can serve.
+    async fn create_plain(&self) -> Result<String> {
+        self.create_spec(json!({"labels": {"paddock-bench": "1"}}))
+            .await
+    }
+
+    async fn create_spec(&self, spec: Value) -> Result<String> {
         let r = self
             .req(reqwest::Method::POST, "/sandboxes")
-            .json(&json!({"labels": {"paddock-bench": "1"}}))
+            .json(&spec)
             .send()
             .await?;
         if r.status().as_u16() != 201 {
@@ -128,6 +155,44 @@ impl Api {
             bail!("exec: {v}");
         }
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    /// `n` bytes of stdout through the streaming exec API; MB/s of payload.
+    async fn exec_stdout(&self, id: &str, n: usize) -> Result<f64> {
+        use futures::StreamExt;
+        let t0 = Instant::now();
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/sandboxes/{id}/exec/stream"),
+            )
+            .json(&json!({"shell": stdout_producer(n)}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut body = r.bytes_stream();
+        let (mut got, mut line, mut event) = (0usize, Vec::new(), Vec::new());
+        while let Some(chunk) = body.next().await {
+            for &b in chunk?.iter() {
+                if b != b'\n' {
+                    line.push(b);
+                    continue;
+                }
+                if let Some(e) = line.strip_prefix(b"event: ") {
+                    event = e.to_vec();
+                } else if let Some(d) = line.strip_prefix(b"data: ") {
+                    if event == b"stdout" {
+                        let v: Value = serde_json::from_slice(d)?;
+                        got += v["data"].as_str().map_or(0, str::len);
+                    }
+                }
+                line.clear();
+            }
+        }
+        if got != n {
+            bail!("exec stdout: {got} bytes of {n}");
+        }
+        Ok(n as f64 / 1e6 / t0.elapsed().as_secs_f64())
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
@@ -183,6 +248,60 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     }
     figures.push(summary("create_to_ready_between_destroys", "ms", t));
 
+    // With a warm pool of the default image (`serve --warm-pool
+    // default=N`): creates handed a pooled sandbox, each once the pool has
+    // one ready again.
+    let pools: Value = api
+        .req(reqwest::Method::GET, "/pools")
+        .send()
+        .await?
+        .json()
+        .await
+        .unwrap_or_default();
+    let default_pool = pools["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["image"].is_null())
+        .cloned();
+    if let Some(pool) = default_pool {
+        say(&format!(
+            "create-to-ready from the warm pool (size {})",
+            pool["size"]
+        ));
+        let mut t = Vec::new();
+        for _ in 0..a.creates {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let v: Value = api
+                    .req(reqwest::Method::GET, "/pools")
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let ready = v["pools"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["image"].is_null())
+                    .and_then(|p| p["ready"].as_u64())
+                    .unwrap_or(0);
+                if ready > 0 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the warm pool did not refill within 10 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let t0 = Instant::now();
+            let id = api.create_plain().await?;
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            api.destroy(&id).await?;
+        }
+        figures.push(summary("create_to_ready_warm", "ms", t));
+    }
+
     let id = api.create().await?;
     say(&format!("exec round trip: {} × `true`", a.execs));
     let mut t = Vec::new();
@@ -193,6 +312,16 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         }
     }
     figures.push(summary("exec_round_trip", "ms", t));
+
+    say(&format!(
+        "exec stdout: {} MiB through the SSE stream, 3 times",
+        a.file_mib
+    ));
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        rates.push(api.exec_stdout(&id, a.file_mib << 20).await?);
+    }
+    figures.push(summary("exec_stdout", "MB/s", rates));
 
     say(&format!("files: {} MiB up and down, 5 times", a.file_mib));
     let data = bytes::Bytes::from(vec![0x5au8; a.file_mib << 20]);
@@ -295,19 +424,82 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         }
     }
 
+    for f in &mut figures {
+        f["peer"] = "paddock".into();
+    }
+    let work = std::env::temp_dir().join(format!("paddock-bench-{}", std::process::id()));
+    for name in a
+        .peers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "none")
+    {
+        match crate::bench_peers::OciPeer::new(name, &work).await {
+            Ok(Some(peer)) => {
+                say(&format!("peer {name}: a busybox OCI bundle, run -d / exec"));
+                match peer.measure(a.creates, a.execs, a.file_mib).await {
+                    Ok(fs) => figures.extend(fs),
+                    Err(e) => say(&format!("peer {name} skipped: {e:#}")),
+                }
+            }
+            Ok(None) => say(&format!("peer {name} skipped: not installed")),
+            Err(e) => say(&format!("peer {name} skipped: {e:#}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    // Paddock's advantage over each peer on the same figure: how many times
+    // faster (time: peer / paddock; throughput: paddock / peer).
+    let ours: std::collections::HashMap<String, f64> = figures
+        .iter()
+        .filter(|f| f["peer"] == "paddock")
+        .filter_map(|f| Some((f["figure"].as_str()?.to_string(), f["p50"].as_f64()?)))
+        .collect();
+    for f in &mut figures {
+        if f["peer"] == "paddock" {
+            continue;
+        }
+        let (Some(name), Some(theirs)) = (f["figure"].as_str(), f["p50"].as_f64()) else {
+            continue;
+        };
+        if let Some(&mine) = ours.get(name) {
+            let x = if f["unit"] == "ms" {
+                theirs / mine
+            } else {
+                mine / theirs
+            };
+            f["paddock_advantage"] = json!(x);
+        }
+    }
+
     if json_out {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
         let mut t = comfy_table::Table::new();
         t.load_preset(comfy_table::presets::NOTHING)
-            .set_header(vec!["FIGURE", "UNIT", "N", "P50", "P99"]);
+            .set_header(vec![
+                "FIGURE",
+                "PEER",
+                "UNIT",
+                "N",
+                "P50",
+                "P99",
+                "PADDOCK VS PEER (P50)",
+            ]);
         for f in &figures {
             t.add_row(vec![
                 f["figure"].as_str().unwrap_or("").to_string(),
+                f["peer"].as_str().unwrap_or("").to_string(),
                 f["unit"].as_str().unwrap_or("").to_string(),
                 f["n"].to_string(),
                 format!("{:.2}", f["p50"].as_f64().unwrap_or(f64::NAN)),
                 format!("{:.2}", f["p99"].as_f64().unwrap_or(f64::NAN)),
+                f["paddock_advantage"]
+                    .as_f64()
+                    .map(|x| match x >= 1.0 {
+                        true => format!("{x:.1}x faster"),
+                        false => format!("{:.1}x slower", 1.0 / x),
+                    })
+                    .unwrap_or_default(),
             ]);
         }
         println!("{t}");

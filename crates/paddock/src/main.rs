@@ -1,6 +1,7 @@
 //! `paddock`: the daemon (`paddock serve`) and the CLI that talks to it.
 
 mod bench;
+mod bench_peers;
 mod cli;
 mod serve;
 

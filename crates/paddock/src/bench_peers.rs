@@ -1,0 +1,292 @@
+//! The peers `paddock bench` measures next to Paddock, on the same machine
+//! and the same figures: a bare OCI bundle under `crun` (the floor: no
+//! image store, no network wiring, no agent) and under `runc`, and
+//! `podman` with the same busybox root imported as an image. What a user of
+//! them would do: `run -d`, `exec` into it, copy files through `exec` with
+//! `cat`. A peer that is not installed is skipped with a note.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::bench::summary;
+
+/// A peer: a bare OCI runtime with a busybox bundle of its own, or podman
+/// with that root imported as an image.
+pub struct OciPeer {
+    pub name: String,
+    bin: PathBuf,
+    root: PathBuf,
+    bundle: PathBuf,
+    podman: bool,
+}
+
+const PODMAN_IMAGE: &str = "localhost/paddock-bench-busybox:latest";
+
+/// Where `name` is on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+impl OciPeer {
+    /// Prepares a bundle (rootfs: the host's static busybox) under `work`.
+    pub async fn new(name: &str, work: &Path) -> Result<Option<OciPeer>> {
+        let Some(bin) = which(name) else {
+            return Ok(None);
+        };
+        let podman = name == "podman";
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .context("no /bin/busybox for the peers' bundle (apt-get install busybox-static)")?;
+        let dir = work.join(name);
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d))?;
+        }
+        std::fs::copy(&busybox, rootfs.join("bin/busybox"))?;
+        for applet in ["sh", "true", "cat", "head", "sleep", "yes"] {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+        let root = dir.join("state");
+        std::fs::create_dir_all(&root)?;
+        if podman {
+            // Ulimits within this host's hard limits (podman's defaults
+            // exceed them), and the root imported as an image.
+            std::fs::write(
+                root.join("containers.conf"),
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n",
+            )?;
+            let peer = OciPeer {
+                name: name.to_string(),
+                bin,
+                root,
+                bundle,
+                podman,
+            };
+            let tar = dir.join("rootfs.tar");
+            let out = Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-cf")
+                .arg(&tar)
+                .arg(".")
+                .output()
+                .await?;
+            if !out.status.success() {
+                bail!("tar: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let mut c = peer.cmd();
+            c.arg("import").arg(&tar).arg(PODMAN_IMAGE);
+            peer.ok(&mut c, "import").await?;
+            return Ok(Some(peer));
+        }
+        let out = Command::new(&bin)
+            .arg("spec")
+            .current_dir(&bundle)
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("{name} spec: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let path = bundle.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["/bin/sleep", "100000"]);
+        spec["root"]["readonly"] = false.into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+        Ok(Some(OciPeer {
+            name: name.to_string(),
+            bin,
+            root,
+            bundle,
+            podman,
+        }))
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        if self.podman {
+            c.env("CONTAINERS_CONF", self.root.join("containers.conf"));
+        } else {
+            c.arg("--root").arg(&self.root);
+        }
+        c
+    }
+
+    async fn ok(&self, c: &mut Command, what: &str) -> Result<Vec<u8>> {
+        let out = c.stdin(Stdio::null()).output().await?;
+        if !out.status.success() {
+            bail!(
+                "{} {what}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    async fn run_d(&self, id: &str) -> Result<()> {
+        let mut c = self.cmd();
+        if self.podman {
+            c.args([
+                "run",
+                "-d",
+                "--name",
+                id,
+                PODMAN_IMAGE,
+                "/bin/sleep",
+                "100000",
+            ]);
+        } else {
+            c.args(["run", "-d", "--bundle"]).arg(&self.bundle).arg(id);
+        }
+        // The detached container keeps the stdio it was given: a pipe
+        // would never see EOF. Its errors go to a file instead.
+        let log = self.root.join("run.err");
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let st = c.status().await?;
+        if !st.success() {
+            bail!(
+                "{} run -d: {}",
+                self.name,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        let mut c = self.cmd();
+        if self.podman {
+            c.args(["rm", "-f", "-t", "0", id]);
+        } else {
+            c.args(["delete", "-f", id]);
+        }
+        self.ok(&mut c, "delete").await.map(drop)
+    }
+
+    async fn exec_out(&self, id: &str, argv: &[&str]) -> Result<Vec<u8>> {
+        let mut c = self.cmd();
+        c.args(["exec", id]).args(argv);
+        self.ok(&mut c, "exec").await
+    }
+
+    /// The figures, as `summary` rows named `<figure>` with `peer` set.
+    pub async fn measure(
+        &self,
+        creates: usize,
+        execs: usize,
+        file_mib: usize,
+    ) -> Result<Vec<Value>> {
+        let tag = std::process::id();
+        let mut figures = Vec::new();
+        let mut t = Vec::new();
+        for i in 0..creates {
+            let id = format!("pb-{tag}-{i}");
+            let t0 = Instant::now();
+            self.run_d(&id).await?;
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            self.delete(&id).await?;
+        }
+        figures.push(summary("create_to_ready", "ms", t));
+
+        let id = format!("pb-{tag}-x");
+        self.run_d(&id).await?;
+        let result = async {
+            let mut t = Vec::new();
+            for i in 0..execs + 5 {
+                let t0 = Instant::now();
+                self.exec_out(&id, &["/bin/true"]).await?;
+                if i >= 5 {
+                    t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            figures.push(summary("exec_round_trip", "ms", t));
+
+            let n = file_mib << 20;
+            let mut rates = Vec::new();
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                let out = self
+                    .exec_out(&id, &["/bin/sh", "-c", &crate::bench::stdout_producer(n)])
+                    .await?;
+                if out.len() != n {
+                    bail!("{}: stdout gave {} bytes of {n}", self.name, out.len());
+                }
+                rates.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+            }
+            figures.push(summary("exec_stdout", "MB/s", rates));
+
+            let data = vec![0x5au8; n];
+            let (mut up, mut down) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                let mut c = self.cmd();
+                // podman passes stdin only with -i; crun and runc always do.
+                c.arg("exec");
+                if self.podman {
+                    c.arg("-i");
+                }
+                c.args([&id, "/bin/sh", "-c", "cat > /tmp/bench.bin"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                let mut child = c.spawn()?;
+                let mut stdin = child.stdin.take().context("stdin")?;
+                stdin.write_all(&data).await?;
+                drop(stdin);
+                let out = child.wait_with_output().await?;
+                if !out.status.success() {
+                    bail!(
+                        "{} upload: {}",
+                        self.name,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                up.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+                let t0 = Instant::now();
+                let mut c = self.cmd();
+                c.args(["exec", &id, "/bin/cat", "/tmp/bench.bin"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped());
+                let mut child = c.spawn()?;
+                let mut buf = Vec::with_capacity(n);
+                child
+                    .stdout
+                    .take()
+                    .context("stdout")?
+                    .read_to_end(&mut buf)
+                    .await?;
+                child.wait().await?;
+                if buf.len() != n {
+                    bail!("{} download: {} bytes of {n}", self.name, buf.len());
+                }
+                down.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+            }
+            figures.push(summary("upload", "MB/s", up));
+            figures.push(summary("download", "MB/s", down));
+            anyhow::Ok(())
+        }
+        .await;
+        let _ = self.delete(&id).await;
+        result?;
+        for f in &mut figures {
+            f["peer"] = self.name.clone().into();
+        }
+        Ok(figures)
+    }
+}
