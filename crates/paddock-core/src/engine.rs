@@ -159,14 +159,7 @@ impl Engine {
     ) -> Result<Sandbox> {
         self.store.tx_events(
             |tx| {
-                let doc: String = tx
-                    .query_row(
-                        "SELECT doc FROM sandboxes WHERE id = ?1",
-                        [id.to_string()],
-                        |r| r.get(0),
-                    )
-                    .map_err(|_| Error::not_found(format!("sandbox {id}")))?;
-                let mut sb: Sandbox = serde_json::from_str(&doc)?;
+                let mut sb = Store::sandbox_in(tx, id)?;
                 f(&mut sb);
                 sb.updated_at = Utc::now();
                 Store::put_sandbox(tx, &sb)?;
@@ -305,12 +298,7 @@ impl Engine {
 
     fn persist_active(&self, id: Uuid, at_ms: i64) -> Result<()> {
         self.store.tx(|tx| {
-            let doc: String = tx.query_row(
-                "SELECT doc FROM sandboxes WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get(0),
-            )?;
-            let mut sb: Sandbox = serde_json::from_str(&doc)?;
+            let mut sb = Store::sandbox_in(tx, id)?;
             sb.last_active_at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
             Store::put_sandbox(tx, &sb)
         })

@@ -138,6 +138,18 @@ impl Store {
         Ok(v)
     }
 
+    /// A sandbox's document, read inside a transaction that will change it.
+    pub fn sandbox_in(tx: &rusqlite::Transaction<'_>, id: Uuid) -> Result<Sandbox> {
+        let doc: String = tx
+            .query_row(
+                "SELECT doc FROM sandboxes WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(|_| Error::not_found(format!("sandbox {id}")))?;
+        Ok(serde_json::from_str(&doc)?)
+    }
+
     pub fn put_sandbox(tx: &rusqlite::Transaction<'_>, sb: &Sandbox) -> Result<()> {
         let doc = serde_json::to_string(sb)?;
         let r = tx.execute(

@@ -157,6 +157,36 @@ impl Api {
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
     }
 
+    /// `n` bytes of stdout through the WebSocket exec (binary frames);
+    /// MB/s of payload.
+    async fn exec_stdout_ws(&self, id: &str, n: usize) -> Result<f64> {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let request = crate::cli::ws_request(&self.base, self.key.as_deref(), id)?;
+        let t0 = Instant::now();
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let start = json!({"shell": stdout_producer(n)}).to_string();
+        ws.send(Message::Text(start.into())).await?;
+        let mut got = 0usize;
+        while let Some(m) = ws.next().await {
+            match m? {
+                Message::Binary(b) if b.first() == Some(&1) => got += b.len() - 1,
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                    if v["type"] == "exit" {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        if got != n {
+            bail!("exec stdout over WebSocket: {got} bytes of {n}");
+        }
+        Ok(n as f64 / 1e6 / t0.elapsed().as_secs_f64())
+    }
+
     /// `n` bytes of stdout through the streaming exec API; MB/s of payload.
     async fn exec_stdout(&self, id: &str, n: usize) -> Result<f64> {
         use futures::StreamExt;
@@ -322,6 +352,11 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         rates.push(api.exec_stdout(&id, a.file_mib << 20).await?);
     }
     figures.push(summary("exec_stdout", "MB/s", rates));
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        rates.push(api.exec_stdout_ws(&id, a.file_mib << 20).await?);
+    }
+    figures.push(summary("exec_stdout_websocket", "MB/s", rates));
 
     say(&format!("files: {} MiB up and down, 5 times", a.file_mib));
     let data = bytes::Bytes::from(vec![0x5au8; a.file_mib << 20]);

@@ -844,16 +844,7 @@ impl Client {
     /// Runs a command over the WebSocket exec: output to our stdout and
     /// stderr, our stdin to it, and (with a terminal) raw mode and resizes.
     async fn interactive(&self, id: &str, mut req: Value, tty: bool) -> Result<i32> {
-        let ws_url = format!(
-            "{}/v1/sandboxes/{id}/exec/ws",
-            self.host.replacen("http", "ws", 1)
-        );
-        let mut request = ws_url.into_client_request()?;
-        if let Some(k) = &self.key {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {k}").parse()?);
-        }
+        let request = ws_request(&self.host, self.key.as_deref(), id)?;
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| match e {
@@ -1000,4 +991,24 @@ fn file_stream(
             Err(e) => Some((Err(e), None)),
         }
     })
+}
+
+/// The WebSocket exec's handshake request for sandbox `id` of the daemon at
+/// `host` (http[s]://...), with the key when there is one.
+pub(crate) fn ws_request(
+    host: &str,
+    key: Option<&str>,
+    id: &str,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    let url = format!(
+        "{}/v1/sandboxes/{id}/exec/ws",
+        host.trim_end_matches('/').replacen("http", "ws", 1)
+    );
+    let mut request = url.into_client_request()?;
+    if let Some(k) = key {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {k}").parse()?);
+    }
+    Ok(request)
 }

@@ -9,14 +9,6 @@ use common::registry::*;
 use common::*;
 use std::process::Command;
 
-fn python() -> String {
-    std::env::var("PADDOCK_TEST_PYTHON").unwrap_or_else(|_| {
-        let p =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
-        p.to_string_lossy().into_owned()
-    })
-}
-
 #[test]
 fn flash_sdk_against_paddock() {
     let work = std::env::temp_dir().join(format!("paddock-flash-{}", std::process::id()));
@@ -38,28 +30,15 @@ fn flash_sdk_against_paddock() {
             &format!("docker.io=http://{}", reg.addr),
         ],
     );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/flash_test.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .env("FLASH_HTTP", &http)
-        .env("FLASH_GRPC", &grpc)
-        .env("FLASH_REGISTRY", &reg.addr)
-        .env("PADDOCK_URL", &d.url)
-        .output()
-        .expect("the test virtualenv (scripts/pyenv.sh makes it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("all flash checks passed"),
-        "flash_test.py failed:\n{stdout}\n{stderr}\ndaemon log:\n{}",
-        d.log()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
+    run_sdk_script(
+        "flash_test.py",
+        &[
+            ("FLASH_HTTP", &http),
+            ("FLASH_GRPC", &grpc),
+            ("FLASH_REGISTRY", &reg.addr),
+        ],
+        "all flash checks passed",
+        &d,
     );
     drop(d);
     drop(reg);

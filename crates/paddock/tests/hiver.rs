@@ -6,15 +6,6 @@
 mod common;
 use common::registry::*;
 use common::*;
-use std::process::Command;
-
-fn python() -> String {
-    std::env::var("PADDOCK_TEST_PYTHON").unwrap_or_else(|_| {
-        let p =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
-        p.to_string_lossy().into_owned()
-    })
-}
 
 #[test]
 fn hiver_sdk_against_paddock() {
@@ -34,27 +25,11 @@ fn hiver_sdk_against_paddock() {
             &format!("docker.io=http://{}", reg.addr),
         ],
     );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/hiver_test.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .env("HIVER_URL", format!("http://{hiver}"))
-        .env("PADDOCK_URL", &d.url)
-        .env("PADDOCK_DATA", &d.data)
-        .output()
-        .expect("the test virtualenv (scripts/pyenv.sh makes it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("all hiver checks passed"),
-        "hiver_test.py failed:\n{stdout}\n{stderr}\ndaemon log:\n{}",
-        d.log()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
+    run_sdk_script(
+        "hiver_test.py",
+        &[("HIVER_URL", &format!("http://{hiver}"))],
+        "all hiver checks passed",
+        &d,
     );
     drop(d);
     drop(reg);

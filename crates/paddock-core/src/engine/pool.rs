@@ -51,6 +51,20 @@ pub(super) struct Pools {
     refill: tokio::sync::Notify,
 }
 
+impl Pools {
+    fn ready(&self) -> std::sync::MutexGuard<'_, HashMap<Option<String>, VecDeque<Uuid>>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, image: &Option<String>) -> usize {
+        self.ready().get(image).map_or(0, |q| q.len())
+    }
+
+    fn push(&self, image: Option<String>, id: Uuid) {
+        self.ready().entry(image).or_default().push_back(id);
+    }
+}
+
 fn pool_principal() -> Principal {
     Principal {
         id: POOL_OWNER.into(),
@@ -104,14 +118,13 @@ impl Engine {
     }
 
     pub fn pools(&self) -> Vec<PoolStatus> {
-        let ready = self.pools.ready.lock().unwrap_or_else(|e| e.into_inner());
         self.cfg
             .warm_pools
             .iter()
             .map(|p| PoolStatus {
                 image: p.image.clone(),
                 size: p.size,
-                ready: ready.get(&p.image).map_or(0, |q| q.len()),
+                ready: self.pools.count(&p.image),
             })
             .collect()
     }
@@ -143,9 +156,7 @@ impl Engine {
         loop {
             let next = self
                 .pools
-                .ready
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .ready()
                 .get_mut(&image)
                 .and_then(|q| q.pop_front());
             let Some(id) = next else {
@@ -159,14 +170,7 @@ impl Engine {
             let now = Utc::now();
             let handed = self.store.tx_events(
                 |tx| {
-                    let doc: String = tx
-                        .query_row(
-                            "SELECT doc FROM sandboxes WHERE id = ?1",
-                            [id.to_string()],
-                            |r| r.get(0),
-                        )
-                        .map_err(|_| Error::not_found(format!("sandbox {id}")))?;
-                    let mut sb: Sandbox = serde_json::from_str(&doc)?;
+                    let mut sb = Store::sandbox_in(tx, id)?;
                     if sb.owner != POOL_OWNER || sb.state != State::Running {
                         return Err(Error::Conflict(format!("pooled sandbox {id} is gone")));
                     }
@@ -211,14 +215,8 @@ impl Engine {
                 }
                 Err(Error::Conflict(_)) => continue,
                 Err(e) => {
-                    // Still the pool's: keep it.
-                    self.pools
-                        .ready
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(image)
-                        .or_default()
-                        .push_front(id);
+                    // Still the pool's: keep it, first in line.
+                    self.pools.ready().entry(image).or_default().push_front(id);
                     return Err(e);
                 }
             }
@@ -263,19 +261,11 @@ impl Engine {
         for sb in pooled {
             let image = sb.config.image.clone();
             let live = self.live.read().await.contains_key(&sb.id);
-            let room = {
-                let ready = self.pools.ready.lock().unwrap_or_else(|e| e.into_inner());
-                let have = ready.get(&image).map_or(0, |q| q.len());
-                self.pool_size(&image).is_some_and(|n| have < n)
-            };
+            let room = self
+                .pool_size(&image)
+                .is_some_and(|n| self.pools.count(&image) < n);
             if sb.state == State::Running && live && room {
-                self.pools
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(image)
-                    .or_default()
-                    .push_back(sb.id);
+                self.pools.push(image, sb.id);
             } else if let Err(e) = self.destroy_inner(sb, "warm pool").await {
                 tracing::warn!("warm pool: {e}");
             }
@@ -285,16 +275,14 @@ impl Engine {
     /// Boots one sandbox for the emptiest pool short of its size; false
     /// when every pool is full (or the host is short of memory).
     async fn refill_once(self: &Arc<Self>) -> Result<bool> {
-        let short = {
-            let ready = self.pools.ready.lock().unwrap_or_else(|e| e.into_inner());
-            self.cfg
-                .warm_pools
-                .iter()
-                .map(|p| (p, ready.get(&p.image).map_or(0, |q| q.len())))
-                .filter(|(p, have)| *have < p.size)
-                .min_by_key(|(_, have)| *have)
-                .map(|(p, _)| p.image.clone())
-        };
+        let short = self
+            .cfg
+            .warm_pools
+            .iter()
+            .map(|p| (p, self.pools.count(&p.image)))
+            .filter(|(p, have)| *have < p.size)
+            .min_by_key(|(_, have)| *have)
+            .map(|(p, _)| p.image.clone());
         let Some(image) = short else {
             return Ok(false);
         };
@@ -307,13 +295,7 @@ impl Engine {
             ..Default::default()
         };
         let (sb, _) = self.create_inner(&pool_principal(), spec, false).await?;
-        self.pools
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(image)
-            .or_default()
-            .push_back(sb.id);
+        self.pools.push(image, sb.id);
         Ok(true)
     }
 }

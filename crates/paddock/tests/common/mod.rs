@@ -463,3 +463,42 @@ pub fn stream(api: &Api, path: &str, last: Option<i64>) -> reqwest::blocking::Re
     }
     rb.send().unwrap()
 }
+
+/// The test virtualenv's interpreter (scripts/pyenv.sh makes it), with the
+/// published SDKs pinned in tests/python/requirements.txt.
+pub fn python() -> String {
+    std::env::var("PADDOCK_TEST_PYTHON").unwrap_or_else(|_| {
+        let p =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
+        p.to_string_lossy().into_owned()
+    })
+}
+
+/// Runs tests/python/`script` against `d` with `env`, and asserts that it
+/// succeeded and printed `done`; on failure shows its output and the end
+/// of the daemon's log.
+pub fn run_sdk_script(script: &str, env: &[(&str, &str)], done: &str, d: &Daemon) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/python")
+        .join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .envs(env.iter().copied())
+        .env("PADDOCK_URL", &d.url)
+        .env("PADDOCK_DATA", &d.data)
+        .output()
+        .expect("the test virtualenv (scripts/pyenv.sh makes it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains(done),
+        "{script} failed:\n{stdout}\n{stderr}\ndaemon log:\n{}",
+        d.log()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
