@@ -669,7 +669,28 @@ async fn upload(
     Path(key): Path<String>,
     mut form: Multipart,
 ) -> HResult<Json<Value>> {
-    let sb = h.sandbox(&key)?;
+    let r = upload_form(&h, &key, &mut form).await;
+    if r.is_err() {
+        // Read what the client is still sending (bounded), so that it sees
+        // the answer instead of a connection reset mid-upload.
+        let drain = async {
+            let mut left: usize = 64 << 20;
+            while let Ok(Some(mut f)) = form.next_field().await {
+                while let Ok(Some(c)) = f.chunk().await {
+                    left = left.saturating_sub(c.len());
+                    if left == 0 {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    }
+    r
+}
+
+async fn upload_form(h: &Hiver, key: &str, form: &mut Multipart) -> HResult<Json<Value>> {
+    let sb = h.sandbox(key)?;
     let mut destination: Option<String> = None;
     let mut written = None;
     while let Some(mut field) = form
