@@ -265,6 +265,27 @@ impl Engine {
         self.store.list_sandboxes(Some(&p.id), q)
     }
 
+    /// Every sandbox of `p` that `q` selects, read page by page (`q`'s
+    /// limit and cursor are ignored).
+    pub fn list_all(&self, p: &Principal, q: &ListQuery) -> Result<Vec<Sandbox>> {
+        const PAGE: usize = 1000;
+        let mut q = ListQuery {
+            limit: PAGE,
+            after: None,
+            ..q.clone()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = self.list(p, &q)?;
+            let n = page.len();
+            q.after = page.last().map(|s| s.id);
+            out.extend(page);
+            if n < PAGE {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn live_for(&self, p: &Principal, id: Uuid) -> Result<(Sandbox, Arc<Live>)> {
         let sb = self.get(p, id)?;
         if sb.state != State::Running {
@@ -358,9 +379,7 @@ impl Engine {
             key: spec.key.clone(),
             labels: spec.labels.clone(),
             template: spec.template.clone(),
-            expires_at: config
-                .ttl_secs
-                .map(|t| now + chrono::Duration::seconds(t.min(i64::MAX as u64 / 1000) as i64)),
+            expires_at: config.ttl_secs.map(|t| expiry(now, t)),
             config,
             state: State::Creating,
             message: None,
@@ -1352,9 +1371,14 @@ impl Engine {
             return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
         }
         self.transition(id, "sandbox.ttl", json!({"ttl_secs": secs}), |s| {
-            s.expires_at = Some(Utc::now() + chrono::Duration::seconds(secs as i64));
+            s.expires_at = Some(expiry(Utc::now(), secs));
         })
     }
+}
+
+/// When a TTL of `secs` from `now` lapses (clamped to what a timestamp holds).
+fn expiry(now: chrono::DateTime<Utc>, secs: u64) -> chrono::DateTime<Utc> {
+    now + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 1000) as i64)
 }
 
 /// What `new` has that `old` lacks, and what `old` has that `new` lacks.

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod host;
 pub mod model;
 pub mod runtime;
 pub mod store;

@@ -195,26 +195,12 @@ async fn create(State(h): State<Hiver>, Path(key): Path<String>, body: Bytes) ->
 
 /// The running sandboxes, as a bare array.
 async fn list(State(h): State<Hiver>) -> HResult<Json<Value>> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = h.engine.list(
-            &principal(),
-            &ListQuery {
-                state: Some(SbState::Running),
-                limit: 1000,
-                after,
-                ..Default::default()
-            },
-        )?;
-        let n = page.len();
-        after = page.last().map(|s| s.id);
-        out.extend(page.iter().map(sandbox_ref));
-        if n < 1000 {
-            break;
-        }
-    }
-    Ok(Json(Value::Array(out)))
+    let q = ListQuery {
+        state: Some(SbState::Running),
+        ..Default::default()
+    };
+    let all = h.engine.list_all(&principal(), &q)?;
+    Ok(Json(Value::Array(all.iter().map(sandbox_ref).collect())))
 }
 
 /// Stops and removes a sandbox: exactly 204.

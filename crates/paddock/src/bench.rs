@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 #[derive(clap::Args, Debug)]
@@ -63,14 +63,10 @@ pub(crate) fn summary(name: &str, unit: &str, mut v: Vec<f64>) -> Value {
 /// plus the daemon's own resident memory. MemFree is no use here: this VM
 /// hands free pages back to its host, so it moves on its own.
 fn sandbox_memory_kib() -> Result<u64> {
-    let m = std::fs::read_to_string("/proc/meminfo")?;
-    let get = |k: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix(':')))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let kernel = get("SUnreclaim") + get("KernelStack") + get("PageTables");
+    let kernel: u64 = paddock_core::host::meminfo_kib(&["SUnreclaim", "KernelStack", "PageTables"])
+        .context("read /proc/meminfo")?
+        .iter()
+        .sum();
     let mut cgroups = 0u64;
     for root in ["/sys/fs/cgroup/memory/paddock", "/sys/fs/cgroup/paddock"] {
         if let Ok(rd) = std::fs::read_dir(root) {

@@ -95,19 +95,6 @@ fn pool_image(spec: &SandboxSpec) -> Option<Option<String>> {
     })
 }
 
-/// MemAvailable, MiB.
-fn mem_available_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kib| kib / 1024)
-        .unwrap_or(u64::MAX)
-}
-
 impl Engine {
     fn pool_size(&self, image: &Option<String>) -> Option<usize> {
         self.cfg
@@ -179,9 +166,7 @@ impl Engine {
                     sb.labels = spec.labels.clone();
                     sb.config.ttl_secs = config.ttl_secs;
                     sb.config.idle_timeout_secs = config.idle_timeout_secs;
-                    sb.expires_at = config.ttl_secs.map(|t| {
-                        now + chrono::Duration::seconds(t.min(i64::MAX as u64 / 1000) as i64)
-                    });
+                    sb.expires_at = config.ttl_secs.map(|t| super::expiry(now, t));
                     sb.created_at = now;
                     sb.updated_at = now;
                     sb.last_active_at = now;
@@ -249,14 +234,7 @@ impl Engine {
 
     async fn adopt_pooled(&self) {
         let pooled = self
-            .store
-            .list_sandboxes(
-                Some(POOL_OWNER),
-                &ListQuery {
-                    limit: 100_000,
-                    ..Default::default()
-                },
-            )
+            .list_all(&pool_principal(), &ListQuery::default())
             .unwrap_or_default();
         for sb in pooled {
             let image = sb.config.image.clone();
@@ -286,7 +264,9 @@ impl Engine {
         let Some(image) = short else {
             return Ok(false);
         };
-        if mem_available_mb() < self.cfg.warm_pool_min_free_mb {
+        let available_mb =
+            crate::host::meminfo_kib(&["MemAvailable"]).map_or(u64::MAX, |m| m[0] / 1024);
+        if available_mb < self.cfg.warm_pool_min_free_mb {
             tracing::debug!("warm pool: the host is short of memory; not refilling");
             return Ok(false);
         }
