@@ -48,17 +48,8 @@ pub fn strip_prefix(path: &str) -> Option<String> {
     Some(format!("/{service}/{method}"))
 }
 
-pub fn unprefix<B>(mut req: http::Request<B>) -> http::Request<B> {
-    if let Some(path) = strip_prefix(req.uri().path()) {
-        let mut parts = req.uri().clone().into_parts();
-        if let Ok(pq) = path.parse() {
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-        }
-    }
-    req
+pub fn unprefix<B>(req: http::Request<B>) -> http::Request<B> {
+    crate::rewrite_path(req, strip_prefix)
 }
 
 /// The status for an engine error.
@@ -170,7 +161,7 @@ impl SandboxService for Flash {
 
     async fn get_status(&self, req: Request<StatusRequest>) -> GResult<StatusResponse> {
         let id = req.into_inner().id;
-        let sb = self.status(&id).map_err(status_of)?;
+        let sb = self.sandbox(&id).map_err(status_of)?;
         Ok(Response::new(StatusResponse {
             id: sb.id.to_string(),
             status: status_word(sb.state).into(),

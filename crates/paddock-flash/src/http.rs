@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use paddock_core::model::{ListQuery, Principal, Sandbox};
+use paddock_core::model::Sandbox;
 use paddock_core::Error;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -88,22 +88,9 @@ pub fn strip_prefix(path: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// Rewrites a prefixed request's URI (the query kept) before routing.
-pub fn unprefix<B>(mut req: http::Request<B>) -> http::Request<B> {
-    if let Some(path) = strip_prefix(req.uri().path()) {
-        let pq = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        let mut parts = req.uri().clone().into_parts();
-        if let Ok(pq) = pq.parse() {
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-        }
-    }
-    req
+/// Rewrites a prefixed request's URI before routing.
+pub fn unprefix<B>(req: http::Request<B>) -> http::Request<B> {
+    crate::rewrite_path(req, strip_prefix)
 }
 
 // ---- errors ---------------------------------------------------------------
@@ -231,23 +218,15 @@ fn detail(sb: &Sandbox) -> Value {
 
 #[derive(Deserialize)]
 struct StartBody {
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     kind: Option<String>,
-    #[serde(default)]
     image: Option<String>,
-    #[serde(default)]
     command: Option<Vec<String>>,
-    #[serde(default)]
     memory_mb: Option<i64>,
-    #[serde(default)]
     cpu_cores: Option<f64>,
-    #[serde(default)]
     kernel_image: Option<String>,
-    #[serde(default)]
     initrd_path: Option<String>,
-    #[serde(default)]
     snapshot_path: Option<String>,
-    #[serde(default)]
     mem_file_path: Option<String>,
 }
 
@@ -284,28 +263,14 @@ async fn start(State(f): State<Flash>, headers: HeaderMap, body: Bytes) -> FResu
 }
 
 async fn list(State(f): State<Flash>) -> FResult<Json<Value>> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = f.engine.list(
-            &Principal::local(),
-            &ListQuery {
-                limit: 1000,
-                after,
-                ..Default::default()
-            },
-        )?;
-        after = page.last().map(|s| s.id);
-        out.extend(page.iter().map(detail));
-        if page.len() < 1000 {
-            break;
-        }
-    }
-    Ok(Json(json!({ "sandboxes": out })))
+    let all = f.list()?;
+    Ok(Json(
+        json!({ "sandboxes": all.iter().map(detail).collect::<Vec<_>>() }),
+    ))
 }
 
 async fn status(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
-    Ok(Json(detail(&f.status(&id)?)))
+    Ok(Json(detail(&f.sandbox(&id)?)))
 }
 
 async fn stop(State(f): State<Flash>, Path(id): Path<String>) -> FResult<StatusCode> {
@@ -315,10 +280,8 @@ async fn stop(State(f): State<Flash>, Path(id): Path<String>) -> FResult<StatusC
 
 #[derive(Deserialize)]
 struct ExecBody {
-    #[serde(default)]
     command: Option<Vec<String>>,
     /// A shell script (what later releases send for a string command).
-    #[serde(default)]
     script: Option<String>,
 }
 
@@ -370,13 +333,11 @@ async fn snapshot(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Jso
 }
 
 async fn resume(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
-    f.resume(&id).await?;
-    Ok(Json(detail(&f.status(&id)?)))
+    Ok(Json(detail(&f.resume(&id).await?)))
 }
 
 #[derive(Deserialize)]
 struct PythonBody {
-    #[serde(default)]
     code: Option<String>,
 }
 

@@ -15,7 +15,7 @@ pub mod http;
 use std::sync::Arc;
 
 use paddock_core::model::{
-    ExecRequest, ExecResult, Isolation, Metrics, Principal, Sandbox, SandboxSpec, State,
+    ExecRequest, ExecResult, Isolation, ListQuery, Metrics, Principal, Sandbox, SandboxSpec, State,
 };
 use paddock_core::{Engine, Error, Result};
 
@@ -61,6 +61,29 @@ pub struct Flash {
 
 fn principal() -> Principal {
     Principal::local()
+}
+
+/// The request with its path replaced by what `strip` makes of it (the
+/// query kept): how both transports drop a reverse proxy's prefix.
+pub(crate) fn rewrite_path<B>(
+    mut req: ::http::Request<B>,
+    strip: impl Fn(&str) -> Option<String>,
+) -> ::http::Request<B> {
+    let Some(path) = strip(req.uri().path()) else {
+        return req;
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = ::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
 }
 
 /// flash's name for a field the engine names differently.
@@ -149,9 +172,6 @@ impl Flash {
     /// Creates a sandbox and answers once it takes commands.
     pub async fn start(&self, s: Start) -> Result<Sandbox> {
         let isolation = isolation_of(&s.kind)?;
-        if s.image.trim().is_empty() {
-            return Err(Error::invalid("image", "an image is required"));
-        }
         for f in &s.firecracker_fields {
             if matches!(*f, "snapshot_path" | "mem_file_path") {
                 return Err(Error::Unsupported(format!(
@@ -166,21 +186,14 @@ impl Flash {
                 ));
             }
         }
-        if s.memory_mb < 0 {
-            return Err(Error::invalid("memory_mb", "must be positive (MiB)"));
-        }
-        if s.cpu_cores.is_nan() || s.cpu_cores < 0.0 {
-            return Err(Error::invalid("cpu_cores", "must be a positive number"));
-        }
-        if s.command.iter().any(|a| a.contains('\0')) {
-            return Err(Error::invalid("command", "must not contain NUL"));
-        }
+        // proto3 cannot tell 0 from unset: 0 is the daemon's default. The
+        // engine checks the rest (image, limits, NUL in argv).
         let spec = SandboxSpec {
-            image: Some(s.image.clone()),
+            image: Some(s.image),
             isolation: Some(isolation),
-            command: (!s.command.is_empty()).then(|| s.command.clone()),
-            memory_mb: (s.memory_mb > 0).then_some(s.memory_mb),
-            cpu: (s.cpu_cores > 0.0).then_some(s.cpu_cores),
+            command: (!s.command.is_empty()).then_some(s.command),
+            memory_mb: (s.memory_mb != 0).then_some(s.memory_mb),
+            cpu: (s.cpu_cores != 0.0).then_some(s.cpu_cores),
             labels: [("dialect".to_string(), "flash".to_string())].into(),
             ..Default::default()
         };
@@ -200,8 +213,9 @@ impl Flash {
         Ok(())
     }
 
-    pub fn status(&self, id: &str) -> Result<Sandbox> {
-        self.sandbox(id)
+    /// Every sandbox the local principal has.
+    pub fn list(&self) -> Result<Vec<Sandbox>> {
+        self.engine.list_all(&principal(), &ListQuery::default())
     }
 
     /// Runs `argv` (or a shell script) and collects its output, each stream
@@ -303,11 +317,11 @@ impl Flash {
 
     /// Resumes a paused sandbox (or starts a stopped one). A running one
     /// has nothing to resume from until snapshots exist.
-    pub async fn resume(&self, id: &str) -> Result<()> {
+    pub async fn resume(&self, id: &str) -> Result<Sandbox> {
         let sb = self.sandbox(id)?;
         match sb.state {
-            State::Paused => self.engine.resume(&principal(), sb.id).await.map(drop),
-            State::Stopped => self.engine.start(&principal(), sb.id).await.map(drop),
+            State::Paused => self.engine.resume(&principal(), sb.id).await,
+            State::Stopped => self.engine.start(&principal(), sb.id).await,
             State::Running => Err(no_snapshots(&sb)),
             other => Err(Error::Conflict(format!(
                 "sandbox {} is {}: nothing to resume",

@@ -233,7 +233,17 @@ struct Listeners {
     flash_grpc: Option<tokio::net::TcpListener>,
 }
 
-async fn bind(
+async fn bind(addr: SocketAddr, flag: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag}: listen on {addr}"))?;
+    tracing::info!("serving {what} on {addr}");
+    Ok(l)
+}
+
+/// A dialect's listener, if it is not off. Dialects have no
+/// authentication: beyond loopback, say so.
+async fn bind_dialect(
     listen: Listen,
     flag: &str,
     what: &str,
@@ -241,11 +251,8 @@ async fn bind(
     let Some(addr) = listen.0 else {
         return Ok(None);
     };
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{flag}: listen on {addr}"))?;
-    tracing::info!("serving {what} on {addr}");
-    if flag != "--listen" && !addr.ip().is_loopback() {
+    let l = bind(addr, flag, what).await?;
+    if !addr.ip().is_loopback() {
         tracing::warn!(
             "{flag} {addr}: {what} has no authentication; anyone who reaches this address can run sandboxes"
         );
@@ -254,17 +261,16 @@ async fn bind(
 }
 
 async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
-    let native = bind(Listen(Some(args.listen)), "--listen", "the native API").await?;
     Ok(Listeners {
-        native: native.context("--listen")?,
-        hiver: bind(args.hiver_listen, "--hiver-listen", "the hiver-py dialect").await?,
-        flash_http: bind(
+        native: bind(args.listen, "--listen", "the native API").await?,
+        hiver: bind_dialect(args.hiver_listen, "--hiver-listen", "the hiver-py dialect").await?,
+        flash_http: bind_dialect(
             args.flash_http_listen,
             "--flash-http-listen",
             "the flash-sandbox dialect (HTTP)",
         )
         .await?,
-        flash_grpc: bind(
+        flash_grpc: bind_dialect(
             args.flash_grpc_listen,
             "--flash-grpc-listen",
             "the flash-sandbox dialect (gRPC)",
