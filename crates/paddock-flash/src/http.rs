@@ -51,7 +51,12 @@ pub async fn serve(
     flash: Flash,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     use axum::ServiceExt;
+    // Each write at once (no Nagle delay behind the client's delayed ACK).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = tower::util::MapRequest::new(router(flash), unprefix::<axum::body::Body>);
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown)

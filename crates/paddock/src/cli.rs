@@ -845,7 +845,7 @@ impl Client {
     /// stderr, our stdin to it, and (with a terminal) raw mode and resizes.
     async fn interactive(&self, id: &str, mut req: Value, tty: bool) -> Result<i32> {
         let request = ws_request(&self.host, self.key.as_deref(), id)?;
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(resp) => {

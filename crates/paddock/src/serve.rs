@@ -233,6 +233,19 @@ struct Listeners {
     flash_grpc: Option<tokio::net::TcpListener>,
 }
 
+/// Sends each write at once: streams (SSE, WebSocket) write small frames
+/// back to back, and Nagle's algorithm would hold the second one until the
+/// client's delayed ACK (up to 40 ms).
+fn no_delay(
+    l: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn set(tcp: &mut tokio::net::TcpStream) {
+        let _ = tcp.set_nodelay(true);
+    }
+    l.tap_io(set as fn(&mut tokio::net::TcpStream))
+}
+
 async fn bind(addr: SocketAddr, flag: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
@@ -376,13 +389,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(
-        axum::serve(ls.native, app)
+        axum::serve(no_delay(ls.native), app)
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
     if let Some(l) = ls.hiver {
         servers.spawn(
-            axum::serve(l, paddock_hiver::router(engine.clone()))
+            axum::serve(no_delay(l), paddock_hiver::router(engine.clone()))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
