@@ -18,7 +18,15 @@ use crate::pty::{self, Pty};
 use crate::reaper::{Exit, Reaper};
 
 const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
-const CHUNK: usize = 64 * 1024;
+/// Largest output message. A read takes what the pipe holds up to this, so
+/// a fast writer's small writes travel together (fewer messages, each
+/// one costs a gRPC frame and, further on, a WebSocket or SSE frame).
+const CHUNK: usize = 256 * 1024;
+/// Largest read from a terminal (its output comes in small pieces).
+const PTY_CHUNK: usize = 64 * 1024;
+/// Pipe capacity asked for stdout and stderr (Linux's default is 64 KiB;
+/// 1 MiB is what an unprivileged process may ask for by default).
+const PIPE_SIZE: i32 = 1 << 20;
 
 pub type OutTx = mpsc::Sender<Result<ExecOutput, Status>>;
 
@@ -180,6 +188,8 @@ struct ReadState {
     bytes: AtomicU64,
 }
 
+/// Reads output with `read`, which appends to the buffer it is handed and
+/// says how much it added, and hands it to `sink` without copying it.
 async fn pump<R, F>(
     mut read: R,
     mut sink: Sink,
@@ -187,29 +197,28 @@ async fn pump<R, F>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Sink
 where
-    R: FnMut(Vec<u8>) -> F,
-    F: std::future::Future<Output = (Vec<u8>, std::io::Result<usize>)>,
+    R: FnMut(bytes::BytesMut) -> F,
+    F: std::future::Future<Output = (bytes::BytesMut, std::io::Result<usize>)>,
 {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = bytes::BytesMut::new();
     loop {
         state.idle.store(true, Ordering::SeqCst);
+        // Reuses the allocation when the last chunk has been sent on.
+        buf.reserve(CHUNK);
         let (b, r) = tokio::select! {
             r = read(buf) => r,
             _ = stop.wait_for(|s| *s) => break,
         };
         buf = b;
-        if matches!(r, Ok(0) | Err(_)) {
-            break;
-        }
-        state.idle.store(false, Ordering::SeqCst);
         let n = match r {
-            Ok(n) => n,
-            Err(_) => break,
+            Ok(n) if n > 0 => n,
+            _ => break,
         };
+        state.idle.store(false, Ordering::SeqCst);
         state.bytes.fetch_add(n as u64, Ordering::SeqCst);
         match &mut sink {
             Sink::Stream(tx, is_err) => {
-                let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                let chunk = buf.split().freeze();
                 let msg = if *is_err {
                     exec_output::Msg::Stderr(chunk)
                 } else {
@@ -225,6 +234,7 @@ where
                     *truncated = true;
                 }
                 v.extend_from_slice(&buf[..n.min(room)]);
+                buf.clear();
             }
         }
     }
@@ -353,10 +363,13 @@ pub async fn start(
         states.push(st.clone());
         let m = master.clone();
         readers.push(tokio::spawn(pump(
-            move |mut b: Vec<u8>| {
+            move |mut b: bytes::BytesMut| {
                 let m = m.clone();
                 async move {
-                    let r = pty::read(&m, &mut b).await;
+                    let start = b.len();
+                    b.resize(start + PTY_CHUNK, 0);
+                    let r = pty::read(&m, &mut b[start..]).await;
+                    b.truncate(start + *r.as_ref().unwrap_or(&0));
                     (b, r)
                 }
             },
@@ -374,16 +387,30 @@ pub async fn start(
         .enumerate()
         {
             let Some(fd) = fd else { continue };
+            // SAFETY: fcntl on a pipe descriptor this function owns; a
+            // refusal (a lower pipe-max-size) keeps the default size.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| Status::internal(format!("pipe: {e}")))?;
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
             let st = Arc::new(ReadState::default());
             states.push(st.clone());
             readers.push(tokio::spawn(pump(
-                move |mut b: Vec<u8>| {
+                move |mut b: bytes::BytesMut| {
                     let rx = rx.clone();
                     async move {
-                        let r = rx.lock().await.read(&mut b).await;
+                        let mut rx = rx.lock().await;
+                        // One read waits for data; then take what else the
+                        // pipe already holds, without waiting.
+                        let r = rx.read_buf(&mut b).await.map(|mut n| {
+                            while n > 0 && b.len() < CHUNK {
+                                match rx.try_read_buf(&mut b) {
+                                    Ok(m) if m > 0 => n += m,
+                                    _ => break,
+                                }
+                            }
+                            n
+                        });
                         (b, r)
                     }
                 },

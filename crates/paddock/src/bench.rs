@@ -34,6 +34,17 @@ pub struct BenchArgs {
     /// none. Missing ones are skipped with a note.
     #[arg(long, default_value = "crun,runc,podman")]
     pub peers: String,
+    /// Only these groups of figures, comma-separated: create, warm, exec,
+    /// sse, ws (exec stdout through either), files, image, density
+    /// (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "image", "density"])]
+    pub only: Vec<String>,
+}
+
+impl BenchArgs {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -44,10 +55,38 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// A shell command writing `n` bytes of text to stdout, quickly (lines of
-/// 80 characters from `yes`).
+/// Where the stdout figures keep their source text inside a sandbox.
+const STDOUT_SOURCE: &str = "/tmp/paddock-bench-stdout";
+const STDOUT_SOURCE_LEN: usize = 1 << 20;
+
+/// A shell command that makes the stdout figures' source: 1 MiB of text
+/// in lines of 80 characters. Run once, before timing.
+pub(crate) fn stdout_source() -> String {
+    format!(
+        "yes {} | head -c {STDOUT_SOURCE_LEN} > {STDOUT_SOURCE}",
+        "x".repeat(79)
+    )
+}
+
+/// A shell command writing `n` bytes of text to stdout: `cat` of the
+/// source (`stdout_source`) as many times as it takes. One process that
+/// writes 128 KiB at a time from the page cache, so that the figure
+/// measures the way out of the sandbox rather than the producer (`yes |
+/// head -c` alone tops out near 250 MB/s on this 2-core VM).
 pub(crate) fn stdout_producer(n: usize) -> String {
-    format!("yes {} | head -c {n}", "x".repeat(79))
+    let whole = n / STDOUT_SOURCE_LEN;
+    let mut cmd = String::from("cat");
+    for _ in 0..whole {
+        cmd.push(' ');
+        cmd.push_str(STDOUT_SOURCE);
+    }
+    let rest = n % STDOUT_SOURCE_LEN;
+    if whole == 0 {
+        cmd = format!("head -c {rest} {STDOUT_SOURCE}");
+    } else if rest > 0 {
+        cmd.push_str(&format!("; head -c {rest} {STDOUT_SOURCE}"));
+    }
+    cmd
 }
 
 pub(crate) fn summary(name: &str, unit: &str, mut v: Vec<f64>) -> Value {
@@ -160,7 +199,7 @@ impl Api {
         use tokio_tungstenite::tungstenite::Message;
         let request = crate::cli::ws_request(&self.base, self.key.as_deref(), id)?;
         let t0 = Instant::now();
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
         let start = json!({"shell": stdout_producer(n)}).to_string();
         ws.send(Message::Text(start.into())).await?;
         let mut got = 0usize;
@@ -246,33 +285,35 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         }
     };
 
-    say(&format!(
-        "create-to-ready: {} sandboxes, one after another",
-        a.creates
-    ));
-    let (mut t, mut ids) = (Vec::new(), Vec::new());
-    for _ in 0..a.creates {
-        let t0 = Instant::now();
-        ids.push(api.create().await?);
-        t.push(t0.elapsed().as_secs_f64() * 1000.0);
+    if a.wants("create") {
+        say(&format!(
+            "create-to-ready: {} sandboxes, one after another",
+            a.creates
+        ));
+        let (mut t, mut ids) = (Vec::new(), Vec::new());
+        for _ in 0..a.creates {
+            let t0 = Instant::now();
+            ids.push(api.create().await?);
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        figures.push(summary("create_to_ready", "ms", t));
+        let mut t = Vec::new();
+        for id in ids {
+            let t0 = Instant::now();
+            api.destroy(&id).await?;
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        figures.push(summary("destroy", "ms", t));
+        say("create-to-ready with a destroy between creates");
+        let mut t = Vec::new();
+        for _ in 0..a.creates {
+            let t0 = Instant::now();
+            let id = api.create().await?;
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            api.destroy(&id).await?;
+        }
+        figures.push(summary("create_to_ready_between_destroys", "ms", t));
     }
-    figures.push(summary("create_to_ready", "ms", t));
-    let mut t = Vec::new();
-    for id in ids {
-        let t0 = Instant::now();
-        api.destroy(&id).await?;
-        t.push(t0.elapsed().as_secs_f64() * 1000.0);
-    }
-    figures.push(summary("destroy", "ms", t));
-    say("create-to-ready with a destroy between creates");
-    let mut t = Vec::new();
-    for _ in 0..a.creates {
-        let t0 = Instant::now();
-        let id = api.create().await?;
-        t.push(t0.elapsed().as_secs_f64() * 1000.0);
-        api.destroy(&id).await?;
-    }
-    figures.push(summary("create_to_ready_between_destroys", "ms", t));
 
     // With a warm pool of the default image (`serve --warm-pool
     // default=N`): creates handed a pooled sandbox, each once the pool has
@@ -290,7 +331,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         .flatten()
         .find(|p| p["image"].is_null())
         .cloned();
-    if let Some(pool) = default_pool {
+    if let Some(pool) = default_pool.filter(|_| a.wants("warm")) {
         say(&format!(
             "create-to-ready from the warm pool (size {})",
             pool["size"]
@@ -329,61 +370,85 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     }
 
     let id = api.create().await?;
-    say(&format!("exec round trip: {} × `true`", a.execs));
-    let mut t = Vec::new();
-    for i in 0..a.execs + 20 {
-        let ms = api.exec_true(&id).await?;
-        if i >= 20 {
-            t.push(ms);
-        }
-    }
-    figures.push(summary("exec_round_trip", "ms", t));
-
-    say(&format!(
-        "exec stdout: {} MiB through the SSE stream, 3 times",
-        a.file_mib
-    ));
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        rates.push(api.exec_stdout(&id, a.file_mib << 20).await?);
-    }
-    figures.push(summary("exec_stdout", "MB/s", rates));
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        rates.push(api.exec_stdout_ws(&id, a.file_mib << 20).await?);
-    }
-    figures.push(summary("exec_stdout_websocket", "MB/s", rates));
-
-    say(&format!("files: {} MiB up and down, 5 times", a.file_mib));
-    let data = bytes::Bytes::from(vec![0x5au8; a.file_mib << 20]);
-    let (mut up, mut down) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        api.req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
-            .query(&[("path", "/workspace/bench.bin")])
-            .body(data.clone())
+    if a.wants("sse") || a.wants("ws") {
+        let r: Value = api
+            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
+            .json(&json!({"shell": stdout_source()}))
             .send()
             .await?
-            .error_for_status()?;
-        up.push(data.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
-        let t0 = Instant::now();
-        let r = api
-            .req(reqwest::Method::GET, &format!("/sandboxes/{id}/files"))
-            .query(&[("path", "/workspace/bench.bin")])
-            .send()
-            .await?
-            .error_for_status()?;
-        let n = r.bytes().await?.len();
-        if n != data.len() {
-            bail!("download returned {n} bytes of {}", data.len());
+            .json()
+            .await?;
+        if r["exit_code"] != 0 {
+            bail!("making the stdout source: {r}");
         }
-        down.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
     }
-    figures.push(summary("upload", "MB/s", up));
-    figures.push(summary("download", "MB/s", down));
+    if a.wants("exec") {
+        say(&format!("exec round trip: {} × `true`", a.execs));
+        let mut t = Vec::new();
+        for i in 0..a.execs + 20 {
+            let ms = api.exec_true(&id).await?;
+            if i >= 20 {
+                t.push(ms);
+            }
+        }
+        figures.push(summary("exec_round_trip", "ms", t));
+    }
+
+    if a.wants("sse") {
+        say(&format!(
+            "exec stdout: {} MiB through the SSE stream, 3 times",
+            a.file_mib
+        ));
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            rates.push(api.exec_stdout(&id, a.file_mib << 20).await?);
+        }
+        figures.push(summary("exec_stdout", "MB/s", rates));
+    }
+    if a.wants("ws") {
+        say(&format!(
+            "exec stdout: {} MiB through the WebSocket, 3 times",
+            a.file_mib
+        ));
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            rates.push(api.exec_stdout_ws(&id, a.file_mib << 20).await?);
+        }
+        figures.push(summary("exec_stdout_websocket", "MB/s", rates));
+    }
+
+    if a.wants("files") {
+        say(&format!("files: {} MiB up and down, 5 times", a.file_mib));
+        let data = bytes::Bytes::from(vec![0x5au8; a.file_mib << 20]);
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            api.req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
+                .query(&[("path", "/workspace/bench.bin")])
+                .body(data.clone())
+                .send()
+                .await?
+                .error_for_status()?;
+            up.push(data.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            let r = api
+                .req(reqwest::Method::GET, &format!("/sandboxes/{id}/files"))
+                .query(&[("path", "/workspace/bench.bin")])
+                .send()
+                .await?
+                .error_for_status()?;
+            let n = r.bytes().await?.len();
+            if n != data.len() {
+                bail!("download returned {n} bytes of {}", data.len());
+            }
+            down.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+        }
+        figures.push(summary("upload", "MB/s", up));
+        figures.push(summary("download", "MB/s", down));
+    }
     api.destroy(&id).await?;
 
-    if let Some(image) = &a.image {
+    if let Some(image) = a.image.as_ref().filter(|_| a.wants("image")) {
         say(&format!(
             "image {image}: pulls with an empty cache, then creates from it"
         ));
@@ -429,7 +494,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.push(summary("create_to_ready_cached_image", "ms", t));
     }
 
-    if a.density > 0 {
+    if a.density > 0 && a.wants("density") {
         say(&format!("density: {} idle sandboxes at once", a.density));
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = sandbox_memory_kib()?;

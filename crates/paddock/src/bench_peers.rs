@@ -218,6 +218,8 @@ impl OciPeer {
             figures.push(summary("exec_round_trip", "ms", t));
 
             let n = file_mib << 20;
+            self.exec_out(&id, &["/bin/sh", "-c", &crate::bench::stdout_source()])
+                .await?;
             let mut rates = Vec::new();
             for _ in 0..3 {
                 let t0 = Instant::now();
