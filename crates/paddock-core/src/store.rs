@@ -141,30 +141,27 @@ impl Store {
     /// A sandbox's document, read inside a transaction that will change it.
     pub fn sandbox_in(tx: &rusqlite::Transaction<'_>, id: Uuid) -> Result<Sandbox> {
         let doc: String = tx
-            .query_row(
-                "SELECT doc FROM sandboxes WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT doc FROM sandboxes WHERE id = ?1")?
+            .query_row([id.to_string()], |r| r.get(0))
             .map_err(|_| Error::not_found(format!("sandbox {id}")))?;
         Ok(serde_json::from_str(&doc)?)
     }
 
     pub fn put_sandbox(tx: &rusqlite::Transaction<'_>, sb: &Sandbox) -> Result<()> {
         let doc = serde_json::to_string(sb)?;
-        let r = tx.execute(
+        let r = tx.prepare_cached(
             "INSERT INTO sandboxes (id, owner, key, state, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, doc = excluded.doc,
                  owner = excluded.owner, key = excluded.key, created_at = excluded.created_at",
-            params![
+        )?
+        .execute(params![
                 sb.id.to_string(),
                 sb.owner,
                 sb.key,
                 sb.state.as_str(),
                 ms(sb.created_at),
                 doc
-            ],
-        );
+            ]);
         match r {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -188,16 +185,16 @@ impl Store {
         data: serde_json::Value,
     ) -> Result<Event> {
         let sid = sandbox_id.to_string();
-        let next: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(sandbox_seq), 0) + 1 FROM events WHERE sandbox_id = ?1",
-            params![sid],
-            |r| r.get(0),
-        )?;
+        let next: i64 = tx
+            .prepare_cached(
+                "SELECT COALESCE(MAX(sandbox_seq), 0) + 1 FROM events WHERE sandbox_id = ?1",
+            )?
+            .query_row(params![sid], |r| r.get(0))?;
         let now = Utc::now();
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO events (sandbox_id, sandbox_seq, owner, kind, ts, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![sid, next, owner, kind, ms(now), data.to_string()],
-        )?;
+        )?
+        .execute(params![sid, next, owner, kind, ms(now), data.to_string()])?;
         Ok(Event {
             seq: tx.last_insert_rowid(),
             id: next,
@@ -212,11 +209,8 @@ impl Store {
     pub fn get_sandbox(&self, id: Uuid) -> Result<Option<Sandbox>> {
         let conn = self.lock();
         let doc: Option<String> = conn
-            .query_row(
-                "SELECT doc FROM sandboxes WHERE id = ?1",
-                params![id.to_string()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT doc FROM sandboxes WHERE id = ?1")?
+            .query_row(params![id.to_string()], |r| r.get(0))
             .optional()?;
         Ok(match doc {
             Some(d) => Some(serde_json::from_str(&d)?),
