@@ -250,23 +250,63 @@ async fn exec(
     Ok(axum::Json(st.engine.exec(&p, parse_id(&id)?, &req).await?))
 }
 
-fn exec_event_sse(ev: Result<ExecEvent, Error>) -> SseEvent {
-    match ev {
-        Ok(ExecEvent::Started { pid }) => SseEvent::default()
-            .event("started")
-            .json_data(serde_json::json!({"pid": pid})),
-        Ok(ExecEvent::Stdout(b)) => SseEvent::default()
-            .event("stdout")
-            .json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
-        Ok(ExecEvent::Stderr(b)) => SseEvent::default()
-            .event("stderr")
-            .json_data(serde_json::json!({"data": String::from_utf8_lossy(&b)})),
-        Ok(ExecEvent::Exit(r)) => SseEvent::default().event("exit").json_data(&r),
-        Err(e) => SseEvent::default()
-            .event("error")
-            .json_data(Problem::from(e)),
+/// Decodes a command's output for SSE, whose `data` is text: a UTF-8
+/// character cut between two chunks is joined again.
+#[derive(Default)]
+struct SseText {
+    stdout: paddock_core::text::Utf8Chunks,
+    stderr: paddock_core::text::Utf8Chunks,
+}
+
+impl SseText {
+    fn events(&mut self, ev: Result<ExecEvent, Error>) -> Vec<SseEvent> {
+        let text = |kind: &str, s: String| {
+            SseEvent::default()
+                .event(kind)
+                .json_data(serde_json::json!({ "data": s }))
+        };
+        let evs = match ev {
+            Ok(ExecEvent::Started { pid }) => vec![SseEvent::default()
+                .event("started")
+                .json_data(serde_json::json!({"pid": pid}))],
+            Ok(ExecEvent::Stdout(b)) => {
+                let s = self.stdout.push(&b);
+                if s.is_empty() {
+                    vec![]
+                } else {
+                    vec![text("stdout", s)]
+                }
+            }
+            Ok(ExecEvent::Stderr(b)) => {
+                let s = self.stderr.push(&b);
+                if s.is_empty() {
+                    vec![]
+                } else {
+                    vec![text("stderr", s)]
+                }
+            }
+            Ok(ExecEvent::Exit(r)) => {
+                // What is left is no complete character: as U+FFFD.
+                let mut v = Vec::new();
+                for (kind, d) in [("stdout", &mut self.stdout), ("stderr", &mut self.stderr)] {
+                    let rest = d.finish();
+                    if !rest.is_empty() {
+                        v.push(text(kind, rest));
+                    }
+                }
+                v.push(SseEvent::default().event("exit").json_data(&r));
+                v
+            }
+            Err(e) => vec![SseEvent::default()
+                .event("error")
+                .json_data(Problem::from(e))],
+        };
+        evs.into_iter()
+            .map(|e| {
+                e.unwrap_or_else(|_| SseEvent::default().event("error").data("unencodable event"))
+            })
+            .collect()
     }
-    .unwrap_or_else(|_| SseEvent::default().event("error").data("unencodable event"))
 }
 
 /// Streams a command's output as server-sent events: `started`, `stdout`,
@@ -282,9 +322,10 @@ async fn exec_sse(
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
     let s = st.engine.exec_stream(&p, parse_id(&id)?, &req, rx).await?;
     // Keep the control sender alive as long as the stream.
-    let s = s.map(move |ev| {
+    let mut text = SseText::default();
+    let s = s.flat_map(move |ev| {
         let _keep = &_tx;
-        Ok::<_, Infallible>(exec_event_sse(ev))
+        futures::stream::iter(text.events(ev).into_iter().map(Ok::<_, Infallible>))
     });
     Ok(Sse::new(s).keep_alive(KeepAlive::default()).into_response())
 }

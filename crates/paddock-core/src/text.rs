@@ -8,17 +8,28 @@ pub struct Utf8Chunks {
 }
 
 impl Utf8Chunks {
-    pub fn push(&mut self, bytes: &[u8]) -> String {
-        self.carry.extend_from_slice(bytes);
-        let valid = match std::str::from_utf8(&self.carry) {
-            Ok(_) => self.carry.len(),
+    pub fn push(&mut self, mut bytes: &[u8]) -> String {
+        let mut out = String::new();
+        // First complete a character the last chunk left unfinished.
+        while !self.carry.is_empty() && !bytes.is_empty() {
+            self.carry.push(bytes[0]);
+            bytes = &bytes[1..];
+            match std::str::from_utf8(&self.carry) {
+                Err(e) if e.error_len().is_none() => continue,
+                _ => out.push_str(&String::from_utf8_lossy(&std::mem::take(&mut self.carry))),
+            }
+        }
+        if bytes.is_empty() {
+            return out;
+        }
+        let valid = match std::str::from_utf8(bytes) {
+            Ok(_) => bytes.len(),
             Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.carry.len(), // invalid: replaced below
+            Err(_) => bytes.len(), // invalid: replaced below
         };
-        let rest = self.carry.split_off(valid);
-        let text = String::from_utf8_lossy(&self.carry).into_owned();
-        self.carry = rest;
-        text
+        out.push_str(&String::from_utf8_lossy(&bytes[..valid]));
+        self.carry.extend_from_slice(&bytes[valid..]);
+        out
     }
 
     pub fn finish(&mut self) -> String {

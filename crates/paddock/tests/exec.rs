@@ -134,6 +134,18 @@ fn streaming_exec_over_sse() {
         .map(|e| e.1["data"].as_str().unwrap().len())
         .sum();
     assert_eq!(n, 32 << 20);
+    // A character cut between two reads (its first byte, a pause, the
+    // rest) arrives whole; a byte that starts no character is U+FFFD.
+    let r = api.post(
+        &sb.path("/exec/stream"),
+        json!({"shell": "printf '\\342'; sleep 0.3; printf '\\234\\223 ok'; sleep 0.3; printf '\\342'"}),
+    );
+    let out: String = sse_events(&r.text)
+        .iter()
+        .filter(|e| e.0 == "stdout")
+        .map(|e| e.1["data"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(out, "\u{2713} ok\u{fffd}", "{}", r.text);
 }
 
 fn ws_connect(
