@@ -60,33 +60,13 @@ impl AgentClient {
                 let ch = paddock_proto::connect_unix(path.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                let mut grpc = Grpc::new(ch)
-                    .max_decoding_message_size(16 << 20)
-                    .max_encoding_message_size(16 << 20);
-                let hello = grpc
-                    .hello(pb::HelloRequest {
-                        daemon_version: env!("CARGO_PKG_VERSION").into(),
-                        protocol_version: paddock_proto::PROTOCOL_VERSION,
-                    })
-                    .await
-                    .map_err(|e| e.message().to_string())?
-                    .into_inner();
-                Ok::<_, String>((grpc, hello))
+                let client = AgentClient::over(ch);
+                client.hello().await.map(|h| (client, h))
             };
             match attempt.await {
-                Ok((grpc, hello)) => {
-                    if hello.protocol_version != paddock_proto::PROTOCOL_VERSION {
-                        return Err(Error::Unavailable {
-                            what: "sandbox agent".into(),
-                            reason: format!(
-                                "agent {} speaks protocol {}, this daemon speaks {}",
-                                hello.agent_version,
-                                hello.protocol_version,
-                                paddock_proto::PROTOCOL_VERSION
-                            ),
-                        });
-                    }
-                    return Ok(AgentClient { grpc });
+                Ok((client, hello)) => {
+                    Self::check_version(&hello)?;
+                    return Ok(client);
                 }
                 Err(e) if Instant::now() >= deadline => {
                     return Err(Error::Unavailable {
@@ -100,6 +80,70 @@ impl AgentClient {
                 }
             }
         }
+    }
+
+    /// A client that connects on first use, without asking the agent
+    /// anything yet: for a daemon coming back to many sandboxes at once,
+    /// which checks them with `check` after it serves again.
+    pub fn lazy(endpoint: &AgentEndpoint) -> Result<AgentClient> {
+        let AgentEndpoint::Unix(path) = endpoint;
+        let ch =
+            paddock_proto::connect_unix_lazy(path.clone()).map_err(|e| Error::Unavailable {
+                what: "sandbox agent".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(AgentClient::over(ch))
+    }
+
+    /// Asks the agent who it is, within `timeout`, and checks that it
+    /// speaks this daemon's protocol.
+    pub async fn check(&self, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.hello()).await {
+            Ok(Ok(hello)) => Self::check_version(&hello),
+            Ok(Err(e)) => Err(Error::Unavailable {
+                what: "sandbox agent".into(),
+                reason: e,
+            }),
+            Err(_) => Err(Error::Unavailable {
+                what: "sandbox agent".into(),
+                reason: format!("no answer within {timeout:?}"),
+            }),
+        }
+    }
+
+    fn over(ch: tonic::transport::Channel) -> AgentClient {
+        AgentClient {
+            grpc: Grpc::new(ch)
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        }
+    }
+
+    async fn hello(&self) -> std::result::Result<pb::HelloResponse, String> {
+        self.grpc
+            .clone()
+            .hello(pb::HelloRequest {
+                daemon_version: env!("CARGO_PKG_VERSION").into(),
+                protocol_version: paddock_proto::PROTOCOL_VERSION,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| e.message().to_string())
+    }
+
+    fn check_version(hello: &pb::HelloResponse) -> Result<()> {
+        if hello.protocol_version != paddock_proto::PROTOCOL_VERSION {
+            return Err(Error::Unavailable {
+                what: "sandbox agent".into(),
+                reason: format!(
+                    "agent {} speaks protocol {}, this daemon speaks {}",
+                    hello.agent_version,
+                    hello.protocol_version,
+                    paddock_proto::PROTOCOL_VERSION
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn start_msg(req: &ExecRequest, buffered: bool) -> pb::ExecInput {

@@ -1092,45 +1092,53 @@ impl Engine {
 
     // ---- background -----------------------------------------------------
 
+    /// Serves one sandbox again after a restart, if its backend still has
+    /// it in the state the store recorded. A running one gets an agent
+    /// client that connects on first use; `verify_agents` asks each agent
+    /// later, so that the daemon serves again without waiting on a round
+    /// trip to every sandbox.
+    async fn reattach(&self, sb: &Sandbox, rt: &dyn Runtime) -> Result<bool> {
+        match (sb.state, rt.inspect(sb.id).await?) {
+            (State::Running, (Liveness::Running, Some(inst))) => {
+                let agent = AgentClient::lazy(&inst.agent)?;
+                self.attach(sb.id, agent, inst).await;
+                if let Some(l) = self.live.read().await.get(&sb.id) {
+                    let at = sb.last_active_at.timestamp_millis();
+                    l.last_active_ms.store(at, Ordering::Relaxed);
+                    l.persisted_active_ms.store(at, Ordering::Relaxed);
+                }
+                Ok(true)
+            }
+            (State::Paused, (Liveness::Paused, _)) => Ok(false),
+            (State::Stopped, (Liveness::Stopped, _)) => Ok(false),
+            (state, (seen, _)) => Err(Error::Unavailable {
+                what: format!("sandbox {}", sb.id),
+                reason: format!(
+                    "it was {} but is {seen:?} after the daemon restarted",
+                    state.as_str()
+                ),
+            }),
+        }
+    }
+
     /// Finds, after a restart, the sandboxes that are still there and
-    /// serves them again; marks and cleans up those that died.
-    pub async fn recover(&self) -> Result<()> {
+    /// serves them again; marks and cleans up those that died. Running
+    /// ones are checked with their agents in the background
+    /// (`verify_agents`), after this returns.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let mut keep = Vec::new();
+        let mut attached = Vec::new();
         for sb in self.store.live_sandboxes()? {
             let Ok(rt) = self.runtime(sb.config.isolation).cloned() else {
                 keep.push(sb.id);
                 continue;
             };
-            let seen = rt.inspect(sb.id).await;
-            let outcome: Result<()> = async {
-                match (sb.state, seen?) {
-                    (State::Running, (Liveness::Running, Some(inst))) => {
-                        let agent =
-                            AgentClient::connect(&inst.agent, self.cfg.agent_timeout).await?;
-                        self.attach(sb.id, agent, inst).await;
-                        if let Some(l) = self.live.read().await.get(&sb.id) {
-                            let at = sb.last_active_at.timestamp_millis();
-                            l.last_active_ms.store(at, Ordering::Relaxed);
-                            l.persisted_active_ms.store(at, Ordering::Relaxed);
-                        }
-                        Ok(())
-                    }
-                    (State::Paused, (Liveness::Paused, _)) => Ok(()),
-                    (State::Stopped, (Liveness::Stopped, _)) => Ok(()),
-                    (state, (seen, _)) => Err(Error::Unavailable {
-                        what: format!("sandbox {}", sb.id),
-                        reason: format!(
-                            "it was {} but is {seen:?} after the daemon restarted",
-                            state.as_str()
-                        ),
-                    }),
-                }
-            }
-            .await;
-            match outcome {
-                Ok(()) => {
-                    tracing::info!(sandbox = %sb.id, state = sb.state.as_str(), "recovered");
+            match self.reattach(&sb, rt.as_ref()).await {
+                Ok(is_attached) => {
                     keep.push(sb.id);
+                    if is_attached {
+                        attached.push(sb.id);
+                    }
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -1139,6 +1147,13 @@ impl Engine {
                 }
             }
         }
+        tracing::info!(
+            "recovered {} sandboxes ({} running)",
+            keep.len(),
+            attached.len()
+        );
+        let this = self.clone();
+        tokio::spawn(async move { this.verify_agents(attached).await });
         for rt in self.runtimes.values() {
             match rt.gc(&keep).await {
                 Ok(0) => {}
@@ -1150,6 +1165,50 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Asks the agents of sandboxes reattached after a restart who they
+    /// are, many at once; one that does not answer in time, or speaks
+    /// another protocol, is marked dead and cleaned up.
+    async fn verify_agents(&self, ids: Vec<Uuid>) {
+        let checked = futures::stream::iter(ids)
+            .map(|id| async move {
+                let live = self.live.read().await.get(&id).cloned();
+                let r = match &live {
+                    Some(l) => l.agent.check(self.cfg.agent_timeout).await,
+                    None => Ok(()),
+                };
+                (id, live, r)
+            })
+            .buffer_unordered(64);
+        futures::pin_mut!(checked);
+        while let Some((id, live, r)) = checked.next().await {
+            let Err(e) = r else { continue };
+            // Only if nothing replaced it meanwhile (a stop, a destroy).
+            let same = match (&live, self.live.read().await.get(&id)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            let running =
+                matches!(self.store.get_sandbox(id), Ok(Some(sb)) if sb.state == State::Running);
+            if !same || !running {
+                continue;
+            }
+            self.live.write().await.remove(&id);
+            let msg = format!("its agent did not answer after the daemon restarted: {e}");
+            tracing::warn!(sandbox = %id, "{msg}");
+            if let Some(rt) = self
+                .store
+                .get_sandbox(id)
+                .ok()
+                .flatten()
+                .and_then(|sb| self.runtime(sb.config.isolation).ok().cloned())
+            {
+                if let Err(e) = self.mark_died(rt.as_ref(), id, msg).await {
+                    tracing::warn!(sandbox = %id, "{e}");
+                }
+            }
+        }
     }
 
     /// Destroys every sandbox this daemon's store knows (`paddock serve
@@ -1327,7 +1386,12 @@ impl Engine {
     /// `sandbox.died`, state `error`, their resources cleaned up.
     async fn check_alive(&self, ids: &HashSet<Uuid>, dead_seen: &mut HashMap<Uuid, u32>) {
         dead_seen.retain(|id, _| ids.contains(id));
-        for &id in ids {
+        for (i, &id) in ids.iter().enumerate() {
+            // A few file reads each, done on this worker thread: let requests
+            // in between (1000 sandboxes make tens of ms a round).
+            if i % 32 == 31 {
+                tokio::task::yield_now().await;
+            }
             // Asked of the backends first: cheap, unlike the store.
             let mut dead = None;
             for rt in self.runtimes.values() {

@@ -23,21 +23,45 @@ pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// a 1 MiB file chunk into 64 frames).
 pub const MAX_FRAME: u32 = (1 << 20) - 1;
 
-/// Connects a gRPC channel to an agent listening on a unix socket.
-pub async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+fn endpoint() -> Result<Endpoint, tonic::transport::Error> {
     // The URI is ignored by the connector; it only has to parse.
-    Endpoint::try_from("http://agent.invalid")?
+    Ok(Endpoint::try_from("http://agent.invalid")?
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .buffer_size(64)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+        .buffer_size(64))
+}
+
+fn unix_connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl std::future::Future<
+        Output = Result<hyper_util::rt::TokioIo<tokio::net::UnixStream>, std::io::Error>,
+    > + Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
+/// Connects a gRPC channel to an agent listening on a unix socket.
+pub async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    endpoint()?
+        .connect_with_connector(unix_connector(path))
         .await
+}
+
+/// A channel to an agent's unix socket that connects on first use (and
+/// again after the connection drops).
+pub fn connect_unix_lazy(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint()?.connect_with_connector_lazy(unix_connector(path)))
 }

@@ -25,6 +25,23 @@ pub fn is_v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
 
+/// Whether the sandbox's processes are frozen (paused); None when its
+/// cgroup cannot be read.
+pub fn frozen(rel: &str) -> Option<bool> {
+    if is_v2() {
+        let v = std::fs::read_to_string(
+            Path::new(ROOT)
+                .join(rel.trim_start_matches('/'))
+                .join("cgroup.freeze"),
+        )
+        .ok()?;
+        Some(v.trim() == "1")
+    } else {
+        let v = std::fs::read_to_string(v1("freezer", rel).join("freezer.state")).ok()?;
+        Some(v.trim() != "THAWED")
+    }
+}
+
 /// CPU time used so far, in nanoseconds.
 pub fn cpu_usage_ns(rel: &str) -> Option<u64> {
     if is_v2() {
