@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Idle sandboxes held at once for the density figure (0: skip).
     #[arg(long, default_value_t = 300)]
     pub density: usize,
+    /// Sandboxes created at once for the concurrent-create figure (0: skip).
+    #[arg(long, default_value_t = 100)]
+    pub concurrent: usize,
     /// Also measure this image: create-to-ready from the cache, and pulls
     /// with nothing cached (the daemon must reach its registry).
     #[arg(long)]
@@ -35,15 +38,19 @@ pub struct BenchArgs {
     #[arg(long, default_value = "crun,runc,podman")]
     pub peers: String,
     /// Only these groups of figures, comma-separated: create, warm, exec,
-    /// sse, ws (exec stdout through either), files, image, density
-    /// (default: all).
-    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "image", "density"])]
+    /// sse, ws (exec stdout through either), files, concurrent, image,
+    /// density, restart (default: all but restart).
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "concurrent", "image", "density", "restart"])]
     pub only: Vec<String>,
 }
 
 impl BenchArgs {
     fn wants(&self, group: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|g| g == group)
+        if self.only.is_empty() {
+            // Restarting the daemon is asked for by name only.
+            return group != "restart";
+        }
+        self.only.iter().any(|g| g == group)
     }
 }
 
@@ -269,6 +276,141 @@ impl Api {
     }
 }
 
+/// The pid of the process listening on `port` (TCP, IPv4 or IPv6), read
+/// from /proc: the bench runs where the daemon runs.
+fn listener_pid(port: u16) -> Result<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is ADDR:PORT in hex; state 0A is LISTEN.
+            let listening = f.get(3) == Some(&"0A");
+            let on_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if listening && on_port {
+                if let Some(i) = f.get(9) {
+                    inodes.push(format!("socket:[{i}]"));
+                }
+            }
+        }
+    }
+    for proc_dir in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                    return Ok(pid);
+                }
+            }
+        }
+    }
+    bail!("no process on this host listens on port {port}: run the restart figure where the daemon runs")
+}
+
+/// Kills the daemon with SIGKILL and starts it again with the same command
+/// line, environment and working directory (its output goes to a file in
+/// the temp dir); returns the seconds until its API answered, and until
+/// every one of `ids` answered an exec.
+async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
+    use std::os::unix::process::CommandExt;
+    let url = reqwest::Url::parse(&api.base).context("--host")?;
+    let port = url.port_or_known_default().context("--host has no port")?;
+    let pid = listener_pid(port)?;
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let split = |b: Vec<u8>| -> Vec<std::ffi::OsString> {
+        use std::os::unix::ffi::OsStringExt;
+        b.split(|c| *c == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| std::ffi::OsString::from_vec(s.to_vec()))
+            .collect()
+    };
+    let argv = split(std::fs::read(proc_dir.join("cmdline"))?);
+    let env = split(std::fs::read(proc_dir.join("environ"))?);
+    let cwd = std::fs::read_link(proc_dir.join("cwd"))?;
+    if argv.is_empty() {
+        bail!("cannot read the daemon's command line");
+    }
+    // The program as it was started (its /proc exe may name a binary
+    // rebuilt since), relative paths against the daemon's directory.
+    let program = std::path::Path::new(&argv[0]);
+    let exe = if program.is_relative() && program.components().count() > 1 {
+        cwd.join(program)
+    } else {
+        program.to_path_buf()
+    };
+    let log =
+        std::env::temp_dir().join(format!("paddock-bench-restart-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log)?;
+    // SAFETY: kill(2) on a pid read just above; nothing is shared.
+    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+        bail!("kill {pid}: {}", std::io::Error::last_os_error());
+    }
+    while proc_dir.exists() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let t0 = Instant::now();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0);
+    for kv in &env {
+        let kv = kv.to_string_lossy();
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.spawn().context("start the daemon again")?;
+    let deadline = t0 + Duration::from_secs(120);
+    loop {
+        let up = api
+            .http
+            .get(format!("{}/healthz", api.base))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if up {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon did not answer within 120 s (log: {})",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let serving = t0.elapsed().as_secs_f64();
+    // Each sandbox until it answers (a daemon may serve before it has
+    // reattached every sandbox).
+    futures::future::try_join_all(ids.iter().map(|id| async move {
+        loop {
+            match api.exec_true(id).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }))
+    .await?;
+    Ok((serving, t0.elapsed().as_secs_f64()))
+}
+
 pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs) -> Result<i32> {
     let api = Api {
         base: host.trim_end_matches('/').to_string(),
@@ -448,6 +590,36 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     }
     api.destroy(&id).await?;
 
+    if a.concurrent > 0 && a.wants("concurrent") {
+        say(&format!("{} creates at once", a.concurrent));
+        let t0 = Instant::now();
+        let each = futures::future::join_all((0..a.concurrent).map(|_| async {
+            let t = Instant::now();
+            let id = api.create().await?;
+            Ok::<_, anyhow::Error>((id, t.elapsed().as_secs_f64() * 1000.0))
+        }))
+        .await;
+        let took = t0.elapsed().as_secs_f64();
+        let mut t = Vec::new();
+        let mut ids = Vec::new();
+        let mut failed = None;
+        for r in each {
+            match r {
+                Ok((id, ms)) => {
+                    ids.push(id);
+                    t.push(ms);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        futures::future::join_all(ids.iter().map(|id| api.destroy(id))).await;
+        if let Some(e) = failed {
+            return Err(e.context("a concurrent create failed"));
+        }
+        figures.push(json!({"figure": "concurrent_creates_all_ready", "unit": "s", "n": a.concurrent, "p50": took, "p99": took}));
+        figures.push(summary("concurrent_create_each", "ms", t));
+    }
+
     if let Some(image) = a.image.as_ref().filter(|_| a.wants("image")) {
         say(&format!(
             "image {image}: pulls with an empty cache, then creates from it"
@@ -494,7 +666,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.push(summary("create_to_ready_cached_image", "ms", t));
     }
 
-    if a.density > 0 && a.wants("density") {
+    if a.density > 0 && (a.wants("density") || a.wants("restart")) {
         say(&format!("density: {} idle sandboxes at once", a.density));
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = sandbox_memory_kib()?;
@@ -515,6 +687,15 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.push(json!({"figure": "host_memory_per_idle_sandbox", "unit": "MiB", "n": a.density, "p50": per, "p99": per}));
         figures.push(summary("exec_round_trip_at_density", "ms", t));
         figures.push(json!({"figure": "sequential_creates_at_density", "unit": "s", "n": a.density, "p50": took, "p99": took}));
+        if a.wants("restart") {
+            say(&format!(
+                "restart: kill -9 the daemon with {} sandboxes up, start it again",
+                a.density
+            ));
+            let (serving, all) = restart_daemon(&api, &ids).await?;
+            figures.push(json!({"figure": "restart_to_serving", "unit": "s", "n": a.density, "p50": serving, "p99": serving}));
+            figures.push(json!({"figure": "restart_to_all_answering", "unit": "s", "n": a.density, "p50": all, "p99": all}));
+        }
         for id in ids {
             api.destroy(&id).await?;
         }
