@@ -243,23 +243,28 @@ impl Api {
             .await?
             .error_for_status()?;
         let mut body = r.bytes_stream();
-        let (mut got, mut line, mut event) = (0usize, Vec::new(), Vec::new());
+        let (mut got, mut buf, mut event) = (0usize, Vec::new(), Vec::new());
         while let Some(chunk) = body.next().await {
-            for &b in chunk?.iter() {
-                if b != b'\n' {
-                    line.push(b);
-                    continue;
-                }
+            buf.extend_from_slice(&chunk?);
+            // Whole lines only; the rest waits for the next chunk.
+            let mut start = 0;
+            while let Some(end) = memchr::memchr(b'\n', &buf[start..]) {
+                let line = &buf[start..start + end];
+                start += end + 1;
                 if let Some(e) = line.strip_prefix(b"event: ") {
                     event = e.to_vec();
                 } else if let Some(d) = line.strip_prefix(b"data: ") {
                     if event == b"stdout" {
-                        let v: Value = serde_json::from_slice(d)?;
-                        got += v["data"].as_str().map_or(0, str::len);
+                        #[derive(serde::Deserialize)]
+                        struct Data<'a> {
+                            #[serde(borrow)]
+                            data: std::borrow::Cow<'a, str>,
+                        }
+                        got += serde_json::from_slice::<Data>(d)?.data.len();
                     }
                 }
-                line.clear();
             }
+            buf.drain(..start);
         }
         if got != n {
             bail!("exec stdout: {got} bytes of {n}");
@@ -579,7 +584,14 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
                 .send()
                 .await?
                 .error_for_status()?;
-            let n = r.bytes().await?.len();
+            // Counted as it streams in (as `curl -o /dev/null` would):
+            // keeping it would time the client's page faults on a fresh
+            // 64 MiB buffer.
+            let mut n = 0;
+            let mut body = r.bytes_stream();
+            while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+                n += chunk?.len();
+            }
             if n != data.len() {
                 bail!("download returned {n} bytes of {}", data.len());
             }
