@@ -831,6 +831,15 @@ async fn create_template(
         Some(_) => return Err(Error::invalid("name", "must be a string").into()),
         None => return Err(Error::invalid("name", "missing field `name`").into()),
     };
+    let warm_pool = match body.remove("warm_pool") {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(v) => match v.as_u64() {
+            Some(n) => n.min(usize::MAX as u64) as usize,
+            None => {
+                return Err(Error::invalid("warm_pool", "must be a non-negative integer").into())
+            }
+        },
+    };
     let defaults: SandboxSpec =
         match serde_json::from_value(serde_json::Value::Object(body.clone())) {
             Ok(d) => d,
@@ -848,7 +857,10 @@ async fn create_template(
                 return Err(Error::invalid(field.unwrap_or_else(|| "defaults".into()), msg).into());
             }
         };
-    let t = st.engine.create_template(&p, &name, defaults).await?;
+    let t = st
+        .engine
+        .create_template(&p, &name, defaults, warm_pool)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(t)))
 }
 
@@ -857,12 +869,12 @@ struct PoolList {
     pools: Vec<paddock_core::engine::PoolStatus>,
 }
 
-/// The warm pools (`paddock serve --warm-pool`): how many sandboxes each
-/// keeps ready, and how many it has.
+/// The warm pools (`paddock serve --warm-pool`, and your templates'
+/// `warm_pool`): how many sandboxes each keeps ready, and how many it has.
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = PoolList)))]
-async fn list_pools(State(st): State<AppState>) -> axum::Json<PoolList> {
+async fn list_pools(State(st): State<AppState>, Extension(p): P) -> axum::Json<PoolList> {
     axum::Json(PoolList {
-        pools: st.engine.pools(),
+        pools: st.engine.pools(&p),
     })
 }
 
@@ -892,7 +904,7 @@ async fn delete_template(
     Extension(p): P,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    st.engine.delete_template(&p, &name)?;
+    st.engine.delete_template(&p, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

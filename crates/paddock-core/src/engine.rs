@@ -345,6 +345,7 @@ impl Engine {
         spec: SandboxSpec,
         warm: bool,
     ) -> Result<(Sandbox, bool)> {
+        let pool = if warm { self.pool_key(p, &spec) } else { None };
         let spec = match &spec.template {
             Some(name) => {
                 let t = self.store.get_template(&p.id, name)?.ok_or_else(|| {
@@ -356,8 +357,8 @@ impl Engine {
         };
         let mut config = spec.resolve(self.cfg.host_cpus)?;
         let runtime = self.runtime(config.isolation)?.clone();
-        if warm && !self.cfg.warm_pools.is_empty() {
-            if let Some(out) = self.take_warm(p, &spec, &config).await? {
+        if let Some(pool) = pool {
+            if let Some(out) = self.take_warm(p, pool, &spec, &config).await? {
                 return Ok(out);
             }
         }
@@ -999,8 +1000,15 @@ impl Engine {
         p: &Principal,
         name: &str,
         defaults: SandboxSpec,
+        warm_pool: usize,
     ) -> Result<Template> {
         crate::model::validate_template_name(name)?;
+        if warm_pool > crate::model::MAX_TEMPLATE_POOL {
+            return Err(Error::invalid(
+                "warm_pool",
+                format!("at most {}", crate::model::MAX_TEMPLATE_POOL),
+            ));
+        }
         if defaults.key.is_some() {
             return Err(Error::invalid("key", "a template has no idempotency key"));
         }
@@ -1021,9 +1029,13 @@ impl Engine {
             name: name.to_string(),
             owner: p.id.clone(),
             defaults,
+            warm_pool,
             created_at: Utc::now(),
         };
         self.store.insert_template(&t)?;
+        if warm_pool > 0 {
+            self.pools.refill.notify_one();
+        }
         Ok(t)
     }
 
@@ -1037,8 +1049,9 @@ impl Engine {
             .ok_or_else(|| Error::not_found(format!("template {name:?}")))
     }
 
-    pub fn delete_template(&self, p: &Principal, name: &str) -> Result<()> {
+    pub async fn delete_template(&self, p: &Principal, name: &str) -> Result<()> {
         if self.store.delete_template(&p.id, name)? {
+            self.drain_template_pool(&p.id, name).await;
             Ok(())
         } else {
             Err(Error::not_found(format!("template {name:?}")))

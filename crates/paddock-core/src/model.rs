@@ -674,8 +674,15 @@ pub struct Template {
     pub owner: String,
     /// The defaults: any field of a sandbox spec but `key` and `template`.
     pub defaults: SandboxSpec,
+    /// Sandboxes of this template kept booted ahead of time (a warm pool,
+    /// at most `MAX_TEMPLATE_POOL`); 0: none.
+    #[serde(default)]
+    pub warm_pool: usize,
     pub created_at: DateTime<Utc>,
 }
+
+/// The largest warm pool a template may ask for.
+pub const MAX_TEMPLATE_POOL: usize = 16;
 
 /// Template names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
 pub fn validate_template_name(name: &str) -> Result<()> {

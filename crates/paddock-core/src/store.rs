@@ -375,6 +375,18 @@ impl Store {
         docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
     }
 
+    /// Every principal's templates that ask for a warm pool.
+    pub fn templates_with_pools(&self) -> Result<Vec<Template>> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(
+            "SELECT doc FROM templates WHERE json_extract(doc, '$.warm_pool') > 0 ORDER BY owner, name",
+        )?;
+        let docs = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
     /// Whether there was one to delete.
     pub fn delete_template(&self, owner: &str, name: &str) -> Result<bool> {
         Ok(self.lock().execute(

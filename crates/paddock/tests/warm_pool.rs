@@ -1,7 +1,7 @@
-//! Warm pools (`paddock serve --warm-pool default=N`): creates that ask
-//! for nothing else are handed a sandbox booted ahead of time, never one
-//! that was used, and the pool refills in the background and survives a
-//! restart.
+//! Warm pools (`paddock serve --warm-pool default=N`, and a template's
+//! `warm_pool`): creates that ask for nothing else are handed a sandbox
+//! booted ahead of time, never one that was used, and the pool refills in
+//! the background and survives a restart.
 
 mod common;
 use common::*;
@@ -98,6 +98,73 @@ fn creates_are_served_from_the_warm_pool() {
     let ev = lifecycle(&api, &after);
     assert_eq!(ev[0].1["data"]["warm"], true, "{:?}", ev);
     for id in seen.iter().skip(1).chain([&after]) {
+        api.destroy(id);
+    }
+}
+
+/// The caller's pool of template `name`: (size, ready).
+fn template_pool(api: &Api, name: &str) -> Option<(u64, u64)> {
+    let r = api.get("/pools");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["template"] == name)
+        .map(|p| (p["size"].as_u64().unwrap(), p["ready"].as_u64().unwrap()))
+}
+
+#[test]
+fn a_template_keeps_a_warm_pool_of_its_own() {
+    let d = Daemon::start();
+    let api = d.api();
+    // Bad sizes are refused, naming the field.
+    for bad in [json!(17), json!(-1), json!("2")] {
+        let r = api.post("/templates", json!({"name": "t-bad", "warm_pool": bad}));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert_eq!(r.body["field"], "warm_pool", "{}", r.text);
+    }
+    let r = api.post(
+        "/templates",
+        json!({"name": "tw", "env": {"FROM_T": "yes"}, "labels": {"team": "a"},
+               "ttl_secs": 900, "warm_pool": 2}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["warm_pool"], 2);
+    assert_eq!(api.get("/templates/tw").body["warm_pool"], 2);
+    eventually(60, || (template_pool(&api, "tw") == Some((2, 2))).then_some(()));
+    // Nobody's until handed over: not listed.
+    let listed = api.get("/sandboxes").body;
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 0, "{listed}");
+
+    // A create naming the template (and a key, labels) gets one, as the
+    // template would have made it.
+    let r = api.post(
+        "/sandboxes",
+        json!({"template": "tw", "key": "tw-1", "labels": {"x": "1"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let a = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["template"], "tw", "{}", r.text);
+    assert_eq!(r.body["labels"], json!({"team": "a", "x": "1"}), "{}", r.text);
+    assert_eq!(r.body["config"]["ttl_secs"], 900, "{}", r.text);
+    assert!(r.body["expires_at"].is_string(), "{}", r.text);
+    let ev = lifecycle(&api, &a);
+    assert_eq!(ev[0].1["data"]["warm"], true, "{:?}", ev);
+    assert_eq!(api.sh(&a, "echo $FROM_T")["stdout"], "yes\n");
+    // Anything beyond what a hand-over can give boots one of its own.
+    let own = api.create(json!({"template": "tw", "env": {"B": "2"}}));
+    let ev = lifecycle(&api, &own);
+    assert!(ev[0].1["data"]["warm"].is_null(), "{:?}", ev);
+    assert_eq!(api.sh(&own, "echo $FROM_T$B")["stdout"], "yes2\n");
+    eventually(60, || (template_pool(&api, "tw") == Some((2, 2))).then_some(()));
+
+    // Deleting the template empties its pool: only the two handed-out
+    // sandboxes are left on the host.
+    assert_eq!(api.delete("/templates/tw").status, 204);
+    assert_eq!(template_pool(&api, "tw"), None);
+    eventually(30, || (pooled_dirs(&d) == 2).then_some(()));
+    for id in [&a, &own] {
         api.destroy(id);
     }
 }

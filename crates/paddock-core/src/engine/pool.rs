@@ -1,5 +1,6 @@
-//! Warm pools: per image, N sandboxes booted ahead of time, so that a
-//! create asking for nothing else is answered by handing one over.
+//! Warm pools: per image (`serve --warm-pool`) or per template (its
+//! `warm_pool`), N sandboxes booted ahead of time, so that a create asking
+//! for nothing else is answered by handing one over.
 //!
 //! A pooled sandbox belongs to [`POOL_OWNER`], which no principal can be,
 //! so nobody sees or touches it before it is handed over; nothing runs in
@@ -39,29 +40,47 @@ pub struct PoolConfig {
 /// A pool as `GET /v1/pools` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
-    /// None: the default host image.
+    /// None: the default host image (or, for a template's pool, the
+    /// template's).
     pub image: Option<String>,
+    /// The template whose sandboxes this pool keeps (yours only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     pub size: usize,
     pub ready: usize,
 }
 
+/// Which sandboxes a pool keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum PoolKey {
+    /// A plain sandbox of this image (None: the default).
+    Image(Option<String>),
+    /// A sandbox of `owner`'s template `name`.
+    Template { owner: String, name: String },
+}
+
+/// Labels that tie a pooled template sandbox to its template (they are
+/// replaced by the creator's labels at hand-over).
+const TEMPLATE_LABEL: &str = "paddock.pool.template";
+const OWNER_LABEL: &str = "paddock.pool.owner";
+
 #[derive(Default)]
 pub(super) struct Pools {
-    ready: std::sync::Mutex<HashMap<Option<String>, VecDeque<Uuid>>>,
-    refill: tokio::sync::Notify,
+    ready: std::sync::Mutex<HashMap<PoolKey, VecDeque<Uuid>>>,
+    pub(super) refill: tokio::sync::Notify,
 }
 
 impl Pools {
-    fn ready(&self) -> std::sync::MutexGuard<'_, HashMap<Option<String>, VecDeque<Uuid>>> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, VecDeque<Uuid>>> {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn count(&self, image: &Option<String>) -> usize {
-        self.ready().get(image).map_or(0, |q| q.len())
+    fn count(&self, key: &PoolKey) -> usize {
+        self.ready().get(key).map_or(0, |q| q.len())
     }
 
-    fn push(&self, image: Option<String>, id: Uuid) {
-        self.ready().entry(image).or_default().push_back(id);
+    fn push(&self, key: PoolKey, id: Uuid) {
+        self.ready().entry(key).or_default().push_back(id);
     }
 }
 
@@ -71,22 +90,26 @@ fn pool_principal() -> Principal {
     }
 }
 
-/// The pool a spec can be served from: one that sets nothing but its
-/// image and what can be given at hand-over (key, labels, TTL, idle
-/// timeout). Anything else (limits, env, command, mounts, ...) boots a
+/// The spec less what can be given at hand-over (key, labels, TTL, idle
+/// timeout) and `keep`: a spec that is default but for those can be served
+/// from a pool. Anything else (limits, env, command, mounts, ...) boots a
 /// sandbox of its own.
-fn pool_image(spec: &SandboxSpec) -> Option<Option<String>> {
-    let rest = SandboxSpec {
+fn plain_but(spec: &SandboxSpec, keep: impl FnOnce(&mut SandboxSpec)) -> bool {
+    let mut rest = SandboxSpec {
         key: None,
         labels: Default::default(),
-        image: None,
         ttl_secs: None,
         idle_timeout_secs: None,
         ..spec.clone()
     };
-    let plain =
-        serde_json::to_value(&rest).ok()? == serde_json::to_value(SandboxSpec::default()).ok()?;
-    plain.then(|| {
+    keep(&mut rest);
+    serde_json::to_value(&rest).ok() == serde_json::to_value(SandboxSpec::default()).ok()
+}
+
+/// The image pool a spec can be served from: one that sets nothing but its
+/// image and what can be given at hand-over.
+fn pool_image(spec: &SandboxSpec) -> Option<Option<String>> {
+    plain_but(spec, |r| r.image = None).then(|| {
         spec.image
             .as_deref()
             .map(str::trim)
@@ -95,42 +118,137 @@ fn pool_image(spec: &SandboxSpec) -> Option<Option<String>> {
     })
 }
 
+/// The template a spec names, if it sets nothing else but what can be
+/// given at hand-over.
+fn pool_template(spec: &SandboxSpec) -> Option<String> {
+    let name = spec.template.clone()?;
+    plain_but(spec, |r| r.template = None).then_some(name)
+}
+
 impl Engine {
-    fn pool_size(&self, image: &Option<String>) -> Option<usize> {
-        self.cfg
-            .warm_pools
-            .iter()
-            .find(|p| &p.image == image)
-            .map(|p| p.size)
+    /// The pool a create by `p` with this spec (as given, before a
+    /// template's defaults) can be served from, if one exists.
+    pub(super) fn pool_key(&self, p: &Principal, spec: &SandboxSpec) -> Option<PoolKey> {
+        let key = match pool_template(spec) {
+            Some(name) => PoolKey::Template {
+                owner: p.id.clone(),
+                name,
+            },
+            None if spec.template.is_some() => return None,
+            None => PoolKey::Image(pool_image(spec)?),
+        };
+        self.pool_size(&key).filter(|n| *n > 0).map(|_| key)
     }
 
-    pub fn pools(&self) -> Vec<PoolStatus> {
-        self.cfg
+    fn pool_size(&self, key: &PoolKey) -> Option<usize> {
+        match key {
+            PoolKey::Image(image) => self
+                .cfg
+                .warm_pools
+                .iter()
+                .find(|p| &p.image == image)
+                .map(|p| p.size),
+            PoolKey::Template { owner, name } => self
+                .store
+                .get_template(owner, name)
+                .ok()
+                .flatten()
+                .map(|t| t.warm_pool),
+        }
+    }
+
+    /// Every pool that should exist: the daemon's image pools, and the
+    /// templates that ask for one.
+    fn wanted_pools(&self) -> Vec<(PoolKey, usize)> {
+        let mut v: Vec<(PoolKey, usize)> = self
+            .cfg
             .warm_pools
             .iter()
-            .map(|p| PoolStatus {
-                image: p.image.clone(),
-                size: p.size,
-                ready: self.pools.count(&p.image),
+            .map(|p| (PoolKey::Image(p.image.clone()), p.size))
+            .collect();
+        match self.store.templates_with_pools() {
+            Ok(ts) => v.extend(ts.into_iter().map(|t| {
+                (
+                    PoolKey::Template {
+                        owner: t.owner,
+                        name: t.name,
+                    },
+                    t.warm_pool,
+                )
+            })),
+            Err(e) => tracing::warn!("warm pool: reading templates: {e}"),
+        }
+        v
+    }
+
+    /// The pools `p` may see: the daemon's image pools and `p`'s
+    /// templates' pools.
+    pub fn pools(&self, p: &Principal) -> Vec<PoolStatus> {
+        self.wanted_pools()
+            .into_iter()
+            .filter_map(|(key, size)| {
+                let ready = self.pools.count(&key);
+                match key {
+                    PoolKey::Image(image) => Some(PoolStatus {
+                        image,
+                        template: None,
+                        size,
+                        ready,
+                    }),
+                    PoolKey::Template { owner, name } if owner == p.id => {
+                        let image = self
+                            .store
+                            .get_template(&owner, &name)
+                            .ok()
+                            .flatten()
+                            .and_then(|t| t.defaults.image);
+                        Some(PoolStatus {
+                            image,
+                            template: Some(name),
+                            size,
+                            ready,
+                        })
+                    }
+                    PoolKey::Template { .. } => None,
+                }
             })
             .collect()
+    }
+
+    /// Destroys the pooled sandboxes of a template that is gone.
+    pub(super) async fn drain_template_pool(&self, owner: &str, name: &str) {
+        let key = PoolKey::Template {
+            owner: owner.to_string(),
+            name: name.to_string(),
+        };
+        let ids: Vec<Uuid> = self
+            .pools
+            .ready()
+            .remove(&key)
+            .map(Vec::from)
+            .unwrap_or_default();
+        for id in ids {
+            if let Ok(Some(sb)) = self.store.get_sandbox(id) {
+                if sb.owner == POOL_OWNER {
+                    if let Err(e) = self.destroy_inner(sb, "warm pool").await {
+                        tracing::warn!("warm pool: {e}");
+                    }
+                }
+            }
+        }
     }
 
     /// Hands a pooled sandbox to `p`, if `spec` can be served from a pool
     /// that has one ready. With a key `p` already used, that sandbox
     /// (`false`), as `create` would.
+    /// `spec` is the create's spec with its template's defaults applied.
     pub(super) async fn take_warm(
         &self,
         p: &Principal,
+        key: PoolKey,
         spec: &SandboxSpec,
         config: &SandboxConfig,
     ) -> Result<Option<(Sandbox, bool)>> {
-        let Some(image) = pool_image(spec) else {
-            return Ok(None);
-        };
-        if self.pool_size(&image).is_none() {
-            return Ok(None);
-        }
         let _guard = match &spec.key {
             Some(_) => Some(self.key_lock.lock().await),
             None => None,
@@ -141,11 +259,7 @@ impl Engine {
             }
         }
         loop {
-            let next = self
-                .pools
-                .ready()
-                .get_mut(&image)
-                .and_then(|q| q.pop_front());
+            let next = self.pools.ready().get_mut(&key).and_then(|q| q.pop_front());
             let Some(id) = next else {
                 self.pools.refill.notify_one();
                 return Ok(None);
@@ -164,6 +278,7 @@ impl Engine {
                     sb.owner = p.id.clone();
                     sb.key = spec.key.clone();
                     sb.labels = spec.labels.clone();
+                    sb.template = spec.template.clone();
                     sb.config.ttl_secs = config.ttl_secs;
                     sb.config.idle_timeout_secs = config.idle_timeout_secs;
                     sb.expires_at = config.ttl_secs.map(|t| super::expiry(now, t));
@@ -201,7 +316,7 @@ impl Engine {
                 Err(Error::Conflict(_)) => continue,
                 Err(e) => {
                     // Still the pool's: keep it, first in line.
-                    self.pools.ready().entry(image).or_default().push_front(id);
+                    self.pools.ready().entry(key).or_default().push_front(id);
                     return Err(e);
                 }
             }
@@ -210,12 +325,9 @@ impl Engine {
 
     /// Adopts the pooled sandboxes that survived a restart (destroying
     /// those no pool wants any more), then keeps every pool full.
-    pub fn spawn_pools(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        if self.cfg.warm_pools.is_empty() {
-            return None;
-        }
+    pub fn spawn_pools(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
-        Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             engine.adopt_pooled().await;
             loop {
                 let notified = engine.pools.refill.notified();
@@ -229,7 +341,7 @@ impl Engine {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
-        }))
+        })
     }
 
     async fn adopt_pooled(&self) {
@@ -237,13 +349,19 @@ impl Engine {
             .list_all(&pool_principal(), &ListQuery::default())
             .unwrap_or_default();
         for sb in pooled {
-            let image = sb.config.image.clone();
+            let key = match (sb.labels.get(TEMPLATE_LABEL), sb.labels.get(OWNER_LABEL)) {
+                (Some(name), Some(owner)) => PoolKey::Template {
+                    owner: owner.clone(),
+                    name: name.clone(),
+                },
+                _ => PoolKey::Image(sb.config.image.clone()),
+            };
             let live = self.live.read().await.contains_key(&sb.id);
             let room = self
-                .pool_size(&image)
-                .is_some_and(|n| self.pools.count(&image) < n);
+                .pool_size(&key)
+                .is_some_and(|n| self.pools.count(&key) < n);
             if sb.state == State::Running && live && room {
-                self.pools.push(image, sb.id);
+                self.pools.push(key, sb.id);
             } else if let Err(e) = self.destroy_inner(sb, "warm pool").await {
                 tracing::warn!("warm pool: {e}");
             }
@@ -254,14 +372,16 @@ impl Engine {
     /// when every pool is full (or the host is short of memory).
     async fn refill_once(self: &Arc<Self>) -> Result<bool> {
         let short = self
-            .cfg
-            .warm_pools
-            .iter()
-            .map(|p| (p, self.pools.count(&p.image)))
-            .filter(|(p, have)| *have < p.size)
-            .min_by_key(|(_, have)| *have)
-            .map(|(p, _)| p.image.clone());
-        let Some(image) = short else {
+            .wanted_pools()
+            .into_iter()
+            .map(|(key, size)| {
+                let have = self.pools.count(&key);
+                (key, size, have)
+            })
+            .filter(|(_, size, have)| have < size)
+            .min_by_key(|(_, _, have)| *have)
+            .map(|(key, _, _)| key);
+        let Some(key) = short else {
             return Ok(false);
         };
         let available_mb =
@@ -270,19 +390,35 @@ impl Engine {
             tracing::debug!("warm pool: the host is short of memory; not refilling");
             return Ok(false);
         }
-        let spec = SandboxSpec {
-            image: image.clone(),
-            ..Default::default()
+        let spec = match &key {
+            PoolKey::Image(image) => SandboxSpec {
+                image: image.clone(),
+                ..Default::default()
+            },
+            PoolKey::Template { owner, name } => {
+                let Some(t) = self.store.get_template(owner, name)? else {
+                    return Ok(true);
+                };
+                let mut spec = t.defaults;
+                spec.labels.insert(TEMPLATE_LABEL.into(), name.clone());
+                spec.labels.insert(OWNER_LABEL.into(), owner.clone());
+                spec
+            }
         };
         let (sb, _) = self.create_inner(&pool_principal(), spec, false).await?;
-        self.pools.push(image, sb.id);
+        // The template may have gone while it booted.
+        if self.pool_size(&key).is_some_and(|n| n > 0) {
+            self.pools.push(key, sb.id);
+        } else {
+            self.destroy_inner(sb, "warm pool").await?;
+        }
         Ok(true)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::pool_image;
+    use super::{pool_image, pool_template};
     use crate::model::SandboxSpec;
 
     #[test]
@@ -320,5 +456,18 @@ mod tests {
         ] {
             assert_eq!(pool_image(&other), None, "{other:?}");
         }
+        let t = SandboxSpec {
+            template: Some("t".into()),
+            key: Some("k".into()),
+            ttl_secs: Some(60),
+            ..Default::default()
+        };
+        assert_eq!(pool_template(&t), Some("t".into()));
+        let t_env = SandboxSpec {
+            env: [("A".to_string(), "1".to_string())].into(),
+            ..t.clone()
+        };
+        assert_eq!(pool_template(&t_env), None);
+        assert_eq!(pool_template(&plain), None);
     }
 }
