@@ -129,6 +129,9 @@ impl Engine {
     /// The pool a create by `p` with this spec (as given, before a
     /// template's defaults) can be served from, if one exists.
     pub(super) fn pool_key(&self, p: &Principal, spec: &SandboxSpec) -> Option<PoolKey> {
+        if spec.template.is_none() && self.cfg.warm_pools.is_empty() {
+            return None;
+        }
         let key = match pool_template(spec) {
             Some(name) => PoolKey::Template {
                 owner: p.id.clone(),
