@@ -230,7 +230,7 @@ impl Api {
     }
 
     /// `n` bytes of stdout through the streaming exec API; MB/s of payload.
-    async fn exec_stdout(&self, id: &str, n: usize) -> Result<f64> {
+    async fn exec_stdout_sse(&self, id: &str, n: usize) -> Result<f64> {
         use futures::StreamExt;
         let t0 = Instant::now();
         let r = self
@@ -548,9 +548,9 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         ));
         let mut rates = Vec::new();
         for _ in 0..3 {
-            rates.push(api.exec_stdout(&id, a.file_mib << 20).await?);
+            rates.push(api.exec_stdout_sse(&id, a.file_mib << 20).await?);
         }
-        figures.push(summary("exec_stdout", "MB/s", rates));
+        figures.push(summary("exec_stdout_sse", "MB/s", rates));
     }
     if a.wants("ws") {
         say(&format!(
@@ -561,7 +561,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         for _ in 0..3 {
             rates.push(api.exec_stdout_ws(&id, a.file_mib << 20).await?);
         }
-        figures.push(summary("exec_stdout_websocket", "MB/s", rates));
+        figures.push(summary("exec_stdout", "MB/s", rates));
     }
 
     if a.wants("files") {
