@@ -133,3 +133,36 @@ fn a_sandbox_whose_init_dies_is_marked_and_cleaned_up() {
     eventually(10, || (!dir.exists()).then_some(()));
     api.destroy(&id);
 }
+
+#[test]
+fn an_agent_that_does_not_answer_after_a_restart_is_marked_dead() {
+    let d = Daemon::start();
+    let api = d.api();
+    let live = api.create(json!({}));
+    let mute = api.create(json!({}));
+    let dir = d.data.join("sandboxes").join(&mute);
+    let pid: i32 = std::fs::read_to_string(dir.join("init.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    d.kill9();
+    // Its agent still exists but answers nothing.
+    // SAFETY: kill(2) on a pid we just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    d.restart();
+    // The daemon serves without waiting on the mute agent: the other
+    // sandbox answers at once.
+    assert_eq!(api.sh(&live, "echo ok")["stdout"], "ok\n");
+    // The mute one is marked once its agent fails to answer (10 s).
+    let sb = eventually(40, || {
+        let sb = api.get(&format!("/sandboxes/{mute}")).body;
+        (sb["state"] == "error").then_some(sb)
+    });
+    assert!(
+        sb["message"].as_str().unwrap().contains("did not answer"),
+        "{sb}"
+    );
+    eventually(10, || (!dir.exists()).then_some(()));
+    api.destroy(&live);
+}

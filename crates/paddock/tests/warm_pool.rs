@@ -132,7 +132,9 @@ fn a_template_keeps_a_warm_pool_of_its_own() {
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["warm_pool"], 2);
     assert_eq!(api.get("/templates/tw").body["warm_pool"], 2);
-    eventually(60, || (template_pool(&api, "tw") == Some((2, 2))).then_some(()));
+    eventually(60, || {
+        (template_pool(&api, "tw") == Some((2, 2))).then_some(())
+    });
     // Nobody's until handed over: not listed.
     let listed = api.get("/sandboxes").body;
     assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 0, "{listed}");
@@ -146,7 +148,12 @@ fn a_template_keeps_a_warm_pool_of_its_own() {
     assert_eq!(r.status, 201, "{}", r.text);
     let a = r.body["id"].as_str().unwrap().to_string();
     assert_eq!(r.body["template"], "tw", "{}", r.text);
-    assert_eq!(r.body["labels"], json!({"team": "a", "x": "1"}), "{}", r.text);
+    assert_eq!(
+        r.body["labels"],
+        json!({"team": "a", "x": "1"}),
+        "{}",
+        r.text
+    );
     assert_eq!(r.body["config"]["ttl_secs"], 900, "{}", r.text);
     assert!(r.body["expires_at"].is_string(), "{}", r.text);
     let ev = lifecycle(&api, &a);
@@ -157,7 +164,9 @@ fn a_template_keeps_a_warm_pool_of_its_own() {
     let ev = lifecycle(&api, &own);
     assert!(ev[0].1["data"]["warm"].is_null(), "{:?}", ev);
     assert_eq!(api.sh(&own, "echo $FROM_T$B")["stdout"], "yes2\n");
-    eventually(60, || (template_pool(&api, "tw") == Some((2, 2))).then_some(()));
+    eventually(60, || {
+        (template_pool(&api, "tw") == Some((2, 2))).then_some(())
+    });
 
     // Deleting the template empties its pool: only the two handed-out
     // sandboxes are left on the host.
