@@ -24,9 +24,9 @@ const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
 const CHUNK: usize = 256 * 1024;
 /// Largest read from a terminal (its output comes in small pieces).
 const PTY_CHUNK: usize = 64 * 1024;
-/// Pipe capacity asked for stdout and stderr (Linux's default is 64 KiB;
-/// 1 MiB is what an unprivileged process may ask for by default).
-const PIPE_SIZE: i32 = 1 << 20;
+/// Below this a chunk is copied out rather than split off, so that a
+/// small chunk waiting to be sent does not hold a CHUNK-sized buffer.
+const SMALL: usize = 16 * 1024;
 
 pub type OutTx = mpsc::Sender<Result<ExecOutput, Status>>;
 
@@ -218,7 +218,16 @@ where
         state.bytes.fetch_add(n as u64, Ordering::SeqCst);
         match &mut sink {
             Sink::Stream(tx, is_err) => {
-                let chunk = buf.split().freeze();
+                // Pipes keep the kernel's 64 KiB: a larger one would count
+                // against the pipe memory every sandbox's root shares
+                // (pipe-user-pages-soft is per host uid).
+                let chunk = if n < SMALL {
+                    let c = bytes::Bytes::copy_from_slice(&buf);
+                    buf.clear();
+                    c
+                } else {
+                    buf.split().freeze()
+                };
                 let msg = if *is_err {
                     exec_output::Msg::Stderr(chunk)
                 } else {
@@ -387,9 +396,6 @@ pub async fn start(
         .enumerate()
         {
             let Some(fd) = fd else { continue };
-            // SAFETY: fcntl on a pipe descriptor this function owns; a
-            // refusal (a lower pipe-max-size) keeps the default size.
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| Status::internal(format!("pipe: {e}")))?;
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
