@@ -8,27 +8,38 @@ pub struct Utf8Chunks {
 }
 
 impl Utf8Chunks {
-    pub fn push(&mut self, mut bytes: &[u8]) -> String {
-        let mut out = String::new();
-        // First complete a character the last chunk left unfinished.
-        while !self.carry.is_empty() && !bytes.is_empty() {
-            self.carry.push(bytes[0]);
-            bytes = &bytes[1..];
-            match std::str::from_utf8(&self.carry) {
-                Err(e) if e.error_len().is_none() => continue,
-                _ => out.push_str(&String::from_utf8_lossy(&std::mem::take(&mut self.carry))),
-            }
-        }
-        if bytes.is_empty() {
-            return out;
-        }
-        let valid = match std::str::from_utf8(bytes) {
-            Ok(_) => bytes.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => bytes.len(), // invalid: replaced below
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        // Joined only when a character was left unfinished (rare): the
+        // common chunk is decoded where it lies.
+        let joined;
+        let data: &[u8] = if self.carry.is_empty() {
+            bytes
+        } else {
+            let mut v = std::mem::take(&mut self.carry);
+            v.extend_from_slice(bytes);
+            joined = v;
+            &joined
         };
-        out.push_str(&String::from_utf8_lossy(&bytes[..valid]));
-        self.carry.extend_from_slice(&bytes[valid..]);
+        let mut out = String::with_capacity(data.len());
+        let mut done = 0;
+        for chunk in data.utf8_chunks() {
+            out.push_str(chunk.valid());
+            done += chunk.valid().len();
+            let bad = chunk.invalid();
+            if bad.is_empty() {
+                continue;
+            }
+            // At the very end, the start of a character that the next chunk
+            // may finish waits; anything else is one U+FFFD per bad piece,
+            // as from_utf8_lossy would give.
+            let at_end = done + bad.len() == data.len();
+            if at_end && std::str::from_utf8(bad).is_err_and(|e| e.error_len().is_none()) {
+                self.carry.extend_from_slice(bad);
+            } else {
+                out.push(char::REPLACEMENT_CHARACTER);
+            }
+            done += bad.len();
+        }
         out
     }
 
@@ -42,6 +53,27 @@ impl Utf8Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_bytes_next_to_a_cut_spoil_nothing_else() {
+        let mut d = Utf8Chunks::default();
+        // A truncated sequence, then a whole euro sign: one U+FFFD, one €.
+        let mut s = d.push(&[0xE2, 0x82]);
+        s += &d.push(&[0xE2, 0x82, 0xAC]);
+        s += &d.finish();
+        assert_eq!(s, "\u{FFFD}\u{20AC}");
+        // A Latin-1 byte in a chunk whose last character is cut.
+        let mut d = Utf8Chunks::default();
+        let mut s = d.push(&[b'a', 0xE9, b'b', 0xE2, 0x9C]);
+        s += &d.push(&[0x93]);
+        s += &d.finish();
+        assert_eq!(s, "a\u{FFFD}b\u{2713}");
+        // Left unfinished at the end: U+FFFD.
+        let mut d = Utf8Chunks::default();
+        let mut s = d.push(&[b'x', 0xF0, 0x9F]);
+        s += &d.finish();
+        assert_eq!(s, "x\u{FFFD}");
+    }
 
     #[test]
     fn utf8_chunks_never_split_a_character() {
