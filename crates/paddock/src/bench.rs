@@ -330,6 +330,15 @@ fn listener_pid(port: u16) -> Result<u32> {
 async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
     use std::os::unix::process::CommandExt;
     let url = reqwest::Url::parse(&api.base).context("--host")?;
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    if !local {
+        bail!("the restart figure kills and starts the daemon on this machine: give --host on loopback");
+    }
     let port = url.port_or_known_default().context("--host has no port")?;
     let pid = listener_pid(port)?;
     let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
@@ -343,8 +352,11 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
     let argv = split(std::fs::read(proc_dir.join("cmdline"))?);
     let env = split(std::fs::read(proc_dir.join("environ"))?);
     let cwd = std::fs::read_link(proc_dir.join("cwd"))?;
-    if argv.is_empty() {
-        bail!("cannot read the daemon's command line");
+    if argv.len() < 2 || argv[1] != "serve" {
+        bail!(
+            "the process on port {port} (pid {pid}) is not `paddock serve`: {:?}",
+            argv
+        );
     }
     // The program as it was started (its /proc exe may name a binary
     // rebuilt since), relative paths against the daemon's directory.
@@ -361,7 +373,17 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
     if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
         bail!("kill {pid}: {}", std::io::Error::last_os_error());
     }
-    while proc_dir.exists() {
+    // Gone, or a zombie its parent has not reaped (it holds no port).
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        if Instant::now() > gone_by {
+            bail!("pid {pid} still runs 10 s after SIGKILL");
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let t0 = Instant::now();
