@@ -1022,6 +1022,23 @@ impl Engine {
                 "a template named {name:?} already exists"
             )));
         }
+        if warm_pool > 0 {
+            let pooled: usize = self
+                .store
+                .list_templates(&p.id)?
+                .iter()
+                .map(|t| t.warm_pool)
+                .sum();
+            if pooled + warm_pool > crate::model::MAX_POOLED_PER_OWNER {
+                return Err(Error::invalid(
+                    "warm_pool",
+                    format!(
+                        "your templates keep {pooled} sandboxes pooled; at most {} in all",
+                        crate::model::MAX_POOLED_PER_OWNER
+                    ),
+                ));
+            }
+        }
         if let Some(reference) = &config.image {
             self.images()?.resolve(reference).await?;
         }
@@ -1197,17 +1214,21 @@ impl Engine {
         futures::pin_mut!(checked);
         while let Some((id, live, r)) = checked.next().await {
             let Err(e) = r else { continue };
-            // Only if nothing replaced it meanwhile (a stop, a destroy).
-            let same = match (&live, self.live.read().await.get(&id)) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            let running =
-                matches!(self.store.get_sandbox(id), Ok(Some(sb)) if sb.state == State::Running);
-            if !same || !running {
-                continue;
+            // Only if nothing replaced it meanwhile (a stop, a destroy):
+            // compared and removed under one lock.
+            {
+                let mut map = self.live.write().await;
+                let same = match (&live, map.get(&id)) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                let running = matches!(self.store.get_sandbox(id),
+                    Ok(Some(sb)) if sb.state == State::Running);
+                if !same || !running {
+                    continue;
+                }
+                map.remove(&id);
             }
-            self.live.write().await.remove(&id);
             let msg = format!("its agent did not answer after the daemon restarted: {e}");
             tracing::warn!(sandbox = %id, "{msg}");
             if let Some(rt) = self
@@ -1329,8 +1350,13 @@ impl Engine {
                             };
                             let main = !sb.config.main_process().is_empty();
                             let usage = sb.config.usage_events_secs.filter(|s| *s > 0);
+                            // A pooled sandbox changes owner at hand-over:
+                            // read it again until then.
+                            let pooled = sb.owner == pool::POOL_OWNER;
                             let e = (main || usage.is_some()).then_some((sb, main, usage));
-                            watch.insert(id, e.clone());
+                            if !pooled {
+                                watch.insert(id, e.clone());
+                            }
                             e
                         }
                     };

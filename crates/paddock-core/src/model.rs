@@ -683,6 +683,8 @@ pub struct Template {
 
 /// The largest warm pool a template may ask for.
 pub const MAX_TEMPLATE_POOL: usize = 16;
+/// The most sandboxes one principal's templates may keep pooled in all.
+pub const MAX_POOLED_PER_OWNER: usize = 32;
 
 /// Template names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
 pub fn validate_template_name(name: &str) -> Result<()> {

@@ -176,6 +176,42 @@ fn a_template_keeps_a_warm_pool_of_its_own() {
     for id in [&a, &own] {
         api.destroy(id);
     }
+
+    // A template's TTL starts at hand-over: pooled sandboxes outlive it.
+    let r = api.post(
+        "/templates",
+        json!({"name": "short", "ttl_secs": 2, "warm_pool": 1}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    eventually(60, || {
+        (template_pool(&api, "short") == Some((1, 1))).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(template_pool(&api, "short"), Some((1, 1)));
+    let r = api.post("/sandboxes", json!({"template": "short"}));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let s = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(lifecycle(&api, &s)[0].1["data"]["warm"], true);
+    assert_eq!(api.sh(&s, "echo alive")["stdout"], "alive\n");
+    assert_eq!(api.delete("/templates/short").status, 204);
+    // ... and it expires like any other.
+    eventually(30, || {
+        (api.get(&format!("/sandboxes/{s}")).body["state"] == "destroyed").then_some(())
+    });
+
+    // One principal's templates keep at most 32 sandboxes pooled in all.
+    for (name, n) in [("p1", 16), ("p2", 16)] {
+        let r = api.post("/templates", json!({"name": name, "warm_pool": n}));
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = api.post("/templates", json!({"name": "p3", "warm_pool": 1}));
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.body["field"], "warm_pool", "{}", r.text);
+    assert_eq!(api.post("/templates", json!({"name": "p3"})).status, 201);
+    for name in ["p1", "p2", "p3"] {
+        assert_eq!(api.delete(&format!("/templates/{name}")).status, 204);
+    }
+    eventually(60, || (pooled_dirs(&d) == 0).then_some(()));
 }
 
 #[test]

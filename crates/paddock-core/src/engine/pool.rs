@@ -63,14 +63,39 @@ pub(super) enum PoolKey {
 /// replaced by the creator's labels at hand-over).
 const TEMPLATE_LABEL: &str = "paddock.pool.template";
 const OWNER_LABEL: &str = "paddock.pool.owner";
+/// Which version of the template (its creation time): a template deleted
+/// and made anew under the same name must not get the old one's sandboxes.
+const VERSION_LABEL: &str = "paddock.pool.version";
+
+fn template_version(created_at: &chrono::DateTime<Utc>) -> String {
+    created_at.timestamp_micros().to_string()
+}
+
+/// How long a pool whose last boot failed is left alone.
+const FAILED_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub(super) struct Pools {
     ready: std::sync::Mutex<HashMap<PoolKey, VecDeque<Uuid>>>,
+    /// Pools whose last boot failed, and when.
+    failed: std::sync::Mutex<HashMap<PoolKey, std::time::Instant>>,
     pub(super) refill: tokio::sync::Notify,
 }
 
 impl Pools {
+    fn failed(&self, key: PoolKey) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, std::time::Instant::now());
+    }
+
+    fn backing_off(&self, key: &PoolKey) -> bool {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|_, at| at.elapsed() < FAILED_BACKOFF);
+        f.contains_key(key)
+    }
+
     fn ready(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, VecDeque<Uuid>>> {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -360,10 +385,7 @@ impl Engine {
                 _ => PoolKey::Image(sb.config.image.clone()),
             };
             let live = self.live.read().await.contains_key(&sb.id);
-            let room = self
-                .pool_size(&key)
-                .is_some_and(|n| self.pools.count(&key) < n);
-            if sb.state == State::Running && live && room {
+            if sb.state == State::Running && live && self.pool_wants(&key, &sb) {
                 self.pools.push(key, sb.id);
             } else if let Err(e) = self.destroy_inner(sb, "warm pool").await {
                 tracing::warn!("warm pool: {e}");
@@ -381,7 +403,7 @@ impl Engine {
                 let have = self.pools.count(&key);
                 (key, size, have)
             })
-            .filter(|(_, size, have)| have < size)
+            .filter(|(key, size, have)| have < size && !self.pools.backing_off(key))
             .min_by_key(|(_, _, have)| *have)
             .map(|(key, _, _)| key);
         let Some(key) = short else {
@@ -403,19 +425,57 @@ impl Engine {
                     return Ok(true);
                 };
                 let mut spec = t.defaults;
+                // Timeouts start at hand-over: a pooled sandbox must not
+                // expire while it waits.
+                spec.ttl_secs = None;
+                spec.idle_timeout_secs = None;
                 spec.labels.insert(TEMPLATE_LABEL.into(), name.clone());
                 spec.labels.insert(OWNER_LABEL.into(), owner.clone());
+                spec.labels
+                    .insert(VERSION_LABEL.into(), template_version(&t.created_at));
                 spec
             }
         };
-        let (sb, _) = self.create_inner(&pool_principal(), spec, false).await?;
-        // The template may have gone while it booted.
-        if self.pool_size(&key).is_some_and(|n| n > 0) {
+        let booted = self.create_inner(&pool_principal(), spec, false).await;
+        let sb = match booted {
+            Ok((sb, _)) => sb,
+            Err(e) => {
+                // Not again for a while: a pool whose sandboxes cannot boot
+                // must not keep the others from filling.
+                self.pools.failed(key);
+                return Err(e);
+            }
+        };
+        // The template may have gone, or been made anew, while it booted.
+        if self.pool_wants(&key, &sb) {
             self.pools.push(key, sb.id);
         } else {
             self.destroy_inner(sb, "warm pool").await?;
         }
         Ok(true)
+    }
+
+    /// Whether the pool `key` still wants this pooled sandbox: it exists,
+    /// has room, and (for a template) the sandbox was made from the
+    /// template as it is now.
+    fn pool_wants(&self, key: &PoolKey, sb: &Sandbox) -> bool {
+        let Some(size) = self.pool_size(key) else {
+            return false;
+        };
+        if self.pools.count(key) >= size {
+            return false;
+        }
+        match key {
+            PoolKey::Image(_) => true,
+            PoolKey::Template { owner, name } => {
+                match self.store.get_template(owner, name).ok().flatten() {
+                    Some(t) => {
+                        sb.labels.get(VERSION_LABEL) == Some(&template_version(&t.created_at))
+                    }
+                    None => false,
+                }
+            }
+        }
     }
 }
 
