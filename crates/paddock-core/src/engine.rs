@@ -345,14 +345,19 @@ impl Engine {
         spec: SandboxSpec,
         warm: bool,
     ) -> Result<(Sandbox, bool)> {
-        let pool = if warm { self.pool_key(p, &spec) } else { None };
-        let spec = match &spec.template {
-            Some(name) => {
-                let t = self.store.get_template(&p.id, name)?.ok_or_else(|| {
-                    Error::invalid("template", format!("no template named {name:?}"))
-                })?;
-                spec.with_defaults(&t.defaults)
-            }
+        let template = match &spec.template {
+            Some(name) => Some(self.store.get_template(&p.id, name)?.ok_or_else(|| {
+                Error::invalid("template", format!("no template named {name:?}"))
+            })?),
+            None => None,
+        };
+        let pool = if warm {
+            self.pool_key(p, &spec, template.as_ref())
+        } else {
+            None
+        };
+        let spec = match &template {
+            Some(t) => spec.with_defaults(&t.defaults),
             None => spec,
         };
         let mut config = spec.resolve(self.cfg.host_cpus)?;
@@ -470,19 +475,19 @@ impl Engine {
         let t0 = std::time::Instant::now();
         let agent = AgentClient::connect(&instance.agent, self.cfg.agent_timeout).await?;
         tracing::debug!(sandbox = %id, connect = ?t0.elapsed(), "agent connected");
-        self.attach(id, agent, instance.clone()).await;
+        self.attach(id, agent, instance.clone(), now_ms()).await;
         Ok(instance.ip.map(|ip| ip.to_string()))
     }
 
-    async fn attach(&self, id: Uuid, agent: AgentClient, instance: Instance) {
-        let now = now_ms();
+    /// Serves a sandbox's agent; its idle clock starts at `active_ms`.
+    async fn attach(&self, id: Uuid, agent: AgentClient, instance: Instance, active_ms: i64) {
         self.live.write().await.insert(
             id,
             Arc::new(Live {
                 agent,
                 instance,
-                last_active_ms: AtomicI64::new(now),
-                persisted_active_ms: AtomicI64::new(now),
+                last_active_ms: AtomicI64::new(active_ms),
+                persisted_active_ms: AtomicI64::new(active_ms),
             }),
         );
     }
@@ -566,7 +571,7 @@ impl Engine {
         if !self.live.read().await.contains_key(&id) {
             if let (_, Some(inst)) = rt.inspect(id).await? {
                 let agent = AgentClient::connect(&inst.agent, self.cfg.agent_timeout).await?;
-                self.attach(id, agent, inst).await;
+                self.attach(id, agent, inst, now_ms()).await;
             }
         }
         self.transition(id, "sandbox.resumed", json!({"state": "running"}), |s| {
@@ -1131,12 +1136,9 @@ impl Engine {
         match (sb.state, rt.inspect(sb.id).await?) {
             (State::Running, (Liveness::Running, Some(inst))) => {
                 let agent = AgentClient::lazy(&inst.agent)?;
-                self.attach(sb.id, agent, inst).await;
-                if let Some(l) = self.live.read().await.get(&sb.id) {
-                    let at = sb.last_active_at.timestamp_millis();
-                    l.last_active_ms.store(at, Ordering::Relaxed);
-                    l.persisted_active_ms.store(at, Ordering::Relaxed);
-                }
+                // The idle clock goes on from where the store left it.
+                let at = sb.last_active_at.timestamp_millis();
+                self.attach(sb.id, agent, inst, at).await;
                 Ok(true)
             }
             (State::Paused, (Liveness::Paused, _)) => Ok(false),
@@ -1216,31 +1218,26 @@ impl Engine {
             let Err(e) = r else { continue };
             // Only if nothing replaced it meanwhile (a stop, a destroy):
             // compared and removed under one lock.
-            {
+            let rt = {
                 let mut map = self.live.write().await;
                 let same = match (&live, map.get(&id)) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     _ => false,
                 };
-                let running = matches!(self.store.get_sandbox(id),
-                    Ok(Some(sb)) if sb.state == State::Running);
-                if !same || !running {
-                    continue;
-                }
+                let rt = match self.store.get_sandbox(id) {
+                    Ok(Some(sb)) if same && sb.state == State::Running => {
+                        self.runtime(sb.config.isolation).ok().cloned()
+                    }
+                    _ => None,
+                };
+                let Some(rt) = rt else { continue };
                 map.remove(&id);
-            }
+                rt
+            };
             let msg = format!("its agent did not answer after the daemon restarted: {e}");
             tracing::warn!(sandbox = %id, "{msg}");
-            if let Some(rt) = self
-                .store
-                .get_sandbox(id)
-                .ok()
-                .flatten()
-                .and_then(|sb| self.runtime(sb.config.isolation).ok().cloned())
-            {
-                if let Err(e) = self.mark_died(rt.as_ref(), id, msg).await {
-                    tracing::warn!(sandbox = %id, "{e}");
-                }
+            if let Err(e) = self.mark_died(rt.as_ref(), id, msg).await {
+                tracing::warn!(sandbox = %id, "{e}");
             }
         }
     }

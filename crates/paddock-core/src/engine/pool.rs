@@ -151,58 +151,56 @@ fn pool_template(spec: &SandboxSpec) -> Option<String> {
 }
 
 impl Engine {
-    /// The pool a create by `p` with this spec (as given, before a
-    /// template's defaults) can be served from, if one exists.
-    pub(super) fn pool_key(&self, p: &Principal, spec: &SandboxSpec) -> Option<PoolKey> {
-        if spec.template.is_none() && self.cfg.warm_pools.is_empty() {
-            return None;
-        }
-        let key = match pool_template(spec) {
-            Some(name) => PoolKey::Template {
+    /// The pool a create by `p` with this spec (as given, before the
+    /// defaults of `template`, the one it names) can be served from, if
+    /// one exists.
+    pub(super) fn pool_key(
+        &self,
+        p: &Principal,
+        spec: &SandboxSpec,
+        template: Option<&Template>,
+    ) -> Option<PoolKey> {
+        match template {
+            Some(t) if t.warm_pool > 0 => pool_template(spec).map(|name| PoolKey::Template {
                 owner: p.id.clone(),
                 name,
-            },
-            None if spec.template.is_some() => return None,
-            None => PoolKey::Image(pool_image(spec)?),
-        };
-        self.pool_size(&key).filter(|n| *n > 0).map(|_| key)
+            }),
+            Some(_) => None,
+            None if self.cfg.warm_pools.is_empty() => None,
+            None => {
+                let image = pool_image(spec)?;
+                self.image_pool_size(&image)
+                    .filter(|n| *n > 0)
+                    .map(|_| PoolKey::Image(image))
+            }
+        }
     }
 
-    fn pool_size(&self, key: &PoolKey) -> Option<usize> {
-        match key {
-            PoolKey::Image(image) => self
-                .cfg
-                .warm_pools
-                .iter()
-                .find(|p| &p.image == image)
-                .map(|p| p.size),
-            PoolKey::Template { owner, name } => self
-                .store
-                .get_template(owner, name)
-                .ok()
-                .flatten()
-                .map(|t| t.warm_pool),
-        }
+    /// The size of the daemon's pool of `image`, if it keeps one.
+    fn image_pool_size(&self, image: &Option<String>) -> Option<usize> {
+        self.cfg
+            .warm_pools
+            .iter()
+            .find(|p| &p.image == image)
+            .map(|p| p.size)
     }
 
     /// Every pool that should exist: the daemon's image pools, and the
-    /// templates that ask for one.
-    fn wanted_pools(&self) -> Vec<(PoolKey, usize)> {
-        let mut v: Vec<(PoolKey, usize)> = self
+    /// templates that ask for one; with its size and image.
+    fn wanted_pools(&self) -> Vec<(PoolKey, usize, Option<String>)> {
+        let mut v: Vec<_> = self
             .cfg
             .warm_pools
             .iter()
-            .map(|p| (PoolKey::Image(p.image.clone()), p.size))
+            .map(|p| (PoolKey::Image(p.image.clone()), p.size, p.image.clone()))
             .collect();
         match self.store.templates_with_pools() {
             Ok(ts) => v.extend(ts.into_iter().map(|t| {
-                (
-                    PoolKey::Template {
-                        owner: t.owner,
-                        name: t.name,
-                    },
-                    t.warm_pool,
-                )
+                let key = PoolKey::Template {
+                    owner: t.owner,
+                    name: t.name,
+                };
+                (key, t.warm_pool, t.defaults.image)
             })),
             Err(e) => tracing::warn!("warm pool: reading templates: {e}"),
         }
@@ -214,31 +212,19 @@ impl Engine {
     pub fn pools(&self, p: &Principal) -> Vec<PoolStatus> {
         self.wanted_pools()
             .into_iter()
-            .filter_map(|(key, size)| {
+            .filter_map(|(key, size, image)| {
                 let ready = self.pools.count(&key);
-                match key {
-                    PoolKey::Image(image) => Some(PoolStatus {
-                        image,
-                        template: None,
-                        size,
-                        ready,
-                    }),
-                    PoolKey::Template { owner, name } if owner == p.id => {
-                        let image = self
-                            .store
-                            .get_template(&owner, &name)
-                            .ok()
-                            .flatten()
-                            .and_then(|t| t.defaults.image);
-                        Some(PoolStatus {
-                            image,
-                            template: Some(name),
-                            size,
-                            ready,
-                        })
-                    }
-                    PoolKey::Template { .. } => None,
-                }
+                let template = match key {
+                    PoolKey::Image(_) => None,
+                    PoolKey::Template { owner, name } if owner == p.id => Some(name),
+                    PoolKey::Template { .. } => return None,
+                };
+                Some(PoolStatus {
+                    image,
+                    template,
+                    size,
+                    ready,
+                })
             })
             .collect()
     }
@@ -399,7 +385,7 @@ impl Engine {
         let short = self
             .wanted_pools()
             .into_iter()
-            .map(|(key, size)| {
+            .map(|(key, size, _)| {
                 let have = self.pools.count(&key);
                 (key, size, have)
             })
@@ -459,18 +445,15 @@ impl Engine {
     /// has room, and (for a template) the sandbox was made from the
     /// template as it is now.
     fn pool_wants(&self, key: &PoolKey, sb: &Sandbox) -> bool {
-        let Some(size) = self.pool_size(key) else {
-            return false;
-        };
-        if self.pools.count(key) >= size {
-            return false;
-        }
+        let room = |size: usize| self.pools.count(key) < size;
         match key {
-            PoolKey::Image(_) => true,
+            PoolKey::Image(image) => self.image_pool_size(image).is_some_and(room),
             PoolKey::Template { owner, name } => {
                 match self.store.get_template(owner, name).ok().flatten() {
                     Some(t) => {
-                        sb.labels.get(VERSION_LABEL) == Some(&template_version(&t.created_at))
+                        room(t.warm_pool)
+                            && sb.labels.get(VERSION_LABEL)
+                                == Some(&template_version(&t.created_at))
                     }
                     None => false,
                 }
