@@ -16,3 +16,14 @@ pub fn meminfo_kib(fields: &[&str]) -> Option<Vec<u64>> {
             .collect(),
     )
 }
+
+/// Whether process `pid` exists and has not exited: a zombie (exited, not
+/// yet reaped by its parent) does not count.
+pub fn process_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which may itself hold ") ".
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    matches!(state, Some(c) if c != 'Z' && c != 'X')
+}

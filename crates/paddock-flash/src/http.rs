@@ -46,17 +46,16 @@ pub fn router(flash: Flash) -> Router {
 }
 
 /// Serves the REST API on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     flash: Flash,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     use axum::ServiceExt;
-    // Each write at once (no Nagle delay behind the client's delayed ACK).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let app = tower::util::MapRequest::new(router(flash), unprefix::<axum::body::Body>);
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown)

@@ -669,11 +669,7 @@ impl Runtime for ContainerRuntime {
             .ok()?;
         // A zombie has exited (nobody reaped it yet: its parent may be the
         // daemon that was killed).
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        if !matches!(state, Some(c) if c != 'Z' && c != 'X') {
+        if !paddock_core::host::process_alive(pid) {
             return Some(false);
         }
         // The pid may have been reused: it must still be in this sandbox's

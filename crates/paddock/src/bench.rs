@@ -376,9 +376,7 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
     // Gone, or a zombie its parent has not reaped (it holds no port).
     let gone_by = Instant::now() + Duration::from_secs(10);
     loop {
-        let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
-        if matches!(state, None | Some('Z') | Some('X')) {
+        if !paddock_core::host::process_alive(pid) {
             break;
         }
         if Instant::now() > gone_by {

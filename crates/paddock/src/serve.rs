@@ -403,7 +403,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let flash = paddock_flash::Flash::new(engine.clone());
     if let Some(l) = ls.flash_http {
         let f = flash.clone();
-        servers.spawn(paddock_flash::http::serve(l, f, stopped(stop_rx.clone())));
+        servers.spawn(paddock_flash::http::serve(
+            no_delay(l),
+            f,
+            stopped(stop_rx.clone()),
+        ));
     }
     if let Some(l) = ls.flash_grpc {
         let f = flash.clone();
