@@ -218,9 +218,6 @@ where
         state.bytes.fetch_add(n as u64, Ordering::SeqCst);
         match &mut sink {
             Sink::Stream(tx, is_err) => {
-                // Pipes keep the kernel's 64 KiB: a larger one would count
-                // against the pipe memory every sandbox's root shares
-                // (pipe-user-pages-soft is per host uid).
                 let chunk = if n < SMALL {
                     let c = bytes::Bytes::copy_from_slice(&buf);
                     buf.clear();
@@ -308,6 +305,9 @@ pub async fn start(
         pty_master = Some(Arc::new(p.master));
         drop(p.slave);
     } else {
+        // Pipes keep the kernel's size: a larger one would count against
+        // the pipe memory that every sandbox's root shares
+        // (pipe-user-pages-soft is per host uid).
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

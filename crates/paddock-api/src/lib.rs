@@ -260,40 +260,26 @@ struct SseText {
 
 impl SseText {
     fn events(&mut self, ev: Result<ExecEvent, Error>) -> Vec<SseEvent> {
+        // Output as text; none while a chunk held only part of a character.
         let text = |kind: &str, s: String| {
-            SseEvent::default()
-                .event(kind)
-                .json_data(serde_json::json!({ "data": s }))
+            (!s.is_empty()).then(|| {
+                SseEvent::default()
+                    .event(kind)
+                    .json_data(serde_json::json!({ "data": s }))
+            })
         };
-        let evs = match ev {
+        let evs: Vec<_> = match ev {
             Ok(ExecEvent::Started { pid }) => vec![SseEvent::default()
                 .event("started")
                 .json_data(serde_json::json!({"pid": pid}))],
-            Ok(ExecEvent::Stdout(b)) => {
-                let s = self.stdout.push(&b);
-                if s.is_empty() {
-                    vec![]
-                } else {
-                    vec![text("stdout", s)]
-                }
-            }
-            Ok(ExecEvent::Stderr(b)) => {
-                let s = self.stderr.push(&b);
-                if s.is_empty() {
-                    vec![]
-                } else {
-                    vec![text("stderr", s)]
-                }
-            }
+            Ok(ExecEvent::Stdout(b)) => text("stdout", self.stdout.push(&b)).into_iter().collect(),
+            Ok(ExecEvent::Stderr(b)) => text("stderr", self.stderr.push(&b)).into_iter().collect(),
             Ok(ExecEvent::Exit(r)) => {
                 // What is left is no complete character: as U+FFFD.
-                let mut v = Vec::new();
-                for (kind, d) in [("stdout", &mut self.stdout), ("stderr", &mut self.stderr)] {
-                    let rest = d.finish();
-                    if !rest.is_empty() {
-                        v.push(text(kind, rest));
-                    }
-                }
+                let mut v: Vec<_> = [("stdout", &mut self.stdout), ("stderr", &mut self.stderr)]
+                    .into_iter()
+                    .filter_map(|(kind, d)| text(kind, d.finish()))
+                    .collect();
                 v.push(SseEvent::default().event("exit").json_data(&r));
                 v
             }

@@ -10,6 +10,10 @@ fn read_u64(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
+fn v2(rel: &str) -> PathBuf {
+    Path::new(ROOT).join(rel.trim_start_matches('/'))
+}
+
 fn v1(controller: &str, rel: &str) -> PathBuf {
     Path::new(ROOT)
         .join(controller)
@@ -29,12 +33,7 @@ pub fn is_v2() -> bool {
 /// cgroup cannot be read.
 pub fn frozen(rel: &str) -> Option<bool> {
     if is_v2() {
-        let v = std::fs::read_to_string(
-            Path::new(ROOT)
-                .join(rel.trim_start_matches('/'))
-                .join("cgroup.freeze"),
-        )
-        .ok()?;
+        let v = std::fs::read_to_string(v2(rel).join("cgroup.freeze")).ok()?;
         Some(v.trim() == "1")
     } else {
         let v = std::fs::read_to_string(v1("freezer", rel).join("freezer.state")).ok()?;
@@ -45,12 +44,7 @@ pub fn frozen(rel: &str) -> Option<bool> {
 /// CPU time used so far, in nanoseconds.
 pub fn cpu_usage_ns(rel: &str) -> Option<u64> {
     if is_v2() {
-        let stat = std::fs::read_to_string(
-            Path::new(ROOT)
-                .join(rel.trim_start_matches('/'))
-                .join("cpu.stat"),
-        )
-        .ok()?;
+        let stat = std::fs::read_to_string(v2(rel).join("cpu.stat")).ok()?;
         stat.lines()
             .find_map(|l| l.strip_prefix("usage_usec "))
             .and_then(|v| v.trim().parse::<u64>().ok())
@@ -64,7 +58,7 @@ pub fn cpu_usage_ns(rel: &str) -> Option<u64> {
 pub fn sample(rel: &str, veth: &str) -> Metrics {
     let mut m = Metrics::default();
     if is_v2() {
-        let dir = Path::new(ROOT).join(rel.trim_start_matches('/'));
+        let dir = v2(rel);
         m.memory_bytes = read_u64(&dir.join("memory.current")).unwrap_or(0);
         m.memory_limit_bytes = read_u64(&dir.join("memory.max")).unwrap_or(0);
         m.pids = read_u64(&dir.join("pids.current")).unwrap_or(0);
@@ -121,7 +115,7 @@ pub fn sample(rel: &str, veth: &str) -> Metrics {
 /// Removes a sandbox's cgroup directories if the OCI runtime left any.
 pub fn remove(rel: &str) {
     if is_v2() {
-        let _ = std::fs::remove_dir(Path::new(ROOT).join(rel.trim_start_matches('/')));
+        let _ = std::fs::remove_dir(v2(rel));
         return;
     }
     if let Ok(rd) = std::fs::read_dir(ROOT) {
