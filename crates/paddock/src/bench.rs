@@ -187,16 +187,23 @@ impl Api {
     /// One `true` through the exec API; its round trip in ms.
     async fn exec_true(&self, id: &str) -> Result<f64> {
         let t0 = Instant::now();
-        let r = self
-            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
-            .json(&json!({"cmd": ["true"]}))
-            .send()
-            .await?;
-        let v: Value = r.json().await?;
-        if v["exit_code"] != 0 {
-            bail!("exec: {v}");
-        }
+        self.exec(id, json!({"cmd": ["true"]})).await?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    /// A buffered exec that must exit 0; its result.
+    async fn exec(&self, id: &str, req: Value) -> Result<Value> {
+        let v: Value = self
+            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
+            .json(&req)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["exit_code"] != 0 {
+            bail!("exec {req}: {v}");
+        }
+        Ok(v)
     }
 
     /// `n` bytes of stdout through the WebSocket exec (binary frames);
@@ -536,18 +543,14 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.push(summary("create_to_ready_warm", "ms", t));
     }
 
-    let id = api.create().await?;
+    let one = ["exec", "sse", "ws", "files"].iter().any(|g| a.wants(g));
+    let id = if one {
+        api.create().await?
+    } else {
+        String::new()
+    };
     if a.wants("sse") || a.wants("ws") {
-        let r: Value = api
-            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
-            .json(&json!({"shell": stdout_source()}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if r["exit_code"] != 0 {
-            bail!("making the stdout source: {r}");
-        }
+        api.exec(&id, json!({"shell": stdout_source()})).await?;
     }
     if a.wants("exec") {
         say(&format!("exec round trip: {} × `true`", a.execs));
@@ -561,27 +564,26 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.push(summary("exec_round_trip", "ms", t));
     }
 
-    if a.wants("sse") {
+    for (group, figure, through) in [
+        ("sse", "exec_stdout_sse", "the SSE stream"),
+        ("ws", "exec_stdout", "the WebSocket"),
+    ] {
+        if !a.wants(group) {
+            continue;
+        }
         say(&format!(
-            "exec stdout: {} MiB through the SSE stream, 3 times",
+            "exec stdout: {} MiB through {through}, 3 times",
             a.file_mib
         ));
+        let n = a.file_mib << 20;
         let mut rates = Vec::new();
         for _ in 0..3 {
-            rates.push(api.exec_stdout_sse(&id, a.file_mib << 20).await?);
+            rates.push(match group {
+                "ws" => api.exec_stdout_ws(&id, n).await?,
+                _ => api.exec_stdout_sse(&id, n).await?,
+            });
         }
-        figures.push(summary("exec_stdout_sse", "MB/s", rates));
-    }
-    if a.wants("ws") {
-        say(&format!(
-            "exec stdout: {} MiB through the WebSocket, 3 times",
-            a.file_mib
-        ));
-        let mut rates = Vec::new();
-        for _ in 0..3 {
-            rates.push(api.exec_stdout_ws(&id, a.file_mib << 20).await?);
-        }
-        figures.push(summary("exec_stdout", "MB/s", rates));
+        figures.push(summary(figure, "MB/s", rates));
     }
 
     if a.wants("files") {
@@ -620,7 +622,9 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.push(summary("upload", "MB/s", up));
         figures.push(summary("download", "MB/s", down));
     }
-    api.destroy(&id).await?;
+    if one {
+        api.destroy(&id).await?;
+    }
 
     if a.concurrent > 0 && a.wants("concurrent") {
         say(&format!("{} creates at once", a.concurrent));

@@ -100,6 +100,14 @@ fn sse_events(text: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The stdout events' text, joined.
+fn sse_stdout(evs: &[(String, Value)]) -> String {
+    evs.iter()
+        .filter(|e| e.0 == "stdout")
+        .map(|e| e.1["data"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn streaming_exec_over_sse() {
     let api = shared().api();
@@ -111,12 +119,7 @@ fn streaming_exec_over_sse() {
     assert_eq!(r.status, 200, "{}", r.text);
     let evs = sse_events(&r.text);
     assert_eq!(evs.first().unwrap().0, "started");
-    let out: String = evs
-        .iter()
-        .filter(|e| e.0 == "stdout")
-        .map(|e| e.1["data"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(out, "line1\nline2\nline3\n");
+    assert_eq!(sse_stdout(&evs), "line1\nline2\nline3\n");
     assert!(evs
         .iter()
         .any(|e| e.0 == "stderr" && e.1["data"] == "oops\n"));
@@ -128,11 +131,7 @@ fn streaming_exec_over_sse() {
         &sb.path("/exec/stream"),
         json!({"shell": "head -c 33554432 /dev/zero | tr '\\0' x"}),
     );
-    let n: usize = sse_events(&r.text)
-        .iter()
-        .filter(|e| e.0 == "stdout")
-        .map(|e| e.1["data"].as_str().unwrap().len())
-        .sum();
+    let n = sse_stdout(&sse_events(&r.text)).len();
     assert_eq!(n, 32 << 20);
     // A character cut between two reads (its first byte, a pause, the
     // rest) arrives whole; a byte that starts no character is U+FFFD.
@@ -140,11 +139,7 @@ fn streaming_exec_over_sse() {
         &sb.path("/exec/stream"),
         json!({"shell": "printf '\\342'; sleep 0.3; printf '\\234\\223 ok'; sleep 0.3; printf '\\342'"}),
     );
-    let out: String = sse_events(&r.text)
-        .iter()
-        .filter(|e| e.0 == "stdout")
-        .map(|e| e.1["data"].as_str().unwrap().to_string())
-        .collect();
+    let out = sse_stdout(&sse_events(&r.text));
     assert_eq!(out, "\u{2713} ok\u{fffd}", "{}", r.text);
 }
 

@@ -110,17 +110,22 @@ fn daemon_restart_keeps_running_sandboxes() {
     }
 }
 
+/// The pid of a sandbox's init, from its directory.
+fn init_pid(dir: &std::path::Path) -> i32 {
+    std::fs::read_to_string(dir.join("init.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn a_sandbox_whose_init_dies_is_marked_and_cleaned_up() {
     let d = shared();
     let api = d.api();
     let id = api.create(json!({}));
     let dir = d.data.join("sandboxes").join(&id);
-    let pid: i32 = std::fs::read_to_string(dir.join("init.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = init_pid(&dir);
     // SAFETY: kill(2) on a pid we just read; no memory is involved.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let sb = eventually(10, || {
@@ -141,11 +146,7 @@ fn an_agent_that_does_not_answer_after_a_restart_is_marked_dead() {
     let live = api.create(json!({}));
     let mute = api.create(json!({}));
     let dir = d.data.join("sandboxes").join(&mute);
-    let pid: i32 = std::fs::read_to_string(dir.join("init.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = init_pid(&dir);
     d.kill9();
     // Its agent still exists but answers nothing.
     // SAFETY: kill(2) on a pid we just read; no memory is involved.
