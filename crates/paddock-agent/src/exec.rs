@@ -201,10 +201,14 @@ where
     F: std::future::Future<Output = (bytes::BytesMut, std::io::Result<usize>)>,
 {
     let mut buf = bytes::BytesMut::new();
+    // Room for the next read: small until the command writes fast (most
+    // print little, and a CHUNK for each of their pipes grew and shrank the
+    // agent's heap on every exec), doubling while reads fill it.
+    let mut room = SMALL;
     loop {
         state.idle.store(true, Ordering::SeqCst);
         // Reuses the allocation when the last chunk has been sent on.
-        buf.reserve(CHUNK);
+        buf.reserve(room);
         let (b, r) = tokio::select! {
             r = read(buf) => r,
             _ = stop.wait_for(|s| *s) => break,
@@ -214,6 +218,9 @@ where
             Ok(n) if n > 0 => n,
             _ => break,
         };
+        if n >= room {
+            room = (room * 2).min(CHUNK);
+        }
         state.idle.store(false, Ordering::SeqCst);
         state.bytes.fetch_add(n as u64, Ordering::SeqCst);
         match &mut sink {
@@ -270,11 +277,14 @@ fn kill_group(pid: i32, sig: i32) {
 
 /// Starts one exec. Returns once the process is spawned (or failed to);
 /// the rest runs in a task that feeds `tx`.
+/// Starts the command that `input`'s first message describes; its output
+/// and exit go to `tx`. Returns whether the exec is buffered (one message,
+/// the exit with all output, and nothing before it).
 pub async fn start(
     reaper: &Reaper,
     mut input: Streaming<ExecInput>,
     tx: OutTx,
-) -> Result<(), Status> {
+) -> Result<bool, Status> {
     let start = match input.message().await? {
         Some(ExecInput {
             msg: Some(exec_input::Msg::Start(s)),
@@ -308,7 +318,14 @@ pub async fn start(
         // Pipes keep the kernel's size: a larger one would count against
         // the pipe memory that every sandbox's root shares
         // (pipe-user-pages-soft is per host uid).
-        cmd.stdin(Stdio::piped())
+        // A command told up front that its input is empty reads /dev/null:
+        // no pipe to make, register and close for every buffered exec.
+        let stdin = if start.close_stdin && start.stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        };
+        cmd.stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
     }
@@ -343,7 +360,7 @@ pub async fn start(
                 let _ = tx.send(out(exec_output::Msg::Stderr(msg.into()))).await;
             }
             let _ = tx.send(out(exec_output::Msg::Exit(exit))).await;
-            return Ok(());
+            return Ok(buffered);
         }
     };
     let pid = child.id() as i32;
@@ -548,7 +565,7 @@ pub async fn start(
         }
         let _ = tx.send(out(exec_output::Msg::Exit(msg))).await;
     });
-    Ok(())
+    Ok(buffered)
 }
 
 async fn close(stdin: &mut Option<Stdin>) {

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use paddock_proto::v1::agent_server::{Agent, AgentServer};
 use paddock_proto::v1::*;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -48,9 +48,20 @@ impl Agent for Service {
         &self,
         req: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        exec::start(&self.reaper, req.into_inner(), tx).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let (tx, mut rx) = mpsc::channel(16);
+        let buffered = exec::start(&self.reaper, req.into_inner(), tx).await?;
+        if !buffered {
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        // A buffered exec answers once, when the command is done: wait for
+        // that before answering at all, so that the response's headers, its
+        // one message and its trailers leave in one write (sent at once,
+        // the headers took a write, and a wake of the daemon, of their own).
+        let first = rx.recv().await;
+        let rest = ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(
+            futures::stream::iter(first).chain(rest),
+        )))
     }
 
     type ReadFileStream = BoxStream<FileChunk>;

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use paddock_proto::v1::{self as pb, agent_client::AgentClient as Grpc};
+use paddock_proto::AgentChannel;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::error::{from_agent, Error, Result};
 use crate::model::{
@@ -16,7 +16,7 @@ use crate::runtime::AgentEndpoint;
 
 #[derive(Clone)]
 pub struct AgentClient {
-    grpc: Grpc<Channel>,
+    grpc: Grpc<AgentChannel>,
 }
 
 fn to_result(e: pb::ExecExit) -> ExecResult {
@@ -57,9 +57,9 @@ impl AgentClient {
         let mut delay = Duration::from_micros(100);
         loop {
             let attempt = async {
-                let ch = paddock_proto::connect_unix(path.clone())
+                let ch = AgentChannel::connect(path.clone())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.message().to_string())?;
                 let client = AgentClient::over(ch);
                 client.hello().await.map(|h| (client, h))
             };
@@ -87,12 +87,7 @@ impl AgentClient {
     /// which checks them with `check` after it serves again.
     pub fn lazy(endpoint: &AgentEndpoint) -> Result<AgentClient> {
         let AgentEndpoint::Unix(path) = endpoint;
-        let ch =
-            paddock_proto::connect_unix_lazy(path.clone()).map_err(|e| Error::Unavailable {
-                what: "sandbox agent".into(),
-                reason: e.to_string(),
-            })?;
-        Ok(AgentClient::over(ch))
+        Ok(AgentClient::over(AgentChannel::lazy(path.clone())))
     }
 
     /// Asks the agent who it is, within `timeout`, and checks that it
@@ -111,9 +106,10 @@ impl AgentClient {
         }
     }
 
-    fn over(ch: tonic::transport::Channel) -> AgentClient {
+    fn over(ch: AgentChannel) -> AgentClient {
+        let origin = tonic::codegen::http::Uri::from_static(paddock_proto::ORIGIN);
         AgentClient {
-            grpc: Grpc::new(ch)
+            grpc: Grpc::with_origin(ch, origin)
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(16 << 20),
         }

@@ -1,7 +1,7 @@
 //! The versioned protocol between the Paddock daemon and `paddock-agent`.
 //!
 //! Generated from `proto/agent.proto` by tonic. The transport is whatever
-//! the backend provides; [`connect_unix`] covers the unix socket that the
+//! the backend provides; [`AgentChannel`] covers the unix socket that the
 //! container and gVisor backends share with the sandbox.
 
 pub mod v1 {
@@ -12,8 +12,17 @@ pub mod v1 {
 /// protocol version differs (an agent is always shipped with its daemon).
 pub const PROTOCOL_VERSION: u32 = 1;
 
-use std::path::PathBuf;
-use tonic::transport::{Channel, Endpoint, Uri};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tonic::body::Body;
+use tonic::codegen::http::{Request, Response};
+use tonic::Status;
 
 /// HTTP/2 flow-control windows for the agent channel. The default 64 KiB
 /// would cap file transfers far below what a local socket carries.
@@ -23,45 +32,110 @@ pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// a 1 MiB file chunk into 64 frames).
 pub const MAX_FRAME: u32 = (1 << 20) - 1;
 
-fn endpoint() -> Result<Endpoint, tonic::transport::Error> {
-    // The URI is ignored by the connector; it only has to parse.
-    Ok(Endpoint::try_from("http://agent.invalid")?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .buffer_size(64))
+/// The origin every call names (HTTP/2 needs a scheme and an authority;
+/// the socket decides where a call goes).
+pub const ORIGIN: &str = "http://agent.invalid";
+
+/// A gRPC transport to one agent's unix socket: hyper's HTTP/2 client
+/// connection, used directly from the calling task.
+///
+/// Not tonic's `Channel`: that queues every call through a `tower::Buffer`
+/// worker task, and the extra hand-over between tasks (often between the
+/// daemon's worker threads) cost a unary agent call about three context
+/// switches and a third of a millisecond of CPU on a 2-core VM, more than
+/// the agent took to answer (docs/benchmarks.md).
+///
+/// Connects on first use and again after the connection drops, like a
+/// lazy `Channel`.
+#[derive(Clone)]
+pub struct AgentChannel {
+    inner: Arc<Inner>,
 }
 
-fn unix_connector(
+struct Inner {
     path: PathBuf,
-) -> impl tower::Service<
-    Uri,
-    Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>,
-    Error = std::io::Error,
-    Future = impl std::future::Future<
-        Output = Result<hyper_util::rt::TokioIo<tokio::net::UnixStream>, std::io::Error>,
-    > + Send,
-> + Clone
-       + Send {
-    tower::service_fn(move |_: Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    sender: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Held while connecting, so that concurrent first calls share one
+    /// connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl AgentChannel {
+    /// A channel that connects on its first call.
+    pub fn lazy(path: PathBuf) -> AgentChannel {
+        AgentChannel {
+            inner: Arc::new(Inner {
+                path,
+                sender: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
         }
-    })
+    }
+
+    /// A channel connected now (fails if nobody listens on `path`).
+    pub async fn connect(path: PathBuf) -> Result<AgentChannel, Status> {
+        let ch = AgentChannel::lazy(path);
+        ch.sender().await?;
+        Ok(ch)
+    }
+
+    /// The socket this channel talks to.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn cached(&self) -> Option<http2::SendRequest<Body>> {
+        let g = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    async fn sender(&self) -> Result<http2::SendRequest<Body>, Status> {
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!("agent socket {}: {e}", self.inner.path.display()))
+        };
+        let io = tokio::net::UnixStream::connect(&self.inner.path)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        tokio::spawn(async move {
+            // Ends when the agent closes the socket or every sender is gone.
+            let _ = conn.await;
+        });
+        *self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+        Ok(tx)
+    }
 }
 
-/// Connects a gRPC channel to an agent listening on a unix socket.
-pub async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
-    endpoint()?
-        .connect_with_connector(unix_connector(path))
-        .await
-}
+impl tower::Service<Request<Body>> for AgentChannel {
+    type Response = Response<hyper::body::Incoming>;
+    type Error = Status;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
 
-/// A channel to an agent's unix socket that connects on first use (and
-/// again after the connection drops).
-pub fn connect_unix_lazy(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint()?.connect_with_connector_lazy(unix_connector(path)))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        // HTTP/2 multiplexes: there is always room for another call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut tx = this.sender().await?;
+            tx.send_request(req).await.map_err(|e| {
+                Status::unavailable(format!("agent socket {}: {e}", this.inner.path.display()))
+            })
+        })
+    }
 }
