@@ -87,6 +87,8 @@ pub struct Engine {
     runtimes: HashMap<Isolation, Arc<dyn Runtime>>,
     live: RwLock<HashMap<Uuid, Arc<Live>>>,
     key_lock: tokio::sync::Mutex<()>,
+    /// One lifecycle change at a time per sandbox: see `lifecycle`.
+    lifecycles: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     images: Option<Arc<dyn Images>>,
     pools: pool::Pools,
     cfg: EngineConfig,
@@ -109,6 +111,7 @@ impl Engine {
             runtimes: runtimes.into_iter().map(|r| (r.isolation(), r)).collect(),
             live: RwLock::new(HashMap::new()),
             key_lock: tokio::sync::Mutex::new(()),
+            lifecycles: Default::default(),
             images,
             pools: Default::default(),
             cfg,
@@ -117,6 +120,24 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Held for one lifecycle change of sandbox `id`: its boot, a stop,
+    /// start, pause, resume or destroy, a hand-over from a warm pool, a
+    /// death the monitor found. Each judges the state it finds under the
+    /// lock, so two changes never interleave (a destroy during a create
+    /// waits for the boot and then tears it down, where the boot used to
+    /// bring the destroyed sandbox back as `running`; a death found while
+    /// a user stops the sandbox no longer overwrites `stopped`).
+    async fn lifecycle(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .lifecycles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     fn runtime(&self, iso: Isolation) -> Result<&Arc<dyn Runtime>> {
@@ -394,6 +415,8 @@ impl Engine {
             last_active_at: now,
             ip: None,
         };
+        // Taken before the sandbox is stored, held until its boot is done.
+        let life = self.lifecycle(id).await;
         {
             let _guard = match &spec.key {
                 Some(_) => Some(self.key_lock.lock().await),
@@ -424,10 +447,13 @@ impl Engine {
         // for ever.
         let engine = self.clone();
         let config = sb.config.clone();
-        tokio::spawn(async move { engine.finish_create(runtime, id, config).await })
-            .await
-            .map_err(|e| Error::internal(format!("create {id}: {e}")))?
-            .map(|sb| (sb, true))
+        tokio::spawn(async move {
+            let _life = life;
+            engine.finish_create(runtime, id, config).await
+        })
+        .await
+        .map_err(|e| Error::internal(format!("create {id}: {e}")))?
+        .map(|sb| (sb, true))
     }
 
     /// Boots a stored `creating` sandbox: `running`, or `error` and torn down.
@@ -497,7 +523,16 @@ impl Engine {
         self.destroy_inner(sb, "deleted").await
     }
 
+    /// Destroys `sb` as it is when its lifecycle lock is free; if it has
+    /// changed hands since the caller read it (a pooled sandbox handed
+    /// out), leaves it alone and returns it as it is.
     async fn destroy_inner(&self, sb: Sandbox, reason: &str) -> Result<Sandbox> {
+        let _life = self.lifecycle(sb.id).await;
+        let sb = match self.store.get_sandbox(sb.id)? {
+            Some(now) if now.owner == sb.owner => now,
+            Some(now) => return Ok(now),
+            None => return Err(Error::not_found(format!("sandbox {}", sb.id))),
+        };
         if sb.state == State::Destroyed {
             return Ok(sb);
         }
@@ -505,7 +540,7 @@ impl Engine {
         if let Ok(rt) = self.runtime(sb.config.isolation) {
             rt.destroy(sb.id).await?;
         }
-        self.transition(
+        let done = self.transition(
             sb.id,
             "sandbox.destroyed",
             json!({"state": "destroyed", "reason": reason}),
@@ -513,10 +548,18 @@ impl Engine {
                 s.state = State::Destroyed;
                 s.ip = None;
             },
-        )
+        );
+        // Whoever waits on this lock finds `destroyed`; later callers a
+        // fresh lock, and `destroyed` too.
+        self.lifecycles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sb.id);
+        done
     }
 
     pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycle(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Running | State::Paused => {}
@@ -531,6 +574,7 @@ impl Engine {
     }
 
     pub async fn start(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycle(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Stopped => {}
@@ -547,6 +591,7 @@ impl Engine {
     }
 
     pub async fn pause(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycle(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Running => {}
@@ -560,6 +605,7 @@ impl Engine {
     }
 
     pub async fn resume(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycle(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Paused => {}
@@ -1175,6 +1221,7 @@ impl Engine {
                 Err(e) => {
                     let msg = e.to_string();
                     tracing::warn!(sandbox = %sb.id, "not recovered: {msg}");
+                    let _life = self.lifecycle(sb.id).await;
                     self.mark_died(rt.as_ref(), sb.id, msg).await?;
                 }
             }
@@ -1217,7 +1264,9 @@ impl Engine {
         while let Some((id, live, r)) = checked.next().await {
             let Err(e) = r else { continue };
             // Only if nothing replaced it meanwhile (a stop, a destroy):
-            // compared and removed under one lock.
+            // judged under its lifecycle lock, compared and removed under
+            // the map's.
+            let _life = self.lifecycle(id).await;
             let rt = {
                 let mut map = self.live.write().await;
                 let same = match (&live, map.get(&id)) {
@@ -1403,7 +1452,10 @@ impl Engine {
 
     /// Cleans up a sandbox whose processes are gone and records it:
     /// `sandbox.died`, state `error` with `msg`.
+    /// Records the death of a sandbox and cleans up after it. The caller
+    /// holds its lifecycle lock and has judged it dead under that lock.
     async fn mark_died(&self, rt: &dyn Runtime, id: Uuid, msg: String) -> Result<Sandbox> {
+        self.pools.forget(id);
         let _ = rt.destroy(id).await;
         self.transition(
             id,
@@ -1453,11 +1505,19 @@ impl Engine {
             }
             let n = dead_seen.entry(id).or_insert(0);
             *n += 1;
-            if *n < 2 || !self.live.read().await.contains_key(&id) {
+            if *n < 2 {
                 continue;
             }
             dead_seen.remove(&id);
-            self.live.write().await.remove(&id);
+            // Judged again under the lifecycle lock: a stop, destroy or
+            // restart by its owner may have come in between.
+            let _life = self.lifecycle(id).await;
+            if rt.alive(id).await != Some(false)
+                || !matches!(self.store.get_sandbox(id), Ok(Some(sb)) if sb.state == State::Running)
+                || self.live.write().await.remove(&id).is_none()
+            {
+                continue;
+            }
             let msg = "its processes exited (the sandbox's init died)".to_string();
             tracing::warn!(sandbox = %id, "{msg}");
             let _ = self.mark_died(rt.as_ref(), id, msg).await;

@@ -327,3 +327,55 @@ fn destroy_leaves_nothing_behind() {
         .count();
     assert_eq!(left, 0, "network namespaces left after cleanup");
 }
+
+#[test]
+fn destroy_during_create_wins() {
+    // A daemon of its own: its event stream shows only these sandboxes.
+    let d = Daemon::start();
+    let api = d.api();
+    let events = stream(&api, "/events", None);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events));
+    for _ in 0..5 {
+        let api2 = d.api();
+        let create = std::thread::spawn(move || api2.post("/sandboxes", json!({})));
+        // Destroyed as soon as it is stored, while it still boots.
+        let id = loop {
+            let line = lines.next().expect("event stream ended").unwrap();
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let ev: serde_json::Value = serde_json::from_str(data).unwrap();
+            if ev["kind"] == "sandbox.created" {
+                break ev["sandbox_id"].as_str().unwrap().to_string();
+            }
+        };
+        let del = api.delete(&format!("/sandboxes/{id}"));
+        assert_eq!(del.status, 200, "{}", del.text);
+        assert_eq!(del.body["state"], "destroyed", "{}", del.text);
+        // The boot finished first (the destroy waited for it) or saw the
+        // destroy: never a sandbox that comes back to life.
+        let created = create.join().unwrap();
+        assert!(
+            created.status == 201 || created.status == 409,
+            "{} {}",
+            created.status,
+            created.text
+        );
+        let now = api.get(&format!("/sandboxes/{id}"));
+        assert_eq!(now.body["state"], "destroyed", "{}", now.text);
+        let kinds: Vec<String> =
+            read_events(stream(&api, &format!("/sandboxes/{id}/events"), None), 3)
+                .into_iter()
+                .map(|e| e.1["kind"].as_str().unwrap().to_string())
+                .collect();
+        assert_eq!(
+            kinds,
+            ["sandbox.created", "sandbox.started", "sandbox.destroyed"],
+            "lifecycle events out of order"
+        );
+        assert!(
+            !d.data.join("sandboxes").join(&id).exists(),
+            "sandbox dir left"
+        );
+    }
+}

@@ -228,3 +228,45 @@ fn warm_pool_flags_are_checked() {
         );
     }
 }
+
+/// The pooled sandboxes' ids, from the daemon's data dir.
+fn pooled_ids(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.data.join("sandboxes"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_pooled_sandbox_that_dies_is_replaced() {
+    let d = Daemon::start_with("127.0.0.1", &["--warm-pool", "default=2"]);
+    let api = d.api();
+    eventually(60, || {
+        (ready(&api) == 2 && pooled_ids(&d).len() == 2).then_some(())
+    });
+    let dead = pooled_ids(&d)[0].clone();
+    let pid: i32 = std::fs::read_to_string(d.data.join("sandboxes").join(&dead).join("init.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on a pid read from the sandbox's pid file.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // The monitor finds it dead and cleans it up; the pool stops counting
+    // it and boots another.
+    eventually(60, || {
+        let ids = pooled_ids(&d);
+        (ids.len() == 2 && !ids.contains(&dead) && ready(&api) == 2).then_some(())
+    });
+    // Both creates are served warm.
+    for _ in 0..2 {
+        let id = api.create(json!({}));
+        assert_ne!(id, dead);
+        let ev = lifecycle(&api, &id);
+        assert_eq!(ev[0].1["data"]["warm"], true, "{:?}", ev);
+        api.destroy(&id);
+    }
+}

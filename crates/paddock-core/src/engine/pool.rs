@@ -107,6 +107,21 @@ impl Pools {
     fn push(&self, key: PoolKey, id: Uuid) {
         self.ready().entry(key).or_default().push_back(id);
     }
+
+    /// Takes a sandbox that died out of the ready ones (it was counted
+    /// ready, keeping its pool from refilling, until a create skipped it)
+    /// and has the pool refilled.
+    pub(super) fn forget(&self, id: Uuid) {
+        let mut found = false;
+        for q in self.ready().values_mut() {
+            let before = q.len();
+            q.retain(|&x| x != id);
+            found |= q.len() != before;
+        }
+        if found {
+            self.refill.notify_one();
+        }
+    }
 }
 
 fn pool_principal() -> Principal {
@@ -279,6 +294,9 @@ impl Engine {
                 return Ok(None);
             };
             self.pools.refill.notify_one();
+            // A pool's destroy of this sandbox waits for the hand-over (and
+            // then leaves a sandbox that changed hands alone).
+            let _life = self.lifecycle(id).await;
             if !self.live.read().await.contains_key(&id) {
                 continue;
             }
