@@ -1292,7 +1292,8 @@ impl Engine {
     }
 
     /// Destroys every sandbox this daemon's store knows (`paddock serve
-    /// --cleanup`), and whatever the backends hold beyond that.
+    /// --cleanup`), whatever the backends hold beyond that, and what they
+    /// set up on the host for sandboxes (the bridge and its NAT rules).
     pub async fn destroy_all(&self) -> Result<usize> {
         let mut n = 0;
         for sb in self.store.live_sandboxes()? {
@@ -1302,6 +1303,7 @@ impl Engine {
         for rt in self.runtimes.values() {
             n += rt.gc(&[]).await?;
             rt.shutdown().await;
+            rt.teardown().await;
         }
         Ok(n)
     }

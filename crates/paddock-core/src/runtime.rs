@@ -92,4 +92,8 @@ pub trait Runtime: Send + Sync {
     /// Releases what the backend keeps ready for future sandboxes (the
     /// daemon is stopping); running sandboxes are left alone.
     async fn shutdown(&self) {}
+
+    /// Removes what the backend set up on the host for all its sandboxes
+    /// (the daemon stops for good, every sandbox is gone).
+    async fn teardown(&self) {}
 }

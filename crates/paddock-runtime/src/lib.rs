@@ -717,4 +717,8 @@ impl Runtime for ContainerRuntime {
     async fn shutdown(&self) {
         self.net.drain().await;
     }
+
+    async fn teardown(&self) {
+        self.net.teardown().await;
+    }
 }

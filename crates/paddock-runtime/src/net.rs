@@ -69,6 +69,34 @@ pub struct Network {
     made: Mutex<HashSet<String>>,
 }
 
+/// The iptables rules (table, chain, match and target) that let sandboxes
+/// on the bridge reach out: NAT of the bridge's subnet, and forwarding to
+/// and from it.
+fn rules(cfg: &NetConfig) -> Vec<Vec<String>> {
+    let b = cfg.bridge.as_str();
+    let o = cfg.gateway.octets();
+    let subnet = format!("{}.{}.0.0/16", o[0], o[1]);
+    [
+        vec![
+            "-t",
+            "nat",
+            "POSTROUTING",
+            "-s",
+            &subnet,
+            "!",
+            "-o",
+            b,
+            "-j",
+            "MASQUERADE",
+        ],
+        vec!["-t", "filter", "FORWARD", "-i", b, "-j", "ACCEPT"],
+        vec!["-t", "filter", "FORWARD", "-o", b, "-j", "ACCEPT"],
+    ]
+    .into_iter()
+    .map(|r| r.into_iter().map(String::from).collect())
+    .collect()
+}
+
 impl Network {
     /// Sets up the bridge, forwarding and NAT (idempotent).
     pub async fn init(cfg: NetConfig, pool_size: usize) -> Result<std::sync::Arc<Network>> {
@@ -104,22 +132,8 @@ impl Network {
         run("ip", &["link", "set", b, "up"]).await?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| Error::Internal(format!("enable ip_forward: {e}")))?;
-        for rule in [
-            vec![
-                "-t",
-                "nat",
-                "POSTROUTING",
-                "-s",
-                &subnet,
-                "!",
-                "-o",
-                b,
-                "-j",
-                "MASQUERADE",
-            ],
-            vec!["-t", "filter", "FORWARD", "-i", b, "-j", "ACCEPT"],
-            vec!["-t", "filter", "FORWARD", "-o", b, "-j", "ACCEPT"],
-        ] {
+        for rule in rules(&cfg) {
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
             let mut check = vec![rule[0], rule[1], "-C"];
             check.extend(&rule[2..]);
             if run("iptables", &check).await.is_err() {
@@ -341,6 +355,31 @@ impl Network {
             }
         }
         n
+    }
+
+    /// Removes what `init` set up on the host, once no sandbox uses it
+    /// (`paddock serve --cleanup`): the NAT and forwarding rules and the
+    /// bridge. The host's `ip_forward` is left as it is (what it was before
+    /// is not known).
+    pub async fn teardown(&self) {
+        for rule in rules(&self.cfg) {
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+            let mut del = vec![rule[0], rule[1], "-D"];
+            del.extend(&rule[2..]);
+            // As often as it is there (an earlier daemon may have added it
+            // again); a bounded number of times.
+            for _ in 0..8 {
+                if run("iptables", &del).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let b = self.cfg.bridge.as_str();
+        if run("ip", &["link", "show", b]).await.is_ok() {
+            if let Err(e) = run("ip", &["link", "del", b]).await {
+                tracing::warn!("remove bridge {b}: {e}");
+            }
+        }
     }
 
     /// Empties the pool (when the daemon stops for good, or `--cleanup`).

@@ -84,7 +84,8 @@ pub struct ServeArgs {
     /// waits for an RCU grace period).
     #[arg(long)]
     pub no_tune_cgroups: bool,
-    /// Destroy every sandbox of this data dir, then exit (no server).
+    /// Destroy every sandbox of this data dir and remove the bridge and NAT
+    /// rules the daemon set up for them, then exit (no server).
     #[arg(long)]
     pub cleanup: bool,
 }

@@ -316,16 +316,37 @@ fn destroy_leaves_nothing_behind() {
     assert!(!dir.exists(), "sandbox dir left");
     assert_eq!(mounts(), 0, "mounts left");
     assert_eq!(cgroups(), 0, "cgroups left");
-    // Stopping for good (`paddock serve --cleanup`) removes the pool too.
+    // Stopping for good (`paddock serve --cleanup`) removes the pool too,
+    // and the bridge with its NAT and forwarding rules.
     let prefix = format!("{}-", d.bridge);
+    let bridge = std::path::Path::new("/sys/class/net").join(&d.bridge);
+    let rules = || {
+        ["nat", "filter"]
+            .iter()
+            .map(|t| {
+                let out = std::process::Command::new("iptables")
+                    .args(["-t", t, "-S"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.split_whitespace().any(|w| w == d.bridge))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    assert!(bridge.exists());
+    assert_eq!(rules(), 3, "the daemon's NAT and forwarding rules");
     drop(api);
-    drop(d);
+    d.stop_for_good();
     let left = std::fs::read_dir("/var/run/netns")
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .count();
     assert_eq!(left, 0, "network namespaces left after cleanup");
+    assert!(!bridge.exists(), "bridge left after cleanup");
+    assert_eq!(rules(), 0, "iptables rules left after cleanup");
 }
 
 #[test]

@@ -268,10 +268,11 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    /// Stops the daemon for good: kill -9, then `paddock serve --cleanup`
+    /// (every sandbox destroyed, the bridge and NAT rules removed).
+    pub fn stop_for_good(&self) {
         self.kill9();
-        // Destroy whatever the tests left behind.
         let _ = Command::new(bin())
             .args(["serve", "--cleanup", "--data-dir"])
             .arg(&self.data)
@@ -279,6 +280,15 @@ impl Drop for Daemon {
             .arg(agent())
             .args(["--bridge", &self.bridge, "--gateway", &self.gateway])
             .output();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Destroy whatever the tests left behind.
+        self.stop_for_good();
+        // Should `--cleanup` fail, the host is cleaned all the same (the
+        // test of `--cleanup` itself looks before this).
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
