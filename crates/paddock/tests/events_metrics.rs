@@ -86,7 +86,18 @@ fn daemon_wide_events_carry_a_global_sequence() {
 fn metrics_from_cgroups() {
     let api = shared().api();
     let sb = Sb::new(&api, json!({"memory_mb": 200}));
-    sb.sh("(python3 -c 'import time; x = bytearray(60 << 20); time.sleep(30)' &) ; sleep 1; (timeout 2 sh -c 'while :; do :; done' &) ; head -c 1000000 /dev/zero > /workspace/z");
+    // Waits for python to hold its 60 MiB (on a busy host its start alone
+    // can take over a second), then starts a busy loop.
+    let out = sb.sh(
+        "(python3 -c 'import time; x = bytearray(60 << 20); open(\"/tmp/held\", \"w\").close(); time.sleep(30)' &) ; \
+         for i in $(seq 300); do [ -e /tmp/held ] && break; sleep 0.1; done; \
+         (timeout 2 sh -c 'while :; do :; done' &) ; head -c 1000000 /dev/zero > /workspace/z; \
+         test -e /tmp/held",
+    );
+    assert_eq!(
+        out["exit_code"], 0,
+        "python did not allocate within 30 s: {out}"
+    );
     let m = api.get(&sb.path("/metrics")).body;
     assert_eq!(m["memory_limit_bytes"], 200u64 << 20, "{m}");
     assert!(m["memory_bytes"].as_u64().unwrap() > 50 << 20, "{m}");
