@@ -204,11 +204,11 @@ where
     // Room for the next read: small until the command writes fast (most
     // print little, and a CHUNK for each of their pipes grew and shrank the
     // agent's heap on every exec), doubling while reads fill it.
-    let mut room = SMALL;
+    let mut want = SMALL;
     loop {
         state.idle.store(true, Ordering::SeqCst);
         // Reuses the allocation when the last chunk has been sent on.
-        buf.reserve(room);
+        buf.reserve(want);
         let (b, r) = tokio::select! {
             r = read(buf) => r,
             _ = stop.wait_for(|s| *s) => break,
@@ -218,8 +218,8 @@ where
             Ok(n) if n > 0 => n,
             _ => break,
         };
-        if n >= room {
-            room = (room * 2).min(CHUNK);
+        if n >= want {
+            want = (want * 2).min(CHUNK);
         }
         state.idle.store(false, Ordering::SeqCst);
         state.bytes.fetch_add(n as u64, Ordering::SeqCst);
@@ -275,11 +275,10 @@ fn kill_group(pid: i32, sig: i32) {
     }
 }
 
-/// Starts one exec. Returns once the process is spawned (or failed to);
-/// the rest runs in a task that feeds `tx`.
-/// Starts the command that `input`'s first message describes; its output
-/// and exit go to `tx`. Returns whether the exec is buffered (one message,
-/// the exit with all output, and nothing before it).
+/// Starts the command that `input`'s first message describes. Returns once
+/// the process is spawned (or failed to); the rest runs in a task that
+/// feeds `tx` its output and exit. Returns whether the exec is buffered
+/// (one message, the exit with all output, and nothing before it).
 pub async fn start(
     reaper: &Reaper,
     mut input: Streaming<ExecInput>,

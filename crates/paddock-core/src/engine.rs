@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, RwLock};
 use uuid::Uuid;
 
+mod lifecycle;
 mod pool;
 pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
 
@@ -87,8 +88,8 @@ pub struct Engine {
     runtimes: HashMap<Isolation, Arc<dyn Runtime>>,
     live: RwLock<HashMap<Uuid, Arc<Live>>>,
     key_lock: tokio::sync::Mutex<()>,
-    /// One lifecycle change at a time per sandbox: see `lifecycle`.
-    lifecycles: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lifecycle change at a time per sandbox (`lifecycle.rs`).
+    lifecycles: lifecycle::Lifecycles,
     images: Option<Arc<dyn Images>>,
     pools: pool::Pools,
     cfg: EngineConfig,
@@ -122,22 +123,10 @@ impl Engine {
         &self.store
     }
 
-    /// Held for one lifecycle change of sandbox `id`: its boot, a stop,
-    /// start, pause, resume or destroy, a hand-over from a warm pool, a
-    /// death the monitor found. Each judges the state it finds under the
-    /// lock, so two changes never interleave (a destroy during a create
-    /// waits for the boot and then tears it down, where the boot used to
-    /// bring the destroyed sandbox back as `running`; a death found while
-    /// a user stops the sandbox no longer overwrites `stopped`).
-    async fn lifecycle(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self
-            .lifecycles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone();
-        m.lock_owned().await
+    /// Waits for sandbox `id`'s lifecycle lock (see `lifecycle.rs`); every
+    /// change of its state judges the state it finds under it.
+    async fn lifecycle(&self, id: Uuid) -> lifecycle::LifeGuard {
+        self.lifecycles.lock(id).await
     }
 
     fn runtime(&self, iso: Isolation) -> Result<&Arc<dyn Runtime>> {
@@ -415,9 +404,7 @@ impl Engine {
             last_active_at: now,
             ip: None,
         };
-        // Taken before the sandbox is stored, held until its boot is done.
-        let life = self.lifecycle(id).await;
-        {
+        let life = {
             let _guard = match &spec.key {
                 Some(_) => Some(self.key_lock.lock().await),
                 None => None,
@@ -427,6 +414,9 @@ impl Engine {
                     return Ok((existing, false));
                 }
             }
+            // Taken before the sandbox is stored, held until its boot is
+            // done (after the key lock, as a pool's hand-over takes them).
+            let life = self.lifecycle(id).await;
             self.store.tx_events(
                 |tx| {
                     Store::put_sandbox(tx, &sb)?;
@@ -441,7 +431,8 @@ impl Engine {
                 },
                 |evs| evs.into_iter().for_each(|e| self.bus.publish(e)),
             )?;
-        }
+            life
+        };
         // Booted in a task of its own: a caller that goes away (a client
         // timing out) must not leave the sandbox half made, `creating`
         // for ever.
@@ -540,7 +531,7 @@ impl Engine {
         if let Ok(rt) = self.runtime(sb.config.isolation) {
             rt.destroy(sb.id).await?;
         }
-        let done = self.transition(
+        self.transition(
             sb.id,
             "sandbox.destroyed",
             json!({"state": "destroyed", "reason": reason}),
@@ -548,14 +539,7 @@ impl Engine {
                 s.state = State::Destroyed;
                 s.ip = None;
             },
-        );
-        // Whoever waits on this lock finds `destroyed`; later callers a
-        // fresh lock, and `destroyed` too.
-        self.lifecycles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&sb.id);
-        done
+        )
     }
 
     pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
@@ -1453,9 +1437,8 @@ impl Engine {
     }
 
     /// Cleans up a sandbox whose processes are gone and records it:
-    /// `sandbox.died`, state `error` with `msg`.
-    /// Records the death of a sandbox and cleans up after it. The caller
-    /// holds its lifecycle lock and has judged it dead under that lock.
+    /// `sandbox.died`, state `error` with `msg`. The caller holds its
+    /// lifecycle lock and has judged it dead under that lock.
     async fn mark_died(&self, rt: &dyn Runtime, id: Uuid, msg: String) -> Result<Sandbox> {
         self.pools.forget(id);
         let _ = rt.destroy(id).await;
@@ -1510,10 +1493,13 @@ impl Engine {
             if *n < 2 {
                 continue;
             }
-            dead_seen.remove(&id);
             // Judged again under the lifecycle lock: a stop, destroy or
-            // restart by its owner may have come in between.
-            let _life = self.lifecycle(id).await;
+            // restart by its owner may have come in between. While one is
+            // under way, next round (the monitor waits for nobody).
+            let Some(_life) = self.lifecycles.try_lock(id) else {
+                continue;
+            };
+            dead_seen.remove(&id);
             if rt.alive(id).await != Some(false)
                 || !matches!(self.store.get_sandbox(id), Ok(Some(sb)) if sb.state == State::Running)
                 || self.live.write().await.remove(&id).is_none()

@@ -13,7 +13,7 @@ pub mod v1 {
 pub const PROTOCOL_VERSION: u32 = 1;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -77,11 +77,6 @@ impl AgentChannel {
         let ch = AgentChannel::lazy(path);
         ch.sender().await?;
         Ok(ch)
-    }
-
-    /// The socket this channel talks to.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     fn cached(&self) -> Option<http2::SendRequest<Body>> {

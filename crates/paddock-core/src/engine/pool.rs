@@ -295,8 +295,11 @@ impl Engine {
             };
             self.pools.refill.notify_one();
             // A pool's destroy of this sandbox waits for the hand-over (and
-            // then leaves a sandbox that changed hands alone).
-            let _life = self.lifecycle(id).await;
+            // then leaves a sandbox that changed hands alone). Held by
+            // someone else, it is being destroyed or found dead: the next.
+            let Some(_life) = self.lifecycles.try_lock(id) else {
+                continue;
+            };
             if !self.live.read().await.contains_key(&id) {
                 continue;
             }

@@ -75,6 +75,8 @@ pub struct Daemon {
     extra: Vec<String>,
     env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
+    /// `stop_for_good` ran.
+    gone: std::sync::atomic::AtomicBool,
 }
 
 impl Daemon {
@@ -112,6 +114,7 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: Mutex::new(None),
+            gone: Default::default(),
         };
         d.spawn();
         d
@@ -272,6 +275,9 @@ impl Daemon {
     /// Stops the daemon for good: kill -9, then `paddock serve --cleanup`
     /// (every sandbox destroyed, the bridge and NAT rules removed).
     pub fn stop_for_good(&self) {
+        if self.gone.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         self.kill9();
         let _ = Command::new(bin())
             .args(["serve", "--cleanup", "--data-dir"])

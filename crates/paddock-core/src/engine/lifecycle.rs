@@ -1,0 +1,114 @@
+//! One lifecycle change at a time per sandbox.
+//!
+//! A sandbox's boot, a stop, start, pause, resume or destroy, a hand-over
+//! from a warm pool and a death the monitor finds each hold the sandbox's
+//! lock and judge the state they find under it, so two changes never
+//! interleave (a destroy during a create waits for the boot and then tears
+//! it down; a death found while the owner stops the sandbox leaves
+//! `stopped` alone).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+type Map = HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>;
+
+/// The locks of the sandboxes someone holds or waits for; an entry goes
+/// with its last holder, so the map stays as small as the changes under
+/// way.
+#[derive(Default)]
+pub(super) struct Lifecycles {
+    map: Arc<Mutex<Map>>,
+}
+
+/// A sandbox's lifecycle lock, held until dropped.
+pub(super) struct LifeGuard {
+    id: Uuid,
+    map: Arc<Mutex<Map>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+fn lock(map: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Lifecycles {
+    fn entry(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.map).entry(id).or_default().clone()
+    }
+
+    fn guard(&self, id: Uuid, held: tokio::sync::OwnedMutexGuard<()>) -> LifeGuard {
+        LifeGuard {
+            id,
+            map: self.map.clone(),
+            held: Some(held),
+        }
+    }
+
+    /// Waits for sandbox `id`'s lock.
+    pub(super) async fn lock(&self, id: Uuid) -> LifeGuard {
+        let held = self.entry(id).lock_owned().await;
+        self.guard(id, held)
+    }
+
+    /// Sandbox `id`'s lock if nobody holds it.
+    pub(super) fn try_lock(&self, id: Uuid) -> Option<LifeGuard> {
+        // Failing, the entry stays: its holder's guard removes it.
+        let held = self.entry(id).try_lock_owned().ok()?;
+        Some(self.guard(id, held))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+impl Drop for LifeGuard {
+    fn drop(&mut self) {
+        // Under the map's lock nobody can take a new handle: if the map's
+        // and this guard's are the only ones, nobody waits, and the entry
+        // goes.
+        // (A waiter whose future is dropped leaves without this check: its
+        // entry then goes with the next holder's guard.)
+        let mut map = lock(&self.map);
+        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            map.remove(&self.id);
+        }
+        drop(self.held.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_no_entry_left() {
+        let l = Arc::new(Lifecycles::default());
+        let id = Uuid::new_v4();
+        let first = l.lock(id).await;
+        assert!(l.try_lock(id).is_none(), "held: try_lock must fail");
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let _g = l.lock(id).await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        waiter.await.unwrap();
+        assert_eq!(l.len(), 0, "entry left after the last holder");
+        let g = l.try_lock(id).expect("free again");
+        assert_eq!(l.len(), 1);
+        drop(g);
+        assert_eq!(l.len(), 0);
+        // A failed try_lock leaves nothing behind either.
+        let g = l.lock(id).await;
+        assert!(l.try_lock(id).is_none());
+        drop(g);
+        assert_eq!(l.len(), 0);
+    }
+}
