@@ -12,6 +12,7 @@ mod ports;
 mod pty;
 mod reaper;
 
+use std::os::fd::FromRawFd;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -240,6 +241,9 @@ impl Agent for Service {
 
 struct Args {
     socket: String,
+    /// A listening socket the runtime bound for the agent at `socket` and
+    /// handed over as this fd.
+    listen_fd: Option<i32>,
     log: Option<String>,
     main: Vec<String>,
 }
@@ -247,11 +251,18 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut socket = None;
+    let mut listen_fd = None;
     let mut log = None;
     let mut main = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--socket" => socket = it.next(),
+            "--listen-fd" => {
+                let v = it.next().unwrap_or_default();
+                listen_fd = Some(v.parse::<i32>().ok().filter(|fd| *fd > 2).ok_or(format!(
+                    "--listen-fd: {v:?} is not a file descriptor above 2"
+                ))?);
+            }
             "--log" => log = it.next(),
             "--version" => {
                 println!("paddock-agent {}", env!("CARGO_PKG_VERSION"));
@@ -265,6 +276,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         socket: socket.ok_or("--socket PATH is required")?,
+        listen_fd,
         log,
         main,
     })
@@ -330,13 +342,33 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(0);
     });
 
-    let _ = std::fs::remove_file(&args.socket);
-    let tmp = format!("{}.tmp", args.socket);
-    let _ = std::fs::remove_file(&tmp);
-    let listener = tokio::net::UnixListener::bind(&tmp)?;
-    // Appear under the final name only once listening, so that a daemon
-    // that sees the socket can connect at once.
-    std::fs::rename(&tmp, &args.socket)?;
+    let listener = match args.listen_fd {
+        Some(fd) => {
+            // Not for the commands the agent runs.
+            nix::fcntl::fcntl(
+                // SAFETY: fd is open for the duration of this call (the
+                // runtime passed it in; a bad one fails the fcntl).
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| format!("--listen-fd {fd}: {e}"))?;
+            // SAFETY: the runtime handed this listening socket to the agent
+            // (`--preserve-fds`); nothing else in this process owns it.
+            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)?
+        }
+        None => {
+            let _ = std::fs::remove_file(&args.socket);
+            let tmp = format!("{}.tmp", args.socket);
+            let _ = std::fs::remove_file(&tmp);
+            let listener = tokio::net::UnixListener::bind(&tmp)?;
+            // Appear under the final name only once listening, so that a
+            // daemon that sees the socket can connect at once.
+            std::fs::rename(&tmp, &args.socket)?;
+            listener
+        }
+    };
     let boot_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

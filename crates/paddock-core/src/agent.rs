@@ -63,7 +63,13 @@ impl AgentClient {
                 let client = AgentClient::over(ch);
                 client.hello().await.map(|h| (client, h))
             };
-            match attempt.await {
+            // An agent that takes the connection and never answers (its
+            // socket is bound before it starts) is given up at the deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = tokio::time::timeout(left, attempt)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+            match answer {
                 Ok((client, hello)) => {
                     Self::check_version(&hello)?;
                     return Ok(client);

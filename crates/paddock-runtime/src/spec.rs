@@ -135,6 +135,9 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
         "/.paddock/paddock-agent".to_string(),
         "--socket".into(),
         "/run/paddock/agent.sock".into(),
+        // Bound by the runtime before the sandbox starts (`run`).
+        "--listen-fd".into(),
+        "3".into(),
         "--log".into(),
         "/run/paddock/main.log".into(),
     ];
