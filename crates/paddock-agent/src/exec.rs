@@ -314,11 +314,11 @@ pub async fn start(
         pty_master = Some(Arc::new(p.master));
         drop(p.slave);
     } else {
+        // A command told up front that its input is empty reads /dev/null:
+        // no pipe to make, register and close for every buffered exec.
         // Pipes keep the kernel's size: a larger one would count against
         // the pipe memory that every sandbox's root shares
         // (pipe-user-pages-soft is per host uid).
-        // A command told up front that its input is empty reads /dev/null:
-        // no pipe to make, register and close for every buffered exec.
         let stdin = if start.close_stdin && start.stdin.is_empty() {
             Stdio::null()
         } else {

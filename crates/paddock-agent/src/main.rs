@@ -2,9 +2,10 @@
 //!
 //! It reaps orphans, optionally starts the sandbox's main process, and
 //! serves the agent protocol (see `paddock-proto`) on a unix socket that the
-//! daemon reaches from outside. Usage:
+//! daemon reaches from outside. The runtime binds that socket and hands it
+//! over already listening, as an inherited fd. Usage:
 //!
-//! `paddock-agent --socket PATH [--log PATH] [-- MAIN ARGS...]`
+//! `paddock-agent --listen-fd N [--log PATH] [-- MAIN ARGS...]`
 
 mod exec;
 mod files;
@@ -240,23 +241,19 @@ impl Agent for Service {
 }
 
 struct Args {
-    socket: String,
-    /// A listening socket the runtime bound for the agent at `socket` and
-    /// handed over as this fd.
-    listen_fd: Option<i32>,
+    /// The listening socket the runtime bound for the agent, as this fd.
+    listen_fd: i32,
     log: Option<String>,
     main: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let mut socket = None;
     let mut listen_fd = None;
     let mut log = None;
     let mut main = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--socket" => socket = it.next(),
             "--listen-fd" => {
                 let v = it.next().unwrap_or_default();
                 listen_fd = Some(v.parse::<i32>().ok().filter(|fd| *fd > 2).ok_or(format!(
@@ -275,8 +272,7 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(Args {
-        socket: socket.ok_or("--socket PATH is required")?,
-        listen_fd,
+        listen_fd: listen_fd.ok_or("--listen-fd N is required")?,
         log,
         main,
     })
@@ -342,33 +338,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(0);
     });
 
-    let listener = match args.listen_fd {
-        Some(fd) => {
-            // Not for the commands the agent runs.
-            nix::fcntl::fcntl(
-                // SAFETY: fd is open for the duration of this call (the
-                // runtime passed it in; a bad one fails the fcntl).
-                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .map_err(|e| format!("--listen-fd {fd}: {e}"))?;
-            // SAFETY: the runtime handed this listening socket to the agent
-            // (`--preserve-fds`); nothing else in this process owns it.
-            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
-            l.set_nonblocking(true)?;
-            tokio::net::UnixListener::from_std(l)?
-        }
-        None => {
-            let _ = std::fs::remove_file(&args.socket);
-            let tmp = format!("{}.tmp", args.socket);
-            let _ = std::fs::remove_file(&tmp);
-            let listener = tokio::net::UnixListener::bind(&tmp)?;
-            // Appear under the final name only once listening, so that a
-            // daemon that sees the socket can connect at once.
-            std::fs::rename(&tmp, &args.socket)?;
-            listener
-        }
-    };
+    let fd = args.listen_fd;
+    // Not for the commands the agent runs.
+    nix::fcntl::fcntl(
+        // SAFETY: fd is open for the duration of this call (the runtime
+        // passed it in; a bad one fails the fcntl).
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("--listen-fd {fd}: {e}"))?;
+    // SAFETY: the runtime handed this listening socket to the agent
+    // (`--preserve-fds`); nothing else in this process owns it.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     let boot_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -123,12 +123,6 @@ impl Engine {
         &self.store
     }
 
-    /// Waits for sandbox `id`'s lifecycle lock (see `lifecycle.rs`); every
-    /// change of its state judges the state it finds under it.
-    async fn lifecycle(&self, id: Uuid) -> lifecycle::LifeGuard {
-        self.lifecycles.lock(id).await
-    }
-
     fn runtime(&self, iso: Isolation) -> Result<&Arc<dyn Runtime>> {
         self.runtimes.get(&iso).ok_or_else(|| {
             Error::Unsupported(format!(
@@ -416,7 +410,7 @@ impl Engine {
             }
             // Taken before the sandbox is stored, held until its boot is
             // done (after the key lock, as a pool's hand-over takes them).
-            let life = self.lifecycle(id).await;
+            let life = self.lifecycles.lock(id).await;
             self.store.tx_events(
                 |tx| {
                     Store::put_sandbox(tx, &sb)?;
@@ -518,7 +512,7 @@ impl Engine {
     /// changed hands since the caller read it (a pooled sandbox handed
     /// out), leaves it alone and returns it as it is.
     async fn destroy_inner(&self, sb: Sandbox, reason: &str) -> Result<Sandbox> {
-        let _life = self.lifecycle(sb.id).await;
+        let _life = self.lifecycles.lock(sb.id).await;
         let sb = match self.store.get_sandbox(sb.id)? {
             Some(now) if now.owner == sb.owner => now,
             Some(now) => return Ok(now),
@@ -543,7 +537,7 @@ impl Engine {
     }
 
     pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycle(id).await;
+        let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Running | State::Paused => {}
@@ -558,7 +552,7 @@ impl Engine {
     }
 
     pub async fn start(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycle(id).await;
+        let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Stopped => {}
@@ -575,7 +569,7 @@ impl Engine {
     }
 
     pub async fn pause(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycle(id).await;
+        let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Running => {}
@@ -589,7 +583,7 @@ impl Engine {
     }
 
     pub async fn resume(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycle(id).await;
+        let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
         match sb.state {
             State::Paused => {}
@@ -1205,7 +1199,7 @@ impl Engine {
                 Err(e) => {
                     let msg = e.to_string();
                     tracing::warn!(sandbox = %sb.id, "not recovered: {msg}");
-                    let _life = self.lifecycle(sb.id).await;
+                    let _life = self.lifecycles.lock(sb.id).await;
                     self.mark_died(rt.as_ref(), sb.id, msg).await?;
                 }
             }
@@ -1250,22 +1244,10 @@ impl Engine {
             // Only if nothing replaced it meanwhile (a stop, a destroy):
             // judged under its lifecycle lock, compared and removed under
             // the map's.
-            let _life = self.lifecycle(id).await;
-            let rt = {
-                let mut map = self.live.write().await;
-                let same = match (&live, map.get(&id)) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    _ => false,
-                };
-                let rt = match self.store.get_sandbox(id) {
-                    Ok(Some(sb)) if same && sb.state == State::Running => {
-                        self.runtime(sb.config.isolation).ok().cloned()
-                    }
-                    _ => None,
-                };
-                let Some(rt) = rt else { continue };
-                map.remove(&id);
-                rt
+            let _life = self.lifecycles.lock(id).await;
+            let Some(live) = live else { continue };
+            let Some(rt) = self.unserve_running(id, Some(&live)).await else {
+                continue;
             };
             let msg = format!("its agent did not answer after the daemon restarted: {e}");
             tracing::warn!(sandbox = %id, "{msg}");
@@ -1436,6 +1418,31 @@ impl Engine {
         })
     }
 
+    /// Stops serving sandbox `id` if it is still `running` and served (by
+    /// `expect`, when given: not by a client made since) and returns its
+    /// backend; the caller holds its lifecycle lock and is about to mark
+    /// it dead.
+    async fn unserve_running(
+        &self,
+        id: Uuid,
+        expect: Option<&Arc<Live>>,
+    ) -> Option<Arc<dyn Runtime>> {
+        let mut map = self.live.write().await;
+        let served = match (expect, map.get(&id)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        let rt = match self.store.get_sandbox(id) {
+            Ok(Some(sb)) if served && sb.state == State::Running => {
+                self.runtime(sb.config.isolation).ok().cloned()
+            }
+            _ => None,
+        }?;
+        map.remove(&id);
+        Some(rt)
+    }
+
     /// Cleans up a sandbox whose processes are gone and records it:
     /// `sandbox.died`, state `error` with `msg`. The caller holds its
     /// lifecycle lock and has judged it dead under that lock.
@@ -1500,10 +1507,7 @@ impl Engine {
                 continue;
             };
             dead_seen.remove(&id);
-            if rt.alive(id).await != Some(false)
-                || !matches!(self.store.get_sandbox(id), Ok(Some(sb)) if sb.state == State::Running)
-                || self.live.write().await.remove(&id).is_none()
-            {
+            if rt.alive(id).await != Some(false) || self.unserve_running(id, None).await.is_none() {
                 continue;
             }
             let msg = "its processes exited (the sandbox's init died)".to_string();

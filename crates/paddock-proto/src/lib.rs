@@ -79,6 +79,10 @@ impl AgentChannel {
         Ok(ch)
     }
 
+    fn unavailable(&self, e: impl std::fmt::Display) -> Status {
+        Status::unavailable(format!("agent socket {}: {e}", self.inner.path.display()))
+    }
+
     fn cached(&self) -> Option<http2::SendRequest<Body>> {
         let g = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner());
         g.as_ref().filter(|s| !s.is_closed()).cloned()
@@ -92,19 +96,16 @@ impl AgentChannel {
         if let Some(s) = self.cached() {
             return Ok(s);
         }
-        let unavailable = |e: &dyn std::fmt::Display| {
-            Status::unavailable(format!("agent socket {}: {e}", self.inner.path.display()))
-        };
         let io = tokio::net::UnixStream::connect(&self.inner.path)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.unavailable(e))?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.unavailable(e))?;
         tokio::spawn(async move {
             // Ends when the agent closes the socket or every sender is gone.
             let _ = conn.await;
@@ -128,9 +129,7 @@ impl tower::Service<Request<Body>> for AgentChannel {
         let this = self.clone();
         Box::pin(async move {
             let mut tx = this.sender().await?;
-            tx.send_request(req).await.map_err(|e| {
-                Status::unavailable(format!("agent socket {}: {e}", this.inner.path.display()))
-            })
+            tx.send_request(req).await.map_err(|e| this.unavailable(e))
         })
     }
 }

@@ -343,7 +343,7 @@ impl ContainerRuntime {
 
     fn instance(&self, id: Uuid) -> Instance {
         Instance {
-            agent: AgentEndpoint::Unix(self.dir(id).join("run/agent.sock")),
+            agent: AgentEndpoint::Unix(self.agent_socket(id)),
             ip: self.slot(id).map(|s| IpAddr::V4(s.ip)),
         }
     }
@@ -447,6 +447,11 @@ impl ContainerRuntime {
         Ok(())
     }
 
+    /// Where the agent listens (inside: /run/paddock/agent.sock).
+    fn agent_socket(&self, id: Uuid) -> PathBuf {
+        self.dir(id).join("run/agent.sock")
+    }
+
     async fn run(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
         let dir = self.dir(id);
         // The agent's socket is bound here, before the sandbox starts, and
@@ -454,7 +459,7 @@ impl ContainerRuntime {
         // the daemon connects at once and its hello waits in the backlog
         // until the agent accepts, instead of polling for the socket on
         // tokio's 1 ms timer (which cost a create ~1 ms at the median).
-        let sock = dir.join("run/agent.sock");
+        let sock = self.agent_socket(id);
         let _ = std::fs::remove_file(&sock);
         let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(io("agent socket"))?;
         let netns = self

@@ -69,32 +69,42 @@ pub struct Network {
     made: Mutex<HashSet<String>>,
 }
 
-/// The iptables rules (table, chain, match and target) that let sandboxes
-/// on the bridge reach out: NAT of the bridge's subnet, and forwarding to
-/// and from it.
-fn rules(cfg: &NetConfig) -> Vec<Vec<String>> {
-    let b = cfg.bridge.as_str();
+/// The sandboxes' subnet: the gateway's /16.
+fn subnet(cfg: &NetConfig) -> String {
     let o = cfg.gateway.octets();
-    let subnet = format!("{}.{}.0.0/16", o[0], o[1]);
+    format!("{}.{}.0.0/16", o[0], o[1])
+}
+
+/// The iptables rules (table, then chain, match and target) that let
+/// sandboxes on the bridge reach out: NAT of the bridge's subnet, and
+/// forwarding to and from it.
+fn rules(cfg: &NetConfig) -> [(&'static str, Vec<String>); 3] {
+    let b = &cfg.bridge;
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     [
-        vec![
-            "-t",
+        (
             "nat",
-            "POSTROUTING",
-            "-s",
-            &subnet,
-            "!",
-            "-o",
-            b,
-            "-j",
-            "MASQUERADE",
-        ],
-        vec!["-t", "filter", "FORWARD", "-i", b, "-j", "ACCEPT"],
-        vec!["-t", "filter", "FORWARD", "-o", b, "-j", "ACCEPT"],
+            args(&[
+                "POSTROUTING",
+                "-s",
+                &subnet(cfg),
+                "!",
+                "-o",
+                b,
+                "-j",
+                "MASQUERADE",
+            ]),
+        ),
+        ("filter", args(&["FORWARD", "-i", b, "-j", "ACCEPT"])),
+        ("filter", args(&["FORWARD", "-o", b, "-j", "ACCEPT"])),
     ]
-    .into_iter()
-    .map(|r| r.into_iter().map(String::from).collect())
-    .collect()
+}
+
+/// `iptables -t TABLE OP CHAIN...`: OP is -C (is it there), -A or -D.
+async fn iptables(op: &str, table: &str, rule: &[String]) -> Result<String> {
+    let mut a = vec!["-t", table, op];
+    a.extend(rule.iter().map(String::as_str));
+    run("iptables", &a).await
 }
 
 impl Network {
@@ -102,10 +112,7 @@ impl Network {
     pub async fn init(cfg: NetConfig, pool_size: usize) -> Result<std::sync::Arc<Network>> {
         let b = cfg.bridge.as_str();
         let cidr = format!("{}/16", cfg.gateway);
-        let subnet = {
-            let o = cfg.gateway.octets();
-            format!("{}.{}.0.0/16", o[0], o[1])
-        };
+        let subnet = subnet(&cfg);
         // Another interface routing the same subnet would take the traffic
         // meant for this bridge's sandboxes.
         let routes = run("ip", &["-o", "route", "show", "exact", &subnet]).await?;
@@ -132,14 +139,9 @@ impl Network {
         run("ip", &["link", "set", b, "up"]).await?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| Error::Internal(format!("enable ip_forward: {e}")))?;
-        for rule in rules(&cfg) {
-            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-            let mut check = vec![rule[0], rule[1], "-C"];
-            check.extend(&rule[2..]);
-            if run("iptables", &check).await.is_err() {
-                let mut add = vec![rule[0], rule[1], "-A"];
-                add.extend(&rule[2..]);
-                if let Err(e) = run("iptables", &add).await {
+        for (table, rule) in rules(&cfg) {
+            if iptables("-C", table, &rule).await.is_err() {
+                if let Err(e) = iptables("-A", table, &rule).await {
                     tracing::warn!(
                         "iptables: {e} (outbound networking from sandboxes may not work)"
                     );
@@ -362,14 +364,11 @@ impl Network {
     /// bridge. The host's `ip_forward` is left as it is (what it was before
     /// is not known).
     pub async fn teardown(&self) {
-        for rule in rules(&self.cfg) {
-            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-            let mut del = vec![rule[0], rule[1], "-D"];
-            del.extend(&rule[2..]);
+        for (table, rule) in rules(&self.cfg) {
             // As often as it is there (an earlier daemon may have added it
             // again); a bounded number of times.
             for _ in 0..8 {
-                if run("iptables", &del).await.is_err() {
+                if iptables("-D", table, &rule).await.is_err() {
                     break;
                 }
             }

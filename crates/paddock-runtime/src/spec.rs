@@ -133,9 +133,8 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     let c = i.config;
     let mut args = vec![
         "/.paddock/paddock-agent".to_string(),
-        "--socket".into(),
-        "/run/paddock/agent.sock".into(),
-        // Bound by the runtime before the sandbox starts (`run`).
+        // run/agent.sock, bound by the runtime before the sandbox starts
+        // (`run`).
         "--listen-fd".into(),
         "3".into(),
         "--log".into(),

@@ -110,15 +110,6 @@ fn daemon_restart_keeps_running_sandboxes() {
     }
 }
 
-/// The pid of a sandbox's init, from its directory.
-fn init_pid(dir: &std::path::Path) -> i32 {
-    std::fs::read_to_string(dir.join("init.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_sandbox_whose_init_dies_is_marked_and_cleaned_up() {
     let d = shared();

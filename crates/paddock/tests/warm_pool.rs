@@ -248,11 +248,7 @@ fn a_pooled_sandbox_that_dies_is_replaced() {
         (ready(&api) == 2 && pooled_ids(&d).len() == 2).then_some(())
     });
     let dead = pooled_ids(&d)[0].clone();
-    let pid: i32 = std::fs::read_to_string(d.data.join("sandboxes").join(&dead).join("init.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = init_pid(&d.data.join("sandboxes").join(&dead));
     // SAFETY: kill(2) on a pid read from the sandbox's pid file.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     // The monitor finds it dead and cleans it up; the pool stops counting

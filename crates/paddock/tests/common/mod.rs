@@ -216,6 +216,22 @@ impl Daemon {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
     }
 
+    /// Stops the daemon for good: kill -9, then `paddock serve --cleanup`
+    /// (every sandbox destroyed, the bridge and NAT rules removed).
+    pub fn stop_for_good(&self) {
+        if self.gone.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.kill9();
+        let _ = Command::new(bin())
+            .args(["serve", "--cleanup", "--data-dir"])
+            .arg(&self.data)
+            .args(["--agent"])
+            .arg(agent())
+            .args(["--bridge", &self.bridge, "--gateway", &self.gateway])
+            .output();
+    }
+
     /// `kill -9` of the daemon, leaving its sandboxes running.
     pub fn kill9(&self) {
         if let Some(mut c) = self.child.lock().unwrap().take() {
@@ -271,56 +287,10 @@ impl Daemon {
     }
 }
 
-impl Daemon {
-    /// Stops the daemon for good: kill -9, then `paddock serve --cleanup`
-    /// (every sandbox destroyed, the bridge and NAT rules removed).
-    pub fn stop_for_good(&self) {
-        if self.gone.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        self.kill9();
-        let _ = Command::new(bin())
-            .args(["serve", "--cleanup", "--data-dir"])
-            .arg(&self.data)
-            .args(["--agent"])
-            .arg(agent())
-            .args(["--bridge", &self.bridge, "--gateway", &self.gateway])
-            .output();
-    }
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Destroy whatever the tests left behind.
         self.stop_for_good();
-        // Should `--cleanup` fail, the host is cleaned all the same (the
-        // test of `--cleanup` itself looks before this).
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-        // And the NAT and forwarding rules the daemon added for its bridge.
-        let o: Vec<&str> = self.gateway.split('.').collect();
-        let subnet = format!("{}.{}.0.0/16", o[0], o[1]);
-        let b = self.bridge.as_str();
-        for rule in [
-            vec![
-                "-t",
-                "nat",
-                "-D",
-                "POSTROUTING",
-                "-s",
-                &subnet,
-                "!",
-                "-o",
-                b,
-                "-j",
-                "MASQUERADE",
-            ],
-            vec!["-t", "filter", "-D", "FORWARD", "-i", b, "-j", "ACCEPT"],
-            vec!["-t", "filter", "-D", "FORWARD", "-o", b, "-j", "ACCEPT"],
-        ] {
-            let _ = Command::new("iptables").args(&rule).output();
-        }
         if std::env::var_os("PADDOCK_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.data);
             let _ = std::fs::remove_file(self.data.with_extension("log"));
@@ -437,6 +407,15 @@ impl Drop for Sb<'_> {
     fn drop(&mut self) {
         let _ = self.api.delete(&format!("/sandboxes/{}", self.id));
     }
+}
+
+/// The pid of a sandbox's init, from its directory.
+pub fn init_pid(dir: &std::path::Path) -> i32 {
+    std::fs::read_to_string(dir.join("init.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Polls `f` until it returns Some, for at most `secs`.
