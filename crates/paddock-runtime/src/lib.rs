@@ -15,6 +15,7 @@ mod cmd;
 mod net;
 mod netlink;
 mod sealed;
+mod seccomp;
 mod spec;
 
 use std::net::IpAddr;
@@ -57,6 +58,8 @@ pub struct ContainerRuntime {
     agent: PathBuf,
     host_binds: Vec<(String, String)>,
     net: std::sync::Arc<net::Network>,
+    /// Seccomp filters crun compiled, for the next sandboxes (crun only).
+    seccomp: Option<seccomp::Cache>,
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
@@ -173,6 +176,7 @@ impl ContainerRuntime {
             agent: cfg.agent_path.clone(),
             host_binds,
             net,
+            seccomp: None,
         };
         let candidates: Vec<String> = match &cfg.oci_runtime {
             Some(r) => vec![r.clone()],
@@ -184,6 +188,7 @@ impl ContainerRuntime {
                 prepare_cgroups_for_crun();
             }
             rt.oci = c.clone();
+            rt.seccomp = c.ends_with("crun").then(seccomp::Cache::default);
             rt._oci_sealed = sealed::SealedBinary::new(&c)
                 .inspect_err(|e| tracing::debug!("no sealed copy of {c}: {e}"))
                 .ok();
@@ -466,7 +471,7 @@ impl ContainerRuntime {
             .slot(id)
             .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?
             .path();
-        let spec = spec::build(&spec::SpecInput {
+        let mut spec = spec::build(&spec::SpecInput {
             id: &id.to_string(),
             rootfs: &dir.join("rootfs"),
             run_dir: &dir.join("run"),
@@ -481,6 +486,16 @@ impl ContainerRuntime {
             cgroup: &cgroup::rel_path(&id),
             config,
         })?;
+        // A filter crun compiled for an earlier sandbox with this profile.
+        let profile = self.seccomp.as_ref().and_then(|c| {
+            let profile = serde_json::to_string(spec.linux().as_ref()?.seccomp().as_ref()?).ok()?;
+            Some((c, c.get(&profile), profile))
+        });
+        if let Some((_, Some(bpf), _)) = &profile {
+            let mut notes = spec.annotations().clone().unwrap_or_default();
+            notes.insert(seccomp::ANNOTATION.into(), bpf.clone());
+            spec.set_annotations(Some(notes));
+        }
         spec.save(dir.join("bundle/config.json"))
             .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
         let log = std::fs::OpenOptions::new()
@@ -525,6 +540,12 @@ impl ContainerRuntime {
                 .collect::<Vec<_>>()
                 .join("\n");
             return Err(Error::Internal(format!("{} run failed: {tail}", self.oci)));
+        }
+        if let Some((cache, None, profile)) = profile {
+            let bpf = self.state_root.join(id.to_string()).join("seccomp.bpf");
+            if !cache.learn(&profile, &bpf) {
+                tracing::debug!(sandbox = %id, "no compiled seccomp filter at {}", bpf.display());
+            }
         }
         Ok(self.instance(id))
     }

@@ -76,6 +76,18 @@ fn sandboxes_are_confined() {
         .as_str()
         .unwrap()
         .contains('2'));
+    // The filter refuses what capabilities alone would allow (keyctl needs
+    // none), in the first sandbox and in a later one, whose filter crun
+    // loads ready-made (see paddock-runtime's seccomp.rs).
+    let later = Sb::new(&api, json!({}));
+    for s in [&sb, &later] {
+        let keyctl = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); \
+                      r = libc.syscall(250, 0, -3, 0); print(r, ctypes.get_errno())";
+        assert_eq!(
+            s.api.exec(&s.id, json!({"cmd": ["python3", "-c", keyctl]}))["stdout"],
+            format!("-1 {}\n", libc::EPERM)
+        );
+    }
     // Its own pid namespace: the agent is PID 1.
     assert_eq!(sb.sh("cat /proc/1/comm")["stdout"], "paddock-agent\n");
     // /usr is read-only; /workspace, /tmp and /root are writable.
