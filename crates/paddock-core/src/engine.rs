@@ -95,6 +95,10 @@ pub struct Engine {
     cfg: EngineConfig,
 }
 
+/// How long a deferred event waits for a transaction to ride in before it
+/// gets one of its own: live subscribers see it this much later at most.
+const DEFER_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -192,6 +196,36 @@ impl Engine {
         }
     }
 
+    /// Records an event that closes what a synchronously recorded one
+    /// opened (`exec.response`, `fs.response`) without a transaction of its
+    /// own: it is written with the next event, or within [`DEFER_FLUSH`]
+    /// (see [`Store::defer_event`]). An exec's round trip then costs one
+    /// SQLite transaction instead of two (daemon CPU per exec: two cost
+    /// 0.2 ms of its 0.62).
+    fn emit_later(&self, sb: &Sandbox, kind: &str, data: serde_json::Value) {
+        if self.store.defer_event(sb.id, &sb.owner, kind, data) {
+            let (store, bus) = (self.store.clone(), self.bus.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(DEFER_FLUSH).await;
+                if let Err(e) =
+                    store.flush_deferred(|evs| evs.into_iter().for_each(|e| bus.publish(e)))
+                {
+                    tracing::warn!("deferred events not recorded yet: {e}");
+                }
+            });
+        }
+    }
+
+    /// Writes deferred events now, so that a read of the log sees them.
+    fn flush_events(&self) {
+        if let Err(e) = self
+            .store
+            .flush_deferred(|evs| evs.into_iter().for_each(|e| self.bus.publish(e)))
+        {
+            tracing::warn!("deferred events not recorded yet: {e}");
+        }
+    }
+
     /// Checks a file operation against the sandbox's mounts and their ACLs
     /// and records an `fs.request` event; `fs_done` records the
     /// `fs.response`. Without mounts every path is allowed.
@@ -254,7 +288,7 @@ impl Engine {
         if let (Some(d), Some(x)) = (data.as_object_mut(), extra.as_object()) {
             d.extend(x.clone());
         }
-        self.emit(sb, "fs.response", data);
+        self.emit_later(sb, "fs.response", data);
     }
 
     /// The sandbox, if `p` may see it.
@@ -638,7 +672,7 @@ impl Engine {
         let (sb, live) = self.live_for(p, id).await?;
         let request_id = self.emit(&sb, "exec.request", exec_request_data(&sb, req));
         let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
-        self.emit(&sb, "exec.response", exec_response_data(request_id, &r));
+        self.emit_later(&sb, "exec.response", exec_response_data(request_id, &r));
         r
     }
 
@@ -663,14 +697,14 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 let r: Result<ExecResult> = Err(e.clone());
-                self.emit(&sb, "exec.response", exec_response_data(request_id, &r));
+                self.emit_later(&sb, "exec.response", exec_response_data(request_id, &r));
                 return Err(e);
             }
         };
         let engine = self.clone();
         Ok(s.inspect(move |ev| {
             if let Ok(ExecEvent::Exit(r)) = ev {
-                engine.emit(
+                engine.emit_later(
                     &sb,
                     "exec.response",
                     exec_response_data(request_id, &Ok(r.clone())),
@@ -890,6 +924,7 @@ impl Engine {
         if let Some(id) = sandbox {
             self.get(p, id)?;
         }
+        self.flush_events();
         Ok(self.bus.subscribe(
             self.store.clone(),
             Subscription {
@@ -903,6 +938,7 @@ impl Engine {
     /// The daemon-wide sequence number of the newest event: subscribe
     /// after it to see only what happens from now on.
     pub fn last_event_seq(&self) -> Result<i64> {
+        self.flush_events();
         self.store.last_seq()
     }
 
@@ -1277,6 +1313,7 @@ impl Engine {
     /// Lets the backends release what they keep ready (pools); running
     /// sandboxes are left alone.
     pub async fn shutdown(&self) {
+        self.flush_events();
         for rt in self.runtimes.values() {
             rt.shutdown().await;
         }

@@ -57,7 +57,26 @@ const MIGRATIONS: &[&str] = &[
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Events recorded with [`Store::defer_event`], oldest first, not yet
+    /// written: the next transaction that writes events writes them first,
+    /// or [`Store::flush_deferred`] does.
+    deferred: Mutex<Vec<Deferred>>,
+    /// A flush of deferred events is arranged.
+    flush_due: std::sync::atomic::AtomicBool,
 }
+
+/// An event whose write may wait (see [`Store::defer_event`]).
+struct Deferred {
+    sandbox_id: Uuid,
+    owner: String,
+    kind: String,
+    time: DateTime<Utc>,
+    data: serde_json::Value,
+}
+
+/// Deferred events beyond this many (writes failing for long) are dropped,
+/// oldest first, rather than held without bound.
+const MAX_DEFERRED: usize = 10_000;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApiKey {
@@ -106,6 +125,8 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            deferred: Mutex::new(Vec::new()),
+            flush_due: Default::default(),
         })
     }
 
@@ -124,18 +145,93 @@ impl Store {
 
     /// Runs `f` in one transaction and hands the events it made to `publish`
     /// while still holding the store, so that subscribers see events in the
-    /// order of their sequence numbers.
+    /// order of their sequence numbers. Deferred events are written first,
+    /// in the same transaction, and published with them.
     pub fn tx_events<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, Vec<Event>)>,
         publish: impl FnOnce(Vec<Event>),
     ) -> Result<T> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let (v, evs) = f(&tx)?;
-        tx.commit()?;
-        publish(evs);
-        Ok(v)
+        let pending = std::mem::take(&mut *self.lock_deferred());
+        let run = |conn: &mut Connection| -> Result<(T, Vec<Event>)> {
+            let tx = conn.transaction()?;
+            let mut evs = Vec::with_capacity(pending.len() + 1);
+            for d in &pending {
+                evs.push(Self::append_event_at(
+                    &tx,
+                    d.sandbox_id,
+                    &d.owner,
+                    &d.kind,
+                    d.data.clone(),
+                    d.time,
+                )?);
+            }
+            let (v, own) = f(&tx)?;
+            tx.commit()?;
+            evs.extend(own);
+            Ok((v, evs))
+        };
+        match run(&mut conn) {
+            Ok((v, evs)) => {
+                publish(evs);
+                Ok(v)
+            }
+            Err(e) => {
+                // Rolled back: the deferred events wait for the next write.
+                let mut q = self.lock_deferred();
+                let later = std::mem::replace(&mut *q, pending);
+                q.extend(later);
+                if q.len() > MAX_DEFERRED {
+                    let n = q.len() - MAX_DEFERRED;
+                    tracing::warn!("dropping {n} events that could not be written");
+                    q.drain(..n);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn lock_deferred(&self) -> std::sync::MutexGuard<'_, Vec<Deferred>> {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an event whose write may wait for the next transaction that
+    /// writes events (or [`Store::flush_deferred`]), so that it costs no
+    /// transaction of its own. For events that close what a synchronously
+    /// written one opened (the response to a request): a crash in between
+    /// loses the closing event, as a crash during the request would have.
+    /// Its time is now. Returns whether no flush was due yet: the caller
+    /// then arranges one, and the first flush after that ends the duty
+    /// (`flush_deferred`).
+    pub fn defer_event(
+        &self,
+        sandbox_id: Uuid,
+        owner: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> bool {
+        let mut q = self.lock_deferred();
+        q.push(Deferred {
+            sandbox_id,
+            owner: owner.to_string(),
+            kind: kind.to_string(),
+            time: Utc::now(),
+            data,
+        });
+        !self
+            .flush_due
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Writes the deferred events, if any, and hands them to `publish`.
+    pub fn flush_deferred(&self, publish: impl FnOnce(Vec<Event>)) -> Result<()> {
+        self.flush_due
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if self.lock_deferred().is_empty() {
+            return Ok(());
+        }
+        self.tx_events(|_| Ok(((), Vec::new())), publish)
     }
 
     /// A sandbox's document, read inside a transaction that will change it.
@@ -184,13 +280,23 @@ impl Store {
         kind: &str,
         data: serde_json::Value,
     ) -> Result<Event> {
+        Self::append_event_at(tx, sandbox_id, owner, kind, data, Utc::now())
+    }
+
+    fn append_event_at(
+        tx: &rusqlite::Transaction<'_>,
+        sandbox_id: Uuid,
+        owner: &str,
+        kind: &str,
+        data: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<Event> {
         let sid = sandbox_id.to_string();
         let next: i64 = tx
             .prepare_cached(
                 "SELECT COALESCE(MAX(sandbox_seq), 0) + 1 FROM events WHERE sandbox_id = ?1",
             )?
             .query_row(params![sid], |r| r.get(0))?;
-        let now = Utc::now();
         tx.prepare_cached(
             "INSERT INTO events (sandbox_id, sandbox_seq, owner, kind, ts, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
@@ -452,5 +558,94 @@ impl Store {
             out.push(serde_json::from_str(&d?)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write(
+        store: &Store,
+        id: Uuid,
+        kind: &str,
+        published: &mut Vec<(i64, i64, String)>,
+    ) -> Result<()> {
+        store.tx_events(
+            |tx| Ok(((), vec![Store::append_event(tx, id, "o", kind, json!({}))?])),
+            |evs| published.extend(evs.into_iter().map(|e| (e.seq, e.id, e.kind))),
+        )
+    }
+
+    #[test]
+    fn deferred_events_go_first_with_the_next_write_or_a_flush() {
+        let store = Store::open_in_memory().unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut published = Vec::new();
+        write(&store, a, "exec.request", &mut published).unwrap();
+        assert!(store.defer_event(a, "o", "exec.response", json!({"request_id": 1})));
+        assert!(
+            !store.defer_event(b, "o", "fs.response", json!({})),
+            "a flush is already due"
+        );
+        assert_eq!(store.last_seq().unwrap(), 1, "not written yet");
+        // The next write carries them, before its own event, in order.
+        write(&store, a, "exec.request", &mut published).unwrap();
+        let got: Vec<_> = published
+            .iter()
+            .map(|(s, i, k)| (*s, *i, k.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 1, "exec.request"),
+                (2, 2, "exec.response"),
+                (3, 1, "fs.response"),
+                (4, 3, "exec.request")
+            ]
+        );
+        let stored = store.events_after(None, Some(a), 0, 10).unwrap();
+        assert_eq!(stored[1].kind, "exec.response");
+        assert_eq!(stored[1].data["request_id"], 1);
+        // The arranged flush is still due (a write does not cancel it): a
+        // new deferred event needs no other; the flush writes it and ends
+        // the duty.
+        assert!(!store.defer_event(a, "o", "exec.response", json!({})));
+        let mut flushed = Vec::new();
+        store
+            .flush_deferred(|evs| flushed.extend(evs.into_iter().map(|e| e.seq)))
+            .unwrap();
+        assert_eq!(flushed, [5]);
+        store
+            .flush_deferred(|_| panic!("nothing to publish"))
+            .unwrap();
+        assert!(
+            store.defer_event(b, "o", "fs.response", json!({})),
+            "a new flush is due"
+        );
+        store.flush_deferred(|_| {}).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 6);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_deferred_events() {
+        let store = Store::open_in_memory().unwrap();
+        let a = Uuid::new_v4();
+        store.defer_event(a, "o", "exec.response", json!({}));
+        let r: Result<()> = store.tx_events(
+            |_| Err(Error::Internal("no".into())),
+            |_| panic!("rolled back"),
+        );
+        assert!(r.is_err());
+        assert_eq!(
+            store.last_seq().unwrap(),
+            0,
+            "rolled back with the failed write"
+        );
+        let mut published = Vec::new();
+        write(&store, a, "exec.request", &mut published).unwrap();
+        let kinds: Vec<_> = published.iter().map(|(_, _, k)| k.as_str()).collect();
+        assert_eq!(kinds, ["exec.response", "exec.request"]);
     }
 }
