@@ -290,7 +290,8 @@ impl Api {
 
 /// The pid of the process listening on `port` (TCP, IPv4 or IPv6), read
 /// from /proc: the bench runs where the daemon runs.
-fn listener_pid(port: u16) -> Result<u32> {
+/// The inodes of the sockets listening on `port` (TCP, v4 and v6).
+fn listening_sockets(port: u16) -> Vec<String> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -312,6 +313,11 @@ fn listener_pid(port: u16) -> Result<u32> {
             }
         }
     }
+    inodes
+}
+
+fn listener_pid(port: u16) -> Result<u32> {
+    let inodes = listening_sockets(port);
     for proc_dir in std::fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -380,14 +386,17 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
     if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
         bail!("kill {pid}: {}", std::io::Error::last_os_error());
     }
-    // Gone, or a zombie its parent has not reaped (it holds no port).
+    // Gone, or a zombie its parent has not reaped, and its port free: the
+    // leader shows as a zombie while its other threads still exit holding
+    // the shared descriptor table (with 1000 sandboxes up, long enough for
+    // the new daemon's bind to fail).
     let gone_by = Instant::now() + Duration::from_secs(10);
     loop {
-        if !paddock_core::host::process_alive(pid) {
+        if !paddock_core::host::process_alive(pid) && listening_sockets(port).is_empty() {
             break;
         }
         if Instant::now() > gone_by {
-            bail!("pid {pid} still runs 10 s after SIGKILL");
+            bail!("10 s after SIGKILL pid {pid} still runs or port {port} is still taken");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
