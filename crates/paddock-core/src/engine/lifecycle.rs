@@ -69,13 +69,16 @@ impl Drop for LifeGuard {
     fn drop(&mut self) {
         // Under the map's lock nobody can take a new handle: if the map's
         // and this guard's are the only ones, nobody waits, and the entry
-        // goes.
-        // (A waiter whose future is dropped leaves without this check: its
-        // entry then goes with the next holder's guard.)
+        // goes. A waiter whose future was dropped (its caller gave up)
+        // leaves without such a check: entries nobody holds or waits for
+        // any more (the map's handle only) go here too, with whichever
+        // guard drops next. The map holds only the changes under way, so
+        // the sweep is short.
         let mut map = lock(&self.map);
-        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
-            map.remove(&self.id);
-        }
+        map.retain(|id, m| {
+            let others = if *id == self.id { 2 } else { 1 };
+            Arc::strong_count(m) > others
+        });
         drop(self.held.take());
     }
 }
@@ -110,5 +113,21 @@ mod tests {
         assert!(l.try_lock(id).is_none());
         drop(g);
         assert_eq!(l.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_no_entry() {
+        let l = Arc::new(Lifecycles::default());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = l.lock(a).await;
+        // Waits behind `first`, is woken by its release, and is dropped
+        // before it is polled again: nobody checks its entry then.
+        let mut waiter = Box::pin(l.lock(a));
+        assert!(futures::poll!(&mut waiter).is_pending());
+        drop(first);
+        drop(waiter);
+        assert_eq!(l.len(), 1, "the abandoned entry stays until a guard drops");
+        drop(l.lock(b).await);
+        assert_eq!(l.len(), 0, "another sandbox's guard swept it");
     }
 }
