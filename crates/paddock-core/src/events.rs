@@ -41,6 +41,11 @@ impl EventBus {
         let _ = self.tx.send(Arc::new(ev));
     }
 
+    /// Publishes events in their order (a transaction's, by sequence).
+    pub fn publish_all(&self, evs: Vec<Event>) {
+        evs.into_iter().for_each(|e| self.publish(e));
+    }
+
     pub fn subscribe(
         &self,
         store: Arc<Store>,

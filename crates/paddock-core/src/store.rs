@@ -63,7 +63,12 @@ pub struct Store {
     deferred: Mutex<Vec<Deferred>>,
     /// A flush of deferred events is arranged.
     flush_due: std::sync::atomic::AtomicBool,
+    /// Arranges a flush of deferred events (the engine sets it; without
+    /// one they wait for the next write or read of the log).
+    flusher: Mutex<Option<Flusher>>,
 }
+
+type Flusher = Box<dyn Fn() + Send + Sync>;
 
 /// An event whose write may wait (see [`Store::defer_event`]).
 struct Deferred {
@@ -127,6 +132,7 @@ impl Store {
             conn: Mutex::new(conn),
             deferred: Mutex::new(Vec::new()),
             flush_due: Default::default(),
+            flusher: Mutex::new(None),
         })
     }
 
@@ -178,14 +184,19 @@ impl Store {
                 Ok(v)
             }
             Err(e) => {
-                // Rolled back: the deferred events wait for the next write.
-                let mut q = self.lock_deferred();
-                let later = std::mem::replace(&mut *q, pending);
-                q.extend(later);
-                if q.len() > MAX_DEFERRED {
-                    let n = q.len() - MAX_DEFERRED;
-                    tracing::warn!("dropping {n} events that could not be written");
-                    q.drain(..n);
+                // Rolled back: the deferred events go back to wait for the
+                // next write or a flush.
+                if !pending.is_empty() {
+                    let mut q = self.lock_deferred();
+                    let later = std::mem::replace(&mut *q, pending);
+                    q.extend(later);
+                    if q.len() > MAX_DEFERRED {
+                        let n = q.len() - MAX_DEFERRED;
+                        tracing::warn!("dropping {n} events that could not be written");
+                        q.drain(..n);
+                    }
+                    drop(q);
+                    self.arm();
                 }
                 Err(e)
             }
@@ -201,30 +212,41 @@ impl Store {
     /// transaction of its own. For events that close what a synchronously
     /// written one opened (the response to a request): a crash in between
     /// loses the closing event, as a crash during the request would have.
-    /// Its time is now. Returns whether no flush was due yet: the caller
-    /// then arranges one, and the first flush after that ends the duty
-    /// (`flush_deferred`).
-    pub fn defer_event(
-        &self,
-        sandbox_id: Uuid,
-        owner: &str,
-        kind: &str,
-        data: serde_json::Value,
-    ) -> bool {
-        let mut q = self.lock_deferred();
-        q.push(Deferred {
+    /// Its time is when it happened, now: an event of another sandbox
+    /// written meanwhile may carry a later time and a lower sequence
+    /// number. Unless a flush is already due, the flusher arranges one.
+    pub fn defer_event(&self, sandbox_id: Uuid, owner: &str, kind: &str, data: serde_json::Value) {
+        self.lock_deferred().push(Deferred {
             sandbox_id,
             owner: owner.to_string(),
             kind: kind.to_string(),
             time: Utc::now(),
             data,
         });
-        !self
-            .flush_due
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        self.arm();
     }
 
-    /// Writes the deferred events, if any, and hands them to `publish`.
+    /// Sets what arranges a flush of deferred events: called (once per
+    /// flush due) when an event is deferred or a failed write puts
+    /// deferred events back; it should call [`Store::flush_deferred`]
+    /// soon. A flush that fails puts them back and so arranges the next.
+    pub fn set_flusher(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.flusher.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    fn arm(&self) {
+        if !self
+            .flush_due
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Some(f) = &*self.flusher.lock().unwrap_or_else(|e| e.into_inner()) {
+                f();
+            }
+        }
+    }
+
+    /// Writes the deferred events, if any, and hands them to `publish`;
+    /// ends the flush that was due.
     pub fn flush_deferred(&self, publish: impl FnOnce(Vec<Event>)) -> Result<()> {
         self.flush_due
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -561,10 +583,24 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// Deferred events still waiting (a shutdown, the last handle going)
+    /// are written, unpublished: nobody is left to see them live.
+    fn drop(&mut self) {
+        if !self.lock_deferred().is_empty() {
+            if let Err(e) = self.tx_events(|_| Ok(((), Vec::new())), |_| {}) {
+                tracing::warn!("deferred events lost: {e}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
 
     fn write(
         store: &Store,
@@ -578,17 +614,27 @@ mod tests {
         )
     }
 
+    /// A store whose flusher counts the flushes it was asked for.
+    fn counted() -> (Store, Arc<AtomicUsize>) {
+        let store = Store::open_in_memory().unwrap();
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = n.clone();
+        store.set_flusher(move || {
+            m.fetch_add(1, SeqCst);
+        });
+        (store, n)
+    }
+
     #[test]
     fn deferred_events_go_first_with_the_next_write_or_a_flush() {
-        let store = Store::open_in_memory().unwrap();
+        let (store, asked) = counted();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let mut published = Vec::new();
         write(&store, a, "exec.request", &mut published).unwrap();
-        assert!(store.defer_event(a, "o", "exec.response", json!({"request_id": 1})));
-        assert!(
-            !store.defer_event(b, "o", "fs.response", json!({})),
-            "a flush is already due"
-        );
+        store.defer_event(a, "o", "exec.response", json!({"request_id": 1}));
+        assert_eq!(asked.load(SeqCst), 1);
+        store.defer_event(b, "o", "fs.response", json!({}));
+        assert_eq!(asked.load(SeqCst), 1, "a flush is already due");
         assert_eq!(store.last_seq().unwrap(), 1, "not written yet");
         // The next write carries them, before its own event, in order.
         write(&store, a, "exec.request", &mut published).unwrap();
@@ -611,7 +657,8 @@ mod tests {
         // The arranged flush is still due (a write does not cancel it): a
         // new deferred event needs no other; the flush writes it and ends
         // the duty.
-        assert!(!store.defer_event(a, "o", "exec.response", json!({})));
+        store.defer_event(a, "o", "exec.response", json!({}));
+        assert_eq!(asked.load(SeqCst), 1);
         let mut flushed = Vec::new();
         store
             .flush_deferred(|evs| flushed.extend(evs.into_iter().map(|e| e.seq)))
@@ -620,32 +667,60 @@ mod tests {
         store
             .flush_deferred(|_| panic!("nothing to publish"))
             .unwrap();
-        assert!(
-            store.defer_event(b, "o", "fs.response", json!({})),
-            "a new flush is due"
-        );
+        store.defer_event(b, "o", "fs.response", json!({}));
+        assert_eq!(asked.load(SeqCst), 2, "a new flush is due");
         store.flush_deferred(|_| {}).unwrap();
         assert_eq!(store.last_seq().unwrap(), 6);
     }
 
     #[test]
-    fn a_failed_write_keeps_the_deferred_events() {
-        let store = Store::open_in_memory().unwrap();
+    fn a_failed_write_keeps_the_deferred_events_and_asks_for_a_flush() {
+        let (store, asked) = counted();
         let a = Uuid::new_v4();
+        let fail = |store: &Store, flush_meanwhile: bool| {
+            let r: Result<()> = store.tx_events(
+                |_| {
+                    if flush_meanwhile {
+                        // The flush that was due runs now, finds the queue
+                        // taken and ends its duty.
+                        store.flush_deferred(|_| {}).unwrap();
+                    }
+                    Err(Error::Internal("no".into()))
+                },
+                |_| panic!("rolled back"),
+            );
+            assert!(r.is_err());
+        };
         store.defer_event(a, "o", "exec.response", json!({}));
-        let r: Result<()> = store.tx_events(
-            |_| Err(Error::Internal("no".into())),
-            |_| panic!("rolled back"),
-        );
-        assert!(r.is_err());
+        assert_eq!(asked.load(SeqCst), 1);
+        fail(&store, false);
         assert_eq!(
             store.last_seq().unwrap(),
             0,
             "rolled back with the failed write"
         );
+        assert_eq!(asked.load(SeqCst), 1, "the flush asked for is still due");
+        fail(&store, true);
+        assert_eq!(
+            asked.load(SeqCst),
+            2,
+            "put back after the due flush passed: a new one is asked for"
+        );
         let mut published = Vec::new();
         write(&store, a, "exec.request", &mut published).unwrap();
         let kinds: Vec<_> = published.iter().map(|(_, _, k)| k.as_str()).collect();
         assert_eq!(kinds, ["exec.response", "exec.request"]);
+        fail(&store, true);
+        assert_eq!(asked.load(SeqCst), 2, "nothing was put back");
+    }
+
+    #[test]
+    fn deferred_events_are_written_when_the_store_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let store = Store::open(&path).unwrap();
+        store.defer_event(Uuid::new_v4(), "o", "exec.response", json!({}));
+        drop(store);
+        assert_eq!(Store::open(&path).unwrap().last_seq().unwrap(), 1);
     }
 }

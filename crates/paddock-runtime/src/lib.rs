@@ -487,8 +487,12 @@ impl ContainerRuntime {
             config,
         })?;
         // A filter crun compiled for an earlier sandbox with this profile.
+        // Keyed by the profile and the annotations (crun's own options for
+        // the filter, such as `run.oci.seccomp_fail_unknown_syscall`, are
+        // annotations).
         let profile = self.seccomp.as_ref().and_then(|c| {
-            let profile = serde_json::to_string(spec.linux().as_ref()?.seccomp().as_ref()?).ok()?;
+            let seccomp = spec.linux().as_ref()?.seccomp().as_ref()?;
+            let profile = serde_json::to_string(&(seccomp, spec.annotations())).ok()?;
             Some((c, c.get(&profile), profile))
         });
         if let Some((_, Some(bpf), _)) = &profile {
@@ -539,6 +543,10 @@ impl ContainerRuntime {
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
+            if let Some((cache, Some(_), profile)) = &profile {
+                // In case the filter was what failed: the next run compiles.
+                cache.forget(profile);
+            }
             return Err(Error::Internal(format!("{} run failed: {tail}", self.oci)));
         }
         if let Some((cache, None, profile)) = profile {

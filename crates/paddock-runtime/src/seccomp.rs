@@ -26,7 +26,8 @@ const INSN: usize = 8;
 /// The kernel's limit on a classic BPF program (`BPF_MAXINSNS`).
 const MAX_INSNS: usize = 4096;
 
-/// Compiled filters by the JSON text of the profile they came from.
+/// Compiled filters by the JSON text of the profile they came from (with
+/// the spec's annotations).
 #[derive(Default)]
 pub struct Cache {
     filters: Mutex<HashMap<String, String>>,
@@ -61,6 +62,14 @@ impl Cache {
         filters.insert(profile.to_string(), encoded);
         true
     }
+
+    /// Drops the filter kept for `profile`.
+    pub fn forget(&self, profile: &str) {
+        self.filters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(profile);
+    }
 }
 
 #[cfg(test)]
@@ -85,6 +94,8 @@ mod tests {
         assert!(cache.learn("a", &p));
         assert_eq!(cache.get("a").as_deref(), Some("AQIDBAUGBwg="));
         assert_eq!(cache.get("b"), None, "keyed by the profile");
+        cache.forget("a");
+        assert_eq!(cache.get("a"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

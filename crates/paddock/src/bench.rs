@@ -288,10 +288,9 @@ impl Api {
     }
 }
 
-/// The pid of the process listening on `port` (TCP, IPv4 or IPv6), read
-/// from /proc: the bench runs where the daemon runs.
-/// The inodes of the sockets listening on `port` (TCP, v4 and v6).
-fn listening_sockets(port: u16) -> Vec<String> {
+/// The inodes of the TCP sockets (v4 and v6) listening on `port`, or on
+/// any port, as `/proc/<pid>/fd` links name them.
+fn listening_sockets(port: Option<u16>) -> Vec<String> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -301,11 +300,11 @@ fn listening_sockets(port: u16) -> Vec<String> {
             let f: Vec<&str> = line.split_whitespace().collect();
             // local_address is ADDR:PORT in hex; state 0A is LISTEN.
             let listening = f.get(3) == Some(&"0A");
-            let on_port = f
-                .get(1)
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                == Some(port);
+            let on_port = port.is_none()
+                || f.get(1)
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == port;
             if listening && on_port {
                 if let Some(i) = f.get(9) {
                     inodes.push(format!("socket:[{i}]"));
@@ -316,21 +315,32 @@ fn listening_sockets(port: u16) -> Vec<String> {
     inodes
 }
 
+/// Which of `sockets` process `pid` holds.
+fn held_by(pid: u32, sockets: &[String]) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|t| {
+            sockets
+                .iter()
+                .find(|i| t.as_os_str() == i.as_str())
+                .cloned()
+        })
+        .collect()
+}
+
+/// The pid of the process listening on `port` (TCP, IPv4 or IPv6), read
+/// from /proc: the bench runs where the daemon runs.
 fn listener_pid(port: u16) -> Result<u32> {
-    let inodes = listening_sockets(port);
+    let inodes = listening_sockets(Some(port));
     for proc_dir in std::fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                    return Ok(pid);
-                }
-            }
+        if !held_by(pid, &inodes).is_empty() {
+            return Ok(pid);
         }
     }
     bail!("no process on this host listens on port {port}: run the restart figure where the daemon runs")
@@ -382,21 +392,24 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
     let log =
         std::env::temp_dir().join(format!("paddock-bench-restart-{}.log", std::process::id()));
     let out = std::fs::File::create(&log)?;
+    // Every port it listens on (its API, the dialects' listeners).
+    let ports = held_by(pid, &listening_sockets(None));
     // SAFETY: kill(2) on a pid read just above; nothing is shared.
     if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
         bail!("kill {pid}: {}", std::io::Error::last_os_error());
     }
-    // Gone, or a zombie its parent has not reaped, and its port free: the
-    // leader shows as a zombie while its other threads still exit holding
-    // the shared descriptor table (with 1000 sandboxes up, long enough for
-    // the new daemon's bind to fail).
+    // Gone, or a zombie its parent has not reaped, and its listening
+    // sockets closed: the leader shows as a zombie while its other threads
+    // still exit holding the shared descriptor table (with 1000 sandboxes
+    // up, long enough for the new daemon's bind to fail).
     let gone_by = Instant::now() + Duration::from_secs(10);
     loop {
-        if !paddock_core::host::process_alive(pid) && listening_sockets(port).is_empty() {
+        let open = listening_sockets(None);
+        if !paddock_core::host::process_alive(pid) && !ports.iter().any(|p| open.contains(p)) {
             break;
         }
         if Instant::now() > gone_by {
-            bail!("10 s after SIGKILL pid {pid} still runs or port {port} is still taken");
+            bail!("10 s after SIGKILL pid {pid} still runs or still listens");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

@@ -80,6 +80,16 @@ fn sandboxes_are_confined() {
     // none), in the first sandbox and in a later one, whose filter crun
     // loads ready-made (see paddock-runtime's seccomp.rs).
     let later = Sb::new(&api, json!({}));
+    let bundle = shared()
+        .data
+        .join("sandboxes")
+        .join(&later.id)
+        .join("bundle/config.json");
+    let spec = std::fs::read_to_string(&bundle).unwrap();
+    assert!(
+        spec.contains("run.oci.seccomp_bpf_data"),
+        "a later sandbox gets the filter compiled for the first: {bundle:?}"
+    );
     for s in [&sb, &later] {
         let keyctl = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); \
                       r = libc.syscall(250, 0, -3, 0); print(r, ctypes.get_errno())";

@@ -337,7 +337,7 @@ impl Engine {
                     )?;
                     Ok((sb, vec![created, started]))
                 },
-                |evs| evs.into_iter().for_each(|e| self.bus.publish(e)),
+                |evs| self.bus.publish_all(evs),
             );
             match handed {
                 Ok(sb) => {
