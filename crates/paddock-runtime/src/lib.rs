@@ -1,14 +1,16 @@
 //! The container backend: one OCI bundle per sandbox, run by crun (where it
 //! works) or runc, with `paddock-agent` as PID 1.
 //!
-//! Layout under `<data>/sandboxes/<id>/`:
-//! - `rw/`: a tmpfs sized to the disk limit, holding the overlay's upper
-//!   and work directories (so a disk filler hits its own limit);
+//! Each sandbox's directory, `<data>/sandboxes/<id>/`, is a tmpfs sized to
+//! its disk limit (so a disk filler, or a main process that logs without
+//! end, hits its own limit and not the host's disk), holding:
+//! - `rw/`: the overlay's upper and work directories;
 //! - `rootfs/`: the overlay (read-only base image below, `rw/upper` above);
 //! - `run/`: shared with the sandbox at `/run/paddock`: the agent's socket
 //!   and the main process's log;
 //! - `etc/`: the sandbox's own hosts, hostname and resolv.conf;
-//! - `bundle/config.json` and `ip`.
+//! - `bundle/config.json`, `net.json` (its network slot), `init.pid` and
+//!   `agent.log` (the OCI runtime's output).
 
 mod cgroup;
 mod cmd;
@@ -359,8 +361,24 @@ impl ContainerRuntime {
         let dir = self.dir(id);
         let rw = dir.join("rw");
         let rootfs = dir.join("rootfs");
+        // The sandbox's disk is a tmpfs over its whole directory: what it
+        // writes, its logs and Paddock's files for it all count against
+        // its limit, and the directories below are made on the tmpfs (a
+        // mkdir on this kind of host's ext4 takes ~0.6 ms; there were six
+        // per create).
+        std::fs::create_dir_all(&dir).map_err(io("sandbox dir"))?;
+        let size = format!("size={}m,mode=0755", config.disk_mb);
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(size.as_str()),
+        )
+        .map_err(|e| Error::Internal(format!("mount sandbox disk: {e}")))?;
         for d in [
-            &rw,
+            &rw.join("upper"),
+            &rw.join("work"),
             &rootfs,
             &dir.join("run"),
             &dir.join("etc"),
@@ -368,17 +386,6 @@ impl ContainerRuntime {
         ] {
             std::fs::create_dir_all(d).map_err(io("sandbox dir"))?;
         }
-        let size = format!("size={}m,mode=0755", config.disk_mb);
-        mount(
-            Some("tmpfs"),
-            &rw,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(size.as_str()),
-        )
-        .map_err(|e| Error::Internal(format!("mount sandbox disk: {e}")))?;
-        std::fs::create_dir_all(rw.join("upper")).map_err(io("upper"))?;
-        std::fs::create_dir_all(rw.join("work")).map_err(io("work"))?;
         // A named image's layers (top first), or the host-based default.
         let lower = match &config.resolved_image {
             Some(img) if !img.layers.is_empty() => img
@@ -623,7 +630,9 @@ impl Runtime for ContainerRuntime {
                 tracing::warn!(sandbox = %id, "{e}");
             }
         }
-        for m in [dir.join("rootfs"), dir.join("rw")] {
+        // (`rw` was the disk's mount point before it covered the whole
+        // directory: sandboxes made by an older daemon still have it.)
+        for m in [dir.join("rootfs"), dir.join("rw"), dir.clone()] {
             if is_mounted(&m) {
                 if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
                     tracing::warn!(sandbox = %id, "umount {}: {e}", m.display());

@@ -106,3 +106,31 @@ fn sandboxes_are_confined() {
     // A shell and python3 work with zero setup.
     assert_eq!(sb.sh("python3 -c 'print(6*7)'")["stdout"], "42\n");
 }
+
+#[test]
+fn a_main_process_that_logs_without_end_fills_only_its_own_disk() {
+    let d = shared();
+    let api = d.api();
+    let sb = Sb::new(&api, json!({"disk_mb": 32, "command": ["yes", "log line"]}));
+    let log = d.data.join("sandboxes").join(&sb.id).join("run/main.log");
+    // `yes` fills 32 MiB in well under a second; wait for the log to stop
+    // growing.
+    let mut last = 0;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if now > 0 && now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(last > 16 << 20, "the log did not grow: {last}");
+    assert!(
+        last <= 32 << 20,
+        "the log outgrew the sandbox's disk: {last}"
+    );
+    // The sandbox still answers, its disk full.
+    let r = sb.sh("echo alive; echo x > /workspace/more 2>&1; echo rc=$?");
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.starts_with("alive\n") && !out.contains("rc=0"), "{r}");
+}
