@@ -2,12 +2,13 @@
 //! works) or runc, with `paddock-agent` as PID 1.
 //!
 //! Each sandbox's directory, `<data>/sandboxes/<id>/`, is a tmpfs sized to
-//! its disk limit (so a disk filler, or a main process that logs without
-//! end, hits its own limit and not the host's disk), holding:
+//! its disk limit (so a disk filler hits its own limit), holding:
 //! - `rw/`: the overlay's upper and work directories;
 //! - `rootfs/`: the overlay (read-only base image below, `rw/upper` above);
-//! - `run/`: shared with the sandbox at `/run/paddock`: the agent's socket
-//!   and the main process's log;
+//! - `run/`: shared with the sandbox at `/run/paddock`: the agent's socket,
+//!   and `main.log`, over which `<data>/logs/<id>.log` is bound: the main
+//!   process's output stays on the host's disk (page cache the kernel can
+//!   reclaim; on the tmpfs it would be memory charged to the sandbox);
 //! - `etc/`: the sandbox's own hosts, hostname and resolv.conf;
 //! - `bundle/config.json`, `net.json` (its network slot), `init.pid` and
 //!   `agent.log` (the OCI runtime's output).
@@ -56,6 +57,8 @@ pub struct ContainerRuntime {
     _oci_sealed: Option<sealed::SealedBinary>,
     state_root: PathBuf,
     sandboxes: PathBuf,
+    /// The main processes' logs, `<id>.log`.
+    logs: PathBuf,
     base: PathBuf,
     agent: PathBuf,
     host_binds: Vec<(String, String)>,
@@ -155,6 +158,8 @@ fn prepare_cgroups_for_crun() {
 impl ContainerRuntime {
     pub async fn new(cfg: ContainerConfig) -> Result<ContainerRuntime> {
         let sandboxes = cfg.data_dir.join("sandboxes");
+        let logs = cfg.data_dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(io("logs dir"))?;
         let base = cfg.data_dir.join("images/host");
         std::fs::create_dir_all(&sandboxes).map_err(io("data dir"))?;
         if !cfg.agent_path.is_file() {
@@ -174,6 +179,7 @@ impl ContainerRuntime {
             _oci_sealed: None,
             state_root: PathBuf::new(),
             sandboxes,
+            logs,
             base,
             agent: cfg.agent_path.clone(),
             host_binds,
@@ -263,6 +269,7 @@ impl ContainerRuntime {
             id: &id,
             rootfs: &self.base,
             run_dir: &run_dir,
+            main_log: None,
             etc_dir: &etc,
             agent: &self.agent,
             host_binds: &self.host_binds,
@@ -325,9 +332,19 @@ impl ContainerRuntime {
         self.sandboxes.join(id.to_string())
     }
 
-    /// The main process's output, as the agent writes it.
+    /// The main process's output, as the agent writes it (sandboxes made
+    /// before the log moved out of their directory still have it there).
     fn main_log(&self, id: Uuid) -> PathBuf {
-        self.dir(id).join("run/main.log")
+        let p = self.logs.join(format!("{id}.log"));
+        if p.exists() {
+            return p;
+        }
+        let old = self.dir(id).join("run/main.log");
+        if old.exists() {
+            old
+        } else {
+            p
+        }
     }
 
     async fn oci(&self, args: &[&str]) -> Result<String> {
@@ -386,6 +403,9 @@ impl ContainerRuntime {
         ] {
             std::fs::create_dir_all(d).map_err(io("sandbox dir"))?;
         }
+        // The log's mount point, and the log.
+        std::fs::write(dir.join("run/main.log"), "").map_err(io("main log"))?;
+        std::fs::write(self.logs.join(format!("{id}.log")), "").map_err(io("main log"))?;
         // A named image's layers (top first), or the host-based default.
         let lower = match &config.resolved_image {
             Some(img) if !img.layers.is_empty() => img
@@ -478,10 +498,13 @@ impl ContainerRuntime {
             .slot(id)
             .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?
             .path();
+        // (None for a sandbox made before the log left its directory.)
+        let main_log = self.logs.join(format!("{id}.log"));
         let mut spec = spec::build(&spec::SpecInput {
             id: &id.to_string(),
             rootfs: &dir.join("rootfs"),
             run_dir: &dir.join("run"),
+            main_log: main_log.exists().then_some(main_log.as_path()),
             etc_dir: &dir.join("etc"),
             agent: &self.agent,
             host_binds: if config.resolved_image.is_some() {
@@ -507,8 +530,22 @@ impl ContainerRuntime {
             notes.insert(seccomp::ANNOTATION.into(), bpf.clone());
             spec.set_annotations(Some(notes));
         }
-        spec.save(dir.join("bundle/config.json"))
-            .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
+        // Written aside and renamed: on a start after a stop the sandbox's
+        // disk may be full, and then the spec written at its first boot
+        // (from the same configuration) serves.
+        let config_json = dir.join("bundle/config.json");
+        let fresh = dir.join("bundle/config.json.new");
+        if let Err(e) = spec
+            .save(&fresh)
+            .map_err(std::io::Error::other)
+            .and_then(|()| std::fs::rename(&fresh, &config_json))
+        {
+            let _ = std::fs::remove_file(&fresh);
+            if !config_json.exists() {
+                return Err(Error::Internal(format!("write config.json: {e}")));
+            }
+            tracing::warn!(sandbox = %id, "config.json kept from the last start: {e}");
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -643,6 +680,7 @@ impl Runtime for ContainerRuntime {
             self.net.recycle(slot).await;
         }
         cgroup::remove(&cgroup::rel_path(&id));
+        let _ = std::fs::remove_file(self.logs.join(format!("{id}.log")));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
         }

@@ -112,6 +112,9 @@ pub struct SpecInput<'a> {
     pub id: &'a str,
     pub rootfs: &'a Path,
     pub run_dir: &'a Path,
+    /// The main process's log on the host, bound over
+    /// `/run/paddock/main.log` (a file `run_dir` holds).
+    pub main_log: Option<&'a Path>,
     pub etc_dir: &'a Path,
     pub agent: &'a Path,
     /// Host directories bound read-only (host path, sandbox path).
@@ -181,6 +184,9 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     mounts.push(bind(&etc("hostname"), "/etc/hostname", true));
     mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
     mounts.push(bind(&i.run_dir.to_string_lossy(), "/run/paddock", false));
+    if let Some(log) = i.main_log {
+        mounts.push(bind(&log.to_string_lossy(), "/run/paddock/main.log", false));
+    }
     // Host directories the caller asked for, read-write: the file API's
     // ACLs govern what reaches them through Paddock.
     for m in &i.config.mounts {
@@ -271,6 +277,7 @@ mod tests {
             id: "6f1c4a8e-0000-4000-8000-000000000000",
             rootfs: Path::new("/tmp/r"),
             run_dir: Path::new("/tmp/run"),
+            main_log: None,
             etc_dir: Path::new("/tmp/etc"),
             agent: Path::new("/usr/local/bin/paddock-agent"),
             host_binds: &[("/usr".into(), "/usr".into())],

@@ -293,7 +293,7 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
     })
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     raise_nofile();
     // The settings file, then every listener: a bad setting or a taken
     // port fails the start before the daemon touches the host.
@@ -308,6 +308,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
+    // Absolute, without symlinks: mount points under it are found in
+    // /proc/self/mountinfo by this path.
+    args.data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("resolve {}", args.data_dir.display()))?;
     let agent = find_agent(args.agent.clone())?;
     let store = Arc::new(paddock_core::store::Store::open(
         &args.data_dir.join("paddock.db"),
