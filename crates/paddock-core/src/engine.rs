@@ -99,6 +99,13 @@ pub struct Engine {
 /// gets one of its own: live subscribers see it this much later at most.
 const DEFER_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Writes the deferred events and publishes them.
+fn flush(store: &Store, bus: &EventBus) {
+    if let Err(e) = store.flush_deferred(|evs| bus.publish_all(evs)) {
+        tracing::warn!("deferred events not recorded yet: {e}");
+    }
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -122,9 +129,8 @@ impl Engine {
             let (store, bus) = (weak.clone(), to.clone());
             rt.spawn(async move {
                 tokio::time::sleep(DEFER_FLUSH).await;
-                let Some(store) = store.upgrade() else { return };
-                if let Err(e) = store.flush_deferred(|evs| bus.publish_all(evs)) {
-                    tracing::warn!("deferred events not recorded yet: {e}");
+                if let Some(store) = store.upgrade() {
+                    flush(&store, &bus);
                 }
             });
         });
@@ -226,9 +232,7 @@ impl Engine {
 
     /// Writes deferred events now, so that a read of the log sees them.
     fn flush_events(&self) {
-        if let Err(e) = self.store.flush_deferred(|evs| self.bus.publish_all(evs)) {
-            tracing::warn!("deferred events not recorded yet: {e}");
-        }
+        flush(&self.store, &self.bus);
     }
 
     /// Checks a file operation against the sandbox's mounts and their ACLs

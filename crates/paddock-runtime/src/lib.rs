@@ -72,11 +72,22 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 fn is_mounted(p: &Path) -> bool {
+    !mounted(&[p]).is_empty()
+}
+
+/// Which of `paths` are mount points, in their order (one read of
+/// mountinfo, which holds every sandbox's mounts).
+fn mounted<'a>(paths: &[&'a Path]) -> Vec<&'a Path> {
     let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return Vec::new();
     };
-    let p = p.to_string_lossy();
-    m.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+    let points: std::collections::HashSet<&str> =
+        m.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    paths
+        .iter()
+        .copied()
+        .filter(|p| points.contains(&*p.to_string_lossy()))
+        .collect()
 }
 
 /// The host directories that make the default image: /usr and /etc, plus
@@ -332,10 +343,15 @@ impl ContainerRuntime {
         self.sandboxes.join(id.to_string())
     }
 
+    /// Where the main process's output goes, on the data dir's disk.
+    fn host_log(&self, id: Uuid) -> PathBuf {
+        self.logs.join(format!("{id}.log"))
+    }
+
     /// The main process's output, as the agent writes it (sandboxes made
     /// before the log moved out of their directory still have it there).
     fn main_log(&self, id: Uuid) -> PathBuf {
-        let p = self.logs.join(format!("{id}.log"));
+        let p = self.host_log(id);
         if p.exists() {
             return p;
         }
@@ -405,7 +421,7 @@ impl ContainerRuntime {
         }
         // The log's mount point, and the log.
         std::fs::write(dir.join("run/main.log"), "").map_err(io("main log"))?;
-        std::fs::write(self.logs.join(format!("{id}.log")), "").map_err(io("main log"))?;
+        std::fs::write(self.host_log(id), "").map_err(io("main log"))?;
         // A named image's layers (top first), or the host-based default.
         let lower = match &config.resolved_image {
             Some(img) if !img.layers.is_empty() => img
@@ -499,7 +515,7 @@ impl ContainerRuntime {
             .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?
             .path();
         // (None for a sandbox made before the log left its directory.)
-        let main_log = self.logs.join(format!("{id}.log"));
+        let main_log = self.host_log(id);
         let mut spec = spec::build(&spec::SpecInput {
             id: &id.to_string(),
             rootfs: &dir.join("rootfs"),
@@ -517,19 +533,10 @@ impl ContainerRuntime {
             config,
         })?;
         // A filter crun compiled for an earlier sandbox with this profile.
-        // Keyed by the profile and the annotations (crun's own options for
-        // the filter, such as `run.oci.seccomp_fail_unknown_syscall`, are
-        // annotations).
-        let profile = self.seccomp.as_ref().and_then(|c| {
-            let seccomp = spec.linux().as_ref()?.seccomp().as_ref()?;
-            let profile = serde_json::to_string(&(seccomp, spec.annotations())).ok()?;
-            Some((c, c.get(&profile), profile))
-        });
-        if let Some((_, Some(bpf), _)) = &profile {
-            let mut notes = spec.annotations().clone().unwrap_or_default();
-            notes.insert(seccomp::ANNOTATION.into(), bpf.clone());
-            spec.set_annotations(Some(notes));
-        }
+        let seccomp = self
+            .seccomp
+            .as_ref()
+            .and_then(|c| Some((c, c.offer(&mut spec)?)));
         // Written aside and renamed: on a start after a stop the sandbox's
         // disk may be full, and then the spec written at its first boot
         // (from the same configuration) serves.
@@ -576,6 +583,10 @@ impl ContainerRuntime {
         tracing::debug!(sandbox = %id, oci_run = ?t0.elapsed(), "{} run -d", self.oci);
         // The agent holds its own copy.
         drop(listener);
+        if let Some((cache, used)) = seccomp {
+            let bpf = self.state_root.join(id.to_string()).join("seccomp.bpf");
+            cache.settle(used, status.success(), &bpf);
+        }
         if !status.success() {
             let tail = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
             let tail: String = tail
@@ -587,17 +598,7 @@ impl ContainerRuntime {
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
-            if let Some((cache, Some(_), profile)) = &profile {
-                // In case the filter was what failed: the next run compiles.
-                cache.forget(profile);
-            }
             return Err(Error::Internal(format!("{} run failed: {tail}", self.oci)));
-        }
-        if let Some((cache, None, profile)) = profile {
-            let bpf = self.state_root.join(id.to_string()).join("seccomp.bpf");
-            if !cache.learn(&profile, &bpf) {
-                tracing::debug!(sandbox = %id, "no compiled seccomp filter at {}", bpf.display());
-            }
         }
         Ok(self.instance(id))
     }
@@ -669,18 +670,17 @@ impl Runtime for ContainerRuntime {
         }
         // (`rw` was the disk's mount point before it covered the whole
         // directory: sandboxes made by an older daemon still have it.)
-        for m in [dir.join("rootfs"), dir.join("rw"), dir.clone()] {
-            if is_mounted(&m) {
-                if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
-                    tracing::warn!(sandbox = %id, "umount {}: {e}", m.display());
-                }
+        let (rootfs, rw) = (dir.join("rootfs"), dir.join("rw"));
+        for m in mounted(&[&rootfs, &rw, &dir]) {
+            if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
+                tracing::warn!(sandbox = %id, "umount {}: {e}", m.display());
             }
         }
         if let Some(slot) = slot {
             self.net.recycle(slot).await;
         }
         cgroup::remove(&cgroup::rel_path(&id));
-        let _ = std::fs::remove_file(self.logs.join(format!("{id}.log")));
+        let _ = std::fs::remove_file(self.host_log(id));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
         }

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use base64::Engine as _;
 
 /// The annotation crun reads a ready BPF program from (base64).
-pub const ANNOTATION: &str = "run.oci.seccomp_bpf_data";
+const ANNOTATION: &str = "run.oci.seccomp_bpf_data";
 
 /// The size of one BPF instruction (`struct sock_filter`).
 const INSN: usize = 8;
@@ -33,9 +33,47 @@ pub struct Cache {
     filters: Mutex<HashMap<String, String>>,
 }
 
+/// One run's use of the cache, from [`Cache::offer`] to [`Cache::settle`].
+pub struct Use {
+    /// The spec's profile and annotations (crun's own options for the
+    /// filter, such as `run.oci.seccomp_fail_unknown_syscall`, are
+    /// annotations).
+    key: String,
+    /// The spec was handed a compiled filter.
+    handed: bool,
+}
+
 impl Cache {
+    /// Hands `spec` the filter crun compiled for an earlier sandbox with
+    /// the same profile, if there is one; None for a spec without seccomp.
+    pub fn offer(&self, spec: &mut oci_spec::runtime::Spec) -> Option<Use> {
+        let seccomp = spec.linux().as_ref()?.seccomp().as_ref()?;
+        let key = serde_json::to_string(&(seccomp, spec.annotations())).ok()?;
+        let bpf = self.get(&key);
+        let handed = bpf.is_some();
+        if let Some(bpf) = bpf {
+            let mut notes = spec.annotations().clone().unwrap_or_default();
+            notes.insert(ANNOTATION.into(), bpf);
+            spec.set_annotations(Some(notes));
+        }
+        Some(Use { key, handed })
+    }
+
+    /// After the run: keeps the filter crun compiled (`bpf`, its
+    /// `seccomp.bpf`) when the spec was handed none, and forgets the one
+    /// handed when the run failed (in case the filter was what failed).
+    pub fn settle(&self, used: Use, ran: bool, bpf: &Path) {
+        match (used.handed, ran) {
+            (false, true) if !self.learn(&used.key, bpf) => {
+                tracing::debug!("no compiled seccomp filter at {}", bpf.display());
+            }
+            (true, false) => self.forget(&used.key),
+            _ => {}
+        }
+    }
+
     /// The compiled filter for `profile`, base64, if one was learned.
-    pub fn get(&self, profile: &str) -> Option<String> {
+    fn get(&self, profile: &str) -> Option<String> {
         self.filters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -46,7 +84,7 @@ impl Cache {
     /// Keeps the filter crun compiled for `profile` (its `seccomp.bpf`),
     /// if it looks like one: a whole number of instructions, within the
     /// kernel's limit. Says whether it was kept.
-    pub fn learn(&self, profile: &str, bpf: &Path) -> bool {
+    fn learn(&self, profile: &str, bpf: &Path) -> bool {
         let Ok(prog) = std::fs::read(bpf) else {
             return false;
         };
@@ -64,7 +102,7 @@ impl Cache {
     }
 
     /// Drops the filter kept for `profile`.
-    pub fn forget(&self, profile: &str) {
+    fn forget(&self, profile: &str) {
         self.filters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
