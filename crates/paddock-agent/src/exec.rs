@@ -281,18 +281,23 @@ fn kill_group(pid: i32, sig: i32) {
 /// (one message, the exit with all output, and nothing before it).
 pub async fn start(
     reaper: &Reaper,
+    preset: Option<ExecStart>,
     mut input: Streaming<ExecInput>,
     tx: OutTx,
 ) -> Result<bool, Status> {
-    let start = match input.message().await? {
-        Some(ExecInput {
-            msg: Some(exec_input::Msg::Start(s)),
-        }) => s,
-        _ => {
-            return Err(Status::invalid_argument(
-                "exec: the first message must be `start`",
-            ))
-        }
+    // The start came in the call's metadata, or comes first on its stream.
+    let start = match preset {
+        Some(s) => s,
+        None => match input.message().await? {
+            Some(ExecInput {
+                msg: Some(exec_input::Msg::Start(s)),
+            }) => s,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "exec: the first message must be `start`",
+                ))
+            }
+        },
     };
     let mut cmd = build(&start)?;
     let began = Instant::now();

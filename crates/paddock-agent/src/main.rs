@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::{Stream, StreamExt};
 use paddock_proto::v1::agent_server::{Agent, AgentServer};
 use paddock_proto::v1::*;
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
@@ -41,6 +42,7 @@ impl Agent for Service {
             protocol_version: paddock_proto::PROTOCOL_VERSION,
             pid: std::process::id(),
             boot_unix_ms: self.boot_unix_ms,
+            features: vec![paddock_proto::FEATURE_EXEC_START_HEADER.into()],
         }))
     }
 
@@ -51,7 +53,19 @@ impl Agent for Service {
         req: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let (tx, mut rx) = mpsc::channel(16);
-        let buffered = exec::start(&self.reaper, req.into_inner(), tx).await?;
+        let preset =
+            match req.metadata().get_bin(paddock_proto::EXEC_START_HEADER) {
+                None => None,
+                Some(v) => {
+                    let bytes = v
+                        .to_bytes()
+                        .map_err(|_| Status::invalid_argument("exec: start header: not base64"))?;
+                    Some(ExecStart::decode(bytes).map_err(|e| {
+                        Status::invalid_argument(format!("exec: start header: {e}"))
+                    })?)
+                }
+            };
+        let buffered = exec::start(&self.reaper, preset, req.into_inner(), tx).await?;
         if !buffered {
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
@@ -369,7 +383,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20),
         )
-        .serve_with_incoming(UnixListenerStream::new(listener))
+        .serve_with_incoming(
+            UnixListenerStream::new(listener)
+                .map(|s| s.and_then(paddock_proto::UnixConn::from_tokio)),
+        )
         .await?;
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The daemon's side of the agent protocol.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +19,15 @@ use crate::runtime::AgentEndpoint;
 #[derive(Clone)]
 pub struct AgentClient {
     grpc: Grpc<AgentChannel>,
+    /// The agent takes a buffered exec's start in the call's metadata
+    /// (it said so in Hello; unknown until then, so not assumed).
+    start_in_header: Arc<AtomicBool>,
 }
+
+/// Largest encoded `ExecStart` sent as metadata (base64 makes it a third
+/// larger; the agent's HTTP/2 server takes 16 KiB of headers). A larger
+/// one (a long stdin, say) goes on the stream as before.
+const START_HEADER_MAX: usize = 4096;
 
 fn to_result(e: pb::ExecExit) -> ExecResult {
     ExecResult {
@@ -118,6 +128,7 @@ impl AgentClient {
             grpc: Grpc::with_origin(ch, origin)
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(16 << 20),
+            start_in_header: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -129,7 +140,15 @@ impl AgentClient {
                 protocol_version: paddock_proto::PROTOCOL_VERSION,
             })
             .await
-            .map(|r| r.into_inner())
+            .map(|r| {
+                let hello = r.into_inner();
+                let has = |f: &str| hello.features.iter().any(|x| x == f);
+                self.start_in_header.store(
+                    has(paddock_proto::FEATURE_EXEC_START_HEADER),
+                    Ordering::Relaxed,
+                );
+                hello
+            })
             .map_err(|e| e.message().to_string())
     }
 
@@ -169,12 +188,37 @@ impl AgentClient {
         }
     }
 
+    /// The call for a buffered exec: its start in metadata and no body
+    /// when the agent takes that (one HEADERS frame, one write, one wake
+    /// of the agent; with a body hyper sends the DATA frame from a task of
+    /// its own, often a write and a wake later), else on the stream.
+    fn buffered_call(
+        &self,
+        start: pb::ExecInput,
+    ) -> tonic::Request<futures::stream::Iter<std::vec::IntoIter<pb::ExecInput>>> {
+        use prost::Message;
+        if self.start_in_header.load(Ordering::Relaxed) {
+            if let Some(pb::exec_input::Msg::Start(s)) = &start.msg {
+                if s.encoded_len() <= START_HEADER_MAX {
+                    let mut r = tonic::Request::new(futures::stream::iter(Vec::new()));
+                    r.metadata_mut().insert_bin(
+                        paddock_proto::EXEC_START_HEADER,
+                        tonic::metadata::MetadataValue::from_bytes(&s.encode_to_vec()),
+                    );
+                    r.extensions_mut().insert(paddock_proto::HeadersOnly);
+                    return r;
+                }
+            }
+        }
+        tonic::Request::new(futures::stream::iter(vec![start]))
+    }
+
     /// Runs a command to completion and returns its collected output.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResult> {
         let start = Self::start_msg(req, true);
         let mut grpc = self.grpc.clone();
         let mut out = grpc
-            .exec(futures::stream::iter([start]))
+            .exec(self.buffered_call(start))
             .await
             .map_err(|e| from_agent(e, "cmd"))?
             .into_inner();
@@ -398,4 +442,57 @@ fn control_msg(c: ExecControl) -> pb::ExecInput {
         ExecControl::Signal(n) => Msg::Signal(n),
     };
     pb::ExecInput { msg: Some(msg) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(start_in_header: bool) -> AgentClient {
+        let c = AgentClient::lazy(&AgentEndpoint::Unix("/nonexistent.sock".into())).unwrap();
+        c.start_in_header.store(start_in_header, Ordering::Relaxed);
+        c
+    }
+
+    fn req(stdin: &str) -> ExecRequest {
+        serde_json::from_value(serde_json::json!({"cmd": ["cat"], "stdin": stdin})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_small_start_travels_in_metadata_with_no_body() {
+        use futures::StreamExt;
+        use prost::Message;
+        let start = AgentClient::start_msg(&req("hi"), true);
+        let r = client(true).buffered_call(start.clone());
+        assert!(r.extensions().get::<paddock_proto::HeadersOnly>().is_some());
+        let v = r
+            .metadata()
+            .get_bin(paddock_proto::EXEC_START_HEADER)
+            .unwrap();
+        let got = pb::ExecStart::decode(v.to_bytes().unwrap()).unwrap();
+        let Some(pb::exec_input::Msg::Start(want)) = start.msg else {
+            unreachable!()
+        };
+        assert_eq!(got, want);
+        assert_eq!(r.into_inner().count().await, 0, "the stream is empty");
+    }
+
+    #[tokio::test]
+    async fn a_large_start_or_an_older_agent_uses_the_stream() {
+        use futures::StreamExt;
+        let big = "x".repeat(START_HEADER_MAX + 1);
+        for (c, stdin) in [(client(true), big.as_str()), (client(false), "hi")] {
+            let r = c.buffered_call(AgentClient::start_msg(&req(stdin), true));
+            assert!(r.extensions().get::<paddock_proto::HeadersOnly>().is_none());
+            assert!(r
+                .metadata()
+                .get_bin(paddock_proto::EXEC_START_HEADER)
+                .is_none());
+            assert_eq!(
+                r.into_inner().count().await,
+                1,
+                "the start is on the stream"
+            );
+        }
+    }
 }

@@ -8,6 +8,19 @@ pub mod v1 {
     tonic::include_proto!("paddock.agent.v1");
 }
 
+mod conn;
+pub use conn::UnixConn;
+
+/// The binary metadata that may carry an exec's `ExecStart` (see the
+/// `Exec` rpc in agent.proto), and the agent feature that announces it.
+pub const EXEC_START_HEADER: &str = "paddock-exec-start-bin";
+pub const FEATURE_EXEC_START_HEADER: &str = "exec-start-header";
+
+/// A request extension: send this call's HEADERS with END_STREAM and no
+/// body (its input travels in metadata). [`AgentChannel`] drops the body.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadersOnly;
+
 /// Protocol version spoken by this build. The daemon refuses an agent whose
 /// protocol version differs (an agent is always shipped with its daemon).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -98,6 +111,7 @@ impl AgentChannel {
         }
         let io = tokio::net::UnixStream::connect(&self.inner.path)
             .await
+            .and_then(UnixConn::from_tokio)
             .map_err(|e| self.unavailable(e))?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -125,7 +139,10 @@ impl tower::Service<Request<Body>> for AgentChannel {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if req.extensions().get::<HeadersOnly>().is_some() {
+            *req.body_mut() = Body::empty();
+        }
         let this = self.clone();
         Box::pin(async move {
             let mut tx = this.sender().await?;

@@ -19,6 +19,17 @@ fn buffered_exec() {
     // env (the sandbox's and the call's), cwd, stdin, user.
     let r = api.exec(&sb.id, json!({"shell": "echo $FROM_SPEC $FROM_CALL; pwd; cat", "env": {"FROM_CALL": "call"}, "cwd": "/tmp", "stdin": "piped"}));
     assert_eq!(r["stdout"], "spec call\n/tmp\npiped", "{r}");
+    // A start too large for the call's metadata (a long stdin) goes on
+    // the call's stream instead; both arrive whole.
+    for n in [100, 4000, 5000, 300_000] {
+        let stdin: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let r = api.exec(&sb.id, json!({"shell": "cat; echo", "stdin": stdin}));
+        assert_eq!(
+            r["stdout"].as_str().unwrap(),
+            format!("{stdin}\n"),
+            "{n} bytes"
+        );
+    }
     let r = api.exec(&sb.id, json!({"cmd": ["id", "-u"], "user": "nobody"}));
     assert_eq!(r["stdout"], "65534\n", "{r}");
     // The default working directory.
