@@ -100,6 +100,32 @@ pub struct Engine {
 const DEFER_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Writes the deferred events and publishes them.
+/// Writes one event in a transaction of its own and publishes it; its
+/// per-sandbox id, or None (logged) when it could not be written.
+fn record(
+    store: &Store,
+    bus: &EventBus,
+    id: Uuid,
+    owner: &str,
+    kind: &str,
+    data: serde_json::Value,
+) -> Option<i64> {
+    let r = store.tx_events(
+        |tx| {
+            let ev = Store::append_event(tx, id, owner, kind, data)?;
+            Ok((ev.id, vec![ev]))
+        },
+        |evs| bus.publish_all(evs),
+    );
+    match r {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::warn!(sandbox = %id, "event {kind} not recorded: {e}");
+            None
+        }
+    }
+}
+
 fn flush(store: &Store, bus: &EventBus) {
     if let Err(e) = store.flush_deferred(|evs| bus.publish_all(evs)) {
         tracing::warn!("deferred events not recorded yet: {e}");
@@ -204,20 +230,29 @@ impl Engine {
 
     /// Records an activity event; returns its per-sandbox id.
     fn emit(&self, sb: &Sandbox, kind: &str, data: serde_json::Value) -> Option<i64> {
-        let r = self.store.tx_events(
-            |tx| {
-                let ev = Store::append_event(tx, sb.id, &sb.owner, kind, data)?;
-                Ok((ev.id, vec![ev]))
-            },
-            |evs| self.bus.publish_all(evs),
+        record(&self.store, &self.bus, sb.id, &sb.owner, kind, data)
+    }
+
+    /// Records an activity event on the blocking pool while the caller goes
+    /// on: for `exec.request`, whose transaction otherwise delayed the
+    /// command (paired runs: the round trip 0.05-0.12 ms shorter, the
+    /// daemon's CPU 0.02 ms more for the hand-over). The caller awaits the
+    /// id before it answers, so an answered exec is always recorded; a
+    /// daemon killed in the ~0.1 ms between the agent starting the command
+    /// and the commit leaves a command that ran unrecorded.
+    fn emit_alongside(
+        &self,
+        sb: &Sandbox,
+        kind: &'static str,
+        data: serde_json::Value,
+    ) -> tokio::task::JoinHandle<Option<i64>> {
+        let (store, bus, id, owner) = (
+            self.store.clone(),
+            self.bus.clone(),
+            sb.id,
+            sb.owner.clone(),
         );
-        match r {
-            Ok(id) => Some(id),
-            Err(e) => {
-                tracing::warn!(sandbox = %sb.id, "event {kind} not recorded: {e}");
-                None
-            }
-        }
+        tokio::task::spawn_blocking(move || record(&store, &bus, id, &owner, kind, data))
     }
 
     /// Records an event that closes what a synchronously recorded one
@@ -679,8 +714,9 @@ impl Engine {
     pub async fn exec(&self, p: &Principal, id: Uuid, req: &ExecRequest) -> Result<ExecResult> {
         req.validate()?;
         let (sb, live) = self.live_for(p, id).await?;
-        let request_id = self.emit(&sb, "exec.request", exec_request_data(&sb, req));
+        let request = self.emit_alongside(&sb, "exec.request", exec_request_data(&sb, req));
         let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
+        let request_id = request.await.ok().flatten();
         self.emit_later(&sb, "exec.response", exec_response_data(request_id, &r));
         r
     }
