@@ -68,7 +68,10 @@ fn main() {
             }
         },
         Cmd::Bench(b) => {
-            let rt = tokio::runtime::Runtime::new().expect("tokio");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio");
             match rt.block_on(bench::run(opts.host, opts.api_key, opts.json, b)) {
                 Ok(c) => c,
                 Err(e) => {
