@@ -201,10 +201,13 @@ impl AgentClient {
             if let Some(pb::exec_input::Msg::Start(s)) = &start.msg {
                 if s.encoded_len() <= START_HEADER_MAX {
                     let mut r = tonic::Request::new(futures::stream::iter(Vec::new()));
-                    r.metadata_mut().insert_bin(
-                        paddock_proto::EXEC_START_HEADER,
-                        tonic::metadata::MetadataValue::from_bytes(&s.encode_to_vec()),
-                    );
+                    let mut v = tonic::metadata::MetadataValue::from_bytes(&s.encode_to_vec());
+                    // Never indexed by HPACK: each start differs, and would
+                    // push the headers that repeat out of the dynamic table
+                    // (its stdin and env are no one's business either).
+                    v.set_sensitive(true);
+                    r.metadata_mut()
+                        .insert_bin(paddock_proto::EXEC_START_HEADER, v);
                     r.extensions_mut().insert(paddock_proto::HeadersOnly);
                     return r;
                 }
@@ -469,6 +472,7 @@ mod tests {
             .metadata()
             .get_bin(paddock_proto::EXEC_START_HEADER)
             .unwrap();
+        assert!(v.is_sensitive(), "kept out of HPACK's table");
         let got = pb::ExecStart::decode(v.to_bytes().unwrap()).unwrap();
         let Some(pb::exec_input::Msg::Start(want)) = start.msg else {
             unreachable!()

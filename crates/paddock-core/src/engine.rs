@@ -99,7 +99,6 @@ pub struct Engine {
 /// gets one of its own: live subscribers see it this much later at most.
 const DEFER_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Writes the deferred events and publishes them.
 /// Writes one event in a transaction of its own and publishes it; its
 /// per-sandbox id, or None (logged) when it could not be written.
 fn record(
@@ -126,6 +125,7 @@ fn record(
     }
 }
 
+/// Writes the deferred events and publishes them.
 fn flush(store: &Store, bus: &EventBus) {
     if let Err(e) = store.flush_deferred(|evs| bus.publish_all(evs)) {
         tracing::warn!("deferred events not recorded yet: {e}");
@@ -237,9 +237,11 @@ impl Engine {
     /// on: for `exec.request`, whose transaction otherwise delayed the
     /// command (paired runs: the round trip 0.05-0.12 ms shorter, the
     /// daemon's CPU 0.02 ms more for the hand-over). The caller awaits the
-    /// id before it answers, so an answered exec is always recorded; a
-    /// daemon killed in the ~0.1 ms between the agent starting the command
-    /// and the commit leaves a command that ran unrecorded.
+    /// write (attempted, as `emit`'s: a failed one is logged) before it
+    /// answers. The command may start before its record commits (usually
+    /// ~0.1 ms; longer when the store is busy), so a daemon killed in
+    /// between leaves a command that ran unrecorded, and a quick command
+    /// can finish before its request is numbered.
     fn emit_alongside(
         &self,
         sb: &Sandbox,
@@ -716,7 +718,10 @@ impl Engine {
         let (sb, live) = self.live_for(p, id).await?;
         let request = self.emit_alongside(&sb, "exec.request", exec_request_data(&sb, req));
         let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
-        let request_id = request.await.ok().flatten();
+        let request_id = request.await.unwrap_or_else(|e| {
+            tracing::warn!(sandbox = %sb.id, "event exec.request not recorded: {e}");
+            None
+        });
         self.emit_later(&sb, "exec.response", exec_response_data(request_id, &r));
         r
     }
