@@ -349,8 +349,9 @@ fn listener_pid(port: u16) -> Result<u32> {
 /// Kills the daemon with SIGKILL and starts it again with the same command
 /// line, environment and working directory (its output goes to a file in
 /// the temp dir); returns the seconds until its API answered, and until
-/// every one of `ids` answered an exec.
-async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
+/// every one of `ids` answered an exec, and that file (the daemon runs on
+/// after the bench).
+async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64, std::path::PathBuf)> {
     use std::os::unix::process::CommandExt;
     let url = reqwest::Url::parse(&api.base).context("--host")?;
     let host = url.host_str().unwrap_or_default();
@@ -462,7 +463,7 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64)> {
         }
     }))
     .await?;
-    Ok((serving, t0.elapsed().as_secs_f64()))
+    Ok((serving, t0.elapsed().as_secs_f64(), log))
 }
 
 pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs) -> Result<i32> {
@@ -750,7 +751,11 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
                 "restart: kill -9 the daemon with {} sandboxes up, start it again",
                 a.density
             ));
-            let (serving, all) = restart_daemon(&api, &ids).await?;
+            let (serving, all, log) = restart_daemon(&api, &ids).await?;
+            say(&format!(
+                "restart: the daemon started again runs on; its output goes to {}",
+                log.display()
+            ));
             figures.push(json!({"figure": "restart_to_serving", "unit": "s", "n": a.density, "p50": serving, "p99": serving}));
             figures.push(json!({"figure": "restart_to_all_answering", "unit": "s", "n": a.density, "p50": all, "p99": all}));
         }
