@@ -390,3 +390,26 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hello_announces_the_start_in_metadata() {
+        let s = Service {
+            reaper: reaper::Reaper::default(),
+            boot_unix_ms: 0,
+        };
+        let h = s
+            .hello(Request::new(HelloRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.protocol_version, paddock_proto::PROTOCOL_VERSION);
+        assert!(h
+            .features
+            .iter()
+            .any(|f| f == paddock_proto::FEATURE_EXEC_START_HEADER));
+    }
+}

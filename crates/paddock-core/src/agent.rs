@@ -142,14 +142,19 @@ impl AgentClient {
             .await
             .map(|r| {
                 let hello = r.into_inner();
-                let has = |f: &str| hello.features.iter().any(|x| x == f);
-                self.start_in_header.store(
-                    has(paddock_proto::FEATURE_EXEC_START_HEADER),
-                    Ordering::Relaxed,
-                );
+                self.note_features(&hello);
                 hello
             })
             .map_err(|e| e.message().to_string())
+    }
+
+    /// Remembers what the agent said it understands.
+    fn note_features(&self, hello: &pb::HelloResponse) {
+        let has = |f: &str| hello.features.iter().any(|x| x == f);
+        self.start_in_header.store(
+            has(paddock_proto::FEATURE_EXEC_START_HEADER),
+            Ordering::Relaxed,
+        );
     }
 
     fn check_version(hello: &pb::HelloResponse) -> Result<()> {
@@ -479,6 +484,24 @@ mod tests {
         };
         assert_eq!(got, want);
         assert_eq!(r.into_inner().count().await, 0, "the stream is empty");
+    }
+
+    #[test]
+    fn hello_tells_whether_the_agent_takes_the_start_in_metadata() {
+        let c = client(false);
+        let mut hello = pb::HelloResponse {
+            features: vec![
+                "something-else".into(),
+                paddock_proto::FEATURE_EXEC_START_HEADER.into(),
+            ],
+            ..Default::default()
+        };
+        c.note_features(&hello);
+        assert!(c.start_in_header.load(Ordering::Relaxed));
+        // An older agent (no features): back to the stream.
+        hello.features.clear();
+        c.note_features(&hello);
+        assert!(!c.start_in_header.load(Ordering::Relaxed));
     }
 
     #[tokio::test]
