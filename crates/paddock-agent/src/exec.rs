@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use paddock_proto::v1::{
     exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStart, ExecStarted,
 };
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use crate::pty::{self, Pty};
 use crate::reaper::{Exit, Reaper};
@@ -275,19 +276,25 @@ fn kill_group(pid: i32, sig: i32) {
     }
 }
 
-/// Starts the command that `input`'s first message describes. Returns once
-/// the process is spawned (or failed to); the rest runs in a task that
-/// feeds `tx` its output and exit. Returns whether the exec is buffered
-/// (one message, the exit with all output, and nothing before it).
-pub async fn start(
-    reaper: &Reaper,
-    preset: Option<ExecStart>,
-    mut input: Streaming<ExecInput>,
-    tx: OutTx,
-) -> Result<bool, Status> {
-    // The start came in the call's metadata, or comes first on its stream.
-    let start = match preset {
-        Some(s) => s,
+/// The call's start: in its metadata (see `EXEC_START_HEADER`), or first
+/// on its stream. Returns the stream with what follows.
+async fn start_of(
+    req: Request<Streaming<ExecInput>>,
+) -> Result<(ExecStart, Streaming<ExecInput>), Status> {
+    let header = req
+        .metadata()
+        .get_bin(paddock_proto::EXEC_START_HEADER)
+        .map(|v| {
+            v.to_bytes()
+                .map_err(|_| Status::invalid_argument("exec: start header: not base64"))
+                .and_then(|b| {
+                    ExecStart::decode(b)
+                        .map_err(|e| Status::invalid_argument(format!("exec: start header: {e}")))
+                })
+        });
+    let mut input = req.into_inner();
+    let start = match header {
+        Some(start) => start?,
         None => match input.message().await? {
             Some(ExecInput {
                 msg: Some(exec_input::Msg::Start(s)),
@@ -299,6 +306,19 @@ pub async fn start(
             }
         },
     };
+    Ok((start, input))
+}
+
+/// Starts the command that `input`'s first message describes. Returns once
+/// the process is spawned (or failed to); the rest runs in a task that
+/// feeds `tx` its output and exit. Returns whether the exec is buffered
+/// (one message, the exit with all output, and nothing before it).
+pub async fn start(
+    reaper: &Reaper,
+    req: Request<Streaming<ExecInput>>,
+    tx: OutTx,
+) -> Result<bool, Status> {
+    let (start, mut input) = start_of(req).await?;
     let mut cmd = build(&start)?;
     let began = Instant::now();
     let buffered = start.buffered;

@@ -21,7 +21,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::{Stream, StreamExt};
 use paddock_proto::v1::agent_server::{Agent, AgentServer};
 use paddock_proto::v1::*;
-use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
@@ -53,19 +52,7 @@ impl Agent for Service {
         req: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let (tx, mut rx) = mpsc::channel(16);
-        let preset =
-            match req.metadata().get_bin(paddock_proto::EXEC_START_HEADER) {
-                None => None,
-                Some(v) => {
-                    let bytes = v
-                        .to_bytes()
-                        .map_err(|_| Status::invalid_argument("exec: start header: not base64"))?;
-                    Some(ExecStart::decode(bytes).map_err(|e| {
-                        Status::invalid_argument(format!("exec: start header: {e}"))
-                    })?)
-                }
-            };
-        let buffered = exec::start(&self.reaper, preset, req.into_inner(), tx).await?;
+        let buffered = exec::start(&self.reaper, req, tx).await?;
         if !buffered {
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }

@@ -247,14 +247,22 @@ impl Engine {
         sb: &Sandbox,
         kind: &'static str,
         data: serde_json::Value,
-    ) -> tokio::task::JoinHandle<Option<i64>> {
+    ) -> impl std::future::Future<Output = Option<i64>> {
         let (store, bus, id, owner) = (
             self.store.clone(),
             self.bus.clone(),
             sb.id,
             sb.owner.clone(),
         );
-        tokio::task::spawn_blocking(move || record(&store, &bus, id, &owner, kind, data))
+        // Started now; the future only collects its id.
+        let write =
+            tokio::task::spawn_blocking(move || record(&store, &bus, id, &owner, kind, data));
+        async move {
+            write.await.unwrap_or_else(|e| {
+                tracing::warn!(sandbox = %id, "event {kind} not recorded: {e}");
+                None
+            })
+        }
     }
 
     /// Records an event that closes what a synchronously recorded one
@@ -718,10 +726,7 @@ impl Engine {
         let (sb, live) = self.live_for(p, id).await?;
         let request = self.emit_alongside(&sb, "exec.request", exec_request_data(&sb, req));
         let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
-        let request_id = request.await.unwrap_or_else(|e| {
-            tracing::warn!(sandbox = %sb.id, "event exec.request not recorded: {e}");
-            None
-        });
+        let request_id = request.await;
         self.emit_later(&sb, "exec.response", exec_response_data(request_id, &r));
         r
     }

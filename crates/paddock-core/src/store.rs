@@ -587,10 +587,8 @@ impl Drop for Store {
     /// Deferred events still waiting (a shutdown, the last handle going)
     /// are written, unpublished: nobody is left to see them live.
     fn drop(&mut self) {
-        if !self.lock_deferred().is_empty() {
-            if let Err(e) = self.tx_events(|_| Ok(((), Vec::new())), |_| {}) {
-                tracing::warn!("deferred events lost: {e}");
-            }
+        if let Err(e) = self.flush_deferred(|_| {}) {
+            tracing::warn!("deferred events lost: {e}");
         }
     }
 }
