@@ -329,6 +329,10 @@ pub async fn start(
     };
 
     let mut pty_master = None;
+    // Output pipes' read ends, and copies of their write ends (see
+    // `output_pipe`).
+    let mut out_pipes: [Option<OwnedFd>; 2] = [None, None];
+    let mut held: Vec<OwnedFd> = Vec::new();
     if start.pty {
         let p = Pty::open(start.rows as u16, start.cols as u16)
             .map_err(|e| Status::internal(format!("openpty: {e}")))?;
@@ -349,9 +353,10 @@ pub async fn start(
         } else {
             Stdio::piped()
         };
-        cmd.stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let (out_r, out_w) = output_pipe(&mut held)?;
+        let (err_r, err_w) = output_pipe(&mut held)?;
+        cmd.stdin(stdin).stdout(out_w).stderr(err_w);
+        out_pipes = [Some(out_r), Some(err_r)];
     }
 
     let spawned = reaper.spawn(&mut cmd);
@@ -429,13 +434,7 @@ pub async fn start(
         )));
         stdin = Some(Stdin::Pty(master.clone()));
     } else {
-        for (i, fd) in [
-            child.stdout.take().map(OwnedFd::from),
-            child.stderr.take().map(OwnedFd::from),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (i, fd) in out_pipes.into_iter().enumerate() {
             let Some(fd) = fd else { continue };
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| Status::internal(format!("pipe: {e}")))?;
@@ -540,6 +539,8 @@ pub async fn start(
                 }
             }
         };
+        // The command is gone: let its pipes reach end-of-file.
+        drop(held);
         // Drain what the process left in its pipes; stop reading a pipe that
         // a background process keeps open with nothing in it.
         let total = |st: &[Arc<ReadState>]| {
@@ -590,6 +591,23 @@ pub async fn start(
         let _ = tx.send(out(exec_output::Msg::Exit(msg))).await;
     });
     Ok(buffered)
+}
+
+/// A pipe for a command's output: its read end, and its write end for the
+/// child. A copy of the write end goes to `held`, which the agent keeps
+/// until it has reaped the command. Without it the command's exit closed
+/// its stdout and its stderr one after the other, each a wake-up of the
+/// agent (which preempted the dying command to read end-of-file) before
+/// the one for its exit; now the exit is the one wake-up, and the agent
+/// finds both pipes at end-of-file when it closes its copies.
+fn output_pipe(held: &mut Vec<OwnedFd>) -> Result<(OwnedFd, Stdio), Status> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Status::internal(format!("pipe: {e}")))?;
+    held.push(
+        w.try_clone()
+            .map_err(|e| Status::internal(format!("pipe: {e}")))?,
+    );
+    Ok((r, Stdio::from(w)))
 }
 
 async fn close(stdin: &mut Option<Stdin>) {
