@@ -54,6 +54,30 @@ impl BenchArgs {
     }
 }
 
+/// Runs `cmd` on the host `n` times (spawned and waited for, as the agent
+/// does in a sandbox); each run in ms.
+fn command_alone(cmd: &[&str], n: usize) -> Result<Vec<f64>> {
+    use std::process::{Command, Stdio};
+    let mut t = Vec::new();
+    for i in 0..n + 20 {
+        let t0 = Instant::now();
+        let st = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", cmd.join(" ")))?;
+        if !st.success() {
+            bail!("{}: {st}", cmd.join(" "));
+        }
+        if i >= 20 {
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(t)
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -186,8 +210,13 @@ impl Api {
 
     /// One `true` through the exec API; its round trip in ms.
     async fn exec_true(&self, id: &str) -> Result<f64> {
+        self.exec_cmd(id, &["true"]).await
+    }
+
+    /// One command through the exec API; its round trip in ms.
+    async fn exec_cmd(&self, id: &str, cmd: &[&str]) -> Result<f64> {
         let t0 = Instant::now();
-        self.exec(id, json!({"cmd": ["true"]})).await?;
+        self.exec(id, json!({ "cmd": cmd })).await?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
     }
 
@@ -575,16 +604,35 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     if a.wants("sse") || a.wants("ws") {
         api.exec(&id, json!({"shell": stdout_source()})).await?;
     }
+    // Figures of the host itself, no sandbox: shown with the peers, no ratio.
+    let mut host = Vec::new();
     if a.wants("exec") {
-        say(&format!("exec round trip: {} × `true`", a.execs));
+        // The command the peers run: their bundle's `true` is the host's
+        // static busybox, which the default image (the host's /usr) has
+        // too. Its own `/usr/bin/true` is dynamically linked and costs
+        // 0.1-0.2 ms more to start on a VM where that is dear.
+        let cmd: &[&str] = match api.exec(&id, json!({"cmd": ["busybox", "true"]})).await {
+            Ok(_) => &["busybox", "true"],
+            Err(_) => &["true"],
+        };
+        say(&format!(
+            "exec round trip: {} × `{}`",
+            a.execs,
+            cmd.join(" ")
+        ));
         let mut t = Vec::new();
         for i in 0..a.execs + 20 {
-            let ms = api.exec_true(&id).await?;
+            let ms = api.exec_cmd(&id, cmd).await?;
             if i >= 20 {
                 t.push(ms);
             }
         }
         figures.push(summary("exec_round_trip", "ms", t));
+        // What the command costs by itself: every exec's floor.
+        match command_alone(cmd, a.execs) {
+            Ok(t) => host.push(summary("exec_command_alone", "ms", t)),
+            Err(e) => eprintln!("the command alone: not measured: {e:#}"),
+        }
     }
 
     for (group, figure, through) in [
@@ -767,6 +815,10 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     for f in &mut figures {
         f["peer"] = "paddock".into();
     }
+    for mut f in host {
+        f["peer"] = "host".into();
+        figures.push(f);
+    }
     let work = std::env::temp_dir().join(format!("paddock-bench-{}", std::process::id()));
     for name in a
         .peers
@@ -779,11 +831,13 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
                 say(&format!("peer {name}: a busybox OCI bundle, run -d / exec"));
                 match peer.measure(a.creates, a.execs, a.file_mib).await {
                     Ok(fs) => figures.extend(fs),
-                    Err(e) => say(&format!("peer {name} skipped: {e:#}")),
+                    Err(e) => eprintln!("peer {name} skipped: {e:#}"),
                 }
             }
-            Ok(None) => say(&format!("peer {name} skipped: not installed")),
-            Err(e) => say(&format!("peer {name} skipped: {e:#}")),
+            // Told also under --json (on stderr): a figure that is
+            // missing should say why.
+            Ok(None) => eprintln!("peer {name} skipped: not installed"),
+            Err(e) => eprintln!("peer {name} skipped: {e:#}"),
         }
     }
     let _ = std::fs::remove_dir_all(&work);

@@ -184,3 +184,59 @@ fn shell_is_a_real_terminal() {
     tmux(&["send-keys", "-t", &session, "exit", "Enter"]);
     eventually(10, || (!tmux(&["ls"]).contains(&session)).then_some(()));
 }
+
+/// `paddock bench` measures Paddock and its peers in one run: the exec
+/// round trip of the peers' own command, that command alone on the host,
+/// the peer's figures with Paddock's ratio, and a note for a missing peer.
+#[test]
+fn bench_measures_paddock_next_to_peers() {
+    let d = shared();
+    let out = Command::new(bin())
+        .args([
+            "--json",
+            "bench",
+            "--only",
+            "exec",
+            "--execs",
+            "5",
+            "--creates",
+            "1",
+            "--file-mib",
+            "1",
+            "--peers",
+            "crun,no-such-runtime",
+        ])
+        .env("PADDOCK_HOST", &d.url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("peer no-such-runtime skipped: not installed"),
+        "{stderr}"
+    );
+    let figures: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |figure: &str, peer: &str| {
+        figures
+            .iter()
+            .find(|f| f["figure"] == figure && f["peer"] == peer)
+            .unwrap_or_else(|| panic!("no {figure} for {peer} in {figures:?}"))
+            .clone()
+    };
+    let ours = find("exec_round_trip", "paddock");
+    assert_eq!(ours["n"], 5);
+    let p50 = ours["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= ours["p99"].as_f64().unwrap(), "{ours}");
+    let alone = find("exec_command_alone", "host");
+    assert!(alone["p50"].as_f64().unwrap() > 0.0, "{alone}");
+    assert!(alone.get("paddock_advantage").is_none(), "{alone}");
+    let crun = find("exec_round_trip", "crun");
+    let x = crun["paddock_advantage"].as_f64().unwrap();
+    let expect = crun["p50"].as_f64().unwrap() / p50;
+    assert!((x - expect).abs() < 1e-9, "{crun} against {ours}");
+    find("exec_stdout", "crun");
+    assert!(
+        !figures.iter().any(|f| f["peer"] == "no-such-runtime"),
+        "{figures:?}"
+    );
+}
