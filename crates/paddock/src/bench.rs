@@ -45,7 +45,7 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn wants(&self, group: &str) -> bool {
+    pub(crate) fn wants(&self, group: &str) -> bool {
         if self.only.is_empty() {
             // Restarting the daemon is asked for by name only.
             return group != "restart";
@@ -820,16 +820,19 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.push(f);
     }
     let work = std::env::temp_dir().join(format!("paddock-bench-{}", std::process::id()));
+    // Peers have these figures only.
+    let peer_figures = ["create", "exec", "sse", "ws", "files"];
     for name in a
         .peers
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty() && *s != "none")
+        .filter(|_| peer_figures.iter().any(|g| a.wants(g)))
     {
         match crate::bench_peers::OciPeer::new(name, &work).await {
             Ok(Some(peer)) => {
                 say(&format!("peer {name}: a busybox OCI bundle, run -d / exec"));
-                match peer.measure(a.creates, a.execs, a.file_mib).await {
+                match peer.measure(&a).await {
                     Ok(fs) => figures.extend(fs),
                     Err(e) => eprintln!("peer {name} skipped: {e:#}"),
                 }

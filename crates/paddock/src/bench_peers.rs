@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use crate::bench::summary;
+use crate::bench::{summary, BenchArgs};
 
 /// A peer: a bare OCI runtime with a busybox bundle of its own, or podman
 /// with that root imported as an image.
@@ -186,109 +186,135 @@ impl OciPeer {
     }
 
     /// The figures, as `summary` rows named `<figure>` with `peer` set.
-    pub async fn measure(
-        &self,
-        creates: usize,
-        execs: usize,
-        file_mib: usize,
-    ) -> Result<Vec<Value>> {
+    /// Only the groups of figures `a` asks for (create, exec, sse or ws,
+    /// files).
+    pub async fn measure(&self, a: &BenchArgs) -> Result<Vec<Value>> {
+        let (creates, execs, file_mib) = (a.creates, a.execs, a.file_mib);
         let tag = std::process::id();
         let mut figures = Vec::new();
-        let mut t = Vec::new();
-        for i in 0..creates {
-            let id = format!("pb-{tag}-{i}");
-            let t0 = Instant::now();
-            self.run_d(&id).await?;
-            t.push(t0.elapsed().as_secs_f64() * 1000.0);
-            self.delete(&id).await?;
+        if a.wants("create") {
+            let mut t = Vec::new();
+            for i in 0..creates {
+                let id = format!("pb-{tag}-{i}");
+                let t0 = Instant::now();
+                self.run_d(&id).await?;
+                t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                self.delete(&id).await?;
+            }
+            figures.push(summary("create_to_ready", "ms", t));
         }
-        figures.push(summary("create_to_ready", "ms", t));
+        let stdout = a.wants("ws") || a.wants("sse");
+        if !(a.wants("exec") || stdout || a.wants("files")) {
+            return Ok(self.named(figures));
+        }
 
         let id = format!("pb-{tag}-x");
         self.run_d(&id).await?;
         let result = async {
-            let mut t = Vec::new();
-            for i in 0..execs + 5 {
-                let t0 = Instant::now();
-                self.exec_out(&id, &["/bin/true"]).await?;
-                if i >= 5 {
-                    t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            if a.wants("exec") {
+                let mut t = Vec::new();
+                for i in 0..execs + 5 {
+                    let t0 = Instant::now();
+                    self.exec_out(&id, &["/bin/true"]).await?;
+                    if i >= 5 {
+                        t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
                 }
+                figures.push(summary("exec_round_trip", "ms", t));
             }
-            figures.push(summary("exec_round_trip", "ms", t));
 
             let n = file_mib << 20;
-            self.exec_out(&id, &["/bin/sh", "-c", &crate::bench::stdout_source()])
-                .await?;
-            let mut rates = Vec::new();
-            for _ in 0..3 {
-                let t0 = Instant::now();
-                let out = self
-                    .exec_out(&id, &["/bin/sh", "-c", &crate::bench::stdout_producer(n)])
-                    .await?;
-                if out.len() != n {
-                    bail!("{}: stdout gave {} bytes of {n}", self.name, out.len());
-                }
-                rates.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+            if stdout {
+                self.exec_stdout(&id, n, &mut figures).await?;
             }
-            figures.push(summary("exec_stdout", "MB/s", rates));
-
-            let data = vec![0x5au8; n];
-            let (mut up, mut down) = (Vec::new(), Vec::new());
-            for _ in 0..3 {
-                let t0 = Instant::now();
-                let mut c = self.cmd();
-                // podman passes stdin only with -i; crun and runc always do.
-                c.arg("exec");
-                if self.podman {
-                    c.arg("-i");
-                }
-                c.args([&id, "/bin/sh", "-c", "cat > /tmp/bench.bin"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
-                let mut child = c.spawn()?;
-                let mut stdin = child.stdin.take().context("stdin")?;
-                stdin.write_all(&data).await?;
-                drop(stdin);
-                let out = child.wait_with_output().await?;
-                if !out.status.success() {
-                    bail!(
-                        "{} upload: {}",
-                        self.name,
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                up.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
-                let t0 = Instant::now();
-                let mut c = self.cmd();
-                c.args(["exec", &id, "/bin/cat", "/tmp/bench.bin"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped());
-                let mut child = c.spawn()?;
-                let mut buf = Vec::with_capacity(n);
-                child
-                    .stdout
-                    .take()
-                    .context("stdout")?
-                    .read_to_end(&mut buf)
-                    .await?;
-                child.wait().await?;
-                if buf.len() != n {
-                    bail!("{} download: {} bytes of {n}", self.name, buf.len());
-                }
-                down.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+            if a.wants("files") {
+                self.files(&id, n, &mut figures).await?;
             }
-            figures.push(summary("upload", "MB/s", up));
-            figures.push(summary("download", "MB/s", down));
             anyhow::Ok(())
         }
         .await;
         let _ = self.delete(&id).await;
         result?;
+        Ok(self.named(figures))
+    }
+
+    fn named(&self, mut figures: Vec<Value>) -> Vec<Value> {
         for f in &mut figures {
             f["peer"] = self.name.clone().into();
         }
-        Ok(figures)
+        figures
+    }
+
+    /// `n` bytes of a command's stdout read through `exec`, 3 times.
+    async fn exec_stdout(&self, id: &str, n: usize, figures: &mut Vec<Value>) -> Result<()> {
+        self.exec_out(id, &["/bin/sh", "-c", &crate::bench::stdout_source()])
+            .await?;
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let out = self
+                .exec_out(id, &["/bin/sh", "-c", &crate::bench::stdout_producer(n)])
+                .await?;
+            if out.len() != n {
+                bail!("{}: stdout gave {} bytes of {n}", self.name, out.len());
+            }
+            rates.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+        }
+        figures.push(summary("exec_stdout", "MB/s", rates));
+        Ok(())
+    }
+
+    /// `n` bytes in through an exec's stdin and out through its stdout, 3
+    /// times each.
+    async fn files(&self, id: &str, n: usize, figures: &mut Vec<Value>) -> Result<()> {
+        let data = vec![0x5au8; n];
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let mut c = self.cmd();
+            // podman passes stdin only with -i; crun and runc always do.
+            c.arg("exec");
+            if self.podman {
+                c.arg("-i");
+            }
+            c.args([id, "/bin/sh", "-c", "cat > /tmp/bench.bin"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn()?;
+            let mut stdin = child.stdin.take().context("stdin")?;
+            stdin.write_all(&data).await?;
+            drop(stdin);
+            let out = child.wait_with_output().await?;
+            if !out.status.success() {
+                bail!(
+                    "{} upload: {}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            up.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            let mut c = self.cmd();
+            c.args(["exec", id, "/bin/cat", "/tmp/bench.bin"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped());
+            let mut child = c.spawn()?;
+            let mut buf = Vec::with_capacity(n);
+            child
+                .stdout
+                .take()
+                .context("stdout")?
+                .read_to_end(&mut buf)
+                .await?;
+            child.wait().await?;
+            if buf.len() != n {
+                bail!("{} download: {} bytes of {n}", self.name, buf.len());
+            }
+            down.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+        }
+        figures.push(summary("upload", "MB/s", up));
+        figures.push(summary("download", "MB/s", down));
+        Ok(())
     }
 }
