@@ -15,7 +15,8 @@ pub struct BenchArgs {
     /// Sandboxes created one after another for create-to-ready.
     #[arg(long, default_value_t = 30)]
     pub creates: usize,
-    /// Exec round trips of `true`.
+    /// Exec round trips of `true` (the host's busybox `true`, as the
+    /// peers run it, where the sandbox has it).
     #[arg(long, default_value_t = 300)]
     pub execs: usize,
     /// MiB moved each way for the file figures.
@@ -56,12 +57,12 @@ impl BenchArgs {
 
 /// Runs `cmd` on the host `n` times (spawned and waited for, as the agent
 /// does in a sandbox); each run in ms.
-fn command_alone(cmd: &[&str], n: usize) -> Result<Vec<f64>> {
+fn command_alone(cmd: &[String], n: usize) -> Result<Vec<f64>> {
     use std::process::{Command, Stdio};
     let mut t = Vec::new();
     for i in 0..n + 20 {
         let t0 = Instant::now();
-        let st = Command::new(cmd[0])
+        let st = Command::new(&cmd[0])
             .args(&cmd[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -210,14 +211,46 @@ impl Api {
 
     /// One `true` through the exec API; its round trip in ms.
     async fn exec_true(&self, id: &str) -> Result<f64> {
-        self.exec_cmd(id, &["true"]).await
+        self.exec_cmd(id, &["true".to_string()]).await
     }
 
     /// One command through the exec API; its round trip in ms.
-    async fn exec_cmd(&self, id: &str, cmd: &[&str]) -> Result<f64> {
+    async fn exec_cmd(&self, id: &str, cmd: &[String]) -> Result<f64> {
         let t0 = Instant::now();
         self.exec(id, json!({ "cmd": cmd })).await?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    /// The `true` the exec figures run in sandbox `id`: the peers' own (the
+    /// host's static busybox, which the default image, the host's /usr,
+    /// has too), or the image's `true` where it has no such file (told on
+    /// stderr). The default image's `/usr/bin/true` is dynamically linked
+    /// and costs 0.1-0.2 ms more to start on a VM where that is dear.
+    async fn true_command(&self, id: &str) -> Result<Vec<String>> {
+        let Some(bb) = crate::bench_peers::busybox() else {
+            eprintln!("exec figures run `true`: no busybox on this host");
+            return Ok(vec!["true".into()]);
+        };
+        let cmd = vec![bb.display().to_string(), "true".to_string()];
+        let v: Value = self
+            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
+            .json(&json!({ "cmd": cmd }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        match v["exit_code"].as_i64() {
+            Some(0) => Ok(cmd),
+            Some(127) => {
+                eprintln!(
+                    "exec figures run `true`: the sandbox has no {}",
+                    bb.display()
+                );
+                Ok(vec!["true".into()])
+            }
+            _ => bail!("exec {}: {v}", cmd.join(" ")),
+        }
     }
 
     /// A buffered exec that must exit 0; its result.
@@ -607,30 +640,29 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     // Figures of the host itself, no sandbox: shown with the peers, no ratio.
     let mut host = Vec::new();
     if a.wants("exec") {
-        // The command the peers run: their bundle's `true` is the host's
-        // static busybox, which the default image (the host's /usr) has
-        // too. Its own `/usr/bin/true` is dynamically linked and costs
-        // 0.1-0.2 ms more to start on a VM where that is dear.
-        let cmd: &[&str] = match api.exec(&id, json!({"cmd": ["busybox", "true"]})).await {
-            Ok(_) => &["busybox", "true"],
-            Err(_) => &["true"],
-        };
-        say(&format!(
-            "exec round trip: {} × `{}`",
-            a.execs,
-            cmd.join(" ")
-        ));
+        let cmd = api.true_command(&id).await?;
+        let shown = cmd.join(" ");
+        say(&format!("exec round trip: {} × `{shown}`", a.execs));
         let mut t = Vec::new();
         for i in 0..a.execs + 20 {
-            let ms = api.exec_cmd(&id, cmd).await?;
+            let ms = api.exec_cmd(&id, &cmd).await?;
             if i >= 20 {
                 t.push(ms);
             }
         }
-        figures.push(summary("exec_round_trip", "ms", t));
-        // What the command costs by itself: every exec's floor.
-        match command_alone(cmd, a.execs) {
-            Ok(t) => host.push(summary("exec_command_alone", "ms", t)),
+        let mut f = summary("exec_round_trip", "ms", t);
+        f["command"] = shown.clone().into();
+        figures.push(f);
+        // What the command costs by itself, spawned by the bench on its
+        // own machine (the daemon's, when peers are measured): every
+        // contender's floor.
+        let execs = a.execs;
+        match tokio::task::spawn_blocking(move || command_alone(&cmd, execs)).await? {
+            Ok(t) => {
+                let mut f = summary("exec_command_alone", "ms", t);
+                f["command"] = shown.into();
+                host.push(f);
+            }
             Err(e) => eprintln!("the command alone: not measured: {e:#}"),
         }
     }
@@ -787,12 +819,18 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         let after = sandbox_memory_kib()?;
         let per = (after.saturating_sub(before)) as f64 / 1024.0 / a.density as f64;
         // Every one still answers.
+        let cmd = match ids.first() {
+            Some(id) => api.true_command(id).await?,
+            None => vec!["true".into()],
+        };
         let mut t = Vec::new();
         for id in &ids {
-            t.push(api.exec_true(id).await?);
+            t.push(api.exec_cmd(id, &cmd).await?);
         }
         figures.push(json!({"figure": "host_memory_per_idle_sandbox", "unit": "MiB", "n": a.density, "p50": per, "p99": per}));
-        figures.push(summary("exec_round_trip_at_density", "ms", t));
+        let mut f = summary("exec_round_trip_at_density", "ms", t);
+        f["command"] = cmd.join(" ").into();
+        figures.push(f);
         figures.push(json!({"figure": "sequential_creates_at_density", "unit": "s", "n": a.density, "p50": took, "p99": took}));
         if a.wants("restart") {
             say(&format!(

@@ -37,6 +37,14 @@ pub fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// The host's busybox: the peers' bundle is made of it.
+pub fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
 impl OciPeer {
     /// Prepares a bundle (rootfs: the host's static busybox) under `work`.
     pub async fn new(name: &str, work: &Path) -> Result<Option<OciPeer>> {
@@ -44,10 +52,7 @@ impl OciPeer {
             return Ok(None);
         };
         let podman = name == "podman";
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
+        let busybox = busybox()
             .context("no /bin/busybox for the peers' bundle (apt-get install busybox-static)")?;
         let dir = work.join(name);
         let bundle = dir.join("bundle");

@@ -224,11 +224,19 @@ fn bench_measures_paddock_next_to_peers() {
             .unwrap_or_else(|| panic!("no {figure} for {peer} in {figures:?}"))
             .clone()
     };
+    // The peers' own `true` (their bundle is the host's busybox), in the
+    // sandbox and alone on the host.
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("busybox-static on the host (scripts/deps.sh installs it)");
     let ours = find("exec_round_trip", "paddock");
+    assert_eq!(ours["command"], format!("{busybox} true"), "{ours}");
     assert_eq!(ours["n"], 5);
     let p50 = ours["p50"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 <= ours["p99"].as_f64().unwrap(), "{ours}");
     let alone = find("exec_command_alone", "host");
+    assert_eq!(alone["command"], ours["command"], "{alone}");
     assert!(alone["p50"].as_f64().unwrap() > 0.0, "{alone}");
     assert!(alone.get("paddock_advantage").is_none(), "{alone}");
     let crun = find("exec_round_trip", "crun");
