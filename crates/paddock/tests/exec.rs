@@ -30,6 +30,36 @@ fn buffered_exec() {
             "{n} bytes"
         );
     }
+    // Output left in both pipes as the command exits, more than a pipe
+    // holds: all of it, each on its own stream.
+    let r = api.exec(
+        &sb.id,
+        json!({"shell": "head -c 200000 /dev/zero | tr '\\0' o; head -c 150000 /dev/zero | tr '\\0' e >&2"}),
+    );
+    let (out, err) = (r["stdout"].as_str().unwrap(), r["stderr"].as_str().unwrap());
+    assert!(
+        out.len() == 200_000 && out.bytes().all(|b| b == b'o'),
+        "{}",
+        out.len()
+    );
+    assert!(
+        err.len() == 150_000 && err.bytes().all(|b| b == b'e'),
+        "{}",
+        err.len()
+    );
+    // The agent (PID 1) closes every pipe of a finished command.
+    let fds = |api: &Api| {
+        let r = api.exec(&sb.id, json!({"shell": "ls /proc/1/fd | wc -l"}));
+        r["stdout"].as_str().unwrap().trim().parse::<u32>().unwrap()
+    };
+    let before = fds(&api);
+    for _ in 0..20 {
+        api.exec(&sb.id, json!({"shell": "echo out; echo err >&2"}));
+    }
+    // (Within a few: the agent may hold one open for a moment for other
+    // work; a leak would be one or two per exec.)
+    let after = fds(&api);
+    assert!(after < before + 5, "{before} -> {after} after 20 execs");
     let r = api.exec(&sb.id, json!({"cmd": ["id", "-u"], "user": "nobody"}));
     assert_eq!(r["stdout"], "65534\n", "{r}");
     // The default working directory.
