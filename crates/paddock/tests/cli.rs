@@ -187,8 +187,9 @@ fn shell_is_a_real_terminal() {
 
 /// `paddock bench` measures Paddock and its peers in one run: the exec
 /// round trip of the peers' own command, that command alone on the host,
-/// the same figure of a peer with Paddock's ratio (and only the figures
-/// asked for), and a note for a missing peer.
+/// the same figures of a peer with Paddock's ratio (and only the figures
+/// asked for; its output counted as it streams), and a note for a missing
+/// peer.
 #[test]
 fn bench_measures_paddock_next_to_peers() {
     let d = shared();
@@ -197,7 +198,7 @@ fn bench_measures_paddock_next_to_peers() {
             "--json",
             "bench",
             "--only",
-            "exec",
+            "exec,ws,files",
             "--execs",
             "5",
             "--creates",
@@ -249,5 +250,23 @@ fn bench_measures_paddock_next_to_peers() {
         .filter(|f| f["peer"] != "paddock" && f["peer"] != "host")
         .map(|f| (f["peer"].as_str().unwrap(), f["figure"].as_str().unwrap()))
         .collect();
-    assert_eq!(theirs, [("crun", "exec_round_trip")], "{figures:?}");
+    assert_eq!(
+        theirs,
+        [
+            ("crun", "exec_round_trip"),
+            ("crun", "exec_stdout"),
+            ("crun", "upload"),
+            ("crun", "download"),
+        ],
+        "{figures:?}"
+    );
+    for figure in ["exec_stdout", "upload", "download"] {
+        let (ours, theirs) = (find(figure, "paddock"), find(figure, "crun"));
+        for f in [&ours, &theirs] {
+            assert!(f["p50"].as_f64().unwrap() > 0.0, "{f}");
+        }
+        // Throughput: how many times more per second.
+        let x = ours["p50"].as_f64().unwrap() / theirs["p50"].as_f64().unwrap();
+        assert!((theirs["paddock_advantage"].as_f64().unwrap() - x).abs() < 1e-9);
+    }
 }
