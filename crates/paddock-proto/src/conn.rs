@@ -27,8 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 /// overhead). The default (net.core.wmem_default, 208 KiB) is less than
 /// one 256 KiB output chunk, so a stream of output or a file stopped at
 /// nearly every message to wait for room: with 2 MiB, paired runs of
-/// `bench --only ws,files` gave exec stdout 806 against 640 MB/s (median
-/// of ten, faster in seven) and upload 741 against 678 (faster in nine of
+/// `bench --only ws,files` gave exec stdout 806 against 622 MB/s (median
+/// of ten, faster in seven) and upload 755 against 687 (faster in nine of
 /// ten); download unchanged. It costs nothing while a connection is idle.
 pub const SEND_BUFFER: usize = 2 << 20;
 
