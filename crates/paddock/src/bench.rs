@@ -232,14 +232,7 @@ impl Api {
             return Ok(vec!["true".into()]);
         };
         let cmd = vec![bb.display().to_string(), "true".to_string()];
-        let v: Value = self
-            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
-            .json(&json!({ "cmd": cmd }))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let v = self.exec_any(id, &json!({ "cmd": cmd })).await?;
         match v["exit_code"].as_i64() {
             Some(0) => Ok(cmd),
             Some(127) => {
@@ -253,15 +246,20 @@ impl Api {
         }
     }
 
-    /// A buffered exec that must exit 0; its result.
-    async fn exec(&self, id: &str, req: Value) -> Result<Value> {
-        let v: Value = self
+    /// A buffered exec, whatever its exit; its result (or the API's error).
+    async fn exec_any(&self, id: &str, req: &Value) -> Result<Value> {
+        Ok(self
             .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
-            .json(&req)
+            .json(req)
             .send()
             .await?
             .json()
-            .await?;
+            .await?)
+    }
+
+    /// A buffered exec that must exit 0; its result.
+    async fn exec(&self, id: &str, req: Value) -> Result<Value> {
+        let v = self.exec_any(id, &req).await?;
         if v["exit_code"] != 0 {
             bail!("exec {req}: {v}");
         }
@@ -661,6 +659,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
             Ok(t) => {
                 let mut f = summary("exec_command_alone", "ms", t);
                 f["command"] = shown.into();
+                f["peer"] = "host".into();
                 host.push(f);
             }
             Err(e) => eprintln!("the command alone: not measured: {e:#}"),
@@ -853,10 +852,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     for f in &mut figures {
         f["peer"] = "paddock".into();
     }
-    for mut f in host {
-        f["peer"] = "host".into();
-        figures.push(f);
-    }
+    figures.extend(host);
     let work = std::env::temp_dir().join(format!("paddock-bench-{}", std::process::id()));
     // Peers have these figures only.
     let peer_figures = ["create", "exec", "sse", "ws", "files"];

@@ -131,7 +131,11 @@ impl OciPeer {
     }
 
     async fn ok(&self, c: &mut Command, what: &str) -> Result<Vec<u8>> {
-        let out = c.stdin(Stdio::null()).output().await?;
+        self.succeeded(c.stdin(Stdio::null()).output().await?, what)
+    }
+
+    /// `out`'s stdout if the command succeeded, else its stderr as the error.
+    fn succeeded(&self, out: std::process::Output, what: &str) -> Result<Vec<u8>> {
         if !out.status.success() {
             bail!(
                 "{} {what}: {}",
@@ -163,14 +167,7 @@ impl OciPeer {
                 k => n += k,
             }
         }
-        let out = child.wait_with_output().await?;
-        if !out.status.success() {
-            bail!(
-                "{} exec: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        self.succeeded(child.wait_with_output().await?, "exec")?;
         Ok(n)
     }
 
@@ -322,14 +319,7 @@ impl OciPeer {
             let mut stdin = child.stdin.take().context("stdin")?;
             stdin.write_all(&data).await?;
             drop(stdin);
-            let out = child.wait_with_output().await?;
-            if !out.status.success() {
-                bail!(
-                    "{} upload: {}",
-                    self.name,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            self.succeeded(child.wait_with_output().await?, "upload")?;
             up.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
             let t0 = Instant::now();
             let got = self.exec_count(id, &["/bin/cat", "/tmp/bench.bin"]).await?;
