@@ -56,12 +56,29 @@ fn free_subnet(pid: u32, n: u32) -> String {
     panic!("no free 10.x.0.0/16 subnet left for a test daemon");
 }
 
+/// A port nothing listens on now and that this process has not handed out
+/// before. The probe's socket closes at once, so the kernel may offer the
+/// same port to the next probe: two daemons started side by side would
+/// then race for it, and the loser's health check would reach the winner.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// How many lines of `log` contain `line`.
+fn logged(log: &str, line: &str) -> usize {
+    log.lines().filter(|l| l.contains(line)).count()
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -153,14 +170,19 @@ impl Daemon {
         args.extend(self.extra.iter().cloned());
         let env = self.env.clone();
         let log = self.data.with_extension("log");
+        let log_before = self.log();
         std::thread::spawn(move || {
             let logf = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log)
                 .unwrap();
+            // The harness reads the daemon's "serving ... on" line: keep
+            // it whatever filter the caller's PADDOCK_LOG sets.
+            let filter = std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "info".into());
             let mut cmd = Command::new(bin());
             cmd.args(&args)
+                .env("PADDOCK_LOG", format!("{filter},paddock::serve=info"))
                 .envs(env)
                 .stdin(Stdio::null())
                 .stdout(logf.try_clone().unwrap())
@@ -181,21 +203,26 @@ impl Daemon {
         let child = rx.recv().unwrap();
         *self.child.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
+        // A healthy answer on our port counts only once this daemon says it
+        // listens there (the log is appended to across restarts): another
+        // process may hold the port, and this daemon then fails to bind.
+        let serving = format!("serving the native API on {}", self.listen);
+        let before = logged(&log_before, &serving);
         loop {
             if let Ok(r) = reqwest::blocking::get(format!("{}/healthz", self.url)) {
-                if r.status().is_success() {
+                if r.status().is_success() && logged(&self.log(), &serving) > before {
                     return;
                 }
             }
-            if let Some(st) = self
+            let exited = self
                 .child
                 .lock()
                 .unwrap()
                 .as_mut()
                 .unwrap()
                 .try_wait()
-                .unwrap()
-            {
+                .unwrap();
+            if let Some(st) = exited {
                 panic!("paddock serve exited ({st}): {}", self.log());
             }
             assert!(
