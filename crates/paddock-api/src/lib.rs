@@ -488,14 +488,34 @@ async fn upload(
         atomic: q.atomic.unwrap_or(true) && !q.append,
         append: q.append,
     };
-    let data = body
-        .into_data_stream()
-        .map(|r| r.map_err(|e| Error::invalid("body", format!("the upload broke off: {e}"))));
-    let info = st
+    // Shared, so that what the engine leaves unread can still be read
+    // after it refused the upload (see `drain`).
+    let body = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let data = futures::stream::unfold(body.clone(), |b| async move {
+        let next = b.lock().await.next().await;
+        next.map(|r| (r, b))
+    })
+    .map(|r| r.map_err(|e| Error::invalid("body", format!("the upload broke off: {e}"))));
+    let res = st
         .engine
         .write_file(&p, parse_id(&id)?, &q.path, &opts, data)
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+        .await;
+    if res.is_err() {
+        drain(&body).await;
+    }
+    Ok((StatusCode::CREATED, axum::Json(res?)).into_response())
+}
+
+/// Reads and drops what a client still sends of an upload that was
+/// refused midway (a full disk, a path it may not write), for at most 10 s:
+/// answered with the body half sent, it would find the connection closed
+/// and report a broken pipe instead of the answer.
+async fn drain(body: &tokio::sync::Mutex<axum::body::BodyDataStream>) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut b = body.lock().await;
+        while let Some(Ok(_)) = b.next().await {}
+    })
+    .await;
 }
 
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(PathParams), responses((status = 204), (status = 404, body = Problem)))]
