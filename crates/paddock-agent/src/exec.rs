@@ -1,6 +1,6 @@
 //! Running commands: buffered, streamed, with stdin, or on a PTY.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
 
+use crate::handover::Handovers;
 use crate::pty::{self, Pty};
 use crate::reaper::{Exit, Reaper};
 
@@ -315,10 +316,17 @@ async fn start_of(
 /// (one message, the exit with all output, and nothing before it).
 pub async fn start(
     reaper: &Reaper,
+    handovers: &Handovers,
     req: Request<Streaming<ExecInput>>,
     tx: OutTx,
 ) -> Result<bool, Status> {
     let (start, mut input) = start_of(req).await?;
+    // The daemon reads stdout itself (see `stdout_fd_token`). Taken first,
+    // so that a call that fails does not leave its connection waiting.
+    let mut handover = match start.stdout_fd_token.is_empty() {
+        true => None,
+        false => Some(handovers.take(&start.stdout_fd_token).await?),
+    };
     let mut cmd = build(&start)?;
     let began = Instant::now();
     let buffered = start.buffered;
@@ -356,7 +364,24 @@ pub async fn start(
         let (out_r, out_w) = output_pipe(&mut held)?;
         let (err_r, err_w) = output_pipe(&mut held)?;
         cmd.stdin(stdin).stdout(out_w).stderr(err_w);
-        out_pipes = [Some(out_r), Some(err_r)];
+        // Handed over, the read end is the daemon's alone: the agent
+        // never reads stdout (it still holds a write end until the reap,
+        // so the daemon sees end-of-file only after the exit).
+        let out_r = match handover.take() {
+            Some(h) if !buffered => {
+                h.send(Some(out_r.as_fd()))?;
+                None
+            }
+            h => {
+                handover = h;
+                Some(out_r)
+            }
+        };
+        out_pipes = [out_r, Some(err_r)];
+    }
+    if let Some(h) = handover {
+        // A terminal or a buffered exec: output stays on the call.
+        h.send(None)?;
     }
 
     let spawned = reaper.spawn(&mut cmd);

@@ -9,6 +9,7 @@
 
 mod exec;
 mod files;
+mod handover;
 mod ports;
 mod pty;
 mod reaper;
@@ -23,7 +24,7 @@ use paddock_proto::v1::agent_server::{Agent, AgentServer};
 use paddock_proto::v1::*;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -31,6 +32,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 struct Service {
     reaper: reaper::Reaper,
     boot_unix_ms: u64,
+    handovers: std::sync::Arc<handover::Handovers>,
 }
 
 #[tonic::async_trait]
@@ -41,7 +43,10 @@ impl Agent for Service {
             protocol_version: paddock_proto::PROTOCOL_VERSION,
             pid: std::process::id(),
             boot_unix_ms: self.boot_unix_ms,
-            features: vec![paddock_proto::FEATURE_EXEC_START_HEADER.into()],
+            features: vec![
+                paddock_proto::FEATURE_EXEC_START_HEADER.into(),
+                paddock_proto::handover::FEATURE.into(),
+            ],
         }))
     }
 
@@ -52,7 +57,7 @@ impl Agent for Service {
         req: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let (tx, mut rx) = mpsc::channel(16);
-        let buffered = exec::start(&self.reaper, req, tx).await?;
+        let buffered = exec::start(&self.reaper, &self.handovers, req, tx).await?;
         if !buffered {
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
@@ -74,6 +79,12 @@ impl Agent for Service {
         req: Request<ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
         let req = req.into_inner();
+        // Taken first, so that a call that fails does not leave its
+        // connection waiting.
+        let handover = match req.fd_token.is_empty() {
+            true => None,
+            false => Some(self.handovers.take(&req.fd_token).await?),
+        };
         let p = files::checked(&req.path)?;
         let meta = tokio::fs::metadata(&p)
             .await
@@ -91,6 +102,18 @@ impl Agent for Service {
             f.seek(std::io::SeekFrom::Start(req.offset))
                 .await
                 .map_err(|e| files::io_status(e, &req.path))?;
+        }
+        if let Some(h) = handover {
+            // A regular file: the daemon reads it from here on (its offset
+            // is where the seek left it). Anything else (a FIFO, a device)
+            // could block a reader forever, and a small file costs less
+            // sent than handed over: they stay on the call.
+            if meta.is_file() && meta.len() >= paddock_proto::handover::MIN_FILE {
+                use std::os::fd::AsFd;
+                h.send(Some(f.as_fd()))?;
+                return Ok(Response::new(Box::pin(futures::stream::empty())));
+            }
+            h.send(None)?;
         }
         let mut remaining = if req.limit == 0 { u64::MAX } else { req.limit };
         let (tx, rx) = mpsc::channel(4);
@@ -134,6 +157,12 @@ impl Agent for Service {
                 ))
             }
         };
+        // Taken first, so that a call that fails does not leave its
+        // connection waiting.
+        let handover = match header.fd_token.is_empty() {
+            true => None,
+            false => Some(self.handovers.take(&header.fd_token).await?),
+        };
         let mut w = files::open_write(
             &header.path,
             header.mode,
@@ -142,6 +171,17 @@ impl Agent for Service {
             header.append,
         )
         .await?;
+        if let Some(h) = handover {
+            // A regular file: the daemon writes the data to it and then
+            // sends only the commit. Anything else (a FIFO, a device) could
+            // block a writer forever: the data comes on the call.
+            let regular = w.file.metadata().await.is_ok_and(|m| m.is_file());
+            use std::os::fd::AsFd;
+            if let Err(e) = h.send(regular.then(|| w.file.as_fd())) {
+                w.abort().await;
+                return Err(e);
+            }
+        }
         loop {
             match input.message().await {
                 Ok(Some(WriteFileInput {
@@ -357,6 +397,37 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    // Hand-over connections (paddock_proto::handover) wait for their
+    // calls; the rest are the daemon's HTTP/2 connections, for tonic.
+    let handovers = std::sync::Arc::new(handover::Handovers::default());
+    let (conns_tx, conns) = mpsc::channel(16);
+    let h = handovers.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut s = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    // Out of descriptors, say: try again shortly.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let (tx, h) = (conns_tx.clone(), h.clone());
+            tokio::spawn(async move {
+                match paddock_proto::handover::classify(&mut s).await {
+                    Ok(Some(token)) => {
+                        if let Ok(s) = s.into_std() {
+                            h.put(token, s);
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(paddock_proto::UnixConn::from_tokio(s)).await;
+                    }
+                    Err(_) => {}
+                }
+            });
+        }
+    });
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(paddock_proto::STREAM_WINDOW)
@@ -366,14 +437,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             AgentServer::new(Service {
                 reaper,
                 boot_unix_ms,
+                handovers,
             })
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20),
         )
-        .serve_with_incoming(
-            UnixListenerStream::new(listener)
-                .map(|s| s.and_then(paddock_proto::UnixConn::from_tokio)),
-        )
+        .serve_with_incoming(ReceiverStream::new(conns))
         .await?;
     Ok(())
 }
@@ -387,6 +456,7 @@ mod tests {
         let s = Service {
             reaper: reaper::Reaper::default(),
             boot_unix_ms: 0,
+            handovers: Default::default(),
         };
         let h = s
             .hello(Request::new(HelloRequest::default()))
@@ -394,9 +464,11 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(h.protocol_version, paddock_proto::PROTOCOL_VERSION);
-        assert!(h
-            .features
-            .iter()
-            .any(|f| f == paddock_proto::FEATURE_EXEC_START_HEADER));
+        for want in [
+            paddock_proto::FEATURE_EXEC_START_HEADER,
+            paddock_proto::handover::FEATURE,
+        ] {
+            assert!(h.features.iter().any(|f| f == want), "{want}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use paddock_proto::v1::{self as pb, agent_client::AgentClient as Grpc};
-use paddock_proto::AgentChannel;
+use paddock_proto::{handover, AgentChannel};
 use tokio::sync::mpsc;
 
 use crate::error::{from_agent, Error, Result};
@@ -22,6 +22,10 @@ pub struct AgentClient {
     /// The agent takes a buffered exec's start in the call's metadata
     /// (it said so in Hello; unknown until then, so not assumed).
     start_in_header: Arc<AtomicBool>,
+    /// The agent's socket, for hand-over connections.
+    path: Arc<std::path::PathBuf>,
+    /// The agent hands stdout pipes and files over (Hello said so).
+    fd_handover: Arc<AtomicBool>,
 }
 
 /// Largest encoded `ExecStart` sent as metadata (base64 makes it a third
@@ -70,7 +74,7 @@ impl AgentClient {
                 let ch = AgentChannel::connect(path.clone())
                     .await
                     .map_err(|e| e.message().to_string())?;
-                let client = AgentClient::over(ch);
+                let client = AgentClient::over(ch, path);
                 client.hello().await.map(|h| (client, h))
             };
             // An agent that takes the connection and never answers (its
@@ -103,7 +107,7 @@ impl AgentClient {
     /// which checks them with `check` after it serves again.
     pub fn lazy(endpoint: &AgentEndpoint) -> Result<AgentClient> {
         let AgentEndpoint::Unix(path) = endpoint;
-        Ok(AgentClient::over(AgentChannel::lazy(path.clone())))
+        Ok(AgentClient::over(AgentChannel::lazy(path.clone()), path))
     }
 
     /// Asks the agent who it is, within `timeout`, and checks that it
@@ -122,14 +126,31 @@ impl AgentClient {
         }
     }
 
-    fn over(ch: AgentChannel) -> AgentClient {
+    fn over(ch: AgentChannel, path: &std::path::Path) -> AgentClient {
         let origin = tonic::codegen::http::Uri::from_static(paddock_proto::ORIGIN);
         AgentClient {
             grpc: Grpc::with_origin(ch, origin)
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(16 << 20),
             start_in_header: Arc::new(AtomicBool::new(false)),
+            path: Arc::new(path.to_path_buf()),
+            fd_handover: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A hand-over connection and its token, if the agent hands over.
+    async fn handover(&self) -> Result<Option<(tokio::net::UnixStream, handover::Token)>> {
+        if !self.fd_handover.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let token = handover::token();
+        let conn = handover::open(&self.path, &token)
+            .await
+            .map_err(|e| Error::Unavailable {
+                what: "sandbox agent".into(),
+                reason: format!("hand-over connection to {}: {e}", self.path.display()),
+            })?;
+        Ok(Some((conn, token)))
     }
 
     async fn hello(&self) -> std::result::Result<pb::HelloResponse, String> {
@@ -153,6 +174,10 @@ impl AgentClient {
         let has = |f: &str| hello.features.iter().any(|x| x == f);
         self.start_in_header.store(
             has(paddock_proto::FEATURE_EXEC_START_HEADER),
+            Ordering::Relaxed,
+        );
+        self.fd_handover.store(
+            has(handover::FEATURE) && handover_allowed(),
             Ordering::Relaxed,
         );
     }
@@ -189,6 +214,7 @@ impl AgentClient {
                 max_output_bytes: req.max_output_bytes.unwrap_or(0),
                 stdin: req.stdin.clone().unwrap_or_default().into_bytes().into(),
                 close_stdin: buffered || req.stdin.is_some(),
+                stdout_fd_token: Default::default(),
             })),
         }
     }
@@ -250,7 +276,16 @@ impl AgentClient {
         req: &ExecRequest,
         control: mpsc::Receiver<ExecControl>,
     ) -> Result<impl Stream<Item = Result<ExecEvent>> + Send + 'static> {
-        let start = Self::start_msg(req, false);
+        let mut start = Self::start_msg(req, false);
+        // Not for a terminal: its output is one stream, read by the agent.
+        let handover = match req.pty {
+            None => self.handover().await?,
+            Some(_) => None,
+        };
+        if let (Some((_, token)), Some(pb::exec_input::Msg::Start(s))) = (&handover, &mut start.msg)
+        {
+            s.stdout_fd_token = token.to_vec().into();
+        }
         let input = futures::stream::iter([start])
             .chain(tokio_stream::wrappers::ReceiverStream::new(control).map(control_msg));
         let mut grpc = self.grpc.clone();
@@ -259,35 +294,47 @@ impl AgentClient {
             .await
             .map_err(|e| from_agent(e, "cmd"))?
             .into_inner();
-        Ok(out.filter_map(|m| async move {
-            match m {
-                Err(e) => Some(Err(from_agent(e, "cmd"))),
-                Ok(m) => match m.msg? {
-                    pb::exec_output::Msg::Started(s) => Some(Ok(ExecEvent::Started { pid: s.pid })),
-                    pb::exec_output::Msg::Stdout(b) => Some(Ok(ExecEvent::Stdout(b))),
-                    pb::exec_output::Msg::Stderr(b) => Some(Ok(ExecEvent::Stderr(b))),
-                    pb::exec_output::Msg::Exit(e) => Some(Ok(ExecEvent::Exit(to_result(e)))),
-                    pb::exec_output::Msg::Error(e) => Some(Err(Error::invalid("cmd", e))),
-                },
-            }
-        }))
+        let pipe = match handover {
+            Some((conn, _)) => match handover::receive(&conn).await.map_err(handover_error)? {
+                Some(fd) => Some(
+                    tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(handover_error)?,
+                ),
+                None => None,
+            },
+            None => None,
+        };
+        Ok(merge_stdout(out, pipe))
     }
 
     pub async fn read_file(
         &self,
         path: &str,
-    ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let handover = self.handover().await?;
         let mut grpc = self.grpc.clone();
         let s = grpc
             .read_file(pb::ReadFileRequest {
                 path: path.into(),
                 offset: 0,
                 limit: 0,
+                fd_token: handover
+                    .as_ref()
+                    .map(|(_, t)| t.to_vec().into())
+                    .unwrap_or_default(),
             })
             .await
             .map_err(|e| from_agent(e, "path"))?
             .into_inner();
-        Ok(s.map(|c| c.map(|c| c.data).map_err(|e| from_agent(e, "path"))))
+        if let Some((conn, _)) = handover {
+            if let Some(fd) = handover::receive(&conn).await.map_err(handover_error)? {
+                let f = regular_file(fd)?;
+                return Ok(read_handed_over(f, path.to_string()).boxed());
+            }
+        }
+        Ok(
+            s.map(|c| c.map(|c| c.data).map_err(|e| from_agent(e, "path")))
+                .boxed(),
+        )
     }
 
     pub async fn write_file<S>(&self, path: &str, opts: &WriteOptions, data: S) -> Result<FileInfo>
@@ -301,8 +348,30 @@ impl AgentClient {
                 mkdir_parents: opts.mkdir_parents,
                 atomic: opts.atomic,
                 append: opts.append,
+                fd_token: Default::default(),
             })),
         };
+        // A small upload goes on the call (`handover::MIN_FILE`), so the
+        // body is read up to that much first.
+        let mut data = Box::pin(data.fuse());
+        let mut head = Vec::new();
+        let mut large = false;
+        if self.fd_handover.load(Ordering::Relaxed) {
+            let mut len = 0;
+            while let Some(r) = data.next().await {
+                let stop = r.is_err();
+                len += r.as_ref().map_or(0, |b| b.len());
+                head.push(r);
+                if stop {
+                    break;
+                }
+                if len as u64 >= handover::MIN_FILE {
+                    large = true;
+                    break;
+                }
+            }
+        }
+        let data = futures::stream::iter(head).chain(data);
         // A body error (the client went away mid-upload) must not look like a
         // clean end of file: the stream stops there and we report the error.
         // An atomic write then leaves nothing behind.
@@ -331,12 +400,82 @@ impl AgentClient {
             })
         })
         .filter_map(futures::future::ready);
-        let input = futures::stream::iter([header]).chain(body).chain(commit);
+        let handover = match large {
+            true => self.handover().await?,
+            false => None,
+        };
+        let Some((conn, token)) = handover else {
+            let input = futures::stream::iter([header]).chain(body).chain(commit);
+            let mut grpc = self.grpc.clone();
+            let res = grpc.write_file(input).await;
+            if let Ok(e) = err_rx.try_recv() {
+                return Err(e);
+            }
+            return Ok(file_info(
+                res.map_err(|e| from_agent(e, "path"))?.into_inner(),
+            ));
+        };
+        let mut header = header;
+        if let Some(pb::write_file_input::Msg::Header(h)) = &mut header.msg {
+            h.fd_token = token.to_vec().into();
+        }
+        // The call's input: the header now, then (after the hand-over) the
+        // commit, or the data and the commit when the agent kept it.
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.send(header).await;
         let mut grpc = self.grpc.clone();
-        let res = grpc.write_file(input).await;
+        let call = grpc.write_file(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::pin!(call);
+        let handed = tokio::select! {
+            r = handover::receive(&conn) => r,
+            // The agent answered first: it refused the write (or broke).
+            res = &mut call => {
+                return match res {
+                    Err(e) => Err(from_agent(e, "path")),
+                    Ok(_) => Err(handover_error(std::io::Error::other(
+                        "the agent finished the write before it began",
+                    ))),
+                };
+            }
+        };
+        let fd = match handed {
+            Ok(fd) => fd,
+            // Its reason is on the call (a refused path, say), if anywhere.
+            Err(e) => {
+                return match call.await {
+                    Err(st) => Err(from_agent(st, "path")),
+                    Ok(_) => Err(handover_error(e)),
+                }
+            }
+        };
+        let wrote = match fd {
+            Some(fd) => match regular_file(fd) {
+                Ok(f) => write_handed_over(f, path, body).await,
+                Err(e) => Err(e),
+            },
+            None => {
+                let mut body = std::pin::pin!(body);
+                while let Some(m) = body.next().await {
+                    if tx.send(m).await.is_err() {
+                        break; // the agent gave up: its answer says why
+                    }
+                }
+                Ok(())
+            }
+        };
+        let mut commit = std::pin::pin!(commit);
+        if wrote.is_ok() {
+            if let Some(c) = commit.next().await {
+                let _ = tx.send(c).await;
+            }
+        }
+        // Without the commit the agent keeps nothing of an atomic write.
+        drop(tx);
+        let res = call.await;
         if let Ok(e) = err_rx.try_recv() {
             return Err(e);
         }
+        wrote?;
         Ok(file_info(
             res.map_err(|e| from_agent(e, "path"))?.into_inner(),
         ))
@@ -436,6 +575,203 @@ impl AgentClient {
             machine: r.machine,
         })
     }
+}
+
+/// `PADDOCK_FD_HANDOVER=off` in the daemon's environment keeps all data
+/// on the agent protocol, as with backends that cannot hand over: for
+/// tests of that path and for comparing the two (docs/benchmarks.md).
+fn handover_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var("PADDOCK_FD_HANDOVER").map_or(true, |v| v != "off"))
+}
+
+fn handover_error(e: std::io::Error) -> Error {
+    Error::Unavailable {
+        what: "sandbox agent".into(),
+        reason: format!("fd hand-over: {e}"),
+    }
+}
+
+/// A daemon-side I/O error on a handed-over file, as the agent would
+/// have reported it.
+fn file_error(e: std::io::Error, path: &str) -> Error {
+    use std::io::ErrorKind;
+    let msg = format!("{path}: {e}");
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Error::Quota(msg),
+        ErrorKind::FileTooLarge | ErrorKind::InvalidInput => Error::invalid("path", msg),
+        _ => Error::Internal(format!("agent: {msg}")),
+    }
+}
+
+/// Largest piece of a handed-over file or pipe read at once.
+const READ_CHUNK: usize = 1 << 20;
+/// Largest stdout message from a handed-over pipe (as the agent's).
+const PIPE_CHUNK: usize = 256 * 1024;
+/// Below this a piece of output is copied out rather than split off, so
+/// that it does not hold a large buffer while it waits to be sent.
+const SMALL: usize = 16 * 1024;
+/// After the exit, a pipe that stays empty this long is left: a
+/// background process holds it open (the agent's rule for its pipes).
+const DRAIN_IDLE: Duration = Duration::from_millis(50);
+
+/// A handed-over file, read here in pieces on the blocking pool.
+fn read_handed_over(
+    f: std::fs::File,
+    path: String,
+) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    let f = Arc::new(f);
+    futures::stream::unfold(Some(f), move |f| {
+        let path = path.clone();
+        async move {
+            let f = f?;
+            let f2 = f.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut buf = bytes::BytesMut::zeroed(READ_CHUNK);
+                let n = (&*f2).read(&mut buf)?;
+                buf.truncate(n);
+                Ok::<_, std::io::Error>(buf.freeze())
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            match r {
+                Ok(b) if b.is_empty() => None,
+                Ok(b) => Some((Ok(b), Some(f))),
+                Err(e) => Some((Err(file_error(e, &path)), None)),
+            }
+        }
+    })
+}
+
+/// A handed-over file, if it is a regular one: the daemon reads and
+/// writes it on its blocking pool, where anything else (a FIFO, a socket)
+/// could hold a thread forever.
+fn regular_file(fd: std::os::fd::OwnedFd) -> Result<std::fs::File> {
+    let f = std::fs::File::from(fd);
+    match f.metadata() {
+        Ok(m) if m.is_file() => Ok(f),
+        Ok(_) => Err(handover_error(std::io::Error::other(
+            "the agent handed over something other than a regular file",
+        ))),
+        Err(e) => Err(handover_error(e)),
+    }
+}
+
+/// Writes the upload's data to the file the agent opened, in the order it
+/// comes (`body` ends early, without error, when the client's upload
+/// broke: `write_file` reports that).
+async fn write_handed_over(
+    f: std::fs::File,
+    path: &str,
+    body: impl Stream<Item = pb::WriteFileInput>,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::File::from_std(f);
+    let mut body = std::pin::pin!(body);
+    while let Some(m) = body.next().await {
+        if let Some(pb::write_file_input::Msg::Data(b)) = m.msg {
+            f.write_all(&b).await.map_err(|e| file_error(e, path))?;
+        }
+    }
+    // tokio's File writes in the background: flush to see it done.
+    f.flush().await.map_err(|e| file_error(e, path))
+}
+
+/// The command's events from the agent, with stdout read from the
+/// handed-over pipe (when there is one) instead. The exit comes last:
+/// after the pipe's end-of-file, or once it has stayed empty for
+/// `DRAIN_IDLE` after the exit (a background process holds it open).
+fn merge_stdout(
+    out: tonic::Streaming<pb::ExecOutput>,
+    pipe: Option<tokio::net::unix::pipe::Receiver>,
+) -> impl Stream<Item = Result<ExecEvent>> + Send + 'static {
+    struct St {
+        out: tonic::Streaming<pb::ExecOutput>,
+        pipe: Option<tokio::net::unix::pipe::Receiver>,
+        buf: bytes::BytesMut,
+        exit: Option<ExecResult>,
+        /// The agent's stream has ended.
+        ended: bool,
+    }
+    let st = St {
+        out,
+        pipe,
+        buf: bytes::BytesMut::new(),
+        exit: None,
+        ended: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if st.pipe.is_none() {
+                if let Some(exit) = st.exit.take() {
+                    st.ended = true;
+                    return Some((Ok(ExecEvent::Exit(exit)), st));
+                }
+                if st.ended {
+                    return None;
+                }
+            }
+            let after_exit = st.exit.is_some() || st.ended;
+            if st.buf.capacity() - st.buf.len() < SMALL {
+                st.buf.reserve(PIPE_CHUNK);
+            }
+            tokio::select! {
+                r = async {
+                    let p = st.pipe.as_mut().expect("checked by the guard");
+                    let mut n = p.read_buf(&mut st.buf).await?;
+                    // Then take what else the pipe holds, without waiting.
+                    while n > 0 && st.buf.len() < PIPE_CHUNK {
+                        match p.try_read_buf(&mut st.buf) {
+                            Ok(m) if m > 0 => n += m,
+                            _ => break,
+                        }
+                    }
+                    Ok::<_, std::io::Error>(n)
+                }, if st.pipe.is_some() => match r {
+                    Ok(n) if n > 0 => {
+                        let chunk = if n < SMALL {
+                            let c = Bytes::copy_from_slice(&st.buf);
+                            st.buf.clear();
+                            c
+                        } else {
+                            st.buf.split().freeze()
+                        };
+                        return Some((Ok(ExecEvent::Stdout(chunk)), st));
+                    }
+                    _ => st.pipe = None,
+                },
+                m = st.out.message(), if !after_exit => match m {
+                    Err(e) => {
+                        st.ended = true;
+                        st.pipe = None;
+                        return Some((Err(from_agent(e, "cmd")), st));
+                    }
+                    Ok(None) => st.ended = true,
+                    Ok(Some(m)) => match m.msg {
+                        Some(pb::exec_output::Msg::Started(s)) => {
+                            return Some((Ok(ExecEvent::Started { pid: s.pid }), st))
+                        }
+                        Some(pb::exec_output::Msg::Stdout(b)) => {
+                            return Some((Ok(ExecEvent::Stdout(b)), st))
+                        }
+                        Some(pb::exec_output::Msg::Stderr(b)) => {
+                            return Some((Ok(ExecEvent::Stderr(b)), st))
+                        }
+                        Some(pb::exec_output::Msg::Exit(e)) => st.exit = Some(to_result(e)),
+                        Some(pb::exec_output::Msg::Error(e)) => {
+                            st.ended = true;
+                            st.pipe = None;
+                            return Some((Err(Error::invalid("cmd", e)), st));
+                        }
+                        None => {}
+                    },
+                },
+                _ = tokio::time::sleep(DRAIN_IDLE), if after_exit => st.pipe = None,
+            }
+        }
+    })
 }
 
 fn control_msg(c: ExecControl) -> pb::ExecInput {

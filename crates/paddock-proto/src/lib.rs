@@ -10,6 +10,7 @@ pub mod v1 {
 
 mod conn;
 pub use conn::UnixConn;
+pub mod handover;
 
 /// The binary metadata that may carry an exec's `ExecStart` (see the
 /// `Exec` rpc in agent.proto), and the agent feature that announces it.

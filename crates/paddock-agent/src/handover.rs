@@ -1,0 +1,69 @@
+//! Hand-over connections waiting for the call that names their token
+//! (see `paddock_proto::handover`).
+
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use paddock_proto::handover::{self, Token, WAIT};
+use tonic::Status;
+
+/// At most this many connections wait at once; more are closed (each is
+/// the daemon's, for a call it is about to make).
+const MAX_WAITING: usize = 64;
+
+#[derive(Default)]
+pub struct Handovers {
+    waiting: Mutex<Vec<(Token, Instant, UnixStream)>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Handovers {
+    /// A hand-over connection came in.
+    pub fn put(&self, token: Token, s: UnixStream) {
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        // Ones whose call never came (it failed in the daemon first).
+        w.retain(|(_, at, _)| at.elapsed() < WAIT);
+        if w.len() >= MAX_WAITING {
+            return;
+        }
+        w.push((token, Instant::now(), s));
+        drop(w);
+        self.arrived.notify_waiters();
+    }
+
+    /// The connection for the token a call names, once it is here.
+    pub async fn take(&self, token: &[u8]) -> Result<Handover, Status> {
+        let token: Token = token
+            .try_into()
+            .map_err(|_| Status::invalid_argument("fd_token: must be 16 bytes"))?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(i) = w.iter().position(|(t, _, _)| *t == token) {
+                    return Ok(Handover(w.swap_remove(i).2));
+                }
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(Status::deadline_exceeded(
+                    "fd_token: no hand-over connection came with this token",
+                ));
+            }
+        }
+    }
+}
+
+/// A hand-over connection taken by its call.
+pub struct Handover(UnixStream);
+
+impl Handover {
+    /// Sends `fd`, or with `None` says the data stays on the call.
+    pub fn send(self, fd: Option<BorrowedFd<'_>>) -> Result<(), Status> {
+        handover::send(&self.0, fd).map_err(|e| Status::unavailable(format!("fd hand-over: {e}")))
+    }
+}
