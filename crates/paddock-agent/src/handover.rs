@@ -9,8 +9,9 @@ use std::time::Instant;
 use paddock_proto::handover::{self, Token, WAIT};
 use tonic::Status;
 
-/// At most this many connections wait at once; more are closed (each is
-/// the daemon's, for a call it is about to make).
+/// At most this many connections wait at once; beyond that the oldest is
+/// closed (the daemon's call for it has most likely failed already; and
+/// anything in the sandbox can reach this socket, and fill the list).
 const MAX_WAITING: usize = 64;
 
 #[derive(Default)]
@@ -26,7 +27,7 @@ impl Handovers {
         // Ones whose call never came (it failed in the daemon first).
         w.retain(|(_, at, _)| at.elapsed() < WAIT);
         if w.len() >= MAX_WAITING {
-            return;
+            w.remove(0);
         }
         w.push((token, Instant::now(), s));
         drop(w);

@@ -108,7 +108,8 @@ impl Agent for Service {
             // is where the seek left it). Anything else (a FIFO, a device)
             // could block a reader forever, and a small file costs less
             // sent than handed over: they stay on the call.
-            if meta.is_file() && meta.len() >= paddock_proto::handover::MIN_FILE {
+            let whole = req.offset == 0 && req.limit == 0;
+            if whole && meta.is_file() && meta.len() >= paddock_proto::handover::MIN_FILE {
                 use std::os::fd::AsFd;
                 h.send(Some(f.as_fd()))?;
                 return Ok(Response::new(Box::pin(futures::stream::empty())));
@@ -157,12 +158,6 @@ impl Agent for Service {
                 ))
             }
         };
-        // Taken first, so that a call that fails does not leave its
-        // connection waiting.
-        let handover = match header.fd_token.is_empty() {
-            true => None,
-            false => Some(self.handovers.take(&header.fd_token).await?),
-        };
         let mut w = files::open_write(
             &header.path,
             header.mode,
@@ -171,17 +166,6 @@ impl Agent for Service {
             header.append,
         )
         .await?;
-        if let Some(h) = handover {
-            // A regular file: the daemon writes the data to it and then
-            // sends only the commit. Anything else (a FIFO, a device) could
-            // block a writer forever: the data comes on the call.
-            let regular = w.file.metadata().await.is_ok_and(|m| m.is_file());
-            use std::os::fd::AsFd;
-            if let Err(e) = h.send(regular.then(|| w.file.as_fd())) {
-                w.abort().await;
-                return Err(e);
-            }
-        }
         loop {
             match input.message().await {
                 Ok(Some(WriteFileInput {

@@ -144,13 +144,14 @@ impl AgentClient {
             return Ok(None);
         }
         let token = handover::token();
-        let conn = handover::open(&self.path, &token)
-            .await
-            .map_err(|e| Error::Unavailable {
-                what: "sandbox agent".into(),
-                reason: format!("hand-over connection to {}: {e}", self.path.display()),
-            })?;
-        Ok(Some((conn, token)))
+        match handover::open(&self.path, &token).await {
+            Ok(conn) => Ok(Some((conn, token))),
+            // The call itself may still get through (a full backlog, say).
+            Err(e) => {
+                tracing::debug!("hand-over connection to {}: {e}", self.path.display());
+                Ok(None)
+            }
+        }
     }
 
     async fn hello(&self) -> std::result::Result<pb::HelloResponse, String> {
@@ -327,7 +328,7 @@ impl AgentClient {
             .into_inner();
         if let Some((conn, _)) = handover {
             if let Some(fd) = handover::receive(&conn).await.map_err(handover_error)? {
-                let f = regular_file(fd)?;
+                let f = handover::data_file(fd).map_err(handover_error)?;
                 return Ok(read_handed_over(f, path.to_string()).boxed());
             }
         }
@@ -348,30 +349,8 @@ impl AgentClient {
                 mkdir_parents: opts.mkdir_parents,
                 atomic: opts.atomic,
                 append: opts.append,
-                fd_token: Default::default(),
             })),
         };
-        // A small upload goes on the call (`handover::MIN_FILE`), so the
-        // body is read up to that much first.
-        let mut data = Box::pin(data.fuse());
-        let mut head = Vec::new();
-        let mut large = false;
-        if self.fd_handover.load(Ordering::Relaxed) {
-            let mut len = 0;
-            while let Some(r) = data.next().await {
-                let stop = r.is_err();
-                len += r.as_ref().map_or(0, |b| b.len());
-                head.push(r);
-                if stop {
-                    break;
-                }
-                if len as u64 >= handover::MIN_FILE {
-                    large = true;
-                    break;
-                }
-            }
-        }
-        let data = futures::stream::iter(head).chain(data);
         // A body error (the client went away mid-upload) must not look like a
         // clean end of file: the stream stops there and we report the error.
         // An atomic write then leaves nothing behind.
@@ -400,82 +379,12 @@ impl AgentClient {
             })
         })
         .filter_map(futures::future::ready);
-        let handover = match large {
-            true => self.handover().await?,
-            false => None,
-        };
-        let Some((conn, token)) = handover else {
-            let input = futures::stream::iter([header]).chain(body).chain(commit);
-            let mut grpc = self.grpc.clone();
-            let res = grpc.write_file(input).await;
-            if let Ok(e) = err_rx.try_recv() {
-                return Err(e);
-            }
-            return Ok(file_info(
-                res.map_err(|e| from_agent(e, "path"))?.into_inner(),
-            ));
-        };
-        let mut header = header;
-        if let Some(pb::write_file_input::Msg::Header(h)) = &mut header.msg {
-            h.fd_token = token.to_vec().into();
-        }
-        // The call's input: the header now, then (after the hand-over) the
-        // commit, or the data and the commit when the agent kept it.
-        let (tx, rx) = mpsc::channel(4);
-        let _ = tx.send(header).await;
+        let input = futures::stream::iter([header]).chain(body).chain(commit);
         let mut grpc = self.grpc.clone();
-        let call = grpc.write_file(tokio_stream::wrappers::ReceiverStream::new(rx));
-        tokio::pin!(call);
-        let handed = tokio::select! {
-            r = handover::receive(&conn) => r,
-            // The agent answered first: it refused the write (or broke).
-            res = &mut call => {
-                return match res {
-                    Err(e) => Err(from_agent(e, "path")),
-                    Ok(_) => Err(handover_error(std::io::Error::other(
-                        "the agent finished the write before it began",
-                    ))),
-                };
-            }
-        };
-        let fd = match handed {
-            Ok(fd) => fd,
-            // Its reason is on the call (a refused path, say), if anywhere.
-            Err(e) => {
-                return match call.await {
-                    Err(st) => Err(from_agent(st, "path")),
-                    Ok(_) => Err(handover_error(e)),
-                }
-            }
-        };
-        let wrote = match fd {
-            Some(fd) => match regular_file(fd) {
-                Ok(f) => write_handed_over(f, path, body).await,
-                Err(e) => Err(e),
-            },
-            None => {
-                let mut body = std::pin::pin!(body);
-                while let Some(m) = body.next().await {
-                    if tx.send(m).await.is_err() {
-                        break; // the agent gave up: its answer says why
-                    }
-                }
-                Ok(())
-            }
-        };
-        let mut commit = std::pin::pin!(commit);
-        if wrote.is_ok() {
-            if let Some(c) = commit.next().await {
-                let _ = tx.send(c).await;
-            }
-        }
-        // Without the commit the agent keeps nothing of an atomic write.
-        drop(tx);
-        let res = call.await;
+        let res = grpc.write_file(input).await;
         if let Ok(e) = err_rx.try_recv() {
             return Err(e);
         }
-        wrote?;
         Ok(file_info(
             res.map_err(|e| from_agent(e, "path"))?.into_inner(),
         ))
@@ -644,40 +553,6 @@ fn read_handed_over(
     })
 }
 
-/// A handed-over file, if it is a regular one: the daemon reads and
-/// writes it on its blocking pool, where anything else (a FIFO, a socket)
-/// could hold a thread forever.
-fn regular_file(fd: std::os::fd::OwnedFd) -> Result<std::fs::File> {
-    let f = std::fs::File::from(fd);
-    match f.metadata() {
-        Ok(m) if m.is_file() => Ok(f),
-        Ok(_) => Err(handover_error(std::io::Error::other(
-            "the agent handed over something other than a regular file",
-        ))),
-        Err(e) => Err(handover_error(e)),
-    }
-}
-
-/// Writes the upload's data to the file the agent opened, in the order it
-/// comes (`body` ends early, without error, when the client's upload
-/// broke: `write_file` reports that).
-async fn write_handed_over(
-    f: std::fs::File,
-    path: &str,
-    body: impl Stream<Item = pb::WriteFileInput>,
-) -> Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut f = tokio::fs::File::from_std(f);
-    let mut body = std::pin::pin!(body);
-    while let Some(m) = body.next().await {
-        if let Some(pb::write_file_input::Msg::Data(b)) = m.msg {
-            f.write_all(&b).await.map_err(|e| file_error(e, path))?;
-        }
-    }
-    // tokio's File writes in the background: flush to see it done.
-    f.flush().await.map_err(|e| file_error(e, path))
-}
-
 /// The command's events from the agent, with stdout read from the
 /// handed-over pipe (when there is one) instead. The exit comes last:
 /// after the pipe's end-of-file, or once it has stayed empty for
@@ -693,6 +568,9 @@ fn merge_stdout(
         exit: Option<ExecResult>,
         /// The agent's stream has ended.
         ended: bool,
+        /// The agent's first message (`started`, or why not) came: the pipe
+        /// is read only after it, so that output never precedes `started`.
+        heard: bool,
     }
     let st = St {
         out,
@@ -700,6 +578,7 @@ fn merge_stdout(
         buf: bytes::BytesMut::new(),
         exit: None,
         ended: false,
+        heard: false,
     };
     futures::stream::unfold(st, |mut st| async move {
         use tokio::io::AsyncReadExt;
@@ -729,7 +608,7 @@ fn merge_stdout(
                         }
                     }
                     Ok::<_, std::io::Error>(n)
-                }, if st.pipe.is_some() => match r {
+                }, if st.pipe.is_some() && st.heard => match r {
                     Ok(n) if n > 0 => {
                         let chunk = if n < SMALL {
                             let c = Bytes::copy_from_slice(&st.buf);
@@ -740,34 +619,41 @@ fn merge_stdout(
                         };
                         return Some((Ok(ExecEvent::Stdout(chunk)), st));
                     }
-                    _ => st.pipe = None,
-                },
-                m = st.out.message(), if !after_exit => match m {
+                    Ok(_) => st.pipe = None,
                     Err(e) => {
-                        st.ended = true;
                         st.pipe = None;
-                        return Some((Err(from_agent(e, "cmd")), st));
+                        return Some((Err(handover_error(e)), st));
                     }
-                    Ok(None) => st.ended = true,
-                    Ok(Some(m)) => match m.msg {
-                        Some(pb::exec_output::Msg::Started(s)) => {
-                            return Some((Ok(ExecEvent::Started { pid: s.pid }), st))
-                        }
-                        Some(pb::exec_output::Msg::Stdout(b)) => {
-                            return Some((Ok(ExecEvent::Stdout(b)), st))
-                        }
-                        Some(pb::exec_output::Msg::Stderr(b)) => {
-                            return Some((Ok(ExecEvent::Stderr(b)), st))
-                        }
-                        Some(pb::exec_output::Msg::Exit(e)) => st.exit = Some(to_result(e)),
-                        Some(pb::exec_output::Msg::Error(e)) => {
+                },
+                m = st.out.message(), if !after_exit => {
+                    st.heard = true;
+                    match m {
+                        Err(e) => {
                             st.ended = true;
                             st.pipe = None;
-                            return Some((Err(Error::invalid("cmd", e)), st));
+                            return Some((Err(from_agent(e, "cmd")), st));
                         }
-                        None => {}
-                    },
-                },
+                        Ok(None) => st.ended = true,
+                        Ok(Some(m)) => match m.msg {
+                            Some(pb::exec_output::Msg::Started(s)) => {
+                                return Some((Ok(ExecEvent::Started { pid: s.pid }), st))
+                            }
+                            Some(pb::exec_output::Msg::Stdout(b)) => {
+                                return Some((Ok(ExecEvent::Stdout(b)), st))
+                            }
+                            Some(pb::exec_output::Msg::Stderr(b)) => {
+                                return Some((Ok(ExecEvent::Stderr(b)), st))
+                            }
+                            Some(pb::exec_output::Msg::Exit(e)) => st.exit = Some(to_result(e)),
+                            Some(pb::exec_output::Msg::Error(e)) => {
+                                st.ended = true;
+                                st.pipe = None;
+                                return Some((Err(Error::invalid("cmd", e)), st));
+                            }
+                            None => {}
+                        },
+                    }
+                }
                 _ = tokio::time::sleep(DRAIN_IDLE), if after_exit => st.pipe = None,
             }
         }

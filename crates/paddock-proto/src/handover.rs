@@ -99,11 +99,49 @@ pub async fn receive(s: &UnixStream) -> io::Result<Option<OwnedFd>> {
     })
 }
 
+/// The daemon's half: a handed-over file, checked before the daemon (as
+/// host root) reads it: a regular file on a filesystem that holds data.
+/// Files of /proc, /sys and the like are regular too, and some of them
+/// check the privileges of whoever reads or writes rather than of whoever
+/// opened them; a FIFO, a socket or a FUSE or network file could block a
+/// reader for good.
+pub fn data_file(fd: OwnedFd) -> io::Result<std::fs::File> {
+    use nix::sys::statfs::{
+        fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC,
+        XFS_SUPER_MAGIC,
+    };
+    let f = std::fs::File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "the agent handed over something other than a regular file",
+        ));
+    }
+    let fs = fstatfs(&f).map_err(io::Error::from)?.filesystem_type();
+    // ext2 and ext3 share ext4's magic.
+    let data = [
+        TMPFS_MAGIC,
+        OVERLAYFS_SUPER_MAGIC,
+        EXT4_SUPER_MAGIC,
+        XFS_SUPER_MAGIC,
+        BTRFS_SUPER_MAGIC,
+    ];
+    if !data.contains(&fs) {
+        return Err(io::Error::other(format!(
+            "the agent handed over a file on a filesystem of type {:#x}, not one that holds data",
+            fs.0
+        )));
+    }
+    Ok(f)
+}
+
 fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8; 1];
     let mut iov = [io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    // Room for as many as one message can carry (SCM_MAX_FD): were the
+    // control data cut short, the kernel would still install what fit,
+    // and an error here would leak them.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
     let msg = recvmsg::<()>(
         fd,
         &mut iov,
@@ -133,6 +171,17 @@ fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
 /// bytes consumed) for a hand-over; `None` for anything else (HTTP/2),
 /// with nothing consumed.
 pub async fn classify(s: &mut UnixStream) -> io::Result<Option<Token>> {
+    tokio::time::timeout(WAIT, classify_now(s))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface and no whole hand-over header",
+            ))
+        })
+}
+
+async fn classify_now(s: &mut UnixStream) -> io::Result<Option<Token>> {
     let mut head = [0u8; 32];
     loop {
         s.readable().await?;
@@ -216,6 +265,25 @@ mod tests {
         send(&agent.into_std().unwrap(), None).unwrap();
         assert!(receive(&daemon).await.unwrap().is_none());
 
+        // More descriptors than one: the first is taken, the rest closed.
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let daemon = open(&path, &tok).await.unwrap();
+        let (mut agent, _) = l.accept().await.unwrap();
+        assert!(classify(&mut agent).await.unwrap().is_some());
+        let pipes: Vec<_> = (0..8).map(|_| nix::unistd::pipe().unwrap()).collect();
+        let raw: Vec<RawFd> = pipes.iter().map(|(r, _)| r.as_raw_fd()).collect();
+        let before = open_fds();
+        {
+            use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+            let iov = [io::IoSlice::new(b"x")];
+            let c = [ControlMessage::ScmRights(&raw)];
+            sendmsg::<()>(agent.as_raw_fd(), &iov, &c, MsgFlags::empty(), None).unwrap();
+        }
+        let got = receive(&daemon).await.unwrap();
+        assert!(got.is_some());
+        assert_eq!(open_fds(), before + 1, "the other seven are closed");
+        drop((got, pipes, agent));
+
         // An agent that hangs up without answering: an error, not a hang.
         let daemon = open(&path, &tok).await.unwrap();
         let (agent, _) = l.accept().await.unwrap();
@@ -233,5 +301,22 @@ mod tests {
         agent.read_exact(&mut pre).await.unwrap();
         assert_eq!(&pre, b"PRI *");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_data_files_are_read_by_the_daemon() {
+        // A file of /proc is "regular", but not data.
+        let proc = std::fs::File::open("/proc/self/status").unwrap();
+        let e = data_file(proc.into()).unwrap_err();
+        assert!(e.to_string().contains("filesystem of type"), "{e}");
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let e = data_file(r).unwrap_err();
+        assert!(e.to_string().contains("regular file"), "{e}");
+        // A sandbox's files: tmpfs (its disk), overlayfs (its rootfs).
+        let shm = std::path::Path::new("/dev/shm").join(format!("pd-data-{}", std::process::id()));
+        std::fs::write(&shm, b"data").unwrap();
+        let f = std::fs::File::open(&shm).unwrap();
+        assert!(data_file(f.into()).is_ok());
+        let _ = std::fs::remove_file(&shm);
     }
 }
