@@ -501,14 +501,13 @@ fn handover_error(e: std::io::Error) -> Error {
     }
 }
 
-/// A daemon-side I/O error on a handed-over file, as the agent would
+/// A daemon-side error reading a handed-over file, as the agent would
 /// have reported it.
 fn file_error(e: std::io::Error, path: &str) -> Error {
     use std::io::ErrorKind;
     let msg = format!("{path}: {e}");
     match e.kind() {
-        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Error::Quota(msg),
-        ErrorKind::FileTooLarge | ErrorKind::InvalidInput => Error::invalid("path", msg),
+        ErrorKind::InvalidInput => Error::invalid("path", msg),
         _ => Error::Internal(format!("agent: {msg}")),
     }
 }

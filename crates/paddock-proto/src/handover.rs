@@ -2,17 +2,19 @@
 //!
 //! Where the agent and the daemon share a kernel (containers: the agent's
 //! socket is a unix socket on the host), bulk data need not cross the
-//! agent protocol at all. For a streamed command's stdout, a file read or
-//! a file write, the daemon opens a second connection on the agent's
-//! socket, sends [`MAGIC`] and a fresh token, and names that token in its
-//! gRPC request; the agent sends the descriptor (the stdout pipe's read
-//! end, the opened file) back on that connection with `SCM_RIGHTS`, or a
-//! bare byte when it keeps the data on the gRPC stream after all (a file
-//! that is not a regular file). The daemon then reads or writes the
-//! descriptor itself: a byte of output goes pipe → daemon → client,
-//! instead of pipe → agent → HTTP/2 → daemon → client (docs/benchmarks.md,
-//! session 9). Everything else (exit status, stderr, stdin, the commit of a
-//! write) stays on the gRPC call.
+//! agent protocol at all. For a streamed command's stdout and a file
+//! read, the daemon opens a second connection on the agent's socket,
+//! sends [`MAGIC`] and a fresh token, and names that token in its gRPC
+//! request; the agent sends the descriptor (the stdout pipe's read end,
+//! the opened file) back on that connection with `SCM_RIGHTS`, or a bare
+//! byte when it keeps the data on the gRPC stream after all (a small file,
+//! one that is not a regular file). The daemon then reads the descriptor
+//! itself: a byte of output goes pipe → daemon → client, instead of pipe →
+//! agent → HTTP/2 → daemon → client (docs/benchmarks.md, session 9).
+//! Everything else (exit status, stderr, stdin, errors) stays on the gRPC
+//! call. Writes are not handed over: a tmpfs page is charged to the
+//! memory cgroup of whoever writes it, and a sandbox's files must count
+//! against its own limit.
 //!
 //! An agent announces it with [`FEATURE`] in `Hello`; backends whose agent
 //! runs under another kernel (gVisor's sentry, microVMs) cannot pass
@@ -266,23 +268,30 @@ mod tests {
         assert!(receive(&daemon).await.unwrap().is_none());
 
         // More descriptors than one: the first is taken, the rest closed.
-        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        // (Told by the pipes: a write to one whose every read end is
+        // closed fails with EPIPE; other tests' descriptors come and go.)
         let daemon = open(&path, &tok).await.unwrap();
         let (mut agent, _) = l.accept().await.unwrap();
         assert!(classify(&mut agent).await.unwrap().is_some());
-        let pipes: Vec<_> = (0..8).map(|_| nix::unistd::pipe().unwrap()).collect();
-        let raw: Vec<RawFd> = pipes.iter().map(|(r, _)| r.as_raw_fd()).collect();
-        let before = open_fds();
+        let (reads, writes): (Vec<OwnedFd>, Vec<OwnedFd>) =
+            (0..8).map(|_| nix::unistd::pipe().unwrap()).unzip();
+        let raw: Vec<RawFd> = reads.iter().map(|r| r.as_raw_fd()).collect();
         {
             use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
             let iov = [io::IoSlice::new(b"x")];
             let c = [ControlMessage::ScmRights(&raw)];
             sendmsg::<()>(agent.as_raw_fd(), &iov, &c, MsgFlags::empty(), None).unwrap();
         }
-        let got = receive(&daemon).await.unwrap();
-        assert!(got.is_some());
-        assert_eq!(open_fds(), before + 1, "the other seven are closed");
-        drop((got, pipes, agent));
+        drop(reads);
+        let got = receive(&daemon).await.unwrap().expect("a descriptor");
+        for (i, w) in writes.iter().enumerate() {
+            let r = nix::unistd::write(w, b"?");
+            match i {
+                0 => assert_eq!(r, Ok(1), "the first is kept"),
+                _ => assert_eq!(r, Err(nix::errno::Errno::EPIPE), "pipe {i} leaked"),
+            }
+        }
+        drop((got, writes, agent));
 
         // An agent that hangs up without answering: an error, not a hang.
         let daemon = open(&path, &tok).await.unwrap();
