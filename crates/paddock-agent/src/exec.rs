@@ -11,24 +11,19 @@ use paddock_proto::v1::{
     exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStart, ExecStarted,
 };
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
+
+use paddock_proto::output::{self, CHUNK, SMALL};
 
 use crate::handover::Handovers;
 use crate::pty::{self, Pty};
 use crate::reaper::{Exit, Reaper};
 
 const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
-/// Largest output message. A read takes what the pipe holds up to this, so
-/// a fast writer's small writes travel together (fewer messages, each
-/// one costs a gRPC frame and, further on, a WebSocket or SSE frame).
-const CHUNK: usize = 256 * 1024;
 /// Largest read from a terminal (its output comes in small pieces).
 const PTY_CHUNK: usize = 64 * 1024;
-/// Below this a chunk is copied out rather than split off, so that a
-/// small chunk waiting to be sent does not hold a CHUNK-sized buffer.
-const SMALL: usize = 16 * 1024;
 
 pub type OutTx = mpsc::Sender<Result<ExecOutput, Status>>;
 
@@ -227,13 +222,7 @@ where
         state.bytes.fetch_add(n as u64, Ordering::SeqCst);
         match &mut sink {
             Sink::Stream(tx, is_err) => {
-                let chunk = if n < SMALL {
-                    let c = bytes::Bytes::copy_from_slice(&buf);
-                    buf.clear();
-                    c
-                } else {
-                    buf.split().freeze()
-                };
+                let chunk = output::take_chunk(&mut buf);
                 let msg = if *is_err {
                     exec_output::Msg::Stderr(chunk)
                 } else {
@@ -321,12 +310,8 @@ pub async fn start(
     tx: OutTx,
 ) -> Result<bool, Status> {
     let (start, mut input) = start_of(req).await?;
-    // The daemon reads stdout itself (see `stdout_fd_token`). Taken first,
-    // so that a call that fails does not leave its connection waiting.
-    let mut handover = match start.stdout_fd_token.is_empty() {
-        true => None,
-        false => Some(handovers.take(&start.stdout_fd_token).await?),
-    };
+    // The daemon reads stdout itself (see `stdout_fd_token`).
+    let mut handover = handovers.take(&start.stdout_fd_token).await?;
     let mut cmd = build(&start)?;
     let began = Instant::now();
     let buffered = start.buffered;
@@ -470,18 +455,7 @@ pub async fn start(
                 move |mut b: bytes::BytesMut| {
                     let rx = rx.clone();
                     async move {
-                        let mut rx = rx.lock().await;
-                        // One read waits for data; then take what else the
-                        // pipe already holds, without waiting.
-                        let r = rx.read_buf(&mut b).await.map(|mut n| {
-                            while n > 0 && b.len() < CHUNK {
-                                match rx.try_read_buf(&mut b) {
-                                    Ok(m) if m > 0 => n += m,
-                                    _ => break,
-                                }
-                            }
-                            n
-                        });
+                        let r = output::read(&mut *rx.lock().await, &mut b).await;
                         (b, r)
                     }
                 },
@@ -576,7 +550,7 @@ pub async fn start(
         let mut joined = futures::future::join_all(readers);
         let mut last = total(&states);
         let sinks: Vec<Sink> = loop {
-            match tokio::time::timeout(Duration::from_millis(50), &mut joined).await {
+            match tokio::time::timeout(output::DRAIN_IDLE, &mut joined).await {
                 Ok(r) => break r.into_iter().filter_map(Result::ok).collect(),
                 Err(_) => {
                     let now = total(&states);

@@ -34,8 +34,13 @@ impl Handovers {
         self.arrived.notify_waiters();
     }
 
-    /// The connection for the token a call names, once it is here.
-    pub async fn take(&self, token: &[u8]) -> Result<Handover, Status> {
+    /// The connection for the token a call names, once it is here; none
+    /// for a call that names none. A call takes it first thing, so that a
+    /// call that fails does not leave its connection waiting.
+    pub async fn take(&self, token: &[u8]) -> Result<Option<Handover>, Status> {
+        if token.is_empty() {
+            return Ok(None);
+        }
         let token: Token = token
             .try_into()
             .map_err(|_| Status::invalid_argument("fd_token: must be 16 bytes"))?;
@@ -47,7 +52,7 @@ impl Handovers {
             {
                 let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(i) = w.iter().position(|(t, _, _)| *t == token) {
-                    return Ok(Handover(w.swap_remove(i).2));
+                    return Ok(Some(Handover(w.swap_remove(i).2)));
                 }
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {

@@ -79,12 +79,7 @@ impl Agent for Service {
         req: Request<ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
         let req = req.into_inner();
-        // Taken first, so that a call that fails does not leave its
-        // connection waiting.
-        let handover = match req.fd_token.is_empty() {
-            true => None,
-            false => Some(self.handovers.take(&req.fd_token).await?),
-        };
+        let handover = self.handovers.take(&req.fd_token).await?;
         let p = files::checked(&req.path)?;
         let meta = tokio::fs::metadata(&p)
             .await

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use paddock_proto::v1::{self as pb, agent_client::AgentClient as Grpc};
-use paddock_proto::{handover, AgentChannel};
+use paddock_proto::{handover, output, AgentChannel};
 use tokio::sync::mpsc;
 
 use crate::error::{from_agent, Error, Result};
@@ -138,18 +138,19 @@ impl AgentClient {
         }
     }
 
-    /// A hand-over connection and its token, if the agent hands over.
-    async fn handover(&self) -> Result<Option<(tokio::net::UnixStream, handover::Token)>> {
+    /// A hand-over connection and its token, if the agent hands over and
+    /// the connection opens (else the call goes without: it may still get
+    /// through, past a full backlog say).
+    async fn handover(&self) -> Option<(tokio::net::UnixStream, handover::Token)> {
         if !self.fd_handover.load(Ordering::Relaxed) {
-            return Ok(None);
+            return None;
         }
         let token = handover::token();
         match handover::open(&self.path, &token).await {
-            Ok(conn) => Ok(Some((conn, token))),
-            // The call itself may still get through (a full backlog, say).
+            Ok(conn) => Some((conn, token)),
             Err(e) => {
                 tracing::debug!("hand-over connection to {}: {e}", self.path.display());
-                Ok(None)
+                None
             }
         }
     }
@@ -280,7 +281,7 @@ impl AgentClient {
         let mut start = Self::start_msg(req, false);
         // Not for a terminal: its output is one stream, read by the agent.
         let handover = match req.pty {
-            None => self.handover().await?,
+            None => self.handover().await,
             Some(_) => None,
         };
         if let (Some((_, token)), Some(pb::exec_input::Msg::Start(s))) = (&handover, &mut start.msg)
@@ -311,7 +312,7 @@ impl AgentClient {
         &self,
         path: &str,
     ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
-        let handover = self.handover().await?;
+        let handover = self.handover().await;
         let mut grpc = self.grpc.clone();
         let s = grpc
             .read_file(pb::ReadFileRequest {
@@ -514,14 +515,6 @@ fn file_error(e: std::io::Error, path: &str) -> Error {
 
 /// Largest piece of a handed-over file or pipe read at once.
 const READ_CHUNK: usize = 1 << 20;
-/// Largest stdout message from a handed-over pipe (as the agent's).
-const PIPE_CHUNK: usize = 256 * 1024;
-/// Below this a piece of output is copied out rather than split off, so
-/// that it does not hold a large buffer while it waits to be sent.
-const SMALL: usize = 16 * 1024;
-/// After the exit, a pipe that stays empty this long is left: a
-/// background process holds it open (the agent's rule for its pipes).
-const DRAIN_IDLE: Duration = Duration::from_millis(50);
 
 /// A handed-over file, read here in pieces on the blocking pool.
 fn read_handed_over(
@@ -555,7 +548,7 @@ fn read_handed_over(
 /// The command's events from the agent, with stdout read from the
 /// handed-over pipe (when there is one) instead. The exit comes last:
 /// after the pipe's end-of-file, or once it has stayed empty for
-/// `DRAIN_IDLE` after the exit (a background process holds it open).
+/// `output::DRAIN_IDLE` after the exit (a background process holds it open).
 fn merge_stdout(
     out: tonic::Streaming<pb::ExecOutput>,
     pipe: Option<tokio::net::unix::pipe::Receiver>,
@@ -580,7 +573,6 @@ fn merge_stdout(
         heard: false,
     };
     futures::stream::unfold(st, |mut st| async move {
-        use tokio::io::AsyncReadExt;
         loop {
             if st.pipe.is_none() {
                 if let Some(exit) = st.exit.take() {
@@ -592,30 +584,16 @@ fn merge_stdout(
                 }
             }
             let after_exit = st.exit.is_some() || st.ended;
-            if st.buf.capacity() - st.buf.len() < SMALL {
-                st.buf.reserve(PIPE_CHUNK);
+            if st.buf.capacity() - st.buf.len() < output::SMALL {
+                st.buf.reserve(output::CHUNK);
             }
             tokio::select! {
                 r = async {
                     let p = st.pipe.as_mut().expect("checked by the guard");
-                    let mut n = p.read_buf(&mut st.buf).await?;
-                    // Then take what else the pipe holds, without waiting.
-                    while n > 0 && st.buf.len() < PIPE_CHUNK {
-                        match p.try_read_buf(&mut st.buf) {
-                            Ok(m) if m > 0 => n += m,
-                            _ => break,
-                        }
-                    }
-                    Ok::<_, std::io::Error>(n)
+                    output::read(p, &mut st.buf).await
                 }, if st.pipe.is_some() && st.heard => match r {
                     Ok(n) if n > 0 => {
-                        let chunk = if n < SMALL {
-                            let c = Bytes::copy_from_slice(&st.buf);
-                            st.buf.clear();
-                            c
-                        } else {
-                            st.buf.split().freeze()
-                        };
+                        let chunk = output::take_chunk(&mut st.buf);
                         return Some((Ok(ExecEvent::Stdout(chunk)), st));
                     }
                     Ok(_) => st.pipe = None,
@@ -653,7 +631,7 @@ fn merge_stdout(
                         },
                     }
                 }
-                _ = tokio::time::sleep(DRAIN_IDLE), if after_exit => st.pipe = None,
+                _ = tokio::time::sleep(output::DRAIN_IDLE), if after_exit => st.pipe = None,
             }
         }
     })

@@ -11,6 +11,7 @@ pub mod v1 {
 mod conn;
 pub use conn::UnixConn;
 pub mod handover;
+pub mod output;
 
 /// The binary metadata that may carry an exec's `ExecStart` (see the
 /// `Exec` rpc in agent.proto), and the agent feature that announces it.

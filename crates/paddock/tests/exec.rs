@@ -131,24 +131,6 @@ fn exec_bad_input() {
     }
 }
 
-fn sse_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter_map(|frame| {
-            let ev = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((ev.to_string(), serde_json::from_str(data).ok()?))
-        })
-        .collect()
-}
-
-/// The stdout events' text, joined.
-fn sse_stdout(evs: &[(String, Value)]) -> String {
-    evs.iter()
-        .filter(|e| e.0 == "stdout")
-        .map(|e| e.1["data"].as_str().unwrap())
-        .collect()
-}
-
 #[test]
 fn streaming_exec_over_sse() {
     let api = shared().api();

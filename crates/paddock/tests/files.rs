@@ -5,27 +5,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn put(api: &Api, id: &str, path: &str, query: &str, body: Vec<u8>) -> Resp {
-    api.send(
-        api.req(
-            reqwest::Method::PUT,
-            &format!("/sandboxes/{id}/files?path={path}{query}"),
-        )
-        .body(body),
-    )
-}
-
-fn get_bytes(api: &Api, id: &str, path: &str) -> (u16, Vec<u8>) {
-    let r = api
-        .req(
-            reqwest::Method::GET,
-            &format!("/sandboxes/{id}/files?path={path}"),
-        )
-        .send()
-        .unwrap();
-    (r.status().as_u16(), r.bytes().unwrap().to_vec())
-}
-
 #[test]
 fn upload_download_roundtrip() {
     let api = shared().api();
@@ -33,7 +12,7 @@ fn upload_download_roundtrip() {
     let data: Vec<u8> = (0..(24u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let r = put(
+    let r = put_file(
         &api,
         &sb.id,
         "/workspace/deep/dir/blob.bin",
@@ -43,7 +22,7 @@ fn upload_download_roundtrip() {
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["size"], data.len());
     assert_eq!(r.body["mode"], 0o600);
-    let (status, back) = get_bytes(&api, &sb.id, "/workspace/deep/dir/blob.bin");
+    let (status, back) = get_file(&api, &sb.id, "/workspace/deep/dir/blob.bin");
     assert_eq!(status, 200);
     assert!(back == data, "downloaded bytes differ");
     // The sandbox sees the same bytes.
@@ -63,19 +42,19 @@ fn upload_download_roundtrip() {
     assert_eq!(host.split_whitespace().next().unwrap(), sum);
     // Empty files, and append.
     assert_eq!(
-        put(&api, &sb.id, "/workspace/empty", "", vec![]).status,
+        put_file(&api, &sb.id, "/workspace/empty", "", vec![]).status,
         201
     );
-    assert_eq!(get_bytes(&api, &sb.id, "/workspace/empty").1, b"");
-    put(&api, &sb.id, "/workspace/log", "", b"a".to_vec());
-    put(
+    assert_eq!(get_file(&api, &sb.id, "/workspace/empty").1, b"");
+    put_file(&api, &sb.id, "/workspace/log", "", b"a".to_vec());
+    put_file(
         &api,
         &sb.id,
         "/workspace/log",
         "&append=true",
         b"b".to_vec(),
     );
-    assert_eq!(get_bytes(&api, &sb.id, "/workspace/log").1, b"ab");
+    assert_eq!(get_file(&api, &sb.id, "/workspace/log").1, b"ab");
 }
 
 #[test]
@@ -87,7 +66,7 @@ fn list_stat_mkdir_rename_remove() {
             .status,
         201
     );
-    put(&api, &sb.id, "/workspace/a/one.txt", "", b"1".to_vec());
+    put_file(&api, &sb.id, "/workspace/a/one.txt", "", b"1".to_vec());
     sb.sh("ln -s one.txt /workspace/a/link");
     let l = api.get(&sb.path("/files/list?path=/workspace/a"));
     assert_eq!(l.status, 200, "{}", l.text);
@@ -123,7 +102,7 @@ fn list_stat_mkdir_rename_remove() {
             .status,
         404
     );
-    assert_eq!(get_bytes(&api, &sb.id, "/workspace/two.txt").1, b"1");
+    assert_eq!(get_file(&api, &sb.id, "/workspace/two.txt").1, b"1");
     // A non-empty directory needs recursive=true.
     let r = api.delete(&sb.path("/files?path=/workspace/a"));
     assert_eq!(r.status, 409, "{}", r.text);
@@ -148,7 +127,7 @@ fn list_stat_mkdir_rename_remove() {
         400,
         "path is required"
     );
-    let r = put(&api, &sb.id, "/usr/bin/evil", "", b"x".to_vec());
+    let r = put_file(&api, &sb.id, "/usr/bin/evil", "", b"x".to_vec());
     assert!(
         r.status == 409 || r.status == 403 || r.status == 400,
         "read-only /usr: {} {}",
@@ -172,7 +151,11 @@ fn paths_cannot_leave_the_sandbox() {
         let r = api.get(&sb.path(&format!("/files?path={p}")));
         assert_eq!(r.status, 400, "{p}: {}", r.text);
         assert_eq!(r.body["field"], "path");
-        assert_eq!(put(&api, &sb.id, p, "", b"x".to_vec()).status, 400, "{p}");
+        assert_eq!(
+            put_file(&api, &sb.id, p, "", b"x".to_vec()).status,
+            400,
+            "{p}"
+        );
         assert_eq!(
             api.get(&sb.path(&format!("/files/list?path={p}"))).status,
             400
@@ -194,12 +177,12 @@ fn paths_cannot_leave_the_sandbox() {
         "/workspace/s2",
         &format!("/workspace/root{secret}"),
     ] {
-        let (status, body) = get_bytes(&api, &sb.id, p);
+        let (status, body) = get_file(&api, &sb.id, p);
         assert_eq!(status, 404, "{p}: {}", String::from_utf8_lossy(&body));
     }
     // Writing through a link lands in the sandbox, not on the host.
     assert_eq!(
-        put(
+        put_file(
             &api,
             &sb.id,
             "/workspace/s1",

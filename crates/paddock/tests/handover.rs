@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Bytes each thread of the sandbox's agent (its init) has read and
@@ -49,53 +49,6 @@ fn moved(before: &[(String, u64, u64)], after: &[(String, u64, u64)]) -> (u64, u
     d
 }
 
-fn sse_events(text: &str) -> Vec<(String, Value)> {
-    let mut evs = Vec::new();
-    for block in text.split("\n\n") {
-        let mut ev = String::new();
-        let mut data = String::new();
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("event: ") {
-                ev = v.into();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data.push_str(v);
-            }
-        }
-        if !ev.is_empty() {
-            evs.push((ev, serde_json::from_str(&data).unwrap_or(Value::Null)));
-        }
-    }
-    evs
-}
-
-fn stdout_of(evs: &[(String, Value)]) -> String {
-    evs.iter()
-        .filter(|e| e.0 == "stdout")
-        .map(|e| e.1["data"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn put(api: &Api, id: &str, path: &str, query: &str, body: Vec<u8>) -> Resp {
-    api.send(
-        api.req(
-            reqwest::Method::PUT,
-            &format!("/sandboxes/{id}/files?path={path}{query}"),
-        )
-        .body(body),
-    )
-}
-
-fn get(api: &Api, id: &str, path: &str) -> (u16, Vec<u8>) {
-    let r = api
-        .req(
-            reqwest::Method::GET,
-            &format!("/sandboxes/{id}/files?path={path}"),
-        )
-        .send()
-        .unwrap();
-    (r.status().as_u16(), r.bytes().unwrap().to_vec())
-}
-
 /// What both paths must do alike; `handed` says which one `d` takes, and
 /// the agent's own I/O counters say whether the data went through it.
 fn same_behaviour(d: &Daemon, handed: bool) {
@@ -121,7 +74,7 @@ fn same_behaviour(d: &Daemon, handed: bool) {
     assert_eq!(r.status, 200, "{}", r.text);
     let evs = sse_events(&r.text);
     assert_eq!(evs.first().unwrap().0, "started");
-    assert_eq!(stdout_of(&evs).len(), 24 << 20);
+    assert_eq!(sse_stdout(&evs).len(), 24 << 20);
     assert!(evs
         .iter()
         .any(|e| e.0 == "stderr" && e.1["data"] == "err\n"));
@@ -137,7 +90,7 @@ fn same_behaviour(d: &Daemon, handed: bool) {
         json!({"shell": "echo before; sleep 300 & echo after"}),
     );
     let evs = sse_events(&r.text);
-    assert_eq!(stdout_of(&evs), "before\nafter\n", "{}", r.text);
+    assert_eq!(sse_stdout(&evs), "before\nafter\n", "{}", r.text);
     assert_eq!(evs.last().unwrap().0, "exit", "{}", r.text);
     assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
     sb.sh("pkill sleep; true");
@@ -152,7 +105,7 @@ fn same_behaviour(d: &Daemon, handed: bool) {
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
     let io0 = agent_io(d, &sb.id);
-    let r = put(&api, &sb.id, "/workspace/blob", "&mode=640", data.clone());
+    let r = put_file(&api, &sb.id, "/workspace/blob", "&mode=640", data.clone());
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(
         (r.body["size"].as_u64(), r.body["mode"].as_u64()),
@@ -163,7 +116,7 @@ fn same_behaviour(d: &Daemon, handed: bool) {
     let wrote = moved(&io0, &agent_io(d, &sb.id)).1;
     assert!(wrote >= 16 * MIB, "the agent wrote {wrote} bytes");
     let io0 = agent_io(d, &sb.id);
-    let (status, back) = get(&api, &sb.id, "/workspace/blob");
+    let (status, back) = get_file(&api, &sb.id, "/workspace/blob");
     assert_eq!(status, 200);
     assert!(back == data, "downloaded bytes differ");
     through(moved(&io0, &agent_io(d, &sb.id)).0, 16 * MIB);
@@ -173,28 +126,28 @@ fn same_behaviour(d: &Daemon, handed: bool) {
         .to_string();
     assert_eq!(sum, format!("{:032x}", md5(&data)));
     // Append and a plain overwrite.
-    put(&api, &sb.id, "/workspace/log", "", b"a".to_vec());
-    put(
+    put_file(&api, &sb.id, "/workspace/log", "", b"a".to_vec());
+    put_file(
         &api,
         &sb.id,
         "/workspace/log",
         "&append=true",
         b"b".to_vec(),
     );
-    assert_eq!(get(&api, &sb.id, "/workspace/log").1, b"ab");
-    put(&api, &sb.id, "/workspace/log", "", b"c".to_vec());
-    assert_eq!(get(&api, &sb.id, "/workspace/log").1, b"c");
+    assert_eq!(get_file(&api, &sb.id, "/workspace/log").1, b"ab");
+    put_file(&api, &sb.id, "/workspace/log", "", b"c".to_vec());
+    assert_eq!(get_file(&api, &sb.id, "/workspace/log").1, b"c");
 
     // Not a regular file: kept on the call either way (an upload is
     // handed over only from 256 KiB on).
-    assert_eq!(get(&api, &sb.id, "/dev/null"), (200, vec![]));
-    let r = put(&api, &sb.id, "/dev/null", "", vec![1u8; 1 << 20]);
+    assert_eq!(get_file(&api, &sb.id, "/dev/null"), (200, vec![]));
+    let r = put_file(&api, &sb.id, "/dev/null", "", vec![1u8; 1 << 20]);
     assert_eq!(r.status, 201, "{}", r.text);
 
     // A disk that fills: a clear 4xx naming the cause, and an atomic write
     // leaves nothing behind (not the file, not its temporary).
     let big = vec![7u8; 64 << 20];
-    let r = put(&api, &sb.id, "/workspace/full", "&atomic=true", big);
+    let r = put_file(&api, &sb.id, "/workspace/full", "&atomic=true", big);
     assert!((400..500).contains(&r.status), "{} {}", r.status, r.text);
     assert!(r.text.contains("No space left"), "{}", r.text);
     let left = sb.sh("ls -A /workspace")["stdout"]

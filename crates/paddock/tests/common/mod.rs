@@ -524,3 +524,45 @@ pub fn run_sdk_script(script: &str, env: &[(&str, &str)], done: &str, d: &Daemon
             .join("\n")
     );
 }
+
+/// `PUT /sandboxes/{id}/files?path=...` with `query` appended (`&mode=600`).
+pub fn put_file(api: &Api, id: &str, path: &str, query: &str, body: Vec<u8>) -> Resp {
+    api.send(
+        api.req(
+            reqwest::Method::PUT,
+            &format!("/sandboxes/{id}/files?path={path}{query}"),
+        )
+        .body(body),
+    )
+}
+
+/// `GET /sandboxes/{id}/files?path=...`: status and bytes.
+pub fn get_file(api: &Api, id: &str, path: &str) -> (u16, Vec<u8>) {
+    let r = api
+        .req(
+            reqwest::Method::GET,
+            &format!("/sandboxes/{id}/files?path={path}"),
+        )
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+}
+
+/// Splits a text/event-stream body into (event, JSON data) pairs.
+pub fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let ev = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((ev.to_string(), serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}
+
+/// The stdout events' text, joined.
+pub fn sse_stdout(evs: &[(String, Value)]) -> String {
+    evs.iter()
+        .filter(|e| e.0 == "stdout")
+        .map(|e| e.1["data"].as_str().unwrap())
+        .collect()
+}
