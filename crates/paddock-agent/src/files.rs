@@ -172,6 +172,8 @@ pub struct Writer {
     pub tmp: Option<PathBuf>,
     pub display: String,
     pub mode: u32,
+    /// Bytes allocated from the start for a handed-over write.
+    pub reserved: Option<u64>,
 }
 
 pub async fn open_write(
@@ -231,6 +233,7 @@ pub async fn open_write(
         tmp,
         display: path.to_string(),
         mode,
+        reserved: None,
     })
 }
 
@@ -263,6 +266,72 @@ impl Writer {
     pub async fn abort(self) {
         if let Some(tmp) = self.tmp {
             let _ = tokio::fs::remove_file(tmp).await;
+        } else if let Some(size) = self.reserved {
+            // What was allocated past what got written would hold the
+            // sandbox's memory (a tmpfs) or disk for nothing.
+            use std::os::fd::AsFd;
+            if let (Ok(fd), Ok(meta)) = (
+                self.file.as_fd().try_clone_to_owned(),
+                self.file.metadata().await,
+            ) {
+                let len = meta.len();
+                if len < size {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        use nix::fcntl::{fallocate, FallocateFlags};
+                        fallocate(
+                            &fd,
+                            FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                                | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                            len as i64,
+                            (size - len) as i64,
+                        )
+                    })
+                    .await;
+                }
+            }
         }
+    }
+
+    /// Allocates the file's first `size` bytes without changing its size,
+    /// before the daemon writes them through a handed-over descriptor:
+    /// the allocation is charged to this sandbox (a tmpfs page to the
+    /// memory cgroup of whoever allocates it) and refused here when the
+    /// sandbox's disk has no room. `Ok(false)` when the file cannot be
+    /// allocated (not a regular file, a filesystem without `fallocate`):
+    /// the data then comes on the call.
+    pub async fn reserve(&mut self, size: u64) -> std::io::Result<bool> {
+        use std::os::fd::AsFd;
+        if !self.file.metadata().await?.is_file() {
+            return Ok(false);
+        }
+        let fd = self.file.as_fd().try_clone_to_owned()?;
+        let r = tokio::task::spawn_blocking(move || {
+            use nix::fcntl::{fallocate, FallocateFlags};
+            fallocate(&fd, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, size as i64)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match r {
+            Ok(()) => {
+                self.reserved = Some(size);
+                Ok(true)
+            }
+            Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After a hand-over: whether the daemon wrote all it announced.
+    pub async fn check_reserved(&self) -> std::io::Result<()> {
+        if let Some(size) = self.reserved {
+            let len = self.file.metadata().await?.len();
+            if len != size {
+                return Err(std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("{len} bytes written of the {size} announced"),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -46,6 +46,7 @@ impl Agent for Service {
             features: vec![
                 paddock_proto::FEATURE_EXEC_START_HEADER.into(),
                 paddock_proto::handover::FEATURE.into(),
+                paddock_proto::handover::FEATURE_WRITE.into(),
             ],
         }))
     }
@@ -153,6 +154,9 @@ impl Agent for Service {
                 ))
             }
         };
+        // Taken first: a failure below closes the connection, which tells
+        // the daemon to stop waiting for a descriptor.
+        let handover = self.handovers.take(&header.fd_token).await?;
         let mut w = files::open_write(
             &header.path,
             header.mode,
@@ -161,11 +165,49 @@ impl Agent for Service {
             header.append,
         )
         .await?;
+        let mut handed = false;
+        if let Some(h) = handover {
+            let fits = !header.append && header.size >= paddock_proto::handover::MIN_FILE;
+            let reserved = if fits {
+                match w.reserve(header.size).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let st = files::io_status(e, &header.path);
+                        w.abort().await;
+                        return Err(st);
+                    }
+                }
+            } else {
+                false
+            };
+            use std::os::fd::AsFd;
+            let sent = h.send(reserved.then(|| w.file.as_fd()));
+            if let Err(st) = sent {
+                w.abort().await;
+                return Err(st);
+            }
+            handed = reserved;
+        }
         loop {
             match input.message().await {
                 Ok(Some(WriteFileInput {
                     msg: Some(write_file_input::Msg::Commit(true)),
-                })) => break,
+                })) => {
+                    if let Err(e) = w.check_reserved().await {
+                        let st = files::io_status(e, &header.path);
+                        w.abort().await;
+                        return Err(st);
+                    }
+                    break;
+                }
+                Ok(Some(WriteFileInput {
+                    msg: Some(write_file_input::Msg::Data(_)),
+                })) if handed => {
+                    w.abort().await;
+                    return Err(Status::invalid_argument(
+                        "write: data on the call after the file was handed over",
+                    ));
+                }
                 Ok(Some(WriteFileInput {
                     msg: Some(write_file_input::Msg::Data(d)),
                 })) => {
@@ -446,6 +488,7 @@ mod tests {
         for want in [
             paddock_proto::FEATURE_EXEC_START_HEADER,
             paddock_proto::handover::FEATURE,
+            paddock_proto::handover::FEATURE_WRITE,
         ] {
             assert!(h.features.iter().any(|f| f == want), "{want}");
         }

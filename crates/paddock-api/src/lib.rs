@@ -487,6 +487,7 @@ async fn upload(
         mkdir_parents: q.parents.unwrap_or(true),
         atomic: q.atomic.unwrap_or(true) && !q.append,
         append: q.append,
+        size: axum::body::HttpBody::size_hint(&body).exact(),
     };
     // Shared, so that what the engine leaves unread can still be read
     // after it refused the upload (see `drain`).

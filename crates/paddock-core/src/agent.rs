@@ -26,6 +26,8 @@ pub struct AgentClient {
     path: Arc<std::path::PathBuf>,
     /// The agent hands stdout pipes and files over (Hello said so).
     fd_handover: Arc<AtomicBool>,
+    /// The agent hands over files opened for writing too.
+    fd_handover_write: Arc<AtomicBool>,
 }
 
 /// Largest encoded `ExecStart` sent as metadata (base64 makes it a third
@@ -135,6 +137,7 @@ impl AgentClient {
             start_in_header: Arc::new(AtomicBool::new(false)),
             path: Arc::new(path.to_path_buf()),
             fd_handover: Arc::new(AtomicBool::new(false)),
+            fd_handover_write: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -180,6 +183,10 @@ impl AgentClient {
         );
         self.fd_handover.store(
             has(handover::FEATURE) && handover_allowed(),
+            Ordering::Relaxed,
+        );
+        self.fd_handover_write.store(
+            has(handover::FEATURE_WRITE) && handover_allowed(),
             Ordering::Relaxed,
         );
     }
@@ -343,6 +350,18 @@ impl AgentClient {
     where
         S: Stream<Item = Result<Bytes>> + Send + 'static,
     {
+        // A write of a known size large enough to be worth it is handed
+        // over (`handover::FEATURE_WRITE`): the agent allocates the file
+        // and sends it, and the bytes go straight in from here.
+        let size = opts.size.filter(|&n| {
+            !opts.append
+                && n >= handover::MIN_FILE
+                && self.fd_handover_write.load(Ordering::Relaxed)
+        });
+        let handover = match size {
+            Some(_) => self.handover().await,
+            None => None,
+        };
         let header = pb::WriteFileInput {
             msg: Some(pb::write_file_input::Msg::Header(pb::WriteFileHeader {
                 path: path.into(),
@@ -350,42 +369,56 @@ impl AgentClient {
                 mkdir_parents: opts.mkdir_parents,
                 atomic: opts.atomic,
                 append: opts.append,
+                fd_token: handover
+                    .as_ref()
+                    .map(|(_, t)| t.to_vec().into())
+                    .unwrap_or_default(),
+                size: size.unwrap_or(0),
             })),
         };
-        // A body error (the client went away mid-upload) must not look like a
-        // clean end of file: the stream stops there and we report the error.
-        // An atomic write then leaves nothing behind.
-        let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<Error>();
-        let mut err_tx = Some(err_tx);
-        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let failed2 = failed.clone();
-        let body = data
-            .take_while(move |r| {
-                if let Err(e) = r {
-                    failed2.store(true, std::sync::atomic::Ordering::SeqCst);
-                    if let Some(tx) = err_tx.take() {
-                        let _ = tx.send(e.clone());
-                    }
-                }
-                futures::future::ready(r.is_ok())
-            })
-            .filter_map(|r| async move {
-                r.ok().map(|b| pb::WriteFileInput {
-                    msg: Some(pb::write_file_input::Msg::Data(b)),
-                })
-            });
-        let commit = futures::stream::once(async move {
-            (!failed.load(std::sync::atomic::Ordering::SeqCst)).then_some(pb::WriteFileInput {
-                msg: Some(pb::write_file_input::Msg::Commit(true)),
-            })
-        })
-        .filter_map(futures::future::ready);
-        let input = futures::stream::iter([header]).chain(body).chain(commit);
+        let commit = pb::WriteFileInput {
+            msg: Some(pb::write_file_input::Msg::Commit(true)),
+        };
+        let (tx, rx) = mpsc::channel::<pb::WriteFileInput>(4);
+        let input =
+            futures::stream::iter([header]).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
         let mut grpc = self.grpc.clone();
-        let res = grpc.write_file(input).await;
-        if let Ok(e) = err_rx.try_recv() {
-            return Err(e);
-        }
+        let call = grpc.write_file(input);
+        // Feeds the call. A body error (the client went away mid-upload)
+        // must not look like a clean end of file: the input then ends
+        // without `commit`, the agent keeps nothing of an atomic write, and
+        // the body's error is what the caller hears.
+        let path2 = path.to_string();
+        let feed = async move {
+            let mut data = Box::pin(data);
+            if let (Some((conn, _)), Some(size)) = (handover, size) {
+                match handover::receive(&conn).await {
+                    Ok(Some(fd)) => {
+                        let f = handover::data_file(fd).map_err(handover_error)?;
+                        write_handed_over(f, &mut data, size, &path2).await?;
+                        let _ = tx.send(commit).await;
+                        return Ok(());
+                    }
+                    Ok(None) => {}
+                    // The agent closed it: it refused the write, and the
+                    // call says why.
+                    Err(_) => return Ok(()),
+                }
+            }
+            while let Some(b) = data.next().await {
+                let msg = pb::WriteFileInput {
+                    msg: Some(pb::write_file_input::Msg::Data(b?)),
+                };
+                if tx.send(msg).await.is_err() {
+                    // The call ended: its answer says why.
+                    return Ok(());
+                }
+            }
+            let _ = tx.send(commit).await;
+            Ok::<(), Error>(())
+        };
+        let (res, fed) = tokio::join!(call, feed);
+        fed?;
         Ok(file_info(
             res.map_err(|e| from_agent(e, "path"))?.into_inner(),
         ))
@@ -515,6 +548,63 @@ fn file_error(e: std::io::Error, path: &str) -> Error {
 
 /// Largest piece of a handed-over file or pipe read at once.
 const READ_CHUNK: usize = 1 << 20;
+
+/// Writes exactly `size` bytes of `data` into a handed-over file, on a
+/// thread of the blocking pool fed while the body comes in.
+async fn write_handed_over<S>(f: std::fs::File, data: &mut S, size: u64, path: &str) -> Result<()>
+where
+    S: Stream<Item = Result<Bytes>> + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = f;
+        while let Some(b) = rx.blocking_recv() {
+            f.write_all(&b)?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut written = 0u64;
+    let mut failed = None;
+    while let Some(r) = data.next().await {
+        match r {
+            Ok(b) => {
+                written += b.len() as u64;
+                if written > size {
+                    // Past what the agent allocated (HTTP framing makes
+                    // this impossible for an upload with a length).
+                    failed = Some(Error::invalid(
+                        "body",
+                        format!("longer than the {size} bytes announced"),
+                    ));
+                    break;
+                }
+                if tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let wrote = writer
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    wrote.map_err(|e| file_error(e, path))?;
+    if written < size {
+        return Err(Error::invalid(
+            "body",
+            format!("the upload broke off after {written} of {size} bytes"),
+        ));
+    }
+    Ok(())
+}
 
 /// A handed-over file, read here in pieces on the blocking pool.
 fn read_handed_over(

@@ -881,6 +881,10 @@ pub struct WriteOptions {
     pub mkdir_parents: bool,
     pub atomic: bool,
     pub append: bool,
+    /// The number of bytes the data will bring, when the caller knows it
+    /// (an upload's Content-Length): large writes of a known size are
+    /// handed to the daemon to write (`paddock_proto::handover`).
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

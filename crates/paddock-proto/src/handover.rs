@@ -12,9 +12,13 @@
 //! itself: a byte of output goes pipe → daemon → client, instead of pipe →
 //! agent → HTTP/2 → daemon → client (docs/benchmarks.md, session 9).
 //! Everything else (exit status, stderr, stdin, errors) stays on the gRPC
-//! call. Writes are not handed over: a tmpfs page is charged to the
-//! memory cgroup of whoever writes it, and a sandbox's files must count
-//! against its own limit.
+//! call. A file write of a known size is handed over the other way round:
+//! the agent opens the file, allocates the whole size (`fallocate`) and
+//! sends the descriptor; the daemon writes the bytes and then commits on
+//! the call. The allocation is what keeps a sandbox's files within its own
+//! memory limit: a tmpfs page is charged to the memory cgroup of whoever
+//! allocates it, and the daemon's writes then only fill pages the sandbox
+//! already paid for ([`FEATURE_WRITE`]).
 //!
 //! An agent announces it with [`FEATURE`] in `Hello`; backends whose agent
 //! runs under another kernel (gVisor's sentry, microVMs) cannot pass
@@ -33,6 +37,10 @@ use tokio::net::UnixStream;
 
 /// The feature an agent names in `Hello` when it hands descriptors over.
 pub const FEATURE: &str = "fd-handover";
+
+/// The feature an agent names in `Hello` when it also hands over files
+/// opened for writing, allocated to the size the daemon announces.
+pub const FEATURE_WRITE: &str = "fd-handover-write";
 
 /// What a hand-over connection sends first, in place of HTTP/2's preface
 /// (which starts `PRI *`), followed by its [`Token`].

@@ -1,5 +1,5 @@
 //! Bulk data handed over as descriptors (paddock_proto::handover): a
-//! streamed command's stdout and downloads bypass the agent, and
+//! streamed command's stdout, downloads and uploads bypass the agent, and
 //! behave as they do on the agent protocol (`PADDOCK_FD_HANDOVER=off`,
 //! the path of backends that cannot hand descriptors to the host).
 
@@ -104,6 +104,12 @@ fn same_behaviour(d: &Daemon, handed: bool) {
     let data: Vec<u8> = (0..(16u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
+    let memory = || {
+        api.get(&sb.path("/metrics")).body["memory_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let mem0 = memory();
     let io0 = agent_io(d, &sb.id);
     let r = put_file(&api, &sb.id, "/workspace/blob", "&mode=640", data.clone());
     assert_eq!(r.status, 201, "{}", r.text);
@@ -111,10 +117,14 @@ fn same_behaviour(d: &Daemon, handed: bool) {
         (r.body["size"].as_u64(), r.body["mode"].as_u64()),
         (Some(16 * MIB), Some(0o640))
     );
-    // Uploads are not handed over (tmpfs pages are charged to whoever
-    // writes them: the sandbox's files must stay in its memory limit).
-    let wrote = moved(&io0, &agent_io(d, &sb.id)).1;
-    assert!(wrote >= 16 * MIB, "the agent wrote {wrote} bytes");
+    through(moved(&io0, &agent_io(d, &sb.id)).1, 16 * MIB);
+    // The file's pages (a tmpfs) count against the sandbox's own memory,
+    // whoever wrote them: handed over, the agent allocated them first.
+    let grew = memory().saturating_sub(mem0);
+    assert!(
+        grew >= 15 * MIB,
+        "the sandbox's memory grew by {grew} bytes"
+    );
     let io0 = agent_io(d, &sb.id);
     let (status, back) = get_file(&api, &sb.id, "/workspace/blob");
     assert_eq!(status, 200);
@@ -144,6 +154,29 @@ fn same_behaviour(d: &Daemon, handed: bool) {
     let r = put_file(&api, &sb.id, "/dev/null", "", vec![1u8; 1 << 20]);
     assert_eq!(r.status, 201, "{}", r.text);
 
+    // An upload whose client hangs up midway: an atomic one leaves
+    // nothing; a plain one what came, and no room allocated past it.
+    broken_upload(&api, &sb.id, "/workspace/half", "&atomic=true");
+    broken_upload(&api, &sb.id, "/workspace/plain", "&atomic=false");
+    eventually(20, || {
+        let out = sb.sh("ls -A /workspace; stat -c '%s %b %B' /workspace/plain 2>&1")["stdout"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut lines = out.lines().collect::<Vec<_>>();
+        let stat: Vec<u64> = lines
+            .pop()?
+            .split(' ')
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let &[size, blocks, block] = stat.as_slice() else {
+            return None; // not there yet
+        };
+        let allocated = blocks * block;
+        (lines == ["blob", "log", "plain"] && size == HALF && allocated <= HALF + 64 * 1024)
+            .then_some(())
+    });
+
     // A disk that fills: a clear 4xx naming the cause, and an atomic write
     // leaves nothing behind (not the file, not its temporary).
     let big = vec![7u8; 64 << 20];
@@ -156,9 +189,35 @@ fn same_behaviour(d: &Daemon, handed: bool) {
         .to_string();
     assert_eq!(
         left.split_whitespace().collect::<Vec<_>>(),
-        ["blob", "log"],
+        ["blob", "log", "plain"],
         "{left}"
     );
+}
+
+/// What `broken_upload` sends of the 1 MiB it announces.
+const HALF: u64 = 512 * 1024;
+
+/// Announces an upload of 1 MiB, sends half of it and hangs up.
+fn broken_upload(api: &Api, id: &str, path: &str, query: &str) {
+    use std::io::Write;
+    // `base` is http://host:port/v1.
+    let (addr, prefix) = api.base["http://".len()..].split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = api
+        .key
+        .as_ref()
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "PUT /{prefix}/sandboxes/{id}/files?path={path}{query} HTTP/1.1\r\nHost: x\r\n{auth}\
+         Content-Length: {}\r\n\r\n",
+        2 * HALF
+    )
+    .unwrap();
+    s.write_all(&vec![5u8; HALF as usize]).unwrap();
+    // Let the daemon take it in before the hang-up.
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// MD5 by the host's md5sum.
