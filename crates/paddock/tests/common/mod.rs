@@ -57,23 +57,29 @@ fn free_subnet(pid: u32, n: u32) -> String {
 }
 
 /// A port nothing listens on now and that this process has not handed out
-/// before. The probe's socket closes at once, so the kernel may offer the
-/// same port to the next probe: two daemons started side by side would
-/// then race for it, and the loser's health check would reach the winner.
+/// before, below the kernel's ephemeral range (32768 and up here): a port
+/// from that range, free when probed, could be taken as the source port of
+/// any outgoing connection (another test's client, say) before the daemon
+/// binds it. Below it, only an explicit bind can take a port; each process
+/// starts at its own place so that two test binaries seldom meet.
 pub fn free_port() -> u16 {
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for i in 0..SPAN {
+        let port = (LOW + (start + i) % SPAN) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        // Free on every address (a daemon may listen on any of them).
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
 }
 
 /// How many lines of `log` contain `line`.

@@ -30,11 +30,7 @@ impl Registry {
 
     /// A registry that wants `user:password` (htpasswd, bcrypt).
     pub fn start_with_auth(dir: &Path, creds: Option<(&str, &str)>) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let addr = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(dir).unwrap();
         let mut auth = String::new();
