@@ -165,6 +165,59 @@ pub fn mkdir(path: &str, parents: bool, mode: u32) -> Result<(), Status> {
     b.create(&p).map_err(|e| io_status(e, path))
 }
 
+/// Memory a write leaves to the sandbox's processes when its file's bytes
+/// are held in memory, besides what the agent itself may come to hold of
+/// the data still to come (see `Writer::admit`).
+const MEMORY_SLACK: u64 = 8 << 20;
+
+/// Whether a file's bytes are held in memory (`handover::memory_backed`).
+/// Such pages are charged to the sandbox's memory cgroup and cannot be
+/// reclaimed (no swap), so a file larger than what is left of the memory
+/// limit ends in the OOM killer, whose only candidate during an upload is
+/// the agent itself: the sandbox would die.
+fn memory_backed(file: &std::fs::File) -> bool {
+    paddock_proto::handover::memory_backed(file)
+}
+
+/// The sandbox's memory limit and how much of it is not held by memory
+/// that cannot be reclaimed: the limit less what is used, page cache of
+/// files on disks aside. From the agent's own memory cgroup (v1 or v2, as
+/// the runtime mounts it, rooted at the sandbox's own group); `None`
+/// without one or without a limit.
+pub fn memory_room() -> Option<(u64, u64)> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let (limit, usage, stat, prefix) =
+        if let Some(l) = read("/sys/fs/cgroup/memory/memory.limit_in_bytes") {
+            (
+                l,
+                read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+                read("/sys/fs/cgroup/memory/memory.stat")?,
+                // The hierarchical figures (the group and any below it).
+                "total_",
+            )
+        } else {
+            (
+                read("/sys/fs/cgroup/memory.max")?,
+                read("/sys/fs/cgroup/memory.current")?,
+                read("/sys/fs/cgroup/memory.stat")?,
+                "",
+            )
+        };
+    // "max" (v2) or a huge number (v1) when there is no limit.
+    let limit: u64 = limit.trim().parse().ok().filter(|&l| l < 1 << 62)?;
+    let usage: u64 = usage.trim().parse().ok()?;
+    let stat_of = |key: &str| -> u64 {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let active = stat_of(&format!("{prefix}active_file"));
+    let inactive = stat_of(&format!("{prefix}inactive_file"));
+    let held = usage.saturating_sub(active + inactive);
+    Some((limit.saturating_sub(held), limit))
+}
+
 /// An open write, as the header asked for it.
 pub struct Writer {
     pub file: tokio::fs::File,
@@ -174,7 +227,30 @@ pub struct Writer {
     pub mode: u32,
     /// Bytes allocated from the start for a handed-over write.
     pub reserved: Option<u64>,
+    /// The file's bytes are held in the sandbox's memory.
+    memory_backed: bool,
+    /// Bytes this write has written.
+    pub written: u64,
+    /// Up to how many bytes this write may bring before memory is looked
+    /// at again.
+    admitted: u64,
+    /// This write's share of [`PROMISED`].
+    promised: u64,
+    /// Finished or aborted: nothing for `Drop` to clean up.
+    done: bool,
 }
+
+/// Bytes admitted to writes of memory-backed files that are not yet
+/// charged to the sandbox's memory (not written, not allocated): what two
+/// uploads at once must not both count on.
+static PROMISED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Taken while a write looks at the memory left and makes its promise.
+static ADMISSION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What an admission promises at least, so that a write on the call looks
+/// at memory once every few MiB rather than for every piece.
+const ADMIT_STEP: u64 = 8 << 20;
 
 pub async fn open_write(
     path: &str,
@@ -227,6 +303,7 @@ pub async fn open_write(
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| io_status(e, path))?;
+    let memory_backed = memory_backed(&file);
     Ok(Writer {
         file: tokio::fs::File::from_std(file),
         path: p,
@@ -234,10 +311,17 @@ pub async fn open_write(
         display: path.to_string(),
         mode,
         reserved: None,
+        memory_backed,
+        written: 0,
+        admitted: 0,
+        promised: 0,
+        done: false,
     })
 }
 
 impl Writer {
+    /// Syncs an atomic write's temporary and renames it into place. On an
+    /// error, `Drop` leaves nothing of it.
     pub async fn finish(mut self) -> Result<FileInfo, Status> {
         use tokio::io::AsyncWriteExt;
         let display = self.display.clone();
@@ -257,36 +341,46 @@ impl Writer {
                 .await
                 .map_err(|e| io_status(e, &display))?;
         }
+        self.done = true;
+        self.set_promise(0);
         let meta = tokio::fs::symlink_metadata(&self.path)
             .await
             .map_err(|e| io_status(e, &display))?;
         Ok(info(&self.path, &meta))
     }
 
-    pub async fn abort(self) {
-        if let Some(tmp) = self.tmp {
-            let _ = tokio::fs::remove_file(tmp).await;
+    pub async fn abort(mut self) {
+        self.clean_up();
+    }
+
+    /// Leaves nothing of a write that did not finish: an atomic write's
+    /// temporary is removed; a plain one keeps what was written, and what
+    /// was allocated past it (a handed-over write) is punched out, as it
+    /// would hold the sandbox's memory (a tmpfs) or disk for nothing. Also
+    /// when the call is dropped midway (the daemon reset the stream).
+    fn clean_up(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.set_promise(0);
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
         } else if let Some(size) = self.reserved {
-            // What was allocated past what got written would hold the
-            // sandbox's memory (a tmpfs) or disk for nothing.
             use std::os::fd::AsFd;
-            if let (Ok(fd), Ok(meta)) = (
-                self.file.as_fd().try_clone_to_owned(),
-                self.file.metadata().await,
-            ) {
-                let len = meta.len();
+            let Ok(fd) = self.file.as_fd().try_clone_to_owned() else {
+                return;
+            };
+            let f = std::fs::File::from(fd);
+            if let Ok(len) = f.metadata().map(|m| m.len()) {
                 if len < size {
-                    let _ = tokio::task::spawn_blocking(move || {
-                        use nix::fcntl::{fallocate, FallocateFlags};
-                        fallocate(
-                            &fd,
-                            FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                                | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                            len as i64,
-                            (size - len) as i64,
-                        )
-                    })
-                    .await;
+                    use nix::fcntl::{fallocate, FallocateFlags};
+                    let _ = fallocate(
+                        &f,
+                        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                        len as i64,
+                        (size - len) as i64,
+                    );
                 }
             }
         }
@@ -296,14 +390,17 @@ impl Writer {
     /// before the daemon writes them through a handed-over descriptor:
     /// the allocation is charged to this sandbox (a tmpfs page to the
     /// memory cgroup of whoever allocates it) and refused here when the
-    /// sandbox's disk has no room. `Ok(false)` when the file cannot be
-    /// allocated (not a regular file, a filesystem without `fallocate`):
-    /// the data then comes on the call.
+    /// sandbox's disk has no room. `Ok(false)` for a file not held in
+    /// memory, or one that cannot be allocated (no `fallocate`): the data
+    /// then comes on the call.
     pub async fn reserve(&mut self, size: u64) -> std::io::Result<bool> {
         use std::os::fd::AsFd;
-        if !self.file.metadata().await?.is_file() {
+        if !self.memory_backed {
+            // Elsewhere the call carries it (see `handover::memory_backed`).
             return Ok(false);
         }
+        // Handed over, no byte of it passes through the agent.
+        self.admit(size, 0)?;
         let fd = self.file.as_fd().try_clone_to_owned()?;
         let r = tokio::task::spawn_blocking(move || {
             use nix::fcntl::{fallocate, FallocateFlags};
@@ -313,12 +410,84 @@ impl Writer {
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         match r {
             Ok(()) => {
+                // Allocated, the bytes are charged: no longer a promise.
+                self.set_promise(0);
+                self.admitted = u64::MAX;
                 self.reserved = Some(size);
                 Ok(true)
             }
             Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Checks that the write may grow to `total` bytes: where its bytes
+    /// are held in memory, that they fit in what is left of the sandbox's
+    /// memory limit, less [`MEMORY_SLACK`], what other writes were promised
+    /// and not yet charged, and what the agent may hold of data still on
+    /// its way: up to `in_flight` bytes, at most a stream's HTTP/2 window
+    /// (a quarter of the limit for a small sandbox). Promises what it
+    /// admits (at least [`ADMIT_STEP`] where there is room), and looks
+    /// again only when the write outgrows that.
+    pub fn admit(&mut self, total: u64, in_flight: u64) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.memory_backed || total <= self.admitted {
+            return Ok(());
+        }
+        let _turn = ADMISSION.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((room, limit)) = memory_room() else {
+            self.admitted = u64::MAX;
+            return Ok(());
+        };
+        let others = PROMISED
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.promised);
+        let held = in_flight
+            .min(paddock_proto::STREAM_WINDOW as u64)
+            .min(limit / 4);
+        let free = room.saturating_sub(MEMORY_SLACK + held + others);
+        let need = total - self.written;
+        if need > free {
+            return Err(std::io::Error::new(
+                ErrorKind::StorageFull,
+                format!(
+                    "the sandbox's files are held in its memory, and {} MiB more do not fit \
+                     in the {} MiB left of its {} MiB memory limit",
+                    need.div_ceil(1 << 20),
+                    free >> 20,
+                    limit >> 20
+                ),
+            ));
+        }
+        let promise = need.max(ADMIT_STEP.min(free));
+        self.set_promise(promise);
+        self.admitted = self.written + promise;
+        Ok(())
+    }
+
+    /// Makes this write's share of [`PROMISED`] `n` bytes.
+    fn set_promise(&mut self, n: u64) {
+        use std::sync::atomic::Ordering;
+        if n >= self.promised {
+            PROMISED.fetch_add(n - self.promised, Ordering::SeqCst);
+        } else {
+            PROMISED.fetch_sub(self.promised - n, Ordering::SeqCst);
+        }
+        self.promised = n;
+    }
+
+    /// Writes a piece of the data that comes on the call, once admitted
+    /// (with as much again as the call's window may hold: the rest of the
+    /// upload's size is not known here).
+    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let n = data.len() as u64;
+        self.admit(self.written + n, u64::MAX)?;
+        self.file.write_all(data).await?;
+        self.written += n;
+        // Written, the bytes are charged: no longer a promise.
+        self.set_promise(self.promised.saturating_sub(n));
+        Ok(())
     }
 
     /// After a hand-over: whether the daemon wrote all it announced.
@@ -333,5 +502,11 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.clean_up();
     }
 }

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::{Stream, StreamExt};
 use paddock_proto::v1::agent_server::{Agent, AgentServer};
 use paddock_proto::v1::*;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -104,9 +104,18 @@ impl Agent for Service {
             // is where the seek left it). Anything else (a FIFO, a device)
             // could block a reader forever, and a small file costs less
             // sent than handed over: they stay on the call.
+            // And only one the daemon takes (`holds_data`): on another
+            // filesystem it would refuse what the call can carry.
+            use std::os::fd::AsFd;
             let whole = req.offset == 0 && req.limit == 0;
-            if whole && meta.is_file() && meta.len() >= paddock_proto::handover::MIN_FILE {
-                use std::os::fd::AsFd;
+            let takes = || {
+                f.as_fd()
+                    .try_clone_to_owned()
+                    .map(std::fs::File::from)
+                    .and_then(|f| paddock_proto::handover::holds_data(&f))
+                    .unwrap_or(false)
+            };
+            if whole && meta.len() >= paddock_proto::handover::MIN_FILE && takes() {
                 h.send(Some(f.as_fd()))?;
                 return Ok(Response::new(Box::pin(futures::stream::empty())));
             }
@@ -165,6 +174,21 @@ impl Agent for Service {
             header.append,
         )
         .await?;
+        // A size announced up front is checked against the sandbox's
+        // memory before anything is written (see `Writer::admit`).
+        if header.size > 0 {
+            // Handed over, none of it passes through the agent's memory.
+            let in_flight = if header.fd_token.is_empty() {
+                header.size
+            } else {
+                0
+            };
+            if let Err(e) = w.admit(header.size, in_flight) {
+                let st = files::io_status(e, &header.path);
+                w.abort().await;
+                return Err(st);
+            }
+        }
         let mut handed = false;
         if let Some(h) = handover {
             let fits = !header.append && header.size >= paddock_proto::handover::MIN_FILE;
@@ -211,7 +235,7 @@ impl Agent for Service {
                 Ok(Some(WriteFileInput {
                     msg: Some(write_file_input::Msg::Data(d)),
                 })) => {
-                    if let Err(e) = w.file.write_all(&d).await {
+                    if let Err(e) = w.write(&d).await {
                         let st = files::io_status(e, &header.path);
                         w.abort().await;
                         return Err(st);

@@ -373,7 +373,7 @@ impl AgentClient {
                     .as_ref()
                     .map(|(_, t)| t.to_vec().into())
                     .unwrap_or_default(),
-                size: size.unwrap_or(0),
+                size: opts.size.unwrap_or(0),
             })),
         };
         let commit = pb::WriteFileInput {
@@ -394,7 +394,7 @@ impl AgentClient {
             if let (Some((conn, _)), Some(size)) = (handover, size) {
                 match handover::receive(&conn).await {
                     Ok(Some(fd)) => {
-                        let f = handover::data_file(fd).map_err(handover_error)?;
+                        let f = handover::write_file(fd, size).map_err(handover_error)?;
                         write_handed_over(f, &mut data, size, &path2).await?;
                         let _ = tx.send(commit).await;
                         return Ok(());
@@ -402,7 +402,8 @@ impl AgentClient {
                     Ok(None) => {}
                     // The agent closed it: it refused the write, and the
                     // call says why.
-                    Err(_) => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(handover_error(e)),
                 }
             }
             while let Some(b) = data.next().await {
@@ -417,8 +418,19 @@ impl AgentClient {
             let _ = tx.send(commit).await;
             Ok::<(), Error>(())
         };
-        let (res, fed) = tokio::join!(call, feed);
-        fed?;
+        // The call's answer ends the upload: once the agent has refused it
+        // (or is gone), the rest of the body is not fed on (the API drains
+        // it). The feeder's error comes first when both are there: a body
+        // that broke off makes the agent's "ended before it was complete".
+        tokio::pin!(call, feed);
+        let res = tokio::select! {
+            biased;
+            fed = &mut feed => {
+                fed?;
+                call.await
+            }
+            res = &mut call => res,
+        };
         Ok(file_info(
             res.map_err(|e| from_agent(e, "path"))?.into_inner(),
         ))
@@ -549,54 +561,81 @@ fn file_error(e: std::io::Error, path: &str) -> Error {
 /// Largest piece of a handed-over file or pipe read at once.
 const READ_CHUNK: usize = 1 << 20;
 
-/// Writes exactly `size` bytes of `data` into a handed-over file, on a
-/// thread of the blocking pool fed while the body comes in.
+/// Writes exactly `size` bytes of `data` into a handed-over file: in
+/// pieces of up to [`READ_CHUNK`], each on the blocking pool while the next
+/// one comes in (a thread held for a whole upload would let slow clients
+/// use up the pool).
 async fn write_handed_over<S>(f: std::fs::File, data: &mut S, size: u64, path: &str) -> Result<()>
 where
     S: Stream<Item = Result<Bytes>> + Unpin,
 {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(8);
-    let writer = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut f = f;
-        while let Some(b) = rx.blocking_recv() {
-            f.write_all(&b)?;
-        }
-        Ok::<(), std::io::Error>(())
-    });
-    let mut written = 0u64;
-    let mut failed = None;
-    while let Some(r) = data.next().await {
-        match r {
-            Ok(b) => {
+    let f = Arc::new(f);
+    let write = |pieces: Vec<Bytes>| {
+        let f = f.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            for p in pieces {
+                (&*f).write_all(&p)?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+    };
+    let wait = |h: tokio::task::JoinHandle<std::io::Result<()>>| async move {
+        h.await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|e| file_error(e, path))
+    };
+    let mut writing = None;
+    let (mut pieces, mut piled, mut written) = (Vec::new(), 0usize, 0u64);
+    let fed: Result<()> = async {
+        let mut broke = None;
+        loop {
+            // What came before a body that broke off is written too, as
+            // on the call: a plain (not atomic) write keeps it.
+            let next = match data.next().await.transpose() {
+                Ok(n) => n,
+                Err(e) => {
+                    broke = Some(e);
+                    None
+                }
+            };
+            let end = next.is_none();
+            if let Some(b) = next {
                 written += b.len() as u64;
                 if written > size {
                     // Past what the agent allocated (HTTP framing makes
                     // this impossible for an upload with a length).
-                    failed = Some(Error::invalid(
+                    return Err(Error::invalid(
                         "body",
                         format!("longer than the {size} bytes announced"),
                     ));
-                    break;
                 }
-                if tx.send(b).await.is_err() {
-                    break;
-                }
+                piled += b.len();
+                pieces.push(b);
             }
-            Err(e) => {
-                failed = Some(e);
-                break;
+            if piled >= READ_CHUNK || (end && !pieces.is_empty()) {
+                // In order: the previous piece is written before this one.
+                if let Some(h) = writing.take() {
+                    wait(h).await?;
+                }
+                writing = Some(write(std::mem::take(&mut pieces)));
+                piled = 0;
+            }
+            if end {
+                return broke.map_or(Ok(()), Err);
             }
         }
     }
-    drop(tx);
-    let wrote = writer
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-    if let Some(e) = failed {
-        return Err(e);
+    .await;
+    // Never returns with a piece still being written: the agent cleans up
+    // after an upload that failed, and a late write would land after that.
+    if let Some(h) = writing {
+        let wrote = wait(h).await;
+        fed?;
+        wrote?;
+    } else {
+        fed?;
     }
-    wrote.map_err(|e| file_error(e, path))?;
     if written < size {
         return Err(Error::invalid(
             "body",

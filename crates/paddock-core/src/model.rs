@@ -95,6 +95,10 @@ pub struct SandboxSpec {
     pub cpu: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<i64>,
+    /// Disk in MiB. The container backend keeps a sandbox's files in its
+    /// memory (a tmpfs charged to it), so its disk holds at most
+    /// `memory_mb` less 16 MiB and `/dev/shm` (64 MiB, or a quarter of a
+    /// smaller memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

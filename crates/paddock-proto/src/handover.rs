@@ -109,36 +109,80 @@ pub async fn receive(s: &UnixStream) -> io::Result<Option<OwnedFd>> {
     })
 }
 
-/// The daemon's half: a handed-over file, checked before the daemon (as
-/// host root) reads it: a regular file on a filesystem that holds data.
-/// Files of /proc, /sys and the like are regular too, and some of them
-/// check the privileges of whoever reads or writes rather than of whoever
-/// opened them; a FIFO, a socket or a FUSE or network file could block a
-/// reader for good.
-pub fn data_file(fd: OwnedFd) -> io::Result<std::fs::File> {
+/// Whether a file is one the daemon (host root) reads or writes when it is
+/// handed over: a regular file on a filesystem that holds data. Files of
+/// /proc, /sys and the like are regular too, and some of them check the
+/// privileges of whoever reads or writes rather than of whoever opened
+/// them; a FIFO, a socket or a FUSE or network file could block a reader
+/// for good. The agent asks the same before it hands a file over, so that
+/// the daemon never refuses what the call could have carried.
+pub fn holds_data(f: &std::fs::File) -> io::Result<bool> {
     use nix::sys::statfs::{
         fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC,
         XFS_SUPER_MAGIC,
     };
-    let f = std::fs::File::from(fd);
     if !f.metadata()?.is_file() {
-        return Err(io::Error::other(
-            "the agent handed over something other than a regular file",
-        ));
+        return Ok(false);
     }
-    let fs = fstatfs(&f).map_err(io::Error::from)?.filesystem_type();
+    let fs = fstatfs(f).map_err(io::Error::from)?.filesystem_type();
     // ext2 and ext3 share ext4's magic.
-    let data = [
+    Ok([
         TMPFS_MAGIC,
         OVERLAYFS_SUPER_MAGIC,
         EXT4_SUPER_MAGIC,
         XFS_SUPER_MAGIC,
         BTRFS_SUPER_MAGIC,
-    ];
-    if !data.contains(&fs) {
+    ]
+    .contains(&fs))
+}
+
+/// Whether a file's bytes are held in memory, charged to whoever
+/// allocates them: a regular file on a tmpfs, or on an overlayfs (the
+/// container backend's root, whose upper layer is a tmpfs). Only such
+/// files are handed over for writing (`FEATURE_WRITE`): elsewhere nothing
+/// is gained, and the daemon writing as host root would pass by a disk's
+/// quotas and reserved blocks.
+pub fn memory_backed(f: &std::fs::File) -> bool {
+    use nix::sys::statfs::{fstatfs, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC};
+    f.metadata().is_ok_and(|m| m.is_file())
+        && fstatfs(f).is_ok_and(|s| {
+            let t = s.filesystem_type();
+            t == TMPFS_MAGIC || t == OVERLAYFS_SUPER_MAGIC
+        })
+}
+
+/// The daemon's half: a handed-over file to read, checked (`holds_data`).
+pub fn data_file(fd: OwnedFd) -> io::Result<std::fs::File> {
+    let f = std::fs::File::from(fd);
+    if !holds_data(&f)? {
+        return Err(io::Error::other(
+            "the agent handed over something other than a regular file on a filesystem that holds data",
+        ));
+    }
+    Ok(f)
+}
+
+/// The daemon's half: a handed-over file to write `size` bytes into,
+/// checked: memory-backed (`memory_backed`), empty, and with its `size`
+/// bytes allocated, as an agent that follows `FEATURE_WRITE` leaves it. An
+/// agent that did not allocate them would have the daemon's writes charged
+/// to the daemon's memory instead of the sandbox's (an agent that punches
+/// them out after this check still can, within the size of the sandbox's
+/// tmpfs mounts).
+pub fn write_file(fd: OwnedFd, size: u64) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::from(fd);
+    if !memory_backed(&f) {
+        return Err(io::Error::other(
+            "the agent handed over something other than a regular file held in memory",
+        ));
+    }
+    let m = f.metadata()?;
+    if m.len() != 0 || m.blocks().saturating_mul(512) < size {
         return Err(io::Error::other(format!(
-            "the agent handed over a file on a filesystem of type {:#x}, not one that holds data",
-            fs.0
+            "the agent handed over a file of {} bytes with {} allocated, not an empty one with {size}",
+            m.len(),
+            m.blocks().saturating_mul(512)
         )));
     }
     Ok(f)
@@ -325,7 +369,7 @@ mod tests {
         // A file of /proc is "regular", but not data.
         let proc = std::fs::File::open("/proc/self/status").unwrap();
         let e = data_file(proc.into()).unwrap_err();
-        assert!(e.to_string().contains("filesystem of type"), "{e}");
+        assert!(e.to_string().contains("holds data"), "{e}");
         let (r, _w) = nix::unistd::pipe().unwrap();
         let e = data_file(r).unwrap_err();
         assert!(e.to_string().contains("regular file"), "{e}");
@@ -335,5 +379,40 @@ mod tests {
         let f = std::fs::File::open(&shm).unwrap();
         assert!(data_file(f.into()).is_ok());
         let _ = std::fs::remove_file(&shm);
+    }
+
+    #[test]
+    fn the_daemon_writes_only_an_empty_allocated_file_held_in_memory() {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let path =
+            std::path::Path::new("/dev/shm").join(format!("pd-write-{}", std::process::id()));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap()
+        };
+        const SIZE: u64 = 1 << 20;
+        // Not allocated: refused (the daemon's writes would be charged to it).
+        let e = write_file(open().into(), SIZE).unwrap_err();
+        assert!(e.to_string().contains("allocated"), "{e}");
+        // Allocated as an agent does: taken.
+        let f = open();
+        fallocate(&f, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, SIZE as i64).unwrap();
+        assert!(write_file(f.into(), SIZE).is_ok());
+        // Not empty: refused.
+        let f = open();
+        fallocate(&f, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, SIZE as i64).unwrap();
+        std::io::Write::write_all(&mut &f, b"x").unwrap();
+        assert!(write_file(f.into(), SIZE).is_err());
+        let _ = std::fs::remove_file(&path);
+        // Not held in memory (a file of /proc), or not a file: refused.
+        let proc = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(write_file(proc.into(), 0).is_err());
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(write_file(r, 0).is_err());
     }
 }

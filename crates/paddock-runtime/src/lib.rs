@@ -400,7 +400,10 @@ impl ContainerRuntime {
         // mkdir on this kind of host's ext4 takes ~0.6 ms; there were six
         // per create).
         std::fs::create_dir_all(&dir).map_err(io("sandbox dir"))?;
-        let size = format!("size={}m,mode=0755", config.disk_mb);
+        let size = format!(
+            "size={}m,mode=0755",
+            disk_size_mb(config.disk_mb, config.memory_mb)
+        );
         mount(
             Some("tmpfs"),
             &dir,
@@ -812,5 +815,47 @@ impl Runtime for ContainerRuntime {
 
     async fn teardown(&self) {
         self.net.teardown().await;
+    }
+}
+
+/// Memory of a sandbox that its files never take (see [`disk_size_mb`]).
+const MEMORY_KEPT_MB: i64 = 16;
+
+/// A sandbox's `/dev`, a tmpfs of its own: device nodes take no room.
+pub const DEV_MB: i64 = 1;
+
+/// A sandbox's `/dev/shm` in MiB: 64, as Docker gives, or a quarter of the
+/// memory of a smaller sandbox.
+pub fn shm_size_mb(memory_mb: i64) -> i64 {
+    64.min(memory_mb / 4)
+}
+
+/// The size of a sandbox's disk, a tmpfs, in MiB: what it asked for, but
+/// no more than its memory less [`MEMORY_KEPT_MB`] and its other tmpfs
+/// mounts (`/dev/shm`, `/dev`), and no less than a quarter of its memory.
+/// A tmpfs page is charged to the memory cgroup of whoever allocates it
+/// and cannot be reclaimed (there is no swap), so with a disk larger than
+/// its memory a sandbox that filled its disk filled its memory limit: the
+/// OOM killer killed the writers, which freed nothing, and then the agent,
+/// and the sandbox died. Now a full disk is `ENOSPC` to the writer, and
+/// the sandbox keeps memory to run in.
+pub fn disk_size_mb(disk_mb: i64, memory_mb: i64) -> i64 {
+    let room = memory_mb - MEMORY_KEPT_MB - shm_size_mb(memory_mb) - DEV_MB;
+    disk_mb.min(room.max(memory_mb / 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_leave_the_sandbox_memory_to_run_in() {
+        // The defaults: 512 MiB of memory, 1 GiB of disk asked for.
+        assert_eq!(shm_size_mb(512), 64);
+        assert_eq!(disk_size_mb(1024, 512), 431);
+        assert_eq!(disk_size_mb(100, 512), 100);
+        assert_eq!((shm_size_mb(64), disk_size_mb(256, 64)), (16, 31));
+        // The smallest sandbox still gets a disk.
+        assert_eq!((shm_size_mb(16), disk_size_mb(1024, 16)), (4, 4));
     }
 }

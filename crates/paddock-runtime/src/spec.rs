@@ -163,12 +163,15 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        // Both tmpfs mounts are held in the sandbox's memory, like its disk
+        // (`disk_size_mb`), and sized with it.
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+               "options": ["nosuid", "strictatime", "mode=755", format!("size={}m", crate::DEV_MB)]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+               "options": ["nosuid", "noexec", "nodev", "mode=1777",
+                           format!("size={}m", crate::shm_size_mb(c.memory_mb))]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",

@@ -192,6 +192,38 @@ fn same_behaviour(d: &Daemon, handed: bool) {
         ["blob", "log", "plain"],
         "{left}"
     );
+
+    // The sandbox's files are held in its memory (a tmpfs): an upload
+    // larger than what is left of its memory limit is refused with a 4xx
+    // naming it, whether its size comes first or not, and the sandbox
+    // lives on (the OOM killer's only candidate was its agent: it died).
+    let small = Sb::new(&api, json!({"memory_mb": 64, "disk_mb": 256}));
+    let r = put_file(&api, &small.id, "/workspace/big", "", vec![3u8; 96 << 20]);
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text);
+    assert!(r.text.contains("memory limit"), "{}", r.text);
+    let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(vec![3u8; 96 << 20]));
+    let r = api.send(
+        api.req(
+            reqwest::Method::PUT,
+            &format!("/sandboxes/{}/files?path=/workspace/big2", small.id),
+        )
+        .body(chunked),
+    );
+    // Refused as it outgrows the memory left, or at the disk's end, which
+    // is within the memory (`disk_size_mb`): whichever comes first.
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text);
+    assert!(
+        r.text.contains("memory limit") || r.text.contains("No space left"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        small.sh("ls -A /workspace")["stdout"],
+        "",
+        "nothing left behind"
+    );
+    let r = put_file(&api, &small.id, "/workspace/fits", "", vec![4u8; 16 << 20]);
+    assert_eq!(r.status, 201, "{}", r.text);
 }
 
 /// What `broken_upload` sends of the 1 MiB it announces.

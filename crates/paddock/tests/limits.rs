@@ -44,6 +44,27 @@ fn hostile_workloads_are_contained() {
         .unwrap();
     assert!(size <= 32 << 20, "{size}");
 
+    // A disk larger than the memory (files are held in memory, a tmpfs):
+    // filled, it is ENOSPC to the writer, and the sandbox keeps memory to
+    // run in. It used to fill the memory limit instead: the OOM killer
+    // killed the writers, which freed nothing, then the agent.
+    let roomy = Sb::new(&api, json!({"memory_mb": 64, "disk_mb": 256}));
+    let r = api.exec(
+        &roomy.id,
+        json!({"shell": "head -c 104857600 /dev/zero > /workspace/fill; echo rc=$?"}),
+    );
+    assert_eq!(r["stdout"], "rc=1\n", "{r}");
+    assert!(
+        r["stderr"].as_str().unwrap().contains("No space left"),
+        "{r}"
+    );
+    assert_eq!(roomy.sh("echo still-up")["stdout"], "still-up\n");
+    let r = api.exec(
+        &roomy.id,
+        json!({"cmd": ["python3", "-c", "x = bytearray(4 << 20); print('ok')"]}),
+    );
+    assert_eq!(r["stdout"], "ok\n", "{r}");
+
     // Everyone else still answers, and the daemon too.
     assert_eq!(bystander.sh("echo alive")["stdout"], "alive\n");
     assert_eq!(api.get("/sandboxes").status, 200);

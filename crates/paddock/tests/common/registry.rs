@@ -85,7 +85,10 @@ impl Registry {
         }
     }
 
-    /// Builds a busybox image of two layers and pushes it as `name`.
+    /// Builds a busybox image of two layers and pushes it as `name`. Each
+    /// name's layers are its own: a tar records times to the second, and
+    /// two images built in the same second had the same first layer (a
+    /// test that wanted to see it downloaded found it cached).
     pub fn push_busybox(&self, work: &Path, name: &str) {
         let oci = work.join(format!("oci-{}", name.replace(['/', ':'], "-")));
         let bundle = oci.with_extension("bundle");
@@ -97,6 +100,7 @@ impl Registry {
             for c in sh ls cat echo id pwd env sleep wc stat head tail tr md5sum test uname hostname; do ln -sf busybox {b}/rootfs/bin/$c; done && \
             echo 'root:x:0:0:root:/root:/bin/sh' > {b}/rootfs/etc/passwd && echo 'app:x:1000:1000::/home/app:/bin/sh' >> {b}/rootfs/etc/passwd && \
             echo deleted-later > {b}/rootfs/etc/gone && mkdir -p {b}/rootfs/srv && echo keep > {b}/rootfs/srv/keep && \
+            echo {name} > {b}/rootfs/etc/image-name && \
             umoci repack --image {o}:img {b}"));
         // A second layer: one deletion (a whiteout) and one new file.
         sh(&format!(
