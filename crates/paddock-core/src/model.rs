@@ -926,6 +926,12 @@ pub struct Metrics {
     pub net_tx_bytes: u64,
     pub block_read_bytes: u64,
     pub block_write_bytes: u64,
+    /// Bytes used on the sandbox's disk, and its size: what it holds at
+    /// most, which the container backend caps by its memory (`disk_mb`).
+    #[serde(default)]
+    pub disk_bytes: u64,
+    #[serde(default)]
+    pub disk_limit_bytes: u64,
 }
 
 /// A lifecycle or activity event.

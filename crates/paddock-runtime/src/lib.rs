@@ -719,6 +719,15 @@ impl Runtime for ContainerRuntime {
         let c0 = cgroup::cpu_usage_ns(&rel);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut m = cgroup::sample(&rel, &veth);
+        // The disk: the tmpfs over the sandbox's directory (`prepare`).
+        if let Ok(fs) = nix::sys::statvfs::statvfs(&self.dir(id)) {
+            let block = fs.fragment_size();
+            m.disk_limit_bytes = fs.blocks().saturating_mul(block);
+            m.disk_bytes = fs
+                .blocks()
+                .saturating_sub(fs.blocks_free())
+                .saturating_mul(block);
+        }
         if let Some(s) = &slot {
             // The host end receives what the sandbox sends.
             m.net_tx_bytes = m.net_tx_bytes.saturating_sub(s.rx_base);

@@ -118,6 +118,11 @@ fn metrics_from_cgroups() {
     ] {
         assert!(m[k].is_u64(), "{k}: {m}");
     }
+    // The disk (a tmpfs held in memory): 1 GiB asked for by default, but
+    // no more than 200 MiB less 16 and /dev/shm's 50 (a quarter) and
+    // /dev's 1; the file written above is on it.
+    assert_eq!(m["disk_limit_bytes"], 133u64 << 20, "{m}");
+    assert!(m["disk_bytes"].as_u64().unwrap() >= 1_000_000, "{m}");
 }
 
 #[test]
