@@ -170,15 +170,6 @@ pub fn mkdir(path: &str, parents: bool, mode: u32) -> Result<(), Status> {
 /// the data still to come (see `Writer::admit`).
 const MEMORY_SLACK: u64 = 8 << 20;
 
-/// Whether a file's bytes are held in memory (`handover::memory_backed`).
-/// Such pages are charged to the sandbox's memory cgroup and cannot be
-/// reclaimed (no swap), so a file larger than what is left of the memory
-/// limit ends in the OOM killer, whose only candidate during an upload is
-/// the agent itself: the sandbox would die.
-fn memory_backed(file: &std::fs::File) -> bool {
-    paddock_proto::handover::memory_backed(file)
-}
-
 /// The sandbox's memory limit and how much of it is not held by memory
 /// that cannot be reclaimed: the limit less what is used, page cache of
 /// files on disks aside. From the agent's own memory cgroup (v1 or v2, as
@@ -236,7 +227,7 @@ pub struct Writer {
     admitted: u64,
     /// This write's share of [`PROMISED`].
     promised: u64,
-    /// Finished or aborted: nothing for `Drop` to clean up.
+    /// Finished: nothing for `Drop` to clean up.
     done: bool,
 }
 
@@ -303,7 +294,11 @@ pub async fn open_write(
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| io_status(e, path))?;
-    let memory_backed = memory_backed(&file);
+    // Such a file's pages are charged to the sandbox's memory cgroup and
+    // cannot be reclaimed (no swap): a file larger than what is left of the
+    // memory limit would end in the OOM killer, whose only candidate during
+    // an upload is the agent itself (see `Writer::admit`).
+    let memory_backed = paddock_proto::handover::memory_backed(&file);
     Ok(Writer {
         file: tokio::fs::File::from_std(file),
         path: p,
@@ -342,48 +337,10 @@ impl Writer {
                 .map_err(|e| io_status(e, &display))?;
         }
         self.done = true;
-        self.set_promise(0);
         let meta = tokio::fs::symlink_metadata(&self.path)
             .await
             .map_err(|e| io_status(e, &display))?;
         Ok(info(&self.path, &meta))
-    }
-
-    pub async fn abort(mut self) {
-        self.clean_up();
-    }
-
-    /// Leaves nothing of a write that did not finish: an atomic write's
-    /// temporary is removed; a plain one keeps what was written, and what
-    /// was allocated past it (a handed-over write) is punched out, as it
-    /// would hold the sandbox's memory (a tmpfs) or disk for nothing. Also
-    /// when the call is dropped midway (the daemon reset the stream).
-    fn clean_up(&mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.set_promise(0);
-        if let Some(tmp) = &self.tmp {
-            let _ = std::fs::remove_file(tmp);
-        } else if let Some(size) = self.reserved {
-            use std::os::fd::AsFd;
-            let Ok(fd) = self.file.as_fd().try_clone_to_owned() else {
-                return;
-            };
-            let f = std::fs::File::from(fd);
-            if let Ok(len) = f.metadata().map(|m| m.len()) {
-                if len < size {
-                    use nix::fcntl::{fallocate, FallocateFlags};
-                    let _ = fallocate(
-                        &f,
-                        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                        len as i64,
-                        (size - len) as i64,
-                    );
-                }
-            }
-        }
     }
 
     /// Allocates the file's first `size` bytes without changing its size,
@@ -505,8 +462,32 @@ impl Writer {
     }
 }
 
+/// Leaves nothing of a write that did not finish (an error, or a call
+/// dropped midway: the daemon reset the stream): an atomic write's
+/// temporary is removed; a plain one keeps what was written, and what was
+/// allocated past it (a handed-over write) is punched out, as it would
+/// hold the sandbox's memory (a tmpfs) or disk for nothing.
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.clean_up();
+        self.set_promise(0);
+        if self.done {
+            return;
+        }
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        } else if let Some(size) = self.reserved {
+            use nix::fcntl::{fallocate, FallocateFlags};
+            if let Ok(st) = nix::sys::stat::fstat(&self.file) {
+                let len = st.st_size as u64;
+                if len < size {
+                    let _ = fallocate(
+                        &self.file,
+                        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                        len as i64,
+                        (size - len) as i64,
+                    );
+                }
+            }
+        }
     }
 }

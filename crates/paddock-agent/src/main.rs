@@ -108,14 +108,10 @@ impl Agent for Service {
             // filesystem it would refuse what the call can carry.
             use std::os::fd::AsFd;
             let whole = req.offset == 0 && req.limit == 0;
-            let takes = || {
-                f.as_fd()
-                    .try_clone_to_owned()
-                    .map(std::fs::File::from)
-                    .and_then(|f| paddock_proto::handover::holds_data(&f))
-                    .unwrap_or(false)
-            };
-            if whole && meta.len() >= paddock_proto::handover::MIN_FILE && takes() {
+            if whole
+                && meta.len() >= paddock_proto::handover::MIN_FILE
+                && paddock_proto::handover::holds_data(&f).unwrap_or(false)
+            {
                 h.send(Some(f.as_fd()))?;
                 return Ok(Response::new(Box::pin(futures::stream::empty())));
             }
@@ -174,87 +170,51 @@ impl Agent for Service {
             header.append,
         )
         .await?;
-        // A size announced up front is checked against the sandbox's
-        // memory before anything is written (see `Writer::admit`).
-        if header.size > 0 {
-            // Handed over, none of it passes through the agent's memory.
-            let in_flight = if header.fd_token.is_empty() {
-                header.size
-            } else {
-                0
-            };
-            if let Err(e) = w.admit(header.size, in_flight) {
-                let st = files::io_status(e, &header.path);
-                w.abort().await;
-                return Err(st);
+        // An error below drops `w`, and that leaves nothing of an
+        // unfinished write (`Writer`'s `Drop`).
+        let fail = |e: std::io::Error| files::io_status(e, &header.path);
+        let handed = match handover {
+            Some(h) => {
+                // `reserve` admits the size against the sandbox's memory and
+                // allocates it; the data then passes by the agent.
+                let fits = !header.append && header.size >= paddock_proto::handover::MIN_FILE;
+                let reserved = fits && w.reserve(header.size).await.map_err(fail)?;
+                use std::os::fd::AsFd;
+                h.send(reserved.then(|| w.file.as_fd()))?;
+                reserved
             }
-        }
-        let mut handed = false;
-        if let Some(h) = handover {
-            let fits = !header.append && header.size >= paddock_proto::handover::MIN_FILE;
-            let reserved = if fits {
-                match w.reserve(header.size).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let st = files::io_status(e, &header.path);
-                        w.abort().await;
-                        return Err(st);
-                    }
-                }
-            } else {
-                false
-            };
-            use std::os::fd::AsFd;
-            let sent = h.send(reserved.then(|| w.file.as_fd()));
-            if let Err(st) = sent {
-                w.abort().await;
-                return Err(st);
-            }
-            handed = reserved;
+            None => false,
+        };
+        // A size announced up front is checked against the sandbox's memory
+        // before anything comes on the call (see `Writer::admit`).
+        if !handed && header.size > 0 {
+            w.admit(header.size, header.size).map_err(fail)?;
         }
         loop {
-            match input.message().await {
-                Ok(Some(WriteFileInput {
+            match input.message().await? {
+                Some(WriteFileInput {
                     msg: Some(write_file_input::Msg::Commit(true)),
-                })) => {
-                    if let Err(e) = w.check_reserved().await {
-                        let st = files::io_status(e, &header.path);
-                        w.abort().await;
-                        return Err(st);
-                    }
+                }) => {
+                    w.check_reserved().await.map_err(fail)?;
                     break;
                 }
-                Ok(Some(WriteFileInput {
+                Some(WriteFileInput {
                     msg: Some(write_file_input::Msg::Data(_)),
-                })) if handed => {
-                    w.abort().await;
+                }) if handed => {
                     return Err(Status::invalid_argument(
                         "write: data on the call after the file was handed over",
                     ));
                 }
-                Ok(Some(WriteFileInput {
+                Some(WriteFileInput {
                     msg: Some(write_file_input::Msg::Data(d)),
-                })) => {
-                    if let Err(e) = w.write(&d).await {
-                        let st = files::io_status(e, &header.path);
-                        w.abort().await;
-                        return Err(st);
-                    }
-                }
-                Ok(Some(_)) => {
-                    w.abort().await;
-                    return Err(Status::invalid_argument("write: a second header"));
-                }
-                Ok(None) => {
-                    w.abort().await;
+                }) => w.write(&d).await.map_err(fail)?,
+                Some(_) => return Err(Status::invalid_argument("write: a second header")),
+                // Cut off (or the sender went away: `?` above): nothing of an
+                // atomic write is kept.
+                None => {
                     return Err(Status::aborted(
                         "write: the upload ended before it was complete",
-                    ));
-                }
-                Err(e) => {
-                    // The sender went away mid-upload: keep nothing of an atomic write.
-                    w.abort().await;
-                    return Err(e);
+                    ))
                 }
             }
         }

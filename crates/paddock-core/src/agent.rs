@@ -547,8 +547,8 @@ fn handover_error(e: std::io::Error) -> Error {
     }
 }
 
-/// A daemon-side error reading a handed-over file, as the agent would
-/// have reported it.
+/// A daemon-side error reading or writing a handed-over file, as the
+/// agent would have reported it.
 fn file_error(e: std::io::Error, path: &str) -> Error {
     use std::io::ErrorKind;
     let msg = format!("{path}: {e}");
@@ -629,13 +629,12 @@ where
     .await;
     // Never returns with a piece still being written: the agent cleans up
     // after an upload that failed, and a late write would land after that.
-    if let Some(h) = writing {
-        let wrote = wait(h).await;
-        fed?;
-        wrote?;
-    } else {
-        fed?;
-    }
+    let wrote = match writing {
+        Some(h) => wait(h).await,
+        None => Ok(()),
+    };
+    fed?;
+    wrote?;
     if written < size {
         return Err(Error::invalid(
             "body",

@@ -28,10 +28,14 @@
 //! on a tokio unix stream with a hand-over token.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
+use nix::sys::statfs::{
+    fstatfs, FsType, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC,
+    XFS_SUPER_MAGIC,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
@@ -109,57 +113,54 @@ pub async fn receive(s: &UnixStream) -> io::Result<Option<OwnedFd>> {
     })
 }
 
+/// A regular file's status and the type of the filesystem it is on;
+/// `None` for anything else (a FIFO, a device, a socket).
+fn regular(f: impl AsFd) -> io::Result<Option<(nix::sys::stat::FileStat, FsType)>> {
+    use nix::sys::stat::{fstat, SFlag};
+    let st = fstat(&f)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Ok(None);
+    }
+    Ok(Some((st, fstatfs(&f)?.filesystem_type())))
+}
+
+/// Filesystems whose files hold their bytes in memory, charged to whoever
+/// allocates them: tmpfs, and overlayfs (the container backend's root,
+/// whose upper layer is a tmpfs).
+fn in_memory(fs: FsType) -> bool {
+    fs == TMPFS_MAGIC || fs == OVERLAYFS_SUPER_MAGIC
+}
+
 /// Whether a file is one the daemon (host root) reads or writes when it is
-/// handed over: a regular file on a filesystem that holds data. Files of
-/// /proc, /sys and the like are regular too, and some of them check the
+/// handed over: a regular file on a filesystem that holds data (in memory,
+/// or ext4, xfs, btrfs; ext2 and ext3 share ext4's magic). Files of /proc,
+/// /sys and the like are regular too, and some of them check the
 /// privileges of whoever reads or writes rather than of whoever opened
 /// them; a FIFO, a socket or a FUSE or network file could block a reader
 /// for good. The agent asks the same before it hands a file over, so that
 /// the daemon never refuses what the call could have carried.
-pub fn holds_data(f: &std::fs::File) -> io::Result<bool> {
-    use nix::sys::statfs::{
-        fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC,
-        XFS_SUPER_MAGIC,
-    };
-    if !f.metadata()?.is_file() {
-        return Ok(false);
-    }
-    let fs = fstatfs(f).map_err(io::Error::from)?.filesystem_type();
-    // ext2 and ext3 share ext4's magic.
-    Ok([
-        TMPFS_MAGIC,
-        OVERLAYFS_SUPER_MAGIC,
-        EXT4_SUPER_MAGIC,
-        XFS_SUPER_MAGIC,
-        BTRFS_SUPER_MAGIC,
-    ]
-    .contains(&fs))
+pub fn holds_data(f: impl AsFd) -> io::Result<bool> {
+    Ok(regular(f)?.is_some_and(|(_, fs)| {
+        in_memory(fs) || [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, BTRFS_SUPER_MAGIC].contains(&fs)
+    }))
 }
 
-/// Whether a file's bytes are held in memory, charged to whoever
-/// allocates them: a regular file on a tmpfs, or on an overlayfs (the
-/// container backend's root, whose upper layer is a tmpfs). Only such
-/// files are handed over for writing (`FEATURE_WRITE`): elsewhere nothing
+/// Whether a file's bytes are held in memory (`in_memory`): only such
+/// files are handed over for writing (`FEATURE_WRITE`). Elsewhere nothing
 /// is gained, and the daemon writing as host root would pass by a disk's
 /// quotas and reserved blocks.
-pub fn memory_backed(f: &std::fs::File) -> bool {
-    use nix::sys::statfs::{fstatfs, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC};
-    f.metadata().is_ok_and(|m| m.is_file())
-        && fstatfs(f).is_ok_and(|s| {
-            let t = s.filesystem_type();
-            t == TMPFS_MAGIC || t == OVERLAYFS_SUPER_MAGIC
-        })
+pub fn memory_backed(f: impl AsFd) -> bool {
+    regular(f).is_ok_and(|r| r.is_some_and(|(_, fs)| in_memory(fs)))
 }
 
 /// The daemon's half: a handed-over file to read, checked (`holds_data`).
 pub fn data_file(fd: OwnedFd) -> io::Result<std::fs::File> {
-    let f = std::fs::File::from(fd);
-    if !holds_data(&f)? {
+    if !holds_data(&fd)? {
         return Err(io::Error::other(
             "the agent handed over something other than a regular file on a filesystem that holds data",
         ));
     }
-    Ok(f)
+    Ok(fd.into())
 }
 
 /// The daemon's half: a handed-over file to write `size` bytes into,
@@ -170,22 +171,19 @@ pub fn data_file(fd: OwnedFd) -> io::Result<std::fs::File> {
 /// them out after this check still can, within the size of the sandbox's
 /// tmpfs mounts).
 pub fn write_file(fd: OwnedFd, size: u64) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::MetadataExt;
-    let f = std::fs::File::from(fd);
-    if !memory_backed(&f) {
+    let Some((st, _)) = regular(&fd)?.filter(|(_, fs)| in_memory(*fs)) else {
         return Err(io::Error::other(
             "the agent handed over something other than a regular file held in memory",
         ));
-    }
-    let m = f.metadata()?;
-    if m.len() != 0 || m.blocks().saturating_mul(512) < size {
+    };
+    let allocated = (st.st_blocks as u64).saturating_mul(512);
+    if st.st_size != 0 || allocated < size {
         return Err(io::Error::other(format!(
-            "the agent handed over a file of {} bytes with {} allocated, not an empty one with {size}",
-            m.len(),
-            m.blocks().saturating_mul(512)
+            "the agent handed over a file of {} bytes with {allocated} allocated, not an empty one with {size}",
+            st.st_size
         )));
     }
-    Ok(f)
+    Ok(fd.into())
 }
 
 fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
