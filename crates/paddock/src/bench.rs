@@ -15,8 +15,9 @@ pub struct BenchArgs {
     /// Sandboxes created one after another for create-to-ready.
     #[arg(long, default_value_t = 30)]
     pub creates: usize,
-    /// Exec round trips of `true` (the host's busybox `true`, as the
-    /// peers run it, where the sandbox has it).
+    /// Exec round trips of `true`, twice: the host's busybox `true`, as
+    /// the peers run it (where the sandbox has it), and a bare `true`
+    /// without libc, the exec path alone.
     #[arg(long, default_value_t = 300)]
     pub execs: usize,
     /// MiB moved each way for the file figures.
@@ -77,6 +78,60 @@ fn command_alone(cmd: &[String], n: usize) -> Result<Vec<f64>> {
         }
     }
     Ok(t)
+}
+
+/// Where the bare `true` goes: in a sandbox, and in the peers' root as
+/// `/bin/bare-true`.
+pub(crate) const BARE_TRUE: &str = "/tmp/paddock-bench-bare-true";
+
+/// A `true` with nothing but `exit(0)`: a 129-byte static x86-64 ELF, one
+/// loaded page, no libc. The exec figures run it next to busybox's `true`
+/// because on a VM a libc's start-up can outweigh the exec path being
+/// measured (glibc's costs ~0.5 ms where every CPUID traps to the
+/// hypervisor); with this one, what is timed is the exec path alone, the
+/// same command in Paddock and in every peer. Made here rather than built:
+/// the bench needs no toolchain, and the bytes are few enough to read.
+pub(crate) fn bare_true() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    const EHDR: u16 = 64;
+    const PHDR: u16 = 56;
+    // mov eax, 60 (exit); xor edi, edi (status 0); syscall
+    const CODE: [u8; 9] = [0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05];
+    let size = (EHDR + PHDR) as u64 + CODE.len() as u64;
+    let mut e = Vec::with_capacity(size as usize);
+    // ELF header: magic, 64-bit, little-endian, version 1, System V ABI.
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // e_type: executable
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: x86-64
+    e.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    e.extend_from_slice(&(BASE + (EHDR + PHDR) as u64).to_le_bytes()); // e_entry
+    e.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff: no sections
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    e.extend_from_slice(&EHDR.to_le_bytes()); // e_ehsize
+    e.extend_from_slice(&PHDR.to_le_bytes()); // e_phentsize
+    e.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    e.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+                                  // One PT_LOAD, read and execute, mapping the whole file at BASE.
+    e.extend_from_slice(&1u32.to_le_bytes()); // p_type
+    e.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R + X
+    e.extend_from_slice(&0u64.to_le_bytes()); // p_offset
+    e.extend_from_slice(&BASE.to_le_bytes()); // p_vaddr
+    e.extend_from_slice(&BASE.to_le_bytes()); // p_paddr
+    e.extend_from_slice(&size.to_le_bytes()); // p_filesz
+    e.extend_from_slice(&size.to_le_bytes()); // p_memsz
+    e.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    e.extend_from_slice(&CODE);
+    debug_assert_eq!(e.len() as u64, size);
+    e
+}
+
+/// Writes an executable file (mode 755).
+pub(crate) fn write_executable(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -664,6 +719,50 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
             }
             Err(e) => eprintln!("the command alone: not measured: {e:#}"),
         }
+
+        // The same with a command that costs next to nothing (`bare_true`):
+        // the exec path alone.
+        let status = api
+            .req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
+            .query(&[("path", BARE_TRUE), ("mode", "755")])
+            .body(bare_true())
+            .send()
+            .await?
+            .status();
+        if !status.is_success() {
+            bail!("uploading {BARE_TRUE}: {status}");
+        }
+        let cmd = vec![BARE_TRUE.to_string()];
+        say(&format!(
+            "exec round trip: {} × a bare `true` (no libc)",
+            a.execs
+        ));
+        let mut t = Vec::new();
+        for i in 0..a.execs + 20 {
+            let ms = api.exec_cmd(&id, &cmd).await?;
+            if i >= 20 {
+                t.push(ms);
+            }
+        }
+        let mut f = summary("exec_round_trip_bare", "ms", t);
+        f["command"] = "bare true".into();
+        figures.push(f);
+        let execs = a.execs;
+        let alone = tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("bare-true");
+            write_executable(&path, &bare_true())?;
+            command_alone(&[path.display().to_string()], execs)
+        });
+        match alone.await? {
+            Ok(t) => {
+                let mut f = summary("exec_command_alone_bare", "ms", t);
+                f["command"] = "bare true".into();
+                f["peer"] = "host".into();
+                host.push(f);
+            }
+            Err(e) => eprintln!("the bare command alone: not measured: {e:#}"),
+        }
     }
 
     for (group, figure, through) in [
@@ -936,4 +1035,23 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         println!("{t}");
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_true_runs_and_exits_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bare-true");
+        let elf = bare_true();
+        assert_eq!(elf.len(), 129);
+        write_executable(&path, &elf).unwrap();
+        let st = std::process::Command::new(&path).status().unwrap();
+        assert!(st.success(), "{st}");
+        // It exits by itself: a truncated one does not run at all.
+        write_executable(&path, &elf[..100]).unwrap();
+        assert!(std::process::Command::new(&path).status().is_err());
+    }
 }

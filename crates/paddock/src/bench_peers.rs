@@ -61,6 +61,7 @@ impl OciPeer {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
         std::fs::copy(&busybox, rootfs.join("bin/busybox"))?;
+        crate::bench::write_executable(&rootfs.join("bin/bare-true"), &crate::bench::bare_true())?;
         for applet in ["sh", "true", "cat", "head", "sleep", "yes"] {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
         }
@@ -255,6 +256,15 @@ impl OciPeer {
                     }
                 }
                 figures.push(summary("exec_round_trip", "ms", t));
+                let mut t = Vec::new();
+                for i in 0..execs + 5 {
+                    let t0 = Instant::now();
+                    self.exec_out(&id, &["/bin/bare-true"]).await?;
+                    if i >= 5 {
+                        t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                figures.push(summary("exec_round_trip_bare", "ms", t));
             }
 
             let n = file_mib << 20;

@@ -186,7 +186,7 @@ fn shell_is_a_real_terminal() {
 }
 
 /// `paddock bench` measures Paddock and its peers in one run: the exec
-/// round trip of the peers' own command, that command alone on the host,
+/// round trip of the peers' own command and of a bare `true`, each alone on the host,
 /// the same figures of a peer with Paddock's ratio (and only the figures
 /// asked for; its output counted as it streams), and a note for a missing
 /// peer.
@@ -244,6 +244,18 @@ fn bench_measures_paddock_next_to_peers() {
     let x = crun["paddock_advantage"].as_f64().unwrap();
     let expect = crun["p50"].as_f64().unwrap() / p50;
     assert!((x - expect).abs() < 1e-9, "{crun} against {ours}");
+    // And a bare `true` (no libc), the exec path alone: run to exit 0 in
+    // the sandbox (the bench fails otherwise), alone on the host and in
+    // the peer, with its own ratio.
+    let bare = find("exec_round_trip_bare", "paddock");
+    assert_eq!(bare["command"], "bare true", "{bare}");
+    assert_eq!(bare["n"], 5);
+    let alone = find("exec_command_alone_bare", "host");
+    assert!(alone["p50"].as_f64().unwrap() > 0.0, "{alone}");
+    let crun = find("exec_round_trip_bare", "crun");
+    let expect = crun["p50"].as_f64().unwrap() / bare["p50"].as_f64().unwrap();
+    let x = crun["paddock_advantage"].as_f64().unwrap();
+    assert!((x - expect).abs() < 1e-9, "{crun} against {bare}");
     // A peer measures what --only asks for, and a missing one nothing.
     let theirs: Vec<_> = figures
         .iter()
@@ -254,6 +266,7 @@ fn bench_measures_paddock_next_to_peers() {
         theirs,
         [
             ("crun", "exec_round_trip"),
+            ("crun", "exec_round_trip_bare"),
             ("crun", "exec_stdout"),
             ("crun", "upload"),
             ("crun", "download"),
