@@ -381,24 +381,6 @@ fn private_registry_with_credentials() {
     let _ = std::fs::remove_dir_all(work);
 }
 
-/// Splits a text/event-stream body into (event, data) pairs.
-fn sse_events(body: &str) -> Vec<(String, serde_json::Value)> {
-    body.split("\n\n")
-        .filter_map(|frame| {
-            let mut event = "message".to_string();
-            let mut data = String::new();
-            for line in frame.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                }
-            }
-            (!data.is_empty()).then(|| (event, serde_json::from_str(&data).unwrap()))
-        })
-        .collect()
-}
-
 #[test]
 fn pull_reports_progress() {
     let e = env();

@@ -558,9 +558,28 @@ pub fn get_file(api: &Api, id: &str, path: &str) -> (u16, Vec<u8>) {
 pub fn sse_events(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter_map(|frame| {
-            let ev = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((ev.to_string(), serde_json::from_str(data).ok()?))
+            // As the SSE spec reads a frame: `event` defaults to "message",
+            // a space after the colon is optional, data lines are joined
+            // with newlines, and a frame without data is none (a comment).
+            let mut event = "message".to_string();
+            let mut data: Vec<&str> = Vec::new();
+            for line in frame.lines() {
+                let field = |name: &str| {
+                    let v = line.strip_prefix(name)?.strip_prefix(':')?;
+                    Some(v.strip_prefix(' ').unwrap_or(v))
+                };
+                if let Some(e) = field("event") {
+                    event = e.to_string();
+                } else if let Some(d) = field("data") {
+                    data.push(d);
+                }
+            }
+            let data = data.join("\n");
+            (!data.is_empty()).then(|| {
+                let v = serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("event {event}: data is not JSON ({e}): {data}"));
+                (event, v)
+            })
         })
         .collect()
 }
