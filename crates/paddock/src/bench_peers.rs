@@ -256,15 +256,25 @@ impl OciPeer {
                     }
                 }
                 figures.push(summary("exec_round_trip", "ms", t));
-                let mut t = Vec::new();
-                for i in 0..execs + 5 {
-                    let t0 = Instant::now();
-                    self.exec_out(&id, &["/bin/bare-true"]).await?;
-                    if i >= 5 {
-                        t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                // Optional, as Paddock's is: a note, and the rest goes on.
+                let bare = async {
+                    let mut t = Vec::new();
+                    for i in 0..execs + 5 {
+                        let t0 = Instant::now();
+                        self.exec_out(&id, &["/bin/bare-true"]).await?;
+                        if i >= 5 {
+                            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                        }
                     }
+                    anyhow::Ok(t)
+                };
+                match bare.await {
+                    Ok(t) => figures.push(summary("exec_round_trip_bare", "ms", t)),
+                    Err(e) => eprintln!(
+                        "peer {}: exec round trip of a bare `true`: not measured: {e:#}",
+                        self.name
+                    ),
                 }
-                figures.push(summary("exec_round_trip_bare", "ms", t));
             }
 
             let n = file_mib << 20;

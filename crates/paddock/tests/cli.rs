@@ -252,6 +252,7 @@ fn bench_measures_paddock_next_to_peers() {
     assert_eq!(bare["n"], 5);
     let alone = find("exec_command_alone_bare", "host");
     assert!(alone["p50"].as_f64().unwrap() > 0.0, "{alone}");
+    assert!(alone.get("paddock_advantage").is_none(), "{alone}");
     let crun = find("exec_round_trip_bare", "crun");
     let expect = crun["p50"].as_f64().unwrap() / bare["p50"].as_f64().unwrap();
     let x = crun["paddock_advantage"].as_f64().unwrap();
