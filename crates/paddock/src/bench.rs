@@ -154,13 +154,7 @@ async fn exec_bare(
     say(&format!(
         "exec round trip: {execs} × a bare `true` (no libc)"
     ));
-    let mut t = Vec::new();
-    for i in 0..execs + 20 {
-        let ms = api.exec_cmd(id, &cmd).await?;
-        if i >= 20 {
-            t.push(ms);
-        }
-    }
+    let t = api.round_trips(id, &cmd, execs).await?;
     let mut f = summary("exec_round_trip_bare", "ms", t);
     f["command"] = "bare true".into();
     figures.push(f);
@@ -330,6 +324,19 @@ impl Api {
         let t0 = Instant::now();
         self.exec(id, json!({ "cmd": cmd })).await?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    /// `n` round trips of `cmd` in sandbox `id`, in ms, after 20 to warm
+    /// up.
+    async fn round_trips(&self, id: &str, cmd: &[String], n: usize) -> Result<Vec<f64>> {
+        let mut t = Vec::new();
+        for i in 0..n + 20 {
+            let ms = self.exec_cmd(id, cmd).await?;
+            if i >= 20 {
+                t.push(ms);
+            }
+        }
+        Ok(t)
     }
 
     /// The `true` the exec figures run in sandbox `id`: the peers' own (the
@@ -752,13 +759,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         let cmd = api.true_command(&id).await?;
         let shown = cmd.join(" ");
         say(&format!("exec round trip: {} × `{shown}`", a.execs));
-        let mut t = Vec::new();
-        for i in 0..a.execs + 20 {
-            let ms = api.exec_cmd(&id, &cmd).await?;
-            if i >= 20 {
-                t.push(ms);
-            }
-        }
+        let t = api.round_trips(&id, &cmd, a.execs).await?;
         let mut f = summary("exec_round_trip", "ms", t);
         f["command"] = shown.clone().into();
         figures.push(f);

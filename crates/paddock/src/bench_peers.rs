@@ -247,28 +247,10 @@ impl OciPeer {
         self.run_d(&id).await?;
         let result = async {
             if a.wants("exec") {
-                let mut t = Vec::new();
-                for i in 0..execs + 5 {
-                    let t0 = Instant::now();
-                    self.exec_out(&id, &["/bin/true"]).await?;
-                    if i >= 5 {
-                        t.push(t0.elapsed().as_secs_f64() * 1000.0);
-                    }
-                }
+                let t = self.round_trips(&id, "/bin/true", execs).await?;
                 figures.push(summary("exec_round_trip", "ms", t));
                 // Optional, as Paddock's is: a note, and the rest goes on.
-                let bare = async {
-                    let mut t = Vec::new();
-                    for i in 0..execs + 5 {
-                        let t0 = Instant::now();
-                        self.exec_out(&id, &["/bin/bare-true"]).await?;
-                        if i >= 5 {
-                            t.push(t0.elapsed().as_secs_f64() * 1000.0);
-                        }
-                    }
-                    anyhow::Ok(t)
-                };
-                match bare.await {
+                match self.round_trips(&id, "/bin/bare-true", execs).await {
                     Ok(t) => figures.push(summary("exec_round_trip_bare", "ms", t)),
                     Err(e) => eprintln!(
                         "peer {}: exec round trip of a bare `true`: not measured: {e:#}",
@@ -290,6 +272,20 @@ impl OciPeer {
         let _ = self.delete(&id).await;
         result?;
         Ok(self.named(figures))
+    }
+
+    /// `n` exec round trips of `cmd` in container `id`, in ms, after 5
+    /// to warm up.
+    async fn round_trips(&self, id: &str, cmd: &str, n: usize) -> Result<Vec<f64>> {
+        let mut t = Vec::new();
+        for i in 0..n + 5 {
+            let t0 = Instant::now();
+            self.exec_out(id, &[cmd]).await?;
+            if i >= 5 {
+                t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        Ok(t)
     }
 
     fn named(&self, mut figures: Vec<Value>) -> Vec<Value> {
