@@ -175,7 +175,7 @@ const MEMORY_SLACK: u64 = 8 << 20;
 /// files on disks aside. From the agent's own memory cgroup (v1 or v2, as
 /// the runtime mounts it, rooted at the sandbox's own group); `None`
 /// without one or without a limit.
-pub fn memory_room() -> Option<(u64, u64)> {
+fn memory_room() -> Option<(u64, u64)> {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let (limit, usage, stat, prefix) =
         if let Some(l) = read("/sys/fs/cgroup/memory/memory.limit_in_bytes") {
@@ -217,11 +217,11 @@ pub struct Writer {
     pub display: String,
     pub mode: u32,
     /// Bytes allocated from the start for a handed-over write.
-    pub reserved: Option<u64>,
+    reserved: Option<u64>,
     /// The file's bytes are held in the sandbox's memory.
     memory_backed: bool,
     /// Bytes this write has written.
-    pub written: u64,
+    written: u64,
     /// Up to how many bytes this write may bring before memory is looked
     /// at again.
     admitted: u64,

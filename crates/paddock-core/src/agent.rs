@@ -558,7 +558,8 @@ fn file_error(e: std::io::Error, path: &str) -> Error {
     }
 }
 
-/// Largest piece of a handed-over file or pipe read at once.
+/// Largest piece of a handed-over file or pipe read, or of a handed-over
+/// file written, at once.
 const READ_CHUNK: usize = 1 << 20;
 
 /// Writes exactly `size` bytes of `data` into a handed-over file: in

@@ -128,15 +128,13 @@ pub(crate) fn bare_true() -> Vec<u8> {
 }
 
 /// The exec figures of the bare `true` (`bare_true`): its round trip in
-/// sandbox `id`, and its floor alone on the host.
+/// sandbox `id`, and its floor alone on the host (`exec_figures`).
 async fn exec_bare(
     api: &Api,
     id: &str,
     execs: usize,
-    figures: &mut Vec<Value>,
-    host: &mut Vec<Value>,
     say: &dyn Fn(&str),
-) -> Result<()> {
+) -> Result<(Value, Option<Value>)> {
     if !cfg!(target_arch = "x86_64") {
         bail!("the bare `true` is an x86-64 program");
     }
@@ -150,30 +148,49 @@ async fn exec_bare(
     if !status.is_success() {
         bail!("uploading {BARE_TRUE}: {status}");
     }
-    let cmd = vec![BARE_TRUE.to_string()];
     say(&format!(
         "exec round trip: {execs} × a bare `true` (no libc)"
     ));
-    let t = api.round_trips(id, &cmd, execs).await?;
-    let mut f = summary("exec_round_trip_bare", "ms", t);
-    f["command"] = "bare true".into();
-    figures.push(f);
-    let alone = tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("bare-true");
-        write_executable(&path, &bare_true())?;
-        command_alone(&[path.display().to_string()], execs)
-    });
-    match alone.await? {
+    // On the host, from a file of its own (kept until the floor is taken).
+    let dir = tempfile::tempdir()?;
+    let on_host = dir.path().join("bare-true");
+    write_executable(&on_host, &bare_true())?;
+    let cmd = [BARE_TRUE.to_string()];
+    let floor = vec![on_host.display().to_string()];
+    exec_figures(api, id, &cmd, floor, execs, "_bare", "bare true").await
+}
+
+/// An exec figure, `exec_round_trip{suffix}`: `execs` round trips of `cmd`
+/// in sandbox `id`; and its floor, `exec_command_alone{suffix}` (peer
+/// `host`, none where it could not run): `floor`, the same command,
+/// spawned by the bench on its own machine (the daemon's, when peers are
+/// measured), no sandbox: every contender's floor. Both name their
+/// command as `shown`.
+async fn exec_figures(
+    api: &Api,
+    id: &str,
+    cmd: &[String],
+    floor: Vec<String>,
+    execs: usize,
+    suffix: &str,
+    shown: &str,
+) -> Result<(Value, Option<Value>)> {
+    let t = api.round_trips(id, cmd, execs).await?;
+    let mut f = summary(&format!("exec_round_trip{suffix}"), "ms", t);
+    f["command"] = shown.into();
+    let alone = match tokio::task::spawn_blocking(move || command_alone(&floor, execs)).await? {
         Ok(t) => {
-            let mut f = summary("exec_command_alone_bare", "ms", t);
-            f["command"] = "bare true".into();
+            let mut f = summary(&format!("exec_command_alone{suffix}"), "ms", t);
+            f["command"] = shown.into();
             f["peer"] = "host".into();
-            host.push(f);
+            Some(f)
         }
-        Err(e) => eprintln!("the bare command alone: not measured: {e:#}"),
-    }
-    Ok(())
+        Err(e) => {
+            eprintln!("`{shown}` alone: not measured: {e:#}");
+            None
+        }
+    };
+    Ok((f, alone))
 }
 
 /// Writes an executable file (mode 755).
@@ -759,29 +776,19 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         let cmd = api.true_command(&id).await?;
         let shown = cmd.join(" ");
         say(&format!("exec round trip: {} × `{shown}`", a.execs));
-        let t = api.round_trips(&id, &cmd, a.execs).await?;
-        let mut f = summary("exec_round_trip", "ms", t);
-        f["command"] = shown.clone().into();
+        let (f, alone) = exec_figures(&api, &id, &cmd, cmd.clone(), a.execs, "", &shown).await?;
         figures.push(f);
-        // What the command costs by itself, spawned by the bench on its
-        // own machine (the daemon's, when peers are measured): every
-        // contender's floor.
-        let execs = a.execs;
-        match tokio::task::spawn_blocking(move || command_alone(&cmd, execs)).await? {
-            Ok(t) => {
-                let mut f = summary("exec_command_alone", "ms", t);
-                f["command"] = shown.into();
-                f["peer"] = "host".into();
-                host.push(f);
-            }
-            Err(e) => eprintln!("the command alone: not measured: {e:#}"),
-        }
+        host.extend(alone);
 
         // The same with a command that costs next to nothing (`bare_true`):
         // the exec path alone. Optional, as the busybox `true` is: where it
         // cannot run, a note and no figure, the rest of the bench goes on.
-        if let Err(e) = exec_bare(&api, &id, a.execs, &mut figures, &mut host, &say).await {
-            eprintln!("exec round trip of a bare `true`: not measured: {e:#}");
+        match exec_bare(&api, &id, a.execs, &say).await {
+            Ok((f, alone)) => {
+                figures.push(f);
+                host.extend(alone);
+            }
+            Err(e) => eprintln!("exec round trip of a bare `true`: not measured: {e:#}"),
         }
     }
 
