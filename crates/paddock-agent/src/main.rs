@@ -5,11 +5,15 @@
 //! daemon reaches from outside. The runtime binds that socket and hands it
 //! over already listening, as an inherited fd. Usage:
 //!
-//! `paddock-agent --listen-fd N [--log PATH] [-- MAIN ARGS...]`
+//! `paddock-agent --listen-fd N [-- MAIN ARGS...]`, with the sandbox's
+//! identity in `PADDOCK_AGENT_IDENTITY` (`paddock_proto::identity`): the
+//! agent greets every connection with it, and drops it from its
+//! environment before it runs anything.
 
 mod exec;
 mod files;
 mod handover;
+mod mainlog;
 mod ports;
 mod pty;
 mod reaper;
@@ -33,6 +37,7 @@ struct Service {
     reaper: reaper::Reaper,
     boot_unix_ms: u64,
     handovers: std::sync::Arc<handover::Handovers>,
+    main_log: mainlog::MainLog,
 }
 
 #[tonic::async_trait]
@@ -273,6 +278,31 @@ impl Agent for Service {
         }))
     }
 
+    type MainOutputStream = BoxStream<MainOutputChunk>;
+
+    async fn main_output(
+        &self,
+        req: Request<MainOutputRequest>,
+    ) -> Result<Response<Self::MainOutputStream>, Status> {
+        let mut offset = req.into_inner().offset;
+        let log = self.main_log.clone();
+        // Past the end: the daemon counted another boot's output.
+        if log.read(offset).0 < offset {
+            offset = 0;
+        }
+        let s = futures::stream::unfold((log, offset), |(log, offset)| async move {
+            loop {
+                let (at, data) = log.read(offset);
+                if !data.is_empty() {
+                    let next = at + data.len() as u64;
+                    return Some((Ok(MainOutputChunk { offset: at, data }), (log, next)));
+                }
+                log.wait_past(at).await;
+            }
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
     async fn platform(&self, _req: Request<Empty>) -> Result<Response<PlatformInfo>, Status> {
         let u = nix::sys::utsname::uname().map_err(|e| Status::internal(format!("uname: {e}")))?;
         let s = |v: &std::ffi::OsStr| v.to_string_lossy().into_owned();
@@ -289,14 +319,13 @@ impl Agent for Service {
 struct Args {
     /// The listening socket the runtime bound for the agent, as this fd.
     listen_fd: i32,
-    log: Option<String>,
+    identity: paddock_proto::identity::Identity,
     main: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut listen_fd = None;
-    let mut log = None;
     let mut main = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -306,7 +335,6 @@ fn parse_args() -> Result<Args, String> {
                     "--listen-fd: {v:?} is not a file descriptor above 2"
                 ))?);
             }
-            "--log" => log = it.next(),
             "--version" => {
                 println!("paddock-agent {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -319,13 +347,23 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         listen_fd: listen_fd.ok_or("--listen-fd N is required")?,
-        log,
+        identity: std::env::var(paddock_proto::identity::ENV)
+            .ok()
+            .and_then(|v| paddock_proto::identity::Identity::from_hex(&v))
+            .ok_or(format!(
+                "{} must hold the sandbox's identity (64 hex digits)",
+                paddock_proto::identity::ENV
+            ))?,
         main,
     })
 }
 
 fn main() {
-    let args = match parse_args() {
+    let args = parse_args();
+    // Nothing the agent runs inherits its identity. (Still single-threaded:
+    // no other thread reads the environment.)
+    std::env::remove_var(paddock_proto::identity::ENV);
+    let args = match args {
         Ok(a) => a,
         Err(e) => {
             eprintln!("paddock-agent: {e}");
@@ -345,36 +383,60 @@ fn main() {
     }
 }
 
+/// Starts the sandbox's main process, its stdout and stderr one pipe that
+/// only the agent reads (`mainlog`).
+fn start_main(
+    reaper: &reaper::Reaper,
+    main: &[String],
+    log: &mainlog::MainLog,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let spawned = {
+        let mut cmd = Command::new(&main[0]);
+        cmd.args(&main[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(w.try_clone()?))
+            .stderr(Stdio::from(w));
+        reaper.spawn(&mut cmd)
+        // The command, and with it the agent's copies of the write end,
+        // goes here: the pipe ends when the main process's last writer does.
+    };
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(r)?;
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let l = log.clone();
+    tokio::spawn(async move {
+        l.fill(reader).await;
+        let _ = done_tx.send(());
+    });
+    match spawned {
+        Ok((_child, exit)) => {
+            let log = log.clone();
+            tokio::spawn(async move {
+                if let Ok(e) = exit.await {
+                    // What it wrote before it ended comes first (a
+                    // background process may keep the pipe open: not long).
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), done).await;
+                    log.push(format!("[paddock] main process ended: {e:?}\n").as_bytes());
+                }
+            });
+        }
+        Err(e) => {
+            eprintln!("paddock-agent: main process {:?}: {e}", main[0]);
+            log.push(
+                format!("[paddock] main process {:?} did not start: {e}\n", main[0]).as_bytes(),
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let reaper = reaper::Reaper::default();
     reaper.start()?;
 
+    let main_log = mainlog::MainLog::default();
     if !args.main.is_empty() {
-        let mut cmd = Command::new(&args.main[0]);
-        cmd.args(&args.main[1..]).stdin(Stdio::null());
-        if let Some(log) = &args.log {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)?;
-            cmd.stdout(f.try_clone()?).stderr(f);
-        }
-        match reaper.spawn(&mut cmd) {
-            Ok((_child, exit)) => {
-                let log = args.log.clone();
-                tokio::spawn(async move {
-                    if let Ok(e) = exit.await {
-                        if let Some(log) = log {
-                            let line = format!("[paddock] main process ended: {e:?}\n");
-                            let _ = std::fs::OpenOptions::new().append(true).open(log).and_then(
-                                |mut f| std::io::Write::write_all(&mut f, line.as_bytes()),
-                            );
-                        }
-                    }
-                });
-            }
-            Err(e) => eprintln!("paddock-agent: main process {:?}: {e}", args.main[0]),
-        }
+        start_main(&reaper, &args.main, &main_log)?;
     }
 
     // SIGTERM ends the sandbox: as PID 1 the kernel then kills the rest.
@@ -407,6 +469,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let handovers = std::sync::Arc::new(handover::Handovers::default());
     let (conns_tx, conns) = mpsc::channel(16);
     let h = handovers.clone();
+    let identity = args.identity;
     tokio::spawn(async move {
         loop {
             let mut s = match listener.accept().await {
@@ -419,6 +482,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             };
             let (tx, h) = (conns_tx.clone(), h.clone());
             tokio::spawn(async move {
+                if paddock_proto::identity::greet(&mut s, &identity)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
                 match paddock_proto::handover::classify(&mut s).await {
                     Ok(Some(token)) => {
                         if let Ok(s) = s.into_std() {
@@ -443,6 +512,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 reaper,
                 boot_unix_ms,
                 handovers,
+                main_log,
             })
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20),
@@ -462,6 +532,7 @@ mod tests {
             reaper: reaper::Reaper::default(),
             boot_unix_ms: 0,
             handovers: Default::default(),
+            main_log: Default::default(),
         };
         let h = s
             .hello(Request::new(HelloRequest::default()))

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use paddock_proto::identity::Identity;
 use paddock_proto::v1::{self as pb, agent_client::AgentClient as Grpc};
 use paddock_proto::{handover, output, AgentChannel};
 use tokio::sync::mpsc;
@@ -22,8 +23,9 @@ pub struct AgentClient {
     /// The agent takes a buffered exec's start in the call's metadata
     /// (it said so in Hello; unknown until then, so not assumed).
     start_in_header: Arc<AtomicBool>,
-    /// The agent's socket, for hand-over connections.
+    /// The agent's socket and identity, for hand-over connections.
     path: Arc<std::path::PathBuf>,
+    identity: Identity,
     /// The agent hands stdout pipes and files over (Hello said so).
     fd_handover: Arc<AtomicBool>,
     /// The agent hands over files opened for writing too.
@@ -69,14 +71,14 @@ impl AgentClient {
     /// and checks the protocol version.
     pub async fn connect(endpoint: &AgentEndpoint, timeout: Duration) -> Result<AgentClient> {
         let deadline = Instant::now() + timeout;
-        let AgentEndpoint::Unix(path) = endpoint;
+        let AgentEndpoint::Unix { path, identity } = endpoint;
         let mut delay = Duration::from_micros(100);
         loop {
             let attempt = async {
-                let ch = AgentChannel::connect(path.clone())
+                let ch = AgentChannel::connect(path.clone(), *identity)
                     .await
                     .map_err(|e| e.message().to_string())?;
-                let client = AgentClient::over(ch, path);
+                let client = AgentClient::over(ch, path, *identity);
                 client.hello().await.map(|h| (client, h))
             };
             // An agent that takes the connection and never answers (its
@@ -108,8 +110,12 @@ impl AgentClient {
     /// anything yet: for a daemon coming back to many sandboxes at once,
     /// which checks them with `check` after it serves again.
     pub fn lazy(endpoint: &AgentEndpoint) -> Result<AgentClient> {
-        let AgentEndpoint::Unix(path) = endpoint;
-        Ok(AgentClient::over(AgentChannel::lazy(path.clone()), path))
+        let AgentEndpoint::Unix { path, identity } = endpoint;
+        Ok(AgentClient::over(
+            AgentChannel::lazy(path.clone(), *identity),
+            path,
+            *identity,
+        ))
     }
 
     /// Asks the agent who it is, within `timeout`, and checks that it
@@ -128,7 +134,7 @@ impl AgentClient {
         }
     }
 
-    fn over(ch: AgentChannel, path: &std::path::Path) -> AgentClient {
+    fn over(ch: AgentChannel, path: &std::path::Path, identity: Identity) -> AgentClient {
         let origin = tonic::codegen::http::Uri::from_static(paddock_proto::ORIGIN);
         AgentClient {
             grpc: Grpc::with_origin(ch, origin)
@@ -136,6 +142,7 @@ impl AgentClient {
                 .max_encoding_message_size(16 << 20),
             start_in_header: Arc::new(AtomicBool::new(false)),
             path: Arc::new(path.to_path_buf()),
+            identity,
             fd_handover: Arc::new(AtomicBool::new(false)),
             fd_handover_write: Arc::new(AtomicBool::new(false)),
         }
@@ -149,7 +156,7 @@ impl AgentClient {
             return None;
         }
         let token = handover::token();
-        match handover::open(&self.path, &token).await {
+        match handover::open(&self.path, &self.identity, &token).await {
             Ok(conn) => Some((conn, token)),
             Err(e) => {
                 tracing::debug!("hand-over connection to {}: {e}", self.path.display());
@@ -530,6 +537,25 @@ impl AgentClient {
             machine: r.machine,
         })
     }
+
+    /// The main process's output from `offset` on, as the agent sends it:
+    /// `(offset of the chunk, bytes)`, the offset past the one asked for
+    /// when the agent no longer held what came between. Ends when the
+    /// agent goes (the sandbox stops).
+    pub async fn main_output(
+        &self,
+        offset: u64,
+    ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
+        let mut grpc = self.grpc.clone();
+        let r = grpc
+            .main_output(pb::MainOutputRequest { offset })
+            .await
+            .map_err(|e| from_agent(e, "main output"))?;
+        Ok(r.into_inner().map(|c| {
+            c.map(|c| (c.offset, c.data))
+                .map_err(|e| from_agent(e, "main output"))
+        }))
+    }
 }
 
 /// `PADDOCK_FD_HANDOVER=off` in the daemon's environment keeps all data
@@ -785,7 +811,11 @@ mod tests {
     use super::*;
 
     fn client(start_in_header: bool) -> AgentClient {
-        let c = AgentClient::lazy(&AgentEndpoint::Unix("/nonexistent.sock".into())).unwrap();
+        let c = AgentClient::lazy(&AgentEndpoint::Unix {
+            path: "/nonexistent.sock".into(),
+            identity: Identity::generate().unwrap(),
+        })
+        .unwrap();
         c.start_in_header.store(start_in_header, Ordering::Relaxed);
         c
     }

@@ -39,6 +39,11 @@ pub struct EngineConfig {
     pub warm_pools: Vec<PoolConfig>,
     /// Pools are not refilled while the host has less memory available.
     pub warm_pool_min_free_mb: u64,
+    /// Where the main processes' output is kept on the host (`None`: not
+    /// kept; `stdio` events still flow).
+    pub log_dir: Option<std::path::PathBuf>,
+    /// The most of one sandbox's output kept on disk.
+    pub log_max_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +56,8 @@ impl Default for EngineConfig {
             reap_interval: Duration::from_secs(1),
             warm_pools: Vec::new(),
             warm_pool_min_free_mb: 1024,
+            log_dir: None,
+            log_max_bytes: 16 << 20,
         }
     }
 }
@@ -92,6 +99,8 @@ pub struct Engine {
     lifecycles: lifecycle::Lifecycles,
     images: Option<Arc<dyn Images>>,
     pools: pool::Pools,
+    /// The main processes' output, on the host.
+    logs: Option<crate::logs::LogStore>,
     cfg: EngineConfig,
 }
 
@@ -142,7 +151,11 @@ impl Engine {
         runtimes: Vec<Arc<dyn Runtime>>,
         images: Option<Arc<dyn Images>>,
         cfg: EngineConfig,
-    ) -> Arc<Engine> {
+    ) -> Result<Arc<Engine>> {
+        let logs = match &cfg.log_dir {
+            Some(dir) => Some(crate::logs::LogStore::new(dir.clone(), cfg.log_max_bytes)?),
+            None => None,
+        };
         let bus = EventBus::default();
         // A flush of deferred events, DEFER_FLUSH after one is due, on the
         // runtime of whoever deferred them (none: the next write or read of
@@ -160,7 +173,7 @@ impl Engine {
                 }
             });
         });
-        Arc::new(Engine {
+        Ok(Arc::new(Engine {
             store,
             bus,
             runtimes: runtimes.into_iter().map(|r| (r.isolation(), r)).collect(),
@@ -169,8 +182,9 @@ impl Engine {
             lifecycles: Default::default(),
             images,
             pools: Default::default(),
+            logs,
             cfg,
-        })
+        }))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -566,6 +580,10 @@ impl Engine {
         config: &SandboxConfig,
         restart: bool,
     ) -> Result<Option<String>> {
+        if let Some(logs) = &self.logs {
+            // The agent about to start counts its output from 0.
+            logs.new_boot(id)?;
+        }
         let instance = if restart {
             runtime.start(id, config).await?
         } else {
@@ -612,6 +630,9 @@ impl Engine {
         self.live.write().await.remove(&sb.id);
         if let Ok(rt) = self.runtime(sb.config.isolation) {
             rt.destroy(sb.id).await?;
+        }
+        if let Some(logs) = &self.logs {
+            logs.remove(sb.id);
         }
         self.transition(
             sb.id,
@@ -963,7 +984,10 @@ impl Engine {
         if sb.state == State::Destroyed {
             return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
         }
-        self.runtime(sb.config.isolation)?.logs(id, offset).await
+        Ok(match &self.logs {
+            Some(logs) => logs.read(id, offset)?,
+            None => Vec::new(),
+        })
     }
 
     // ---- events -------------------------------------------------------
@@ -1420,16 +1444,18 @@ impl Engine {
         })
     }
 
-    /// Watches running sandboxes: the main process's output becomes
-    /// `stdio` events (read from its log every 250 ms), and sandboxes that
-    /// asked for it get a `resource.usage` event every `usage_events_secs`.
-    /// Output a sandbox wrote before this daemon started is not replayed.
+    /// Watches running sandboxes: the main process's output is followed
+    /// (`follow_main_output`: stored on the host, and `stdio` events), and
+    /// sandboxes that asked for it get a `resource.usage` event every
+    /// `usage_events_secs`.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
-        let started = Utc::now();
         tokio::spawn(async move {
-            let mut offsets: HashMap<Uuid, u64> = HashMap::new();
-            let mut decoders: HashMap<Uuid, crate::text::Utf8Chunks> = HashMap::new();
+            // Each running sandbox's follower, and when it was started (one
+            // that ended, its agent gone for a moment, starts again after
+            // a second).
+            let mut followers: HashMap<Uuid, (tokio::task::JoinHandle<()>, std::time::Instant)> =
+                HashMap::new();
             let mut usage_due: HashMap<Uuid, std::time::Instant> = HashMap::new();
             // What to watch in each sandbox, read once: (sandbox, has a main
             // process, usage interval). None: nothing to watch.
@@ -1445,8 +1471,13 @@ impl Engine {
                 if round.is_multiple_of(4) {
                     engine.check_alive(&ids, &mut dead_seen).await;
                 }
-                offsets.retain(|id, _| ids.contains(id));
-                decoders.retain(|id, _| ids.contains(id));
+                followers.retain(|id, (task, _)| {
+                    let keep = ids.contains(id);
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
                 usage_due.retain(|id, _| ids.contains(id));
                 watch.retain(|id, _| ids.contains(id));
                 for id in ids {
@@ -1474,23 +1505,15 @@ impl Engine {
                     let Ok(rt) = engine.runtime(sb.config.isolation) else {
                         continue;
                     };
-                    if main {
-                        let off = match offsets.get(&id) {
-                            Some(o) => *o,
-                            // Recovered: start at what is there now.
-                            None if sb.created_at < started => rt.log_len(id).await,
-                            None => 0,
-                        };
-                        if let Ok(bytes) = rt.logs(id, off).await {
-                            if !bytes.is_empty() {
-                                offsets.insert(id, off + bytes.len() as u64);
-                                let text = decoders.entry(id).or_default().push(&bytes);
-                                if !text.is_empty() {
-                                    engine.emit(&sb, "stdio", json!({"stdout": text}));
-                                }
-                            } else {
-                                offsets.insert(id, off);
-                            }
+                    // (A pooled sandbox's output waits in its agent until
+                    // its hand-over: its events are the new owner's.)
+                    if main && sb.owner != pool::POOL_OWNER {
+                        let due = followers.get(&id).is_none_or(|(task, at)| {
+                            task.is_finished() && at.elapsed() >= std::time::Duration::from_secs(1)
+                        });
+                        if due {
+                            let task = tokio::spawn(engine.clone().follow_main_output(sb.clone()));
+                            followers.insert(id, (task, std::time::Instant::now()));
                         }
                     }
                     if let Some(secs) = usage {
@@ -1510,6 +1533,41 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// Follows a running sandbox's main-process output from where the
+    /// store left off: appends it to the host's log (`logs::LogStore`) and
+    /// publishes it as `stdio` events. Ends when the agent goes.
+    async fn follow_main_output(self: Arc<Self>, sb: Sandbox) {
+        let Some(live) = self.live.read().await.get(&sb.id).cloned() else {
+            return;
+        };
+        let mut from = self.logs.as_ref().map_or(0, |l| l.position(sb.id).agent);
+        let mut output = match live.agent.main_output(from).await {
+            Ok(s) => Box::pin(s),
+            Err(e) => {
+                tracing::debug!(sandbox = %sb.id, "main output: {e}");
+                return;
+            }
+        };
+        let mut text = crate::text::Utf8Chunks::default();
+        while let Some(Ok((offset, data))) = output.next().await {
+            from = match &self.logs {
+                Some(logs) => match logs.append(sb.id, offset, &data) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %sb.id, "main output not stored: {e}");
+                        offset + data.len() as u64
+                    }
+                },
+                None => offset + data.len() as u64,
+            };
+            let t = text.push(&data);
+            if !t.is_empty() {
+                self.emit(&sb, "stdio", json!({"stdout": t}));
+            }
+        }
+        tracing::debug!(sandbox = %sb.id, at = from, "main output ended");
     }
 
     /// Stops serving sandbox `id` if it is still `running` and served (by

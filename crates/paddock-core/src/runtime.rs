@@ -16,8 +16,13 @@ use crate::model::{Isolation, Metrics, SandboxConfig};
 /// How the daemon reaches a sandbox's agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEndpoint {
-    /// A unix socket on the host that the sandbox shares.
-    Unix(PathBuf),
+    /// A unix socket on the host, in a directory the sandbox cannot reach
+    /// (the agent got it listening, as a descriptor); the agent's greeting
+    /// on every connection must name `identity`.
+    Unix {
+        path: PathBuf,
+        identity: paddock_proto::identity::Identity,
+    },
 }
 
 /// A sandbox as a backend runs it.
@@ -64,21 +69,6 @@ pub trait Runtime: Send + Sync {
     async fn inspect(&self, id: Uuid) -> Result<(Liveness, Option<Instance>)>;
 
     async fn metrics(&self, id: Uuid) -> Result<Metrics>;
-
-    /// The main process's output (and the agent's own), from `offset`.
-    async fn logs(&self, id: Uuid, offset: u64) -> Result<Vec<u8>>;
-
-    /// How many bytes of output [`Runtime::logs`] holds now.
-    async fn log_len(&self, id: Uuid) -> u64 {
-        let mut n = 0u64;
-        while let Ok(b) = self.logs(id, n).await {
-            if b.is_empty() {
-                break;
-            }
-            n += b.len() as u64;
-        }
-        n
-    }
 
     /// Removes whatever the backend holds for sandboxes not in `keep`.
     async fn gc(&self, keep: &[Uuid]) -> Result<usize>;

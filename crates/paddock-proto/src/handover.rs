@@ -84,8 +84,13 @@ pub fn token() -> Token {
 
 /// The daemon's half: opens a hand-over connection on the agent socket at
 /// `path` and names `token` on it.
-pub async fn open(path: &Path, token: &Token) -> io::Result<UnixStream> {
+pub async fn open(
+    path: &Path,
+    identity: &crate::identity::Identity,
+    token: &Token,
+) -> io::Result<UnixStream> {
     let mut s = UnixStream::connect(path).await?;
+    crate::identity::expect(&mut s, identity).await?;
     let mut hello = [0u8; 32];
     hello[..16].copy_from_slice(&MAGIC);
     hello[16..].copy_from_slice(token);
@@ -286,6 +291,23 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// A hand-over connection as the daemon opens it, and the agent's end,
+    /// greeted.
+    async fn connected(
+        l: &tokio::net::UnixListener,
+        path: &Path,
+        tok: &Token,
+    ) -> (UnixStream, UnixStream) {
+        let id = crate::identity::Identity::from_hex(&"ab".repeat(32)).unwrap();
+        let agent = async {
+            let (mut a, _) = l.accept().await.unwrap();
+            crate::identity::greet(&mut a, &id).await.unwrap();
+            a
+        };
+        let (daemon, agent) = tokio::join!(open(path, &id, tok), agent);
+        (daemon.unwrap(), agent)
+    }
+
     #[tokio::test]
     async fn a_descriptor_crosses_and_http2_is_left_alone() {
         let dir = std::env::temp_dir().join(format!("pd-handover-{}", std::process::id()));
@@ -297,8 +319,7 @@ mod tests {
         // A hand-over: the agent sees the token, sends a pipe's read end.
         let tok = token();
         assert_ne!(tok, token(), "tokens differ");
-        let daemon = open(&path, &tok).await.unwrap();
-        let (mut agent, _) = l.accept().await.unwrap();
+        let (daemon, mut agent) = connected(&l, &path, &tok).await;
         assert_eq!(classify(&mut agent).await.unwrap(), Some(tok));
         let (r, w) = nix::unistd::pipe().unwrap();
         let agent = agent.into_std().unwrap();
@@ -311,8 +332,7 @@ mod tests {
         assert_eq!(s, "through", "the daemon reads what the writer wrote");
 
         // No descriptor: the data stays on the call.
-        let daemon = open(&path, &tok).await.unwrap();
-        let (mut agent, _) = l.accept().await.unwrap();
+        let (daemon, mut agent) = connected(&l, &path, &tok).await;
         assert!(classify(&mut agent).await.unwrap().is_some());
         send(&agent.into_std().unwrap(), None).unwrap();
         assert!(receive(&daemon).await.unwrap().is_none());
@@ -320,8 +340,7 @@ mod tests {
         // More descriptors than one: the first is taken, the rest closed.
         // (Told by the pipes: a write to one whose every read end is
         // closed fails with EPIPE; other tests' descriptors come and go.)
-        let daemon = open(&path, &tok).await.unwrap();
-        let (mut agent, _) = l.accept().await.unwrap();
+        let (daemon, mut agent) = connected(&l, &path, &tok).await;
         assert!(classify(&mut agent).await.unwrap().is_some());
         let (reads, writes): (Vec<OwnedFd>, Vec<OwnedFd>) =
             (0..8).map(|_| nix::unistd::pipe().unwrap()).unzip();
@@ -344,8 +363,7 @@ mod tests {
         drop((got, writes, agent));
 
         // An agent that hangs up without answering: an error, not a hang.
-        let daemon = open(&path, &tok).await.unwrap();
-        let (agent, _) = l.accept().await.unwrap();
+        let (daemon, agent) = connected(&l, &path, &tok).await;
         drop(agent);
         assert!(receive(&daemon).await.is_err());
 

@@ -11,6 +11,7 @@ pub mod v1 {
 mod conn;
 pub use conn::UnixConn;
 pub mod handover;
+pub mod identity;
 pub mod output;
 
 /// The binary metadata that may carry an exec's `ExecStart` (see the
@@ -25,7 +26,7 @@ pub struct HeadersOnly;
 
 /// Protocol version spoken by this build. The daemon refuses an agent whose
 /// protocol version differs (an agent is always shipped with its daemon).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -61,7 +62,9 @@ pub const ORIGIN: &str = "http://agent.invalid";
 /// the agent took to answer (docs/benchmarks.md).
 ///
 /// Connects on first use and again after the connection drops, like a
-/// lazy `Channel`.
+/// lazy `Channel`; every connection starts with the agent's greeting,
+/// checked against the sandbox's identity before any call goes on it
+/// ([`identity`]).
 #[derive(Clone)]
 pub struct AgentChannel {
     inner: Arc<Inner>,
@@ -69,6 +72,7 @@ pub struct AgentChannel {
 
 struct Inner {
     path: PathBuf,
+    identity: identity::Identity,
     sender: Mutex<Option<http2::SendRequest<Body>>>,
     /// Held while connecting, so that concurrent first calls share one
     /// connection.
@@ -77,10 +81,11 @@ struct Inner {
 
 impl AgentChannel {
     /// A channel that connects on its first call.
-    pub fn lazy(path: PathBuf) -> AgentChannel {
+    pub fn lazy(path: PathBuf, identity: identity::Identity) -> AgentChannel {
         AgentChannel {
             inner: Arc::new(Inner {
                 path,
+                identity,
                 sender: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -88,8 +93,11 @@ impl AgentChannel {
     }
 
     /// A channel connected now (fails if nobody listens on `path`).
-    pub async fn connect(path: PathBuf) -> Result<AgentChannel, Status> {
-        let ch = AgentChannel::lazy(path);
+    pub async fn connect(
+        path: PathBuf,
+        identity: identity::Identity,
+    ) -> Result<AgentChannel, Status> {
+        let ch = AgentChannel::lazy(path, identity);
         ch.sender().await?;
         Ok(ch)
     }
@@ -111,10 +119,13 @@ impl AgentChannel {
         if let Some(s) = self.cached() {
             return Ok(s);
         }
-        let io = tokio::net::UnixStream::connect(&self.inner.path)
+        let mut s = tokio::net::UnixStream::connect(&self.inner.path)
             .await
-            .and_then(UnixConn::from_tokio)
             .map_err(|e| self.unavailable(e))?;
+        identity::expect(&mut s, &self.inner.identity)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let io = UnixConn::from_tokio(s).map_err(|e| self.unavailable(e))?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

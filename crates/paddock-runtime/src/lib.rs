@@ -5,16 +5,19 @@
 //! its disk limit (so a disk filler hits its own limit), holding:
 //! - `rw/`: the overlay's upper and work directories;
 //! - `rootfs/`: the overlay (read-only base image below, `rw/upper` above);
-//! - `run/`: shared with the sandbox at `/run/paddock`: the agent's socket,
-//!   and `main.log`, over which `<data>/logs/<id>.log` is bound: the main
-//!   process's output stays on the host's disk (page cache the kernel can
-//!   reclaim; on the tmpfs it would be memory charged to the sandbox);
+//! - `agent.sock` and `agent.id`: the agent's socket, bound here and handed
+//!   to the agent already listening (the sandbox sees neither: nothing of
+//!   this directory but `rootfs/` is in its mount namespace, so no path the
+//!   daemon connects to can be changed from inside), and the sandbox's
+//!   identity (mode 0600), which the agent must name in its greeting on
+//!   every connection (`paddock_proto::identity`);
 //! - `etc/`: the sandbox's own hosts, hostname and resolv.conf;
 //! - `bundle/config.json`, `net.json` (its network slot), `init.pid` and
 //!   `agent.log` (the OCI runtime's output).
 
 mod cgroup;
 mod cmd;
+mod inroot;
 mod net;
 mod netlink;
 mod sealed;
@@ -57,8 +60,6 @@ pub struct ContainerRuntime {
     _oci_sealed: Option<sealed::SealedBinary>,
     state_root: PathBuf,
     sandboxes: PathBuf,
-    /// The main processes' logs, `<id>.log`.
-    logs: PathBuf,
     base: PathBuf,
     agent: PathBuf,
     host_binds: Vec<(String, String)>,
@@ -169,8 +170,6 @@ fn prepare_cgroups_for_crun() {
 impl ContainerRuntime {
     pub async fn new(cfg: ContainerConfig) -> Result<ContainerRuntime> {
         let sandboxes = cfg.data_dir.join("sandboxes");
-        let logs = cfg.data_dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(io("logs dir"))?;
         let base = cfg.data_dir.join("images/host");
         std::fs::create_dir_all(&sandboxes).map_err(io("data dir"))?;
         if !cfg.agent_path.is_file() {
@@ -190,7 +189,6 @@ impl ContainerRuntime {
             _oci_sealed: None,
             state_root: PathBuf::new(),
             sandboxes,
-            logs,
             base,
             agent: cfg.agent_path.clone(),
             host_binds,
@@ -266,9 +264,8 @@ impl ContainerRuntime {
         let dir = data_dir.join("probe");
         let _ = std::fs::remove_dir_all(&dir);
         let rootfs = dir.join("rootfs");
-        let run_dir = dir.join("run");
         let etc = dir.join("etc");
-        for d in [&rootfs, &run_dir, &etc, &dir.join("bundle")] {
+        for d in [&rootfs, &etc, &dir.join("bundle")] {
             std::fs::create_dir_all(d).map_err(io("probe"))?;
         }
         for f in ["hosts", "hostname", "resolv.conf"] {
@@ -279,8 +276,7 @@ impl ContainerRuntime {
         let mut spec = spec::build(&spec::SpecInput {
             id: &id,
             rootfs: &self.base,
-            run_dir: &run_dir,
-            main_log: None,
+            identity: &paddock_proto::identity::Identity::generate().map_err(io("identity"))?,
             etc_dir: &etc,
             agent: &self.agent,
             host_binds: &self.host_binds,
@@ -343,26 +339,6 @@ impl ContainerRuntime {
         self.sandboxes.join(id.to_string())
     }
 
-    /// Where the main process's output goes, on the data dir's disk.
-    fn host_log(&self, id: Uuid) -> PathBuf {
-        self.logs.join(format!("{id}.log"))
-    }
-
-    /// The main process's output, as the agent writes it (sandboxes made
-    /// before the log moved out of their directory still have it there).
-    fn main_log(&self, id: Uuid) -> PathBuf {
-        let p = self.host_log(id);
-        if p.exists() {
-            return p;
-        }
-        let old = self.dir(id).join("run/main.log");
-        if old.exists() {
-            old
-        } else {
-            p
-        }
-    }
-
     async fn oci(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["--root", self.state_root.to_str().unwrap_or("/run/paddock")];
         full.extend_from_slice(args);
@@ -381,11 +357,45 @@ impl ContainerRuntime {
         serde_json::from_str(&text).ok()
     }
 
-    fn instance(&self, id: Uuid) -> Instance {
-        Instance {
-            agent: AgentEndpoint::Unix(self.agent_socket(id)),
+    /// How to reach the sandbox's agent; `None` for a sandbox with no
+    /// identity (made by a daemon from before identities, whose agent
+    /// listened where the sandbox could change it).
+    fn instance(&self, id: Uuid) -> Option<Instance> {
+        let text = std::fs::read_to_string(self.identity_file(id)).ok()?;
+        Some(Instance {
+            agent: AgentEndpoint::Unix {
+                path: self.agent_socket(id),
+                identity: paddock_proto::identity::Identity::from_hex(&text)?,
+            },
             ip: self.slot(id).map(|s| IpAddr::V4(s.ip)),
+        })
+    }
+
+    fn identity_file(&self, id: Uuid) -> PathBuf {
+        self.dir(id).join("agent.id")
+    }
+
+    /// The sandbox's identity: drawn at its first boot, kept for the next.
+    fn identity(&self, id: Uuid) -> Result<paddock_proto::identity::Identity> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.identity_file(id);
+        if let Some(known) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| paddock_proto::identity::Identity::from_hex(&t))
+        {
+            return Ok(known);
         }
+        let id = paddock_proto::identity::Identity::generate().map_err(io("identity"))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(id.to_hex().as_bytes()))
+            .map_err(io("identity"))?;
+        Ok(id)
     }
 
     /// Mounts the sandbox's filesystem and gives it a network namespace
@@ -416,15 +426,11 @@ impl ContainerRuntime {
             &rw.join("upper"),
             &rw.join("work"),
             &rootfs,
-            &dir.join("run"),
             &dir.join("etc"),
             &dir.join("bundle"),
         ] {
             std::fs::create_dir_all(d).map_err(io("sandbox dir"))?;
         }
-        // The log's mount point, and the log.
-        std::fs::write(dir.join("run/main.log"), "").map_err(io("main log"))?;
-        std::fs::write(self.host_log(id), "").map_err(io("main log"))?;
         // A named image's layers (top first), or the host-based default.
         let lower = match &config.resolved_image {
             Some(img) if !img.layers.is_empty() => img
@@ -451,8 +457,12 @@ impl ContainerRuntime {
             Some(opts.as_str()),
         )
         .map_err(|e| Error::Internal(format!("mount rootfs overlay: {e}")))?;
-        std::fs::create_dir_all(rootfs.join(config.cwd.trim_start_matches('/')))
-            .map_err(io("cwd"))?;
+        inroot::mkdir_all(&rootfs, &config.cwd).map_err(|e| {
+            Error::invalid(
+                "cwd",
+                format!("{} cannot be made in the image: {e}", config.cwd),
+            )
+        })?;
         for (i, m) in config.mounts.iter().enumerate() {
             match &m.origin {
                 Some(o) if !Path::new(o).is_dir() => {
@@ -462,8 +472,12 @@ impl ContainerRuntime {
                     ))
                 }
                 Some(_) => {}
-                None => std::fs::create_dir_all(rootfs.join(m.path.trim_start_matches('/')))
-                    .map_err(io("mount directory"))?,
+                None => inroot::mkdir_all(&rootfs, &m.path).map_err(|e| {
+                    Error::invalid(
+                        format!("mounts[{i}].path"),
+                        format!("{} cannot be made in the image: {e}", m.path),
+                    )
+                })?,
             }
         }
 
@@ -498,9 +512,9 @@ impl ContainerRuntime {
         Ok(())
     }
 
-    /// Where the agent listens (inside: /run/paddock/agent.sock).
+    /// Where the agent listens; out of the sandbox's sight.
     fn agent_socket(&self, id: Uuid) -> PathBuf {
-        self.dir(id).join("run/agent.sock")
+        self.dir(id).join("agent.sock")
     }
 
     async fn run(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
@@ -510,6 +524,7 @@ impl ContainerRuntime {
         // the daemon connects at once and its hello waits in the backlog
         // until the agent accepts, instead of polling for the socket on
         // tokio's 1 ms timer (which cost a create ~1 ms at the median).
+        let identity = self.identity(id)?;
         let sock = self.agent_socket(id);
         let _ = std::fs::remove_file(&sock);
         let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(io("agent socket"))?;
@@ -517,13 +532,10 @@ impl ContainerRuntime {
             .slot(id)
             .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?
             .path();
-        // (None for a sandbox made before the log left its directory.)
-        let main_log = self.host_log(id);
         let mut spec = spec::build(&spec::SpecInput {
             id: &id.to_string(),
             rootfs: &dir.join("rootfs"),
-            run_dir: &dir.join("run"),
-            main_log: main_log.exists().then_some(main_log.as_path()),
+            identity: &identity,
             etc_dir: &dir.join("etc"),
             agent: &self.agent,
             host_binds: if config.resolved_image.is_some() {
@@ -562,7 +574,6 @@ impl ContainerRuntime {
             .open(dir.join("agent.log"))
             .map_err(io("agent log"))?;
         let bundle = dir.join("bundle");
-        // Outside run/, which the sandbox can write.
         let pid_file = dir.join("init.pid");
         let _ = std::fs::remove_file(&pid_file);
         let args = [
@@ -603,7 +614,8 @@ impl ContainerRuntime {
                 .join("\n");
             return Err(Error::Internal(format!("{} run failed: {tail}", self.oci)));
         }
-        Ok(self.instance(id))
+        self.instance(id)
+            .ok_or_else(|| Error::Internal(format!("sandbox {id}: its identity is gone")))
     }
 }
 
@@ -683,7 +695,6 @@ impl Runtime for ContainerRuntime {
             self.net.recycle(slot).await;
         }
         cgroup::remove(&cgroup::rel_path(&id));
-        let _ = std::fs::remove_file(self.host_log(id));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
         }
@@ -691,7 +702,12 @@ impl Runtime for ContainerRuntime {
     }
 
     async fn inspect(&self, id: Uuid) -> Result<(Liveness, Option<Instance>)> {
-        let inst = self.instance(id);
+        let Some(inst) = self.instance(id) else {
+            // Made before agents had identities: its agent's socket was
+            // where the sandbox could replace it. Not to be trusted.
+            tracing::warn!(sandbox = %id, "no agent identity (made by an older Paddock): treated as gone");
+            return Ok((Liveness::Missing, None));
+        };
         // The common case without running the OCI runtime (a process each,
         // which made a restart with 1000 sandboxes take seconds): the init
         // recorded at start still lives in the sandbox's cgroup, and the
@@ -744,25 +760,6 @@ impl Runtime for ContainerRuntime {
             });
         }
         Ok(m)
-    }
-
-    async fn logs(&self, id: Uuid, offset: u64) -> Result<Vec<u8>> {
-        use std::io::{Read, Seek};
-        let p = self.main_log(id);
-        let mut f = match std::fs::File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io("logs")(e)),
-        };
-        f.seek(std::io::SeekFrom::Start(offset))
-            .map_err(io("logs"))?;
-        let mut out = Vec::new();
-        f.take(16 << 20).read_to_end(&mut out).map_err(io("logs"))?;
-        Ok(out)
-    }
-
-    async fn log_len(&self, id: Uuid) -> u64 {
-        std::fs::metadata(self.main_log(id)).map_or(0, |m| m.len())
     }
 
     async fn alive(&self, id: Uuid) -> Option<bool> {

@@ -111,10 +111,9 @@ const READONLY: &[&str] = &[
 pub struct SpecInput<'a> {
     pub id: &'a str,
     pub rootfs: &'a Path,
-    pub run_dir: &'a Path,
-    /// The main process's log on the host, bound over
-    /// `/run/paddock/main.log` (a file `run_dir` holds).
-    pub main_log: Option<&'a Path>,
+    /// What the agent names in its greeting (given in its environment,
+    /// which it drops before it runs anything).
+    pub identity: &'a paddock_proto::identity::Identity,
     pub etc_dir: &'a Path,
     pub agent: &'a Path,
     /// Host directories bound read-only (host path, sandbox path).
@@ -136,12 +135,10 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     let c = i.config;
     let mut args = vec![
         "/.paddock/paddock-agent".to_string(),
-        // run/agent.sock, bound by the runtime before the sandbox starts
-        // (`run`).
+        // agent.sock, bound by the runtime before the sandbox starts
+        // (`run`), outside the sandbox's filesystem.
         "--listen-fd".into(),
         "3".into(),
-        "--log".into(),
-        "/run/paddock/main.log".into(),
     ];
     let main = c.main_process();
     if !main.is_empty() {
@@ -160,6 +157,12 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
         env.retain(|e| !e.starts_with(&format!("{k}=")));
         env.push(format!("{k}={v}"));
     }
+    env.retain(|e| !e.starts_with(&format!("{}=", paddock_proto::identity::ENV)));
+    env.push(format!(
+        "{}={}",
+        paddock_proto::identity::ENV,
+        i.identity.to_hex()
+    ));
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
@@ -186,10 +189,6 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     mounts.push(bind(&etc("hosts"), "/etc/hosts", true));
     mounts.push(bind(&etc("hostname"), "/etc/hostname", true));
     mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
-    mounts.push(bind(&i.run_dir.to_string_lossy(), "/run/paddock", false));
-    if let Some(log) = i.main_log {
-        mounts.push(bind(&log.to_string_lossy(), "/run/paddock/main.log", false));
-    }
     // Host directories the caller asked for, read-write: the file API's
     // ACLs govern what reaches them through Paddock.
     for m in &i.config.mounts {
@@ -279,8 +278,7 @@ mod tests {
         let spec = build(&SpecInput {
             id: "6f1c4a8e-0000-4000-8000-000000000000",
             rootfs: Path::new("/tmp/r"),
-            run_dir: Path::new("/tmp/run"),
-            main_log: None,
+            identity: &paddock_proto::identity::Identity::generate().unwrap(),
             etc_dir: Path::new("/tmp/etc"),
             agent: Path::new("/usr/local/bin/paddock-agent"),
             host_binds: &[("/usr".into(), "/usr".into())],

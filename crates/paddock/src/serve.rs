@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// waits for an RCU grace period).
     #[arg(long)]
     pub no_tune_cgroups: bool,
+    /// The most of one sandbox's main-process output kept on the host
+    /// (`<data-dir>/logs`), in MiB: its log is rotated at half of it.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    pub log_max_mb: u64,
     /// Destroy every sandbox of this data dir and remove the bridge and NAT
     /// rules the daemon set up for them, then exit (no server).
     #[arg(long)]
@@ -368,9 +372,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             reap_interval: std::time::Duration::from_secs_f64(args.reap_interval.max(0.05)),
             warm_pools: args.warm_pools.clone(),
             warm_pool_min_free_mb: args.warm_pool_min_free_mb,
+            log_dir: Some(args.data_dir.join("logs")),
+            log_max_bytes: args.log_max_mb << 20,
             ..Default::default()
         },
-    );
+    )?;
     let Some(ls) = listeners else {
         let n = engine.destroy_all().await?;
         eprintln!("destroyed {n} sandboxes");

@@ -144,7 +144,7 @@ fn a_sandbox_whose_disk_is_full_keeps_logging_and_starts_again() {
     // Its main process's log is on the host's disk, not the sandbox's: it
     // still grows.
     let log = d.data.join("logs").join(format!("{}.log", sb.id));
-    let before = std::fs::metadata(&log).unwrap().len();
+    let before = eventually(10, || std::fs::metadata(&log).ok()).len();
     std::thread::sleep(std::time::Duration::from_millis(600));
     let after = std::fs::metadata(&log).unwrap().len();
     assert!(after > before, "the log stopped at {before} bytes");
