@@ -450,20 +450,23 @@ struct UploadParams {
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(PathParams),
-    responses((status = 200, description = "the file's bytes"), (status = 404, body = Problem)))]
+    responses((status = 200, description = "the file's bytes (symlinks followed inside the sandbox)"),
+        (status = 400, description = "not a regular file (a directory, FIFO, socket or device)", body = Problem),
+        (status = 404, body = Problem)))]
 async fn download(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
     Query(q): Query<PathParams>,
 ) -> ApiResult<Response> {
-    let (info, s) = st.engine.read_file(&p, parse_id(&id)?, &q.path).await?;
+    let (size, s) = st.engine.read_file(&p, parse_id(&id)?, &q.path).await?;
     let body = Body::from_stream(s.map(|r| r.map_err(std::io::Error::other)));
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, info.size)
-        .body(body)
-        .unwrap_or_default())
+    let mut r = Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
+    // Without a size (a file of /proc), the body is chunked to its end.
+    if let Some(n) = size {
+        r = r.header(header::CONTENT_LENGTH, n);
+    }
+    Ok(r.body(body).unwrap_or_default())
 }
 
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(UploadParams),

@@ -283,6 +283,32 @@ impl Engine {
     /// Checks a file operation against the sandbox's mounts and their ACLs
     /// and records an `fs.request` event; `fs_done` records the
     /// `fs.response`. Without mounts every path is allowed.
+    /// The mount that holds `norm` (a normalized path, symlinks followed)
+    /// and, when its ACL refuses the operation, why (`path` as asked).
+    fn judge_fs(sb: &Sandbox, norm: &str, path: &str, write: bool) -> (String, Option<String>) {
+        let operation = if write { "write" } else { "read" };
+        match sb.config.mount_of(norm) {
+            None => (
+                String::new(),
+                Some(format!("{path} is outside every mount of this sandbox")),
+            ),
+            Some(m) => {
+                let ok = match m.access(norm) {
+                    Access::Rw => true,
+                    Access::Ro => !write,
+                    Access::Deny => false,
+                };
+                let why = (!ok).then(|| {
+                    format!(
+                        "the ACL of mount {} does not allow {operation} access to {path}",
+                        m.path
+                    )
+                });
+                (m.path.clone(), why)
+            }
+        }
+    }
+
     async fn fs_begin(&self, sb: &Sandbox, live: &Live, path: &str, write: bool) -> Result<FsOp> {
         let operation = if write { "write" } else { "read" };
         // (the mount, or "" for none; why it is refused, if it is)
@@ -297,26 +323,7 @@ impl Engine {
                 // An agent without Resolve: the path as written.
                 Err(_) => normalize_path(path),
             };
-            match sb.config.mount_of(&norm) {
-                None => (
-                    String::new(),
-                    Some(format!("{path} is outside every mount of this sandbox")),
-                ),
-                Some(m) => {
-                    let ok = match m.access(&norm) {
-                        Access::Rw => true,
-                        Access::Ro => !write,
-                        Access::Deny => false,
-                    };
-                    let why = (!ok).then(|| {
-                        format!(
-                            "the ACL of mount {} does not allow {operation} access to {path}",
-                            m.path
-                        )
-                    });
-                    (m.path.clone(), why)
-                }
-            }
+            Self::judge_fs(sb, &norm, path, write)
         };
         let request_id = self.emit(
             sb,
@@ -783,25 +790,35 @@ impl Engine {
         Ok(())
     }
 
+    /// A file's bytes, and how many there are when that is known before
+    /// reading to the end (`None` for a file of `/proc`, say). Symlinks are
+    /// followed inside the sandbox; anything but a regular file is refused.
     pub async fn read_file(
         &self,
         p: &Principal,
         id: Uuid,
         path: &str,
-    ) -> Result<(FileInfo, impl Stream<Item = Result<Bytes>> + Send + 'static)> {
+    ) -> Result<(
+        Option<u64>,
+        impl Stream<Item = Result<Bytes>> + Send + 'static,
+    )> {
         Self::check_path(path)?;
         let (sb, live) = self.live_for(p, id).await?;
         let op = self.fs_begin(&sb, &live, path, false).await?;
         let r = async {
-            let info = live.agent.stat(path).await?;
-            if info.kind == "dir" {
-                return Err(Error::invalid("path", format!("{path} is a directory")));
+            let (opened, s) = live.agent.read_file(path).await?;
+            // Judged again on the file the agent opened: a symlink swapped
+            // after `fs_begin` resolved it must not reach past an ACL.
+            if let (false, Some(resolved)) = (sb.config.mounts.is_empty(), &opened.resolved) {
+                if let (_, Some(why)) = Self::judge_fs(&sb, &normalize_path(resolved), path, false)
+                {
+                    return Err(Error::Forbidden(why));
+                }
             }
-            let s = live.agent.read_file(path).await?;
-            Ok((info, s))
+            Ok((opened.size, s))
         }
         .await;
-        let size = r.as_ref().map(|(i, _)| i.size).unwrap_or(0);
+        let size = r.as_ref().ok().and_then(|(n, _)| *n);
         self.fs_done(&sb, op, &r, json!({"size": size}));
         r
     }
