@@ -113,6 +113,73 @@ pub fn resolve(path: &str) -> Result<String, Status> {
     }
 }
 
+/// A file opened for a download: where it is, and how many bytes it holds
+/// when its size says so.
+pub struct OpenRead {
+    pub file: std::fs::File,
+    /// The file's size, for a regular file on a filesystem that holds
+    /// data; `None` for one whose size says nothing of what a read returns
+    /// (a file of `/proc` is 0 bytes long and yet has data; one of `/sys`
+    /// says 4096): it is read to its end.
+    pub size: Option<u64>,
+    /// Where the file is, every symlink followed, as the sandbox sees it.
+    pub resolved: PathBuf,
+}
+
+/// Opens `path` for reading, following symlinks (inside the sandbox's own
+/// root: the agent's `/` is the sandbox's), and refuses whatever is not a
+/// regular file. The open never blocks: `O_NONBLOCK` (a FIFO without a
+/// writer would otherwise hold it for good), and the type is judged on the
+/// opened file (`fstat`), not on the path, which may change in between.
+pub fn open_read(path: &str) -> Result<OpenRead, Status> {
+    use nix::sys::stat::{fstat, SFlag};
+    use std::os::fd::AsRawFd;
+    let p = checked(path)?;
+    let not_regular = |what: &str| {
+        Status::invalid_argument(format!(
+            "path: {path} is {what}, not a regular file: only regular files can be downloaded"
+        ))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&p)
+        .map_err(|e| match e.raw_os_error() {
+            // A socket (or a device without a driver) cannot be opened.
+            Some(libc::ENXIO) | Some(libc::ENODEV) => not_regular("a socket or a device"),
+            _ => io_status(e, path),
+        })?;
+    let st = fstat(&file).map_err(|e| io_status(e.into(), path))?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFREG {
+        return Err(not_regular(match kind {
+            SFlag::S_IFDIR => "a directory",
+            SFlag::S_IFIFO => "a FIFO",
+            SFlag::S_IFSOCK => "a socket",
+            SFlag::S_IFCHR => "a character device",
+            SFlag::S_IFBLK => "a block device",
+            _ => "not a file",
+        }));
+    }
+    // Reads of a regular file never block anyway; the flag goes so that
+    // the descriptor is an ordinary one wherever it is read.
+    // SAFETY: fcntl on a descriptor this function owns; F_SETFL takes an int.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) };
+    let size = paddock_proto::handover::holds_data(&file)
+        .unwrap_or(false)
+        .then_some(st.st_size as u64);
+    // /proc/self/fd names the file itself, whatever the path did since.
+    let resolved = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .filter(|r| r.is_absolute())
+        .unwrap_or_else(|| std::fs::canonicalize(&p).unwrap_or(p));
+    Ok(OpenRead {
+        file,
+        size,
+        resolved,
+    })
+}
+
 pub fn stat(path: &str) -> Result<FileInfo, Status> {
     let p = checked(path)?;
     let meta = std::fs::symlink_metadata(&p).map_err(|e| io_status(e, path))?;

@@ -31,6 +31,21 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// A download's response metadata: the opened file's size, when it says
+/// what a read returns, and where it is (`paddock_proto::READ_*_HEADER`).
+fn read_metadata(o: &files::OpenRead) -> tonic::metadata::MetadataMap {
+    use std::os::unix::ffi::OsStrExt;
+    let mut m = tonic::metadata::MetadataMap::new();
+    if let Some(n) = o.size {
+        m.insert(paddock_proto::READ_SIZE_HEADER, n.into());
+    }
+    m.insert_bin(
+        paddock_proto::READ_PATH_HEADER,
+        tonic::metadata::BinaryMetadataValue::from_bytes(o.resolved.as_os_str().as_bytes()),
+    );
+    m
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 struct Service {
@@ -86,39 +101,37 @@ impl Agent for Service {
     ) -> Result<Response<Self::ReadFileStream>, Status> {
         let req = req.into_inner();
         let handover = self.handovers.take(&req.fd_token).await?;
-        let p = files::checked(&req.path)?;
-        let meta = tokio::fs::metadata(&p)
+        let path = req.path.clone();
+        let opened = tokio::task::spawn_blocking(move || files::open_read(&path))
             .await
-            .map_err(|e| files::io_status(e, &req.path))?;
-        if meta.is_dir() {
-            return Err(Status::failed_precondition(format!(
-                "{}: is a directory",
-                req.path
-            )));
-        }
-        let mut f = tokio::fs::File::open(&p)
-            .await
-            .map_err(|e| files::io_status(e, &req.path))?;
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let meta = read_metadata(&opened);
+        let mut f = tokio::fs::File::from_std(opened.file);
         if req.offset > 0 {
             f.seek(std::io::SeekFrom::Start(req.offset))
                 .await
                 .map_err(|e| files::io_status(e, &req.path))?;
         }
+        let respond = |s: Self::ReadFileStream| {
+            let mut r = Response::new(s);
+            *r.metadata_mut() = meta.clone();
+            Ok(r)
+        };
         if let Some(h) = handover {
             // A regular file: the daemon reads it from here on (its offset
-            // is where the seek left it). Anything else (a FIFO, a device)
-            // could block a reader forever, and a small file costs less
-            // sent than handed over: they stay on the call.
-            // And only one the daemon takes (`holds_data`): on another
+            // is where the seek left it). A small file costs less sent than
+            // handed over: it stays on the call. And only one the daemon
+            // takes (`holds_data`, which `size` says): on another
             // filesystem it would refuse what the call can carry.
             use std::os::fd::AsFd;
             let whole = req.offset == 0 && req.limit == 0;
             if whole
-                && meta.len() >= paddock_proto::handover::MIN_FILE
-                && paddock_proto::handover::holds_data(&f).unwrap_or(false)
+                && opened
+                    .size
+                    .is_some_and(|n| n >= paddock_proto::handover::MIN_FILE)
             {
                 h.send(Some(f.as_fd()))?;
-                return Ok(Response::new(Box::pin(futures::stream::empty())));
+                return respond(Box::pin(futures::stream::empty()));
             }
             h.send(None)?;
         }
@@ -146,7 +159,7 @@ impl Agent for Service {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        respond(Box::pin(ReceiverStream::new(rx)))
     }
 
     async fn write_file(

@@ -450,20 +450,23 @@ struct UploadParams {
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(PathParams),
-    responses((status = 200, description = "the file's bytes"), (status = 404, body = Problem)))]
+    responses((status = 200, description = "the file's bytes (symlinks followed inside the sandbox)"),
+        (status = 400, description = "not a regular file (a directory, FIFO, socket or device)", body = Problem),
+        (status = 404, body = Problem)))]
 async fn download(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
     Query(q): Query<PathParams>,
 ) -> ApiResult<Response> {
-    let (info, s) = st.engine.read_file(&p, parse_id(&id)?, &q.path).await?;
+    let (size, s) = st.engine.read_file(&p, parse_id(&id)?, &q.path).await?;
     let body = Body::from_stream(s.map(|r| r.map_err(std::io::Error::other)));
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, info.size)
-        .body(body)
-        .unwrap_or_default())
+    let mut r = Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
+    // Without a size (a file of /proc), the body is chunked to its end.
+    if let Some(n) = size {
+        r = r.header(header::CONTENT_LENGTH, n);
+    }
+    Ok(r.body(body).unwrap_or_default())
 }
 
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(UploadParams),
@@ -754,6 +757,7 @@ struct ImageList {
     images: Vec<ImageInfo>,
 }
 
+/// The images the caller pulled (the operator: every cached image).
 #[utoipa::path(get, path = "/v1/images", responses((status = 200, body = ImageList)))]
 async fn list_images(
     State(st): State<AppState>,
@@ -778,6 +782,7 @@ struct PullBody {
 /// Problem.
 #[utoipa::path(post, path = "/v1/images", request_body = PullBody,
     responses((status = 200, body = ImageInfo, description = "the image; or, with Accept: text/event-stream, `progress` events (PullProgress) then `pulled` (ImageInfo) or `error` (Problem)"),
+        (status = 403, description = "the pull policy, or the registry, refuses it (the daemon's registry credentials are the operator's)", body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)))]
 async fn pull_image(
     State(st): State<AppState>,
@@ -929,7 +934,8 @@ async fn inspect_image(
     Ok(axum::Json(st.engine.inspect_image(&p, &q.reference)?))
 }
 
-/// Forgets an image; its layers stay cached until a prune.
+/// Drops the caller's claim on an image (the operator's: every claim); the
+/// cache entry goes with the last claim, its layers stay until a prune.
 #[utoipa::path(delete, path = "/v1/images", params(ImageRef), responses((status = 204), (status = 404, body = Problem)))]
 async fn remove_image(
     State(st): State<AppState>,
@@ -941,7 +947,8 @@ async fn remove_image(
 }
 
 /// Removes cached layers no image and no sandbox needs.
-#[utoipa::path(post, path = "/v1/images/prune", responses((status = 200, description = "{\"removed_layers\": N}")))]
+#[utoipa::path(post, path = "/v1/images/prune", responses((status = 200, description = "{\"removed_layers\": N}"),
+    (status = 403, description = "the operator's alone", body = Problem)))]
 async fn prune_images(
     State(st): State<AppState>,
     Extension(p): P,

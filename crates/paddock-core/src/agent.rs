@@ -322,13 +322,16 @@ impl AgentClient {
         Ok(merge_stdout(out, pipe))
     }
 
+    /// Downloads a file: what the agent opened (its size, when that says
+    /// what a read returns, and its path with every symlink followed) and
+    /// its bytes, at most `size` of them when it is known.
     pub async fn read_file(
         &self,
         path: &str,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+    ) -> Result<(Opened, futures::stream::BoxStream<'static, Result<Bytes>>)> {
         let handover = self.handover().await;
         let mut grpc = self.grpc.clone();
-        let s = grpc
+        let resp = grpc
             .read_file(pb::ReadFileRequest {
                 path: path.into(),
                 offset: 0,
@@ -339,18 +342,36 @@ impl AgentClient {
                     .unwrap_or_default(),
             })
             .await
-            .map_err(|e| from_agent(e, "path"))?
-            .into_inner();
+            .map_err(|e| from_agent(e, "path"))?;
+        let md = resp.metadata();
+        let mut opened = Opened {
+            size: md
+                .get(paddock_proto::READ_SIZE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            resolved: md
+                .get_bin(paddock_proto::READ_PATH_HEADER)
+                .and_then(|v| v.to_bytes().ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        };
+        let s = resp.into_inner();
         if let Some((conn, _)) = handover {
             if let Some(fd) = handover::receive(&conn).await.map_err(handover_error)? {
                 let f = handover::data_file(fd).map_err(handover_error)?;
-                return Ok(read_handed_over(f, path.to_string()).boxed());
+                // The daemon's own look at what it reads.
+                let len = f.metadata().map_err(handover_error)?.len();
+                opened.size = Some(len);
+                return Ok((
+                    opened,
+                    read_handed_over(f, path.to_string()).take_bytes(len),
+                ));
             }
         }
-        Ok(
-            s.map(|c| c.map(|c| c.data).map_err(|e| from_agent(e, "path")))
-                .boxed(),
-        )
+        let s = s.map(|c| c.map(|c| c.data).map_err(|e| from_agent(e, "path")));
+        Ok(match opened.size {
+            Some(n) => (opened, s.take_bytes(n)),
+            None => (opened, s.boxed()),
+        })
     }
 
     pub async fn write_file<S>(&self, path: &str, opts: &WriteOptions, data: S) -> Result<FileInfo>
@@ -879,5 +900,44 @@ mod tests {
                 "the start is on the stream"
             );
         }
+    }
+}
+
+/// What the agent opened for a download.
+#[derive(Debug, Clone, Default)]
+pub struct Opened {
+    /// Bytes the download carries; `None` when only reading to the end
+    /// tells (a file of `/proc`).
+    pub size: Option<u64>,
+    /// The path opened, every symlink followed, as the sandbox sees it
+    /// (`None` from an agent that does not say).
+    pub resolved: Option<String>,
+}
+
+/// Ends a byte stream after `n` bytes: a download whose size went out
+/// first never sends more than that (the file may have grown since).
+trait TakeBytes {
+    fn take_bytes(self, n: u64) -> futures::stream::BoxStream<'static, Result<Bytes>>;
+}
+
+impl<S> TakeBytes for S
+where
+    S: Stream<Item = Result<Bytes>> + Send + 'static,
+{
+    fn take_bytes(self, n: u64) -> futures::stream::BoxStream<'static, Result<Bytes>> {
+        futures::stream::unfold((self.boxed(), n), |(mut s, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            match s.next().await? {
+                Ok(mut b) => {
+                    let keep = (b.len() as u64).min(left);
+                    b.truncate(keep as usize);
+                    Some((Ok(b), (s, left - keep)))
+                }
+                Err(e) => Some((Err(e), (s, 0))),
+            }
+        })
+        .boxed()
     }
 }

@@ -44,6 +44,25 @@ pub struct EngineConfig {
     pub log_dir: Option<std::path::PathBuf>,
     /// The most of one sandbox's output kept on disk.
     pub log_max_bytes: u64,
+    /// Who may pull what, and with the daemon's registry credentials.
+    pub pull_policy: PullPolicy,
+}
+
+/// Which registries and repositories each principal may pull from, and
+/// who may pull with the daemon's registry credentials. The operator (and
+/// the warm pools it configures) pull anything, with the credentials,
+/// unless listed in `principals`.
+#[derive(Debug, Clone, Default)]
+pub struct PullPolicy {
+    /// Principal → globs over `registry/repository`
+    /// (`127.0.0.1:5000/team/**`, `docker.io/library/*`).
+    pub principals: HashMap<String, Vec<String>>,
+    /// The globs of principals not listed; `None`: any registry and
+    /// repository (an anonymous pull of a public image).
+    pub default: Option<Vec<String>>,
+    /// Principals besides the operator that may pull with the daemon's
+    /// registry credentials.
+    pub credentials: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +77,7 @@ impl Default for EngineConfig {
             warm_pool_min_free_mb: 1024,
             log_dir: None,
             log_max_bytes: 16 << 20,
+            pull_policy: PullPolicy::default(),
         }
     }
 }
@@ -67,10 +87,22 @@ impl Default for EngineConfig {
 #[async_trait::async_trait]
 pub trait Images: Send + Sync {
     /// From the cache, else pulled.
-    async fn resolve(&self, reference: &str) -> Result<ResolvedImage>;
-    /// Pulled again (only missing layers are downloaded), reporting
-    /// progress to `progress` as it goes.
-    async fn pull(&self, reference: &str, progress: Option<ProgressFn>) -> Result<ImageInfo>;
+    /// With `credentials`, the daemon's registry credentials may be used;
+    /// without, a cached image that was pulled with them is pulled again
+    /// anonymously, so that the registry decides.
+    async fn resolve(&self, reference: &str, credentials: bool) -> Result<ResolvedImage>;
+    /// Pulled again (only missing layers are downloaded), with the
+    /// daemon's registry credentials or not, reporting progress to
+    /// `progress` as it goes.
+    async fn pull(
+        &self,
+        reference: &str,
+        credentials: bool,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImageInfo>;
+    /// Where `reference` is pulled from (aliases followed), as
+    /// `registry/repository`: what a pull policy judges.
+    fn locate(&self, reference: &str) -> Result<String>;
     fn list(&self) -> Vec<ImageInfo>;
     /// The cached image of `reference`, without pulling.
     fn inspect(&self, reference: &str) -> Result<ImageInfo>;
@@ -297,6 +329,32 @@ impl Engine {
     /// Checks a file operation against the sandbox's mounts and their ACLs
     /// and records an `fs.request` event; `fs_done` records the
     /// `fs.response`. Without mounts every path is allowed.
+    /// The mount that holds `norm` (a normalized path, symlinks followed)
+    /// and, when its ACL refuses the operation, why (`path` as asked).
+    fn judge_fs(sb: &Sandbox, norm: &str, path: &str, write: bool) -> (String, Option<String>) {
+        let operation = if write { "write" } else { "read" };
+        match sb.config.mount_of(norm) {
+            None => (
+                String::new(),
+                Some(format!("{path} is outside every mount of this sandbox")),
+            ),
+            Some(m) => {
+                let ok = match m.access(norm) {
+                    Access::Rw => true,
+                    Access::Ro => !write,
+                    Access::Deny => false,
+                };
+                let why = (!ok).then(|| {
+                    format!(
+                        "the ACL of mount {} does not allow {operation} access to {path}",
+                        m.path
+                    )
+                });
+                (m.path.clone(), why)
+            }
+        }
+    }
+
     async fn fs_begin(&self, sb: &Sandbox, live: &Live, path: &str, write: bool) -> Result<FsOp> {
         let operation = if write { "write" } else { "read" };
         // (the mount, or "" for none; why it is refused, if it is)
@@ -311,26 +369,7 @@ impl Engine {
                 // An agent without Resolve: the path as written.
                 Err(_) => normalize_path(path),
             };
-            match sb.config.mount_of(&norm) {
-                None => (
-                    String::new(),
-                    Some(format!("{path} is outside every mount of this sandbox")),
-                ),
-                Some(m) => {
-                    let ok = match m.access(&norm) {
-                        Access::Rw => true,
-                        Access::Ro => !write,
-                        Access::Deny => false,
-                    };
-                    let why = (!ok).then(|| {
-                        format!(
-                            "the ACL of mount {} does not allow {operation} access to {path}",
-                            m.path
-                        )
-                    });
-                    (m.path.clone(), why)
-                }
-            }
+            Self::judge_fs(sb, &norm, path, write)
         };
         let request_id = self.emit(
             sb,
@@ -468,11 +507,9 @@ impl Engine {
         };
         let mut config = spec.resolve(self.cfg.host_cpus)?;
         let runtime = self.runtime(config.isolation)?.clone();
-        if let Some(pool) = pool {
-            if let Some(out) = self.take_warm(p, pool, &spec, &config).await? {
-                return Ok(out);
-            }
-        }
+        // A named image is pulled on the caller's behalf (the pull policy,
+        // a claim), also when a warm pool holds it booted.
+        let mut image = None;
         if let Some(reference) = &config.image {
             // With a key, an existing sandbox is returned before any pull.
             if let Some(k) = &spec.key {
@@ -480,7 +517,14 @@ impl Engine {
                     return Ok((existing, false));
                 }
             }
-            let img = self.images()?.resolve(reference).await?;
+            image = Some(self.image_for(p, reference).await?);
+        }
+        if let Some(pool) = pool {
+            if let Some(out) = self.take_warm(p, pool, &spec, &config).await? {
+                return Ok(out);
+            }
+        }
+        if let Some(img) = image {
             config.apply_image(&spec, img);
         }
         let id = Uuid::new_v4();
@@ -804,25 +848,35 @@ impl Engine {
         Ok(())
     }
 
+    /// A file's bytes, and how many there are when that is known before
+    /// reading to the end (`None` for a file of `/proc`, say). Symlinks are
+    /// followed inside the sandbox; anything but a regular file is refused.
     pub async fn read_file(
         &self,
         p: &Principal,
         id: Uuid,
         path: &str,
-    ) -> Result<(FileInfo, impl Stream<Item = Result<Bytes>> + Send + 'static)> {
+    ) -> Result<(
+        Option<u64>,
+        impl Stream<Item = Result<Bytes>> + Send + 'static,
+    )> {
         Self::check_path(path)?;
         let (sb, live) = self.live_for(p, id).await?;
         let op = self.fs_begin(&sb, &live, path, false).await?;
         let r = async {
-            let info = live.agent.stat(path).await?;
-            if info.kind == "dir" {
-                return Err(Error::invalid("path", format!("{path} is a directory")));
+            let (opened, s) = live.agent.read_file(path).await?;
+            // Judged again on the file the agent opened: a symlink swapped
+            // after `fs_begin` resolved it must not reach past an ACL.
+            if let (false, Some(resolved)) = (sb.config.mounts.is_empty(), &opened.resolved) {
+                if let (_, Some(why)) = Self::judge_fs(&sb, &normalize_path(resolved), path, false)
+                {
+                    return Err(Error::Forbidden(why));
+                }
             }
-            let s = live.agent.read_file(path).await?;
-            Ok((info, s))
+            Ok((opened.size, s))
         }
         .await;
-        let size = r.as_ref().map(|(i, _)| i.size).unwrap_or(0);
+        let size = r.as_ref().ok().and_then(|(n, _)| *n);
         self.fs_done(&sb, op, &r, json!({"size": size}));
         r
     }
@@ -1184,7 +1238,7 @@ impl Engine {
             }
         }
         if let Some(reference) = &config.image {
-            self.images()?.resolve(reference).await?;
+            self.image_for(p, reference).await?;
         }
         let t = Template {
             name: name.to_string(),
@@ -1227,33 +1281,121 @@ impl Engine {
         })
     }
 
+    /// Whether `p` may pull `reference` under the pull policy (a refusal
+    /// names the image), and whether with the daemon's registry credentials.
+    fn pull_rights(&self, p: &Principal, reference: &str) -> Result<bool> {
+        let privileged = p.is_operator() || p.id == pool::POOL_OWNER;
+        let policy = &self.cfg.pull_policy;
+        let globs = match policy.principals.get(&p.id) {
+            Some(g) => Some(g),
+            None if privileged => None,
+            None => policy.default.as_ref(),
+        };
+        if let Some(globs) = globs {
+            let from = self.images()?.locate(reference)?;
+            if !globs.iter().any(|g| crate::model::glob_match(g, &from)) {
+                return Err(Error::Forbidden(format!(
+                    "image {reference}: the pull policy does not let {} pull from {from}",
+                    p.id
+                )));
+            }
+        }
+        Ok(privileged || policy.credentials.contains(&p.id))
+    }
+
+    /// A registry's refusal of an anonymous pull, said as such.
+    fn refused(credentials: bool, e: Error) -> Error {
+        match e {
+            Error::Forbidden(why) if !credentials => Error::Forbidden(format!(
+                "{why} (pulled anonymously: the daemon's registry credentials are the operator's)"
+            )),
+            e => e,
+        }
+    }
+
+    /// The image `p` creates a sandbox or a template from: pulled on its
+    /// behalf (the policy judges it; the cache serves it only as `p` could
+    /// have pulled it) and claimed by it.
+    async fn image_for(&self, p: &Principal, reference: &str) -> Result<ResolvedImage> {
+        let credentials = self.pull_rights(p, reference)?;
+        let img = self
+            .images()?
+            .resolve(reference, credentials)
+            .await
+            .map_err(|e| Self::refused(credentials, e))?;
+        self.store.claim_image(&p.id, reference)?;
+        Ok(img)
+    }
+
     pub async fn pull_image(
         &self,
-        _p: &Principal,
+        p: &Principal,
         reference: &str,
         progress: Option<ProgressFn>,
     ) -> Result<ImageInfo> {
         if reference.trim().is_empty() {
             return Err(Error::invalid("reference", "must not be empty"));
         }
-        self.images()?.pull(reference, progress).await
+        let credentials = self.pull_rights(p, reference)?;
+        let info = self
+            .images()?
+            .pull(reference, credentials, progress)
+            .await
+            .map_err(|e| Self::refused(credentials, e))?;
+        self.store.claim_image(&p.id, reference)?;
+        Ok(info)
     }
 
-    pub fn list_images(&self, _p: &Principal) -> Result<Vec<ImageInfo>> {
-        Ok(self.images()?.list())
+    /// The images `p` pulled (every cached one for the operator).
+    pub fn list_images(&self, p: &Principal) -> Result<Vec<ImageInfo>> {
+        let all = self.images()?.list();
+        if p.is_operator() {
+            return Ok(all);
+        }
+        let mine: std::collections::HashSet<String> =
+            self.store.images_of(&p.id)?.into_iter().collect();
+        Ok(all
+            .into_iter()
+            .filter(|i| mine.contains(&i.reference))
+            .collect())
     }
 
-    pub fn inspect_image(&self, _p: &Principal, reference: &str) -> Result<ImageInfo> {
+    pub fn inspect_image(&self, p: &Principal, reference: &str) -> Result<ImageInfo> {
+        if !p.is_operator() && !self.store.holds_image(&p.id, reference)? {
+            return Err(Error::not_found(format!("image {reference} in the cache")));
+        }
         self.images()?.inspect(reference)
     }
 
-    pub fn remove_image(&self, _p: &Principal, reference: &str) -> Result<()> {
-        self.images()?.remove(reference)
+    /// Drops `p`'s claim on an image; the cache entry goes with the last
+    /// claim (a sandbox standing on its layers keeps them: a prune never
+    /// removes those). The operator's removal drops every claim.
+    pub fn remove_image(&self, p: &Principal, reference: &str) -> Result<()> {
+        if p.is_operator() {
+            self.store.release_image(None, reference)?;
+            return self.images()?.remove(reference);
+        }
+        let (held, left) = self.store.release_image(Some(&p.id), reference)?;
+        if !held {
+            return Err(Error::not_found(format!("image {reference} in the cache")));
+        }
+        if left == 0 {
+            match self.images()?.remove(reference) {
+                Err(Error::NotFound { .. }) | Ok(()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Removes unused cached layers; never one a sandbox that still has a
-    /// filesystem (running, paused or stopped) stands on.
-    pub async fn prune_images(&self, _p: &Principal) -> Result<usize> {
+    /// filesystem (running, paused or stopped) stands on. The operator's.
+    pub async fn prune_images(&self, p: &Principal) -> Result<usize> {
+        if !p.is_operator() {
+            return Err(Error::Forbidden(
+                "pruning the image cache is the operator's".into(),
+            ));
+        }
         let in_use: Vec<String> = self
             .store
             .live_sandboxes()?

@@ -753,6 +753,13 @@ impl Principal {
     pub fn local() -> Principal {
         Principal { id: "local".into() }
     }
+
+    /// The operator: the local principal (loopback without a key, the
+    /// unauthenticated dialects). The image cache's prune and the daemon's
+    /// registry credentials are the operator's.
+    pub fn is_operator(&self) -> bool {
+        self.id == "local"
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -53,6 +53,15 @@ const MIGRATIONS: &[&str] = &[
         doc TEXT NOT NULL,
         PRIMARY KEY (owner, name)
      );",
+    // 3: which principals pulled which image (an image is theirs to list,
+    // inspect and remove; the cache entry goes with its last claim).
+    "CREATE TABLE image_claims (
+        principal TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (principal, reference)
+     );
+     CREATE INDEX image_claims_reference ON image_claims(reference);",
 ];
 
 pub struct Store {
@@ -521,6 +530,57 @@ impl Store {
             "DELETE FROM templates WHERE owner = ?1 AND name = ?2",
             params![owner, name],
         )? > 0)
+    }
+
+    /// Records that `principal` pulled `reference` (again: no change).
+    pub fn claim_image(&self, principal: &str, reference: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT OR IGNORE INTO image_claims (principal, reference, created_at) VALUES (?1, ?2, ?3)",
+            params![principal, reference, ms(Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    pub fn holds_image(&self, principal: &str, reference: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT 1 FROM image_claims WHERE principal = ?1 AND reference = ?2",
+                params![principal, reference],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The references `principal` holds.
+    pub fn images_of(&self, principal: &str) -> Result<Vec<String>> {
+        let c = self.lock();
+        let mut st = c.prepare("SELECT reference FROM image_claims WHERE principal = ?1")?;
+        let rows = st.query_map(params![principal], |r| r.get(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Drops `principal`'s claim on `reference` (every principal's with
+    /// `None`); whether there was one, and how many claims are left.
+    pub fn release_image(&self, principal: Option<&str>, reference: &str) -> Result<(bool, u64)> {
+        let c = self.lock();
+        let dropped = match principal {
+            Some(p) => c.execute(
+                "DELETE FROM image_claims WHERE principal = ?1 AND reference = ?2",
+                params![p, reference],
+            )?,
+            None => c.execute(
+                "DELETE FROM image_claims WHERE reference = ?1",
+                params![reference],
+            )?,
+        };
+        let left: i64 = c.query_row(
+            "SELECT COUNT(*) FROM image_claims WHERE reference = ?1",
+            params![reference],
+            |r| r.get(0),
+        )?;
+        Ok((dropped > 0, left as u64))
     }
 
     pub fn insert_key(&self, id: &str, name: &str, principal: &str, hash: &str) -> Result<()> {

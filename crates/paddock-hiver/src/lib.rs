@@ -637,15 +637,17 @@ async fn download(
 ) -> HResult<Response> {
     let sb = h.sandbox(&key)?;
     let path = path_param(&q)?;
-    let (info, s) = h.engine.read_file(&principal(), sb.id, &path).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, info.size.to_string()),
-        ],
+    let (size, s) = h.engine.read_file(&principal(), sb.id, &path).await?;
+    let mut r = (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
         Body::from_stream(s.map(|r| r.map_err(std::io::Error::other))),
     )
-        .into_response())
+        .into_response();
+    // Without a size (a file of /proc), the body is chunked to its end.
+    if let Some(n) = size {
+        r.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+    }
+    Ok(r)
 }
 
 /// multipart/form-data: `destination` (one of the mounts) then `file`,

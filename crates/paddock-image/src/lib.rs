@@ -42,7 +42,12 @@ pub struct ImageSettings {
 pub struct ImageStore {
     root: PathBuf,
     settings: ImageSettings,
+    /// For pulls that may use the daemon's registry credentials.
     client: Client,
+    /// For anonymous pulls: a client of their own, since a client keeps the
+    /// first authentication it used per registry, and the tokens it got,
+    /// for every later pull there.
+    anonymous: Client,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Pulls hold it shared; a prune holds it alone, so that it never
     /// removes a layer a pull has unpacked but not yet recorded.
@@ -55,6 +60,11 @@ pub struct ImageRecord {
     pub reference: String,
     pub resolved: String,
     pub image: ResolvedImage,
+    /// Pulled with the daemon's registry credentials: a cache hit serves
+    /// it only to a pull that may use them (others pull it again,
+    /// anonymously, and get the registry's answer).
+    #[serde(default)]
+    pub authenticated: bool,
 }
 
 /// Sends a pull's progress, downloads at most every 100 ms.
@@ -203,15 +213,19 @@ impl ImageStore {
                 insecure.push(h.trim_end_matches('/').to_string());
             }
         }
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure),
-            platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
-            ..Default::default()
-        });
+        let new_client = || {
+            Client::new(ClientConfig {
+                protocol: ClientProtocol::HttpsExcept(insecure.clone()),
+                platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+                ..Default::default()
+            })
+        };
+        let (client, anonymous) = (new_client(), new_client());
         Ok(ImageStore {
             root: root.to_path_buf(),
             settings,
             client,
+            anonymous,
             locks: Mutex::new(HashMap::new()),
             prune_lock: tokio::sync::RwLock::new(()),
         })
@@ -277,23 +291,37 @@ impl ImageStore {
         Ok((resolved, r))
     }
 
-    /// The image for `reference`: from the cache, else pulled.
-    pub async fn ensure(&self, reference: &str) -> Result<ResolvedImage> {
+    /// Where `reference` is pulled from (its alias followed), as
+    /// `registry/repository`: what a pull policy judges.
+    pub fn locate(&self, reference: &str) -> Result<String> {
+        let (_, r) = self.parse(reference)?;
+        Ok(format!("{}/{}", r.registry(), r.repository()))
+    }
+
+    /// The image for `reference`: from the cache, else pulled. With
+    /// `credentials`, the daemon's registry credentials may be used; without,
+    /// an image the cache holds from a pull that used them is pulled again
+    /// anonymously (only its manifest and config, when the layers are
+    /// cached), so that the registry decides.
+    pub async fn ensure(&self, reference: &str, credentials: bool) -> Result<ResolvedImage> {
         if let Some(rec) = self.cached(reference) {
-            return Ok(rec.image);
+            if credentials || !rec.authenticated {
+                return Ok(rec.image);
+            }
         }
-        Ok(self.pull(reference).await?.image)
+        Ok(self.pull(reference, credentials).await?.image)
     }
 
     /// Pulls `reference` (again), downloading only layers not yet cached.
-    pub async fn pull(&self, reference: &str) -> Result<ImageRecord> {
-        self.pull_with(reference, None).await
+    pub async fn pull(&self, reference: &str, credentials: bool) -> Result<ImageRecord> {
+        self.pull_with(reference, credentials, None).await
     }
 
     /// [`ImageStore::pull`], reporting progress to `progress`.
     pub async fn pull_with(
         &self,
         reference: &str,
+        credentials: bool,
         progress: Option<ProgressFn>,
     ) -> Result<ImageRecord> {
         let report = Reporter::new(reference, progress);
@@ -321,7 +349,10 @@ impl ImageStore {
         attempts.push(r.clone());
         let mut last = None;
         for (i, attempt) in attempts.iter().enumerate() {
-            match self.pull_from(reference, &resolved, attempt, &report).await {
+            match self
+                .pull_from(reference, &resolved, attempt, credentials, &report)
+                .await
+            {
                 Ok(rec) => {
                     report.send("done", None);
                     return Ok(rec);
@@ -342,14 +373,20 @@ impl ImageStore {
         reference: &str,
         resolved: &str,
         r: &Reference,
+        credentials: bool,
         report: &Reporter,
     ) -> Result<ImageRecord> {
         let auth = match self.settings.auth.get(r.resolve_registry()) {
-            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-            None => RegistryAuth::Anonymous,
+            Some((u, p)) if credentials => RegistryAuth::Basic(u.clone(), p.clone()),
+            _ => RegistryAuth::Anonymous,
         };
-        let (manifest, digest, config) = self
-            .client
+        let authenticated = matches!(auth, RegistryAuth::Basic(..));
+        let client = if credentials {
+            &self.client
+        } else {
+            &self.anonymous
+        };
+        let (manifest, digest, config) = client
             .pull_manifest_and_config(r, &auth)
             .await
             .map_err(|e| pull_error(reference, e))?;
@@ -364,7 +401,8 @@ impl ImageStore {
                 report.add(layer.size.max(0) as u64);
                 report.send("cached", Some(&layer.digest));
             } else {
-                self.fetch_layer(reference, r, layer, &dir, report).await?;
+                self.fetch_layer(client, reference, r, layer, &dir, report)
+                    .await?;
             }
             layers.push(dir.to_string_lossy().into_owned());
         }
@@ -373,6 +411,7 @@ impl ImageStore {
             reference: reference.to_string(),
             resolved: resolved.to_string(),
             image,
+            authenticated,
         };
         let tmp = self.ref_file(reference).with_extension("tmp");
         std::fs::write(
@@ -386,6 +425,7 @@ impl ImageStore {
 
     async fn fetch_layer(
         &self,
+        client: &Client,
         reference: &str,
         r: &Reference,
         layer: &oci_client::manifest::OciDescriptor,
@@ -404,7 +444,7 @@ impl ImageStore {
             report,
             layer: &layer.digest,
         };
-        let res = self.client.pull_blob(r, layer, file).await;
+        let res = client.pull_blob(r, layer, file).await;
         if let Err(e) = res {
             let _ = tokio::fs::remove_file(&blob).await;
             return Err(pull_error(reference, e));
@@ -518,14 +558,25 @@ impl ImageRecord {
 
 #[async_trait::async_trait]
 impl paddock_core::engine::Images for ImageStore {
-    async fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
-        self.ensure(reference).await
+    async fn resolve(&self, reference: &str, credentials: bool) -> Result<ResolvedImage> {
+        self.ensure(reference, credentials).await
     }
 
-    async fn pull(&self, reference: &str, progress: Option<ProgressFn>) -> Result<ImageInfo> {
-        Ok(ImageStore::pull_with(self, reference, progress)
-            .await?
-            .info())
+    async fn pull(
+        &self,
+        reference: &str,
+        credentials: bool,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImageInfo> {
+        Ok(
+            ImageStore::pull_with(self, reference, credentials, progress)
+                .await?
+                .info(),
+        )
+    }
+
+    fn locate(&self, reference: &str) -> Result<String> {
+        ImageStore::locate(self, reference)
     }
 
     fn list(&self) -> Vec<ImageInfo> {

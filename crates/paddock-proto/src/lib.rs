@@ -19,6 +19,14 @@ pub mod output;
 pub const EXEC_START_HEADER: &str = "paddock-exec-start-bin";
 pub const FEATURE_EXEC_START_HEADER: &str = "exec-start-header";
 
+/// Response metadata of `ReadFile`: the size of the file the agent opened
+/// (from its `fstat`, after following every symlink; absent where the size
+/// says nothing of the bytes, such as a file of `/proc`), and the path it
+/// opened as the sandbox sees it (binary: a path need not be UTF-8), so
+/// that the daemon judges a mount's ACL on the file actually read.
+pub const READ_SIZE_HEADER: &str = "paddock-size";
+pub const READ_PATH_HEADER: &str = "paddock-path-bin";
+
 /// A request extension: send this call's HEADERS with END_STREAM and no
 /// body (its input travels in metadata). [`AgentChannel`] drops the body.
 #[derive(Clone, Copy, Debug)]

@@ -49,7 +49,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1.0)]
     pub reap_interval: f64,
     /// Settings file (TOML): insecure_registries = [..], [registry_mirrors],
-    /// [image_aliases], [registry_auth."HOST"] username/password.
+    /// [image_aliases], [registry_auth."HOST"] username/password,
+    /// [pull_policy] default/credentials and [pull_policy.principals].
     #[arg(
         long,
         env = "PADDOCK_CONFIG",
@@ -106,6 +107,23 @@ pub struct FileConfig {
     pub image_aliases: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub registry_auth: std::collections::BTreeMap<String, Credentials>,
+    #[serde(default)]
+    pub pull_policy: PullPolicyConfig,
+}
+
+/// `[pull_policy]`: which registries and repositories each principal (a
+/// key's principal, by default its name) may pull from, as globs over
+/// `registry/repository` (`*` within a segment, `**` across), and who
+/// besides the operator may use the daemon's registry credentials.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PullPolicyConfig {
+    /// For principals not in `principals`; absent: any (anonymous) pull.
+    pub default: Option<Vec<String>>,
+    #[serde(default)]
+    pub credentials: Vec<String>,
+    #[serde(default)]
+    pub principals: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(serde::Deserialize, Debug)]
@@ -351,6 +369,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let (k, v) = pair(a, "--image-alias")?;
         aliases.insert(k, v);
     }
+    let pull_policy = paddock_core::engine::PullPolicy {
+        principals: file.pull_policy.principals.into_iter().collect(),
+        default: file.pull_policy.default,
+        credentials: file.pull_policy.credentials,
+    };
     let mut auth = docker_credentials();
     for (host, c) in file.registry_auth {
         auth.insert(host, (c.username, c.password));
@@ -374,6 +397,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             warm_pool_min_free_mb: args.warm_pool_min_free_mb,
             log_dir: Some(args.data_dir.join("logs")),
             log_max_bytes: args.log_max_mb << 20,
+            pull_policy,
             ..Default::default()
         },
     )?;

@@ -198,3 +198,183 @@ fn paths_cannot_leave_the_sandbox() {
     assert_eq!(r["stdout"].as_str().unwrap().trim(), "0", "{r}");
     std::fs::remove_file(&secret).unwrap();
 }
+
+/// Bytes of a download, through a client that gives up after `secs` (so
+/// that a download that hangs fails the test instead of holding it).
+fn get_file_within(api: &Api, id: &str, path: &str, secs: u64) -> (u16, Vec<u8>) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(secs))
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!("{}/sandboxes/{id}/files?path={path}", api.base))
+        .send()
+        .unwrap_or_else(|e| panic!("{path}: no answer within {secs}s: {e}"));
+    let status = r.status().as_u16();
+    let body = r
+        .bytes()
+        .unwrap_or_else(|e| panic!("{path}: body cut off or not within {secs}s: {e:?}"));
+    (status, body.to_vec())
+}
+
+/// Issue 19, item 9: a download through a symlink was cut to the link's own
+/// length (its lstat size), on the native API and in `paddock cp`, below
+/// and above the size at which the file is handed over to the daemon.
+#[test]
+fn download_through_a_symlink_is_whole() {
+    let d = shared();
+    let api = d.api();
+    let sb = Sb::new(&api, json!({}));
+    let dir = std::env::temp_dir().join(format!("paddock-cp-link-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Below and above handover::MIN_FILE (256 KiB).
+    for n in [100_000usize, 400_000] {
+        let data: Vec<u8> = (0..n as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let target = format!("/workspace/big{n}");
+        assert_eq!(
+            put_file(&api, &sb.id, &target, "", data.clone()).status,
+            201
+        );
+        // Absolute and relative links, and a link to a link.
+        sb.sh(&format!(
+            "ln -s {target} /workspace/abs{n} && ln -s big{n} /workspace/rel{n} \
+             && ln -s abs{n} /workspace/chain{n}"
+        ));
+        for link in ["abs", "rel", "chain"] {
+            let p = format!("/workspace/{link}{n}");
+            let (status, back) = get_file_within(&api, &sb.id, &p, 60);
+            assert_eq!(status, 200, "{p}: {}", String::from_utf8_lossy(&back));
+            assert_eq!(back.len(), n, "{p}: {} of {n} bytes", back.len());
+            assert!(back == data, "{p}: the bytes differ");
+        }
+        // `paddock cp` out through the link.
+        let out = dir.join(format!("out{n}"));
+        d.cli_ok(&[
+            "cp",
+            &format!("{}:/workspace/abs{n}", sb.id),
+            out.to_str().unwrap(),
+        ]);
+        let got = std::fs::read(&out).unwrap();
+        assert_eq!(got.len(), n, "paddock cp: {} of {n} bytes", got.len());
+        assert!(got == data, "paddock cp: the bytes differ");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19, item 9: a file of /proc (stat size 0, yet data) downloaded as
+/// an empty 200.
+#[test]
+fn proc_files_download_their_bytes() {
+    let api = shared().api();
+    let sb = Sb::new(&api, json!({}));
+    let (status, body) = get_file_within(&api, &sb.id, "/proc/self/status", 30);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("Name:") && text.contains("Pid:"), "{text:?}");
+    let (status, body) = get_file_within(&api, &sb.id, "/proc/cpuinfo", 30);
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&body).contains("processor"),
+        "/proc/cpuinfo came as {} bytes",
+        body.len()
+    );
+    // And through a link to one.
+    sb.sh("ln -s /proc/meminfo /workspace/mem");
+    let (status, body) = get_file_within(&api, &sb.id, "/workspace/mem", 30);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("MemTotal"));
+}
+
+/// Issue 19, item 9: a FIFO's download hung (the agent's open blocks until
+/// a writer comes). Whatever is not a regular file is a prompt 400 that
+/// says what it is, through a link too.
+#[test]
+fn what_is_not_a_regular_file_is_refused_promptly() {
+    let api = shared().api();
+    let sb = Sb::new(&api, json!({}));
+    let r = sb.sh(
+        "mkfifo /workspace/fifo && ln -s fifo /workspace/lfifo && mkdir /workspace/dir \
+         && ln -s dir /workspace/ldir && python3 -c \"import socket; \
+         socket.socket(socket.AF_UNIX).bind('/workspace/sock')\" && echo ok",
+    );
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), "ok", "{r}");
+    for (path, what) in [
+        ("/workspace/fifo", "FIFO"),
+        ("/workspace/lfifo", "FIFO"),
+        ("/workspace/dir", "directory"),
+        ("/workspace/ldir", "directory"),
+        ("/workspace/sock", "socket"),
+        ("/dev/zero", "device"),
+        ("/dev/null", "device"),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body) = get_file_within(&api, &sb.id, path, 15);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(
+            text.contains(what) && text.contains("\"path\""),
+            "{path}: {text}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{path}: slow"
+        );
+    }
+    // The sandbox still answers (nothing of the agent is stuck).
+    assert_eq!(sb.sh("echo alive")["stdout"], "alive\n");
+}
+
+/// A mount's ACL is judged on the file the agent opened: a process in the
+/// sandbox that swaps a symlink between an allowed and a denied file, so
+/// that the path resolves to the allowed one when the daemon asks and to
+/// the denied one when the agent opens it, never gets the denied bytes out.
+#[test]
+fn a_swapped_symlink_does_not_pass_a_mount_acl() {
+    let api = shared().api();
+    let sb = Sb::new(
+        &api,
+        json!({"mounts": [{"path": "/data", "acls": [
+            {"path": "/data/**", "access": "rw"},
+            {"path": "/data/secret/**", "access": "deny"}
+        ]}]}),
+    );
+    let r = sb.sh(
+        "mkdir -p /data/secret /data/pub && echo TOPSECRET > /data/secret/key \
+         && echo public > /data/pub/ok && ln -s /data/pub/ok /data/pub/link && echo ok",
+    );
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), "ok", "{r}");
+    // Denied outright, and through a link that stays put.
+    assert_eq!(get_file(&api, &sb.id, "/data/secret/key").0, 403);
+    sb.sh("ln -s /data/secret/key /data/pub/fixed");
+    assert_eq!(get_file(&api, &sb.id, "/data/pub/fixed").0, 403);
+    // Swapped in a loop, each swap an atomic rename.
+    let swapper = api.req(reqwest::Method::POST, &sb.path("/exec")).json(
+        &json!({"shell": "cd /data/pub; end=$(($(date +%s)+25)); \
+            while [ $(date +%s) -lt $end ]; do \
+              ln -sfn /data/secret/key t1; mv -Tf t1 link; \
+              ln -sfn /data/pub/ok t2; mv -Tf t2 link; done", "timeout": 40}),
+    );
+    let bg = std::thread::spawn(move || swapper.send().map(|r| r.status().as_u16()));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (mut ok, mut refused) = (0, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let (status, body) = get_file_within(&api, &sb.id, "/data/pub/link", 15);
+        assert!(
+            !String::from_utf8_lossy(&body).contains("TOPSECRET"),
+            "a denied file came out through a swapped link (after {ok} allowed, {refused} refused)"
+        );
+        match status {
+            200 => ok += 1,
+            403 | 404 => refused += 1,
+            s => panic!("unexpected {s}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+    let _ = bg.join();
+    assert!(
+        ok > 0 && refused > 0,
+        "the race never ran: {ok} allowed, {refused} refused"
+    );
+}

@@ -796,3 +796,141 @@ fn mirror_fallback_cli_and_a_cache_that_survives_restarts() {
         0
     );
 }
+
+fn key_of(d: &Daemon, name: &str) -> String {
+    let out = d.cli(&["keys", "create", "--name", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn references(r: &Resp) -> Vec<String> {
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 19, item 10: any key listed, removed and pruned every image in the
+/// cache. An image is its puller's: another key neither sees nor removes
+/// it, prune is the operator's, and the cache entry goes once nobody holds it.
+#[test]
+fn images_belong_to_the_principals_that_pulled_them() {
+    let e = env();
+    let d = &e.daemon;
+    let a = d.api_with_key(&key_of(d, "img-a"));
+    let b = d.api_with_key(&key_of(d, "img-b"));
+    let operator = d.api();
+    let image = format!("{}/test/owned:1", e.reg.addr);
+    e.reg.push_busybox(&e.work, "test/owned:1");
+    let r = a.post("/images", json!({"reference": image}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(references(&a.get("/images")).contains(&image));
+    // B sees nothing of it and cannot remove it, nor prune the cache.
+    assert!(
+        !references(&b.get("/images")).contains(&image),
+        "B lists A's image"
+    );
+    assert_eq!(
+        b.get(&format!("/images/inspect?reference={image}")).status,
+        404
+    );
+    let r = b.delete(&format!("/images?reference={image}"));
+    assert_eq!(r.status, 404, "B removed A's image: {}", r.text);
+    let r = b.post("/images/prune", json!({}));
+    assert_eq!(r.status, 403, "B pruned the cache: {}", r.text);
+    assert_eq!(
+        a.get(&format!("/images/inspect?reference={image}")).status,
+        200
+    );
+    // The operator sees every image.
+    assert!(references(&operator.get("/images")).contains(&image));
+    // B pulls it too: each holds a claim, and A's removal drops only A's.
+    assert_eq!(b.post("/images", json!({"reference": image})).status, 200);
+    assert_eq!(a.delete(&format!("/images?reference={image}")).status, 204);
+    assert!(!references(&a.get("/images")).contains(&image));
+    assert_eq!(
+        a.get(&format!("/images/inspect?reference={image}")).status,
+        404
+    );
+    assert!(references(&b.get("/images")).contains(&image));
+    assert!(references(&operator.get("/images")).contains(&image));
+    // A sandbox from it is B's pull on B's behalf; the last claim gone, the
+    // entry goes (the sandbox keeps its layers).
+    let sb = Sb::new(&b, json!({"image": image}));
+    assert_eq!(b.delete(&format!("/images?reference={image}")).status, 204);
+    assert!(!references(&operator.get("/images")).contains(&image));
+    assert_eq!(sb.sh("cat /srv/name")["stdout"], "test/owned:1\n");
+    drop(sb);
+    // Creating from an image is a pull on the caller's behalf: A holds it now.
+    let sb = Sb::new(&a, json!({"image": image}));
+    drop(sb);
+    assert!(references(&a.get("/images")).contains(&image));
+    assert!(!references(&b.get("/images")).contains(&image));
+    assert_eq!(operator.post("/images/prune", json!({})).status, 200);
+}
+
+/// Issue 19, item 10: pulls used the daemon's registry credentials for any
+/// key, so any tenant could fetch a private image. The credentials are the
+/// operator's (and those the pull policy names); which registries and
+/// repositories a principal may pull from is the policy's.
+#[test]
+fn private_images_need_the_operators_credentials() {
+    let work = std::env::temp_dir().join(format!("paddock-images-policy-{}", std::process::id()));
+    let reg = Registry::start_with_auth(&work.join("registry"), Some(("alice", "s3cret")));
+    reg.push_busybox(&work, "private/bb:1");
+    reg.push_busybox(&work, "other/bb:1");
+    let image = format!("{}/private/bb:1", reg.addr);
+    let other = format!("{}/other/bb:1", reg.addr);
+    let cfg = credentials_file(&work, &reg);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[pull_policy]\ncredentials = [\"trusted\"]\n[pull_policy.principals]\nnarrow = [\"{a}/other/**\"]\n",
+        a = reg.addr
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start_with("127.0.0.1", &["--config", cfg.to_str().unwrap()]);
+    let b = d.api_with_key(&key_of(&d, "tenant-b"));
+    let trusted = d.api_with_key(&key_of(&d, "trusted"));
+    let narrow = d.api_with_key(&key_of(&d, "narrow"));
+    let operator = d.api();
+    // B is refused, naming the image; the operator pulls it.
+    let r = b.post("/images", json!({"reference": image}));
+    assert_eq!(
+        r.status, 403,
+        "B pulled a private image with the daemon's credentials: {}",
+        r.text
+    );
+    assert!(r.text.contains("private/bb"), "{}", r.text);
+    let r = operator.post("/images", json!({"reference": image}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Cached now, it is still not B's: neither a create nor a pull gets it.
+    let r = b.post("/sandboxes", json!({"image": image}));
+    assert_eq!(
+        r.status, 403,
+        "B booted a private image from the cache: {}",
+        r.text
+    );
+    assert_eq!(b.post("/images", json!({"reference": image})).status, 403);
+    assert!(!references(&b.get("/images")).contains(&image));
+    // A principal the policy gives the credentials.
+    let r = trusted.post("/images", json!({"reference": other}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A principal the policy keeps to one repository.
+    let r = narrow.post("/images", json!({"reference": image}));
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(
+        r.text.contains("private/bb") && r.text.contains("pull policy"),
+        "{}",
+        r.text
+    );
+    drop(d);
+    drop(reg);
+    let _ = std::fs::remove_dir_all(work);
+}
