@@ -20,6 +20,7 @@ mod netlink;
 mod sealed;
 mod seccomp;
 mod spec;
+mod syscalls;
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
