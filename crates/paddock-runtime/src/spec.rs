@@ -26,8 +26,9 @@ pub const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Paths masked from the sandbox: runc's defaults plus host secrets under
-/// the shared /etc.
+/// Paths masked from the sandbox: runc's defaults plus secrets under /etc
+/// (the default image's /etc has none of them, `etc.rs`; an image's own
+/// are masked too).
 const MASKED: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",

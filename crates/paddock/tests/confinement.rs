@@ -1,7 +1,9 @@
-//! What a sandbox's root cannot do to the kernel, tried as an attacker
-//! would: new namespaces (a user namespace of its own gave full
-//! capabilities, and nf_tables with them), io_uring and system calls the
-//! seccomp profile does not name. And what programs need still works.
+//! What a sandbox's root cannot do to the kernel or read of the host, tried
+//! as an attacker would: new namespaces (a user namespace of its own gave
+//! full capabilities, and nf_tables with them), io_uring and system calls
+//! the seccomp profile does not name; and the host's `/etc` (the daemon's
+//! config with its registry passwords, other services' secrets, host
+//! accounts). And what programs need still works.
 
 mod common;
 use common::*;
@@ -167,4 +169,106 @@ fn what_programs_need_is_allowed() {
     // A busybox applet, bash and sh.
     let r = sb.sh("busybox echo bb && bash -c 'echo $((6*7))' && sh -c 'echo ok'");
     assert_eq!(r["stdout"], "bb\n42\nok\n", "{r}");
+}
+
+/// Host files the test makes, removed when dropped.
+struct HostFiles(Vec<std::path::PathBuf>);
+
+impl Drop for HostFiles {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
+        }
+    }
+}
+
+fn secret_file(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+#[test]
+fn host_etc_secrets_are_not_visible() {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut made = HostFiles(Vec::new());
+    let marker = std::path::PathBuf::from(format!("/etc/paddock-test-{tag}"));
+    secret_file(&marker, &format!("marker-{tag}"));
+    made.0.push(marker.clone());
+    let conf_dir = std::path::Path::new("/etc/paddock");
+    if !conf_dir.exists() {
+        std::fs::create_dir(conf_dir).unwrap();
+        made.0.push(conf_dir.to_path_buf());
+    }
+    let conf = conf_dir.join(format!("{tag}.toml"));
+    secret_file(&conf, &format!("password = \"{tag}\"\n"));
+    made.0.push(conf.clone());
+
+    // A daemon started after the files exist, and the shared one.
+    let d = Daemon::start();
+    for api in [d.api(), shared().api()] {
+        let sb = Sb::new(&api, json!({}));
+        for p in [marker.to_str().unwrap(), conf.to_str().unwrap()] {
+            let r = sb.sh(&format!("cat {p}"));
+            assert_ne!(r["exit_code"], 0, "{p} is readable: {r}");
+            assert!(!r["stdout"].as_str().unwrap().contains(&tag), "{r}");
+        }
+        // Nothing of the daemon's config directory, nor other secrets.
+        let r = sb.sh(&format!(
+            "ls -a /etc/paddock /etc/shadow /etc/gshadow /etc/ssh /etc/ssl/private /etc/sudoers /etc/postgresql /etc/pip.conf /etc/npmrc; grep -rl {tag} /etc"
+        ));
+        assert_eq!(r["stdout"], "", "{r}");
+        // Host accounts beyond the base ones are not listed.
+        let passwd = sb.sh("cat /etc/passwd")["stdout"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for line in std::fs::read_to_string("/etc/passwd").unwrap().lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            let uid: u32 = f.get(2).and_then(|u| u.parse().ok()).unwrap_or(0);
+            if (100..65534).contains(&uid) {
+                assert!(
+                    !passwd.lines().any(|l| l.starts_with(&format!("{}:", f[0]))),
+                    "host account {} is visible:\n{passwd}",
+                    f[0]
+                );
+            }
+        }
+
+        // What programs need is there.
+        let ok = |cmd: &str, want: &str| {
+            let r = sb.sh(cmd);
+            assert_eq!(r["exit_code"], 0, "{cmd}: {r}");
+            assert!(r["stdout"].as_str().unwrap().contains(want), "{cmd}: {r}");
+        };
+        ok("python3 -c 'import ssl, json; print(1)'", "1");
+        ok(
+            "python3 -c 'import ssl; p = ssl.get_default_verify_paths(); print(open(p.openssl_cafile).read().count(\"BEGIN CERT\") > 10)'",
+            "True",
+        );
+        ok("id", "uid=0(root) gid=0(root)");
+        ok("id nobody", "uid=65534(nobody)");
+        ok("getent passwd root", "root:x:0:0:");
+        ok("getent group nogroup", "nogroup:x:65534:");
+        ok("ls /etc/ssl/certs | head", "");
+        ok(
+            "test -s /etc/ssl/certs/ca-certificates.crt && echo bundle",
+            "bundle",
+        );
+        ok("sh -c 'echo ok'", "ok");
+        ok("bash -lc 'echo login-ok'", "login-ok");
+        ok("echo x | awk '{print \"awk-\" $1}'", "awk-x");
+        ok("cat /etc/os-release", "ID=");
+        ok("ldconfig -p | head -2", "libs found");
+        ok("cat /etc/hostname", "sb-");
+        ok("cat /etc/hosts", "localhost");
+        ok("cat /etc/resolv.conf", "nameserver");
+    }
+    drop(made);
 }
