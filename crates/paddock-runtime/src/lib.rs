@@ -17,12 +17,14 @@
 
 mod cgroup;
 mod cmd;
+mod etc;
 mod inroot;
 mod net;
 mod netlink;
 mod sealed;
 mod seccomp;
 mod spec;
+mod syscalls;
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -91,12 +93,16 @@ fn mounted<'a>(paths: &[&'a Path]) -> Vec<&'a Path> {
         .collect()
 }
 
-/// The host directories that make the default image: /usr and /etc, plus
-/// /bin, /lib... where they are directories rather than links into /usr.
+/// The host directories that make the default image: /usr, plus /bin,
+/// /lib... where they are directories rather than links into /usr; and its
+/// /etc, made (or refreshed) next to `base` from the allowed part of the
+/// host's (`etc.rs`).
 fn host_layout(base: &Path) -> Result<Vec<(String, String)>> {
+    let etc = base.with_file_name("host-etc");
+    etc::prepare(Path::new("/etc"), &etc)?;
     let mut binds = vec![
         ("/usr".to_string(), "/usr".to_string()),
-        ("/etc".into(), "/etc".into()),
+        (etc.to_string_lossy().into_owned(), "/etc".into()),
     ];
     std::fs::create_dir_all(base).map_err(io("base image"))?;
     for d in [

@@ -26,58 +26,9 @@ pub const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// System calls refused with EPERM: kernel modules, kexec, keyrings, BPF,
-/// perf, mounts and namespaces, clocks, swap, reboot, raw I/O ports.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "adjtimex",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "move_mount",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vm86",
-    "vm86old",
-];
-
-/// Paths masked from the sandbox: runc's defaults plus host secrets under
-/// the shared /etc.
+/// Paths masked from the sandbox: runc's defaults plus secrets under /etc
+/// (the default image's /etc has none of them, `etc.rs`; an image's own
+/// are masked too).
 const MASKED: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
@@ -246,11 +197,7 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
             "namespaces": namespaces,
             "maskedPaths": MASKED,
             "readonlyPaths": READONLY,
-            "seccomp": {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-                "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
-            }
+            "seccomp": crate::syscalls::profile()
         }
     });
     serde_json::from_value(spec).map_err(|e| Error::Internal(format!("OCI spec: {e}")))
