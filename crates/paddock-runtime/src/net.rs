@@ -91,6 +91,9 @@ pub struct Network {
     /// Namespaces this process made and has not removed (pooled, being
     /// wired, or given to a sandbox): never garbage.
     made: Mutex<HashSet<String>>,
+    /// Held by the refill while it wires a namespace: [`Network::drain`]
+    /// waits for it, so that none is left behind, pinned, at exit.
+    wiring: tokio::sync::Mutex<()>,
 }
 
 /// The MAC address of the sandbox at `ip`: locally administered, unicast,
@@ -313,6 +316,15 @@ impl Network {
         if !addrs.contains(&format!(" {cidr} ")) {
             run("ip", &["addr", "add", &cidr, "dev", b]).await?;
         }
+        // A bridge without an address of its own takes the lowest of its
+        // ports', and changes it as sandboxes come and go: the gateway's
+        // MAC cached in the sandboxes goes stale, and the host's neighbours
+        // are flushed. A fixed one, from its address.
+        let mac = mac_text(mac_for(cfg.gateway));
+        let now = std::fs::read_to_string(format!("/sys/class/net/{b}/address"));
+        if now.map(|m| m.trim() != mac).unwrap_or(true) {
+            run("ip", &["link", "set", "dev", b, "address", &mac]).await?;
+        }
         run("ip", &["link", "set", b, "up"]).await?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| Error::Internal(format!("enable ip_forward: {e}")))?;
@@ -362,6 +374,7 @@ impl Network {
             refill: tokio::sync::Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             made: Mutex::new(HashSet::new()),
+            wiring: tokio::sync::Mutex::new(()),
         });
         Ok(net)
     }
@@ -380,6 +393,10 @@ impl Network {
                 if !short {
                     notified.await;
                     continue;
+                }
+                let _wiring = n.wiring.lock().await;
+                if n.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
                 }
                 match n.make_slot(true).await {
                     Ok(slot) if n.closed.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -648,6 +665,8 @@ impl Network {
     pub async fn drain(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.refill.notify_one();
+        // A namespace being wired is destroyed by the refill once done.
+        let _wiring = self.wiring.lock().await;
         let slots: Vec<Slot> =
             std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
         for s in slots {
@@ -687,4 +706,40 @@ fn rand_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_named_after_the_bridge_and_pin_known_addresses() {
+        let ip = Ipv4Addr::new(10, 88, 1, 2);
+        assert_eq!(mac_text(mac_for(ip)), "02:50:0a:58:01:02");
+        let cfg = NetConfig {
+            bridge: "pd-t.1".into(),
+            host_ports: vec![8080],
+            ..Default::default()
+        };
+        assert_eq!(table(&cfg), "paddock_pd_t_1");
+        let slot = Slot {
+            netns: "pd-t.1-x".into(),
+            veth: "pvx".into(),
+            ip,
+            rx_base: 0,
+            tx_base: 0,
+            mac: None,
+            host_gateway: true,
+        };
+        let rules = ruleset(&cfg, &[Ipv4Addr::new(10, 0, 0, 53)], &[Pin::of(&slot)]);
+        for want in [
+            "elements = { 10.0.0.53 }",
+            "elements = { 8080 }",
+            "elements = { 10.88.1.2 }",
+            "iifname \"pd-t.1\" oifname \"pd-t.1\" counter drop",
+            "add element bridge paddock_pd_t_1 macs { \"pvx\" . 02:50:0a:58:01:02 }",
+        ] {
+            assert!(rules.contains(want), "{want} missing from {rules}");
+        }
+    }
 }
