@@ -12,6 +12,34 @@ pub async fn run(program: &str, args: &[&str]) -> Result<String, Error> {
     run_opts(program.as_ref(), program, args).await
 }
 
+/// Runs `program` with `input` on its stdin (`nft -f /dev/stdin`: a
+/// ruleset applied as one transaction).
+pub async fn run_input(program: &str, args: &[&str], input: &str) -> Result<String, Error> {
+    use tokio::io::AsyncWriteExt;
+    let err = |e: std::io::Error| Error::Internal(format!("{program}: {e}"));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(err)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await.map_err(err)?;
+    }
+    let out = child.wait_with_output().await.map_err(err)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(Error::Internal(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// Runs the executable at `exe`, naming it `program` in errors.
 pub async fn run_exe(exe: &Path, program: &str, args: &[&str]) -> Result<String, Error> {
     run_opts(exe.as_os_str(), program, args).await

@@ -188,7 +188,18 @@ impl ContainerRuntime {
             cgroup::favor_dynamic_modifications();
         }
         let host_binds = host_layout(&base)?;
-        let net = net::Network::init(cfg.net.clone(), cfg.net_pool).await?;
+        // The network slots of sandboxes an earlier daemon left running:
+        // their ports stay pinned and isolated.
+        let existing: Vec<net::Slot> = std::fs::read_dir(&sandboxes)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).is_ok())
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("net.json")).ok())
+                    .filter_map(|t| serde_json::from_str(&t).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let net = net::Network::init(cfg.net.clone(), cfg.net_pool, &existing).await?;
         let mut rt = ContainerRuntime {
             oci: String::new(),
             oci_exe: PathBuf::new(),
@@ -487,9 +498,17 @@ impl ContainerRuntime {
             }
         }
 
-        let slot = self.net.take().await?;
+        let mut slot = self.net.take().await?;
         let ip = slot.ip;
-        let recorded = serde_json::to_string(&slot).map_err(Error::internal);
+        let host_gateway = config
+            .extra_hosts
+            .iter()
+            .any(|h| h.split_once(':').is_some_and(|(_, a)| a == "host-gateway"));
+        let allowed = match host_gateway {
+            true => self.net.allow_host_gateway(&mut slot).await,
+            false => Ok(()),
+        };
+        let recorded = allowed.and_then(|()| serde_json::to_string(&slot).map_err(Error::internal));
         if let Err(e) =
             recorded.and_then(|j| std::fs::write(dir.join("net.json"), j).map_err(io("net.json")))
         {

@@ -1,5 +1,16 @@
 //! Per-sandbox networking: a named network namespace with a veth pair on a
 //! host bridge, NAT to the host's uplink, and an address from a /16.
+//!
+//! Sandboxes are kept apart and away from the host: each veth is an
+//! isolated bridge port (no layer-2 path between sandboxes), and two
+//! nftables tables of this daemon's own, named after its bridge
+//! ([`table`]), filter what they send: in the `bridge` family every frame
+//! from a sandbox's port must carry its MAC, IPv4 its address and ARP both
+//! (nothing else passes: no spoofing), and in the `inet` family the host
+//! drops what sandboxes route through it to each other and what they send
+//! to its own addresses, except DNS to a nameserver of their resolv.conf,
+//! ping to the gateway, the ports the operator lists (`--host-port`), the
+//! gateway for a sandbox that asked for `host-gateway`, and replies.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -14,6 +25,9 @@ pub struct NetConfig {
     pub bridge: String,
     /// The bridge's address; sandboxes get addresses in its /16.
     pub gateway: Ipv4Addr,
+    /// Ports of the gateway address every sandbox may reach (TCP and UDP),
+    /// for host services the operator offers them.
+    pub host_ports: Vec<u16>,
 }
 
 impl Default for NetConfig {
@@ -21,6 +35,7 @@ impl Default for NetConfig {
         NetConfig {
             bridge: "paddock0".into(),
             gateway: Ipv4Addr::new(10, 88, 0, 1),
+            host_ports: Vec::new(),
         }
     }
 }
@@ -39,6 +54,15 @@ pub struct Slot {
     pub rx_base: u64,
     #[serde(default)]
     pub tx_base: u64,
+    /// Its `eth0`'s MAC address ([`mac_for`] of its address), which the
+    /// bridge filter pins its port to. None in a slot an older daemon
+    /// wired: then read from the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The sandbox may reach the gateway address (it asked for
+    /// `host-gateway` in its extra hosts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_gateway: bool,
 }
 
 impl Slot {
@@ -67,6 +91,145 @@ pub struct Network {
     /// Namespaces this process made and has not removed (pooled, being
     /// wired, or given to a sandbox): never garbage.
     made: Mutex<HashSet<String>>,
+    /// Held by the refill while it wires a namespace: [`Network::drain`]
+    /// waits for it, so that none is left behind, pinned, at exit.
+    wiring: tokio::sync::Mutex<()>,
+}
+
+/// The MAC address of the sandbox at `ip`: locally administered, unicast,
+/// and known before the namespace exists (as Docker's 02:42:IP).
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x50, o[0], o[1], o[2], o[3]]
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The name of this daemon's nftables tables (one in the `bridge` family,
+/// one in `inet`): tied to its bridge, so that daemons with different
+/// bridges keep out of each other's rules.
+fn table(cfg: &NetConfig) -> String {
+    let name: String = cfg
+        .bridge
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("paddock_{name}")
+}
+
+/// What the bridge filter knows of one sandbox port.
+struct Pin {
+    veth: String,
+    mac: String,
+    ip: Ipv4Addr,
+    host_gateway: bool,
+}
+
+impl Pin {
+    fn of(s: &Slot) -> Pin {
+        Pin {
+            veth: s.veth.clone(),
+            mac: s.mac.clone().unwrap_or_else(|| mac_text(mac_for(s.ip))),
+            ip: s.ip,
+            host_gateway: s.host_gateway,
+        }
+    }
+
+    /// `add` or `delete` of the port's elements.
+    fn elements(&self, op: &str, t: &str) -> String {
+        let Pin { veth, mac, ip, .. } = self;
+        format!(
+            "{op} element bridge {t} ports {{ \"{veth}\" }}\n\
+             {op} element bridge {t} macs {{ \"{veth}\" . {mac} }}\n\
+             {op} element bridge {t} ips {{ \"{veth}\" . {ip} }}\n"
+        )
+    }
+}
+
+/// The nftables tables, replaced whole in one transaction: the chains, the
+/// sets, and the ports of `pins` (sandboxes already running).
+fn ruleset(cfg: &NetConfig, dns: &[Ipv4Addr], pins: &[Pin]) -> String {
+    let t = table(cfg);
+    let b = &cfg.bridge;
+    let gw = cfg.gateway;
+    let elements = |items: Vec<String>| {
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", items.join(", "))
+        }
+    };
+    let dns = elements(dns.iter().map(|a| a.to_string()).collect());
+    let ports = elements(cfg.host_ports.iter().map(|p| p.to_string()).collect());
+    let hostgw = elements(
+        pins.iter()
+            .filter(|p| p.host_gateway)
+            .map(|p| p.ip.to_string())
+            .collect(),
+    );
+    let mut out = format!(
+        r#"table bridge {t}
+delete table bridge {t}
+table bridge {t} {{
+  set ports {{ type ifname; }}
+  set macs {{ type ifname . ether_addr; }}
+  set ips {{ type ifname . ipv4_addr; }}
+  chain pin {{
+    type filter hook prerouting priority filter; policy accept;
+    iifname != @ports accept
+    iifname . ether saddr != @macs counter drop
+    ether type arp iifname . arp saddr ether != @macs counter drop
+    ether type arp iifname . arp saddr ip != @ips counter drop
+    ether type ip iifname . ip saddr != @ips counter drop
+    ether type != {{ ip, arp }} counter drop
+  }}
+}}
+table inet {t}
+delete table inet {t}
+table inet {t} {{
+  set dns {{ type ipv4_addr; {dns} }}
+  set host_ports {{ type inet_service; {ports} }}
+  set host_gateway {{ type ipv4_addr; {hostgw} }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname != "{b}" accept
+    ct state established,related accept
+    ip daddr @dns meta l4proto {{ tcp, udp }} th dport 53 accept
+    ip daddr {gw} icmp type echo-request accept
+    ip daddr {gw} meta l4proto {{ tcp, udp }} th dport @host_ports accept
+    ip daddr {gw} ip saddr @host_gateway accept
+    counter drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "{b}" oifname "{b}" counter drop
+  }}
+}}
+"#
+    );
+    for p in pins {
+        out.push_str(&p.elements("add", &t));
+    }
+    out
+}
+
+/// Applies an nftables script as one transaction.
+async fn nft(script: &str) -> Result<String> {
+    crate::cmd::run_input("nft", &["-f", "/dev/stdin"], script).await
+}
+
+/// The IPv4 nameservers of a sandbox's resolv.conf.
+fn nameservers() -> Vec<Ipv4Addr> {
+    Network::resolv_conf()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
 }
 
 /// The sandboxes' subnet: the gateway's /16.
@@ -108,9 +271,26 @@ async fn iptables(op: &str, table: &str, rule: &[String]) -> Result<String> {
 }
 
 impl Network {
-    /// Sets up the bridge, forwarding and NAT (idempotent).
-    pub async fn init(cfg: NetConfig, pool_size: usize) -> Result<std::sync::Arc<Network>> {
+    /// Sets up the bridge, forwarding and NAT (idempotent), and the
+    /// filters, with the ports of the sandboxes in `existing` (left by an
+    /// earlier daemon) pinned and isolated.
+    pub async fn init(
+        cfg: NetConfig,
+        pool_size: usize,
+        existing: &[Slot],
+    ) -> Result<std::sync::Arc<Network>> {
         let b = cfg.bridge.as_str();
+        if b.is_empty()
+            || b.len() > 15
+            || !b
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(Error::invalid(
+                "bridge",
+                format!("{b:?} is not an interface name (1 to 15 letters, digits, '_', '.', '-')"),
+            ));
+        }
         let cidr = format!("{}/16", cfg.gateway);
         let subnet = subnet(&cfg);
         // Another interface routing the same subnet would take the traffic
@@ -136,6 +316,15 @@ impl Network {
         if !addrs.contains(&format!(" {cidr} ")) {
             run("ip", &["addr", "add", &cidr, "dev", b]).await?;
         }
+        // A bridge without an address of its own takes the lowest of its
+        // ports', and changes it as sandboxes come and go: the gateway's
+        // MAC cached in the sandboxes goes stale, and the host's neighbours
+        // are flushed. A fixed one, from its address.
+        let mac = mac_text(mac_for(cfg.gateway));
+        let now = std::fs::read_to_string(format!("/sys/class/net/{b}/address"));
+        if now.map(|m| m.trim() != mac).unwrap_or(true) {
+            run("ip", &["link", "set", "dev", b, "address", &mac]).await?;
+        }
         run("ip", &["link", "set", b, "up"]).await?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| Error::Internal(format!("enable ip_forward: {e}")))?;
@@ -148,6 +337,35 @@ impl Network {
                 }
             }
         }
+        let mut pins = Vec::new();
+        for s in existing.iter().filter(|s| s.path().exists()) {
+            let mut p = Pin::of(s);
+            if s.mac.is_none() {
+                // Wired by a daemon that did not choose the MAC.
+                let out = run("ip", &["-n", &s.netns, "-o", "link", "show", "eth0"])
+                    .await
+                    .unwrap_or_default();
+                let mut words = out.split_whitespace();
+                if let Some(m) = words
+                    .by_ref()
+                    .find(|w| *w == "link/ether")
+                    .and(words.next())
+                {
+                    p.mac = m.to_string();
+                }
+            }
+            pins.push(p);
+        }
+        nft(&ruleset(&cfg, &nameservers(), &pins))
+            .await
+            .map_err(|e| Error::Unavailable {
+                what: "sandbox networking".into(),
+                reason: format!("the sandbox network filter (nftables) could not be set up: {e}"),
+            })?;
+        let veths: Vec<String> = pins.iter().map(|p| p.veth.clone()).collect();
+        if let Err(e) = crate::netlink::isolate_all(&veths).await {
+            tracing::warn!("{e}");
+        }
         let net = std::sync::Arc::new(Network {
             cfg,
             used: Mutex::new(HashSet::new()),
@@ -156,6 +374,7 @@ impl Network {
             refill: tokio::sync::Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             made: Mutex::new(HashSet::new()),
+            wiring: tokio::sync::Mutex::new(()),
         });
         Ok(net)
     }
@@ -174,6 +393,10 @@ impl Network {
                 if !short {
                     notified.await;
                     continue;
+                }
+                let _wiring = n.wiring.lock().await;
+                if n.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
                 }
                 match n.make_slot(true).await {
                     Ok(slot) if n.closed.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -256,7 +479,10 @@ impl Network {
     /// that slows down the creates around it. Sandboxes hold no
     /// CAP_NET_ADMIN and /proc/sys is read-only to them, so they cannot
     /// have changed its interfaces, addresses, routes or sysctls.
-    pub async fn recycle(&self, s: Slot) {
+    pub async fn recycle(&self, mut s: Slot) {
+        if s.host_gateway && self.deny_host_gateway(&s).await.is_ok() {
+            s.host_gateway = false;
+        }
         let keep = !self.closed.load(std::sync::atomic::Ordering::SeqCst) && s.path().exists() && {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             // Only namespaces this process made: one left from before a
@@ -278,20 +504,51 @@ impl Network {
         }
     }
 
+    /// Lets the sandbox of `s` reach the gateway address (it asked for
+    /// `host-gateway`); recorded in the slot, undone when it goes.
+    pub async fn allow_host_gateway(&self, s: &mut Slot) -> Result<()> {
+        nft(&format!(
+            "add element inet {} host_gateway {{ {} }}\n",
+            table(&self.cfg),
+            s.ip
+        ))
+        .await?;
+        s.host_gateway = true;
+        Ok(())
+    }
+
+    async fn deny_host_gateway(&self, s: &Slot) -> Result<()> {
+        nft(&format!(
+            "delete element inet {} host_gateway {{ {} }}\n",
+            table(&self.cfg),
+            s.ip
+        ))
+        .await
+        .map(|_| ())
+    }
+
     async fn make_slot(&self, background: bool) -> Result<Slot> {
         let tag: String = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+        let ip = self.allocate()?;
         let slot = Slot {
             netns: format!("{}{tag}", self.prefix()),
             veth: format!("pv{tag}"),
-            ip: self.allocate()?,
+            ip,
             rx_base: 0,
             tx_base: 0,
+            mac: Some(mac_text(mac_for(ip))),
+            host_gateway: false,
         };
         self.made
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(slot.netns.clone());
-        if let Err(e) = self.wire(&slot, background).await {
+        // Pinned before the port exists: no frame passes unchecked.
+        let pinned = nft(&Pin::of(&slot).elements("add", &table(&self.cfg))).await;
+        if let Err(e) = match pinned {
+            Ok(_) => self.wire(&slot, background).await,
+            Err(e) => Err(e),
+        } {
             self.destroy(&slot).await;
             return Err(e);
         }
@@ -308,6 +565,7 @@ impl Network {
                     veth: &s.veth,
                     bridge: &cfg.bridge,
                     ip: s.ip,
+                    mac: mac_for(s.ip),
                     prefix_len: 16,
                     gateway: cfg.gateway,
                 },
@@ -330,6 +588,20 @@ impl Network {
             .exists()
         {
             let _ = run("ip", &["link", "del", &s.veth]).await;
+        }
+        // Its address goes to another sandbox next: what this one was
+        // allowed goes first, on its own (a failure below must not keep it).
+        if s.host_gateway {
+            if let Err(e) = self.deny_host_gateway(s).await {
+                tracing::warn!(ip = %s.ip, "host-gateway access: {e}");
+            }
+        }
+        let script = Pin::of(s).elements("delete", &table(&self.cfg));
+        if nft(&script).await.is_err() {
+            // One element missing fails the transaction: each on its own.
+            for line in script.lines() {
+                let _ = nft(line).await;
+            }
         }
         self.release(s.ip);
         self.made
@@ -360,10 +632,18 @@ impl Network {
     }
 
     /// Removes what `init` set up on the host, once no sandbox uses it
-    /// (`paddock serve --cleanup`): the NAT and forwarding rules and the
-    /// bridge. The host's `ip_forward` is left as it is (what it was before
-    /// is not known).
+    /// (`paddock serve --cleanup`): the NAT and forwarding rules, the
+    /// filters and the bridge. The host's `ip_forward` is left as it is
+    /// (what it was before is not known).
     pub async fn teardown(&self) {
+        let t = table(&self.cfg);
+        for family in ["bridge", "inet"] {
+            // `add` first: deleting a table that is not there fails.
+            let script = format!("add table {family} {t}\ndelete table {family} {t}\n");
+            if let Err(e) = nft(&script).await {
+                tracing::warn!("remove nftables table {family} {t}: {e}");
+            }
+        }
         for (table, rule) in rules(&self.cfg) {
             // As often as it is there (an earlier daemon may have added it
             // again); a bounded number of times.
@@ -385,6 +665,8 @@ impl Network {
     pub async fn drain(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.refill.notify_one();
+        // A namespace being wired is destroyed by the refill once done.
+        let _wiring = self.wiring.lock().await;
         let slots: Vec<Slot> =
             std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
         for s in slots {
@@ -424,4 +706,40 @@ fn rand_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_named_after_the_bridge_and_pin_known_addresses() {
+        let ip = Ipv4Addr::new(10, 88, 1, 2);
+        assert_eq!(mac_text(mac_for(ip)), "02:50:0a:58:01:02");
+        let cfg = NetConfig {
+            bridge: "pd-t.1".into(),
+            host_ports: vec![8080],
+            ..Default::default()
+        };
+        assert_eq!(table(&cfg), "paddock_pd_t_1");
+        let slot = Slot {
+            netns: "pd-t.1-x".into(),
+            veth: "pvx".into(),
+            ip,
+            rx_base: 0,
+            tx_base: 0,
+            mac: None,
+            host_gateway: true,
+        };
+        let rules = ruleset(&cfg, &[Ipv4Addr::new(10, 0, 0, 53)], &[Pin::of(&slot)]);
+        for want in [
+            "elements = { 10.0.0.53 }",
+            "elements = { 8080 }",
+            "elements = { 10.88.1.2 }",
+            "iifname \"pd-t.1\" oifname \"pd-t.1\" counter drop",
+            "add element bridge paddock_pd_t_1 macs { \"pvx\" . 02:50:0a:58:01:02 }",
+        ] {
+            assert!(rules.contains(want), "{want} missing from {rules}");
+        }
+    }
 }

@@ -13,18 +13,23 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use paddock_core::Error;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 /// Where named network namespaces live, as iproute2 has them.
 pub const NETNS_DIR: &str = "/run/netns";
 
 /// One namespace to make: its name under [`NETNS_DIR`], the host end of its
-/// veth pair (enslaved to `bridge`), and the address of its `eth0`.
+/// veth pair (enslaved to `bridge` as an isolated port), and the addresses
+/// of its `eth0`.
 pub struct Wiring<'a> {
     pub netns: &'a str,
     pub veth: &'a str,
     pub bridge: &'a str,
     pub ip: Ipv4Addr,
+    /// `eth0`'s MAC address, the one the bridge's filter pins its port to.
+    pub mac: [u8; 6],
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
 }
@@ -109,6 +114,11 @@ fn create_on_this_thread(w: &Wiring<'_>, target: &Path) -> Result<(), Error> {
         None::<&str>,
     )
     .map_err(|e| err("bind")(e.to_string()))?;
+    // Ping without CAP_NET_RAW, as Docker allows it: ICMP echo sockets
+    // (SOCK_DGRAM) for every group. /proc/sys/net is the namespace of the
+    // thread that opens it: this one's, now.
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+        .map_err(|e| err("ping_group_range")(e.to_string()))?;
     let (ns_conn, ns, _) = rt
         .block_on(async { rtnetlink::new_connection() })
         .map_err(|e| err("netlink")(e.to_string()))?;
@@ -137,6 +147,7 @@ async fn wire(w: &Wiring<'_>, host: &Handle, ns: &Handle, host_ns: i32) -> Resul
         .setns_by_fd(host_ns)
         .build();
     let pair = LinkVeth::new("eth0", w.veth)
+        .address(w.mac.to_vec())
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
     ns.link().add(pair).execute().await.map_err(ctx("veth"))?;
@@ -176,7 +187,39 @@ async fn wire(w: &Wiring<'_>, host: &Handle, ns: &Handle, host_ns: i32) -> Resul
         .execute()
         .await
         .map_err(ctx("attach to bridge"))?;
-    Ok(())
+    isolate(host, w.veth).await
+}
+
+/// Makes the bridge port `veth` isolated (`bridge link set dev VETH isolated
+/// on`): the bridge forwards nothing between two isolated ports, so
+/// sandboxes do not reach each other at layer 2.
+async fn isolate(host: &Handle, veth: &str) -> Result<(), Error> {
+    let index = index(host, veth).await?;
+    host.link()
+        .set_port(LinkBridgePort::new(index).isolated(true).build())
+        .execute()
+        .await
+        .map_err(|e| err("isolate bridge port")(e.to_string()))
+}
+
+/// Isolates the bridge ports `veths` (those of sandboxes wired by an older
+/// daemon, which did not); ports that are gone are skipped.
+pub async fn isolate_all(veths: &[String]) -> Result<(), Error> {
+    if veths.is_empty() {
+        return Ok(());
+    }
+    let (conn, host, _) = rtnetlink::new_connection().map_err(|e| err("netlink")(e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let mut result = Ok(());
+    for v in veths {
+        if Path::new("/sys/class/net").join(v).exists() {
+            if let Err(e) = isolate(&host, v).await {
+                result = Err(e);
+            }
+        }
+    }
+    task.abort();
+    result
 }
 
 /// Removes a namespace made by [`create`] (or by `ip netns add`); its veth

@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// The bridge's address; sandboxes get addresses in its /16.
     #[arg(long, default_value = "10.88.0.1")]
     pub gateway: std::net::Ipv4Addr,
+    /// A port of the gateway address that every sandbox may reach (TCP and
+    /// UDP), for a host service offered to sandboxes; repeatable. Sandboxes
+    /// reach no other host service, bar DNS and replies.
+    #[arg(long = "host-port", value_name = "PORT")]
+    pub host_ports: Vec<u16>,
     /// Seconds between reaper passes (TTL and idle timeouts).
     #[arg(long, default_value_t = 1.0)]
     pub reap_interval: f64,
@@ -345,6 +350,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         net: NetConfig {
             bridge: args.bridge.clone(),
             gateway: args.gateway,
+            host_ports: args.host_ports.clone(),
         },
         net_pool: if args.cleanup { 0 } else { args.net_pool },
         tune_cgroups: !args.no_tune_cgroups,
