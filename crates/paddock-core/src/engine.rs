@@ -133,6 +133,8 @@ pub struct Engine {
     pools: pool::Pools,
     /// The main processes' output, on the host.
     logs: Option<crate::logs::LogStore>,
+    /// Wakes the monitor when a sandbox is attached.
+    attached: tokio::sync::Notify,
     cfg: EngineConfig,
 }
 
@@ -170,6 +172,15 @@ fn record(
 fn flush(store: &Store, bus: &EventBus) {
     if let Err(e) = store.flush_deferred(|evs| bus.publish_all(evs)) {
         tracing::warn!("deferred events not recorded yet: {e}");
+    }
+}
+
+/// Wakes the monitor once dropped (after the live map's lock is let go).
+struct Wake<'a>(&'a tokio::sync::Notify);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 
@@ -215,6 +226,7 @@ impl Engine {
             images,
             pools: Default::default(),
             logs,
+            attached: tokio::sync::Notify::new(),
             cfg,
         }))
     }
@@ -642,6 +654,7 @@ impl Engine {
 
     /// Serves a sandbox's agent; its idle clock starts at `active_ms`.
     async fn attach(&self, id: Uuid, agent: AgentClient, instance: Instance, active_ms: i64) {
+        let _wake = Wake(&self.attached);
         self.live.write().await.insert(
             id,
             Arc::new(Live {
@@ -1605,12 +1618,18 @@ impl Engine {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut round: u64 = 0;
+            let mut checked_round: u64 = 0;
             let mut dead_seen: HashMap<Uuid, u32> = HashMap::new();
             loop {
-                tick.tick().await;
-                round += 1;
+                // A sandbox that was just attached is looked at at once
+                // (its main process's output followed from its start).
+                tokio::select! {
+                    _ = tick.tick() => round += 1,
+                    _ = engine.attached.notified() => {}
+                }
                 let ids: HashSet<Uuid> = engine.live.read().await.keys().copied().collect();
-                if round.is_multiple_of(4) {
+                if round.is_multiple_of(4) && round != checked_round {
+                    checked_round = round;
                     engine.check_alive(&ids, &mut dead_seen).await;
                 }
                 followers.retain(|id, (task, _)| {
