@@ -335,8 +335,8 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// `--host` (or `PADDOCK_HOST`) if given; else the daemon's unix socket
-    /// if it exists (`PADDOCK_SOCKET`, default /run/paddock.sock), as docker
-    /// does; else the default TCP listener.
+    /// if it exists and we may open it (`PADDOCK_SOCKET`, default
+    /// /run/paddock.sock), as docker does; else the default TCP listener.
     pub fn resolve(host: Option<String>) -> Endpoint {
         match host {
             Some(h) => match h.strip_prefix("unix://") {
@@ -347,8 +347,9 @@ impl Endpoint {
                 let sock = std::env::var_os("PADDOCK_SOCKET")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_SOCKET));
-                match std::fs::metadata(&sock) {
-                    Ok(_) => Endpoint::Socket(sock),
+                use nix::unistd::{access, AccessFlags};
+                match access(&sock, AccessFlags::R_OK | AccessFlags::W_OK) {
+                    Ok(()) => Endpoint::Socket(sock),
                     Err(_) => Endpoint::Url("http://127.0.0.1:7070".into()),
                 }
             }

@@ -367,13 +367,6 @@ fn bind_socket(
 async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
     Ok(Listeners {
         native: bind(args.listen, "--listen", "the native API").await?,
-        socket: match args.socket.as_str() {
-            "off" | "" => None,
-            p => Some(bind_socket(
-                std::path::Path::new(p),
-                args.socket_group.as_deref(),
-            )?),
-        },
         hiver: bind_dialect(args.hiver_listen, "--hiver-listen", "the hiver-py dialect").await?,
         flash_http: bind_dialect(
             args.flash_http_listen,
@@ -387,6 +380,14 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
             "the flash-sandbox dialect (gRPC)",
         )
         .await?,
+        // Last: a taken port is named before the socket is touched.
+        socket: match args.socket.as_str() {
+            "off" | "" => None,
+            p => Some(bind_socket(
+                std::path::Path::new(p),
+                args.socket_group.as_deref(),
+            )?),
+        },
     })
 }
 

@@ -131,6 +131,31 @@ fn native_api_refuses_a_rebound_host_and_cross_site_requests() {
         assert_eq!(status, 403, "{body}");
         assert!(body.contains("\"field\":\"Host\""), "{body}");
     }
+    // A rebound page may set any header, but a key it does not have.
+    let (status, body) = raw(
+        &g.native,
+        "POST",
+        "/v1/sandboxes",
+        &[
+            ("Host", "evil.example"),
+            ("Authorization", "Basic eDp5"),
+            JSON,
+        ],
+        spec,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = raw(
+        &g.native,
+        "POST",
+        "/v1/sandboxes",
+        &[
+            ("Host", "evil.example"),
+            ("Authorization", "Bearer nope"),
+            JSON,
+        ],
+        spec,
+    );
+    assert_eq!(status, 401, "{body}");
     // Cross-site: a foreign Origin, a script's fetch from a page the API's
     // own port proxy serves, a form's body.
     let (status, body) = raw(
