@@ -330,7 +330,7 @@ def http_errors():
         headers={"Content-Type": "text/plain"},
         timeout=10,
     )
-    check(r.status_code == 400 and r.json()["field"] == "Content-Type", f"{t}: a text/plain body is refused ({r.text})")
+    check(r.status_code == 415 and r.json()["field"] == "Content-Type", f"{t}: a text/plain body is refused ({r.text})")
     base = f"http://{HTTP_HOST}:{HTTP_PORT}"
     for body, field in [
         ("{", "body"),

@@ -27,13 +27,55 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use extract::{Json, Query};
+use paddock_http_kit::{Accept, Guard};
 pub use problem::{status_of, ApiResult, Problem};
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// No key needed (the daemon listens on loopback only).
-    pub open: bool,
+    /// What a request without an API key is.
+    pub keyless: Keyless,
+}
+
+/// Who a request without an API key is, by the listener it came on.
+#[derive(Clone)]
+pub enum Keyless {
+    /// Nobody: every request needs a key (a listener beyond loopback, or
+    /// `paddock serve --require-auth`).
+    Refused,
+    /// The local principal, once the guard has let the request in: TCP on
+    /// loopback, which a web page in a browser on this host can reach.
+    Guarded(Guard),
+    /// The local principal: the unix socket, whose file's permissions are
+    /// the authentication.
+    Local,
+}
+
+/// What each route takes as a body, for the guard.
+fn accept(method: &http::Method, path: &str) -> Accept {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["v1", "sandboxes", _, "proxy", ..] => Accept::Proxy,
+        ["v1", "sandboxes", _, "files"] if method == http::Method::PUT => {
+            Accept::Only(&["application/octet-stream"])
+        }
+        _ => Accept::Json,
+    }
+}
+
+/// Guards requests without a key on loopback TCP (see `paddock_http_kit`);
+/// a request with one is the key's, checked by `auth`.
+async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Keyless::Guarded(g) = &st.keyless {
+        if bearer(req.headers()).is_none() {
+            if let Err(r) = g.check(&req, accept(req.method(), req.uri().path())) {
+                return Problem::new(r.status, r.message)
+                    .field(r.field)
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
 }
 
 pub fn router(state: AppState) -> Router {
@@ -84,23 +126,29 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
-async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
+/// The API key a request brings, if any: what `auth` checks, and what
+/// spares a request the guard.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|s| s.trim().to_string());
+        .map(|s| s.trim().to_string())
+}
+
+async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let token = bearer(req.headers());
     let principal =
         match token {
             Some(t) => match st.engine.authenticate(&t) {
                 Ok(p) => p,
                 Err(e) => return Problem::from(e).into_response(),
             },
-            None if st.open => Principal::local(),
+            None if !matches!(st.keyless, Keyless::Refused) => Principal::local(),
             None => return Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "an API key is required: send `Authorization: Bearer <key>` (paddock keys create)",

@@ -12,7 +12,11 @@ pub mod pb {
     tonic::include_proto!("sandbox");
 }
 
+use paddock_http_kit::{Accept, Guard, Refusal};
 use pb::sandbox_service_server::{SandboxService, SandboxServiceServer};
+
+/// The content types of gRPC requests.
+const GRPC: &[&str] = &["application/grpc", "application/grpc+proto"];
 use pb::*;
 
 /// The service, for a tonic server of its own (see [`unprefix`]).
@@ -21,13 +25,26 @@ pub fn service(flash: Flash) -> SandboxServiceServer<Flash> {
 }
 
 /// Serves the service on `listener` (plaintext HTTP/2) until `shutdown`.
+/// Every call passes `guard` first (its `:authority` and any `Origin`;
+/// tonic itself takes only `application/grpc`): the service has no
+/// authentication (see `paddock_http_kit`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     flash: Flash,
+    guard: Guard,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let refused = |r: Refusal| {
+        let status = match r.status {
+            http::StatusCode::BAD_REQUEST => Status::invalid_argument(r.message),
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE => Status::unimplemented(r.message),
+            _ => Status::permission_denied(r.message),
+        };
+        status.into_http()
+    };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(guard.layer(|_, _| Accept::Only(GRPC), refused))
         .layer(tower::util::MapRequestLayer::new(unprefix))
         .add_service(service(flash))
         .serve_with_incoming_shutdown(

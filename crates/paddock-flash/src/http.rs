@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use paddock_core::model::Sandbox;
 use paddock_core::Error;
+use paddock_http_kit::{Accept, Guard, Refusal};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,7 +24,9 @@ use crate::{exit_code, status_word, type_word, Flash, Start, HTTP_OUTPUT_LIMIT};
 
 /// The REST router, for a listener of its own. Requests under any path
 /// prefix (`/v1/service/sandbox/sandboxes/...`) reach the same routes.
-pub fn router(flash: Flash) -> Router {
+/// Behind `guard`: the API has no authentication, so no web page may
+/// drive it (see `paddock_http_kit`). Every body is JSON.
+pub fn router(flash: Flash, guard: &Guard) -> Router {
     Router::new()
         .route("/sandboxes", post(start).get(list))
         .route("/sandboxes/{id}", get(status).delete(stop))
@@ -42,6 +45,7 @@ pub fn router(flash: Flash) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(16 << 20))
+        .layer(guard.layer(|_, _| Accept::Json, refused))
         .with_state(flash)
 }
 
@@ -49,6 +53,7 @@ pub fn router(flash: Flash) -> Router {
 pub async fn serve<L>(
     listener: L,
     flash: Flash,
+    guard: Guard,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -56,7 +61,7 @@ where
     L::Addr: std::fmt::Debug,
 {
     use axum::ServiceExt;
-    let app = tower::util::MapRequest::new(router(flash), unprefix::<axum::body::Body>);
+    let app = tower::util::MapRequest::new(router(flash, &guard), unprefix::<axum::body::Body>);
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
@@ -118,6 +123,16 @@ fn error_body(status: StatusCode, code: &str, message: String, field: Option<&st
         body["field"] = json!(f);
     }
     (status, Json(body)).into_response()
+}
+
+/// The guard's refusal in the error envelope.
+fn refused(r: Refusal) -> Response {
+    let code = match r.status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "forbidden",
+    };
+    error_body(r.status, code, r.message, Some(r.field))
 }
 
 pub struct FError(Error);

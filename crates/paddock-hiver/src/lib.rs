@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use paddock_core::text::Utf8Chunks;
+use paddock_http_kit::{Accept, Guard, Refusal};
 use wire::{ascii_json, config_of, HConfig};
 
 /// How long a buffered exec may run before its answer starts trickling
@@ -52,7 +53,23 @@ pub struct Hiver {
     execs: Execs,
 }
 
-pub fn router(engine: Arc<Engine>) -> Router {
+/// What each route takes as a body, for the guard: JSON, but the upload's
+/// multipart form (what the SDK sends), and anything through the port
+/// proxy.
+fn accept(method: &axum::http::Method, path: &str) -> Accept {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["sandbox", _, "v1", "proxy", ..] => Accept::Proxy,
+        ["sandbox", _, "v1", "file"] if method == axum::http::Method::POST => {
+            Accept::Only(&["multipart/form-data"])
+        }
+        _ => Accept::Json,
+    }
+}
+
+/// The router, behind `guard`: hiver has no authentication, so no web
+/// page may drive it (see `paddock_http_kit`).
+pub fn router(engine: Arc<Engine>, guard: &Guard) -> Router {
     let h = Hiver {
         engine,
         execs: Arc::default(),
@@ -86,6 +103,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/sandbox/{key}/v1/proxy/{port}/{*rest}", any(proxy))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
         .layer(DefaultBodyLimit::disable())
+        .layer(guard.layer(accept, |r: Refusal| {
+            err(r.status, r.message, Some(r.field.into()))
+        }))
         .with_state(h)
 }
 

@@ -141,6 +141,7 @@ async fn exec_bare(
     let status = api
         .req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
         .query(&[("path", BARE_TRUE), ("mode", "755")])
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .body(bare_true())
         .send()
         .await?
@@ -822,6 +823,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
             let t0 = Instant::now();
             api.req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
                 .query(&[("path", "/workspace/bench.bin")])
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(data.clone())
                 .send()
                 .await?

@@ -324,25 +324,84 @@ fn kv(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// Where the CLI reaches the daemon.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The native API's TCP listener: `http://HOST:PORT`.
+    Url(String),
+    /// The daemon's unix socket (`--host unix:///PATH`).
+    Socket(PathBuf),
+}
+
+impl Endpoint {
+    /// `--host` (or `PADDOCK_HOST`) if given; else the daemon's unix socket
+    /// if it exists and we may open it (`PADDOCK_SOCKET`, default
+    /// /run/paddock.sock), as docker does; else the default TCP listener.
+    pub fn resolve(host: Option<String>) -> Endpoint {
+        match host {
+            Some(h) => match h.strip_prefix("unix://") {
+                Some(p) => Endpoint::Socket(PathBuf::from(p)),
+                None => Endpoint::Url(h.trim_end_matches('/').to_string()),
+            },
+            None => {
+                let sock = std::env::var_os("PADDOCK_SOCKET")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_SOCKET));
+                use nix::unistd::{access, AccessFlags};
+                match access(&sock, AccessFlags::R_OK | AccessFlags::W_OK) {
+                    Ok(()) => Endpoint::Socket(sock),
+                    Err(_) => Endpoint::Url("http://127.0.0.1:7070".into()),
+                }
+            }
+        }
+    }
+
+    /// The base URL of requests (over the socket, its host is a placeholder).
+    fn base(&self) -> &str {
+        match self {
+            Endpoint::Url(u) => u,
+            Endpoint::Socket(_) => "http://localhost",
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Url(u) => f.write_str(u),
+            Endpoint::Socket(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
 pub struct Client {
-    host: String,
+    host: Endpoint,
     key: Option<String>,
     json: bool,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(host: String, key: Option<String>, json: bool) -> Client {
+    pub fn new(host: Endpoint, key: Option<String>, json: bool) -> Client {
+        let http = match &host {
+            Endpoint::Url(_) => reqwest::Client::new(),
+            Endpoint::Socket(p) => reqwest::Client::builder()
+                .unix_socket(p.as_path())
+                .build()
+                .unwrap_or_default(),
+        };
         Client {
-            host: host.trim_end_matches('/').to_string(),
+            host,
             key,
             json,
-            http: reqwest::Client::new(),
+            http,
         }
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}/v1{path}", self.host));
+        let mut r = self
+            .http
+            .request(method, format!("{}/v1{path}", self.host.base()));
         if let Some(k) = &self.key {
             r = r.bearer_auth(k);
         }
@@ -803,6 +862,7 @@ impl Client {
                     .json_of(
                         self.req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
                             .query(&[("path", path.as_str()), ("mode", &format!("{mode:o}"))])
+                            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                             .body(body),
                     )
                     .await?;
@@ -844,24 +904,35 @@ impl Client {
     /// Runs a command over the WebSocket exec: output to our stdout and
     /// stderr, our stdin to it, and (with a terminal) raw mode and resizes.
     async fn interactive(&self, id: &str, mut req: Value, tty: bool) -> Result<i32> {
-        let request = ws_request(&self.host, self.key.as_deref(), id)?;
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                    let body = resp
-                        .body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_default();
-                    let detail = serde_json::from_str::<Value>(&body)
-                        .ok()
-                        .and_then(|v| v["detail"].as_str().map(String::from))
-                        .unwrap_or(body);
-                    anyhow::anyhow!("{}: {detail}", resp.status())
-                }
-                e => anyhow::anyhow!("cannot reach the paddock daemon at {}: {e}", self.host),
-            })?;
+        let request = ws_request(self.host.base(), self.key.as_deref(), id)?;
+        let connected = match &self.host {
+            Endpoint::Url(_) => tokio_tungstenite::connect_async_with_config(request, None, true)
+                .await
+                .map(|(ws, _)| futures::future::Either::Left(ws)),
+            Endpoint::Socket(p) => {
+                let unix = tokio::net::UnixStream::connect(p)
+                    .await
+                    .with_context(|| format!("cannot reach the paddock daemon at {}", self.host))?;
+                tokio_tungstenite::client_async_with_config(request, unix, None)
+                    .await
+                    .map(|(ws, _)| futures::future::Either::Right(ws))
+            }
+        };
+        let ws = connected.map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                let detail = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["detail"].as_str().map(String::from))
+                    .unwrap_or(body);
+                anyhow::anyhow!("{}: {detail}", resp.status())
+            }
+            e => anyhow::anyhow!("cannot reach the paddock daemon at {}: {e}", self.host),
+        })?;
         let (mut sink, mut stream) = ws.split();
         let raw = tty && crossterm::tty::IsTty::is_tty(&std::io::stdin());
         if tty {

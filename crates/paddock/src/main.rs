@@ -10,14 +10,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "paddock", version, about = "Sandboxes for AI agents")]
 struct Opts {
-    /// The daemon's native API.
-    #[arg(
-        long,
-        global = true,
-        env = "PADDOCK_HOST",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    host: String,
+    /// The daemon's native API: `http://HOST:PORT` or `unix:///PATH`.
+    /// Default: the daemon's unix socket if it exists (`PADDOCK_SOCKET`,
+    /// default /run/paddock.sock), else http://127.0.0.1:7070.
+    #[arg(long, global = true, env = "PADDOCK_HOST")]
+    host: Option<String>,
     /// API key (needed when the daemon listens beyond loopback).
     #[arg(long, global = true, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -72,7 +69,12 @@ fn main() {
                 .enable_all()
                 .build()
                 .expect("tokio");
-            match rt.block_on(bench::run(opts.host, opts.api_key, opts.json, b)) {
+            match rt.block_on(bench::run(
+                opts.host.unwrap_or_else(|| "http://127.0.0.1:7070".into()),
+                opts.api_key,
+                opts.json,
+                b,
+            )) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("paddock bench: {e:#}");
@@ -85,7 +87,8 @@ fn main() {
                 .enable_all()
                 .build()
                 .expect("tokio");
-            let client = cli::Client::new(opts.host, opts.api_key, opts.json);
+            let client =
+                cli::Client::new(cli::Endpoint::resolve(opts.host), opts.api_key, opts.json);
             let code = match rt.block_on(client.run(c)) {
                 Ok(code) => code,
                 Err(e) => {

@@ -31,6 +31,24 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:50051", env = "PADDOCK_FLASH_GRPC_LISTEN",
           value_parser = listen_or_off)]
     pub flash_grpc_listen: Listen,
+    /// The native API's unix socket (mode 0660, owned by root and
+    /// `--socket-group`), or `off`. Requests on it need no key: the file's
+    /// permissions are the authentication. The CLI uses it when it exists.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "PADDOCK_SOCKET")]
+    pub socket: String,
+    /// The group that may open the unix socket besides root.
+    #[arg(long, value_name = "NAME")]
+    pub socket_group: Option<String>,
+    /// A host name (or address) the loopback listeners answer to besides
+    /// 127.0.0.0/8, [::1] and localhost, any port; repeatable. Requests
+    /// without a key naming another `Host` or `Origin` are refused (a guard
+    /// against DNS rebinding and cross-site requests from web pages).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Demand an API key on the native API's TCP listener even on loopback
+    /// (the unix socket still needs none).
+    #[arg(long)]
+    pub require_auth: bool,
     #[arg(long, default_value = "/var/lib/paddock", env = "PADDOCK_DATA_DIR")]
     pub data_dir: PathBuf,
     /// crun, runc or a path (default: crun where it works, else runc).
@@ -112,6 +130,9 @@ pub struct FileConfig {
     pub image_aliases: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub registry_auth: std::collections::BTreeMap<String, Credentials>,
+    /// As `--allowed-host`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub pull_policy: PullPolicyConfig,
 }
@@ -130,6 +151,9 @@ pub struct PullPolicyConfig {
     #[serde(default)]
     pub principals: std::collections::BTreeMap<String, Vec<String>>,
 }
+
+/// Where the daemon's unix socket is, and the CLI looks for it.
+pub const DEFAULT_SOCKET: &str = "/run/paddock.sock";
 
 #[derive(serde::Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +280,7 @@ fn raise_nofile() {
 /// The daemon's listeners, bound before anything else.
 struct Listeners {
     native: tokio::net::TcpListener,
+    socket: Option<(tokio::net::UnixListener, SocketFile)>,
     hiver: Option<tokio::net::TcpListener>,
     flash_http: Option<tokio::net::TcpListener>,
     flash_grpc: Option<tokio::net::TcpListener>,
@@ -301,6 +326,71 @@ async fn bind_dialect(
     Ok(Some(l))
 }
 
+/// The native API's unix socket's file, removed when dropped if it is
+/// still this one.
+struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds the unix socket at `path`, mode 0660, owned by root (the daemon)
+/// and `group`: in a new directory only the daemon can enter, then renamed
+/// into place, so that nobody reaches it before its mode is set, and a
+/// stale socket is replaced. A socket another daemon still answers on is an
+/// error.
+fn bind_socket(
+    path: &std::path::Path,
+    group: Option<&str>,
+) -> anyhow::Result<(tokio::net::UnixListener, SocketFile)> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let what = || format!("--socket {}", path.display());
+    let gid = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .with_context(|| format!("--socket-group {name}"))?
+                .with_context(|| format!("--socket-group {name}: no such group"))?
+                .gid,
+        ),
+        None => None,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!("{}: another daemon answers on it", what());
+    }
+    let dir = path.parent().with_context(what)?;
+    std::fs::create_dir_all(dir).with_context(what)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".paddock-sock")
+        .tempdir_in(dir)
+        .with_context(what)?;
+    let staged = tmp.path().join("s");
+    let listener = tokio::net::UnixListener::bind(&staged).with_context(what)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660)).with_context(what)?;
+    if gid.is_some() {
+        nix::unistd::chown(&staged, None, gid).with_context(what)?;
+    }
+    std::fs::rename(&staged, path).with_context(what)?;
+    let m = std::fs::symlink_metadata(path).with_context(what)?;
+    tracing::info!("serving the native API on {}", path.display());
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        },
+    ))
+}
+
 async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
     Ok(Listeners {
         native: bind(args.listen, "--listen", "the native API").await?,
@@ -317,6 +407,14 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
             "the flash-sandbox dialect (gRPC)",
         )
         .await?,
+        // Last: a taken port is named before the socket is touched.
+        socket: match args.socket.as_str() {
+            "off" | "" => None,
+            p => Some(bind_socket(
+                std::path::Path::new(p),
+                args.socket_group.as_deref(),
+            )?),
+        },
     })
 }
 
@@ -329,6 +427,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         std::env::var_os("PADDOCK_CONFIG").is_some()
             || args.config != std::path::Path::new("/etc/paddock/config.toml"),
     )?;
+    let mut allowed_hosts = file.allowed_hosts.clone();
+    allowed_hosts.extend(args.allowed_hosts.iter().cloned());
+    let guard = paddock_http_kit::Guard::new(&allowed_hosts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listeners = match args.cleanup {
         true => None,
         false => Some(bind_all(&args).await?),
@@ -416,13 +517,21 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     engine.spawn_reaper();
     engine.spawn_monitor();
     engine.spawn_pools();
-    let open = args.listen.ip().is_loopback();
-    if !open {
+    let keyless = if !args.listen.ip().is_loopback() {
         tracing::info!("listening beyond loopback: every request needs an API key");
-    }
+        paddock_api::Keyless::Refused
+    } else if args.require_auth {
+        tracing::info!(
+            "--require-auth: every request on {} needs an API key",
+            args.listen
+        );
+        paddock_api::Keyless::Refused
+    } else {
+        paddock_api::Keyless::Guarded(guard.clone())
+    };
     let app = paddock_api::router(paddock_api::AppState {
         engine: engine.clone(),
-        open,
+        keyless,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -434,9 +543,23 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
+    // Kept until the end, when dropping it removes the socket's file.
+    let mut _socket_file = None;
+    if let Some((l, file)) = ls.socket {
+        _socket_file = Some(file);
+        let app = paddock_api::router(paddock_api::AppState {
+            engine: engine.clone(),
+            keyless: paddock_api::Keyless::Local,
+        });
+        servers.spawn(
+            axum::serve(l, app)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+    }
     if let Some(l) = ls.hiver {
         servers.spawn(
-            axum::serve(no_delay(l), paddock_hiver::router(engine.clone()))
+            axum::serve(no_delay(l), paddock_hiver::router(engine.clone(), &guard))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
@@ -447,14 +570,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         servers.spawn(paddock_flash::http::serve(
             no_delay(l),
             f,
+            guard.clone(),
             stopped(stop_rx.clone()),
         ));
     }
     if let Some(l) = ls.flash_grpc {
         let f = flash.clone();
         let stop = stopped(stop_rx.clone());
+        let g = guard.clone();
         servers.spawn(async move {
-            paddock_flash::grpc::serve(l, f, stop)
+            paddock_flash::grpc::serve(l, f, g, stop)
                 .await
                 .map_err(std::io::Error::other)
         });

@@ -123,7 +123,7 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
     let addr = taken.local_addr().unwrap().to_string();
     let data = std::env::temp_dir().join(format!("paddock-taken-{}", std::process::id()));
     let out = Command::new(bin())
-        .args(["serve", "--flash-grpc-listen", &addr])
+        .args(["serve", "--flash-grpc-listen", &addr, "--socket", "off"])
         .args([
             "--hiver-listen",
             "off",

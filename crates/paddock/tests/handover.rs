@@ -207,6 +207,7 @@ fn same_behaviour(d: &Daemon, handed: bool) {
             reqwest::Method::PUT,
             &format!("/sandboxes/{}/files?path=/workspace/big2", small.id),
         )
+        .header("content-type", "application/octet-stream")
         .body(chunked),
     );
     // Refused as it outgrows the memory left, or at the disk's end, which

@@ -87,6 +87,7 @@ fn websocket_proxy() {
             reqwest::Method::PUT,
             &sb.path("/files?path=/workspace/ws.py"),
         )
+        .header("content-type", "application/octet-stream")
         .body(WS_ECHO),
     );
     assert_eq!(put.status, 201);

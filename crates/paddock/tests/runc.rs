@@ -21,6 +21,8 @@ fn sandboxes_run_on_runc_too() {
             "serve",
             "--oci-runtime",
             "no-such-runtime",
+            "--socket",
+            "off",
             "--listen",
             "127.0.0.1:1",
             "--hiver-listen",

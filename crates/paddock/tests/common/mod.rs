@@ -162,6 +162,10 @@ impl Daemon {
             "--reap-interval".into(),
             "0.2".into(),
         ];
+        // The installed daemon's socket is not ours: each daemon has its own.
+        if !self.extra.iter().any(|a| a == "--socket") {
+            args.extend(["--socket".into(), self.socket().to_string_lossy().into()]);
+        }
         // The dialects' default ports are the installed daemon's: off
         // unless a test asks for them.
         for flag in [
@@ -238,6 +242,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The native API's unix socket (under the data dir).
+    pub fn socket(&self) -> PathBuf {
+        self.data.join("paddock.sock")
     }
 
     /// The daemon's process id.
@@ -538,6 +547,7 @@ pub fn put_file(api: &Api, id: &str, path: &str, query: &str, body: Vec<u8>) -> 
             reqwest::Method::PUT,
             &format!("/sandboxes/{id}/files?path={path}{query}"),
         )
+        .header("content-type", "application/octet-stream")
         .body(body),
     )
 }
