@@ -55,7 +55,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         Error::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::Forbidden(_) | Error::ForbiddenField { .. } => StatusCode::FORBIDDEN,
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -68,9 +68,9 @@ impl From<Error> for Problem {
             tracing::error!("{e}");
         }
         let p = Problem::new(status, e.to_string());
-        match e {
-            Error::Invalid { field, .. } => p.field(field),
-            _ => p,
+        match e.field() {
+            Some(field) => p.field(field),
+            None => p,
         }
     }
 }

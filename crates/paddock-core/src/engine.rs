@@ -30,7 +30,10 @@ use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    pub host_cpus: f64,
+    /// The operator's ceilings on what creates and execs ask for.
+    pub limits: Limits,
+    /// Which host directories sandboxes may have bound in.
+    pub host_mounts: crate::hostmount::HostMounts,
     /// How long a new sandbox's agent may take to answer.
     pub agent_timeout: Duration,
     /// How often the reaper looks for lapsed TTLs and idle timeouts.
@@ -68,9 +71,8 @@ pub struct PullPolicy {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            host_cpus: std::thread::available_parallelism()
-                .map(|n| n.get() as f64)
-                .unwrap_or(1.0),
+            limits: Limits::default(),
+            host_mounts: Default::default(),
             agent_timeout: Duration::from_secs(10),
             reap_interval: Duration::from_secs(1),
             warm_pools: Vec::new(),
@@ -482,6 +484,21 @@ impl Engine {
         })
     }
 
+    /// Checks each mount's host directory against the operator's policy
+    /// and keeps it resolved (403 naming the field when refused).
+    fn check_origins(&self, mounts: &mut [Mount]) -> Result<()> {
+        for (i, m) in mounts.iter_mut().enumerate() {
+            if let Some(o) = &m.origin {
+                m.origin = Some(
+                    self.cfg
+                        .host_mounts
+                        .check(&format!("mounts[{i}].origin"), o)?,
+                );
+            }
+        }
+        Ok(())
+    }
+
     // ---- lifecycle ----------------------------------------------------
 
     /// Creates a sandbox and returns once it takes commands. With a key that
@@ -517,7 +534,8 @@ impl Engine {
             Some(t) => spec.with_defaults(&t.defaults),
             None => spec,
         };
-        let mut config = spec.resolve(self.cfg.host_cpus)?;
+        let mut config = spec.resolve(&self.cfg.limits)?;
+        self.check_origins(&mut config.mounts)?;
         let runtime = self.runtime(config.isolation)?.clone();
         // A named image is pulled on the caller's behalf (the pull policy,
         // a claim), also when a warm pool holds it booted.
@@ -800,7 +818,7 @@ impl Engine {
     }
 
     pub async fn exec(&self, p: &Principal, id: Uuid, req: &ExecRequest) -> Result<ExecResult> {
-        req.validate()?;
+        req.validate(&self.cfg.limits)?;
         let (sb, live) = self.live_for(p, id).await?;
         let request = self.emit_alongside(&sb, "exec.request", exec_request_data(&sb, req));
         let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
@@ -817,7 +835,7 @@ impl Engine {
         req: &ExecRequest,
         control: mpsc::Receiver<ExecControl>,
     ) -> Result<impl Stream<Item = Result<ExecEvent>> + Send + 'static> {
-        req.validate()?;
+        req.validate(&self.cfg.limits)?;
         let (sb, live) = self.live_for(p, id).await?;
         let mut data = exec_request_data(&sb, req);
         data["pty"] = json!(req.pty.is_some());
@@ -1047,6 +1065,9 @@ impl Engine {
     }
 
     pub async fn logs(&self, p: &Principal, id: Uuid, offset: u64) -> Result<Vec<u8>> {
+        if offset > i64::MAX as u64 {
+            return Err(Error::invalid("offset", "must be at most 2^63-1"));
+        }
         let sb = self.get(p, id)?;
         if sb.state == State::Destroyed {
             return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
@@ -1106,6 +1127,7 @@ impl Engine {
         let egress = u.egress.clone().unwrap_or_else(|| cur.egress.clone());
         let snapshot = u.snapshot.clone().unwrap_or_else(|| cur.snapshot.clone());
         let idle = u.idle_timeout_secs.unwrap_or(cur.idle_timeout_secs);
+        let mut mounts = mounts;
         let (mounts_added, mounts_removed) = added_removed(&cur.mounts, &mounts);
         let (egress_added, egress_removed) = added_removed(
             cur.egress.as_deref().unwrap_or_default(),
@@ -1121,6 +1143,32 @@ impl Engine {
 
         let check = async {
             validate_mounts(&mounts)?;
+            if idle.is_some_and(|i| i > self.cfg.limits.max_idle_timeout_secs) {
+                return Err(Error::invalid(
+                    "idle_timeout_secs",
+                    format!(
+                        "must be at most {} seconds",
+                        self.cfg.limits.max_idle_timeout_secs
+                    ),
+                ));
+            }
+            // A host directory already bound keeps its resolved path; a
+            // new one is checked against the operator's roots first.
+            for (i, m) in mounts.iter_mut().enumerate() {
+                if let Some(o) = &m.origin {
+                    if !cur
+                        .mounts
+                        .iter()
+                        .any(|c| c.path == m.path && c.origin == m.origin)
+                    {
+                        m.origin = Some(
+                            self.cfg
+                                .host_mounts
+                                .check(&format!("mounts[{i}].origin"), o)?,
+                        );
+                    }
+                }
+            }
             if let Some(e) = &egress {
                 validate_egress(e)?;
             }
@@ -1226,7 +1274,8 @@ impl Engine {
         if defaults.template.is_some() {
             return Err(Error::invalid("template", "a template cannot name another"));
         }
-        let config = defaults.resolve(self.cfg.host_cpus)?;
+        let mut config = defaults.resolve(&self.cfg.limits)?;
+        self.check_origins(&mut config.mounts)?;
         self.runtime(config.isolation)?;
         if self.store.get_template(&p.id, name)?.is_some() {
             return Err(Error::Conflict(format!(
@@ -1831,6 +1880,12 @@ impl Engine {
 
     /// Extends a sandbox's TTL to `secs` from now (the hiver `ping`).
     pub async fn extend_ttl(&self, p: &Principal, id: Uuid, secs: u64) -> Result<Sandbox> {
+        if secs > self.cfg.limits.max_ttl_secs {
+            return Err(Error::invalid(
+                "ttl_secs",
+                format!("must be at most {} seconds", self.cfg.limits.max_ttl_secs),
+            ));
+        }
         let sb = self.get(p, id)?;
         if sb.state == State::Destroyed {
             return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
@@ -1841,9 +1896,12 @@ impl Engine {
     }
 }
 
-/// When a TTL of `secs` from `now` lapses (clamped to what a timestamp holds).
+/// When a TTL of `secs` from `now` lapses (clamped to what a timestamp
+/// holds; resolve caps TTLs far below that).
 fn expiry(now: chrono::DateTime<Utc>, secs: u64) -> chrono::DateTime<Utc> {
-    now + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 1000) as i64)
+    chrono::TimeDelta::try_seconds(secs.min(i64::MAX as u64 / 1000) as i64)
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
 }
 
 /// What `new` has that `old` lacks, and what `old` has that `new` lacks.

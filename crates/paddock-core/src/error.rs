@@ -20,6 +20,10 @@ pub enum Error {
     Unauthenticated(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A request field asks for what the operator does not allow (a host
+    /// directory outside the allowed roots): 403, naming the field.
+    #[error("{field}: {reason}")]
+    ForbiddenField { field: String, reason: String },
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("internal error: {0}")]
@@ -33,6 +37,19 @@ impl Error {
         Error::Invalid {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+    pub fn forbidden_field(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::ForbiddenField {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+    /// The request field an error names, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::Invalid { field, .. } | Error::ForbiddenField { field, .. } => Some(field),
+            _ => None,
         }
     }
     pub fn not_found(what: impl Into<String>) -> Error {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod hostmount;
 pub mod logs;
 pub mod model;
 pub mod runtime;

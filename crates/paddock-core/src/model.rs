@@ -70,6 +70,124 @@ pub const DEFAULT_CPU: f64 = 1.0;
 pub const DEFAULT_MEMORY_MB: i64 = 512;
 pub const DEFAULT_DISK_MB: i64 = 1024;
 pub const DEFAULT_PIDS: i64 = 1024;
+/// The smallest CPU share a sandbox may ask for: 1 ms of CPU time per
+/// 100 ms period, the least a CFS quota takes.
+pub const MIN_CPU: f64 = 0.01;
+/// The most output a buffered exec may collect per stream (the daemon
+/// holds it in memory until the command ends).
+pub const MAX_OUTPUT_BYTES: u64 = 256 << 20;
+
+/// The operator's ceilings on what a create or an exec may ask for
+/// (`paddock serve --max-*`, or the settings file). Each default is what
+/// the host has (memory, cores) or a bound that no sane request reaches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_cpu: f64,
+    pub max_memory_mb: i64,
+    pub max_disk_mb: i64,
+    pub max_pids: i64,
+    pub max_ttl_secs: u64,
+    pub max_idle_timeout_secs: u64,
+    pub max_exec_timeout_secs: f64,
+}
+
+/// The default ceiling of `ttl_secs` and `idle_timeout_secs`: 30 days.
+pub const DEFAULT_MAX_TTL_SECS: u64 = 30 * 86400;
+/// The default ceiling of an exec's `timeout`: 24 hours.
+pub const DEFAULT_MAX_EXEC_TIMEOUT_SECS: f64 = 86400.0;
+/// The default ceiling of `pids`.
+pub const DEFAULT_MAX_PIDS: i64 = 65536;
+
+impl Limits {
+    /// The host's cores (what the daemon may run on).
+    pub fn host_cpus() -> f64 {
+        std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+    }
+
+    /// The host's memory, MiB (`MemTotal`).
+    pub fn host_memory_mb() -> i64 {
+        crate::host::meminfo_kib(&["MemTotal"])
+            .and_then(|v| v.first().copied())
+            .filter(|k| *k > 0)
+            .map_or(i64::MAX >> 20, |k| (k / 1024) as i64)
+    }
+
+    /// Checks the ceilings against each other and the host's capacity;
+    /// the message names the setting.
+    pub fn check_host(&self) -> std::result::Result<(), String> {
+        let (cpus, mem) = (Self::host_cpus(), Self::host_memory_mb());
+        if !(self.max_cpu.is_finite() && self.max_cpu >= MIN_CPU && self.max_cpu <= cpus) {
+            return Err(format!(
+                "max_cpu {} must be from {MIN_CPU} to the host's {cpus} cores",
+                self.max_cpu
+            ));
+        }
+        if !(16..=mem).contains(&self.max_memory_mb) {
+            return Err(format!(
+                "max_memory_mb {} must be from 16 to the host's {mem} MiB",
+                self.max_memory_mb
+            ));
+        }
+        if !(1..=mem).contains(&self.max_disk_mb) {
+            return Err(format!(
+                "max_disk_mb {} must be from 1 to the host's {mem} MiB (a sandbox's disk is held in memory)",
+                self.max_disk_mb
+            ));
+        }
+        if !(8..=(1 << 22)).contains(&self.max_pids) {
+            return Err(format!(
+                "max_pids {} must be from 8 to 4194304 (the kernel's pid_max)",
+                self.max_pids
+            ));
+        }
+        // What a timestamp holds, with room to spare.
+        let century = 100 * 365 * 86400;
+        for (name, v) in [
+            ("max_ttl_secs", self.max_ttl_secs),
+            ("max_idle_timeout_secs", self.max_idle_timeout_secs),
+        ] {
+            if !(1..=century).contains(&v) {
+                return Err(format!(
+                    "{name} {v} must be from 1 to {century} (100 years)"
+                ));
+            }
+        }
+        if !(self.max_exec_timeout_secs.is_finite()
+            && self.max_exec_timeout_secs >= 1.0
+            && self.max_exec_timeout_secs <= century as f64)
+        {
+            return Err(format!(
+                "max_exec_timeout_secs {} must be from 1 to {century} (100 years)",
+                self.max_exec_timeout_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let mem = Self::host_memory_mb();
+        Limits {
+            max_cpu: Self::host_cpus(),
+            max_memory_mb: mem,
+            max_disk_mb: mem,
+            max_pids: DEFAULT_MAX_PIDS,
+            max_ttl_secs: DEFAULT_MAX_TTL_SECS,
+            max_idle_timeout_secs: DEFAULT_MAX_TTL_SECS,
+            max_exec_timeout_secs: DEFAULT_MAX_EXEC_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// Refuses a string with a NUL byte: no path, argument or variable of the
+/// OS can hold one.
+pub fn no_nul(field: impl Into<String>, s: &str) -> Result<()> {
+    if s.contains('\0') {
+        return Err(Error::invalid(field, "must not contain a NUL byte"));
+    }
+    Ok(())
+}
 
 /// What a caller asks for. Absent numbers take the daemon's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -380,6 +498,7 @@ pub fn validate_mounts(mounts: &[Mount]) -> Result<()> {
             return Err(Error::invalid(f("path"), "cannot be /"));
         }
         if let Some(o) = &m.origin {
+            no_nul(f("origin"), o)?;
             if !o.starts_with('/') || o.split('/').any(|c| c == "..") {
                 return Err(Error::invalid(
                     f("origin"),
@@ -396,6 +515,7 @@ pub fn validate_mounts(mounts: &[Mount]) -> Result<()> {
             }
         }
         for (j, r) in m.acls.iter().enumerate() {
+            no_nul(format!("mounts[{i}].acls[{j}].path"), &r.path)?;
             if !path_under(&r.path, &m.path) {
                 return Err(Error::invalid(
                     format!("mounts[{i}].acls[{j}].path"),
@@ -513,7 +633,7 @@ pub fn valid_key(k: &str) -> bool {
 
 impl SandboxSpec {
     /// Applies defaults and checks every field; errors name the field.
-    pub fn resolve(&self, host_cpus: f64) -> Result<SandboxConfig> {
+    pub fn resolve(&self, limits: &Limits) -> Result<SandboxConfig> {
         if let Some(k) = &self.key {
             if !valid_key(k) {
                 return Err(Error::invalid("key", "must match [A-Za-z0-9_-]{1,64}"));
@@ -527,37 +647,77 @@ impl SandboxSpec {
                 ));
             }
         }
-        let cpu = self.cpu.unwrap_or(DEFAULT_CPU);
-        if !(cpu.is_finite() && cpu > 0.0) {
-            return Err(Error::invalid("cpu", "must be a positive number of cores"));
-        }
-        if cpu > host_cpus {
+        // The defaults are capped by the operator's ceilings too: a host
+        // smaller than a default still takes creates that leave it out.
+        let cpu = self.cpu.unwrap_or(DEFAULT_CPU.min(limits.max_cpu));
+        if !(cpu.is_finite() && (MIN_CPU..=limits.max_cpu).contains(&cpu)) {
             return Err(Error::invalid(
                 "cpu",
-                format!("must be at most the host's {host_cpus} cores"),
+                format!("must be from {MIN_CPU} to {} cores", limits.max_cpu),
             ));
         }
-        let memory_mb = self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
-        if memory_mb < 16 {
-            return Err(Error::invalid("memory_mb", "must be at least 16 (MiB)"));
+        let memory_mb = self
+            .memory_mb
+            .unwrap_or(DEFAULT_MEMORY_MB.min(limits.max_memory_mb));
+        if !(16..=limits.max_memory_mb).contains(&memory_mb) {
+            return Err(Error::invalid(
+                "memory_mb",
+                format!("must be from 16 to {} (MiB)", limits.max_memory_mb),
+            ));
         }
-        let disk_mb = self.disk_mb.unwrap_or(DEFAULT_DISK_MB);
-        if disk_mb < 1 {
-            return Err(Error::invalid("disk_mb", "must be positive (MiB)"));
+        let disk_mb = self
+            .disk_mb
+            .unwrap_or(DEFAULT_DISK_MB.min(limits.max_disk_mb));
+        if !(1..=limits.max_disk_mb).contains(&disk_mb) {
+            return Err(Error::invalid(
+                "disk_mb",
+                format!("must be from 1 to {} (MiB)", limits.max_disk_mb),
+            ));
         }
-        let pids = self.pids.unwrap_or(DEFAULT_PIDS);
-        if pids < 8 {
-            return Err(Error::invalid("pids", "must be at least 8"));
+        let pids = self.pids.unwrap_or(DEFAULT_PIDS.min(limits.max_pids));
+        if !(8..=limits.max_pids).contains(&pids) {
+            return Err(Error::invalid(
+                "pids",
+                format!("must be from 8 to {}", limits.max_pids),
+            ));
         }
-        for k in self.env.keys() {
+        for (field, v, max) in [
+            ("ttl_secs", self.ttl_secs, limits.max_ttl_secs),
+            (
+                "idle_timeout_secs",
+                self.idle_timeout_secs,
+                limits.max_idle_timeout_secs,
+            ),
+        ] {
+            if v.is_some_and(|v| v > max) {
+                return Err(Error::invalid(
+                    field,
+                    format!("must be at most {max} seconds"),
+                ));
+            }
+        }
+        if let Some(u) = self.usage_events_secs {
+            if !(1..=86400).contains(&u) {
+                return Err(Error::invalid(
+                    "usage_events_secs",
+                    "must be from 1 to 86400 seconds",
+                ));
+            }
+        }
+        for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(Error::invalid(
                     "env",
                     format!("invalid variable name {k:?}"),
                 ));
             }
+            no_nul(format!("env.{k}"), v)?;
+        }
+        if let Some(img) = &self.image {
+            no_nul("image", img)?;
         }
         let cwd = self.cwd.clone().unwrap_or_else(|| "/workspace".into());
+        no_nul("cwd", &cwd)?;
         if !cwd.starts_with('/') {
             return Err(Error::invalid("cwd", "must be an absolute path"));
         }
@@ -797,7 +957,38 @@ pub struct ExecRequest {
 }
 
 impl ExecRequest {
-    pub fn validate(&self) -> Result<()> {
+    /// Checks every field: NUL bytes, paths, and numbers within `limits`.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        for (i, a) in self.cmd.iter().enumerate() {
+            no_nul(format!("cmd[{i}]"), a)?;
+        }
+        if let Some(s) = &self.shell {
+            no_nul("shell", s)?;
+        }
+        for (k, v) in &self.env {
+            no_nul("env", k)?;
+            no_nul(format!("env.{k}"), v)?;
+        }
+        if let Some(c) = &self.cwd {
+            no_nul("cwd", c)?;
+        }
+        if let Some(u) = &self.user {
+            no_nul("user", u)?;
+        }
+        if let Some(t) = self.timeout {
+            if t.is_finite() && t > limits.max_exec_timeout_secs {
+                return Err(Error::invalid(
+                    "timeout",
+                    format!("must be at most {} seconds", limits.max_exec_timeout_secs),
+                ));
+            }
+        }
+        if self.max_output_bytes.is_some_and(|m| m > MAX_OUTPUT_BYTES) {
+            return Err(Error::invalid(
+                "max_output_bytes",
+                format!("must be at most {MAX_OUTPUT_BYTES}"),
+            ));
+        }
         match (&self.shell, self.cmd.is_empty()) {
             (Some(_), false) => {
                 return Err(Error::invalid("cmd", "give `cmd` or `shell`, not both"))
@@ -1042,12 +1233,22 @@ mod glob_tests {
 }
 
 #[cfg(test)]
+fn test_limits() -> Limits {
+    Limits {
+        max_cpu: 2.0,
+        max_memory_mb: 8192,
+        max_disk_mb: 8192,
+        ..Limits::default()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn defaults_apply() {
-        let c = SandboxSpec::default().resolve(2.0).unwrap();
+        let c = SandboxSpec::default().resolve(&test_limits()).unwrap();
         assert_eq!(c.memory_mb, 512);
         assert_eq!(c.cpu, 1.0);
         assert_eq!(c.pids, 1024);
@@ -1113,9 +1314,65 @@ mod tests {
                 },
                 "ports",
             ),
+            (
+                SandboxSpec {
+                    memory_mb: Some(10_000_000),
+                    ..Default::default()
+                },
+                "memory_mb",
+            ),
+            (
+                SandboxSpec {
+                    memory_mb: Some(i64::MAX),
+                    ..Default::default()
+                },
+                "memory_mb",
+            ),
+            (
+                SandboxSpec {
+                    cpu: Some(0.0001),
+                    ..Default::default()
+                },
+                "cpu",
+            ),
+            (
+                SandboxSpec {
+                    pids: Some(1 << 62),
+                    ..Default::default()
+                },
+                "pids",
+            ),
+            (
+                SandboxSpec {
+                    disk_mb: Some(1 << 40),
+                    ..Default::default()
+                },
+                "disk_mb",
+            ),
+            (
+                SandboxSpec {
+                    ttl_secs: Some(i64::MAX as u64),
+                    ..Default::default()
+                },
+                "ttl_secs",
+            ),
+            (
+                SandboxSpec {
+                    idle_timeout_secs: Some(u64::MAX),
+                    ..Default::default()
+                },
+                "idle_timeout_secs",
+            ),
+            (
+                SandboxSpec {
+                    cwd: Some("/a\0b".into()),
+                    ..Default::default()
+                },
+                "cwd",
+            ),
         ];
         for (spec, field) in cases {
-            match spec.resolve(2.0) {
+            match spec.resolve(&test_limits()) {
                 Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected Invalid, got {other:?}"),
             }
@@ -1139,18 +1396,19 @@ mod tests {
 
     #[test]
     fn exec_request_validation() {
-        assert!(ExecRequest::default().validate().is_err());
+        let l = test_limits();
+        assert!(ExecRequest::default().validate(&l).is_err());
         let r = ExecRequest {
             cmd: vec!["true".into()],
             cwd: Some("tmp".into()),
             ..Default::default()
         };
-        assert!(matches!(r.validate(), Err(Error::Invalid { field, .. }) if field == "cwd"));
+        assert!(matches!(r.validate(&l), Err(Error::Invalid { field, .. }) if field == "cwd"));
         let r = ExecRequest {
             cmd: vec!["true".into()],
             timeout: Some(-1.0),
             ..Default::default()
         };
-        assert!(matches!(r.validate(), Err(Error::Invalid { field, .. }) if field == "timeout"));
+        assert!(matches!(r.validate(&l), Err(Error::Invalid { field, .. }) if field == "timeout"));
     }
 }

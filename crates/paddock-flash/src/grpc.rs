@@ -79,7 +79,7 @@ pub fn status_of(e: Error) -> Status {
         Error::Unsupported(_) => Code::Unimplemented,
         Error::Quota(_) => Code::ResourceExhausted,
         Error::Unauthenticated(_) => Code::Unauthenticated,
-        Error::Forbidden(_) => Code::PermissionDenied,
+        Error::Forbidden(_) | Error::ForbiddenField { .. } => Code::PermissionDenied,
         Error::Timeout(_) => Code::DeadlineExceeded,
         Error::Internal(_) => {
             tracing::error!("flash grpc: {e}");

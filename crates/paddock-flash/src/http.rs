@@ -159,14 +159,11 @@ impl IntoResponse for FError {
             Error::Unsupported(_) => "not_implemented",
             Error::Quota(_) => "resource_exhausted",
             Error::Unauthenticated(_) => "unauthenticated",
-            Error::Forbidden(_) => "permission_denied",
+            Error::Forbidden(_) | Error::ForbiddenField { .. } => "permission_denied",
             Error::Timeout(_) => "deadline_exceeded",
             Error::Internal(_) => "internal",
         };
-        let field = match &e {
-            Error::Invalid { field, .. } => Some(field.clone()),
-            _ => None,
-        };
+        let field = e.field().map(str::to_string);
         error_body(status, code, e.to_string(), field.as_deref())
     }
 }

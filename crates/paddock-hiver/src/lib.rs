@@ -139,7 +139,7 @@ impl IntoResponse for HError {
             tracing::error!("hiver: {e}");
         }
         match e {
-            Error::Invalid { field, reason } => {
+            Error::Invalid { field, reason } | Error::ForbiddenField { field, reason } => {
                 let field = wire::hiver_field(&field);
                 err(status, format!("{field}: {reason}"), Some(field))
             }

@@ -288,7 +288,8 @@ impl ContainerRuntime {
         for f in ["hosts", "hostname", "resolv.conf"] {
             std::fs::write(etc.join(f), "").map_err(io("probe"))?;
         }
-        let config = paddock_core::model::SandboxSpec::default().resolve(1.0)?;
+        let config = paddock_core::model::SandboxSpec::default()
+            .resolve(&paddock_core::model::Limits::default())?;
         let id = format!("paddock-probe-{}", std::process::id());
         let mut spec = spec::build(&spec::SpecInput {
             id: &id,
@@ -557,6 +558,10 @@ impl ContainerRuntime {
             .slot(id)
             .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?
             .path();
+        // Host directories, opened without following symlinks and bound
+        // from the daemon's descriptors (until the OCI runtime is done).
+        let (config, _origins) = stage_origins(&dir, config)?;
+        let config = &config;
         let mut spec = spec::build(&spec::SpecInput {
             id: &id.to_string(),
             rootfs: &dir.join("rootfs"),
@@ -588,7 +593,9 @@ impl ContainerRuntime {
             .and_then(|()| std::fs::rename(&fresh, &config_json))
         {
             let _ = std::fs::remove_file(&fresh);
-            if !config_json.exists() {
+            // The old spec names host directories by descriptors of the
+            // daemon that wrote it: never reuse those.
+            if !config_json.exists() || config.mounts.iter().any(|m| m.origin.is_some()) {
                 return Err(Error::Internal(format!("write config.json: {e}")));
             }
             tracing::warn!(sandbox = %id, "config.json kept from the last start: {e}");
@@ -642,6 +649,63 @@ impl ContainerRuntime {
         self.instance(id)
             .ok_or_else(|| Error::Internal(format!("sandbox {id}: its identity is gone")))
     }
+}
+
+/// Host directories bound where the OCI runtime picks them up, unmounted
+/// once it is done (the sandbox keeps its own copy of each mount).
+struct StagedOrigins(Vec<PathBuf>);
+
+impl Drop for StagedOrigins {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = umount2(p, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
+/// Binds each mount's host directory (`origin`, the path the engine
+/// resolved and checked) at `<dir>/origins/<i>`, a directory the sandbox
+/// cannot touch, and names that in the config the OCI runtime gets. The
+/// directory is opened with `openat2(RESOLVE_NO_SYMLINKS)` and bound from
+/// the daemon's descriptor (`/proc/self/fd/N`): a symlink put anywhere on
+/// the path since the check fails the start instead of being followed, and
+/// the bind is of the very directory opened, whatever happens to the path
+/// meanwhile. (The OCI runtime cannot be handed `/proc/<daemon>/fd/N`
+/// itself: it mounts from a new mount namespace, and mount(2) refuses a
+/// source whose mount lies in another namespace with EINVAL.)
+fn stage_origins(dir: &Path, config: &SandboxConfig) -> Result<(SandboxConfig, StagedOrigins)> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsRawFd;
+    let mut config = config.clone();
+    let mut staged = StagedOrigins(Vec::new());
+    for (i, m) in config.mounts.iter_mut().enumerate() {
+        let Some(origin) = &m.origin else { continue };
+        let field = format!("mounts[{i}].origin");
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = openat2(nix::fcntl::AT_FDCWD, origin.as_str(), how).map_err(|e| {
+            Error::forbidden_field(
+                &field,
+                format!("{origin} cannot be opened as a directory without following symlinks: {e}"),
+            )
+        })?;
+        let at = dir.join("origins").join(i.to_string());
+        std::fs::create_dir_all(&at).map_err(io("host mount point"))?;
+        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(
+            Some(src.as_str()),
+            &at,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| Error::Internal(format!("{field}: bind {origin}: {e}")))?;
+        staged.0.push(at.clone());
+        m.origin = Some(at.to_string_lossy().into_owned());
+    }
+    Ok((config, staged))
 }
 
 #[async_trait]

@@ -221,7 +221,10 @@ mod tests {
             command: Some(vec!["sleep".into(), "1".into()]),
             ..Default::default()
         }
-        .resolve(2.0)
+        .resolve(&paddock_core::model::Limits {
+            max_cpu: 2.0,
+            ..Default::default()
+        })
         .unwrap();
         let spec = build(&SpecInput {
             id: "6f1c4a8e-0000-4000-8000-000000000000",

@@ -28,7 +28,7 @@ struct Opts {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the daemon.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     #[command(flatten)]
     Client(cli::ClientCmd),
     /// Manage API keys (works on the daemon's data dir directly).
@@ -49,7 +49,7 @@ fn main() {
                 .with_writer(std::io::stderr)
                 .init();
             let rt = tokio::runtime::Runtime::new().expect("tokio");
-            match rt.block_on(serve::run(args)) {
+            match rt.block_on(serve::run(*args)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("paddock serve: {e:#}");

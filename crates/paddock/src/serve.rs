@@ -74,6 +74,8 @@ pub struct ServeArgs {
     /// Settings file (TOML): insecure_registries = [..], [registry_mirrors],
     /// [image_aliases], [registry_auth."HOST"] username/password,
     /// [pull_policy] default/credentials and [pull_policy.principals].
+    /// allowed_host_mounts = [..], max_cpu, max_memory_mb, max_disk_mb,
+    /// max_pids, max_ttl_secs, max_idle_timeout_secs, max_exec_timeout_secs.
     #[arg(
         long,
         env = "PADDOCK_CONFIG",
@@ -112,6 +114,33 @@ pub struct ServeArgs {
     /// (`<data-dir>/logs`), in MiB: its log is rotated at half of it.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1048576))]
     pub log_max_mb: u64,
+    /// A host directory whose subdirectories (and itself) sandboxes may have
+    /// bound in (`mounts[].origin`, hiver's `fs[].origin`); repeatable.
+    /// None by default. Never `/`, the data dir, `/proc`, `/sys`, `/dev`,
+    /// `/etc`, `/root`, `/var/lib/paddock` or inside them.
+    #[arg(long = "allow-host-mount", value_name = "DIR")]
+    pub allow_host_mounts: Vec<PathBuf>,
+    /// The most CPU cores a sandbox may ask for (default: the host's).
+    #[arg(long)]
+    pub max_cpu: Option<f64>,
+    /// The most memory a sandbox may ask for, MiB (default: the host's).
+    #[arg(long)]
+    pub max_memory_mb: Option<i64>,
+    /// The largest disk a sandbox may ask for, MiB (default: the host's memory).
+    #[arg(long)]
+    pub max_disk_mb: Option<i64>,
+    /// The most processes a sandbox may ask for (default: 65536).
+    #[arg(long)]
+    pub max_pids: Option<i64>,
+    /// The longest TTL a sandbox may ask for, seconds (default: 30 days).
+    #[arg(long)]
+    pub max_ttl_secs: Option<u64>,
+    /// The longest idle timeout, seconds (default: 30 days).
+    #[arg(long)]
+    pub max_idle_timeout_secs: Option<u64>,
+    /// The longest timeout of a command, seconds (default: 24 hours).
+    #[arg(long)]
+    pub max_exec_timeout_secs: Option<f64>,
     /// Destroy every sandbox of this data dir and remove the bridge and NAT
     /// rules the daemon set up for them, then exit (no server).
     #[arg(long)]
@@ -135,6 +164,56 @@ pub struct FileConfig {
     pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub pull_policy: PullPolicyConfig,
+    /// Host directories sandboxes may have bound in (with --allow-host-mount).
+    #[serde(default)]
+    pub allowed_host_mounts: Vec<PathBuf>,
+    /// Ceilings on what a sandbox asks for (a flag wins over its key).
+    #[serde(default)]
+    pub max_cpu: Option<f64>,
+    #[serde(default)]
+    pub max_memory_mb: Option<i64>,
+    #[serde(default)]
+    pub max_disk_mb: Option<i64>,
+    #[serde(default)]
+    pub max_pids: Option<i64>,
+    #[serde(default)]
+    pub max_ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub max_idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub max_exec_timeout_secs: Option<f64>,
+}
+
+/// The operator's ceilings: a flag, else the settings file, else the
+/// default; checked against the host's capacity.
+fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<paddock_core::model::Limits> {
+    let d = paddock_core::model::Limits::default();
+    let l = paddock_core::model::Limits {
+        max_cpu: args.max_cpu.or(file.max_cpu).unwrap_or(d.max_cpu),
+        max_memory_mb: args
+            .max_memory_mb
+            .or(file.max_memory_mb)
+            .unwrap_or(d.max_memory_mb),
+        max_disk_mb: args
+            .max_disk_mb
+            .or(file.max_disk_mb)
+            .unwrap_or(d.max_disk_mb),
+        max_pids: args.max_pids.or(file.max_pids).unwrap_or(d.max_pids),
+        max_ttl_secs: args
+            .max_ttl_secs
+            .or(file.max_ttl_secs)
+            .unwrap_or(d.max_ttl_secs),
+        max_idle_timeout_secs: args
+            .max_idle_timeout_secs
+            .or(file.max_idle_timeout_secs)
+            .unwrap_or(d.max_idle_timeout_secs),
+        max_exec_timeout_secs: args
+            .max_exec_timeout_secs
+            .or(file.max_exec_timeout_secs)
+            .unwrap_or(d.max_exec_timeout_secs),
+    };
+    l.check_host().map_err(anyhow::Error::msg)?;
+    Ok(l)
 }
 
 /// `[pull_policy]`: which registries and repositories each principal (a
@@ -440,6 +519,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // /proc/self/mountinfo by this path.
     args.data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolve {}", args.data_dir.display()))?;
+    let limits = limits(&args, &file)?;
+    let mut roots = file.allowed_host_mounts.clone();
+    roots.extend(args.allow_host_mounts.iter().cloned());
+    let host_mounts = paddock_core::hostmount::HostMounts::new(&roots, Some(&args.data_dir))
+        .map_err(anyhow::Error::msg)?;
+    if !roots.is_empty() {
+        tracing::info!(roots = ?host_mounts.allowed(), "host directories under these roots may be mounted");
+    }
     let agent = find_agent(args.agent.clone())?;
     let store = Arc::new(paddock_core::store::Store::open(
         &args.data_dir.join("paddock.db"),
@@ -505,6 +592,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             log_dir: Some(args.data_dir.join("logs")),
             log_max_bytes: args.log_max_mb << 20,
             pull_policy,
+            limits,
+            host_mounts,
             ..Default::default()
         },
     )?;

@@ -23,6 +23,9 @@ fn hiver_sdk_against_paddock() {
             &reg.addr,
             "--registry-mirror",
             &format!("docker.io=http://{}", reg.addr),
+            // hiver_test.py binds a directory under /tmp (fs[].origin).
+            "--allow-host-mount",
+            "/tmp",
         ],
     );
     run_sdk_script(
