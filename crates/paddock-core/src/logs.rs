@@ -187,6 +187,10 @@ fn read_from(path: &Path, offset: u64, max: u64, out: &mut Vec<u8>) -> Result<()
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io("open", path)(e)),
     };
+    // Past the end (or beyond what a file offset holds): nothing yet.
+    if offset >= f.metadata().map_err(io("read", path))?.len() {
+        return Ok(());
+    }
     f.seek(SeekFrom::Start(offset)).map_err(io("read", path))?;
     f.take(max).read_to_end(out).map_err(io("read", path))?;
     Ok(())
@@ -215,6 +219,7 @@ mod tests {
         assert_eq!(s.read(id, 0).unwrap(), b"hello world\n");
         assert_eq!(s.read(id, 6).unwrap(), b"world\n");
         assert_eq!(s.read(id, 99).unwrap(), b"");
+        assert_eq!(s.read(id, u64::MAX).unwrap(), b"");
         assert_eq!(s.position(id).agent, 12);
         // A new boot counts from 0 again; what was stored stays.
         s.new_boot(id).unwrap();
