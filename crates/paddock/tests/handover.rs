@@ -148,9 +148,10 @@ fn same_behaviour(d: &Daemon, handed: bool) {
     put_file(&api, &sb.id, "/workspace/log", "", b"c".to_vec());
     assert_eq!(get_file(&api, &sb.id, "/workspace/log").1, b"c");
 
-    // Not a regular file: kept on the call either way (an upload is
-    // handed over only from 256 KiB on).
-    assert_eq!(get_file(&api, &sb.id, "/dev/null"), (200, vec![]));
+    // Not a regular file: a download is refused (issue 19, item 9); an
+    // upload stays on the call either way (handed over only from 256 KiB
+    // on, and only into a regular file).
+    assert_eq!(get_file(&api, &sb.id, "/dev/null").0, 400);
     let r = put_file(&api, &sb.id, "/dev/null", "", vec![1u8; 1 << 20]);
     assert_eq!(r.status, 201, "{}", r.text);
 
