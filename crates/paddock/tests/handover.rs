@@ -244,8 +244,8 @@ fn broken_upload(api: &Api, id: &str, path: &str, query: &str) {
         .unwrap_or_default();
     write!(
         s,
-        "PUT /{prefix}/sandboxes/{id}/files?path={path}{query} HTTP/1.1\r\nHost: x\r\n{auth}\
-         Content-Length: {}\r\n\r\n",
+        "PUT /{prefix}/sandboxes/{id}/files?path={path}{query} HTTP/1.1\r\nHost: {addr}\r\n{auth}\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
         2 * HALF
     )
     .unwrap();

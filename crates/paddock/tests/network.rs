@@ -184,6 +184,7 @@ fn put_script(api: &Api, sb: &Sb, path: &str, text: &str) {
             reqwest::Method::PUT,
             &sb.path(&format!("/files?path={path}")),
         )
+        .header("content-type", "application/octet-stream")
         .body(text.to_string()),
     );
     assert_eq!(put.status, 201, "{}", put.text);
