@@ -64,6 +64,16 @@ fn a_sandbox_cannot_redirect_the_daemon_to_another_sandboxs_agent() {
     assert_eq!(r["stdout"], "", "{r}");
 }
 
+/// What the host keeps of a sandbox's main-process output, in bytes.
+fn log_bytes_on_host(d: &Daemon, id: &str) -> u64 {
+    std::fs::read_dir(d.data.join("logs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(id))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
 fn sb_write_marker(sb: &Sb, text: &str) {
     let r = sb.sh(&format!("printf {text} > /workspace/marker"));
     assert_eq!(r["exit_code"], 0, "{r}");
@@ -100,12 +110,7 @@ fn the_main_log_is_neither_writable_from_inside_nor_unbounded() {
     // host keeps at most the cap.
     sb.sh("for f in /proc/1/fd/*; do dd if=/dev/zero of=$f bs=1M count=8 2>/dev/null; done; true");
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let on_host: u64 = std::fs::read_dir(d.data.join("logs"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&sb.id))
-        .map(|e| e.metadata().unwrap().len())
-        .sum();
+    let on_host = log_bytes_on_host(&d, &sb.id);
     assert!(
         on_host <= 1 << 20,
         "the sandbox wrote {on_host} bytes into its log on the host"
@@ -126,12 +131,7 @@ fn a_chatty_main_process_stays_within_the_log_cap() {
         let t = api.get(&sb.path("/logs")).text;
         t.contains("the-end").then_some(t)
     });
-    let on_host: u64 = std::fs::read_dir(d.data.join("logs"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&sb.id))
-        .map(|e| e.metadata().unwrap().len())
-        .sum();
+    let on_host = log_bytes_on_host(&d, &sb.id);
     assert!(on_host <= (1 << 20) + 64, "{on_host} bytes on the host");
     assert!(text.len() as u64 <= 1 << 20, "{} bytes read", text.len());
     // What is kept is the latest output, whole lines but perhaps the first.
