@@ -1081,9 +1081,88 @@ async fn version() -> axum::Json<serde_json::Value> {
         PullProgress,
         Template,
         TemplateList
-    ))
+    )),
+    modifiers(&ErrorResponses)
 )]
 struct ApiDoc;
+
+/// Documents on every operation the problems the engine may answer it with
+/// beyond its own annotations: a bad parameter or body (400), no or a
+/// wrong API key off loopback (401), what the operator does not allow
+/// (403); for one sandbox or template, it not existing (404), its state
+/// (409) and its agent not answering (503); a create's refusals (an
+/// isolation this daemon lacks 501, an image that cannot be had 502/503,
+/// a quota 429); a command's timeout (504).
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in api.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let scoped = path.contains('{');
+            let creates = path == "/v1/sandboxes" || path == "/v1/templates";
+            let runs = path.contains("/exec") || path.contains("/files") || path.contains("/proxy");
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
+            ];
+            for (op, writes) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let mut codes = vec![
+                    (
+                        "400",
+                        "a parameter or the body is invalid (`field` names it)",
+                    ),
+                    ("401", "an API key is required, or it is not valid"),
+                    ("403", "not allowed (`field` names what)"),
+                ];
+                if scoped {
+                    codes.extend([
+                        ("404", "no such sandbox, template or path"),
+                        ("409", "the sandbox's state does not allow it"),
+                        ("503", "the sandbox's agent is not answering"),
+                    ]);
+                }
+                if creates && writes {
+                    codes.extend([
+                        ("404", "no such template"),
+                        ("409", "a conflict (a template of that name exists)"),
+                        ("429", "a quota is reached"),
+                        ("501", "the isolation is not available on this daemon"),
+                        ("502", "the image's registry failed"),
+                        ("503", "the image cannot be had now"),
+                    ]);
+                }
+                if runs {
+                    codes.push(("504", "the command or the agent timed out"));
+                }
+                for (code, what) in codes {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| problem(what).into());
+                }
+            }
+        }
+    }
+}
 
 async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())

@@ -459,6 +459,11 @@ impl Engine {
                 self.mark_active(&sb, &l);
                 Ok((sb, l))
             }
+            // A stop or destroy under way dropped it: the state is what
+            // refuses the call, not the agent.
+            None if self.lifecycles.try_lock(id).is_none() => Err(Error::Conflict(format!(
+                "sandbox {id} is being stopped or destroyed"
+            ))),
             None => Err(Error::Unavailable {
                 what: format!("sandbox {id}"),
                 reason: "its agent is not connected".into(),
@@ -1061,7 +1066,16 @@ impl Engine {
                 sb.state.as_str()
             )));
         }
-        self.runtime(sb.config.isolation)?.metrics(id).await
+        let rt = self.runtime(sb.config.isolation)?;
+        match rt.metrics(id).await {
+            // Its cgroup is gone: it died and the monitor has not marked
+            // it yet (it does within two passes), or a stop is under way.
+            // Its state refuses the call.
+            Err(Error::Unavailable { reason, .. }) => Err(Error::Conflict(format!(
+                "sandbox {id} is not running ({reason}: its processes exited, or it is being stopped)"
+            ))),
+            r => r,
+        }
     }
 
     pub async fn logs(&self, p: &Principal, id: Uuid, offset: u64) -> Result<Vec<u8>> {
