@@ -9,6 +9,7 @@ pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod glob;
 pub mod host;
 pub mod hostmount;
 pub mod logs;

@@ -1,7 +1,9 @@
 //! `paddock`: the daemon (`paddock serve`) and the CLI that talks to it.
 
+mod agent_bin;
 mod bench;
 mod bench_peers;
+mod claims;
 mod cli;
 mod serve;
 

@@ -317,29 +317,6 @@ fn warm_pool(s: &str) -> Result<paddock_core::engine::PoolConfig, String> {
     })
 }
 
-pub fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        // The OCI runtime resolves a relative mount source against the bundle.
-        return std::fs::canonicalize(&p)
-            .with_context(|| format!("--agent {}: no such file", p.display()));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("binary has no directory")?;
-    let candidates = [
-        dir.join("paddock-agent"),
-        dir.join("../x86_64-unknown-linux-gnu/release/paddock-agent"),
-        dir.join("../../x86_64-unknown-linux-gnu/release/paddock-agent"),
-        PathBuf::from("/usr/local/lib/paddock/paddock-agent"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .with_context(|| {
-            format!("no paddock-agent binary found (looked at {candidates:?}); pass --agent")
-        })
-}
-
 /// Raises the soft open-files limit to the hard one: the daemon holds a
 /// connection per sandbox.
 fn raise_nofile() {
@@ -519,6 +496,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // /proc/self/mountinfo by this path.
     args.data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolve {}", args.data_dir.display()))?;
+    // Before anything of the data dir or the host is touched: a second
+    // daemon on the same data dir, bridge or subnet stops here.
+    let _claims = crate::claims::take(&args.data_dir, &args.bridge, args.gateway)?;
     let limits = limits(&args, &file)?;
     let mut roots = file.allowed_host_mounts.clone();
     roots.extend(args.allow_host_mounts.iter().cloned());
@@ -527,7 +507,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if !roots.is_empty() {
         tracing::info!(roots = ?host_mounts.allowed(), "host directories under these roots may be mounted");
     }
-    let agent = find_agent(args.agent.clone())?;
+    let agent = crate::agent_bin::find(args.agent.clone())?;
     let store = Arc::new(paddock_core::store::Store::open(
         &args.data_dir.join("paddock.db"),
     )?);
@@ -562,6 +542,22 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     for a in &args.image_aliases {
         let (k, v) = pair(a, "--image-alias")?;
         aliases.insert(k, v);
+    }
+    let globs = file
+        .pull_policy
+        .default
+        .iter()
+        .flatten()
+        .map(|g| ("default", g));
+    let globs = globs.chain(
+        file.pull_policy
+            .principals
+            .iter()
+            .flat_map(|(who, gs)| gs.iter().map(move |g| (who.as_str(), g))),
+    );
+    for (who, g) in globs {
+        paddock_core::glob::Glob::new(g)
+            .map_err(|e| anyhow::anyhow!("[pull_policy] {who}: pattern {g:?}: {e}"))?;
     }
     let pull_policy = paddock_core::engine::PullPolicy {
         principals: file.pull_policy.principals.into_iter().collect(),

@@ -284,3 +284,57 @@ fn bench_measures_paddock_next_to_peers() {
         assert!((theirs["paddock_advantage"].as_f64().unwrap() - x).abs() < 1e-9);
     }
 }
+
+/// Issue 20, defect 1: a dynamically linked agent (what `cargo build
+/// --release` leaves in target/release) cannot run in images without the
+/// host's libc; the daemon refuses it at start, naming it and how to build
+/// the static one, instead of booting sandboxes that never answer.
+#[test]
+fn serve_refuses_a_dynamically_linked_agent() {
+    // This test binary is linked against the host's libc, like such a build.
+    let dynamic = std::env::current_exe().unwrap();
+    let data = std::env::temp_dir().join(format!("paddock-dynagent-{}", std::process::id()));
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
+        .args([
+            "--flash-grpc-listen",
+            "off",
+            "--socket",
+            "off",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--agent")
+        .arg(&dynamic)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let _ = Command::new(bin())
+        .args(["serve", "--cleanup", "--data-dir"])
+        .arg(&data)
+        .output();
+    let _ = std::fs::remove_dir_all(&data);
+    let status = status.unwrap_or_else(|| panic!("the daemon served with a dynamic agent: {err}"));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("dynamically linked"), "{err}");
+    assert!(err.contains(&dynamic.display().to_string()), "{err}");
+    assert!(err.contains("scripts/build.sh"), "{err}");
+}

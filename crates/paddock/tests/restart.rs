@@ -158,3 +158,125 @@ fn an_agent_that_does_not_answer_after_a_restart_is_marked_dead() {
     eventually(10, || (!dir.exists()).then_some(()));
     api.destroy(&live);
 }
+
+/// Runs `paddock serve` with `args` on loopback ports of its own until it
+/// exits, or for `secs` (then kills it): its exit status (None: it served)
+/// and what it printed.
+fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStatus>, String) {
+    let log = std::env::temp_dir().join(format!(
+        "paddock-second-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
+        .args(["--flash-grpc-listen", "off", "--socket", "off", "--agent"])
+        .arg(agent())
+        .args(args)
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (status, text)
+}
+
+/// Issue 20, defect 3: a second daemon on the first one's data dir, or with
+/// its own data dir but the first one's bridge or subnet, stops at start
+/// with an error naming what is taken, and leaves the first daemon's
+/// sandboxes and their network namespaces alone (it used to remove them as
+/// "leftovers").
+#[test]
+fn a_second_daemon_does_not_take_the_first_ones_data_dir_bridge_or_subnet() {
+    let d = Daemon::start();
+    let api = d.api();
+    let id = api.create(json!({}));
+    let net: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.data.join("sandboxes").join(&id).join("net.json")).unwrap(),
+    )
+    .unwrap();
+    let netns = format!("/var/run/netns/{}", net["netns"].as_str().unwrap());
+    let own = std::env::temp_dir().join(format!("paddock-second-{}", std::process::id()));
+    let data = d.data.to_string_lossy().into_owned();
+    let own_s = own.to_string_lossy().into_owned();
+    // Another subnet no daemon of this test holds.
+    let other_gw = "10.87.0.1";
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "--data-dir",
+                &data,
+                "--bridge",
+                "pdsecond",
+                "--gateway",
+                other_gw,
+            ],
+            "data dir",
+        ),
+        (
+            &[
+                "--data-dir",
+                &own_s,
+                "--bridge",
+                &d.bridge,
+                "--gateway",
+                other_gw,
+            ],
+            &format!("bridge {}", d.bridge),
+        ),
+        (
+            &[
+                "--data-dir",
+                &own_s,
+                "--bridge",
+                "pdsecond",
+                "--gateway",
+                &d.gateway,
+            ],
+            "subnet",
+        ),
+    ];
+    for (args, taken) in cases {
+        let (status, text) = serve_briefly(args, 60);
+        let _ = std::process::Command::new(bin())
+            .args([
+                "serve",
+                "--cleanup",
+                "--data-dir",
+                &own_s,
+                "--bridge",
+                "pdsecond",
+            ])
+            .args(["--gateway", other_gw])
+            .output();
+        let status = status.unwrap_or_else(|| panic!("{args:?}: a second daemon served: {text}"));
+        assert!(!status.success(), "{args:?}: {text}");
+        assert!(
+            text.contains(taken) && text.contains("in use by another paddock serve"),
+            "{args:?}: {text}"
+        );
+        // The first daemon's sandbox and its namespace are as they were.
+        assert!(
+            std::path::Path::new(&netns).exists(),
+            "{args:?} removed {netns}: {text}"
+        );
+        assert_eq!(api.sh(&id, "echo still")["stdout"], "still\n", "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&own);
+}

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_paddock")
+/// The daemon under test: this build's, or `PADDOCK_TEST_BIN` (to run the
+/// suite against another build, e.g. an older one to see an attack test
+/// fail while its hole is open).
+pub fn bin() -> String {
+    std::env::var("PADDOCK_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_paddock").into())
 }
 
 pub fn agent() -> PathBuf {
@@ -22,17 +25,12 @@ pub fn agent() -> PathBuf {
         return PathBuf::from(p);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for c in [
-        "target/x86_64-unknown-linux-gnu/release/paddock-agent",
-        "target/release/paddock-agent",
-        "target/debug/paddock-agent",
-    ] {
-        let p = root.join(c);
-        if p.is_file() {
-            return p;
-        }
+    // Only the static build: the daemon refuses a dynamically linked agent.
+    let p = root.join("target/x86_64-unknown-linux-gnu/release/paddock-agent");
+    if p.is_file() {
+        return p;
     }
-    panic!("no paddock-agent built: run scripts/build.sh or set PADDOCK_TEST_AGENT")
+    panic!("no static paddock-agent built: run scripts/build.sh or set PADDOCK_TEST_AGENT")
 }
 
 /// A gateway whose /16 no interface routes yet and no daemon of this
