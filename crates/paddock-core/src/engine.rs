@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::events::{EventBus, Subscription};
 use crate::model::*;
 use crate::runtime::{Instance, Liveness, Runtime};
+use crate::state::Action;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -447,12 +448,7 @@ impl Engine {
 
     async fn live_for(&self, p: &Principal, id: Uuid) -> Result<(Sandbox, Arc<Live>)> {
         let sb = self.get(p, id)?;
-        if sb.state != State::Running {
-            return Err(Error::Conflict(format!(
-                "sandbox {id} is {}, not running",
-                sb.state.as_str()
-            )));
-        }
+        sb.state.check(Action::UseAgent, id)?;
         let live = self.live.read().await.get(&id).cloned();
         match live {
             Some(l) => {
@@ -704,7 +700,7 @@ impl Engine {
             Some(now) => return Ok(now),
             None => return Err(Error::not_found(format!("sandbox {}", sb.id))),
         };
-        if sb.state == State::Destroyed {
+        if !sb.state.check(Action::Destroy, sb.id)? {
             return Ok(sb);
         }
         self.live.write().await.remove(&sb.id);
@@ -728,10 +724,8 @@ impl Engine {
     pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
         let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
-        match sb.state {
-            State::Running | State::Paused => {}
-            State::Stopped => return Ok(sb),
-            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        if !sb.state.check(Action::Stop, id)? {
+            return Ok(sb);
         }
         self.live.write().await.remove(&id);
         self.runtime(sb.config.isolation)?.stop(id).await?;
@@ -743,10 +737,8 @@ impl Engine {
     pub async fn start(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
         let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
-        match sb.state {
-            State::Stopped => {}
-            State::Running => return Ok(sb),
-            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        if !sb.state.check(Action::Start, id)? {
+            return Ok(sb);
         }
         let rt = self.runtime(sb.config.isolation)?.clone();
         let ip = self.boot(&rt, id, &sb.config, true).await?;
@@ -760,10 +752,8 @@ impl Engine {
     pub async fn pause(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
         let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
-        match sb.state {
-            State::Running => {}
-            State::Paused => return Ok(sb),
-            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        if !sb.state.check(Action::Pause, id)? {
+            return Ok(sb);
         }
         self.runtime(sb.config.isolation)?.pause(id).await?;
         self.transition(id, "sandbox.paused", json!({"state": "paused"}), |s| {
@@ -774,10 +764,8 @@ impl Engine {
     pub async fn resume(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
         let _life = self.lifecycles.lock(id).await;
         let sb = self.get(p, id)?;
-        match sb.state {
-            State::Paused => {}
-            State::Running => return Ok(sb),
-            s => return Err(Error::Conflict(format!("sandbox {id} is {}", s.as_str()))),
+        if !sb.state.check(Action::Resume, id)? {
+            return Ok(sb);
         }
         let rt = self.runtime(sb.config.isolation)?.clone();
         rt.resume(id).await?;
@@ -796,12 +784,7 @@ impl Engine {
     /// Resets the idle clock (and nothing else).
     pub async fn touch(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
         let sb = self.get(p, id)?;
-        if matches!(sb.state, State::Destroyed | State::Error) {
-            return Err(Error::Conflict(format!(
-                "sandbox {id} is {}",
-                sb.state.as_str()
-            )));
-        }
+        sb.state.check(Action::Touch, id)?;
         let now = now_ms();
         if let Some(l) = self.live.read().await.get(&id) {
             l.last_active_ms.store(now, Ordering::Relaxed);
@@ -1060,12 +1043,7 @@ impl Engine {
 
     pub async fn metrics(&self, p: &Principal, id: Uuid) -> Result<Metrics> {
         let sb = self.get(p, id)?;
-        if !matches!(sb.state, State::Running | State::Paused) {
-            return Err(Error::Conflict(format!(
-                "sandbox {id} is {}",
-                sb.state.as_str()
-            )));
-        }
+        sb.state.check(Action::Metrics, id)?;
         let rt = self.runtime(sb.config.isolation)?;
         match rt.metrics(id).await {
             // Its cgroup is gone: it died and the monitor has not marked
@@ -1083,9 +1061,7 @@ impl Engine {
             return Err(Error::invalid("offset", "must be at most 2^63-1"));
         }
         let sb = self.get(p, id)?;
-        if sb.state == State::Destroyed {
-            return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
-        }
+        sb.state.check(Action::Logs, id)?;
         Ok(match &self.logs {
             Some(logs) => logs.read(id, offset)?,
             None => Vec::new(),
@@ -1186,12 +1162,7 @@ impl Engine {
             if let Some(e) = &egress {
                 validate_egress(e)?;
             }
-            if matches!(sb.state, State::Destroyed | State::Error) {
-                return Err(Error::Conflict(format!(
-                    "sandbox {id} is {}",
-                    sb.state.as_str()
-                )));
-            }
+            sb.state.check(Action::UpdateConfig, id)?;
             for m in &changes.mounts_added {
                 if m.origin.is_some()
                     && !cur
@@ -1901,9 +1872,7 @@ impl Engine {
             ));
         }
         let sb = self.get(p, id)?;
-        if sb.state == State::Destroyed {
-            return Err(Error::Conflict(format!("sandbox {id} is destroyed")));
-        }
+        sb.state.check(Action::ExtendTtl, id)?;
         self.transition(id, "sandbox.ttl", json!({"ttl_secs": secs}), |s| {
             s.expires_at = Some(expiry(Utc::now(), secs));
         })

@@ -15,6 +15,7 @@ pub mod hostmount;
 pub mod logs;
 pub mod model;
 pub mod runtime;
+pub mod state;
 pub mod store;
 pub mod text;
 
