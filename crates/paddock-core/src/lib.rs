@@ -17,6 +17,8 @@ pub mod model;
 pub mod runtime;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod text;
 
 pub use engine::{Engine, EngineConfig};

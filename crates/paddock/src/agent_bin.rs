@@ -145,7 +145,7 @@ mod tests {
             stat.canonicalize().unwrap()
         );
         // Only a dynamic one: an error naming it and how to build.
-        let e = format!("{:#}", find_in(&[me.clone()]).unwrap_err());
+        let e = format!("{:#}", find_in(std::slice::from_ref(&me)).unwrap_err());
         assert!(e.contains(&me.display().to_string()), "{e}");
         assert!(e.contains("dynamically linked"), "{e}");
         // The static build is looked for before the daemon's own dir, where a

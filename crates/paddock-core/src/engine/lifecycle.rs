@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
+use super::*;
+
 type Map = HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>;
 
 /// The locks of the sandboxes someone holds or waits for; an entry goes
@@ -80,6 +82,132 @@ impl Drop for LifeGuard {
             Arc::strong_count(m) > others
         });
         drop(self.held.take());
+    }
+}
+
+impl Engine {
+    pub async fn destroy(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        self.destroy_inner(sb, "deleted").await
+    }
+
+    /// Destroys `sb` as it is when its lifecycle lock is free; if it has
+    /// changed hands since the caller read it (a pooled sandbox handed
+    /// out), leaves it alone and returns it as it is.
+    pub(super) async fn destroy_inner(&self, sb: Sandbox, reason: &str) -> Result<Sandbox> {
+        let _life = self.lifecycles.lock(sb.id).await;
+        let sb = match self.store.get_sandbox(sb.id)? {
+            Some(now) if now.owner == sb.owner => now,
+            Some(now) => return Ok(now),
+            None => return Err(Error::not_found(format!("sandbox {}", sb.id))),
+        };
+        if !sb.state.check(Action::Destroy, sb.id)? {
+            return Ok(sb);
+        }
+        self.live.write().await.remove(&sb.id);
+        if let Ok(rt) = self.runtime(sb.config.isolation) {
+            rt.destroy(sb.id).await?;
+        }
+        if let Some(logs) = &self.logs {
+            logs.remove(sb.id);
+        }
+        self.transition(
+            sb.id,
+            "sandbox.destroyed",
+            json!({"state": "destroyed", "reason": reason}),
+            |s| {
+                s.state = State::Destroyed;
+                s.ip = None;
+            },
+        )
+    }
+
+    pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycles.lock(id).await;
+        let sb = self.get(p, id)?;
+        if !sb.state.check(Action::Stop, id)? {
+            return Ok(sb);
+        }
+        self.live.write().await.remove(&id);
+        self.runtime(sb.config.isolation)?.stop(id).await?;
+        self.transition(id, "sandbox.stopped", json!({"state": "stopped"}), |s| {
+            s.state = State::Stopped;
+        })
+    }
+
+    pub async fn start(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycles.lock(id).await;
+        let sb = self.get(p, id)?;
+        if !sb.state.check(Action::Start, id)? {
+            return Ok(sb);
+        }
+        let rt = self.runtime(sb.config.isolation)?.clone();
+        let ip = self.boot(&rt, id, &sb.config, true).await?;
+        self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
+            s.state = State::Running;
+            s.ip = ip;
+            s.last_active_at = Utc::now();
+        })
+    }
+
+    pub async fn pause(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycles.lock(id).await;
+        let sb = self.get(p, id)?;
+        if !sb.state.check(Action::Pause, id)? {
+            return Ok(sb);
+        }
+        self.runtime(sb.config.isolation)?.pause(id).await?;
+        self.transition(id, "sandbox.paused", json!({"state": "paused"}), |s| {
+            s.state = State::Paused;
+        })
+    }
+
+    pub async fn resume(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let _life = self.lifecycles.lock(id).await;
+        let sb = self.get(p, id)?;
+        if !sb.state.check(Action::Resume, id)? {
+            return Ok(sb);
+        }
+        let rt = self.runtime(sb.config.isolation)?.clone();
+        rt.resume(id).await?;
+        if !self.live.read().await.contains_key(&id) {
+            if let (_, Some(inst)) = rt.inspect(id).await? {
+                let agent = AgentClient::connect(&inst.agent, self.cfg.agent_timeout).await?;
+                self.attach(id, agent, inst, now_ms()).await;
+            }
+        }
+        self.transition(id, "sandbox.resumed", json!({"state": "running"}), |s| {
+            s.state = State::Running;
+            s.last_active_at = Utc::now();
+        })
+    }
+
+    /// Resets the idle clock (and nothing else).
+    pub async fn touch(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        let sb = self.get(p, id)?;
+        sb.state.check(Action::Touch, id)?;
+        let now = now_ms();
+        if let Some(l) = self.live.read().await.get(&id) {
+            l.last_active_ms.store(now, Ordering::Relaxed);
+            l.persisted_active_ms.store(now, Ordering::Relaxed);
+        }
+        self.persist_active(id, now)?;
+        self.get(p, id)
+    }
+
+    /// Extends a sandbox's TTL to `secs` from now (the hiver `ping`).
+    pub async fn extend_ttl(&self, p: &Principal, id: Uuid, secs: u64) -> Result<Sandbox> {
+        if secs > self.cfg.limits.max_ttl_secs {
+            return Err(Error::invalid(
+                "ttl_secs",
+                format!("must be at most {} seconds", self.cfg.limits.max_ttl_secs),
+            ));
+        }
+        let sb = self.get(p, id)?;
+        sb.state.check(Action::ExtendTtl, id)?;
+        self.transition(id, "sandbox.ttl", json!({"ttl_secs": secs}), |s| {
+            s.expires_at = Some(expiry(Utc::now(), secs));
+        })
     }
 }
 

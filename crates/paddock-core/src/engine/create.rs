@@ -1,0 +1,211 @@
+//! Creating a sandbox: idempotent by key per owner, checked against the
+//! operator's limits and host-mount roots, booted on its backend and its
+//! agent attached.
+
+use super::*;
+
+impl Engine {
+    /// Checks each mount's host directory against the operator's policy
+    /// and keeps it resolved (403 naming the field when refused).
+    pub(super) fn check_origins(&self, mounts: &mut [Mount]) -> Result<()> {
+        for (i, m) in mounts.iter_mut().enumerate() {
+            if let Some(o) = &m.origin {
+                m.origin = Some(
+                    self.cfg
+                        .host_mounts
+                        .check(&format!("mounts[{i}].origin"), o)?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a sandbox and returns once it takes commands. With a key that
+    /// `p` already used, returns that sandbox unchanged and `false`.
+    pub async fn create(
+        self: &Arc<Self>,
+        p: &Principal,
+        spec: SandboxSpec,
+    ) -> Result<(Sandbox, bool)> {
+        self.create_inner(p, spec, true).await
+    }
+
+    /// `create`; with `warm`, a spec a warm pool can serve is handed a
+    /// pooled sandbox instead of booting one.
+    pub(super) async fn create_inner(
+        self: &Arc<Self>,
+        p: &Principal,
+        spec: SandboxSpec,
+        warm: bool,
+    ) -> Result<(Sandbox, bool)> {
+        let template = match &spec.template {
+            Some(name) => Some(self.store.get_template(&p.id, name)?.ok_or_else(|| {
+                Error::invalid("template", format!("no template named {name:?}"))
+            })?),
+            None => None,
+        };
+        let pool = if warm {
+            self.pool_key(p, &spec, template.as_ref())
+        } else {
+            None
+        };
+        let spec = match &template {
+            Some(t) => spec.with_defaults(&t.defaults),
+            None => spec,
+        };
+        let mut config = spec.resolve(&self.cfg.limits)?;
+        self.check_origins(&mut config.mounts)?;
+        let runtime = self.runtime(config.isolation)?.clone();
+        // A named image is pulled on the caller's behalf (the pull policy,
+        // a claim), also when a warm pool holds it booted.
+        let mut image = None;
+        if let Some(reference) = &config.image {
+            // With a key, an existing sandbox is returned before any pull.
+            if let Some(k) = &spec.key {
+                if let Some(existing) = self.store.find_by_key(&p.id, k)? {
+                    return Ok((existing, false));
+                }
+            }
+            image = Some(self.image_for(p, reference).await?);
+        }
+        if let Some(pool) = pool {
+            if let Some(out) = self.take_warm(p, pool, &spec, &config).await? {
+                return Ok(out);
+            }
+        }
+        if let Some(img) = image {
+            config.apply_image(&spec, img);
+        }
+        let id = Uuid::new_v4();
+        let now = Utc::now();
+        let sb = Sandbox {
+            id,
+            owner: p.id.clone(),
+            key: spec.key.clone(),
+            labels: spec.labels.clone(),
+            template: spec.template.clone(),
+            expires_at: config.ttl_secs.map(|t| expiry(now, t)),
+            config,
+            state: State::Creating,
+            message: None,
+            created_at: now,
+            updated_at: now,
+            last_active_at: now,
+            ip: None,
+        };
+        let life = {
+            let _guard = match &spec.key {
+                Some(_) => Some(self.key_lock.lock().await),
+                None => None,
+            };
+            if let Some(k) = &spec.key {
+                if let Some(existing) = self.store.find_by_key(&p.id, k)? {
+                    return Ok((existing, false));
+                }
+            }
+            // Taken before the sandbox is stored, held until its boot is
+            // done (after the key lock, as a pool's hand-over takes them).
+            let life = self.lifecycles.lock(id).await;
+            self.store.tx_events(
+                |tx| {
+                    Store::put_sandbox(tx, &sb)?;
+                    let ev = Store::append_event(
+                        tx,
+                        id,
+                        &sb.owner,
+                        "sandbox.created",
+                        json!({"state": "creating", "isolation": sb.config.isolation}),
+                    )?;
+                    Ok(((), vec![ev]))
+                },
+                |evs| self.bus.publish_all(evs),
+            )?;
+            life
+        };
+        // Booted in a task of its own: a caller that goes away (a client
+        // timing out) must not leave the sandbox half made, `creating`
+        // for ever.
+        let engine = self.clone();
+        let config = sb.config.clone();
+        tokio::spawn(async move {
+            let _life = life;
+            engine.finish_create(runtime, id, config).await
+        })
+        .await
+        .map_err(|e| Error::internal(format!("create {id}: {e}")))?
+        .map(|sb| (sb, true))
+    }
+
+    /// Boots a stored `creating` sandbox: `running`, or `error` and torn down.
+    pub(super) async fn finish_create(
+        &self,
+        runtime: Arc<dyn Runtime>,
+        id: Uuid,
+        config: SandboxConfig,
+    ) -> Result<Sandbox> {
+        match self.boot(&runtime, id, &config, false).await {
+            Ok(ip) => self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
+                s.state = State::Running;
+                s.ip = ip;
+            }),
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = runtime.destroy(id).await;
+                let _ = self.transition(
+                    id,
+                    "sandbox.error",
+                    json!({"state": "error", "message": msg}),
+                    |s| {
+                        s.state = State::Error;
+                        s.message = Some(msg.clone());
+                    },
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts (or restarts) the runtime side and connects the agent.
+    pub(super) async fn boot(
+        &self,
+        runtime: &Arc<dyn Runtime>,
+        id: Uuid,
+        config: &SandboxConfig,
+        restart: bool,
+    ) -> Result<Option<String>> {
+        if let Some(logs) = &self.logs {
+            // The agent about to start counts its output from 0.
+            logs.new_boot(id)?;
+        }
+        let instance = if restart {
+            runtime.start(id, config).await?
+        } else {
+            runtime.create(id, config).await?
+        };
+        let t0 = std::time::Instant::now();
+        let agent = AgentClient::connect(&instance.agent, self.cfg.agent_timeout).await?;
+        tracing::debug!(sandbox = %id, connect = ?t0.elapsed(), "agent connected");
+        self.attach(id, agent, instance.clone(), now_ms()).await;
+        Ok(instance.ip.map(|ip| ip.to_string()))
+    }
+
+    /// Serves a sandbox's agent; its idle clock starts at `active_ms`.
+    pub(super) async fn attach(
+        &self,
+        id: Uuid,
+        agent: AgentClient,
+        instance: Instance,
+        active_ms: i64,
+    ) {
+        let _wake = Wake(&self.attached);
+        self.live.write().await.insert(
+            id,
+            Arc::new(Live {
+                agent,
+                instance,
+                last_active_ms: AtomicI64::new(active_ms),
+                persisted_active_ms: AtomicI64::new(active_ms),
+            }),
+        );
+    }
+}

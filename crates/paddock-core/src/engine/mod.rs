@@ -1,0 +1,310 @@
+//! The engine: owns sandboxes, their lifecycle and their state.
+//!
+//! Every state change goes through [`Engine::transition`], which writes the
+//! sandbox and appends its event in one transaction. Exec, files and ports
+//! go to the sandbox's agent; start, stop and the rest go to its runtime.
+//! Which operation a state allows is decided in one place,
+//! [`crate::state`].
+//!
+//! One file per concern, each an `impl Engine` block:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `mod.rs` | `Engine`, its config, lookups (`get`, `list`, `find`) and the live agents |
+//! | `create.rs` | create (idempotent by key), boot, attach |
+//! | `lifecycle.rs` | one change at a time per sandbox; stop, start, pause, resume, destroy, touch, TTL |
+//! | `exec.rs` | commands |
+//! | `files.rs` | file operations, judged against mount ACLs |
+//! | `observe.rs` | ports, platform, proxy targets, metrics, logs |
+//! | `events.rs` | transitions with their events; reading events |
+//! | `config.rs` | live configuration changes |
+//! | `templates.rs` | templates |
+//! | `images.rs` | the `Images` port, pull policy, claims |
+//! | `pool.rs` | warm pools and their hand-over |
+//! | `recovery.rs` | coming back after a restart; shutdown |
+//! | `reaper.rs` | TTLs and idle timeouts |
+//! | `monitor.rs` | deaths, main-process output, usage events |
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::{mpsc, RwLock};
+use uuid::Uuid;
+
+mod config;
+mod create;
+mod events;
+mod exec;
+mod files;
+mod images;
+mod lifecycle;
+mod monitor;
+mod observe;
+mod pool;
+mod reaper;
+mod recovery;
+mod templates;
+#[cfg(test)]
+mod tests;
+
+pub use config::{ConfigApplied, ConfigChanges, ConfigUpdate};
+use events::{flush, DEFER_FLUSH};
+pub use images::{Images, PullPolicy};
+pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
+
+use crate::agent::AgentClient;
+use crate::error::{Error, Result};
+use crate::events::{EventBus, Subscription};
+use crate::model::*;
+use crate::runtime::{Instance, Liveness, Runtime};
+use crate::state::Action;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The operator's ceilings on what creates and execs ask for.
+    pub limits: Limits,
+    /// Which host directories sandboxes may have bound in.
+    pub host_mounts: crate::hostmount::HostMounts,
+    /// How long a new sandbox's agent may take to answer.
+    pub agent_timeout: Duration,
+    /// How often the reaper looks for lapsed TTLs and idle timeouts.
+    pub reap_interval: Duration,
+    /// Warm pools: sandboxes booted ahead of time per image.
+    pub warm_pools: Vec<PoolConfig>,
+    /// Pools are not refilled while the host has less memory available.
+    pub warm_pool_min_free_mb: u64,
+    /// Where the main processes' output is kept on the host (`None`: not
+    /// kept; `stdio` events still flow).
+    pub log_dir: Option<std::path::PathBuf>,
+    /// The most of one sandbox's output kept on disk.
+    pub log_max_bytes: u64,
+    /// Who may pull what, and with the daemon's registry credentials.
+    pub pull_policy: PullPolicy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: Limits::default(),
+            host_mounts: Default::default(),
+            agent_timeout: Duration::from_secs(10),
+            reap_interval: Duration::from_secs(1),
+            warm_pools: Vec::new(),
+            warm_pool_min_free_mb: 1024,
+            log_dir: None,
+            log_max_bytes: 16 << 20,
+            pull_policy: PullPolicy::default(),
+        }
+    }
+}
+
+/// A running sandbox's live parts.
+struct Live {
+    agent: AgentClient,
+    instance: Instance,
+    last_active_ms: AtomicI64,
+    persisted_active_ms: AtomicI64,
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    bus: EventBus,
+    runtimes: HashMap<Isolation, Arc<dyn Runtime>>,
+    live: RwLock<HashMap<Uuid, Arc<Live>>>,
+    key_lock: tokio::sync::Mutex<()>,
+    /// One lifecycle change at a time per sandbox (`lifecycle.rs`).
+    lifecycles: lifecycle::Lifecycles,
+    images: Option<Arc<dyn Images>>,
+    pools: pool::Pools,
+    /// The main processes' output, on the host.
+    logs: Option<crate::logs::LogStore>,
+    /// Wakes the monitor when a sandbox is attached.
+    attached: tokio::sync::Notify,
+    cfg: EngineConfig,
+}
+
+/// Wakes the monitor once dropped (after the live map's lock is let go).
+struct Wake<'a>(&'a tokio::sync::Notify);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<Store>,
+        runtimes: Vec<Arc<dyn Runtime>>,
+        images: Option<Arc<dyn Images>>,
+        cfg: EngineConfig,
+    ) -> Result<Arc<Engine>> {
+        let logs = match &cfg.log_dir {
+            Some(dir) => Some(crate::logs::LogStore::new(dir.clone(), cfg.log_max_bytes)?),
+            None => None,
+        };
+        let bus = EventBus::default();
+        // A flush of deferred events, DEFER_FLUSH after one is due, on the
+        // runtime of whoever deferred them (none: the next write or read of
+        // the log writes them).
+        let (weak, to) = (Arc::downgrade(&store), bus.clone());
+        store.set_flusher(move || {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let (store, bus) = (weak.clone(), to.clone());
+            rt.spawn(async move {
+                tokio::time::sleep(DEFER_FLUSH).await;
+                if let Some(store) = store.upgrade() {
+                    flush(&store, &bus);
+                }
+            });
+        });
+        Ok(Arc::new(Engine {
+            store,
+            bus,
+            runtimes: runtimes.into_iter().map(|r| (r.isolation(), r)).collect(),
+            live: RwLock::new(HashMap::new()),
+            key_lock: tokio::sync::Mutex::new(()),
+            lifecycles: Default::default(),
+            images,
+            pools: Default::default(),
+            logs,
+            attached: tokio::sync::Notify::new(),
+            cfg,
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn runtime(&self, iso: Isolation) -> Result<&Arc<dyn Runtime>> {
+        self.runtimes.get(&iso).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "isolation {:?} (no {} backend is available on this daemon; available: {})",
+                iso.as_str(),
+                iso.as_str(),
+                self.runtimes
+                    .keys()
+                    .map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// The principal a bearer token stands for.
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        match self
+            .store
+            .principal_for_hash(&crate::auth::hash_token(token))?
+        {
+            Some(id) => Ok(Principal { id }),
+            None => Err(Error::Unauthenticated("unknown or revoked API key".into())),
+        }
+    }
+
+    /// The sandbox, if `p` may see it.
+    pub fn get(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        match self.store.get_sandbox(id)? {
+            Some(sb) if sb.owner == p.id => Ok(sb),
+            _ => Err(Error::not_found(format!("sandbox {id}"))),
+        }
+    }
+
+    pub fn list(&self, p: &Principal, q: &ListQuery) -> Result<Vec<Sandbox>> {
+        self.store.list_sandboxes(Some(&p.id), q)
+    }
+
+    /// Every sandbox of `p` that `q` selects, read page by page (`q`'s
+    /// limit and cursor are ignored).
+    pub fn list_all(&self, p: &Principal, q: &ListQuery) -> Result<Vec<Sandbox>> {
+        const PAGE: usize = 1000;
+        let mut q = ListQuery {
+            limit: PAGE,
+            after: None,
+            ..q.clone()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = self.list(p, &q)?;
+            let n = page.len();
+            q.after = page.last().map(|s| s.id);
+            out.extend(page);
+            if n < PAGE {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn live_for(&self, p: &Principal, id: Uuid) -> Result<(Sandbox, Arc<Live>)> {
+        let sb = self.get(p, id)?;
+        sb.state.check(Action::UseAgent, id)?;
+        let live = self.live.read().await.get(&id).cloned();
+        match live {
+            Some(l) => {
+                self.mark_active(&sb, &l);
+                Ok((sb, l))
+            }
+            // A stop or destroy under way dropped it: the state is what
+            // refuses the call, not the agent.
+            None if self.lifecycles.try_lock(id).is_none() => Err(Error::Conflict(format!(
+                "sandbox {id} is being stopped or destroyed"
+            ))),
+            None => Err(Error::Unavailable {
+                what: format!("sandbox {id}"),
+                reason: "its agent is not connected".into(),
+            }),
+        }
+    }
+
+    fn mark_active(&self, sb: &Sandbox, live: &Live) {
+        let now = now_ms();
+        live.last_active_ms.store(now, Ordering::Relaxed);
+        // Persist now and then, so that a restart keeps the idle clock.
+        if now - live.persisted_active_ms.load(Ordering::Relaxed) > 10_000 {
+            live.persisted_active_ms.store(now, Ordering::Relaxed);
+            let _ = self.persist_active(sb.id, now);
+        }
+    }
+
+    fn persist_active(&self, id: Uuid, at_ms: i64) -> Result<()> {
+        self.store.tx(|tx| {
+            let mut sb = Store::sandbox_in(tx, id)?;
+            sb.last_active_at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
+            Store::put_sandbox(tx, &sb)
+        })
+    }
+
+    /// Looks a sandbox up by its key, or by its id.
+    pub fn find(&self, p: &Principal, key_or_id: &str) -> Result<Sandbox> {
+        if let Some(sb) = self.store.find_by_key(&p.id, key_or_id)? {
+            return Ok(sb);
+        }
+        match Uuid::parse_str(key_or_id) {
+            Ok(id) => self.get(p, id),
+            Err(_) => Err(Error::not_found(format!("sandbox {key_or_id}"))),
+        }
+    }
+}
+
+/// When a TTL of `secs` from `now` lapses (clamped to what a timestamp
+/// holds; resolve caps TTLs far below that).
+fn expiry(now: chrono::DateTime<Utc>, secs: u64) -> chrono::DateTime<Utc> {
+    chrono::TimeDelta::try_seconds(secs.min(i64::MAX as u64 / 1000) as i64)
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+}

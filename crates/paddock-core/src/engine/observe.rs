@@ -1,0 +1,85 @@
+//! What a running sandbox shows: its listening ports, platform, proxy
+//! targets, metrics and its main process's output.
+
+use super::*;
+
+impl Engine {
+    pub async fn ports(&self, p: &Principal, id: Uuid) -> Result<Vec<Port>> {
+        let (sb, live) = self.live_for(p, id).await?;
+        let listening = live.agent.ports().await?;
+        let mut out: Vec<Port> = Vec::new();
+        for l in listening {
+            let port = l.port as u16;
+            if out.iter().any(|o| o.port == port) {
+                continue;
+            }
+            out.push(Port {
+                port,
+                address: l.address,
+                protocol: l.protocol,
+                declared: sb.config.ports.contains(&port),
+                listening: true,
+            });
+        }
+        for &d in &sb.config.ports {
+            if !out.iter().any(|o| o.port == d) {
+                out.push(Port {
+                    port: d,
+                    address: String::new(),
+                    protocol: "tcp".into(),
+                    declared: true,
+                    listening: false,
+                });
+            }
+        }
+        out.sort_by_key(|p| p.port);
+        Ok(out)
+    }
+
+    /// uname(2) as the sandbox sees it, asked of its agent.
+    pub async fn platform(&self, p: &Principal, id: Uuid) -> Result<Platform> {
+        let (_, live) = self.live_for(p, id).await?;
+        live.agent.platform().await
+    }
+
+    /// Where the proxy connects for `port` of the sandbox.
+    pub async fn proxy_target(&self, p: &Principal, id: Uuid, port: u16) -> Result<SocketAddr> {
+        if port == 0 {
+            return Err(Error::invalid("port", "0 is not a port"));
+        }
+        let (_, live) = self.live_for(p, id).await?;
+        match live.instance.ip {
+            Some(ip) => Ok(SocketAddr::new(ip, port)),
+            None => Err(Error::Unsupported(
+                "a port proxy for this sandbox's backend".into(),
+            )),
+        }
+    }
+
+    pub async fn metrics(&self, p: &Principal, id: Uuid) -> Result<Metrics> {
+        let sb = self.get(p, id)?;
+        sb.state.check(Action::Metrics, id)?;
+        let rt = self.runtime(sb.config.isolation)?;
+        match rt.metrics(id).await {
+            // Its cgroup is gone: it died and the monitor has not marked
+            // it yet (it does within two passes), or a stop is under way.
+            // Its state refuses the call.
+            Err(Error::Unavailable { reason, .. }) => Err(Error::Conflict(format!(
+                "sandbox {id} is not running ({reason}: its processes exited, or it is being stopped)"
+            ))),
+            r => r,
+        }
+    }
+
+    pub async fn logs(&self, p: &Principal, id: Uuid, offset: u64) -> Result<Vec<u8>> {
+        if offset > i64::MAX as u64 {
+            return Err(Error::invalid("offset", "must be at most 2^63-1"));
+        }
+        let sb = self.get(p, id)?;
+        sb.state.check(Action::Logs, id)?;
+        Ok(match &self.logs {
+            Some(logs) => logs.read(id, offset)?,
+            None => Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,49 @@
+//! The reaper: TTLs and idle timeouts.
+
+use super::*;
+
+impl Engine {
+    /// One pass of the reaper: destroys sandboxes whose TTL or idle timeout
+    /// lapsed. Returns how many it destroyed.
+    pub async fn reap_once(&self) -> usize {
+        let now = Utc::now();
+        let Ok(all) = self.store.live_sandboxes() else {
+            return 0;
+        };
+        let mut n = 0;
+        for sb in all {
+            let expired = sb.expires_at.is_some_and(|t| t <= now);
+            let idle = match sb.config.idle_timeout_secs {
+                Some(secs) => {
+                    let last = match self.live.read().await.get(&sb.id) {
+                        Some(l) => l.last_active_ms.load(Ordering::Relaxed),
+                        None => sb.last_active_at.timestamp_millis(),
+                    };
+                    now.timestamp_millis() - last >= (secs as i64).saturating_mul(1000)
+                        && sb.state == State::Running
+                }
+                None => false,
+            };
+            if expired || idle {
+                let reason = if expired { "ttl" } else { "idle" };
+                let id = sb.id;
+                match self.destroy_inner(sb, reason).await {
+                    Ok(_) => n += 1,
+                    Err(e) => tracing::warn!(sandbox = %id, "reaper: {e}"),
+                }
+            }
+        }
+        n
+    }
+
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(engine.cfg.reap_interval);
+            loop {
+                tick.tick().await;
+                engine.reap_once().await;
+            }
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! Templates: stored specs whose fields fill in what a create leaves out.
+
+use super::*;
+
+impl Engine {
+    /// Stores a template: its defaults are validated as a sandbox spec
+    /// would be, and its image is pulled now, so that creates from it find
+    /// the image cached.
+    pub async fn create_template(
+        &self,
+        p: &Principal,
+        name: &str,
+        defaults: SandboxSpec,
+        warm_pool: usize,
+    ) -> Result<Template> {
+        crate::model::validate_template_name(name)?;
+        if warm_pool > crate::model::MAX_TEMPLATE_POOL {
+            return Err(Error::invalid(
+                "warm_pool",
+                format!("at most {}", crate::model::MAX_TEMPLATE_POOL),
+            ));
+        }
+        if defaults.key.is_some() {
+            return Err(Error::invalid("key", "a template has no idempotency key"));
+        }
+        if defaults.template.is_some() {
+            return Err(Error::invalid("template", "a template cannot name another"));
+        }
+        let mut config = defaults.resolve(&self.cfg.limits)?;
+        self.check_origins(&mut config.mounts)?;
+        self.runtime(config.isolation)?;
+        if self.store.get_template(&p.id, name)?.is_some() {
+            return Err(Error::Conflict(format!(
+                "a template named {name:?} already exists"
+            )));
+        }
+        if warm_pool > 0 {
+            let pooled: usize = self
+                .store
+                .list_templates(&p.id)?
+                .iter()
+                .map(|t| t.warm_pool)
+                .sum();
+            if pooled + warm_pool > crate::model::MAX_POOLED_PER_OWNER {
+                return Err(Error::invalid(
+                    "warm_pool",
+                    format!(
+                        "your templates keep {pooled} sandboxes pooled; at most {} in all",
+                        crate::model::MAX_POOLED_PER_OWNER
+                    ),
+                ));
+            }
+        }
+        if let Some(reference) = &config.image {
+            self.image_for(p, reference).await?;
+        }
+        let t = Template {
+            name: name.to_string(),
+            owner: p.id.clone(),
+            defaults,
+            warm_pool,
+            created_at: Utc::now(),
+        };
+        self.store.insert_template(&t)?;
+        if warm_pool > 0 {
+            self.pools.refill.notify_one();
+        }
+        Ok(t)
+    }
+
+    pub fn list_templates(&self, p: &Principal) -> Result<Vec<Template>> {
+        self.store.list_templates(&p.id)
+    }
+
+    pub fn get_template(&self, p: &Principal, name: &str) -> Result<Template> {
+        self.store
+            .get_template(&p.id, name)?
+            .ok_or_else(|| Error::not_found(format!("template {name:?}")))
+    }
+
+    pub async fn delete_template(&self, p: &Principal, name: &str) -> Result<()> {
+        if self.store.delete_template(&p.id, name)? {
+            self.drain_template_pool(&p.id, name).await;
+            Ok(())
+        } else {
+            Err(Error::not_found(format!("template {name:?}")))
+        }
+    }
+}

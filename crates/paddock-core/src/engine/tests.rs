@@ -1,0 +1,380 @@
+//! The engine's rules, against the fake backend and agent
+//! ([`crate::testing`]): no root, no sandboxes.
+
+use super::*;
+use crate::testing::FakeRuntime;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    rt: Arc<FakeRuntime>,
+    engine: Arc<Engine>,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        agent_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Self::with(config())
+    }
+
+    fn with(cfg: EngineConfig) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("paddock.db");
+        let rt = Arc::new(FakeRuntime::default());
+        let engine = Self::engine(&db, &rt, cfg);
+        Rig {
+            _dir: dir,
+            db,
+            rt,
+            engine,
+        }
+    }
+
+    fn engine(db: &std::path::Path, rt: &Arc<FakeRuntime>, cfg: EngineConfig) -> Arc<Engine> {
+        let store = Arc::new(Store::open(db).unwrap());
+        let rt: Arc<dyn Runtime> = rt.clone();
+        Engine::new(store, vec![rt], None, cfg).unwrap()
+    }
+
+    /// A daemon restart: a new engine on the same database and backend.
+    async fn restart(&mut self) {
+        self.engine.shutdown().await;
+        self.engine = Self::engine(&self.db, &self.rt, config());
+        self.engine.recover().await.unwrap();
+    }
+}
+
+fn me() -> Principal {
+    Principal { id: "alice".into() }
+}
+
+fn keyed(key: &str) -> SandboxSpec {
+    SandboxSpec {
+        key: Some(key.into()),
+        ..Default::default()
+    }
+}
+
+fn shell(s: &str) -> ExecRequest {
+    ExecRequest {
+        shell: Some(s.into()),
+        ..Default::default()
+    }
+}
+
+fn events(e: &Engine, id: Uuid) -> Vec<Event> {
+    e.flush_events();
+    e.store
+        .events_after(Some("alice"), Some(id), 0, 1000)
+        .unwrap()
+}
+
+fn kinds(e: &Engine, id: Uuid) -> Vec<String> {
+    events(e, id).into_iter().map(|ev| ev.kind).collect()
+}
+
+#[tokio::test]
+async fn a_create_by_key_is_idempotent_per_owner() {
+    let r = Rig::new();
+    let (a, made) = r.engine.create(&me(), keyed("k")).await.unwrap();
+    assert!(made);
+    assert_eq!(a.state, State::Running);
+    let (b, made) = r.engine.create(&me(), keyed("k")).await.unwrap();
+    assert!(!made);
+    assert_eq!(a.id, b.id);
+    // Another owner's key is another sandbox.
+    let bob = Principal { id: "bob".into() };
+    let (c, made) = r.engine.create(&bob, keyed("k")).await.unwrap();
+    assert!(made && c.id != a.id);
+    assert_eq!(r.rt.count(), 2);
+    // Nor does bob see alice's.
+    assert!(matches!(
+        r.engine.get(&bob, a.id),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_creates_by_one_key_make_one_sandbox() {
+    let r = Rig::new();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let e = r.engine.clone();
+        tasks.push(tokio::spawn(async move {
+            e.create(&me(), keyed("same")).await.unwrap().0.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(r.rt.count(), 1);
+}
+
+#[tokio::test]
+async fn every_state_transition_and_its_refusals() {
+    let r = Rig::new();
+    let e = &r.engine;
+    let (sb, _) = e.create(&me(), SandboxSpec::default()).await.unwrap();
+    let id = sb.id;
+    assert_eq!(
+        e.exec(&me(), id, &shell("echo hi")).await.unwrap().stdout,
+        "echo hi\n"
+    );
+
+    assert_eq!(e.pause(&me(), id).await.unwrap().state, State::Paused);
+    assert_eq!(r.rt.liveness(id), Liveness::Paused);
+    // Idempotent, and what a paused sandbox refuses.
+    assert_eq!(e.pause(&me(), id).await.unwrap().state, State::Paused);
+    assert!(matches!(
+        e.exec(&me(), id, &shell("x")).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(e.start(&me(), id).await, Err(Error::Conflict(_))));
+    e.metrics(&me(), id).await.unwrap();
+
+    assert_eq!(e.resume(&me(), id).await.unwrap().state, State::Running);
+    assert_eq!(e.resume(&me(), id).await.unwrap().state, State::Running);
+    e.exec(&me(), id, &shell("again")).await.unwrap();
+
+    assert_eq!(e.stop(&me(), id).await.unwrap().state, State::Stopped);
+    assert_eq!(r.rt.liveness(id), Liveness::Stopped);
+    assert_eq!(e.stop(&me(), id).await.unwrap().state, State::Stopped);
+    assert!(matches!(
+        e.exec(&me(), id, &shell("x")).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(e.pause(&me(), id).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        e.metrics(&me(), id).await,
+        Err(Error::Conflict(_))
+    ));
+
+    assert_eq!(e.start(&me(), id).await.unwrap().state, State::Running);
+    e.exec(&me(), id, &shell("back")).await.unwrap();
+
+    assert_eq!(e.destroy(&me(), id).await.unwrap().state, State::Destroyed);
+    assert_eq!(r.rt.liveness(id), Liveness::Missing);
+    assert_eq!(e.destroy(&me(), id).await.unwrap().state, State::Destroyed);
+    for refused in [
+        e.start(&me(), id).await,
+        e.stop(&me(), id).await,
+        e.touch(&me(), id).await,
+        e.extend_ttl(&me(), id, 60).await,
+    ] {
+        assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    }
+    assert_eq!(
+        kinds(e, id),
+        [
+            "sandbox.created",
+            "sandbox.started",
+            "exec.request",
+            "exec.response",
+            "sandbox.paused",
+            "sandbox.resumed",
+            "exec.request",
+            "exec.response",
+            "sandbox.stopped",
+            "sandbox.started",
+            "exec.request",
+            "exec.response",
+            "sandbox.destroyed",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_boot_is_an_error_state_and_torn_down() {
+    let r = Rig::new();
+    r.rt.fail_creates
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let e = r.engine.create(&me(), keyed("bad")).await.unwrap_err();
+    assert!(e.to_string().contains("told to fail"), "{e}");
+    let sb = r.engine.find(&me(), "bad").unwrap();
+    assert_eq!(sb.state, State::Error);
+    assert!(sb.message.unwrap().contains("told to fail"));
+    assert!(r
+        .rt
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&format!("destroy {}", sb.id)));
+    // An error sandbox can still be destroyed, and nothing else.
+    assert!(matches!(
+        r.engine.touch(&me(), sb.id).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        r.engine.destroy(&me(), sb.id).await.unwrap().state,
+        State::Destroyed
+    );
+}
+
+#[tokio::test]
+async fn files_go_through_the_agent_and_acls_hold() {
+    let r = Rig::new();
+    let spec: SandboxSpec = serde_json::from_value(json!({
+        "mounts": [{"path": "/w", "acls": [
+            {"path": "/w/**", "access": "rw"},
+            {"path": "/w/secret/**", "access": "deny"},
+            {"path": "/w/ro/**", "access": "ro"}
+        ]}]
+    }))
+    .unwrap();
+    let (sb, _) = r.engine.create(&me(), spec).await.unwrap();
+    let body = |b: &'static [u8]| futures::stream::iter([Ok::<_, Error>(Bytes::from_static(b))]);
+    let opts = WriteOptions::default();
+    r.engine
+        .write_file(&me(), sb.id, "/w/a.txt", &opts, body(b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.engine.stat(&me(), sb.id, "/w/a.txt").await.unwrap().size,
+        5
+    );
+    for (path, write) in [
+        ("/w/secret/k", false),
+        ("/w/secret/k", true),
+        ("/w/ro/x", true),
+        ("/elsewhere", false),
+    ] {
+        let res = if write {
+            r.engine
+                .write_file(&me(), sb.id, path, &opts, body(b"x"))
+                .await
+                .map(|_| ())
+        } else {
+            r.engine.stat(&me(), sb.id, path).await.map(|_| ())
+        };
+        assert!(
+            matches!(res, Err(Error::Forbidden(_))),
+            "{path} write={write}: {res:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn recovery_after_a_restart_keeps_the_living_and_marks_the_dead() {
+    let mut r = Rig::new();
+    let (live, _) = r.engine.create(&me(), keyed("live")).await.unwrap();
+    let (dies, _) = r.engine.create(&me(), keyed("dies")).await.unwrap();
+    let (stopped, _) = r.engine.create(&me(), keyed("stopped")).await.unwrap();
+    r.engine.stop(&me(), stopped.id).await.unwrap();
+    // While the daemon is down, one sandbox dies.
+    r.engine.shutdown().await;
+    r.rt.kill(dies.id);
+    r.restart().await;
+    let e = &r.engine;
+    assert_eq!(e.get(&me(), live.id).unwrap().state, State::Running);
+    assert_eq!(
+        e.exec(&me(), live.id, &shell("still"))
+            .await
+            .unwrap()
+            .stdout,
+        "still\n"
+    );
+    assert_eq!(e.get(&me(), stopped.id).unwrap().state, State::Stopped);
+    let dead = e.get(&me(), dies.id).unwrap();
+    assert!(
+        matches!(dead.state, State::Error | State::Destroyed),
+        "{:?}",
+        dead.state
+    );
+    // The key still finds the same sandbox.
+    let (again, made) = e.create(&me(), keyed("live")).await.unwrap();
+    assert!(!made && again.id == live.id);
+}
+
+#[tokio::test]
+async fn the_reaper_ends_lapsed_ttls_and_idle_sandboxes_only() {
+    let r = Rig::new();
+    let ttl: SandboxSpec = serde_json::from_value(json!({"ttl_secs": 1})).unwrap();
+    let idle: SandboxSpec = serde_json::from_value(json!({"idle_timeout_secs": 1})).unwrap();
+    let (t, _) = r.engine.create(&me(), ttl).await.unwrap();
+    let (i, _) = r.engine.create(&me(), idle).await.unwrap();
+    let (keep, _) = r
+        .engine
+        .create(&me(), SandboxSpec::default())
+        .await
+        .unwrap();
+    assert_eq!(r.engine.reap_once().await, 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(r.engine.reap_once().await, 2);
+    for (id, reason) in [(t.id, "ttl"), (i.id, "idle")] {
+        assert_eq!(r.engine.get(&me(), id).unwrap().state, State::Destroyed);
+        let evs = events(&r.engine, id);
+        let last = evs.last().unwrap();
+        assert_eq!(last.kind, "sandbox.destroyed");
+        assert_eq!(last.data["reason"], reason);
+    }
+    assert_eq!(r.engine.get(&me(), keep.id).unwrap().state, State::Running);
+}
+
+#[tokio::test]
+async fn a_touched_sandbox_is_not_idle() {
+    let r = Rig::new();
+    let idle: SandboxSpec = serde_json::from_value(json!({"idle_timeout_secs": 1})).unwrap();
+    let (i, _) = r.engine.create(&me(), idle).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    r.engine.touch(&me(), i.id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.engine.reap_once().await, 0);
+    assert_eq!(r.engine.get(&me(), i.id).unwrap().state, State::Running);
+}
+
+#[tokio::test]
+async fn a_warm_pool_hands_over_a_booted_sandbox_and_refills() {
+    let r = Rig::with(EngineConfig {
+        warm_pools: vec![PoolConfig {
+            image: None,
+            size: 2,
+        }],
+        warm_pool_min_free_mb: 0,
+        ..config()
+    });
+    let _pools = r.engine.spawn_pools();
+    let ready = |e: &Engine| {
+        e.pools(&Principal::local())
+            .iter()
+            .map(|p| p.ready)
+            .sum::<usize>()
+    };
+    for _ in 0..500 {
+        if ready(&r.engine) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready(&r.engine), 2);
+    let booted: Vec<String> = r.rt.calls.lock().unwrap().clone();
+    let (sb, made) = r.engine.create(&me(), keyed("warm")).await.unwrap();
+    assert!(made);
+    // Handed over: booted before the create was asked, now alice's.
+    assert!(
+        booted.contains(&format!("create {}", sb.id)),
+        "{booted:?} {}",
+        sb.id
+    );
+    assert_eq!(sb.owner, "alice");
+    assert_eq!(sb.key.as_deref(), Some("warm"));
+    assert_eq!(sb.state, State::Running);
+    r.engine.exec(&me(), sb.id, &shell("warm")).await.unwrap();
+    // Alice sees it, the pool no longer counts it, and it refills.
+    assert_eq!(r.engine.find(&me(), "warm").unwrap().id, sb.id);
+    for _ in 0..500 {
+        if ready(&r.engine) == 2 && r.rt.count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((ready(&r.engine), r.rt.count()), (2, 3));
+}
