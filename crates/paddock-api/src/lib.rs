@@ -114,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/images/inspect", get(inspect_image))
         .route("/templates", get(list_templates).post(create_template))
         .route("/pools", get(list_pools))
+        .route("/backends", get(list_backends))
         .route(
             "/templates/{name}",
             get(inspect_template).delete(delete_template),
@@ -938,6 +939,21 @@ async fn list_pools(State(st): State<AppState>, Extension(p): P) -> axum::Json<P
     })
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+struct BackendList {
+    backends: Vec<paddock_core::BackendInfo>,
+}
+
+/// The backends this daemon runs sandboxes on (`crun`, `runc`, ...), each
+/// with its isolation, whether creates of that isolation get it, and what
+/// it can do (pause, snapshots, fork, whether it shares the host kernel).
+#[utoipa::path(get, path = "/v1/backends", responses((status = 200, body = BackendList)))]
+async fn list_backends(State(st): State<AppState>) -> axum::Json<BackendList> {
+    axum::Json(BackendList {
+        backends: st.engine.backends(),
+    })
+}
+
 #[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = TemplateList)))]
 async fn list_templates(
     State(st): State<AppState>,
@@ -1051,6 +1067,7 @@ async fn version() -> axum::Json<serde_json::Value> {
         create_template,
         list_templates,
         list_pools,
+        list_backends,
         inspect_template,
         delete_template
     ),
@@ -1069,6 +1086,9 @@ async fn version() -> axum::Json<serde_json::Value> {
         Platform,
         PoolList,
         paddock_core::engine::PoolStatus,
+        BackendList,
+        paddock_core::BackendInfo,
+        paddock_core::Capabilities,
         Event,
         Problem,
         SandboxList,

@@ -23,4 +23,4 @@ pub mod text;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
-pub use runtime::{AgentEndpoint, Instance, Liveness, Runtime};
+pub use runtime::{AgentEndpoint, BackendInfo, Capabilities, Instance, Liveness, Runtime};

@@ -858,6 +858,11 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     pub config: SandboxConfig,
+    /// The backend that runs it (`crun`, `runc`, ...), chosen at create
+    /// from its isolation; empty in records from before backends had names
+    /// (read as the isolation's default backend).
+    #[serde(default)]
+    pub backend: String,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -284,6 +284,8 @@ pub type Calls = Arc<Mutex<Vec<String>>>;
 /// in a temporary directory. `kill` makes one die as a crashed sandbox
 /// would; `fail_creates` makes creates fail.
 pub struct FakeRuntime {
+    name: String,
+    caps: crate::runtime::Capabilities,
     dir: tempfile::TempDir,
     sandboxes: Mutex<HashMap<Uuid, FakeSandbox>>,
     pub calls: Calls,
@@ -292,7 +294,24 @@ pub struct FakeRuntime {
 
 impl Default for FakeRuntime {
     fn default() -> Self {
+        Self::named(
+            "fake",
+            crate::runtime::Capabilities {
+                pause: true,
+                ..Default::default()
+            },
+        )
+    }
+}
+
+impl FakeRuntime {
+    /// A fake backend of this name that can do what `caps` says (without
+    /// `pause`, pause and resume answer `Unsupported` as the trait's
+    /// defaults do).
+    pub fn named(name: &str, caps: crate::runtime::Capabilities) -> FakeRuntime {
         FakeRuntime {
+            name: name.into(),
+            caps,
             dir: tempfile::tempdir().expect("temp dir"),
             sandboxes: Mutex::default(),
             calls: Calls::default(),
@@ -364,8 +383,16 @@ impl FakeRuntime {
 
 #[async_trait]
 impl Runtime for FakeRuntime {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn isolation(&self) -> Isolation {
         Isolation::Container
+    }
+
+    fn capabilities(&self) -> crate::runtime::Capabilities {
+        self.caps
     }
 
     async fn create(&self, id: Uuid, _config: &SandboxConfig) -> Result<Instance> {
@@ -395,11 +422,17 @@ impl Runtime for FakeRuntime {
     }
 
     async fn pause(&self, id: Uuid) -> Result<()> {
+        if !self.caps.pause {
+            return Err(self.unsupported("pause"));
+        }
         self.note(format!("pause {id}"));
         self.set(id, Liveness::Paused)
     }
 
     async fn resume(&self, id: Uuid) -> Result<()> {
+        if !self.caps.pause {
+            return Err(self.unsupported("resume"));
+        }
         self.note(format!("resume {id}"));
         self.set(id, Liveness::Running)
     }
@@ -436,10 +469,16 @@ impl Runtime for FakeRuntime {
         Ok(before - m.len())
     }
 
-    async fn alive(&self, id: Uuid) -> Option<bool> {
-        Some(matches!(
-            self.liveness(id),
-            Liveness::Running | Liveness::Paused
-        ))
+    async fn alive(&self, ids: &[Uuid]) -> HashMap<Uuid, bool> {
+        let m = self.sandboxes.lock().unwrap();
+        ids.iter()
+            .filter_map(|id| {
+                let s = m.get(id)?;
+                Some((
+                    *id,
+                    matches!(s.liveness, Liveness::Running | Liveness::Paused),
+                ))
+            })
+            .collect()
     }
 }

@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// crun, runc or a path (default: crun where it works, else runc).
     #[arg(long, env = "PADDOCK_OCI_RUNTIME")]
     pub oci_runtime: Option<String>,
+    /// Which backend a create of an isolation gets, `ISOLATION=BACKEND`
+    /// (`container=runc`; repeatable). Default: the first of each isolation
+    /// (`GET /v1/backends` lists them).
+    #[arg(long = "default-backend", value_parser = parse_default_backend)]
+    pub default_backends: Vec<(paddock_core::model::Isolation, String)>,
     /// The paddock-agent binary (default: next to this binary).
     #[arg(long, env = "PADDOCK_AGENT")]
     pub agent: Option<PathBuf>,
@@ -229,6 +234,18 @@ pub struct PullPolicyConfig {
     pub credentials: Vec<String>,
     #[serde(default)]
     pub principals: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn parse_default_backend(s: &str) -> Result<(paddock_core::model::Isolation, String), String> {
+    let (iso, name) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: use ISOLATION=BACKEND, e.g. container=runc"))?;
+    let iso: paddock_core::model::Isolation = serde_json::from_value(serde_json::json!(iso))
+        .map_err(|_| format!("{iso:?}: not an isolation (container, gvisor, microvm)"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?}: name a backend"));
+    }
+    Ok((iso, name.to_string()))
 }
 
 /// Where the daemon's unix socket is, and the CLI looks for it.
@@ -588,6 +605,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             log_dir: Some(args.data_dir.join("logs")),
             log_max_bytes: args.log_max_mb << 20,
             pull_policy,
+            default_backends: args.default_backends.iter().cloned().collect(),
             limits,
             host_mounts,
             ..Default::default()

@@ -20,6 +20,20 @@ fn create_inspect_list_destroy() {
     assert_eq!(r.body["config"]["memory_mb"], 256);
     assert_eq!(r.body["config"]["cpu"], 0.5);
     assert_eq!(r.body["config"]["pids"], 1024);
+    // The backend that runs it, one of those the daemon lists.
+    let backend = r.body["backend"].as_str().unwrap().to_string();
+    let b = api.get("/backends");
+    assert_eq!(b.status, 200, "{}", b.text);
+    let listed = b.body["backends"].as_array().unwrap();
+    let mine = listed
+        .iter()
+        .find(|x| x["name"] == backend.as_str())
+        .unwrap();
+    assert!(["crun", "runc"].contains(&backend.as_str()), "{backend}");
+    assert_eq!(mine["isolation"], "container");
+    assert_eq!(mine["default"], true);
+    assert_eq!(mine["capabilities"]["pause"], true);
+    assert_eq!(mine["capabilities"]["shares_host_kernel"], true);
 
     let g = api.get(&format!("/sandboxes/{id}"));
     assert_eq!(g.status, 200);

@@ -86,6 +86,7 @@ impl Engine {
             template: spec.template.clone(),
             expires_at: config.ttl_secs.map(|t| expiry(now, t)),
             config,
+            backend: runtime.name().to_string(),
             state: State::Creating,
             message: None,
             created_at: now,

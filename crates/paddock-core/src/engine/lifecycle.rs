@@ -105,7 +105,7 @@ impl Engine {
             return Ok(sb);
         }
         self.live.write().await.remove(&sb.id);
-        if let Ok(rt) = self.runtime(sb.config.isolation) {
+        if let Ok(rt) = self.runtime_of(&sb) {
             rt.destroy(sb.id).await?;
         }
         if let Some(logs) = &self.logs {
@@ -129,7 +129,7 @@ impl Engine {
             return Ok(sb);
         }
         self.live.write().await.remove(&id);
-        self.runtime(sb.config.isolation)?.stop(id).await?;
+        self.runtime_of(&sb)?.stop(id).await?;
         self.transition(id, "sandbox.stopped", json!({"state": "stopped"}), |s| {
             s.state = State::Stopped;
         })
@@ -141,7 +141,7 @@ impl Engine {
         if !sb.state.check(Action::Start, id)? {
             return Ok(sb);
         }
-        let rt = self.runtime(sb.config.isolation)?.clone();
+        let rt = self.runtime_of(&sb)?.clone();
         let ip = self.boot(&rt, id, &sb.config, true).await?;
         self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
             s.state = State::Running;
@@ -156,7 +156,7 @@ impl Engine {
         if !sb.state.check(Action::Pause, id)? {
             return Ok(sb);
         }
-        self.runtime(sb.config.isolation)?.pause(id).await?;
+        self.runtime_of(&sb)?.pause(id).await?;
         self.transition(id, "sandbox.paused", json!({"state": "paused"}), |s| {
             s.state = State::Paused;
         })
@@ -168,7 +168,7 @@ impl Engine {
         if !sb.state.check(Action::Resume, id)? {
             return Ok(sb);
         }
-        let rt = self.runtime(sb.config.isolation)?.clone();
+        let rt = self.runtime_of(&sb)?.clone();
         rt.resume(id).await?;
         if !self.live.read().await.contains_key(&id) {
             if let (_, Some(inst)) = rt.inspect(id).await? {

@@ -63,7 +63,7 @@ use crate::agent::AgentClient;
 use crate::error::{Error, Result};
 use crate::events::{EventBus, Subscription};
 use crate::model::*;
-use crate::runtime::{Instance, Liveness, Runtime};
+use crate::runtime::{BackendInfo, Instance, Liveness, Runtime};
 use crate::state::Action;
 use crate::store::Store;
 
@@ -88,6 +88,9 @@ pub struct EngineConfig {
     pub log_max_bytes: u64,
     /// Who may pull what, and with the daemon's registry credentials.
     pub pull_policy: PullPolicy,
+    /// Which backend (by name) a create of each isolation gets; an
+    /// isolation not named here gets the first backend of it registered.
+    pub default_backends: HashMap<Isolation, String>,
 }
 
 impl Default for EngineConfig {
@@ -102,6 +105,7 @@ impl Default for EngineConfig {
             log_dir: None,
             log_max_bytes: 16 << 20,
             pull_policy: PullPolicy::default(),
+            default_backends: HashMap::new(),
         }
     }
 }
@@ -117,7 +121,10 @@ struct Live {
 pub struct Engine {
     store: Arc<Store>,
     bus: EventBus,
-    runtimes: HashMap<Isolation, Arc<dyn Runtime>>,
+    /// The backends, by name.
+    runtimes: HashMap<String, Arc<dyn Runtime>>,
+    /// Which backend a create asking for an isolation gets.
+    defaults: HashMap<Isolation, String>,
     live: RwLock<HashMap<Uuid, Arc<Live>>>,
     key_lock: tokio::sync::Mutex<()>,
     /// One lifecycle change at a time per sandbox (`lifecycle.rs`).
@@ -172,10 +179,43 @@ impl Engine {
                 }
             });
         });
+        let mut defaults: HashMap<Isolation, String> = HashMap::new();
+        for r in &runtimes {
+            defaults
+                .entry(r.isolation())
+                .or_insert_with(|| r.name().to_string());
+        }
+        for (iso, name) in &cfg.default_backends {
+            match runtimes.iter().find(|r| r.name() == name) {
+                Some(r) if r.isolation() == *iso => {
+                    defaults.insert(*iso, name.clone());
+                }
+                Some(r) => {
+                    return Err(Error::invalid(
+                        "default_backends",
+                        format!(
+                            "backend {name} runs {} sandboxes, not {}",
+                            r.isolation().as_str(),
+                            iso.as_str()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::invalid(
+                        "default_backends",
+                        format!("no backend named {name} on this daemon"),
+                    ))
+                }
+            }
+        }
         Ok(Arc::new(Engine {
             store,
             bus,
-            runtimes: runtimes.into_iter().map(|r| (r.isolation(), r)).collect(),
+            runtimes: runtimes
+                .into_iter()
+                .map(|r| (r.name().to_string(), r))
+                .collect(),
+            defaults,
             live: RwLock::new(HashMap::new()),
             key_lock: tokio::sync::Mutex::new(()),
             lifecycles: Default::default(),
@@ -191,19 +231,51 @@ impl Engine {
         &self.store
     }
 
+    /// The backend a new sandbox of isolation `iso` gets.
     fn runtime(&self, iso: Isolation) -> Result<&Arc<dyn Runtime>> {
-        self.runtimes.get(&iso).ok_or_else(|| {
+        self.defaults
+            .get(&iso)
+            .and_then(|name| self.runtimes.get(name))
+            .ok_or_else(|| {
+                let mut have: Vec<&str> = self.defaults.keys().map(|i| i.as_str()).collect();
+                have.sort();
+                Error::Unsupported(format!(
+                    "isolation {:?} (no {} backend is available on this daemon; available: {})",
+                    iso.as_str(),
+                    iso.as_str(),
+                    have.join(", ")
+                ))
+            })
+    }
+
+    /// The backend that runs `sb`: the one its record names (a record from
+    /// before backends had names: its isolation's default).
+    fn runtime_of(&self, sb: &Sandbox) -> Result<&Arc<dyn Runtime>> {
+        if sb.backend.is_empty() {
+            return self.runtime(sb.config.isolation);
+        }
+        self.runtimes.get(&sb.backend).ok_or_else(|| {
             Error::Unsupported(format!(
-                "isolation {:?} (no {} backend is available on this daemon; available: {})",
-                iso.as_str(),
-                iso.as_str(),
-                self.runtimes
-                    .keys()
-                    .map(|i| i.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "sandbox {} runs on the {} backend, which this daemon does not have",
+                sb.id, sb.backend
             ))
         })
+    }
+
+    /// The backends this daemon has, with what each can do.
+    pub fn backends(&self) -> Vec<BackendInfo> {
+        let mut out: Vec<BackendInfo> = self
+            .runtimes
+            .values()
+            .map(|r| BackendInfo {
+                name: r.name().to_string(),
+                isolation: r.isolation(),
+                default: self.defaults.get(&r.isolation()).map(String::as_str) == Some(r.name()),
+                capabilities: r.capabilities(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// The principal a bearer token stands for.

@@ -67,7 +67,7 @@ impl Engine {
                     let Some((sb, main, usage)) = entry else {
                         continue;
                     };
-                    let Ok(rt) = engine.runtime(sb.config.isolation) else {
+                    let Ok(rt) = engine.runtime_of(&sb) else {
                         continue;
                     };
                     // (A pooled sandbox's output waits in its agent until
@@ -152,7 +152,7 @@ impl Engine {
         };
         let rt = match self.store.get_sandbox(id) {
             Ok(Some(sb)) if served && sb.state == State::Running => {
-                self.runtime(sb.config.isolation).ok().cloned()
+                self.runtime_of(&sb).ok().cloned()
             }
             _ => None,
         }?;
@@ -192,27 +192,23 @@ impl Engine {
         dead_seen: &mut HashMap<Uuid, u32>,
     ) {
         dead_seen.retain(|id, _| ids.contains(id));
-        for (i, &id) in ids.iter().enumerate() {
-            // A few file reads each, done on this worker thread: let requests
-            // in between (1000 sandboxes make tens of ms a round).
-            if i % 32 == 31 {
-                tokio::task::yield_now().await;
+        // One question per backend, about all of them: each answers for
+        // the sandboxes it runs.
+        let all: Vec<Uuid> = ids.iter().copied().collect();
+        let mut seen: HashMap<Uuid, (bool, Arc<dyn Runtime>)> = HashMap::new();
+        for rt in self.runtimes.values() {
+            for (id, alive) in rt.alive(&all).await {
+                seen.entry(id).or_insert((alive, rt.clone()));
             }
+        }
+        for &id in ids {
             // Asked of the backends first: cheap, unlike the store.
-            let mut dead = None;
-            for rt in self.runtimes.values() {
-                match rt.alive(id).await {
-                    Some(true) => break,
-                    Some(false) => {
-                        dead = Some(rt.clone());
-                        break;
-                    }
-                    None => {}
+            let rt = match seen.get(&id) {
+                Some((false, rt)) => rt.clone(),
+                _ => {
+                    dead_seen.remove(&id);
+                    continue;
                 }
-            }
-            let Some(rt) = dead else {
-                dead_seen.remove(&id);
-                continue;
             };
             let Ok(Some(sb)) = self.store.get_sandbox(id) else {
                 continue;
@@ -233,7 +229,9 @@ impl Engine {
                 continue;
             };
             dead_seen.remove(&id);
-            if rt.alive(id).await != Some(false) || self.unserve_running(id, None).await.is_none() {
+            if rt.alive(&[id]).await.get(&id) != Some(&false)
+                || self.unserve_running(id, None).await.is_none()
+            {
                 continue;
             }
             let msg = "its processes exited (the sandbox's init died)".to_string();

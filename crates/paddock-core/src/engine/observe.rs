@@ -59,7 +59,7 @@ impl Engine {
     pub async fn metrics(&self, p: &Principal, id: Uuid) -> Result<Metrics> {
         let sb = self.get(p, id)?;
         sb.state.check(Action::Metrics, id)?;
-        let rt = self.runtime(sb.config.isolation)?;
+        let rt = self.runtime_of(&sb)?;
         match rt.metrics(id).await {
             // Its cgroup is gone: it died and the monitor has not marked
             // it yet (it does within two passes), or a stop is under way.

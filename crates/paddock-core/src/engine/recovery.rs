@@ -38,7 +38,7 @@ impl Engine {
         let mut keep = Vec::new();
         let mut attached = Vec::new();
         for sb in self.store.live_sandboxes()? {
-            let Ok(rt) = self.runtime(sb.config.isolation).cloned() else {
+            let Ok(rt) = self.runtime_of(&sb).cloned() else {
                 keep.push(sb.id);
                 continue;
             };

@@ -378,3 +378,128 @@ async fn a_warm_pool_hands_over_a_booted_sandbox_and_refills() {
     }
     assert_eq!((ready(&r.engine), r.rt.count()), (2, 3));
 }
+
+fn engine_on(
+    db: &std::path::Path,
+    rts: &[Arc<FakeRuntime>],
+    defaults: &[(Isolation, &str)],
+) -> Result<Arc<Engine>> {
+    let store = Arc::new(Store::open(db).unwrap());
+    let rts: Vec<Arc<dyn Runtime>> = rts.iter().map(|r| r.clone() as Arc<dyn Runtime>).collect();
+    let cfg = EngineConfig {
+        default_backends: defaults.iter().map(|(i, n)| (*i, n.to_string())).collect(),
+        ..config()
+    };
+    Engine::new(store, rts, None, cfg)
+}
+
+#[tokio::test]
+async fn each_sandbox_keeps_the_backend_it_was_made_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paddock.db");
+    let caps = crate::runtime::Capabilities {
+        pause: true,
+        ..Default::default()
+    };
+    let (a, b) = (
+        Arc::new(FakeRuntime::named("a", caps)),
+        Arc::new(FakeRuntime::named("b", caps)),
+    );
+    let rts = [a.clone(), b.clone()];
+    let e = engine_on(&db, &rts, &[(Isolation::Container, "b")]).unwrap();
+    let listed: Vec<(String, bool)> = e
+        .backends()
+        .into_iter()
+        .map(|b| (b.name, b.default))
+        .collect();
+    assert_eq!(listed, [("a".to_string(), false), ("b".to_string(), true)]);
+    let (sb, _) = e.create(&me(), keyed("on-b")).await.unwrap();
+    assert_eq!(sb.backend, "b");
+    assert_eq!((a.count(), b.count()), (0, 1));
+    e.shutdown().await;
+    // The default changes; the sandbox stays where it runs.
+    let e = engine_on(&db, &rts, &[(Isolation::Container, "a")]).unwrap();
+    e.recover().await.unwrap();
+    e.pause(&me(), sb.id).await.unwrap();
+    e.stop(&me(), sb.id).await.unwrap();
+    assert!(b
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&format!("pause {}", sb.id)));
+    assert!(b.calls.lock().unwrap().contains(&format!("stop {}", sb.id)));
+    assert!(a.calls.lock().unwrap().is_empty());
+    let (new, _) = e.create(&me(), keyed("on-a")).await.unwrap();
+    assert_eq!(new.backend, "a");
+    // A default that names no backend, or one of another isolation, is
+    // refused at start.
+    assert!(engine_on(&db, &rts, &[(Isolation::Container, "zzz")]).is_err());
+    assert!(engine_on(&db, &rts, &[(Isolation::Gvisor, "a")]).is_err());
+    e.shutdown().await;
+    // A record naming a backend this daemon no longer has: its calls are
+    // Unsupported, not sent elsewhere.
+    let e = engine_on(&db, std::slice::from_ref(&a), &[]).unwrap();
+    e.stop(&me(), new.id).await.unwrap();
+    assert!(matches!(
+        e.start(&me(), sb.id).await,
+        Err(Error::Unsupported(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_operation_a_backend_lacks_is_unsupported() {
+    let r = {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("paddock.db");
+        let rt = Arc::new(FakeRuntime::named("nopause", Default::default()));
+        let engine = engine_on(&db, std::slice::from_ref(&rt), &[]).unwrap();
+        Rig {
+            _dir: dir,
+            db,
+            rt,
+            engine,
+        }
+    };
+    let (sb, _) = r
+        .engine
+        .create(&me(), SandboxSpec::default())
+        .await
+        .unwrap();
+    let e = r.engine.pause(&me(), sb.id).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Unsupported(ref m) if m.contains("nopause")),
+        "{e}"
+    );
+    // Still running, still usable.
+    assert_eq!(r.engine.get(&me(), sb.id).unwrap().state, State::Running);
+    r.engine.exec(&me(), sb.id, &shell("ok")).await.unwrap();
+    assert!(!r.engine.backends()[0].capabilities.pause);
+}
+
+#[tokio::test]
+async fn the_monitor_marks_a_sandbox_whose_processes_died() {
+    let r = Rig::new();
+    let _monitor = r.engine.spawn_monitor();
+    let (sb, _) = r
+        .engine
+        .create(&me(), SandboxSpec::default())
+        .await
+        .unwrap();
+    let (calm, _) = r
+        .engine
+        .create(&me(), SandboxSpec::default())
+        .await
+        .unwrap();
+    r.rt.kill(sb.id);
+    let mut state = State::Running;
+    for _ in 0..200 {
+        state = r.engine.get(&me(), sb.id).unwrap().state;
+        if state != State::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, State::Error);
+    assert!(kinds(&r.engine, sb.id).contains(&"sandbox.died".to_string()));
+    assert_eq!(r.engine.get(&me(), calm.id).unwrap().state, State::Running);
+}
