@@ -8,6 +8,7 @@ pub mod agent;
 pub mod auth;
 pub mod engine;
 pub mod error;
+pub mod event;
 pub mod events;
 pub mod glob;
 pub mod host;

@@ -1105,7 +1105,7 @@ pub struct Metrics {
 }
 
 /// A lifecycle or activity event.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Event {
     /// Daemon-wide sequence number.
     pub seq: i64,
@@ -1114,9 +1114,10 @@ pub struct Event {
     pub sandbox_id: Uuid,
     #[serde(skip)]
     pub owner: String,
+    /// Always `data.kind()`: what the event is, as every API names it.
     pub kind: String,
     pub time: DateTime<Utc>,
-    pub data: serde_json::Value,
+    pub data: crate::event::EventData,
 }
 
 /// Filters for listing sandboxes.

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::event::EventData;
 use crate::model::{Event, ListQuery, Sandbox, Template};
 
 const MIGRATIONS: &[&str] = &[
@@ -83,9 +84,8 @@ type Flusher = Box<dyn Fn() + Send + Sync>;
 struct Deferred {
     sandbox_id: Uuid,
     owner: String,
-    kind: String,
     time: DateTime<Utc>,
-    data: serde_json::Value,
+    data: EventData,
 }
 
 /// Deferred events beyond this many (writes failing for long) are dropped,
@@ -177,7 +177,6 @@ impl Store {
                     &tx,
                     d.sandbox_id,
                     &d.owner,
-                    &d.kind,
                     d.data.clone(),
                     d.time,
                 )?);
@@ -224,11 +223,10 @@ impl Store {
     /// Its time is when it happened, now: an event of another sandbox
     /// written meanwhile may carry a later time and a lower sequence
     /// number. Unless a flush is already due, the flusher arranges one.
-    pub fn defer_event(&self, sandbox_id: Uuid, owner: &str, kind: &str, data: serde_json::Value) {
+    pub fn defer_event(&self, sandbox_id: Uuid, owner: &str, data: EventData) {
         self.lock_deferred().push(Deferred {
             sandbox_id,
             owner: owner.to_string(),
-            kind: kind.to_string(),
             time: Utc::now(),
             data,
         });
@@ -308,20 +306,19 @@ impl Store {
         tx: &rusqlite::Transaction<'_>,
         sandbox_id: Uuid,
         owner: &str,
-        kind: &str,
-        data: serde_json::Value,
+        data: EventData,
     ) -> Result<Event> {
-        Self::append_event_at(tx, sandbox_id, owner, kind, data, Utc::now())
+        Self::append_event_at(tx, sandbox_id, owner, data, Utc::now())
     }
 
     fn append_event_at(
         tx: &rusqlite::Transaction<'_>,
         sandbox_id: Uuid,
         owner: &str,
-        kind: &str,
-        data: serde_json::Value,
+        data: EventData,
         now: DateTime<Utc>,
     ) -> Result<Event> {
+        let kind = data.kind().to_string();
         let sid = sandbox_id.to_string();
         let next: i64 = tx
             .prepare_cached(
@@ -331,13 +328,13 @@ impl Store {
         tx.prepare_cached(
             "INSERT INTO events (sandbox_id, sandbox_seq, owner, kind, ts, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
-        .execute(params![sid, next, owner, kind, ms(now), data.to_string()])?;
+        .execute(params![sid, next, owner, kind, ms(now), data.to_json().to_string()])?;
         Ok(Event {
             seq: tx.last_insert_rowid(),
             id: next,
             sandbox_id,
             owner: owner.to_string(),
-            kind: kind.to_string(),
+            kind,
             time: from_ms(ms(now)),
             data,
         })
@@ -453,9 +450,9 @@ impl Store {
                     id,
                     sandbox_id: Uuid::parse_str(&sid).map_err(Error::internal)?,
                     owner,
+                    data: EventData::decode(&kind, serde_json::from_str(&data)?),
                     kind,
                     time: from_ms(ts),
-                    data: serde_json::from_str(&data)?,
                 })
             })
             .collect()
@@ -656,6 +653,10 @@ impl Drop for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(kind: &str, data: serde_json::Value) -> EventData {
+        EventData::decode(kind, data)
+    }
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;
@@ -667,7 +668,12 @@ mod tests {
         published: &mut Vec<(i64, i64, String)>,
     ) -> Result<()> {
         store.tx_events(
-            |tx| Ok(((), vec![Store::append_event(tx, id, "o", kind, json!({}))?])),
+            |tx| {
+                Ok((
+                    (),
+                    vec![Store::append_event(tx, id, "o", ev(kind, json!({})))?],
+                ))
+            },
             |evs| published.extend(evs.into_iter().map(|e| (e.seq, e.id, e.kind))),
         )
     }
@@ -689,9 +695,9 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let mut published = Vec::new();
         write(&store, a, "exec.request", &mut published).unwrap();
-        store.defer_event(a, "o", "exec.response", json!({"request_id": 1}));
+        store.defer_event(a, "o", ev("exec.response", json!({"request_id": 1})));
         assert_eq!(asked.load(SeqCst), 1);
-        store.defer_event(b, "o", "fs.response", json!({}));
+        store.defer_event(b, "o", ev("fs.response", json!({})));
         assert_eq!(asked.load(SeqCst), 1, "a flush is already due");
         assert_eq!(store.last_seq().unwrap(), 1, "not written yet");
         // The next write carries them, before its own event, in order.
@@ -711,11 +717,11 @@ mod tests {
         );
         let stored = store.events_after(None, Some(a), 0, 10).unwrap();
         assert_eq!(stored[1].kind, "exec.response");
-        assert_eq!(stored[1].data["request_id"], 1);
+        assert_eq!(stored[1].data.to_json()["request_id"], 1);
         // The arranged flush is still due (a write does not cancel it): a
         // new deferred event needs no other; the flush writes it and ends
         // the duty.
-        store.defer_event(a, "o", "exec.response", json!({}));
+        store.defer_event(a, "o", ev("exec.response", json!({})));
         assert_eq!(asked.load(SeqCst), 1);
         let mut flushed = Vec::new();
         store
@@ -725,7 +731,7 @@ mod tests {
         store
             .flush_deferred(|_| panic!("nothing to publish"))
             .unwrap();
-        store.defer_event(b, "o", "fs.response", json!({}));
+        store.defer_event(b, "o", ev("fs.response", json!({})));
         assert_eq!(asked.load(SeqCst), 2, "a new flush is due");
         store.flush_deferred(|_| {}).unwrap();
         assert_eq!(store.last_seq().unwrap(), 6);
@@ -749,7 +755,7 @@ mod tests {
             );
             assert!(r.is_err());
         };
-        store.defer_event(a, "o", "exec.response", json!({}));
+        store.defer_event(a, "o", ev("exec.response", json!({})));
         assert_eq!(asked.load(SeqCst), 1);
         fail(&store, false);
         assert_eq!(
@@ -777,7 +783,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
         let store = Store::open(&path).unwrap();
-        store.defer_event(Uuid::new_v4(), "o", "exec.response", json!({}));
+        store.defer_event(Uuid::new_v4(), "o", ev("exec.response", json!({})));
         drop(store);
         assert_eq!(Store::open(&path).unwrap().last_seq().unwrap(), 1);
     }

@@ -237,11 +237,12 @@ async fn watch(State(h): State<Hiver>) -> HResult<Response> {
     let engine = h.engine.clone();
     let s = h.engine.events(&principal(), None, after)?;
     let s = s.filter_map(move |ev| {
-        let status = match ev.kind.as_str() {
-            "sandbox.started" | "sandbox.resumed" => Some("start"),
-            "sandbox.stopped" | "sandbox.paused" => Some("stop"),
-            "sandbox.died" | "sandbox.error" => Some("die"),
-            "sandbox.destroyed" => Some("destroy"),
+        use paddock_core::event::EventData as D;
+        let status = match &ev.data {
+            D::Started(_) | D::Resumed(_) => Some("start"),
+            D::Stopped(_) | D::Paused(_) => Some("stop"),
+            D::Died(_) | D::Error(_) => Some("die"),
+            D::Destroyed(_) => Some("destroy"),
             _ => None,
         };
         let key = status.map(|_| {
@@ -792,43 +793,42 @@ struct EventsQuery {
 /// The engine's event in hiver's shape, for the 12 types 0.1.18 knows; any
 /// other kind is left out (0.1.18 tears its stream down on an unknown type).
 pub fn hiver_event(ev: &Event) -> Option<Value> {
-    let d = &ev.data;
-    let mut v = match ev.kind.as_str() {
-        "exec.request" => json!({"type": "exec.request", "cwd": d["cwd"], "command": d["command"]}),
-        "exec.response" => {
-            json!({"type": "exec.response", "request_id": d["request_id"].as_i64()?})
+    use paddock_core::event::EventData as D;
+    let mut v = match &ev.data {
+        D::ExecRequest(d) => {
+            json!({"type": "exec.request", "cwd": d.cwd, "command": d.command})
         }
-        "fs.request" => json!({"type": "fs.request", "access": d["access"], "mount": d["mount"],
-                                "path": d["path"], "operation": d["operation"]}),
-        "fs.response" => {
+        D::ExecResponse(d) => json!({"type": "exec.response", "request_id": d.request_id?}),
+        D::FsRequest(d) => json!({"type": "fs.request", "access": d.access, "mount": d.mount,
+                                  "path": d.path, "operation": d.operation}),
+        D::FsResponse(d) => {
             let mut v = json!({"type": "fs.response", "backend": "local",
-                               "request_id": d["request_id"].as_i64()?,
-                               "duration_ms": d["duration_ms"].as_i64().unwrap_or(0)});
-            if let Some(e) = d["error"].as_str() {
+                               "request_id": d.request_id?, "duration_ms": d.duration_ms});
+            if let Some(e) = &d.error {
                 v["error"] = json!(e);
             }
             v
         }
-        "config.apply" => {
-            let mut v = json!({"type": "config.apply", "success": d["success"].as_bool().unwrap_or(false),
-                               "changes": wire::changes_from_event(&d["changes"])});
-            if let Some(e) = d["error"].as_str() {
+        D::ConfigApply(d) => {
+            let mut v = json!({"type": "config.apply", "success": d.success,
+                               "changes": wire::changes_json(&d.changes)});
+            if let Some(e) = &d.error {
                 v["errorMessage"] = json!(e);
             }
             v
         }
-        "stdio" => {
+        D::Stdio(d) => {
             let mut v = json!({"type": "stdio"});
-            for k in ["stdout", "stderr"] {
-                if let Some(t) = d[k].as_str() {
-                    v[k] = json!(t);
-                }
+            if let Some(t) = &d.stdout {
+                v["stdout"] = json!(t);
+            }
+            if let Some(t) = &d.stderr {
+                v["stderr"] = json!(t);
             }
             v
         }
-        "resource.usage" => json!({"type": "resource.usage",
-            "cpu_percent": d["cpu_percent"].as_f64().unwrap_or(0.0),
-            "memory_bytes": d["memory_bytes"].as_u64().unwrap_or(0)}),
+        D::ResourceUsage(d) => json!({"type": "resource.usage",
+            "cpu_percent": d.cpu_percent, "memory_bytes": d.memory_bytes}),
         _ => return None,
     };
     v["id"] = json!(ev.id);

@@ -229,14 +229,6 @@ pub fn changes_json(c: &ConfigChanges) -> Value {
     Value::Object(out)
 }
 
-/// The engine's `changes` as recorded in a `config.apply` event, in hiver's
-/// shape.
-pub fn changes_from_event(v: &Value) -> Value {
-    serde_json::from_value::<ConfigChanges>(v.clone())
-        .map(|c| changes_json(&c))
-        .unwrap_or_else(|_| json!({}))
-}
-
 /// JSON with every non-ASCII character escaped: the SDK decodes each
 /// network chunk as UTF-8 on its own, so a character split across chunks
 /// would kill its stream.

@@ -97,10 +97,16 @@ impl Engine {
             Ok(())
         }
         .await;
-        let event = |ok: bool, err: Option<&Error>| json!({"success": ok, "changes": changes, "error": err.map(|e| e.to_string())});
+        let event = |ok: bool, err: Option<&Error>| {
+            EventData::ConfigApply(ev::ConfigApply {
+                success: ok,
+                changes: changes.clone(),
+                error: err.map(|e| e.to_string()),
+            })
+        };
         match check {
             Err(e) => {
-                self.emit(&sb, "config.apply", event(false, Some(&e)));
+                self.emit(&sb, event(false, Some(&e)));
                 Ok(ConfigApplied {
                     applied: false,
                     sandbox: sb,
@@ -110,7 +116,7 @@ impl Engine {
             }
             Ok(()) => {
                 let data = event(true, None);
-                let sb = self.transition(id, "config.apply", data, |s| {
+                let sb = self.transition(id, data, |s| {
                     s.config.mounts = mounts.clone();
                     s.config.egress = egress.clone();
                     s.config.snapshot = snapshot.clone();
@@ -139,7 +145,9 @@ pub struct ConfigUpdate {
 }
 
 /// What an update changed, as its `config.apply` event records it.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(default)]
 pub struct ConfigChanges {
     pub mounts_added: Vec<Mount>,

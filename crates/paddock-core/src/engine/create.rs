@@ -114,8 +114,11 @@ impl Engine {
                         tx,
                         id,
                         &sb.owner,
-                        "sandbox.created",
-                        json!({"state": "creating", "isolation": sb.config.isolation}),
+                        EventData::Created(ev::Created {
+                            state: "creating".into(),
+                            isolation: sb.config.isolation,
+                            warm: false,
+                        }),
                     )?;
                     Ok(((), vec![ev]))
                 },
@@ -145,22 +148,17 @@ impl Engine {
         config: SandboxConfig,
     ) -> Result<Sandbox> {
         match self.boot(&runtime, id, &config, false).await {
-            Ok(ip) => self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
+            Ok(ip) => self.transition(id, EventData::started(), |s| {
                 s.state = State::Running;
                 s.ip = ip;
             }),
             Err(e) => {
                 let msg = e.to_string();
                 let _ = runtime.destroy(id).await;
-                let _ = self.transition(
-                    id,
-                    "sandbox.error",
-                    json!({"state": "error", "message": msg}),
-                    |s| {
-                        s.state = State::Error;
-                        s.message = Some(msg.clone());
-                    },
-                );
+                let _ = self.transition(id, EventData::error(&msg), |s| {
+                    s.state = State::Error;
+                    s.message = Some(msg.clone());
+                });
                 Err(e)
             }
         }

@@ -5,12 +5,11 @@
 use super::*;
 
 impl Engine {
-    /// Changes a sandbox and records `kind` in one transaction.
+    /// Changes a sandbox and records the event `data` in one transaction.
     pub(super) fn transition(
         &self,
         id: Uuid,
-        kind: &str,
-        data: serde_json::Value,
+        data: EventData,
         f: impl FnOnce(&mut Sandbox),
     ) -> Result<Sandbox> {
         self.store.tx_events(
@@ -19,7 +18,7 @@ impl Engine {
                 f(&mut sb);
                 sb.updated_at = Utc::now();
                 Store::put_sandbox(tx, &sb)?;
-                let ev = Store::append_event(tx, id, &sb.owner, kind, data)?;
+                let ev = Store::append_event(tx, id, &sb.owner, data)?;
                 Ok((sb, vec![ev]))
             },
             |evs| self.bus.publish_all(evs),
@@ -27,8 +26,8 @@ impl Engine {
     }
 
     /// Records an activity event; returns its per-sandbox id.
-    pub(super) fn emit(&self, sb: &Sandbox, kind: &str, data: serde_json::Value) -> Option<i64> {
-        record(&self.store, &self.bus, sb.id, &sb.owner, kind, data)
+    pub(super) fn emit(&self, sb: &Sandbox, data: EventData) -> Option<i64> {
+        record(&self.store, &self.bus, sb.id, &sb.owner, data)
     }
 
     /// Records an activity event on the blocking pool while the caller goes
@@ -43,9 +42,9 @@ impl Engine {
     pub(super) fn emit_alongside(
         &self,
         sb: &Sandbox,
-        kind: &'static str,
-        data: serde_json::Value,
+        data: EventData,
     ) -> impl std::future::Future<Output = Option<i64>> {
+        let kind = data.kind().to_string();
         let (store, bus, id, owner) = (
             self.store.clone(),
             self.bus.clone(),
@@ -53,8 +52,7 @@ impl Engine {
             sb.owner.clone(),
         );
         // Started now; the future only collects its id.
-        let write =
-            tokio::task::spawn_blocking(move || record(&store, &bus, id, &owner, kind, data));
+        let write = tokio::task::spawn_blocking(move || record(&store, &bus, id, &owner, data));
         async move {
             write.await.unwrap_or_else(|e| {
                 tracing::warn!(sandbox = %id, "event {kind} not recorded: {e}");
@@ -69,8 +67,8 @@ impl Engine {
     /// (see [`Store::defer_event`]). An exec's round trip then costs one
     /// SQLite transaction instead of two (daemon CPU per exec: two cost
     /// 0.2 ms of its 0.62).
-    pub(super) fn emit_later(&self, sb: &Sandbox, kind: &str, data: serde_json::Value) {
-        self.store.defer_event(sb.id, &sb.owner, kind, data);
+    pub(super) fn emit_later(&self, sb: &Sandbox, data: EventData) {
+        self.store.defer_event(sb.id, &sb.owner, data);
     }
 
     /// Writes deferred events now, so that a read of the log sees them.
@@ -119,12 +117,12 @@ pub(super) fn record(
     bus: &EventBus,
     id: Uuid,
     owner: &str,
-    kind: &str,
-    data: serde_json::Value,
+    data: EventData,
 ) -> Option<i64> {
+    let kind = data.kind().to_string();
     let r = store.tx_events(
         |tx| {
-            let ev = Store::append_event(tx, id, owner, kind, data)?;
+            let ev = Store::append_event(tx, id, owner, data)?;
             Ok((ev.id, vec![ev]))
         },
         |evs| bus.publish_all(evs),

@@ -15,10 +15,10 @@ impl Engine {
     pub async fn exec(&self, p: &Principal, id: Uuid, req: &ExecRequest) -> Result<ExecResult> {
         req.validate(&self.cfg.limits)?;
         let (sb, live) = self.live_for(p, id).await?;
-        let request = self.emit_alongside(&sb, "exec.request", exec_request_data(&sb, req));
+        let request = self.emit_alongside(&sb, exec_request_data(&sb, req));
         let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
         let request_id = request.await;
-        self.emit_later(&sb, "exec.response", exec_response_data(request_id, &r));
+        self.emit_later(&sb, exec_response_data(request_id, &r));
         r
     }
 
@@ -33,8 +33,10 @@ impl Engine {
         req.validate(&self.cfg.limits)?;
         let (sb, live) = self.live_for(p, id).await?;
         let mut data = exec_request_data(&sb, req);
-        data["pty"] = json!(req.pty.is_some());
-        let request_id = self.emit(&sb, "exec.request", data);
+        if let EventData::ExecRequest(r) = &mut data {
+            r.pty = Some(req.pty.is_some());
+        }
+        let request_id = self.emit(&sb, data);
         let s = match live
             .agent
             .exec_stream(&Self::with_defaults(&sb, req), control)
@@ -43,39 +45,48 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 let r: Result<ExecResult> = Err(e.clone());
-                self.emit_later(&sb, "exec.response", exec_response_data(request_id, &r));
+                self.emit_later(&sb, exec_response_data(request_id, &r));
                 return Err(e);
             }
         };
         let engine = self.clone();
         Ok(s.inspect(move |ev| {
             if let Ok(ExecEvent::Exit(r)) = ev {
-                engine.emit_later(
-                    &sb,
-                    "exec.response",
-                    exec_response_data(request_id, &Ok(r.clone())),
-                );
+                engine.emit_later(&sb, exec_response_data(request_id, &Ok(r.clone())));
             }
         }))
     }
 }
 
-pub(super) fn exec_request_data(sb: &Sandbox, req: &ExecRequest) -> serde_json::Value {
+pub(super) fn exec_request_data(sb: &Sandbox, req: &ExecRequest) -> EventData {
     let command = match &req.shell {
         Some(s) => s.clone(),
         None => req.cmd.join(" "),
     };
-    json!({"cmd": req.cmd, "shell": req.shell, "command": command,
-           "cwd": req.cwd.clone().unwrap_or_else(|| sb.config.cwd.clone())})
+    EventData::ExecRequest(ev::ExecRequested {
+        cmd: req.cmd.clone(),
+        shell: req.shell.clone(),
+        command,
+        cwd: req.cwd.clone().unwrap_or_else(|| sb.config.cwd.clone()),
+        pty: None,
+    })
 }
 
-pub(super) fn exec_response_data(
-    request_id: Option<i64>,
-    r: &Result<ExecResult>,
-) -> serde_json::Value {
-    match r {
-        Ok(r) => json!({"request_id": request_id, "exit_code": r.exit_code,
-                        "timed_out": r.timed_out, "duration_ms": r.duration_ms}),
-        Err(e) => json!({"request_id": request_id, "error": e.to_string()}),
-    }
+pub(super) fn exec_response_data(request_id: Option<i64>, r: &Result<ExecResult>) -> EventData {
+    EventData::ExecResponse(match r {
+        Ok(r) => ev::ExecResponded {
+            request_id,
+            exit_code: Some(r.exit_code),
+            timed_out: Some(r.timed_out),
+            duration_ms: Some(r.duration_ms),
+            error: None,
+        },
+        Err(e) => ev::ExecResponded {
+            request_id,
+            exit_code: None,
+            timed_out: None,
+            duration_ms: None,
+            error: Some(e.to_string()),
+        },
+    })
 }

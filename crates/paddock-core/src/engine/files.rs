@@ -61,11 +61,19 @@ impl Engine {
             };
             Self::judge_fs(sb, &norm, path, write)
         };
+        let access = if refused.is_none() {
+            "allowed"
+        } else {
+            "denied"
+        };
         let request_id = self.emit(
             sb,
-            "fs.request",
-            json!({"access": if refused.is_none() { "allowed" } else { "denied" },
-                   "mount": mount, "path": path, "operation": operation}),
+            EventData::FsRequest(ev::FsRequested {
+                access: access.into(),
+                mount,
+                path: path.into(),
+                operation: operation.into(),
+            }),
         );
         if let Some(why) = refused {
             return Err(Error::Forbidden(why));
@@ -81,17 +89,15 @@ impl Engine {
         sb: &Sandbox,
         op: FsOp,
         r: &Result<T>,
-        extra: serde_json::Value,
+        detail: ev::FsResponded,
     ) {
-        let mut data = json!({"request_id": op.request_id,
-                              "duration_ms": op.started.elapsed().as_millis() as u64});
-        if let Err(e) = r {
-            data["error"] = json!(e.to_string());
-        }
-        if let (Some(d), Some(x)) = (data.as_object_mut(), extra.as_object()) {
-            d.extend(x.clone());
-        }
-        self.emit_later(sb, "fs.response", data);
+        let data = ev::FsResponded {
+            request_id: op.request_id,
+            duration_ms: op.started.elapsed().as_millis() as u64,
+            error: r.as_ref().err().map(|e| e.to_string()),
+            ..detail
+        };
+        self.emit_later(sb, EventData::FsResponse(data));
     }
 
     pub(super) fn check_path(path: &str) -> Result<()> {
@@ -136,7 +142,15 @@ impl Engine {
         }
         .await;
         let size = r.as_ref().ok().and_then(|(n, _)| *n);
-        self.fs_done(&sb, op, &r, json!({"size": size}));
+        self.fs_done(
+            &sb,
+            op,
+            &r,
+            ev::FsResponded {
+                size,
+                ..Default::default()
+            },
+        );
         r
     }
 
@@ -161,7 +175,15 @@ impl Engine {
         let op = self.fs_begin(&sb, &live, path, true).await?;
         let r = live.agent.write_file(path, opts, data).await;
         let size = r.as_ref().map(|i| i.size).unwrap_or(0);
-        self.fs_done(&sb, op, &r, json!({"size": size}));
+        self.fs_done(
+            &sb,
+            op,
+            &r,
+            ev::FsResponded {
+                size: Some(size),
+                ..Default::default()
+            },
+        );
         r
     }
 
@@ -170,7 +192,7 @@ impl Engine {
         let (sb, live) = self.live_for(p, id).await?;
         let op = self.fs_begin(&sb, &live, path, false).await?;
         let r = live.agent.list_dir(path).await;
-        self.fs_done(&sb, op, &r, json!({}));
+        self.fs_done(&sb, op, &r, Default::default());
         r
     }
 
@@ -179,7 +201,7 @@ impl Engine {
         let (sb, live) = self.live_for(p, id).await?;
         let op = self.fs_begin(&sb, &live, path, false).await?;
         let r = live.agent.stat(path).await;
-        self.fs_done(&sb, op, &r, json!({}));
+        self.fs_done(&sb, op, &r, Default::default());
         r
     }
 
@@ -188,7 +210,15 @@ impl Engine {
         let (sb, live) = self.live_for(p, id).await?;
         let op = self.fs_begin(&sb, &live, path, true).await?;
         let r = live.agent.remove(path, recursive).await;
-        self.fs_done(&sb, op, &r, json!({"removed": true}));
+        self.fs_done(
+            &sb,
+            op,
+            &r,
+            ev::FsResponded {
+                removed: Some(true),
+                ..Default::default()
+            },
+        );
         r
     }
 
@@ -201,13 +231,29 @@ impl Engine {
         let op = match self.fs_begin(&sb, &live, to, true).await {
             Ok(op) => op,
             Err(e) => {
-                self.fs_done::<()>(&sb, op_from, &Err(e.clone()), json!({}));
+                self.fs_done::<()>(&sb, op_from, &Err(e.clone()), Default::default());
                 return Err(e);
             }
         };
         let r = live.agent.rename(from, to).await;
-        self.fs_done(&sb, op_from, &r, json!({"renamed_to": to}));
-        self.fs_done(&sb, op, &r, json!({"renamed_from": from}));
+        self.fs_done(
+            &sb,
+            op_from,
+            &r,
+            ev::FsResponded {
+                renamed_to: Some(to.into()),
+                ..Default::default()
+            },
+        );
+        self.fs_done(
+            &sb,
+            op,
+            &r,
+            ev::FsResponded {
+                renamed_from: Some(from.into()),
+                ..Default::default()
+            },
+        );
         r
     }
 
@@ -223,7 +269,15 @@ impl Engine {
         let (sb, live) = self.live_for(p, id).await?;
         let op = self.fs_begin(&sb, &live, path, true).await?;
         let r = live.agent.mkdir(path, parents, mode).await;
-        self.fs_done(&sb, op, &r, json!({"mkdir": true}));
+        self.fs_done(
+            &sb,
+            op,
+            &r,
+            ev::FsResponded {
+                mkdir: Some(true),
+                ..Default::default()
+            },
+        );
         r
     }
 }

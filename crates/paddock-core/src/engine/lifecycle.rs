@@ -111,15 +111,10 @@ impl Engine {
         if let Some(logs) = &self.logs {
             logs.remove(sb.id);
         }
-        self.transition(
-            sb.id,
-            "sandbox.destroyed",
-            json!({"state": "destroyed", "reason": reason}),
-            |s| {
-                s.state = State::Destroyed;
-                s.ip = None;
-            },
-        )
+        self.transition(sb.id, EventData::destroyed(reason), |s| {
+            s.state = State::Destroyed;
+            s.ip = None;
+        })
     }
 
     pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
@@ -130,7 +125,7 @@ impl Engine {
         }
         self.live.write().await.remove(&id);
         self.runtime_of(&sb)?.stop(id).await?;
-        self.transition(id, "sandbox.stopped", json!({"state": "stopped"}), |s| {
+        self.transition(id, EventData::stopped(), |s| {
             s.state = State::Stopped;
         })
     }
@@ -143,7 +138,7 @@ impl Engine {
         }
         let rt = self.runtime_of(&sb)?.clone();
         let ip = self.boot(&rt, id, &sb.config, true).await?;
-        self.transition(id, "sandbox.started", json!({"state": "running"}), |s| {
+        self.transition(id, EventData::started(), |s| {
             s.state = State::Running;
             s.ip = ip;
             s.last_active_at = Utc::now();
@@ -157,7 +152,7 @@ impl Engine {
             return Ok(sb);
         }
         self.runtime_of(&sb)?.pause(id).await?;
-        self.transition(id, "sandbox.paused", json!({"state": "paused"}), |s| {
+        self.transition(id, EventData::paused(), |s| {
             s.state = State::Paused;
         })
     }
@@ -176,7 +171,7 @@ impl Engine {
                 self.attach(id, agent, inst, now_ms()).await;
             }
         }
-        self.transition(id, "sandbox.resumed", json!({"state": "running"}), |s| {
+        self.transition(id, EventData::resumed(), |s| {
             s.state = State::Running;
             s.last_active_at = Utc::now();
         })
@@ -205,7 +200,7 @@ impl Engine {
         }
         let sb = self.get(p, id)?;
         sb.state.check(Action::ExtendTtl, id)?;
-        self.transition(id, "sandbox.ttl", json!({"ttl_secs": secs}), |s| {
+        self.transition(id, EventData::Ttl(ev::TtlSet { ttl_secs: secs }), |s| {
             s.expires_at = Some(expiry(Utc::now(), secs));
         })
     }

@@ -34,7 +34,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::{Stream, StreamExt};
-use serde_json::json;
 use tokio::sync::{mpsc, RwLock};
 use uuid::Uuid;
 
@@ -61,6 +60,7 @@ pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
 
 use crate::agent::AgentClient;
 use crate::error::{Error, Result};
+use crate::event::{self as ev, EventData};
 use crate::events::{EventBus, Subscription};
 use crate::model::*;
 use crate::runtime::{BackendInfo, Instance, Liveness, Runtime};

@@ -89,8 +89,10 @@ impl Engine {
                             if let Ok(m) = rt.metrics(id).await {
                                 engine.emit(
                                     &sb,
-                                    "resource.usage",
-                                    json!({"cpu_percent": m.cpu_percent, "memory_bytes": m.memory_bytes}),
+                                    EventData::ResourceUsage(ev::Usage {
+                                        cpu_percent: m.cpu_percent,
+                                        memory_bytes: m.memory_bytes,
+                                    }),
                                 );
                             }
                         }
@@ -129,7 +131,13 @@ impl Engine {
             };
             let t = text.push(&data);
             if !t.is_empty() {
-                self.emit(&sb, "stdio", json!({"stdout": t}));
+                self.emit(
+                    &sb,
+                    EventData::Stdio(ev::Stdio {
+                        stdout: Some(t),
+                        stderr: None,
+                    }),
+                );
             }
         }
         tracing::debug!(sandbox = %sb.id, at = from, "main output ended");
@@ -171,16 +179,11 @@ impl Engine {
     ) -> Result<Sandbox> {
         self.pools.forget(id);
         let _ = rt.destroy(id).await;
-        self.transition(
-            id,
-            "sandbox.died",
-            json!({"state": "error", "message": msg}),
-            |s| {
-                s.state = State::Error;
-                s.message = Some(msg.clone());
-                s.ip = None;
-            },
-        )
+        self.transition(id, EventData::died(&msg), |s| {
+            s.state = State::Error;
+            s.message = Some(msg.clone());
+            s.ip = None;
+        })
     }
 
     /// Marks sandboxes whose init process is gone (seen twice, a second

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::{now_ms, Engine};
 use crate::error::{Error, Result};
+use crate::event::{self as ev, EventData};
 use crate::model::*;
 use crate::store::Store;
 
@@ -325,15 +325,20 @@ impl Engine {
                         tx,
                         id,
                         &sb.owner,
-                        "sandbox.created",
-                        json!({"state": "creating", "isolation": sb.config.isolation, "warm": true}),
+                        EventData::Created(ev::Created {
+                            state: "creating".into(),
+                            isolation: sb.config.isolation,
+                            warm: true,
+                        }),
                     )?;
                     let started = Store::append_event(
                         tx,
                         id,
                         &sb.owner,
-                        "sandbox.started",
-                        json!({"state": "running", "warm": true}),
+                        EventData::Started(ev::StateChange {
+                            state: "running".into(),
+                            warm: true,
+                        }),
                     )?;
                     Ok((sb, vec![created, started]))
                 },

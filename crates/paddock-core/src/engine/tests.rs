@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::testing::FakeRuntime;
+use serde_json::json;
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -314,7 +315,11 @@ async fn the_reaper_ends_lapsed_ttls_and_idle_sandboxes_only() {
         let evs = events(&r.engine, id);
         let last = evs.last().unwrap();
         assert_eq!(last.kind, "sandbox.destroyed");
-        assert_eq!(last.data["reason"], reason);
+        assert!(
+            matches!(&last.data, EventData::Destroyed(d) if d.reason == reason),
+            "{:?}",
+            last.data
+        );
     }
     assert_eq!(r.engine.get(&me(), keep.id).unwrap().state, State::Running);
 }
