@@ -15,14 +15,9 @@
 //! - `bundle/config.json`, `net.json` (its network slot), `init.pid` and
 //!   `agent.log` (the OCI runtime's output).
 
-mod cgroup;
-mod cmd;
 mod etc;
+use paddock_host::{cgroup, cmd, net, sealed, seccomp};
 mod inroot;
-mod net;
-mod netlink;
-mod sealed;
-mod seccomp;
 mod spec;
 mod syscalls;
 
