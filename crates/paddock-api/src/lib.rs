@@ -15,7 +15,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Extension, Router};
@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use paddock_core::model::*;
 use paddock_core::{Engine, Error};
+use paddock_http_kit::sse;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -362,7 +363,7 @@ async fn exec_sse(
         let _keep = &_tx;
         futures::stream::iter(text.events(ev).into_iter().map(Ok::<_, Infallible>))
     });
-    Ok(Sse::new(s).keep_alive(KeepAlive::default()).into_response())
+    Ok(sse::response(s, Some(sse::KEEP_ALIVE)))
 }
 
 /// Interactive exec over WebSocket. The client's first message is a JSON
@@ -534,41 +535,22 @@ async fn upload(
         ),
         None => None,
     };
+    let upload = paddock_http_kit::upload::Upload::new(body);
     let opts = WriteOptions {
         mode,
         mkdir_parents: q.parents.unwrap_or(true),
         atomic: q.atomic.unwrap_or(true) && !q.append,
         append: q.append,
-        size: axum::body::HttpBody::size_hint(&body).exact(),
+        size: upload.size,
     };
-    // Shared, so that what the engine leaves unread can still be read
-    // after it refused the upload (see `drain`).
-    let body = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
-    let data = futures::stream::unfold(body.clone(), |b| async move {
-        let next = b.lock().await.next().await;
-        next.map(|r| (r, b))
-    })
-    .map(|r| r.map_err(|e| Error::invalid("body", format!("the upload broke off: {e}"))));
     let res = st
         .engine
-        .write_file(&p, parse_id(&id)?, &q.path, &opts, data)
+        .write_file(&p, parse_id(&id)?, &q.path, &opts, upload.stream("body"))
         .await;
     if res.is_err() {
-        drain(&body).await;
+        upload.drain().await;
     }
     Ok((StatusCode::CREATED, axum::Json(res?)).into_response())
-}
-
-/// Reads and drops what a client still sends of an upload that was
-/// refused midway (a full disk, a path it may not write), for at most 10 s:
-/// answered with the body half sent, it would find the connection closed
-/// and report a broken pipe instead of the answer.
-async fn drain(body: &tokio::sync::Mutex<axum::body::BodyDataStream>) {
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let mut b = body.lock().await;
-        while let Some(Ok(_)) = b.next().await {}
-    })
-    .await;
 }
 
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(PathParams), responses((status = 204), (status = 404, body = Problem)))]
@@ -769,9 +751,7 @@ fn event_sse(s: impl Stream<Item = Event> + Send + 'static, per_sandbox: bool) -
                 .unwrap_or_default(),
         )
     });
-    Sse::new(s)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    sse::response(s, Some(sse::KEEP_ALIVE))
 }
 
 /// A sandbox's lifecycle and activity events; ids are per sandbox.
@@ -866,9 +846,7 @@ async fn pull_image(
         let _ = tx.send(ev.unwrap_or_default());
     });
     let s = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok::<_, Infallible>);
-    Ok(Sse::new(s)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(sse::response(s, Some(sse::KEEP_ALIVE)))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

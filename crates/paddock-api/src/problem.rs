@@ -46,20 +46,7 @@ impl IntoResponse for Problem {
     }
 }
 
-pub fn status_of(e: &Error) -> StatusCode {
-    match e {
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::Conflict(_) => StatusCode::CONFLICT,
-        Error::Invalid { .. } => StatusCode::BAD_REQUEST,
-        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-        Error::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
-        Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) | Error::ForbiddenField { .. } => StatusCode::FORBIDDEN,
-        Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
+pub use paddock_http_kit::status_of;
 
 impl From<Error> for Problem {
     fn from(e: Error) -> Problem {

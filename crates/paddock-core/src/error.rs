@@ -71,29 +71,3 @@ impl From<serde_json::Error> for Error {
         Error::Internal(format!("store json: {e}"))
     }
 }
-
-/// Maps an agent's gRPC status onto an engine error. `field` names the
-/// request field an invalid-argument status most likely refers to.
-pub fn from_agent(st: tonic::Status, field: &str) -> Error {
-    use tonic::Code;
-    let msg = st.message().to_string();
-    match st.code() {
-        Code::NotFound => Error::NotFound { what: msg },
-        Code::InvalidArgument => {
-            // The agent prefixes its messages with the field when it knows it.
-            match msg.split_once(": ") {
-                Some((f, r)) if !f.contains(' ') && !f.contains('/') => Error::invalid(f, r),
-                _ => Error::invalid(field, msg),
-            }
-        }
-        Code::AlreadyExists | Code::FailedPrecondition => Error::Conflict(msg),
-        Code::PermissionDenied => Error::Forbidden(msg),
-        Code::ResourceExhausted => Error::Quota(msg),
-        Code::Unavailable | Code::Cancelled | Code::Unknown => Error::Unavailable {
-            what: "sandbox agent".into(),
-            reason: msg,
-        },
-        Code::DeadlineExceeded => Error::Timeout(msg),
-        _ => Error::Internal(format!("agent: {msg}")),
-    }
-}

@@ -22,6 +22,9 @@ pub mod store;
 pub mod testing;
 pub mod text;
 
+pub use agent::{Agent, AgentConnector, Opened};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
-pub use runtime::{AgentEndpoint, BackendInfo, Capabilities, Instance, Liveness, Runtime};
+pub use runtime::{
+    AgentEndpoint, AgentIdentity, BackendInfo, Capabilities, Instance, Liveness, Runtime,
+};

@@ -14,16 +14,72 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::{Isolation, Metrics, SandboxConfig};
 
-/// How the daemon reaches a sandbox's agent.
+/// The secret a sandbox's agent names in its greeting on every connection,
+/// so that the daemon knows which sandbox answers (32 random bytes, drawn by
+/// the backend and handed to the agent only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AgentIdentity(pub [u8; 32]);
+
+impl std::fmt::Debug for AgentIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A secret: never in logs.
+        f.write_str("AgentIdentity(..)")
+    }
+}
+
+/// How the daemon reaches a sandbox's agent. Every connection, whatever its
+/// transport, starts with the agent's greeting naming `identity`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEndpoint {
     /// A unix socket on the host, in a directory the sandbox cannot reach
-    /// (the agent got it listening, as a descriptor); the agent's greeting
-    /// on every connection must name `identity`.
+    /// (the container and gVisor backends).
     Unix {
         path: PathBuf,
-        identity: paddock_proto::identity::Identity,
+        identity: AgentIdentity,
     },
+    /// Firecracker's and cloud-hypervisor's vsock over a unix socket on the
+    /// host: the client sends `CONNECT <port>\n`, the VMM answers
+    /// `OK <host port>\n`, and the stream goes on to the agent.
+    HybridVsock {
+        path: PathBuf,
+        port: u32,
+        identity: AgentIdentity,
+    },
+    /// A vsock address (a microVM with vhost-vsock).
+    Vsock {
+        cid: u32,
+        port: u32,
+        identity: AgentIdentity,
+    },
+    /// TCP (a Kubernetes pod's agent on its pod address).
+    Tcp {
+        addr: std::net::SocketAddr,
+        identity: AgentIdentity,
+    },
+}
+
+impl AgentEndpoint {
+    pub fn identity(&self) -> &AgentIdentity {
+        match self {
+            AgentEndpoint::Unix { identity, .. }
+            | AgentEndpoint::HybridVsock { identity, .. }
+            | AgentEndpoint::Vsock { identity, .. }
+            | AgentEndpoint::Tcp { identity, .. } => identity,
+        }
+    }
+}
+
+impl std::fmt::Display for AgentEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentEndpoint::Unix { path, .. } => write!(f, "{}", path.display()),
+            AgentEndpoint::HybridVsock { path, port, .. } => {
+                write!(f, "{} (vsock port {port})", path.display())
+            }
+            AgentEndpoint::Vsock { cid, port, .. } => write!(f, "vsock {cid}:{port}"),
+            AgentEndpoint::Tcp { addr, .. } => write!(f, "tcp {addr}"),
+        }
+    }
 }
 
 /// A sandbox as a backend runs it.

@@ -63,7 +63,42 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (principal, reference)
      );
      CREATE INDEX image_claims_reference ON image_claims(reference);",
+    // 4: the version of each stored document (see SANDBOX_DOC): rows from
+    // before are version 1.
+    "ALTER TABLE sandboxes ADD COLUMN doc_version INTEGER NOT NULL DEFAULT 1;",
 ];
+
+/// The version of the sandbox document this daemon writes. 1: before
+/// backends had names; 2: with `backend`. Older documents are upgraded as
+/// they are read ([`decode_sandbox`]); a newer one (a newer daemon wrote
+/// it, then this one started on the same data dir) is an error, never
+/// rewritten in a shape that loses what it does not know.
+pub const SANDBOX_DOC: i64 = 2;
+
+/// A stored sandbox document of version `v`, upgraded to this daemon's.
+fn decode_sandbox(v: i64, doc: &str) -> Result<Sandbox> {
+    if v == SANDBOX_DOC {
+        return Ok(serde_json::from_str(doc)?);
+    }
+    if v > SANDBOX_DOC {
+        return Err(Error::Internal(format!(
+            "a sandbox record of version {v}, written by a newer Paddock (this one reads up to {SANDBOX_DOC}): run that version, or restore the data dir's backup"
+        )));
+    }
+    let mut d: serde_json::Value = serde_json::from_str(doc)?;
+    if v < 2 {
+        // 1 → 2: the backend, unknown then: its isolation's default.
+        if let Some(o) = d.as_object_mut() {
+            o.entry("backend").or_insert_with(|| "".into());
+        }
+    }
+    Ok(serde_json::from_value(d)?)
+}
+
+/// Reads `(doc_version, doc)` of a row.
+fn versioned(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String)> {
+    Ok((r.get(0)?, r.get(1)?))
+}
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -265,19 +300,20 @@ impl Store {
 
     /// A sandbox's document, read inside a transaction that will change it.
     pub fn sandbox_in(tx: &rusqlite::Transaction<'_>, id: Uuid) -> Result<Sandbox> {
-        let doc: String = tx
-            .prepare_cached("SELECT doc FROM sandboxes WHERE id = ?1")?
-            .query_row([id.to_string()], |r| r.get(0))
+        let (v, doc) = tx
+            .prepare_cached("SELECT doc_version, doc FROM sandboxes WHERE id = ?1")?
+            .query_row([id.to_string()], versioned)
             .map_err(|_| Error::not_found(format!("sandbox {id}")))?;
-        Ok(serde_json::from_str(&doc)?)
+        decode_sandbox(v, &doc)
     }
 
     pub fn put_sandbox(tx: &rusqlite::Transaction<'_>, sb: &Sandbox) -> Result<()> {
         let doc = serde_json::to_string(sb)?;
         let r = tx.prepare_cached(
-            "INSERT INTO sandboxes (id, owner, key, state, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO sandboxes (id, owner, key, state, created_at, doc, doc_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, doc = excluded.doc,
-                 owner = excluded.owner, key = excluded.key, created_at = excluded.created_at",
+                 owner = excluded.owner, key = excluded.key, created_at = excluded.created_at,
+                 doc_version = excluded.doc_version",
         )?
         .execute(params![
                 sb.id.to_string(),
@@ -285,7 +321,8 @@ impl Store {
                 sb.key,
                 sb.state.as_str(),
                 ms(sb.created_at),
-                doc
+                doc,
+                SANDBOX_DOC
             ]);
         match r {
             Ok(_) => Ok(()),
@@ -342,35 +379,29 @@ impl Store {
 
     pub fn get_sandbox(&self, id: Uuid) -> Result<Option<Sandbox>> {
         let conn = self.lock();
-        let doc: Option<String> = conn
-            .prepare_cached("SELECT doc FROM sandboxes WHERE id = ?1")?
-            .query_row(params![id.to_string()], |r| r.get(0))
+        let doc = conn
+            .prepare_cached("SELECT doc_version, doc FROM sandboxes WHERE id = ?1")?
+            .query_row(params![id.to_string()], versioned)
             .optional()?;
-        Ok(match doc {
-            Some(d) => Some(serde_json::from_str(&d)?),
-            None => None,
-        })
+        doc.map(|(v, d)| decode_sandbox(v, &d)).transpose()
     }
 
     pub fn find_by_key(&self, owner: &str, key: &str) -> Result<Option<Sandbox>> {
         let conn = self.lock();
-        let doc: Option<String> = conn
+        let doc = conn
             .query_row(
-                "SELECT doc FROM sandboxes WHERE owner = ?1 AND key = ?2 AND state != 'destroyed'",
+                "SELECT doc_version, doc FROM sandboxes WHERE owner = ?1 AND key = ?2 AND state != 'destroyed'",
                 params![owner, key],
-                |r| r.get(0),
+                versioned,
             )
             .optional()?;
-        Ok(match doc {
-            Some(d) => Some(serde_json::from_str(&d)?),
-            None => None,
-        })
+        doc.map(|(v, d)| decode_sandbox(v, &d)).transpose()
     }
 
     /// Sandboxes of `owner` (every owner when `None`) in creation order.
     pub fn list_sandboxes(&self, owner: Option<&str>, q: &ListQuery) -> Result<Vec<Sandbox>> {
         let conn = self.lock();
-        let mut sql = String::from("SELECT doc FROM sandboxes WHERE 1 = 1");
+        let mut sql = String::from("SELECT doc_version, doc FROM sandboxes WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(o) = owner {
             args.push(o.to_string().into());
@@ -395,10 +426,11 @@ impl Store {
         }
         sql += " ORDER BY created_at, id";
         let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), versioned)?;
         let mut out = Vec::new();
-        for doc in rows {
-            let sb: Sandbox = serde_json::from_str(&doc?)?;
+        for row in rows {
+            let (v, doc) = row?;
+            let sb = decode_sandbox(v, &doc)?;
             if q.labels.iter().all(|(k, v)| sb.labels.get(k) == Some(v)) {
                 out.push(sb);
                 if q.limit > 0 && out.len() > q.limit {
@@ -629,12 +661,13 @@ impl Store {
     pub fn live_sandboxes(&self) -> Result<Vec<Sandbox>> {
         let conn = self.lock();
         let mut st = conn.prepare(
-            "SELECT doc FROM sandboxes WHERE state IN ('creating', 'running', 'paused', 'stopped')",
+            "SELECT doc_version, doc FROM sandboxes WHERE state IN ('creating', 'running', 'paused', 'stopped')",
         )?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        let rows = st.query_map([], versioned)?;
         let mut out = Vec::new();
-        for d in rows {
-            out.push(serde_json::from_str(&d?)?);
+        for row in rows {
+            let (v, d) = row?;
+            out.push(decode_sandbox(v, &d)?);
         }
         Ok(out)
     }
@@ -653,6 +686,50 @@ impl Drop for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A document written before backends had names (version 1, no
+    /// `backend`) reads as one with the isolation's default; one from a
+    /// newer daemon is an error and stays as it was.
+    #[test]
+    fn stored_documents_are_upgraded_and_newer_ones_refused() {
+        let store = Store::open_in_memory().unwrap();
+        let id = Uuid::new_v4();
+        let v1 = json!({
+            "id": id, "owner": "o", "labels": {}, "state": "stopped",
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "last_active_at": "2026-01-01T00:00:00Z",
+            "config": {"isolation": "container", "cpu": 1.0, "memory_mb": 512, "disk_mb": 1024,
+                       "pids": 1024, "env": {}, "cwd": "/", "mounts": [], "extra_hosts": [],
+                       "ports": [], "tty": false}
+        });
+        let raw = |v: i64, doc: &serde_json::Value| {
+            store.lock().execute(
+                "INSERT OR REPLACE INTO sandboxes (id, owner, key, state, created_at, doc, doc_version) VALUES (?1, 'o', NULL, 'stopped', 0, ?2, ?3)",
+                params![id.to_string(), doc.to_string(), v],
+            ).unwrap();
+        };
+        raw(1, &v1);
+        let sb = match store.get_sandbox(id) {
+            Ok(Some(sb)) => sb,
+            other => panic!("a version 1 document did not read: {other:?}"),
+        };
+        assert_eq!(sb.backend, "");
+        // Written back, it is this version's.
+        store.tx(|tx| Store::put_sandbox(tx, &sb)).unwrap();
+        let v: i64 = store
+            .lock()
+            .query_row(
+                "SELECT doc_version FROM sandboxes WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, SANDBOX_DOC);
+        raw(SANDBOX_DOC + 1, &v1);
+        let e = store.get_sandbox(id).unwrap_err().to_string();
+        assert!(e.contains("newer Paddock"), "{e}");
+        assert!(store.live_sandboxes().is_err());
+    }
 
     fn ev(kind: &str, data: serde_json::Value) -> EventData {
         EventData::decode(kind, data)

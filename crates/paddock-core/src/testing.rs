@@ -1,293 +1,312 @@
 //! A fake backend and a fake agent, for the engine's unit tests (and any
-//! crate's, with the `testing` feature): no root, no sandboxes. The agent is
-//! a real server of the agent protocol on a unix socket in a temporary
-//! directory, greeting with the sandbox's identity as the real one does, so
-//! the engine's client, its checks and its reconnects are the real ones;
-//! what it does is small: a command's output is its argv joined by spaces,
-//! files live in memory.
+//! crate's, with the `testing` feature): no root, no sandboxes, no
+//! transport. The agent lives in memory: a command's output is its argv (or
+//! script) and a newline, files are a map. [`FakeRuntime`] hands out
+//! endpoints that [`FakeConnector`] resolves to its agents; a sandbox it
+//! kills or stops has no agent to connect to.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::Stream;
-use paddock_proto::identity::Identity;
-use paddock_proto::v1 as pb;
-use paddock_proto::v1::agent_server::{Agent, AgentServer};
-use tonic::{Request, Response, Status, Streaming};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::agent::{Agent, AgentConnector, Opened};
 use crate::error::{Error, Result};
-use crate::model::{Isolation, Metrics, SandboxConfig};
-use crate::runtime::{AgentEndpoint, Instance, Liveness, Runtime};
+use crate::model::{
+    ExecControl, ExecEvent, ExecRequest, ExecResult, FileInfo, Isolation, Metrics, Platform, Port,
+    SandboxConfig, WriteOptions,
+};
+use crate::runtime::{AgentEndpoint, AgentIdentity, Capabilities, Instance, Liveness, Runtime};
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
-
-/// The fake agent: in-memory files, commands that echo their argv.
-#[derive(Default, Clone)]
-struct FakeAgent {
-    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+/// The fake agent: in-memory files, commands that echo themselves.
+#[derive(Default)]
+pub struct FakeAgent {
+    files: Mutex<HashMap<String, Vec<u8>>>,
 }
 
-fn info(path: &str, size: u64) -> pb::FileInfo {
-    pb::FileInfo {
+fn info(path: &str, size: u64) -> FileInfo {
+    FileInfo {
         name: path.rsplit('/').next().unwrap_or_default().into(),
         path: path.into(),
         kind: "file".into(),
         size,
         mode: 0o644,
-        mtime_unix_ms: 0,
-        symlink_target: String::new(),
+        modified_at: Default::default(),
+        symlink_target: None,
     }
 }
 
-#[tonic::async_trait]
-impl Agent for FakeAgent {
-    async fn hello(
-        &self,
-        _: Request<pb::HelloRequest>,
-    ) -> std::result::Result<Response<pb::HelloResponse>, Status> {
-        Ok(Response::new(pb::HelloResponse {
-            agent_version: "fake".into(),
-            protocol_version: paddock_proto::PROTOCOL_VERSION,
-            pid: std::process::id(),
-            boot_unix_ms: 0,
-            features: vec![],
-        }))
+fn no_such(path: &str) -> Error {
+    Error::NotFound {
+        what: format!("{path}: no such file"),
     }
+}
 
-    type ExecStream = BoxStream<pb::ExecOutput>;
-
-    async fn exec(
-        &self,
-        req: Request<Streaming<pb::ExecInput>>,
-    ) -> std::result::Result<Response<Self::ExecStream>, Status> {
-        let mut input = req.into_inner();
-        let Some(pb::ExecInput {
-            msg: Some(pb::exec_input::Msg::Start(start)),
-        }) = input.message().await?
-        else {
-            return Err(Status::invalid_argument("no start"));
-        };
-        let text = if start.shell.is_empty() {
-            start.argv.join(" ")
-        } else {
-            start.shell.clone()
-        };
-        let out = format!("{text}\n").into_bytes();
-        let exit = pb::ExecOutput {
-            msg: Some(pb::exec_output::Msg::Exit(pb::ExecExit {
-                exit_code: 0,
-                stdout: if start.buffered {
-                    out.clone().into()
-                } else {
-                    Default::default()
-                },
-                ..Default::default()
-            })),
-        };
-        let mut msgs = vec![pb::ExecOutput {
-            msg: Some(pb::exec_output::Msg::Started(pb::ExecStarted { pid: 2 })),
-        }];
-        if !start.buffered {
-            msgs.push(pb::ExecOutput {
-                msg: Some(pb::exec_output::Msg::Stdout(out.into())),
-            });
+impl FakeAgent {
+    fn output(req: &ExecRequest) -> String {
+        match &req.shell {
+            Some(s) => format!("{s}\n"),
+            None => format!("{}\n", req.cmd.join(" ")),
         }
-        msgs.push(exit);
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            msgs.into_iter().map(Ok),
-        ))))
+    }
+}
+
+#[async_trait]
+impl Agent for FakeAgent {
+    async fn check(&self, _timeout: Duration) -> Result<()> {
+        Ok(())
     }
 
-    type ReadFileStream = BoxStream<pb::FileChunk>;
+    async fn exec(&self, req: &ExecRequest) -> Result<ExecResult> {
+        Ok(ExecResult {
+            exit_code: 0,
+            signal: None,
+            timed_out: false,
+            stdout: Self::output(req),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 0.0,
+        })
+    }
 
-    async fn read_file(
+    async fn exec_stream(
         &self,
-        req: Request<pb::ReadFileRequest>,
-    ) -> std::result::Result<Response<Self::ReadFileStream>, Status> {
-        let path = req.into_inner().path;
-        let data = self.files.lock().unwrap().get(&path).cloned();
-        let data = data.ok_or_else(|| Status::not_found(format!("{path}: no such file")))?;
-        let chunk = pb::FileChunk { data: data.into() };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(chunk)]))))
+        req: &ExecRequest,
+        _control: mpsc::Receiver<ExecControl>,
+    ) -> Result<BoxStream<'static, Result<ExecEvent>>> {
+        let r = self.exec(req).await?;
+        let out = Bytes::from(r.stdout.clone().into_bytes());
+        Ok(futures::stream::iter([Ok(ExecEvent::Stdout(out)), Ok(ExecEvent::Exit(r))]).boxed())
+    }
+
+    async fn read_file(&self, path: &str) -> Result<(Opened, BoxStream<'static, Result<Bytes>>)> {
+        let data = self.files.lock().unwrap().get(path).cloned();
+        let data = data.ok_or_else(|| no_such(path))?;
+        let opened = Opened {
+            size: Some(data.len() as u64),
+            resolved: Some(path.into()),
+        };
+        Ok((
+            opened,
+            futures::stream::iter([Ok(Bytes::from(data))]).boxed(),
+        ))
     }
 
     async fn write_file(
         &self,
-        req: Request<Streaming<pb::WriteFileInput>>,
-    ) -> std::result::Result<Response<pb::FileInfo>, Status> {
-        let mut input = req.into_inner();
-        let (mut path, mut data) = (String::new(), Vec::new());
-        while let Some(m) = input.message().await? {
-            match m.msg {
-                Some(pb::write_file_input::Msg::Header(h)) => path = h.path,
-                Some(pb::write_file_input::Msg::Data(d)) => data.extend_from_slice(&d),
-                _ => {}
-            }
+        path: &str,
+        _opts: &WriteOptions,
+        mut data: BoxStream<'static, Result<Bytes>>,
+    ) -> Result<FileInfo> {
+        let mut all = Vec::new();
+        while let Some(b) = data.next().await {
+            all.extend_from_slice(&b?);
         }
-        let size = data.len() as u64;
-        self.files.lock().unwrap().insert(path.clone(), data);
-        Ok(Response::new(info(&path, size)))
+        let size = all.len() as u64;
+        self.files.lock().unwrap().insert(path.into(), all);
+        Ok(info(path, size))
     }
 
-    async fn list_dir(
-        &self,
-        req: Request<pb::PathRequest>,
-    ) -> std::result::Result<Response<pb::ListDirResponse>, Status> {
-        let dir = req.into_inner().path.trim_end_matches('/').to_string();
+    async fn list_dir(&self, path: &str) -> Result<Vec<FileInfo>> {
+        let dir = path.trim_end_matches('/');
         let files = self.files.lock().unwrap();
-        let entries = files
+        Ok(files
             .iter()
-            .filter(|(p, _)| p.rsplit_once('/').map(|(d, _)| d) == Some(dir.as_str()))
+            .filter(|(p, _)| p.rsplit_once('/').map(|(d, _)| d) == Some(dir))
             .map(|(p, d)| info(p, d.len() as u64))
-            .collect();
-        Ok(Response::new(pb::ListDirResponse { entries }))
+            .collect())
     }
 
-    async fn stat(
-        &self,
-        req: Request<pb::PathRequest>,
-    ) -> std::result::Result<Response<pb::FileInfo>, Status> {
-        let path = req.into_inner().path;
+    async fn resolve(&self, path: &str) -> Result<String> {
+        Ok(path.into())
+    }
+
+    async fn stat(&self, path: &str) -> Result<FileInfo> {
         let files = self.files.lock().unwrap();
-        match files.get(&path) {
-            Some(d) => Ok(Response::new(info(&path, d.len() as u64))),
-            None => Err(Status::not_found(format!("{path}: no such file"))),
+        match files.get(path) {
+            Some(d) => Ok(info(path, d.len() as u64)),
+            None => Err(no_such(path)),
         }
     }
 
-    async fn remove(
-        &self,
-        req: Request<pb::RemoveRequest>,
-    ) -> std::result::Result<Response<pb::Empty>, Status> {
-        self.files.lock().unwrap().remove(&req.into_inner().path);
-        Ok(Response::new(pb::Empty {}))
+    async fn remove(&self, path: &str, _recursive: bool) -> Result<()> {
+        self.files.lock().unwrap().remove(path);
+        Ok(())
     }
 
-    async fn rename(
-        &self,
-        req: Request<pb::RenameRequest>,
-    ) -> std::result::Result<Response<pb::Empty>, Status> {
-        let r = req.into_inner();
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let mut files = self.files.lock().unwrap();
-        let d = files
-            .remove(&r.from)
-            .ok_or_else(|| Status::not_found(r.from.clone()))?;
-        files.insert(r.to, d);
-        Ok(Response::new(pb::Empty {}))
+        let d = files.remove(from).ok_or_else(|| no_such(from))?;
+        files.insert(to.into(), d);
+        Ok(())
     }
 
-    async fn mkdir(
-        &self,
-        _: Request<pb::MkdirRequest>,
-    ) -> std::result::Result<Response<pb::Empty>, Status> {
-        Ok(Response::new(pb::Empty {}))
+    async fn mkdir(&self, _path: &str, _parents: bool, _mode: Option<u32>) -> Result<()> {
+        Ok(())
     }
 
-    async fn ports(
-        &self,
-        _: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::PortsResponse>, Status> {
-        Ok(Response::new(pb::PortsResponse { ports: vec![] }))
+    async fn ports(&self) -> Result<Vec<Port>> {
+        Ok(Vec::new())
     }
 
-    async fn resolve(
-        &self,
-        req: Request<pb::PathRequest>,
-    ) -> std::result::Result<Response<pb::ResolveResponse>, Status> {
-        Ok(Response::new(pb::ResolveResponse {
-            path: req.into_inner().path,
-        }))
-    }
-
-    async fn platform(
-        &self,
-        _: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::PlatformInfo>, Status> {
-        Ok(Response::new(pb::PlatformInfo {
-            sysname: "Fake".into(),
-            nodename: "fake".into(),
+    async fn platform(&self) -> Result<Platform> {
+        Ok(Platform {
+            system: "Fake".into(),
+            node: "fake".into(),
             release: "0".into(),
             version: "0".into(),
             machine: "x86_64".into(),
-        }))
+        })
     }
 
-    type MainOutputStream = BoxStream<pb::MainOutputChunk>;
-
-    async fn main_output(
-        &self,
-        _: Request<pb::MainOutputRequest>,
-    ) -> std::result::Result<Response<Self::MainOutputStream>, Status> {
+    async fn main_output(&self, _offset: u64) -> Result<BoxStream<'static, Result<(u64, Bytes)>>> {
         // Stays open, as the real one does while the sandbox runs.
-        Ok(Response::new(Box::pin(futures::stream::pending())))
+        Ok(futures::stream::pending().boxed())
     }
 }
 
-/// Serves a fake agent on `path`, greeting each connection with `identity`,
-/// until the task is aborted.
-fn serve(path: PathBuf, identity: Identity) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    Ok(tokio::spawn(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let accept = async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    continue;
-                };
-                if paddock_proto::identity::greet(&mut s, &identity)
-                    .await
-                    .is_err()
-                {
-                    continue;
-                }
-                if let Ok(c) = paddock_proto::UnixConn::from_tokio(s) {
-                    if tx.send(Ok::<_, std::io::Error>(c)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        };
-        let server = tonic::transport::Server::builder()
-            .add_service(AgentServer::new(FakeAgent::default()))
-            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx));
-        tokio::select! {
-            _ = accept => {}
-            _ = server => {}
+/// The agents of a [`FakeRuntime`], by the path of their endpoint.
+type Agents = Arc<Mutex<HashMap<PathBuf, Arc<FakeAgent>>>>;
+
+/// Resolves a [`FakeRuntime`]'s endpoints to its agents: a sandbox that is
+/// stopped or dead has none, and connecting fails as with a real one.
+pub struct FakeConnector {
+    agents: Agents,
+}
+
+fn path_of(e: &AgentEndpoint) -> PathBuf {
+    match e {
+        AgentEndpoint::Unix { path, .. } | AgentEndpoint::HybridVsock { path, .. } => path.clone(),
+        other => PathBuf::from(other.to_string()),
+    }
+}
+
+impl FakeConnector {
+    /// The agent of `endpoint` if it is there now.
+    pub fn connect_now(&self, endpoint: &AgentEndpoint) -> Result<Arc<dyn Agent>> {
+        self.find(endpoint)
+    }
+
+    fn find(&self, endpoint: &AgentEndpoint) -> Result<Arc<dyn Agent>> {
+        match self.agents.lock().unwrap().get(&path_of(endpoint)) {
+            Some(a) => Ok(a.clone()),
+            None => Err(Error::Unavailable {
+                what: "sandbox agent".into(),
+                reason: format!("no answer on {endpoint}"),
+            }),
         }
-    }))
+    }
+}
+
+#[async_trait]
+impl AgentConnector for FakeConnector {
+    async fn connect(
+        &self,
+        endpoint: &AgentEndpoint,
+        _handover: bool,
+        _timeout: Duration,
+    ) -> Result<Arc<dyn Agent>> {
+        self.find(endpoint)
+    }
+
+    fn lazy(&self, endpoint: &AgentEndpoint, _handover: bool) -> Result<Arc<dyn Agent>> {
+        // A lazy client fails only when used; the fake's agent is there or
+        // not now, which the engine's check after a restart then sees.
+        self.find(endpoint)
+            .or_else(|_| Ok(Arc::new(Gone) as Arc<dyn Agent>))
+    }
+}
+
+/// An agent that is not there (a lazy client of a dead sandbox).
+struct Gone;
+
+fn gone<T>() -> Result<T> {
+    Err(Error::Unavailable {
+        what: "sandbox agent".into(),
+        reason: "not answering".into(),
+    })
+}
+
+#[async_trait]
+impl Agent for Gone {
+    async fn check(&self, _: Duration) -> Result<()> {
+        gone()
+    }
+    async fn exec(&self, _: &ExecRequest) -> Result<ExecResult> {
+        gone()
+    }
+    async fn exec_stream(
+        &self,
+        _: &ExecRequest,
+        _: mpsc::Receiver<ExecControl>,
+    ) -> Result<BoxStream<'static, Result<ExecEvent>>> {
+        gone()
+    }
+    async fn read_file(&self, _: &str) -> Result<(Opened, BoxStream<'static, Result<Bytes>>)> {
+        gone()
+    }
+    async fn write_file(
+        &self,
+        _: &str,
+        _: &WriteOptions,
+        _: BoxStream<'static, Result<Bytes>>,
+    ) -> Result<FileInfo> {
+        gone()
+    }
+    async fn list_dir(&self, _: &str) -> Result<Vec<FileInfo>> {
+        gone()
+    }
+    async fn resolve(&self, _: &str) -> Result<String> {
+        gone()
+    }
+    async fn stat(&self, _: &str) -> Result<FileInfo> {
+        gone()
+    }
+    async fn remove(&self, _: &str, _: bool) -> Result<()> {
+        gone()
+    }
+    async fn rename(&self, _: &str, _: &str) -> Result<()> {
+        gone()
+    }
+    async fn mkdir(&self, _: &str, _: bool, _: Option<u32>) -> Result<()> {
+        gone()
+    }
+    async fn ports(&self) -> Result<Vec<Port>> {
+        gone()
+    }
+    async fn platform(&self) -> Result<Platform> {
+        gone()
+    }
+    async fn main_output(&self, _: u64) -> Result<BoxStream<'static, Result<(u64, Bytes)>>> {
+        gone()
+    }
 }
 
 /// One sandbox as the fake backend holds it.
 struct FakeSandbox {
     liveness: Liveness,
     instance: Instance,
-    agent: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for FakeSandbox {
-    fn drop(&mut self) {
-        if let Some(a) = self.agent.take() {
-            a.abort();
-        }
-    }
 }
 
 /// What the fake backend was asked, in order, for tests to check.
 pub type Calls = Arc<Mutex<Vec<String>>>;
 
-/// A backend that runs nothing: each sandbox is a fake agent on a socket
-/// in a temporary directory. `kill` makes one die as a crashed sandbox
-/// would; `fail_creates` makes creates fail.
+/// A backend that runs nothing: each sandbox is a [`FakeAgent`]. `kill`
+/// makes one die as a crashed sandbox would; `fail_creates` makes creates
+/// fail.
 pub struct FakeRuntime {
     name: String,
-    caps: crate::runtime::Capabilities,
-    dir: tempfile::TempDir,
+    caps: Capabilities,
     sandboxes: Mutex<HashMap<Uuid, FakeSandbox>>,
+    agents: Agents,
     pub calls: Calls,
     pub fail_creates: std::sync::atomic::AtomicBool,
 }
@@ -296,7 +315,7 @@ impl Default for FakeRuntime {
     fn default() -> Self {
         Self::named(
             "fake",
-            crate::runtime::Capabilities {
+            Capabilities {
                 pause: true,
                 ..Default::default()
             },
@@ -308,29 +327,39 @@ impl FakeRuntime {
     /// A fake backend of this name that can do what `caps` says (without
     /// `pause`, pause and resume answer `Unsupported` as the trait's
     /// defaults do).
-    pub fn named(name: &str, caps: crate::runtime::Capabilities) -> FakeRuntime {
+    pub fn named(name: &str, caps: Capabilities) -> FakeRuntime {
         FakeRuntime {
             name: name.into(),
             caps,
-            dir: tempfile::tempdir().expect("temp dir"),
             sandboxes: Mutex::default(),
+            agents: Agents::default(),
             calls: Calls::default(),
             fail_creates: Default::default(),
         }
     }
-}
 
-impl FakeRuntime {
+    /// The connector that reaches this backend's agents.
+    pub fn connector(&self) -> Arc<FakeConnector> {
+        Arc::new(FakeConnector {
+            agents: self.agents.clone(),
+        })
+    }
+
     fn note(&self, what: String) {
         self.calls.lock().unwrap().push(what);
     }
 
     fn boot(&self, id: Uuid) -> Result<Instance> {
-        let path = self.dir.path().join(format!("{id}.sock"));
-        let identity = Identity::generate().map_err(|e| Error::Internal(e.to_string()))?;
-        let agent = serve(path.clone(), identity).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = PathBuf::from(format!("/fake/{}/{id}.sock", self.name));
+        self.agents
+            .lock()
+            .unwrap()
+            .insert(path.clone(), Arc::new(FakeAgent::default()));
         let instance = Instance {
-            agent: AgentEndpoint::Unix { path, identity },
+            agent: AgentEndpoint::Unix {
+                path,
+                identity: AgentIdentity([7; 32]),
+            },
             ip: None,
         };
         self.sandboxes.lock().unwrap().insert(
@@ -338,21 +367,23 @@ impl FakeRuntime {
             FakeSandbox {
                 liveness: Liveness::Running,
                 instance: instance.clone(),
-                agent: Some(agent),
             },
         );
         Ok(instance)
+    }
+
+    fn drop_agent(&self, s: &FakeSandbox) {
+        self.agents
+            .lock()
+            .unwrap()
+            .remove(&path_of(&s.instance.agent));
     }
 
     /// The sandbox's processes die (its agent goes): as a crash, not a stop.
     pub fn kill(&self, id: Uuid) {
         if let Some(s) = self.sandboxes.lock().unwrap().get_mut(&id) {
             s.liveness = Liveness::Missing;
-            if let Some(a) = s.agent.take() {
-                a.abort();
-            }
-            let AgentEndpoint::Unix { path, .. } = &s.instance.agent;
-            let _ = std::fs::remove_file(path);
+            self.drop_agent(s);
         }
     }
 
@@ -391,7 +422,7 @@ impl Runtime for FakeRuntime {
         Isolation::Container
     }
 
-    fn capabilities(&self) -> crate::runtime::Capabilities {
+    fn capabilities(&self) -> Capabilities {
         self.caps
     }
 
@@ -415,9 +446,7 @@ impl Runtime for FakeRuntime {
             .get_mut(&id)
             .ok_or_else(|| Error::not_found(format!("sandbox {id}")))?;
         s.liveness = Liveness::Stopped;
-        if let Some(a) = s.agent.take() {
-            a.abort();
-        }
+        self.drop_agent(s);
         Ok(())
     }
 
@@ -439,7 +468,9 @@ impl Runtime for FakeRuntime {
 
     async fn destroy(&self, id: Uuid) -> Result<()> {
         self.note(format!("destroy {id}"));
-        self.sandboxes.lock().unwrap().remove(&id);
+        if let Some(s) = self.sandboxes.lock().unwrap().remove(&id) {
+            self.drop_agent(&s);
+        }
         Ok(())
     }
 

@@ -146,7 +146,7 @@ impl From<Error> for FError {
 impl IntoResponse for FError {
     fn into_response(self) -> Response {
         let e = self.0;
-        let status = paddock_api::status_of(&e);
+        let status = paddock_http_kit::status_of(&e);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("flash: {e}");
         }

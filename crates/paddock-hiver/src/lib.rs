@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
@@ -29,6 +29,7 @@ use paddock_core::model::{
     State as SbState, WriteOptions,
 };
 use paddock_core::{Engine, Error};
+use paddock_http_kit::sse;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -134,7 +135,7 @@ impl From<Error> for HError {
 impl IntoResponse for HError {
     fn into_response(self) -> Response {
         let e = self.0;
-        let status = paddock_api::status_of(&e);
+        let status = paddock_http_kit::status_of(&e);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("hiver: {e}");
         }
@@ -258,9 +259,7 @@ async fn watch(State(h): State<Hiver>) -> HResult<Response> {
             ))
         }
     });
-    Ok(Sse::new(s)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(2)))
-        .into_response())
+    Ok(sse::response(s, Some(Duration::from_secs(2))))
 }
 
 // ---- per sandbox ------------------------------------------------------------
@@ -347,8 +346,8 @@ async fn apply_config(
             sb.id,
             ConfigUpdate {
                 mounts,
-                egress: Some(desired.egress.clone()),
-                snapshot: Some(desired.snapshot.clone()),
+                egress: Some(wire::egress_of(&desired.egress)),
+                snapshot: Some(wire::snapshot_of(&desired.snapshot)),
                 idle_timeout_secs: ttl,
                 warnings,
             },
@@ -519,7 +518,7 @@ async fn exec_stream(
         .exec_stream(&principal(), sb.id, &req, ctl_rx)
         .await?;
     let out = exec_frames(s, guard);
-    Ok(Sse::new(out).into_response())
+    Ok(sse::response(out, None))
 }
 
 fn exec_frames(
@@ -682,8 +681,8 @@ async fn upload(
     if r.is_err() {
         // Read what the client is still sending (bounded), so that it sees
         // the answer instead of a connection reset mid-upload.
-        let drain = async {
-            let mut left: usize = 64 << 20;
+        paddock_http_kit::upload::drain(async {
+            let mut left = paddock_http_kit::upload::DRAIN_BYTES;
             while let Ok(Some(mut f)) = form.next_field().await {
                 while let Ok(Some(c)) = f.chunk().await {
                     left = left.saturating_sub(c.len());
@@ -692,8 +691,8 @@ async fn upload(
                     }
                 }
             }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        })
+        .await;
     }
     r
 }
@@ -852,9 +851,7 @@ async fn events(
     };
     let s = h.engine.events(&principal(), Some(sb.id), after)?;
     let s = s.filter_map(|ev| async move { hiver_event(&ev).map(frame) });
-    Ok(Sse::new(s)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-        .into_response())
+    Ok(sse::response(s, Some(Duration::from_secs(10))))
 }
 
 async fn proxy_root(
@@ -885,7 +882,7 @@ async fn forward(
         .parse()
         .map_err(|_| bad("port", format!("{port:?} is not a port number")))?;
     let target = h.engine.proxy_target(&principal(), sb.id, port).await?;
-    match paddock_api::proxy::forward_to(target, &rest, req).await {
+    match paddock_http_kit::proxy::forward_to(target, &rest, req).await {
         Ok(r) => Ok(r),
         Err((status, msg)) => Ok(err(status, msg, None)),
     }

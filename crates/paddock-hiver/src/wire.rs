@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use paddock_core::engine::ConfigChanges;
 use paddock_core::model::{
-    AclRule, EgressRule, Isolation, Mount, SandboxConfig, SandboxSpec, SnapshotPolicy,
+    Access, AclRule, EgressAccess, EgressOverride, EgressRule, Isolation, Mount, SandboxConfig,
+    SandboxSpec, SnapshotPolicy,
 };
 use paddock_core::Error;
 use serde::{Deserialize, Serialize};
@@ -43,9 +44,141 @@ pub struct HConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs: Option<Vec<HFileSystem>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Vec<EgressRule>>,
+    pub egress: Option<Vec<HEgressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<SnapshotPolicy>,
+    pub snapshot: Option<HSnapshot>,
+}
+
+// hiver's own shapes of ACL rules, egress rules and the snapshot policy:
+// the engine's refuse unknown fields (the native API's contract), while
+// hiver's SDK ignores keys it does not know, so a field a newer SDK adds
+// must not turn its create into a 400.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HAcl {
+    pub path: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HEgressRule {
+    pub access: EgressAccess,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<HEgressOverride>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HEgressOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HSnapshot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+}
+
+impl From<&HAcl> for AclRule {
+    fn from(a: &HAcl) -> AclRule {
+        AclRule {
+            path: a.path.clone(),
+            access: a.access,
+        }
+    }
+}
+
+impl From<&AclRule> for HAcl {
+    fn from(a: &AclRule) -> HAcl {
+        HAcl {
+            path: a.path.clone(),
+            access: a.access,
+        }
+    }
+}
+
+impl From<&HEgressRule> for EgressRule {
+    fn from(r: &HEgressRule) -> EgressRule {
+        EgressRule {
+            access: r.access,
+            host: r.host.clone(),
+            ports: r.ports.clone(),
+            methods: r.methods.clone(),
+            paths: r.paths.clone(),
+            override_: r.override_.as_ref().map(|o| EgressOverride {
+                host: o.host.clone(),
+                prefix_path: o.prefix_path.clone(),
+                query: o.query.clone(),
+                headers: o.headers.clone(),
+            }),
+        }
+    }
+}
+
+impl From<&EgressRule> for HEgressRule {
+    fn from(r: &EgressRule) -> HEgressRule {
+        HEgressRule {
+            access: r.access,
+            host: r.host.clone(),
+            ports: r.ports.clone(),
+            methods: r.methods.clone(),
+            paths: r.paths.clone(),
+            override_: r.override_.as_ref().map(|o| HEgressOverride {
+                host: o.host.clone(),
+                prefix_path: o.prefix_path.clone(),
+                query: o.query.clone(),
+                headers: o.headers.clone(),
+            }),
+        }
+    }
+}
+
+impl From<&HSnapshot> for SnapshotPolicy {
+    fn from(p: &HSnapshot) -> SnapshotPolicy {
+        SnapshotPolicy {
+            restore_key: p.restore_key.clone(),
+            write_key: p.write_key.clone(),
+            include: p.include.clone(),
+        }
+    }
+}
+
+impl From<&SnapshotPolicy> for HSnapshot {
+    fn from(p: &SnapshotPolicy) -> HSnapshot {
+        HSnapshot {
+            restore_key: p.restore_key.clone(),
+            write_key: p.write_key.clone(),
+            include: p.include.clone(),
+        }
+    }
+}
+
+/// The engine's egress rules for hiver's.
+pub fn egress_of(rules: &Option<Vec<HEgressRule>>) -> Option<Vec<EgressRule>> {
+    rules
+        .as_ref()
+        .map(|r| r.iter().map(EgressRule::from).collect())
+}
+
+pub fn snapshot_of(p: &Option<HSnapshot>) -> Option<SnapshotPolicy> {
+    p.as_ref().map(SnapshotPolicy::from)
 }
 
 /// One `fs` entry. Only the `local` backend exists here; the others are
@@ -55,7 +188,7 @@ pub struct HFileSystem {
     pub backend: String,
     pub mount: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acls: Option<Vec<AclRule>>,
+    pub acls: Option<Vec<HAcl>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
 }
@@ -65,7 +198,7 @@ impl HFileSystem {
         HFileSystem {
             backend: "local".into(),
             mount: m.path.clone(),
-            acls: Some(m.acls.clone()),
+            acls: Some(m.acls.iter().map(HAcl::from).collect()),
             origin: m.origin.clone(),
         }
     }
@@ -93,7 +226,7 @@ pub fn mounts_of(fs: &[HFileSystem]) -> Result<Vec<Mount>, Error> {
             Ok(Mount {
                 path: f.mount.trim_end_matches('/').to_string(),
                 origin: f.origin.clone(),
-                acls: f.acls.clone().unwrap_or_default(),
+                acls: f.acls.iter().flatten().map(AclRule::from).collect(),
             })
         })
         .collect()
@@ -155,8 +288,8 @@ pub fn spec_of(key: &str, c: &HConfig) -> Result<SandboxSpec, Error> {
         extra_hosts: c.extra_hosts.clone().unwrap_or_default(),
         idle_timeout_secs: (ttl > 0).then_some(ttl as u64),
         mounts: mounts_of(c.fs.as_deref().unwrap_or_default())?,
-        egress: c.egress.clone(),
-        snapshot: c.snapshot.clone(),
+        egress: egress_of(&c.egress),
+        snapshot: snapshot_of(&c.snapshot),
         labels: BTreeMap::from([("dialect".to_string(), "hiver".to_string())]),
         usage_events_secs: Some(USAGE_EVERY_SECS),
         ..Default::default()
@@ -182,8 +315,11 @@ pub fn config_of(c: &SandboxConfig) -> HConfig {
         extra_hosts: (!c.extra_hosts.is_empty()).then(|| c.extra_hosts.clone()),
         ttl: Some(c.idle_timeout_secs.map_or(0, |t| t as i64)),
         fs: (!c.mounts.is_empty()).then(|| c.mounts.iter().map(HFileSystem::from_mount).collect()),
-        egress: c.egress.clone(),
-        snapshot: c.snapshot.clone(),
+        egress: c
+            .egress
+            .as_ref()
+            .map(|r| r.iter().map(HEgressRule::from).collect()),
+        snapshot: c.snapshot.as_ref().map(HSnapshot::from),
     }
 }
 
@@ -216,8 +352,16 @@ pub fn changes_json(c: &ConfigChanges) -> Value {
         out.insert(
             "egress".into(),
             pair(
-                json!(c.egress_added),
-                json!(c.egress_removed),
+                json!(c
+                    .egress_added
+                    .iter()
+                    .map(HEgressRule::from)
+                    .collect::<Vec<_>>()),
+                json!(c
+                    .egress_removed
+                    .iter()
+                    .map(HEgressRule::from)
+                    .collect::<Vec<_>>()),
                 !c.egress_added.is_empty(),
                 !c.egress_removed.is_empty(),
             ),
@@ -254,6 +398,38 @@ pub fn ascii_json(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 20: hiver's SDK ignores keys it does not know, so a rule or
+    /// policy with a field a newer SDK adds is taken (the engine's own
+    /// types, the native API's contract, refuse unknown fields).
+    #[test]
+    fn fields_a_newer_sdk_adds_are_ignored_not_refused() {
+        let c: HConfig = serde_json::from_value(json!({
+            "fs": [{"backend": "local", "mount": "/w", "future": 1,
+                    "acls": [{"path": "/w/**", "access": "rw", "inherit": true}]}],
+            "egress": [{"access": "allow", "host": "api.github.com", "methods": ["GET"],
+                        "rate_limit": 10,
+                        "override": {"headers": {"A": "b"}, "sign": "v4"}}],
+            "snapshot": {"write_key": "k", "compress": "zstd"}
+        }))
+        .unwrap();
+        let spec = spec_of("k", &c).unwrap();
+        let config = spec
+            .resolve(&paddock_core::model::Limits::default())
+            .unwrap();
+        let rule = &spec.egress.as_ref().unwrap()[0];
+        assert_eq!(rule.host, "api.github.com");
+        assert_eq!(
+            rule.override_.as_ref().unwrap().headers.as_ref().unwrap()["A"],
+            "b"
+        );
+        assert_eq!(spec.snapshot.unwrap().write_key.as_deref(), Some("k"));
+        assert_eq!(spec.mounts[0].acls[0].access, Access::Rw);
+        // And what it reads back has hiver's shape.
+        let back = serde_json::to_value(config_of(&config)).unwrap();
+        assert_eq!(back["egress"][0]["override"]["headers"]["A"], "b");
+        assert_eq!(back["fs"][0]["acls"][0]["access"], "rw");
+    }
 
     #[test]
     fn ascii_escapes_outside_ascii() {

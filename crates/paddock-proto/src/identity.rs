@@ -14,7 +14,6 @@ use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 /// The environment variable that carries the identity (hex) to the agent.
 pub const ENV: &str = "PADDOCK_AGENT_IDENTITY";
@@ -48,6 +47,14 @@ impl Identity {
         Ok(Identity(b))
     }
 
+    pub fn from_bytes(b: [u8; 32]) -> Identity {
+        Identity(b)
+    }
+
+    pub fn bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -75,13 +82,16 @@ impl Identity {
 }
 
 /// The agent's half: greets a connection it accepted.
-pub async fn greet(s: &mut UnixStream, id: &Identity) -> io::Result<()> {
+pub async fn greet<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, id: &Identity) -> io::Result<()> {
     s.write_all(&id.greeting()).await
 }
 
 /// The daemon's half: reads the greeting of a connection it opened and
 /// checks it names `expected`.
-pub async fn expect(s: &mut UnixStream, expected: &Identity) -> io::Result<()> {
+pub async fn expect<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    expected: &Identity,
+) -> io::Result<()> {
     let mut g = [0u8; 48];
     tokio::time::timeout(WAIT, s.read_exact(&mut g))
         .await
@@ -115,6 +125,7 @@ pub fn check(greeting: &[u8; 48], expected: &Identity) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::UnixStream;
 
     #[test]
     fn hex_round_trip_and_bad_input() {

@@ -401,7 +401,9 @@ impl ContainerRuntime {
         Some(Instance {
             agent: AgentEndpoint::Unix {
                 path: self.agent_socket(id),
-                identity: paddock_proto::identity::Identity::from_hex(&text)?,
+                identity: paddock_core::AgentIdentity(
+                    paddock_proto::identity::Identity::from_hex(&text)?.bytes(),
+                ),
             },
             ip: self.slot(id).map(|s| IpAddr::V4(s.ip)),
         })

@@ -513,10 +513,23 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // /proc/self/mountinfo by this path.
     args.data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolve {}", args.data_dir.display()))?;
-    // Before anything of the data dir or the host is touched: a second
-    // daemon on the same data dir, bridge or subnet stops here.
-    let _claims = crate::claims::take(&args.data_dir, &args.bridge, args.gateway)?;
     let limits = limits(&args, &file)?;
+    let globs = file
+        .pull_policy
+        .default
+        .iter()
+        .flatten()
+        .map(|g| ("default", g));
+    let globs = globs.chain(
+        file.pull_policy
+            .principals
+            .iter()
+            .flat_map(|(who, gs)| gs.iter().map(move |g| (who.as_str(), g))),
+    );
+    for (who, g) in globs {
+        paddock_core::glob::Glob::new(g)
+            .map_err(|e| anyhow::anyhow!("[pull_policy] {who}: pattern {g:?}: {e}"))?;
+    }
     let mut roots = file.allowed_host_mounts.clone();
     roots.extend(args.allow_host_mounts.iter().cloned());
     let host_mounts = paddock_core::hostmount::HostMounts::new(&roots, Some(&args.data_dir))
@@ -525,6 +538,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(roots = ?host_mounts.allowed(), "host directories under these roots may be mounted");
     }
     let agent = crate::agent_bin::find(args.agent.clone())?;
+    // After the settings are checked (their errors say more than a taken
+    // bridge) and before anything of the data dir or the host is touched:
+    // a second daemon on the same data dir, bridge or subnet stops here.
+    let _claims = crate::claims::take(&args.data_dir, &args.bridge, args.gateway)?;
     let store = Arc::new(paddock_core::store::Store::open(
         &args.data_dir.join("paddock.db"),
     )?);
@@ -560,22 +577,6 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let (k, v) = pair(a, "--image-alias")?;
         aliases.insert(k, v);
     }
-    let globs = file
-        .pull_policy
-        .default
-        .iter()
-        .flatten()
-        .map(|g| ("default", g));
-    let globs = globs.chain(
-        file.pull_policy
-            .principals
-            .iter()
-            .flat_map(|(who, gs)| gs.iter().map(move |g| (who.as_str(), g))),
-    );
-    for (who, g) in globs {
-        paddock_core::glob::Glob::new(g)
-            .map_err(|e| anyhow::anyhow!("[pull_policy] {who}: pattern {g:?}: {e}"))?;
-    }
     let pull_policy = paddock_core::engine::PullPolicy {
         principals: file.pull_policy.principals.into_iter().collect(),
         default: file.pull_policy.default,
@@ -598,6 +599,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         store,
         runtimes,
         Some(Arc::new(images)),
+        Arc::new(paddock_agent_client::Connector),
         EngineConfig {
             reap_interval: std::time::Duration::from_secs_f64(args.reap_interval.max(0.05)),
             warm_pools: args.warm_pools.clone(),

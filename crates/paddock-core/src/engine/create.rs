@@ -182,7 +182,11 @@ impl Engine {
             runtime.create(id, config).await?
         };
         let t0 = std::time::Instant::now();
-        let agent = AgentClient::connect(&instance.agent, self.cfg.agent_timeout).await?;
+        let handover = runtime.capabilities().fd_handover;
+        let agent = self
+            .agents
+            .connect(&instance.agent, handover, self.cfg.agent_timeout)
+            .await?;
         tracing::debug!(sandbox = %id, connect = ?t0.elapsed(), "agent connected");
         self.attach(id, agent, instance.clone(), now_ms()).await;
         Ok(instance.ip.map(|ip| ip.to_string()))
@@ -192,7 +196,7 @@ impl Engine {
     pub(super) async fn attach(
         &self,
         id: Uuid,
-        agent: AgentClient,
+        agent: Arc<dyn Agent>,
         instance: Instance,
         active_ms: i64,
     ) {

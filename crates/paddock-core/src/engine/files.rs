@@ -173,7 +173,7 @@ impl Engine {
         }
         let (sb, live) = self.live_for(p, id).await?;
         let op = self.fs_begin(&sb, &live, path, true).await?;
-        let r = live.agent.write_file(path, opts, data).await;
+        let r = live.agent.write_file(path, opts, data.boxed()).await;
         let size = r.as_ref().map(|i| i.size).unwrap_or(0);
         self.fs_done(
             &sb,

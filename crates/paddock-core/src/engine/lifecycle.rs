@@ -167,7 +167,11 @@ impl Engine {
         rt.resume(id).await?;
         if !self.live.read().await.contains_key(&id) {
             if let (_, Some(inst)) = rt.inspect(id).await? {
-                let agent = AgentClient::connect(&inst.agent, self.cfg.agent_timeout).await?;
+                let handover = rt.capabilities().fd_handover;
+                let agent = self
+                    .agents
+                    .connect(&inst.agent, handover, self.cfg.agent_timeout)
+                    .await?;
                 self.attach(id, agent, inst, now_ms()).await;
             }
         }

@@ -58,7 +58,7 @@ use events::{flush, DEFER_FLUSH};
 pub use images::{Images, PullPolicy};
 pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
 
-use crate::agent::AgentClient;
+use crate::agent::{Agent, AgentConnector};
 use crate::error::{Error, Result};
 use crate::event::{self as ev, EventData};
 use crate::events::{EventBus, Subscription};
@@ -112,7 +112,7 @@ impl Default for EngineConfig {
 
 /// A running sandbox's live parts.
 struct Live {
-    agent: AgentClient,
+    agent: Arc<dyn Agent>,
     instance: Instance,
     last_active_ms: AtomicI64,
     persisted_active_ms: AtomicI64,
@@ -125,6 +125,8 @@ pub struct Engine {
     runtimes: HashMap<String, Arc<dyn Runtime>>,
     /// Which backend a create asking for an isolation gets.
     defaults: HashMap<Isolation, String>,
+    /// How agents are reached (the transports are not the engine's).
+    agents: Arc<dyn AgentConnector>,
     live: RwLock<HashMap<Uuid, Arc<Live>>>,
     key_lock: tokio::sync::Mutex<()>,
     /// One lifecycle change at a time per sandbox (`lifecycle.rs`).
@@ -156,6 +158,7 @@ impl Engine {
         store: Arc<Store>,
         runtimes: Vec<Arc<dyn Runtime>>,
         images: Option<Arc<dyn Images>>,
+        agents: Arc<dyn AgentConnector>,
         cfg: EngineConfig,
     ) -> Result<Arc<Engine>> {
         let logs = match &cfg.log_dir {
@@ -216,6 +219,7 @@ impl Engine {
                 .map(|r| (r.name().to_string(), r))
                 .collect(),
             defaults,
+            agents,
             live: RwLock::new(HashMap::new()),
             key_lock: tokio::sync::Mutex::new(()),
             lifecycles: Default::default(),

@@ -9,7 +9,7 @@ impl Engine {
         let listening = live.agent.ports().await?;
         let mut out: Vec<Port> = Vec::new();
         for l in listening {
-            let port = l.port as u16;
+            let port = l.port;
             if out.iter().any(|o| o.port == port) {
                 continue;
             }

@@ -12,7 +12,9 @@ impl Engine {
     pub(super) async fn reattach(&self, sb: &Sandbox, rt: &dyn Runtime) -> Result<bool> {
         match (sb.state, rt.inspect(sb.id).await?) {
             (State::Running, (Liveness::Running, Some(inst))) => {
-                let agent = AgentClient::lazy(&inst.agent)?;
+                let agent = self
+                    .agents
+                    .lazy(&inst.agent, rt.capabilities().fd_handover)?;
                 // The idle clock goes on from where the store left it.
                 let at = sb.last_active_at.timestamp_millis();
                 self.attach(sb.id, agent, inst, at).await;

@@ -2,6 +2,7 @@
 //! ([`crate::testing`]): no root, no sandboxes.
 
 use super::*;
+use crate::runtime::AgentEndpoint;
 use crate::testing::FakeRuntime;
 use serde_json::json;
 
@@ -39,8 +40,9 @@ impl Rig {
 
     fn engine(db: &std::path::Path, rt: &Arc<FakeRuntime>, cfg: EngineConfig) -> Arc<Engine> {
         let store = Arc::new(Store::open(db).unwrap());
+        let agents = rt.connector();
         let rt: Arc<dyn Runtime> = rt.clone();
-        Engine::new(store, vec![rt], None, cfg).unwrap()
+        Engine::new(store, vec![rt], None, agents, cfg).unwrap()
     }
 
     /// A daemon restart: a new engine on the same database and backend.
@@ -390,12 +392,44 @@ fn engine_on(
     defaults: &[(Isolation, &str)],
 ) -> Result<Arc<Engine>> {
     let store = Arc::new(Store::open(db).unwrap());
+    let agents = Arc::new(Connectors(rts.iter().map(|r| r.connector()).collect()));
     let rts: Vec<Arc<dyn Runtime>> = rts.iter().map(|r| r.clone() as Arc<dyn Runtime>).collect();
     let cfg = EngineConfig {
         default_backends: defaults.iter().map(|(i, n)| (*i, n.to_string())).collect(),
         ..config()
     };
-    Engine::new(store, rts, None, cfg)
+    Engine::new(store, rts, None, agents, cfg)
+}
+
+/// The agents of several fake backends: the first that has one.
+struct Connectors(Vec<Arc<crate::testing::FakeConnector>>);
+
+#[async_trait::async_trait]
+impl AgentConnector for Connectors {
+    async fn connect(
+        &self,
+        e: &AgentEndpoint,
+        handover: bool,
+        timeout: Duration,
+    ) -> Result<Arc<dyn Agent>> {
+        let mut last = None;
+        for c in &self.0 {
+            match c.connect(e, handover, timeout).await {
+                Ok(a) => return Ok(a),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::internal("no connector")))
+    }
+
+    fn lazy(&self, e: &AgentEndpoint, handover: bool) -> Result<Arc<dyn Agent>> {
+        for c in &self.0 {
+            if let Ok(a) = c.connect_now(e) {
+                return Ok(a);
+            }
+        }
+        self.0[0].lazy(e, handover)
+    }
 }
 
 #[tokio::test]
