@@ -173,7 +173,13 @@ fn forbidden_allowed_roots_stop_the_daemon_at_start() {
             .args(["serve", "--listen"])
             .arg(format!("127.0.0.1:{}", free_port()))
             .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
-            .args(["--flash-grpc-listen", "off", "--data-dir"])
+            .args([
+                "--flash-grpc-listen",
+                "off",
+                "--socket",
+                "off",
+                "--data-dir",
+            ])
             .arg(&data)
             .args(["--agent"])
             .arg(agent())

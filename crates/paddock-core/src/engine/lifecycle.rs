@@ -137,7 +137,12 @@ impl Engine {
             return Ok(sb);
         }
         let rt = self.runtime_of(&sb)?.clone();
-        let ip = self.boot(&rt, id, &sb.config, true).await?;
+        // The operator's allowed roots may have changed since the create
+        // (a restart with another config): a host directory no longer under
+        // one is not bound again (403 naming the mount).
+        let mut config = sb.config.clone();
+        self.check_origins(&mut config.mounts)?;
+        let ip = self.boot(&rt, id, &config, true).await?;
         self.transition(id, EventData::started(), |s| {
             s.state = State::Running;
             s.ip = ip;

@@ -542,3 +542,41 @@ async fn the_monitor_marks_a_sandbox_whose_processes_died() {
     assert!(kinds(&r.engine, sb.id).contains(&"sandbox.died".to_string()));
     assert_eq!(r.engine.get(&me(), calm.id).unwrap().state, State::Running);
 }
+
+/// Issue 19, item 2: a host directory is bound only from a root the
+/// operator allows now; one allowed at create and no longer after a restart
+/// with another config is refused when the sandbox starts again.
+#[tokio::test]
+async fn a_host_mount_is_checked_again_at_every_start() {
+    let roots = tempfile::tempdir().unwrap();
+    let shared = roots.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let allowing = EngineConfig {
+        host_mounts: crate::hostmount::HostMounts::new(&[roots.path().to_path_buf()], None)
+            .unwrap(),
+        ..config()
+    };
+    let mut r = Rig::with(allowing);
+    let spec: SandboxSpec = serde_json::from_value(json!({
+        "key": "hm",
+        "mounts": [{"path": "/data", "origin": shared.to_str().unwrap(),
+                    "acls": [{"path": "/data/**", "access": "rw"}]}]
+    }))
+    .unwrap();
+    let (sb, _) = r.engine.create(&me(), spec).await.unwrap();
+    r.engine.stop(&me(), sb.id).await.unwrap();
+    // The daemon comes back without that root.
+    r.restart().await;
+    let e = r.engine.start(&me(), sb.id).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::ForbiddenField { field, .. } if field == "mounts[0].origin"),
+        "{e:?}"
+    );
+    assert_eq!(r.engine.get(&me(), sb.id).unwrap().state, State::Stopped);
+    assert!(!r
+        .rt
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&format!("start {}", sb.id)));
+}
