@@ -29,7 +29,9 @@ struct Guarded {
 
 fn guarded() -> &'static Guarded {
     static G: OnceLock<Guarded> = OnceLock::new();
-    G.get_or_init(|| {
+    let mut fresh = false;
+    let g = G.get_or_init(|| {
+        fresh = true;
         let hiver = format!("127.0.0.1:{}", free_port());
         let flash_http = format!("127.0.0.1:{}", free_port());
         let flash_grpc = format!("127.0.0.1:{}", free_port());
@@ -53,7 +55,11 @@ fn guarded() -> &'static Guarded {
             flash_http,
             flash_grpc,
         }
-    })
+    });
+    if fresh {
+        clean_up_at_exit(&g.d);
+    }
+    g
 }
 
 /// An HTTP/1.1 exchange written out byte for byte, as a browser would

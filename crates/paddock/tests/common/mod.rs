@@ -263,13 +263,24 @@ impl Daemon {
             return;
         }
         self.kill9();
-        let _ = Command::new(bin())
+        let out = Command::new(bin())
             .args(["serve", "--cleanup", "--data-dir"])
             .arg(&self.data)
             .args(["--agent"])
             .arg(agent())
             .args(["--bridge", &self.bridge, "--gateway", &self.gateway])
             .output();
+        // Said, not asserted (a drop must not panic): what a failed
+        // clean-up leaves on the host is named here.
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "paddock serve --cleanup of {} failed: {}",
+                self.data.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("paddock serve --cleanup of {}: {e}", self.data.display()),
+        }
     }
 
     /// `kill -9` of the daemon, leaving its sandboxes running.
@@ -338,22 +349,43 @@ impl Drop for Daemon {
     }
 }
 
+/// Daemons kept in statics, cleaned up when the test binary exits.
+static AT_EXIT: Mutex<Vec<&'static Daemon>> = Mutex::new(Vec::new());
+
+/// Has `d`, a daemon in a static (never dropped), stopped and its
+/// sandboxes, network and data dir removed when the test binary exits:
+/// else its namespaces and bridge stay on the host.
+pub fn clean_up_at_exit(d: &'static Daemon) {
+    extern "C" fn cleanup() {
+        let all = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+        for d in all {
+            d.stop_for_good();
+            if std::env::var_os("PADDOCK_TEST_KEEP").is_none() {
+                let _ = std::fs::remove_dir_all(&d.data);
+                let _ = std::fs::remove_file(d.data.with_extension("log"));
+            }
+        }
+    }
+    let mut v = AT_EXIT.lock().unwrap();
+    if v.is_empty() {
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(cleanup) };
+    }
+    v.push(d);
+}
+
 /// One daemon shared by the tests of a test binary.
 pub fn shared() -> &'static Daemon {
     static D: OnceLock<Daemon> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = Daemon::start();
-        // Clean up at exit: statics are never dropped.
-        extern "C" fn cleanup() {
-            if let Some(d) = D.get() {
-                // SAFETY: called once at process exit; nothing uses D after.
-                unsafe { std::ptr::read(d as *const Daemon) };
-            }
-        }
-        // SAFETY: registering a plain extern "C" function.
-        unsafe { libc::atexit(cleanup) };
-        d
-    })
+    let mut fresh = false;
+    let d = D.get_or_init(|| {
+        fresh = true;
+        Daemon::start()
+    });
+    if fresh {
+        clean_up_at_exit(d);
+    }
+    d
 }
 
 pub struct Api {
