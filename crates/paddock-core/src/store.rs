@@ -66,7 +66,23 @@ const MIGRATIONS: &[&str] = &[
     // 4: the version of each stored document (see SANDBOX_DOC): rows from
     // before are version 1.
     "ALTER TABLE sandboxes ADD COLUMN doc_version INTEGER NOT NULL DEFAULT 1;",
+    // 5: templates' documents too (see TEMPLATE_DOC).
+    "ALTER TABLE templates ADD COLUMN doc_version INTEGER NOT NULL DEFAULT 1;",
 ];
+
+/// The version of the template document this daemon writes (1: the first).
+/// A newer one is an error, never rewritten; older ones would be upgraded
+/// in [`decode_template`] as sandboxes' are.
+pub const TEMPLATE_DOC: i64 = 1;
+
+fn decode_template(v: i64, doc: &str) -> Result<Template> {
+    if v > TEMPLATE_DOC {
+        return Err(Error::Internal(format!(
+            "a template record of version {v}, written by a newer Paddock (this one reads up to {TEMPLATE_DOC})"
+        )));
+    }
+    Ok(serde_json::from_str(doc)?)
+}
 
 /// The version of the sandbox document this daemon writes. 1: before
 /// backends had names; 2: with `backend`. Older documents are upgraded as
@@ -500,8 +516,8 @@ impl Store {
     pub fn insert_template(&self, t: &Template) -> Result<()> {
         let doc = serde_json::to_string(t)?;
         let r = self.lock().execute(
-            "INSERT INTO templates (owner, name, created_at, doc) VALUES (?1, ?2, ?3, ?4)",
-            params![t.owner, t.name, ms(t.created_at), doc],
+            "INSERT INTO templates (owner, name, created_at, doc, doc_version) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t.owner, t.name, ms(t.created_at), doc, TEMPLATE_DOC],
         );
         match r {
             Ok(_) => Ok(()),
@@ -518,39 +534,37 @@ impl Store {
     }
 
     pub fn get_template(&self, owner: &str, name: &str) -> Result<Option<Template>> {
-        let doc: Option<String> = self
+        let doc = self
             .lock()
             .query_row(
-                "SELECT doc FROM templates WHERE owner = ?1 AND name = ?2",
+                "SELECT doc_version, doc FROM templates WHERE owner = ?1 AND name = ?2",
                 params![owner, name],
-                |r| r.get(0),
+                versioned,
             )
             .optional()?;
-        Ok(match doc {
-            Some(d) => Some(serde_json::from_str(&d)?),
-            None => None,
-        })
+        doc.map(|(v, d)| decode_template(v, &d)).transpose()
     }
 
     pub fn list_templates(&self, owner: &str) -> Result<Vec<Template>> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT doc FROM templates WHERE owner = ?1 ORDER BY name")?;
+        let mut st =
+            conn.prepare("SELECT doc_version, doc FROM templates WHERE owner = ?1 ORDER BY name")?;
         let docs = st
-            .query_map(params![owner], |r| r.get::<_, String>(0))?
+            .query_map(params![owner], versioned)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+        docs.iter().map(|(v, d)| decode_template(*v, d)).collect()
     }
 
     /// Every principal's templates that ask for a warm pool.
     pub fn templates_with_pools(&self) -> Result<Vec<Template>> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
-            "SELECT doc FROM templates WHERE json_extract(doc, '$.warm_pool') > 0 ORDER BY owner, name",
+            "SELECT doc_version, doc FROM templates WHERE json_extract(doc, '$.warm_pool') > 0 ORDER BY owner, name",
         )?;
         let docs = st
-            .query_map([], |r| r.get::<_, String>(0))?
+            .query_map([], versioned)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+        docs.iter().map(|(v, d)| decode_template(*v, d)).collect()
     }
 
     /// Whether there was one to delete.
@@ -729,6 +743,16 @@ mod tests {
         let e = store.get_sandbox(id).unwrap_err().to_string();
         assert!(e.contains("newer Paddock"), "{e}");
         assert!(store.live_sandboxes().is_err());
+        // Templates likewise.
+        store
+            .lock()
+            .execute(
+                "INSERT INTO templates (owner, name, created_at, doc, doc_version) VALUES ('o', 't', 0, '{}', ?1)",
+                [TEMPLATE_DOC + 1],
+            )
+            .unwrap();
+        let e = store.get_template("o", "t").unwrap_err().to_string();
+        assert!(e.contains("newer Paddock"), "{e}");
     }
 
     fn ev(kind: &str, data: serde_json::Value) -> EventData {
