@@ -113,6 +113,8 @@ pub enum ClientCmd {
     /// Images in the daemon's cache.
     #[command(subcommand)]
     Images(ImagesCmd),
+    /// The backends the daemon runs sandboxes on, and what each can do.
+    Backends,
     /// Templates: a named image plus sandbox defaults.
     #[command(subcommand)]
     Templates(TemplatesCmd),
@@ -741,6 +743,32 @@ impl Client {
                     .await?;
                 if !self.json {
                     println!("{name}");
+                }
+            }
+            ClientCmd::Backends => {
+                let v = self.json_of(self.req(Method::GET, "/backends")).await?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&v["backends"])?);
+                } else {
+                    let mut t = table(&["NAME", "ISOLATION", "DEFAULT", "CAN"]);
+                    for b in v["backends"].as_array().cloned().unwrap_or_default() {
+                        let can: Vec<String> = b["capabilities"]
+                            .as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .filter(|(_, v)| v.as_bool() == Some(true))
+                                    .map(|(k, _)| k.replace('_', " "))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        t.add_row(vec![
+                            b["name"].as_str().unwrap_or("").to_string(),
+                            b["isolation"].as_str().unwrap_or("").to_string(),
+                            if b["default"] == true { "yes" } else { "" }.to_string(),
+                            can.join(", "),
+                        ]);
+                    }
+                    println!("{t}");
                 }
             }
             ClientCmd::Images(ImagesCmd::Ls) => {

@@ -39,6 +39,25 @@ fn create_ls_exec_cp_rm() {
     assert_eq!(json[0]["config"]["memory_mb"], 128);
     let insp: serde_json::Value = serde_json::from_str(&ok(&d.cli(&["inspect", &id]))).unwrap();
     assert_eq!(insp["config"]["env"]["GREETING"], "hi");
+    // The backend it runs on is one `paddock backends` lists, as the default.
+    let backend = insp["backend"].as_str().unwrap().to_string();
+    let listed = ok(&d.cli(&["backends"]));
+    let row = listed
+        .lines()
+        .find(|l| l.contains(&backend))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        row.contains("container") && row.contains("yes") && row.contains("pause"),
+        "{listed}"
+    );
+    let bj: serde_json::Value = serde_json::from_str(&ok(&d.cli(&["--json", "backends"]))).unwrap();
+    assert!(
+        bj.as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == backend.as_str()),
+        "{bj}"
+    );
 
     // exec prints the output and exits with the command's code.
     let out = d.cli(&[
