@@ -68,12 +68,31 @@ pub fn take(data_dir: &Path, bridge: &str, gateway: Ipv4Addr) -> anyhow::Result<
     take_in(Path::new(HOST_DIR), data_dir, bridge, gateway)
 }
 
+/// A network interface name the kernel takes (at most 15 bytes, no `/`,
+/// whitespace or `:`), which also keeps its claim file in [`HOST_DIR`].
+fn check_bridge(bridge: &str) -> anyhow::Result<()> {
+    let ok = !bridge.is_empty()
+        && bridge.len() <= 15
+        && bridge != "."
+        && bridge != ".."
+        && bridge
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if !ok {
+        anyhow::bail!(
+            "--bridge {bridge:?}: not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+        );
+    }
+    Ok(())
+}
+
 fn take_in(
     host_dir: &Path,
     data_dir: &Path,
     bridge: &str,
     gateway: Ipv4Addr,
 ) -> anyhow::Result<Claims> {
+    check_bridge(bridge)?;
     let holder = format!(
         "pid {}, data dir {}",
         std::process::id(),
@@ -136,6 +155,14 @@ mod tests {
             take_in(&host, &b, "pd1", Ipv4Addr::new(10, 88, 7, 1)).unwrap_err()
         );
         assert!(e.contains("subnet 10.88.0.0/16"), "{e}");
+        // A name that is no interface (nor a file name in the claims dir).
+        for bad in ["../../etc/x", "a/b", "", "..", "way-too-long-name0", "a b"] {
+            let e = format!(
+                "{:#}",
+                take_in(&host, &b, bad, Ipv4Addr::new(10, 90, 0, 1)).unwrap_err()
+            );
+            assert!(e.contains("not an interface name"), "{bad:?}: {e}");
+        }
         // Its own of each.
         let second = take_in(&host, &b, "pd1", Ipv4Addr::new(10, 89, 0, 1)).unwrap();
         drop(second);
