@@ -76,15 +76,10 @@ pub fn check_static(path: &Path) -> anyhow::Result<()> {
 /// ELF crate: the header layout is fixed by the ELF64 specification.
 fn elf_interpreter(b: &[u8]) -> Result<Option<String>, &'static str> {
     const PT_INTERP: u32 = 3;
-    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
-    let u32_at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
-    };
-    let u64_at = |o: usize| {
-        b.get(o..o + 8)
-            .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
-    };
+    let at = |o: usize, n: usize| b.get(o..o.checked_add(n)?);
+    let u16_at = |o: usize| at(o, 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32_at = |o: usize| at(o, 4).map(|s| u32::from_le_bytes(s.try_into().unwrap()));
+    let u64_at = |o: usize| at(o, 8).map(|s| u64::from_le_bytes(s.try_into().unwrap()));
     if b.get(..4) != Some(b"\x7fELF") {
         return Err("no ELF magic");
     }
@@ -101,7 +96,9 @@ fn elf_interpreter(b: &[u8]) -> Result<Option<String>, &'static str> {
         return Err("bad program header size");
     }
     for i in 0..phnum {
-        let ph = phoff + i * phentsize;
+        let ph = phoff
+            .checked_add(i * phentsize)
+            .ok_or("program headers past the end")?;
         if u32_at(ph).ok_or("truncated program headers")? != PT_INTERP {
             continue;
         }
@@ -167,5 +164,9 @@ mod tests {
         trunc[54] = 56;
         trunc[56] = 1;
         assert!(elf_interpreter(&trunc).is_err());
+        // Offsets at the end of the address space: an error, not an overflow.
+        let mut huge = trunc.clone();
+        huge[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(elf_interpreter(&huge).is_err());
     }
 }
