@@ -184,11 +184,12 @@ impl AgentChannel {
         if let Some(s) = self.cached() {
             return Ok(s);
         }
-        let io = self
-            .inner
-            .dialer
-            .dial(&self.inner.identity)
+        // Bounded: a VMM or agent that takes the connection and never
+        // answers (the hybrid-vsock `OK`, the greeting) must not hold every
+        // call to this sandbox behind `connecting`.
+        let io = tokio::time::timeout(identity::WAIT, self.inner.dialer.dial(&self.inner.identity))
             .await
+            .map_err(|_| self.unavailable(format!("no answer within {:?}", identity::WAIT)))?
             .map_err(|e| self.unavailable(e))?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)

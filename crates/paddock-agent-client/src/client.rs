@@ -85,6 +85,7 @@ impl AgentClient {
         let deadline = Instant::now() + timeout;
         let (dialer, identity, handover_path) = dialer_of(endpoint, handover);
         let mut delay = Duration::from_micros(100);
+        let mut last: Option<String> = None;
         loop {
             let attempt = async {
                 let ch = AgentChannel::connect(dialer.clone(), identity)
@@ -96,9 +97,15 @@ impl AgentClient {
             // An agent that takes the connection and never answers (its
             // socket is bound before it starts) is given up at the deadline.
             let left = deadline.saturating_duration_since(Instant::now());
+            // Cut off at the deadline, the last attempt's own error says
+            // more than the deadline (another sandbox's agent, say).
             let answer = tokio::time::timeout(left, attempt)
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                .unwrap_or_else(|_| {
+                    Err(last
+                        .take()
+                        .unwrap_or_else(|| format!("no answer within {timeout:?}")))
+                });
             match answer {
                 Ok((client, hello)) => {
                     Self::check_version(&hello)?;
@@ -110,7 +117,8 @@ impl AgentClient {
                         reason: format!("no answer on {endpoint}: {e}"),
                     })
                 }
-                Err(_) => {
+                Err(e) => {
+                    last = Some(e);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(2));
                 }

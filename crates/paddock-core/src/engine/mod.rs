@@ -258,12 +258,22 @@ impl Engine {
         if sb.backend.is_empty() {
             return self.runtime(sb.config.isolation);
         }
-        self.runtimes.get(&sb.backend).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "sandbox {} runs on the {} backend, which this daemon does not have",
-                sb.id, sb.backend
-            ))
-        })
+        match self.runtimes.get(&sb.backend) {
+            Some(rt) => Ok(rt),
+            None => {
+                // The daemon came back with another backend for that
+                // isolation (crun where it had runc, say): its default is
+                // the best chance to reach and clean up the sandbox, as it
+                // was before backends had names.
+                tracing::warn!(
+                    sandbox = %sb.id,
+                    "its backend {} is not on this daemon: using the {} default",
+                    sb.backend,
+                    sb.config.isolation.as_str()
+                );
+                self.runtime(sb.config.isolation)
+            }
+        }
     }
 
     /// The backends this daemon has, with what each can do.
