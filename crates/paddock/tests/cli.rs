@@ -313,39 +313,9 @@ fn serve_refuses_a_dynamically_linked_agent() {
     // This test binary is linked against the host's libc, like such a build.
     let dynamic = std::env::current_exe().unwrap();
     let data = std::env::temp_dir().join(format!("paddock-dynagent-{}", std::process::id()));
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
-        .args([
-            "--flash-grpc-listen",
-            "off",
-            "--socket",
-            "off",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--agent")
-        .arg(&dynamic)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let data_s = data.to_string_lossy().into_owned();
+    let dynamic_s = dynamic.to_string_lossy().into_owned();
+    let (status, err) = serve_briefly(&["--data-dir", &data_s, "--agent", &dynamic_s], 60);
     let _ = Command::new(bin())
         .args(["serve", "--cleanup", "--data-dir"])
         .arg(&data)

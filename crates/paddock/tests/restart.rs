@@ -159,44 +159,6 @@ fn an_agent_that_does_not_answer_after_a_restart_is_marked_dead() {
     api.destroy(&live);
 }
 
-/// Runs `paddock serve` with `args` on loopback ports of its own until it
-/// exits, or for `secs` (then kills it): its exit status (None: it served)
-/// and what it printed.
-fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStatus>, String) {
-    let log = std::env::temp_dir().join(format!(
-        "paddock-second-{}-{}.log",
-        std::process::id(),
-        free_port()
-    ));
-    let f = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .args(["serve", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
-        .args(["--flash-grpc-listen", "off", "--socket", "off", "--agent"])
-        .arg(agent())
-        .args(args)
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    (status, text)
-}
-
 /// Issue 20, defect 3: a second daemon on the first one's data dir, or with
 /// its own data dir but the first one's bridge or subnet, stops at start
 /// with an error naming what is taken, and leaves the first daemon's
@@ -252,8 +214,11 @@ fn a_second_daemon_does_not_take_the_first_ones_data_dir_bridge_or_subnet() {
             "subnet",
         ),
     ];
+    let agent = agent().to_string_lossy().into_owned();
     for (args, taken) in cases {
-        let (status, text) = serve_briefly(args, 60);
+        let mut full = vec!["--agent", agent.as_str()];
+        full.extend_from_slice(args);
+        let (status, text) = serve_briefly(&full, 60);
         let _ = std::process::Command::new(bin())
             .args([
                 "serve",

@@ -631,3 +631,41 @@ pub fn sse_stdout(evs: &[(String, Value)]) -> String {
         .map(|e| e.1["data"].as_str().unwrap())
         .collect()
 }
+
+/// Runs `paddock serve` with `args` (after loopback ports of its own and no
+/// dialects or socket) until it
+/// exits, or for `secs` (then kills it): its exit status (None: it served)
+/// and what it printed.
+pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStatus>, String) {
+    let log = std::env::temp_dir().join(format!(
+        "paddock-second-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
+        .args(["--flash-grpc-listen", "off", "--socket", "off"])
+        .args(args)
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (status, text)
+}
