@@ -169,6 +169,14 @@ fn state(s: &str) -> StateChange {
 }
 
 impl EventData {
+    /// A sandbox stored, `creating` (`warm`: booted for a warm pool).
+    pub fn created(isolation: Isolation, warm: bool) -> EventData {
+        EventData::Created(Created {
+            state: "creating".into(),
+            isolation,
+            warm,
+        })
+    }
     pub fn started() -> EventData {
         EventData::Started(state("running"))
     }

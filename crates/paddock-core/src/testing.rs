@@ -192,10 +192,6 @@ fn path_of(e: &AgentEndpoint) -> PathBuf {
 impl FakeConnector {
     /// The agent of `endpoint` if it is there now.
     pub fn connect_now(&self, endpoint: &AgentEndpoint) -> Result<Arc<dyn Agent>> {
-        self.find(endpoint)
-    }
-
-    fn find(&self, endpoint: &AgentEndpoint) -> Result<Arc<dyn Agent>> {
         match self.agents.lock().unwrap().get(&path_of(endpoint)) {
             Some(a) => Ok(a.clone()),
             None => Err(Error::Unavailable {
@@ -214,13 +210,13 @@ impl AgentConnector for FakeConnector {
         _handover: bool,
         _timeout: Duration,
     ) -> Result<Arc<dyn Agent>> {
-        self.find(endpoint)
+        self.connect_now(endpoint)
     }
 
     fn lazy(&self, endpoint: &AgentEndpoint, _handover: bool) -> Result<Arc<dyn Agent>> {
         // A lazy client fails only when used; the fake's agent is there or
         // not now, which the engine's check after a restart then sees.
-        self.find(endpoint)
+        self.connect_now(endpoint)
             .or_else(|_| Ok(Arc::new(Gone) as Arc<dyn Agent>))
     }
 }

@@ -29,6 +29,11 @@ pub async fn run_input(program: &str, args: &[&str], input: &str) -> Result<Stri
         stdin.write_all(input.as_bytes()).await.map_err(err)?;
     }
     let out = child.wait_with_output().await.map_err(err)?;
+    finished(program, args, out)
+}
+
+/// A finished command's stdout, or an error with its stderr.
+fn finished(program: &str, args: &[&str], out: std::process::Output) -> Result<String, Error> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -59,15 +64,7 @@ async fn run_opts(exe: &OsStr, program: &str, args: &[&str]) -> Result<String, E
         .wait_with_output()
         .await
         .map_err(|e| Error::Internal(format!("{program}: {e}")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(Error::Internal(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    finished(program, args, out)
 }
 
 /// Runs `exe` (`args[0]` its name) with stdin from /dev/null, stdout and

@@ -114,11 +114,7 @@ impl Engine {
                         tx,
                         id,
                         &sb.owner,
-                        EventData::Created(ev::Created {
-                            state: "creating".into(),
-                            isolation: sb.config.isolation,
-                            warm: false,
-                        }),
+                        EventData::created(sb.config.isolation, false),
                     )?;
                     Ok(((), vec![ev]))
                 },

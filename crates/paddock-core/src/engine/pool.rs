@@ -325,11 +325,7 @@ impl Engine {
                         tx,
                         id,
                         &sb.owner,
-                        EventData::Created(ev::Created {
-                            state: "creating".into(),
-                            isolation: sb.config.isolation,
-                            warm: true,
-                        }),
+                        EventData::created(sb.config.isolation, true),
                     )?;
                     let started = Store::append_event(
                         tx,
