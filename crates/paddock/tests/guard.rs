@@ -525,13 +525,7 @@ fn unix_socket_and_require_auth() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of(args, out)
     };
     let id = cli(&["create", "--label", "t=socket"]).trim().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");

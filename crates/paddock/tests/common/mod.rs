@@ -316,14 +316,7 @@ impl Daemon {
 
     /// Runs the CLI against this daemon, asserting success; its stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of(args, self.cli(args))
     }
 
     /// Runs the CLI against this daemon.
@@ -668,4 +661,15 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     (status, text)
+}
+
+/// A CLI run's stdout, asserting it succeeded (its output in the message).
+pub fn stdout_of(args: &[&str], out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
