@@ -30,7 +30,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                 let mut p = Problem::new(StatusCode::BAD_REQUEST, detail);
                 if let Some(f) = field {
                     p = p.field(f);
-                } else if let Some(f) = detail_field(&p.detail) {
+                } else if let Some(f) = detail_field(&p.0.detail) {
                     p = p.field(f);
                 }
                 Err(p)

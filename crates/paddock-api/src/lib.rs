@@ -4,6 +4,7 @@
 mod extract;
 mod problem;
 pub mod proxy;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -21,15 +22,19 @@ use axum::routing::{any, get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use paddock_core::model::*;
+use paddock_core::model::{
+    ExecControl, ExecEvent, ListQuery, Principal, ProgressFn, PullProgress, WriteOptions,
+};
 use paddock_core::{Engine, Error};
 use paddock_http_kit::sse;
-use serde::{Deserialize, Serialize};
+use paddock_wire as w;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use extract::{Json, Query};
 use paddock_http_kit::{Accept, Guard};
 pub use problem::{status_of, ApiResult, Problem};
+use wire::{ToEngine, ToWire};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -169,22 +174,22 @@ type P = Extension<Principal>;
 
 // ---- sandboxes -----------------------------------------------------------
 
-#[utoipa::path(post, path = "/v1/sandboxes", request_body = SandboxSpec,
-    responses((status = 201, body = Sandbox, description = "created"),
-               (status = 200, body = Sandbox, description = "an existing sandbox with this key"),
-               (status = 400, body = Problem)))]
+#[utoipa::path(post, path = "/v1/sandboxes", request_body = w::SandboxSpec,
+    responses((status = 201, body = w::Sandbox, description = "created"),
+               (status = 200, body = w::Sandbox, description = "an existing sandbox with this key"),
+               (status = 400, body = w::Problem)))]
 async fn create(
     State(st): State<AppState>,
     Extension(p): P,
-    Json(spec): Json<SandboxSpec>,
+    Json(spec): Json<w::SandboxSpec>,
 ) -> ApiResult<Response> {
-    let (sb, created) = st.engine.create(&p, spec).await?;
+    let (sb, created) = st.engine.create(&p, spec.engine()).await?;
     let code = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((code, axum::Json(sb)).into_response())
+    Ok((code, axum::Json(sb.wire())).into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -198,20 +203,12 @@ struct ListParams {
     after: Option<Uuid>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct SandboxList {
-    sandboxes: Vec<Sandbox>,
-    /// Pass as `after` for the next page; absent on the last one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<Uuid>,
-}
-
-#[utoipa::path(get, path = "/v1/sandboxes", params(ListParams), responses((status = 200, body = SandboxList)))]
+#[utoipa::path(get, path = "/v1/sandboxes", params(ListParams), responses((status = 200, body = w::SandboxList)))]
 async fn list(
     State(st): State<AppState>,
     Extension(p): P,
     Query(q): Query<ListParams>,
-) -> ApiResult<axum::Json<SandboxList>> {
+) -> ApiResult<axum::Json<w::SandboxList>> {
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(paddock_core::model::State::parse(s).ok_or_else(|| {
@@ -249,35 +246,37 @@ async fn list(
     } else {
         None
     };
-    Ok(axum::Json(SandboxList {
-        sandboxes: items,
+    Ok(axum::Json(w::SandboxList {
+        sandboxes: items.wire(),
         next,
     }))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}", responses((status = 200, body = Sandbox), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", responses((status = 200, body = w::Sandbox), (status = 404, body = w::Problem)))]
 async fn inspect(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Sandbox>> {
-    Ok(axum::Json(st.engine.get(&p, parse_id(&id)?)?))
+) -> ApiResult<axum::Json<w::Sandbox>> {
+    Ok(axum::Json(st.engine.get(&p, parse_id(&id)?)?.wire()))
 }
 
-#[utoipa::path(delete, path = "/v1/sandboxes/{id}", responses((status = 200, body = Sandbox), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", responses((status = 200, body = w::Sandbox), (status = 404, body = w::Problem)))]
 async fn destroy(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Sandbox>> {
-    Ok(axum::Json(st.engine.destroy(&p, parse_id(&id)?).await?))
+) -> ApiResult<axum::Json<w::Sandbox>> {
+    Ok(axum::Json(
+        st.engine.destroy(&p, parse_id(&id)?).await?.wire(),
+    ))
 }
 
 macro_rules! lifecycle {
     ($name:ident, $method:ident, $path:literal) => {
-        #[utoipa::path(post, path = $path, responses((status = 200, body = Sandbox), (status = 404, body = Problem), (status = 409, body = Problem)))]
-        async fn $name(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<Sandbox>> {
-            Ok(axum::Json(st.engine.$method(&p, parse_id(&id)?).await?))
+        #[utoipa::path(post, path = $path, responses((status = 200, body = w::Sandbox), (status = 404, body = w::Problem), (status = 409, body = w::Problem)))]
+        async fn $name(State(st): State<AppState>, Extension(p): P, Path(id): Path<String>) -> ApiResult<axum::Json<w::Sandbox>> {
+            Ok(axum::Json(st.engine.$method(&p, parse_id(&id)?).await?.wire()))
         }
     };
 }
@@ -289,15 +288,20 @@ lifecycle!(resume, resume, "/v1/sandboxes/{id}/resume");
 
 // ---- exec ------------------------------------------------------------------
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", request_body = ExecRequest,
-    responses((status = 200, body = ExecResult), (status = 400, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", request_body = w::ExecRequest,
+    responses((status = 200, body = w::ExecResult), (status = 400, body = w::Problem), (status = 409, body = w::Problem)))]
 async fn exec(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-    Json(req): Json<ExecRequest>,
-) -> ApiResult<axum::Json<ExecResult>> {
-    Ok(axum::Json(st.engine.exec(&p, parse_id(&id)?, &req).await?))
+    Json(req): Json<w::ExecRequest>,
+) -> ApiResult<axum::Json<w::ExecResult>> {
+    Ok(axum::Json(
+        st.engine
+            .exec(&p, parse_id(&id)?, &req.engine())
+            .await?
+            .wire(),
+    ))
 }
 
 /// Decodes a command's output for SSE, whose `data` is text: a UTF-8
@@ -315,13 +319,13 @@ impl SseText {
             (!s.is_empty()).then(|| {
                 SseEvent::default()
                     .event(kind)
-                    .json_data(serde_json::json!({ "data": s }))
+                    .json_data(w::OutputChunk { data: s })
             })
         };
         let evs: Vec<_> = match ev {
             Ok(ExecEvent::Started { pid }) => vec![SseEvent::default()
                 .event("started")
-                .json_data(serde_json::json!({"pid": pid}))],
+                .json_data(w::Started { pid })],
             Ok(ExecEvent::Stdout(b)) => text("stdout", self.stdout.push(&b)).into_iter().collect(),
             Ok(ExecEvent::Stderr(b)) => text("stderr", self.stderr.push(&b)).into_iter().collect(),
             Ok(ExecEvent::Exit(r)) => {
@@ -330,7 +334,7 @@ impl SseText {
                     .into_iter()
                     .filter_map(|(kind, d)| text(kind, d.finish()))
                     .collect();
-                v.push(SseEvent::default().event("exit").json_data(&r));
+                v.push(SseEvent::default().event("exit").json_data(r.wire()));
                 v
             }
             Err(e) => vec![SseEvent::default()
@@ -347,16 +351,19 @@ impl SseText {
 
 /// Streams a command's output as server-sent events: `started`, `stdout`,
 /// `stderr` (`{"data": "..."}`) and one `exit` (an ExecResult).
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec/stream", request_body = ExecRequest,
-    responses((status = 200, description = "text/event-stream"), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec/stream", request_body = w::ExecRequest,
+    responses((status = 200, description = "text/event-stream"), (status = 409, body = w::Problem)))]
 async fn exec_sse(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-    Json(req): Json<ExecRequest>,
+    Json(req): Json<w::ExecRequest>,
 ) -> ApiResult<Response> {
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
-    let s = st.engine.exec_stream(&p, parse_id(&id)?, &req, rx).await?;
+    let s = st
+        .engine
+        .exec_stream(&p, parse_id(&id)?, &req.engine(), rx)
+        .await?;
     // Keep the control sender alive as long as the stream.
     let mut text = SseText::default();
     let s = s.flat_map(move |ev| {
@@ -384,24 +391,15 @@ async fn exec_ws(
     Ok(ws.on_upgrade(move |socket| ws_session(st, p, id, socket)))
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum WsControl {
-    Resize { rows: u16, cols: u16 },
-    Signal { signal: i32 },
-    Eof,
-    Stdin { data: String },
-}
-
 async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket) {
     let send_err = |e: Problem| {
         let mut v = serde_json::to_value(&e).unwrap_or_default();
         v["type"] = "error".into();
         Message::Text(v.to_string().into())
     };
-    let req: ExecRequest = match socket.recv().await {
-        Some(Ok(Message::Text(t))) => match serde_json::from_str(&t) {
-            Ok(r) => r,
+    let req = match socket.recv().await {
+        Some(Ok(Message::Text(t))) => match serde_json::from_str::<w::ExecRequest>(&t) {
+            Ok(r) => r.engine(),
             Err(e) => {
                 let _ = socket
                     .send(send_err(Problem::new(
@@ -428,13 +426,13 @@ async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket)
         while let Some(Ok(msg)) = stream.next().await {
             let ctl = match msg {
                 Message::Binary(b) => ExecControl::Stdin(b),
-                Message::Text(t) => match serde_json::from_str::<WsControl>(&t) {
-                    Ok(WsControl::Resize { rows, cols }) => {
-                        ExecControl::Resize(PtySize { rows, cols })
+                Message::Text(t) => match serde_json::from_str::<w::WsControl>(&t) {
+                    Ok(w::WsControl::Resize { rows, cols }) => {
+                        ExecControl::Resize(paddock_core::model::PtySize { rows, cols })
                     }
-                    Ok(WsControl::Signal { signal }) => ExecControl::Signal(signal),
-                    Ok(WsControl::Eof) => ExecControl::CloseStdin,
-                    Ok(WsControl::Stdin { data }) => ExecControl::Stdin(Bytes::from(data)),
+                    Ok(w::WsControl::Signal { signal }) => ExecControl::Signal(signal),
+                    Ok(w::WsControl::Eof) => ExecControl::CloseStdin,
+                    Ok(w::WsControl::Stdin { data }) => ExecControl::Stdin(Bytes::from(data)),
                     Err(_) => continue,
                 },
                 Message::Close(_) => break,
@@ -455,7 +453,7 @@ async fn ws_session(st: AppState, p: Principal, id: Uuid, mut socket: WebSocket)
             Ok(ExecEvent::Stdout(b)) => Message::Binary([&[1u8][..], &b].concat().into()),
             Ok(ExecEvent::Stderr(b)) => Message::Binary([&[2u8][..], &b].concat().into()),
             Ok(ExecEvent::Exit(r)) => {
-                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                let mut v = serde_json::to_value(r.wire()).unwrap_or_default();
                 v["type"] = "exit".into();
                 Message::Text(v.to_string().into())
             }
@@ -501,8 +499,8 @@ struct UploadParams {
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(PathParams),
     responses((status = 200, description = "the file's bytes (symlinks followed inside the sandbox)"),
-        (status = 400, description = "not a regular file (a directory, FIFO, socket or device)", body = Problem),
-        (status = 404, body = Problem)))]
+        (status = 400, description = "not a regular file (a directory, FIFO, socket or device)", body = w::Problem),
+        (status = 404, body = w::Problem)))]
 async fn download(
     State(st): State<AppState>,
     Extension(p): P,
@@ -520,7 +518,7 @@ async fn download(
 }
 
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(UploadParams),
-    responses((status = 201, body = FileInfo), (status = 400, body = Problem)))]
+    responses((status = 201, body = w::FileInfo), (status = 400, body = w::Problem)))]
 async fn upload(
     State(st): State<AppState>,
     Extension(p): P,
@@ -550,10 +548,10 @@ async fn upload(
     if res.is_err() {
         upload.drain().await;
     }
-    Ok((StatusCode::CREATED, axum::Json(res?)).into_response())
+    Ok((StatusCode::CREATED, axum::Json(res?.wire())).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(PathParams), responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(PathParams), responses((status = 204), (status = 404, body = w::Problem)))]
 async fn remove_file(
     State(st): State<AppState>,
     Extension(p): P,
@@ -566,35 +564,33 @@ async fn remove_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct DirListing {
-    path: String,
-    entries: Vec<FileInfo>,
-}
-
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", params(PathParams), responses((status = 200, body = DirListing)))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", params(PathParams), responses((status = 200, body = w::DirListing)))]
 async fn list_dir(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
     Query(q): Query<PathParams>,
-) -> ApiResult<axum::Json<DirListing>> {
-    let entries = st.engine.list_dir(&p, parse_id(&id)?, &q.path).await?;
-    Ok(axum::Json(DirListing {
+) -> ApiResult<axum::Json<w::DirListing>> {
+    let entries = st
+        .engine
+        .list_dir(&p, parse_id(&id)?, &q.path)
+        .await?
+        .wire();
+    Ok(axum::Json(w::DirListing {
         path: q.path,
         entries,
     }))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", params(PathParams), responses((status = 200, body = FileInfo)))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", params(PathParams), responses((status = 200, body = w::FileInfo)))]
 async fn stat(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
     Query(q): Query<PathParams>,
-) -> ApiResult<axum::Json<FileInfo>> {
+) -> ApiResult<axum::Json<w::FileInfo>> {
     Ok(axum::Json(
-        st.engine.stat(&p, parse_id(&id)?, &q.path).await?,
+        st.engine.stat(&p, parse_id(&id)?, &q.path).await?.wire(),
     ))
 }
 
@@ -625,18 +621,12 @@ async fn mkdir(
     Ok(StatusCode::CREATED)
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct RenameBody {
-    from: String,
-    to: String,
-}
-
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/rename", request_body = RenameBody, responses((status = 204)))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/rename", request_body = w::RenameBody, responses((status = 204)))]
 async fn rename(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-    Json(b): Json<RenameBody>,
+    Json(b): Json<w::RenameBody>,
 ) -> ApiResult<StatusCode> {
     st.engine.rename(&p, parse_id(&id)?, &b.from, &b.to).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -644,39 +634,38 @@ async fn rename(
 
 // ---- ports, metrics, logs ------------------------------------------------------
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct PortList {
-    ports: Vec<Port>,
-}
-
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/ports", responses((status = 200, body = PortList)))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/ports", responses((status = 200, body = w::PortList)))]
 async fn ports(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<PortList>> {
-    Ok(axum::Json(PortList {
-        ports: st.engine.ports(&p, parse_id(&id)?).await?,
+) -> ApiResult<axum::Json<w::PortList>> {
+    Ok(axum::Json(w::PortList {
+        ports: st.engine.ports(&p, parse_id(&id)?).await?.wire(),
     }))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", responses((status = 200, body = Metrics)))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", responses((status = 200, body = w::Metrics)))]
 async fn metrics(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Metrics>> {
-    Ok(axum::Json(st.engine.metrics(&p, parse_id(&id)?).await?))
+) -> ApiResult<axum::Json<w::Metrics>> {
+    Ok(axum::Json(
+        st.engine.metrics(&p, parse_id(&id)?).await?.wire(),
+    ))
 }
 
 /// uname(2) as the sandbox sees it.
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/platform", responses((status = 200, body = Platform)))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/platform", responses((status = 200, body = w::Platform)))]
 async fn platform(
     State(st): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Platform>> {
-    Ok(axum::Json(st.engine.platform(&p, parse_id(&id)?).await?))
+) -> ApiResult<axum::Json<w::Platform>> {
+    Ok(axum::Json(
+        st.engine.platform(&p, parse_id(&id)?).await?.wire(),
+    ))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -740,9 +729,13 @@ fn resume_from(headers: &HeaderMap, q: &EventParams) -> i64 {
         .unwrap_or(0)
 }
 
-fn event_sse(s: impl Stream<Item = Event> + Send + 'static, per_sandbox: bool) -> Response {
+fn event_sse(
+    s: impl Stream<Item = paddock_core::model::Event> + Send + 'static,
+    per_sandbox: bool,
+) -> Response {
     let s = s.map(move |e| {
         let id = if per_sandbox { e.id } else { e.seq };
+        let e = e.wire();
         Ok::<_, Infallible>(
             SseEvent::default()
                 .id(id.to_string())
@@ -781,26 +774,15 @@ async fn all_events(
     Ok(event_sse(s, false))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct ImageList {
-    images: Vec<ImageInfo>,
-}
-
 /// The images the caller pulled (the operator: every cached image).
-#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = ImageList)))]
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = w::ImageList)))]
 async fn list_images(
     State(st): State<AppState>,
     Extension(p): P,
-) -> ApiResult<axum::Json<ImageList>> {
-    Ok(axum::Json(ImageList {
-        images: st.engine.list_images(&p)?,
+) -> ApiResult<axum::Json<w::ImageList>> {
+    Ok(axum::Json(w::ImageList {
+        images: st.engine.list_images(&p)?.wire(),
     }))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct PullBody {
-    /// Such as `alpine:latest` or `127.0.0.1:5000/team/img@sha256:...`.
-    reference: String,
 }
 
 /// Pulls an image (again); layers already cached are not downloaded.
@@ -809,15 +791,15 @@ struct PullBody {
 /// `progress` events (a PullProgress each, downloads at most every 100 ms),
 /// then one `pulled` event with the ImageInfo, or one `error` event with a
 /// Problem.
-#[utoipa::path(post, path = "/v1/images", request_body = PullBody,
-    responses((status = 200, body = ImageInfo, description = "the image; or, with Accept: text/event-stream, `progress` events (PullProgress) then `pulled` (ImageInfo) or `error` (Problem)"),
-        (status = 403, description = "the pull policy, or the registry, refuses it (the daemon's registry credentials are the operator's)", body = Problem),
-        (status = 404, body = Problem), (status = 503, body = Problem)))]
+#[utoipa::path(post, path = "/v1/images", request_body = w::PullBody,
+    responses((status = 200, body = w::ImageInfo, description = "the image; or, with Accept: text/event-stream, `progress` events (PullProgress) then `pulled` (ImageInfo) or `error` (Problem)"),
+        (status = 403, description = "the pull policy, or the registry, refuses it (the daemon's registry credentials are the operator's)", body = w::Problem),
+        (status = 404, body = w::Problem), (status = 503, body = w::Problem)))]
 async fn pull_image(
     State(st): State<AppState>,
     Extension(p): P,
     headers: HeaderMap,
-    Json(b): Json<PullBody>,
+    Json(b): Json<w::PullBody>,
 ) -> ApiResult<Response> {
     let streaming = headers
         .get(header::ACCEPT)
@@ -825,20 +807,20 @@ async fn pull_image(
         .is_some_and(|v| v.contains("text/event-stream"));
     if !streaming {
         let info = st.engine.pull_image(&p, &b.reference, None).await?;
-        return Ok(axum::Json(info).into_response());
+        return Ok(axum::Json(info.wire()).into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
     let progress_tx = tx.clone();
     let progress: ProgressFn = Arc::new(move |pp: PullProgress| {
         let ev = SseEvent::default()
             .event("progress")
-            .json_data(&pp)
+            .json_data(pp.wire())
             .unwrap_or_default();
         let _ = progress_tx.send(ev);
     });
     tokio::spawn(async move {
         let ev = match st.engine.pull_image(&p, &b.reference, Some(progress)).await {
-            Ok(info) => SseEvent::default().event("pulled").json_data(&info),
+            Ok(info) => SseEvent::default().event("pulled").json_data(info.wire()),
             Err(e) => SseEvent::default()
                 .event("error")
                 .json_data(Problem::from(e)),
@@ -849,21 +831,16 @@ async fn pull_image(
     Ok(sse::response(s, Some(sse::KEEP_ALIVE)))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct TemplateList {
-    templates: Vec<Template>,
-}
-
 /// Stores a template: `name` plus any fields of a sandbox spec (image, cpu,
 /// memory_mb, env, ttl_secs, ports, labels...) but `key` and `template`.
 /// Its image is pulled now.
-#[utoipa::path(post, path = "/v1/templates", request_body = SandboxSpec,
-    responses((status = 201, body = Template), (status = 400, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/templates", request_body = w::SandboxSpec,
+    responses((status = 201, body = w::Template), (status = 400, body = w::Problem), (status = 409, body = w::Problem)))]
 async fn create_template(
     State(st): State<AppState>,
     Extension(p): P,
     Json(body): Json<serde_json::Map<String, serde_json::Value>>,
-) -> ApiResult<(StatusCode, axum::Json<Template>)> {
+) -> ApiResult<(StatusCode, axum::Json<w::Template>)> {
     let mut body = body;
     let name = match body.remove("name") {
         Some(serde_json::Value::String(n)) => n,
@@ -879,7 +856,7 @@ async fn create_template(
             }
         },
     };
-    let defaults: SandboxSpec =
+    let defaults: w::SandboxSpec =
         match serde_json::from_value(serde_json::Value::Object(body.clone())) {
             Ok(d) => d,
             Err(e) => {
@@ -888,7 +865,7 @@ async fn create_template(
                 let field = extract::detail_field(&msg).or_else(|| {
                     body.iter().find_map(|(k, v)| {
                         let one = serde_json::json!({ k.as_str(): v });
-                        serde_json::from_value::<SandboxSpec>(one)
+                        serde_json::from_value::<w::SandboxSpec>(one)
                             .is_err()
                             .then(|| k.clone())
                     })
@@ -898,61 +875,51 @@ async fn create_template(
         };
     let t = st
         .engine
-        .create_template(&p, &name, defaults, warm_pool)
+        .create_template(&p, &name, defaults.engine(), warm_pool)
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(t)))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct PoolList {
-    pools: Vec<paddock_core::engine::PoolStatus>,
+    Ok((StatusCode::CREATED, axum::Json(t.wire())))
 }
 
 /// The warm pools (`paddock serve --warm-pool`, and your templates'
 /// `warm_pool`): how many sandboxes each keeps ready, and how many it has.
-#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = PoolList)))]
-async fn list_pools(State(st): State<AppState>, Extension(p): P) -> axum::Json<PoolList> {
-    axum::Json(PoolList {
-        pools: st.engine.pools(&p),
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = w::PoolList)))]
+async fn list_pools(State(st): State<AppState>, Extension(p): P) -> axum::Json<w::PoolList> {
+    axum::Json(w::PoolList {
+        pools: st.engine.pools(&p).wire(),
     })
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct BackendList {
-    backends: Vec<paddock_core::BackendInfo>,
 }
 
 /// The backends this daemon runs sandboxes on (`crun`, `runc`, ...), each
 /// with its isolation, whether creates of that isolation get it, and what
 /// it can do (pause, snapshots, fork, whether it shares the host kernel).
-#[utoipa::path(get, path = "/v1/backends", responses((status = 200, body = BackendList)))]
-async fn list_backends(State(st): State<AppState>) -> axum::Json<BackendList> {
-    axum::Json(BackendList {
-        backends: st.engine.backends(),
+#[utoipa::path(get, path = "/v1/backends", responses((status = 200, body = w::BackendList)))]
+async fn list_backends(State(st): State<AppState>) -> axum::Json<w::BackendList> {
+    axum::Json(w::BackendList {
+        backends: st.engine.backends().wire(),
     })
 }
 
-#[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = TemplateList)))]
+#[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = w::TemplateList)))]
 async fn list_templates(
     State(st): State<AppState>,
     Extension(p): P,
-) -> ApiResult<axum::Json<TemplateList>> {
-    Ok(axum::Json(TemplateList {
-        templates: st.engine.list_templates(&p)?,
+) -> ApiResult<axum::Json<w::TemplateList>> {
+    Ok(axum::Json(w::TemplateList {
+        templates: st.engine.list_templates(&p)?.wire(),
     }))
 }
 
-#[utoipa::path(get, path = "/v1/templates/{name}", responses((status = 200, body = Template), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/templates/{name}", responses((status = 200, body = w::Template), (status = 404, body = w::Problem)))]
 async fn inspect_template(
     State(st): State<AppState>,
     Extension(p): P,
     Path(name): Path<String>,
-) -> ApiResult<axum::Json<Template>> {
-    Ok(axum::Json(st.engine.get_template(&p, &name)?))
+) -> ApiResult<axum::Json<w::Template>> {
+    Ok(axum::Json(st.engine.get_template(&p, &name)?.wire()))
 }
 
 /// Deletes a template; sandboxes created from it are not touched.
-#[utoipa::path(delete, path = "/v1/templates/{name}", responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/templates/{name}", responses((status = 204), (status = 404, body = w::Problem)))]
 async fn delete_template(
     State(st): State<AppState>,
     Extension(p): P,
@@ -967,18 +934,20 @@ struct ImageRef {
     reference: String,
 }
 
-#[utoipa::path(get, path = "/v1/images/inspect", params(ImageRef), responses((status = 200, body = ImageInfo), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/images/inspect", params(ImageRef), responses((status = 200, body = w::ImageInfo), (status = 404, body = w::Problem)))]
 async fn inspect_image(
     State(st): State<AppState>,
     Extension(p): P,
     Query(q): Query<ImageRef>,
-) -> ApiResult<axum::Json<ImageInfo>> {
-    Ok(axum::Json(st.engine.inspect_image(&p, &q.reference)?))
+) -> ApiResult<axum::Json<w::ImageInfo>> {
+    Ok(axum::Json(
+        st.engine.inspect_image(&p, &q.reference)?.wire(),
+    ))
 }
 
 /// Drops the caller's claim on an image (the operator's: every claim); the
 /// cache entry goes with the last claim, its layers stay until a prune.
-#[utoipa::path(delete, path = "/v1/images", params(ImageRef), responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/images", params(ImageRef), responses((status = 204), (status = 404, body = w::Problem)))]
 async fn remove_image(
     State(st): State<AppState>,
     Extension(p): P,
@@ -989,19 +958,23 @@ async fn remove_image(
 }
 
 /// Removes cached layers no image and no sandbox needs.
-#[utoipa::path(post, path = "/v1/images/prune", responses((status = 200, description = "{\"removed_layers\": N}"),
-    (status = 403, description = "the operator's alone", body = Problem)))]
+#[utoipa::path(post, path = "/v1/images/prune", responses((status = 200, body = w::Pruned),
+    (status = 403, description = "the operator's alone", body = w::Problem)))]
 async fn prune_images(
     State(st): State<AppState>,
     Extension(p): P,
-) -> ApiResult<axum::Json<serde_json::Value>> {
-    Ok(axum::Json(
-        serde_json::json!({"removed_layers": st.engine.prune_images(&p).await?}),
-    ))
+) -> ApiResult<axum::Json<w::Pruned>> {
+    Ok(axum::Json(w::Pruned {
+        removed_layers: st.engine.prune_images(&p).await? as u64,
+    }))
 }
 
-async fn version() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "api": "v1"}))
+#[utoipa::path(get, path = "/v1/version", responses((status = 200, body = w::Version)))]
+async fn version() -> axum::Json<w::Version> {
+    axum::Json(w::Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api: "v1".into(),
+    })
 }
 
 #[derive(utoipa::OpenApi)]
@@ -1047,38 +1020,43 @@ async fn version() -> axum::Json<serde_json::Value> {
         list_pools,
         list_backends,
         inspect_template,
-        delete_template
+        delete_template,
+        version
     ),
     components(schemas(
-        SandboxSpec,
-        Sandbox,
-        SandboxConfig,
-        paddock_core::model::State,
-        Isolation,
-        ExecRequest,
-        ExecResult,
-        PtySize,
-        FileInfo,
-        Port,
-        Metrics,
-        Platform,
-        PoolList,
-        paddock_core::engine::PoolStatus,
-        BackendList,
-        paddock_core::BackendInfo,
-        paddock_core::Capabilities,
-        Event,
-        Problem,
-        SandboxList,
-        DirListing,
-        PortList,
-        RenameBody,
-        ImageInfo,
-        ImageList,
-        PullBody,
-        PullProgress,
-        Template,
-        TemplateList
+        w::SandboxSpec,
+        w::Sandbox,
+        w::SandboxConfig,
+        w::State,
+        w::Isolation,
+        w::ExecRequest,
+        w::ExecResult,
+        w::OutputChunk,
+        w::Started,
+        w::PtySize,
+        w::FileInfo,
+        w::Port,
+        w::Metrics,
+        w::Platform,
+        w::PoolList,
+        w::PoolStatus,
+        w::BackendList,
+        w::BackendInfo,
+        w::Capabilities,
+        w::Event,
+        w::Problem,
+        w::SandboxList,
+        w::DirListing,
+        w::PortList,
+        w::RenameBody,
+        w::ImageInfo,
+        w::ImageList,
+        w::PullBody,
+        w::PullProgress,
+        w::Pruned,
+        w::Template,
+        w::TemplateList,
+        w::Version
     )),
     modifiers(&ErrorResponses)
 )]

@@ -1,41 +1,37 @@
-//! RFC 7807 problem details, and the mapping of engine errors onto them.
+//! RFC 7807 problem details (`paddock_wire::Problem`), and the mapping of
+//! engine errors onto them.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use paddock_core::Error;
 use serde::Serialize;
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
+/// A problem this API answers with: the wire's [`paddock_wire::Problem`].
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Problem(pub paddock_wire::Problem);
 
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
-        Problem {
+        Problem(paddock_wire::Problem {
             kind: "about:blank".into(),
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
-        }
+        })
     }
 
     pub fn field(mut self, f: impl Into<String>) -> Problem {
-        self.field = Some(f.into());
+        self.0.field = Some(f.into());
         self
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         (
             status,

@@ -8,6 +8,7 @@ use paddock_http_kit::proxy::{forward_to, parse_port};
 
 use crate::problem::{ApiResult, Problem};
 use crate::{parse_id, AppState};
+use paddock_wire as w;
 
 pub async fn proxy_root(
     st: State<AppState>,
@@ -21,7 +22,7 @@ pub async fn proxy_root(
 /// Forwards any method to `http://<sandbox>:{port}/{rest}`; WebSocket
 /// upgrades are passed through.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/proxy/{port}/{rest}",
-    responses((status = 200, description = "whatever the sandbox's server answers"), (status = 502, body = Problem)))]
+    responses((status = 200, description = "whatever the sandbox's server answers"), (status = 502, body = w::Problem)))]
 pub async fn proxy(
     st: State<AppState>,
     p: Extension<Principal>,

@@ -6,12 +6,11 @@
 //! compile error, not an event a dialect silently drops.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::model::Isolation;
 
 /// A state change: what the sandbox is now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateChange {
     /// `creating`, `running`, `paused`, `stopped`, `error` or `destroyed`.
     pub state: String,
@@ -20,7 +19,7 @@ pub struct StateChange {
     pub warm: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Created {
     pub state: String,
     pub isolation: Isolation,
@@ -29,7 +28,7 @@ pub struct Created {
     pub warm: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Destroyed {
     pub state: String,
     /// `deleted`, `ttl`, `idle`, `warm pool`, `cleanup`, ...
@@ -38,18 +37,18 @@ pub struct Destroyed {
 
 /// The sandbox failed to boot (`sandbox.error`) or its processes died
 /// (`sandbox.died`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failed {
     pub state: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TtlSet {
     pub ttl_secs: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequested {
     pub cmd: Vec<String>,
     pub shell: Option<String>,
@@ -61,7 +60,7 @@ pub struct ExecRequested {
     pub pty: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecResponded {
     /// The per-sandbox id of its `exec.request`.
     pub request_id: Option<i64>,
@@ -76,7 +75,7 @@ pub struct ExecResponded {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FsRequested {
     /// `allowed` or `denied` (by the mount's ACL).
     pub access: String,
@@ -87,7 +86,7 @@ pub struct FsRequested {
     pub operation: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FsResponded {
     pub request_id: Option<i64>,
     pub duration_ms: u64,
@@ -108,7 +107,7 @@ pub struct FsResponded {
     pub renamed_from: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigApply {
     pub success: bool,
     pub changes: crate::engine::ConfigChanges,
@@ -117,7 +116,7 @@ pub struct ConfigApply {
 }
 
 /// Output of the sandbox's main process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stdio {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
@@ -125,14 +124,14 @@ pub struct Stdio {
     pub stderr: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub cpu_percent: f64,
     pub memory_bytes: u64,
 }
 
 /// An event's kind and payload.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EventData {
     Created(Created),

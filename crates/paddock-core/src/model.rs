@@ -1,18 +1,19 @@
 //! The engine's domain types.
 //!
-//! They derive serde because the store keeps them as JSON documents, and the
-//! native API (the engine's own dialect) speaks them as they are.
+//! They derive serde because the store keeps them as JSON documents
+//! (versioned: `store::SANDBOX_DOC`). No API speaks them as they are: each
+//! dialect has its own wire types and converts (the native API's are in
+//! `paddock-wire`, mapped in `paddock_api::wire`).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     #[default]
@@ -31,7 +32,7 @@ impl Isolation {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Creating,
@@ -190,7 +191,7 @@ pub fn no_nul(field: impl Into<String>, s: &str) -> Result<()> {
 }
 
 /// What a caller asks for. Absent numbers take the daemon's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
     /// Idempotency key, unique per owner: `[A-Za-z0-9_-]{1,64}`.
@@ -260,7 +261,7 @@ pub struct SandboxSpec {
 }
 
 /// A directory of the sandbox the file API may reach.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
     /// Absolute path inside the sandbox.
@@ -273,7 +274,7 @@ pub struct Mount {
     pub acls: Vec<AclRule>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     Rw,
@@ -281,7 +282,7 @@ pub enum Access {
     Deny,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclRule {
     /// A glob: `*` within a path segment, `**` across segments; `dir/**`
@@ -290,14 +291,14 @@ pub struct AclRule {
     pub access: Access,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EgressAccess {
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressRule {
     pub access: EgressAccess,
@@ -314,7 +315,7 @@ pub struct EgressRule {
     pub override_: Option<EgressOverride>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,7 +328,7 @@ pub struct EgressOverride {
     pub headers: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,7 +361,7 @@ impl Mount {
 }
 
 /// What an image reference resolved to, as the engine and backends need it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedImage {
     /// The manifest's digest.
     pub digest: String,
@@ -377,7 +378,7 @@ pub struct ResolvedImage {
 }
 
 /// How far a pull has come: reported while it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PullProgress {
     pub reference: String,
     /// `resolving`, `downloading`, `extracting`, `cached` (a layer already
@@ -395,7 +396,7 @@ pub struct PullProgress {
 pub type ProgressFn = std::sync::Arc<dyn Fn(PullProgress) + Send + Sync>;
 
 /// An image in the daemon's cache.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageInfo {
     /// As the caller named it.
     pub reference: String,
@@ -408,7 +409,7 @@ pub struct ImageInfo {
 }
 
 /// A spec with every default applied and every field checked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxConfig {
     pub image: Option<String>,
     pub isolation: Isolation,
@@ -799,7 +800,7 @@ fn or_template<T: Clone>(mine: Vec<T>, template: &[T]) -> Vec<T> {
 
 /// A stored, named image plus sandbox defaults. A sandbox created with
 /// `template` takes them, each overridable.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Template {
     pub name: String,
     pub owner: String,
@@ -847,7 +848,7 @@ impl SandboxConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sandbox {
     pub id: Uuid,
     pub owner: String,
@@ -894,14 +895,14 @@ impl Principal {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PtySize {
     pub rows: u16,
     pub cols: u16,
 }
 
 /// A command to run in a sandbox.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExecRequest {
     /// argv; give this or `shell`.
     #[serde(default)]
@@ -1005,7 +1006,7 @@ impl ExecRequest {
 }
 
 /// The outcome of a finished command.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExecResult {
     pub exit_code: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1036,7 +1037,7 @@ pub enum ExecControl {
     Signal(i32),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileInfo {
     pub name: String,
     pub path: String,
@@ -1061,7 +1062,7 @@ pub struct WriteOptions {
     pub size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Port {
     pub port: u16,
     pub address: String,
@@ -1074,7 +1075,7 @@ pub struct Port {
 /// What the sandbox reports of the machine it runs on: uname(2) seen from
 /// inside (its own hostname; the kernel that serves it, which under gVisor
 /// or a microVM is not the host's).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Platform {
     pub system: String,
     pub node: String,
@@ -1083,7 +1084,7 @@ pub struct Platform {
     pub machine: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Metrics {
     pub memory_bytes: u64,
     pub memory_limit_bytes: u64,
@@ -1105,7 +1106,7 @@ pub struct Metrics {
 }
 
 /// A lifecycle or activity event.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// Daemon-wide sequence number.
     pub seq: i64,

@@ -104,7 +104,7 @@ pub enum Liveness {
 /// What a backend can do beyond start, stop and destroy. An operation a
 /// backend lacks answers [`Error::Unsupported`], which each dialect maps to
 /// its own "not implemented".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Capabilities {
     /// Freeze and thaw a sandbox's processes.
     pub pause: bool,
@@ -123,7 +123,7 @@ pub struct Capabilities {
 }
 
 /// A backend as the native API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BackendInfo {
     /// Its name: `crun`, `runc`, `runsc`, `qemu`, ...
     pub name: String,

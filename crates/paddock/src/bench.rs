@@ -8,6 +8,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use paddock_client::wire as w;
+use paddock_client::{Endpoint, Upload};
 use serde_json::{json, Value};
 
 #[derive(clap::Args, Debug)]
@@ -138,17 +140,14 @@ async fn exec_bare(
     if !cfg!(target_arch = "x86_64") {
         bail!("the bare `true` is an x86-64 program");
     }
-    let status = api
-        .req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
-        .query(&[("path", BARE_TRUE), ("mode", "755")])
-        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-        .body(bare_true())
-        .send()
-        .await?
-        .status();
-    if !status.is_success() {
-        bail!("uploading {BARE_TRUE}: {status}");
-    }
+    let exe = Upload {
+        mode: Some(0o755),
+        ..Default::default()
+    };
+    api.c
+        .upload(id, BARE_TRUE, &exe, bare_true())
+        .await
+        .with_context(|| format!("uploading {BARE_TRUE}"))?;
     say(&format!(
         "exec round trip: {execs} × a bare `true` (no libc)"
     ));
@@ -292,44 +291,40 @@ fn sandbox_memory_kib() -> Result<u64> {
     Ok(kernel + cgroups + daemon)
 }
 
+/// The bench's calls, over the typed client.
+/// A bench sandbox's spec: labelled, so that one left behind is told apart.
+fn bench_spec() -> w::SandboxSpec {
+    w::SandboxSpec {
+        labels: [("paddock-bench".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    }
+}
+
 struct Api {
-    base: String,
-    key: Option<String>,
-    http: reqwest::Client,
+    c: paddock_client::Client,
 }
 
 impl Api {
-    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(m, format!("{}/v1{path}", self.base));
-        match &self.key {
-            Some(k) => r.bearer_auth(k),
-            None => r,
-        }
-    }
-
     /// A cold create: the env keeps it off any warm pool.
     async fn create(&self) -> Result<String> {
-        self.create_spec(json!({"labels": {"paddock-bench": "1"}, "env": {"PADDOCK_BENCH": "1"}}))
-            .await
+        let spec = w::SandboxSpec {
+            env: [("PADDOCK_BENCH".to_string(), "1".to_string())].into(),
+            ..bench_spec()
+        };
+        self.create_spec(&spec).await
     }
 
     /// A create a warm pool of the default image can serve.
     async fn create_plain(&self) -> Result<String> {
-        self.create_spec(json!({"labels": {"paddock-bench": "1"}}))
-            .await
+        self.create_spec(&bench_spec()).await
     }
 
-    async fn create_spec(&self, spec: Value) -> Result<String> {
-        let r = self
-            .req(reqwest::Method::POST, "/sandboxes")
-            .json(&spec)
-            .send()
-            .await?;
-        if r.status().as_u16() != 201 {
-            bail!("create: {} {}", r.status(), r.text().await?);
+    async fn create_spec(&self, spec: &w::SandboxSpec) -> Result<String> {
+        let (sb, created) = self.c.create(spec).await.context("create")?;
+        if !created {
+            bail!("create: the daemon answered an existing sandbox {}", sb.id);
         }
-        let v: Value = r.json().await?;
-        Ok(v["id"].as_str().unwrap_or_default().to_string())
+        Ok(sb.id.to_string())
     }
 
     /// One `true` through the exec API; its round trip in ms.
@@ -340,7 +335,8 @@ impl Api {
     /// One command through the exec API; its round trip in ms.
     async fn exec_cmd(&self, id: &str, cmd: &[String]) -> Result<f64> {
         let t0 = Instant::now();
-        self.exec(id, json!({ "cmd": cmd })).await?;
+        self.exec(id, w::ExecRequest::cmd(cmd.iter().cloned()))
+            .await?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
     }
 
@@ -368,38 +364,30 @@ impl Api {
             return Ok(vec!["true".into()]);
         };
         let cmd = vec![bb.display().to_string(), "true".to_string()];
-        let v = self.exec_any(id, &json!({ "cmd": cmd })).await?;
-        match v["exit_code"].as_i64() {
-            Some(0) => Ok(cmd),
-            Some(127) => {
+        let r = self
+            .c
+            .exec(id, &w::ExecRequest::cmd(cmd.iter().cloned()))
+            .await?;
+        match r.exit_code {
+            0 => Ok(cmd),
+            127 => {
                 eprintln!(
                     "exec figures run `true`: the sandbox has no {}",
                     bb.display()
                 );
                 Ok(vec!["true".into()])
             }
-            _ => bail!("exec {}: {v}", cmd.join(" ")),
+            _ => bail!("exec {}: {r:?}", cmd.join(" ")),
         }
-    }
-
-    /// A buffered exec, whatever its exit; its result (or the API's error).
-    async fn exec_any(&self, id: &str, req: &Value) -> Result<Value> {
-        Ok(self
-            .req(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"))
-            .json(req)
-            .send()
-            .await?
-            .json()
-            .await?)
     }
 
     /// A buffered exec that must exit 0; its result.
-    async fn exec(&self, id: &str, req: Value) -> Result<Value> {
-        let v = self.exec_any(id, &req).await?;
-        if v["exit_code"] != 0 {
-            bail!("exec {req}: {v}");
+    async fn exec(&self, id: &str, req: w::ExecRequest) -> Result<w::ExecResult> {
+        let r = self.c.exec(id, &req).await?;
+        if r.exit_code != 0 {
+            bail!("exec {req:?}: {r:?}");
         }
-        Ok(v)
+        Ok(r)
     }
 
     /// `n` bytes of stdout through the WebSocket exec (binary frames);
@@ -407,15 +395,14 @@ impl Api {
     async fn exec_stdout_ws(&self, id: &str, n: usize) -> Result<f64> {
         use futures::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
-        let request = crate::cli::ws_request(&self.base, self.key.as_deref(), id)?;
         let t0 = Instant::now();
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
-        let start = json!({"shell": stdout_producer(n)}).to_string();
+        let mut ws = self.c.exec_socket(id).await?;
+        let start = serde_json::to_string(&w::ExecRequest::shell(stdout_producer(n)))?;
         ws.send(Message::Text(start.into())).await?;
         let mut got = 0usize;
         while let Some(m) = ws.next().await {
             match m? {
-                Message::Binary(b) if b.first() == Some(&1) => got += b.len() - 1,
+                Message::Binary(b) if b.first() == Some(&w::WS_STDOUT) => got += b.len() - 1,
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).unwrap_or_default();
                     if v["type"] == "exit" {
@@ -433,18 +420,24 @@ impl Api {
     }
 
     /// `n` bytes of stdout through the streaming exec API; MB/s of payload.
+    /// The events are read here rather than through the client's
+    /// `exec_stream`, which makes a String of every chunk: the figure is
+    /// the daemon's, not a client's decoding.
     async fn exec_stdout_sse(&self, id: &str, n: usize) -> Result<f64> {
         use futures::StreamExt;
         let t0 = Instant::now();
+        let req = w::ExecRequest::shell(stdout_producer(n));
         let r = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/sandboxes/{id}/exec/stream"),
+            .c
+            .send(
+                self.c
+                    .request(
+                        reqwest::Method::POST,
+                        &format!("/sandboxes/{id}/exec/stream"),
+                    )
+                    .json(&req),
             )
-            .json(&json!({"shell": stdout_producer(n)}))
-            .send()
-            .await?
-            .error_for_status()?;
+            .await?;
         let mut body = r.bytes_stream();
         let (mut got, mut buf, mut event) = (0usize, Vec::new(), Vec::new());
         while let Some(chunk) = body.next().await {
@@ -476,10 +469,7 @@ impl Api {
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
-        self.req(reqwest::Method::DELETE, &format!("/sandboxes/{id}"))
-            .send()
-            .await?
-            .error_for_status()?;
+        self.c.destroy(id).await?;
         Ok(())
     }
 }
@@ -549,7 +539,7 @@ fn listener_pid(port: u16) -> Result<u32> {
 /// after the bench).
 async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64, std::path::PathBuf)> {
     use std::os::unix::process::CommandExt;
-    let url = reqwest::Url::parse(&api.base).context("--host")?;
+    let url = reqwest::Url::parse(api.c.endpoint().base()).context("--host")?;
     let host = url.host_str().unwrap_or_default();
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let local = host == "localhost"
@@ -628,13 +618,7 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64, std::pat
     cmd.spawn().context("start the daemon again")?;
     let deadline = t0 + Duration::from_secs(120);
     loop {
-        let up = api
-            .http
-            .get(format!("{}/healthz", api.base))
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
+        let up = api.c.healthz().await.is_ok();
         if up {
             break;
         }
@@ -664,12 +648,7 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64, std::pat
 
 pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs) -> Result<i32> {
     let api = Api {
-        base: host.trim_end_matches('/').to_string(),
-        key,
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()?,
+        c: paddock_client::Client::new(Endpoint::Url(host), key),
     };
     let mut figures = Vec::new();
     let say = |s: &str| {
@@ -711,41 +690,23 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     // With a warm pool of the default image (`serve --warm-pool
     // default=N`): creates handed a pooled sandbox, each once the pool has
     // one ready again.
-    let pools: Value = api
-        .req(reqwest::Method::GET, "/pools")
-        .send()
-        .await?
-        .json()
-        .await
-        .unwrap_or_default();
-    let default_pool = pools["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["image"].is_null())
-        .cloned();
-    if let Some(pool) = default_pool.filter(|_| a.wants("warm")) {
+    let default_pool = |pools: w::PoolList| {
+        pools
+            .pools
+            .into_iter()
+            .find(|p| p.image.is_none() && p.template.is_none())
+    };
+    let pool = default_pool(api.c.pools().await?);
+    if let Some(pool) = pool.filter(|_| a.wants("warm")) {
         say(&format!(
             "create-to-ready from the warm pool (size {})",
-            pool["size"]
+            pool.size
         ));
         let mut t = Vec::new();
         for _ in 0..a.creates {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let v: Value = api
-                    .req(reqwest::Method::GET, "/pools")
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                let ready = v["pools"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p["image"].is_null())
-                    .and_then(|p| p["ready"].as_u64())
-                    .unwrap_or(0);
+                let ready = default_pool(api.c.pools().await?).map_or(0, |p| p.ready);
                 if ready > 0 {
                     break;
                 }
@@ -769,7 +730,8 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         String::new()
     };
     if a.wants("sse") || a.wants("ws") {
-        api.exec(&id, json!({"shell": stdout_source()})).await?;
+        api.exec(&id, w::ExecRequest::shell(stdout_source()))
+            .await?;
     }
     // Figures of the host itself, no sandbox: shown with the peers, no ratio.
     let mut host = Vec::new();
@@ -821,21 +783,17 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         let (mut up, mut down) = (Vec::new(), Vec::new());
         for _ in 0..5 {
             let t0 = Instant::now();
-            api.req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
-                .query(&[("path", "/workspace/bench.bin")])
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(data.clone())
-                .send()
-                .await?
-                .error_for_status()?;
+            api.c
+                .upload(
+                    &id,
+                    "/workspace/bench.bin",
+                    &Upload::default(),
+                    data.clone(),
+                )
+                .await?;
             up.push(data.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
             let t0 = Instant::now();
-            let r = api
-                .req(reqwest::Method::GET, &format!("/sandboxes/{id}/files"))
-                .query(&[("path", "/workspace/bench.bin")])
-                .send()
-                .await?
-                .error_for_status()?;
+            let r = api.c.download(&id, "/workspace/bench.bin").await?;
             // Counted as it streams in (as `curl -o /dev/null` would):
             // keeping it would time the client's page faults on a fresh
             // 64 MiB buffer.
@@ -892,42 +850,35 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         ));
         let mut rates = Vec::new();
         for _ in 0..3 {
-            let _ = api
-                .req(reqwest::Method::DELETE, "/images")
-                .query(&[("reference", image)])
-                .send()
-                .await?;
-            api.req(reqwest::Method::POST, "/images/prune")
-                .send()
-                .await?
-                .error_for_status()?;
-            let t0 = Instant::now();
-            let r = api
-                .req(reqwest::Method::POST, "/images")
-                .json(&json!({"reference": image}))
-                .send()
-                .await?;
-            if !r.status().is_success() {
-                bail!("pull {image}: {} {}", r.status(), r.text().await?);
+            // Not cached yet is fine: the pull below is what is timed.
+            match api.c.remove_image(image).await {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => return Err(e.into()),
             }
-            let v: Value = r.json().await?;
-            rates.push(v["size"].as_f64().unwrap_or(0.0) / 1e6 / t0.elapsed().as_secs_f64());
+            api.c.prune_images().await?;
+            let t0 = Instant::now();
+            let info = api
+                .c
+                .pull(image)
+                .await
+                .with_context(|| format!("pull {image}"))?;
+            rates.push(info.size as f64 / 1e6 / t0.elapsed().as_secs_f64());
         }
         figures.push(summary("image_pull", "MB/s", rates));
         let mut t = Vec::new();
         for _ in 0..a.creates {
             let t0 = Instant::now();
-            let r = api
-                .req(reqwest::Method::POST, "/sandboxes")
-                .json(&json!({"image": image, "labels": {"paddock-bench": "1"}}))
-                .send()
-                .await?;
-            if r.status().as_u16() != 201 {
-                bail!("create from {image}: {} {}", r.status(), r.text().await?);
-            }
+            let spec = w::SandboxSpec {
+                image: Some(image.clone()),
+                ..bench_spec()
+            };
+            let id = api
+                .create_spec(&spec)
+                .await
+                .with_context(|| format!("create from {image}"))?;
             t.push(t0.elapsed().as_secs_f64() * 1000.0);
-            let v: Value = r.json().await?;
-            api.destroy(v["id"].as_str().unwrap_or_default()).await?;
+            api.destroy(&id).await?;
         }
         figures.push(summary("create_to_ready_cached_image", "ms", t));
     }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use paddock_client::wire as w;
+use paddock_client::{Endpoint, ListFilter, PullEvent, Upload, Verb};
+use serde_json::json;
 use tokio::io::AsyncReadExt;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Subcommand, Debug)]
@@ -152,35 +153,30 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    /// The spec as JSON, with only what was given.
-    fn to_json(&self, command: &[String]) -> Result<Value> {
-        let mut spec = json!({});
-        let mut set = |k: &str, v: Value| {
-            if !v.is_null() {
-                spec[k] = v;
-            }
-        };
-        set("image", json!(self.image));
-        set("cpu", json!(self.cpu));
-        set("memory_mb", json!(self.memory));
-        set("disk_mb", json!(self.disk));
-        set("cwd", json!(self.cwd));
-        set("ttl_secs", json!(self.ttl));
-        set("idle_timeout_secs", json!(self.idle_timeout));
-        set("isolation", json!(self.isolation));
-        if !self.labels.is_empty() {
-            set("labels", json!(kv(&self.labels, "label")?));
-        }
-        if !self.env.is_empty() {
-            set("env", json!(kv(&self.env, "env")?));
-        }
-        if !self.ports.is_empty() {
-            set("ports", json!(self.ports));
-        }
-        if !command.is_empty() {
-            set("command", json!(command));
-        }
-        Ok(spec)
+    /// The spec, with only what was given.
+    fn to_spec(&self, command: &[String]) -> Result<w::SandboxSpec> {
+        let isolation =
+            match &self.isolation {
+                Some(i) => Some(serde_json::from_value::<w::Isolation>(json!(i)).map_err(
+                    |_| anyhow::anyhow!("--isolation {i:?}: container, gvisor or microvm"),
+                )?),
+                None => None,
+            };
+        Ok(w::SandboxSpec {
+            image: self.image.clone(),
+            cpu: self.cpu,
+            memory_mb: self.memory,
+            disk_mb: self.disk,
+            cwd: self.cwd.clone(),
+            ttl_secs: self.ttl,
+            idle_timeout_secs: self.idle_timeout,
+            isolation,
+            labels: kv(&self.labels, "label")?,
+            env: kv(&self.env, "env")?,
+            ports: self.ports.clone(),
+            command: (!command.is_empty()).then(|| command.to_vec()),
+            ..Default::default()
+        })
     }
 }
 
@@ -326,116 +322,53 @@ fn kv(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Where the CLI reaches the daemon.
-#[derive(Debug, Clone)]
-pub enum Endpoint {
-    /// The native API's TCP listener: `http://HOST:PORT`.
-    Url(String),
-    /// The daemon's unix socket (`--host unix:///PATH`).
-    Socket(PathBuf),
-}
-
-impl Endpoint {
-    /// `--host` (or `PADDOCK_HOST`) if given; else the daemon's unix socket
-    /// if it exists and we may open it (`PADDOCK_SOCKET`, default
-    /// /run/paddock.sock), as docker does; else the default TCP listener.
-    pub fn resolve(host: Option<String>) -> Endpoint {
-        match host {
-            Some(h) => match h.strip_prefix("unix://") {
-                Some(p) => Endpoint::Socket(PathBuf::from(p)),
-                None => Endpoint::Url(h.trim_end_matches('/').to_string()),
-            },
-            None => {
-                let sock = std::env::var_os("PADDOCK_SOCKET")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_SOCKET));
-                use nix::unistd::{access, AccessFlags};
-                match access(&sock, AccessFlags::R_OK | AccessFlags::W_OK) {
-                    Ok(()) => Endpoint::Socket(sock),
-                    Err(_) => Endpoint::Url("http://127.0.0.1:7070".into()),
-                }
+/// Where the CLI reaches the daemon: `--host` (or `PADDOCK_HOST`) if
+/// given (`unix:///PATH` for a socket); else the daemon's unix socket if
+/// it exists and we may open it (`PADDOCK_SOCKET`, default
+/// /run/paddock.sock), as docker does; else the default TCP listener.
+pub fn endpoint(host: Option<String>) -> Endpoint {
+    match host {
+        Some(h) => match h.strip_prefix("unix://") {
+            Some(p) => Endpoint::Socket(PathBuf::from(p)),
+            None => Endpoint::Url(h.trim_end_matches('/').to_string()),
+        },
+        None => {
+            let sock = std::env::var_os("PADDOCK_SOCKET")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_SOCKET));
+            use nix::unistd::{access, AccessFlags};
+            match access(&sock, AccessFlags::R_OK | AccessFlags::W_OK) {
+                Ok(()) => Endpoint::Socket(sock),
+                Err(_) => Endpoint::Url("http://127.0.0.1:7070".into()),
             }
         }
     }
-
-    /// The base URL of requests (over the socket, its host is a placeholder).
-    fn base(&self) -> &str {
-        match self {
-            Endpoint::Url(u) => u,
-            Endpoint::Socket(_) => "http://localhost",
-        }
-    }
 }
 
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Url(u) => f.write_str(u),
-            Endpoint::Socket(p) => write!(f, "unix://{}", p.display()),
-        }
-    }
-}
-
+/// The client commands, over `paddock_client`.
 pub struct Client {
-    host: Endpoint,
-    key: Option<String>,
+    api: paddock_client::Client,
     json: bool,
-    http: reqwest::Client,
+}
+
+/// Prints a value as pretty JSON.
+fn pretty<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 impl Client {
     pub fn new(host: Endpoint, key: Option<String>, json: bool) -> Client {
-        let http = match &host {
-            Endpoint::Url(_) => reqwest::Client::new(),
-            Endpoint::Socket(p) => reqwest::Client::builder()
-                .unix_socket(p.as_path())
-                .build()
-                .unwrap_or_default(),
-        };
         Client {
-            host,
-            key,
+            api: paddock_client::Client::new(host, key),
             json,
-            http,
         }
-    }
-
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self
-            .http
-            .request(method, format!("{}/v1{path}", self.host.base()));
-        if let Some(k) = &self.key {
-            r = r.bearer_auth(k);
-        }
-        r
-    }
-
-    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = rb.send().await.with_context(|| {
-            format!(
-                "cannot reach the paddock daemon at {} (is `paddock serve` running?)",
-                self.host
-            )
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let detail = body["detail"].as_str().unwrap_or("").to_string();
-        bail!("{status}: {detail}")
     }
 
     /// Pulls through the streaming form of `POST /images`, drawing a
     /// progress bar on stderr (when it is a terminal); returns the image.
-    async fn pull_with_progress(&self, reference: &str) -> Result<Value> {
-        let resp = self
-            .send(
-                self.req(reqwest::Method::POST, "/images")
-                    .header(reqwest::header::ACCEPT, "text/event-stream")
-                    .json(&json!({ "reference": reference })),
-            )
-            .await?;
+    async fn pull_with_progress(&self, reference: &str) -> Result<w::ImageInfo> {
+        let stream = self.api.pull_stream(reference).await?;
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -445,44 +378,26 @@ impl Client {
             .progress_chars("=> "),
         );
         bar.set_message(format!("resolving {reference}"));
-        let mut stream = resp.bytes_stream();
-        let mut buf = String::new();
-        while let Some(chunk) = stream.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk?));
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let mut event = "message";
-                let mut data = String::new();
-                for line in frame.lines() {
-                    if let Some(e) = line.strip_prefix("event:") {
-                        event = e.trim();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim_start());
-                    }
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(PullEvent::Progress(p)) => {
+                    bar.set_length(p.total);
+                    bar.set_position(p.current);
+                    let layer: String = p
+                        .layer
+                        .as_deref()
+                        .map(|l| l.trim_start_matches("sha256:").chars().take(12).collect())
+                        .unwrap_or_default();
+                    bar.set_message(format!("{} {layer}", p.status));
                 }
-                if data.is_empty() {
-                    continue;
+                Ok(PullEvent::Pulled(info)) => {
+                    bar.finish_and_clear();
+                    return Ok(info);
                 }
-                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                match event {
-                    "progress" => {
-                        bar.set_length(v["total"].as_u64().unwrap_or(0));
-                        bar.set_position(v["current"].as_u64().unwrap_or(0));
-                        let layer: String = v["layer"]
-                            .as_str()
-                            .map(|l| l.trim_start_matches("sha256:").chars().take(12).collect())
-                            .unwrap_or_default();
-                        bar.set_message(format!("{} {layer}", v["status"].as_str().unwrap_or("")));
-                    }
-                    "pulled" => {
-                        bar.finish_and_clear();
-                        return Ok(v);
-                    }
-                    "error" => {
-                        bar.abandon();
-                        bail!("{}", v["detail"].as_str().unwrap_or(&data));
-                    }
-                    _ => {}
+                Err(e) => {
+                    bar.abandon();
+                    return Err(e.into());
                 }
             }
         }
@@ -490,31 +405,23 @@ impl Client {
         bail!("the daemon closed the pull stream without a result")
     }
 
-    async fn json_of(&self, rb: reqwest::RequestBuilder) -> Result<Value> {
-        Ok(self.send(rb).await?.json().await?)
-    }
-
-    fn print_sandboxes(&self, list: &[Value]) {
+    fn print_sandboxes(&self, list: &[w::Sandbox]) {
         let mut t = table(&["ID", "STATE", "KEY", "IMAGE", "CPU", "MEMORY", "CREATED"]);
         for s in list {
             t.add_row(vec![
-                s["id"].as_str().unwrap_or("").to_string(),
-                s["state"].as_str().unwrap_or("").to_string(),
-                s["key"].as_str().unwrap_or("").to_string(),
-                s["config"]["image"]
-                    .as_str()
-                    .unwrap_or("(host)")
-                    .to_string(),
-                s["config"]["cpu"].to_string(),
-                format!("{} MiB", s["config"]["memory_mb"]),
-                s["created_at"].as_str().unwrap_or("").to_string(),
+                s.id.to_string(),
+                s.state.to_string(),
+                s.key.clone().unwrap_or_default(),
+                s.config.image.clone().unwrap_or_else(|| "(host)".into()),
+                s.config.cpu.to_string(),
+                format!("{} MiB", s.config.memory_mb),
+                s.created_at.to_rfc3339(),
             ]);
         }
         println!("{t}");
     }
 
     pub async fn run(&self, cmd: ClientCmd) -> Result<i32> {
-        use reqwest::Method;
         match cmd {
             ClientCmd::Create {
                 key,
@@ -522,57 +429,45 @@ impl Client {
                 spec,
                 command,
             } => {
-                let mut spec = spec.to_json(&command)?;
-                if let Some(k) = key {
-                    spec["key"] = json!(k);
-                }
-                if let Some(t) = template {
-                    spec["template"] = json!(t);
-                }
-                let sb = self
-                    .json_of(self.req(Method::POST, "/sandboxes").json(&spec))
-                    .await?;
+                let mut spec = spec.to_spec(&command)?;
+                spec.key = key;
+                spec.template = template;
+                let (sb, _) = self.api.create(&spec).await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&sb)?);
+                    pretty(&sb)?;
                 } else {
-                    println!("{}", sb["id"].as_str().unwrap_or(""));
+                    println!("{}", sb.id);
                 }
             }
             ClientCmd::Ls { state, labels } => {
-                let mut q = vec![("limit".to_string(), "1000".to_string())];
-                if let Some(s) = state {
-                    q.push(("state".into(), s));
-                }
-                if !labels.is_empty() {
-                    q.push(("labels".into(), labels.join(",")));
-                }
-                let v = self
-                    .json_of(self.req(Method::GET, "/sandboxes").query(&q))
-                    .await?;
+                let state = match state {
+                    Some(s) => {
+                        Some(serde_json::from_value::<w::State>(json!(s)).map_err(|_| {
+                            anyhow::anyhow!(
+                            "--state {s:?}: creating, running, paused, stopped, error or destroyed"
+                        )
+                        })?)
+                    }
+                    None => None,
+                };
+                let filter = ListFilter {
+                    state,
+                    labels: kv(&labels, "label")?.into_iter().collect(),
+                    limit: Some(1000),
+                    ..Default::default()
+                };
+                let v = self.api.list(&filter).await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&v["sandboxes"])?);
+                    pretty(&v.sandboxes)?;
                 } else {
-                    self.print_sandboxes(
-                        v["sandboxes"]
-                            .as_array()
-                            .map(|a| a.as_slice())
-                            .unwrap_or(&[]),
-                    );
+                    self.print_sandboxes(&v.sandboxes);
                 }
             }
-            ClientCmd::Inspect { id } => {
-                let v = self
-                    .json_of(self.req(Method::GET, &format!("/sandboxes/{id}")))
-                    .await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            }
+            ClientCmd::Inspect { id } => pretty(&self.api.get(&id).await?)?,
             ClientCmd::Rm { ids } => {
                 let mut failed = 0;
                 for id in ids {
-                    match self
-                        .send(self.req(Method::DELETE, &format!("/sandboxes/{id}")))
-                        .await
-                    {
+                    match self.api.destroy(&id).await {
                         Ok(_) => println!("{id}"),
                         Err(e) => {
                             eprintln!("paddock: {id}: {e}");
@@ -582,10 +477,10 @@ impl Client {
                 }
                 return Ok(if failed > 0 { 1 } else { 0 });
             }
-            ClientCmd::Stop { id } => self.lifecycle(&id, "stop").await?,
-            ClientCmd::Start { id } => self.lifecycle(&id, "start").await?,
-            ClientCmd::Pause { id } => self.lifecycle(&id, "pause").await?,
-            ClientCmd::Resume { id } => self.lifecycle(&id, "resume").await?,
+            ClientCmd::Stop { id } => self.lifecycle(&id, Verb::Stop).await?,
+            ClientCmd::Start { id } => self.lifecycle(&id, Verb::Start).await?,
+            ClientCmd::Pause { id } => self.lifecycle(&id, Verb::Pause).await?,
+            ClientCmd::Resume { id } => self.lifecycle(&id, Verb::Resume).await?,
             ClientCmd::Exec {
                 id,
                 env,
@@ -595,30 +490,26 @@ impl Client {
                 tty,
                 command,
             } => {
-                let mut req = json!({"cmd": command, "env": kv(&env, "env")?});
-                if let Some(c) = cwd {
-                    req["cwd"] = json!(c);
-                }
-                if let Some(u) = user {
-                    req["user"] = json!(u);
-                }
-                if let Some(t) = timeout {
-                    req["timeout"] = json!(t);
-                }
+                let req = w::ExecRequest {
+                    env: kv(&env, "env")?,
+                    cwd,
+                    user,
+                    timeout,
+                    ..w::ExecRequest::cmd(command)
+                };
                 return self.interactive(&id, req, tty).await;
             }
             ClientCmd::Shell { id, shell } => {
-                let req = json!({"cmd": [shell, "-l"], "env": {"TERM": std::env::var("TERM").unwrap_or_else(|_| "xterm".into())}});
+                let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+                let req = w::ExecRequest {
+                    env: [("TERM".to_string(), term)].into(),
+                    ..w::ExecRequest::cmd([shell, "-l".into()])
+                };
                 return self.interactive(&id, req, true).await;
             }
             ClientCmd::Cp { src, dst } => self.cp(&src, &dst).await?,
             ClientCmd::Logs { id, follow } => {
-                let mut resp = self
-                    .send(
-                        self.req(Method::GET, &format!("/sandboxes/{id}/logs"))
-                            .query(&[("follow", follow)]),
-                    )
-                    .await?;
+                let mut resp = self.api.logs(&id, 0, follow).await?;
                 let mut out = std::io::stdout();
                 while let Some(chunk) = resp.chunk().await? {
                     out.write_all(&chunk)?;
@@ -626,67 +517,39 @@ impl Client {
                 }
             }
             ClientCmd::Events { id, after, limit } => {
-                let path = match &id {
-                    Some(id) => format!("/sandboxes/{id}/events"),
-                    None => "/events".into(),
-                };
-                let mut rb = self.req(Method::GET, &path);
-                if let Some(a) = after {
-                    rb = rb.query(&[("after", a)]);
-                }
-                let resp = self.send(rb).await?;
-                let mut stream = resp.bytes_stream();
-                let mut buf = String::new();
+                let stream = self.api.events(id.as_deref(), after).await?;
+                let mut stream = std::pin::pin!(stream);
                 let mut seen = 0usize;
-                while let Some(chunk) = stream.next().await {
-                    buf.push_str(&String::from_utf8_lossy(&chunk?));
-                    while let Some(end) = buf.find("\n\n") {
-                        let frame: String = buf.drain(..end + 2).collect();
-                        let data: String = frame
-                            .lines()
-                            .filter_map(|l| l.strip_prefix("data:"))
-                            .map(|d| d.trim_start())
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        if data.is_empty() {
-                            continue;
-                        }
-                        let ev: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                        if self.json {
-                            println!("{data}");
-                        } else {
-                            println!(
-                                "{:>6} {} {} {:<18} {}",
-                                if id.is_some() {
-                                    ev["id"].to_string()
-                                } else {
-                                    ev["seq"].to_string()
-                                },
-                                ev["time"].as_str().unwrap_or(""),
-                                ev["sandbox_id"].as_str().unwrap_or(""),
-                                ev["kind"].as_str().unwrap_or(""),
-                                ev["data"]
-                            );
-                        }
-                        std::io::stdout().flush()?;
-                        seen += 1;
-                        if limit.is_some_and(|l| seen >= l) {
-                            return Ok(0);
-                        }
+                while let Some(ev) = stream.next().await {
+                    let ev = ev?;
+                    if self.json {
+                        println!("{}", serde_json::to_string(&ev)?);
+                    } else {
+                        println!(
+                            "{:>6} {} {} {:<18} {}",
+                            if id.is_some() { ev.id } else { ev.seq },
+                            ev.time.to_rfc3339(),
+                            ev.sandbox_id,
+                            ev.kind,
+                            ev.data
+                        );
+                    }
+                    std::io::stdout().flush()?;
+                    seen += 1;
+                    if limit.is_some_and(|l| seen >= l) {
+                        return Ok(0);
                     }
                 }
             }
             ClientCmd::Metrics { id } => {
-                let v = self
-                    .json_of(self.req(Method::GET, &format!("/sandboxes/{id}/metrics")))
-                    .await?;
+                let m = self.api.metrics(&id).await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    pretty(&m)?;
                 } else {
                     let mut t = table(&["METRIC", "VALUE"]);
-                    if let Some(o) = v.as_object() {
+                    if let serde_json::Value::Object(o) = serde_json::to_value(&m)? {
                         for (k, val) in o {
-                            t.add_row(vec![k.clone(), val.to_string()]);
+                            t.add_row(vec![k, val.to_string()]);
                         }
                     }
                     println!("{t}");
@@ -697,74 +560,71 @@ impl Client {
                 spec,
                 command,
             }) => {
-                let mut body = spec.to_json(&command)?;
-                body["name"] = json!(name);
                 let t = self
-                    .json_of(self.req(Method::POST, "/templates").json(&body))
+                    .api
+                    .create_template(&name, &spec.to_spec(&command)?, 0)
                     .await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&t)?);
+                    pretty(&t)?;
                 } else {
-                    println!("{}", t["name"].as_str().unwrap_or(""));
+                    println!("{}", t.name);
                 }
             }
             ClientCmd::Templates(TemplatesCmd::Ls) => {
-                let v = self.json_of(self.req(Method::GET, "/templates")).await?;
+                let v = self.api.templates().await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&v["templates"])?);
+                    pretty(&v.templates)?;
                 } else {
                     let mut t = table(&["NAME", "IMAGE", "CPU", "MEMORY", "CREATED"]);
-                    for i in v["templates"].as_array().into_iter().flatten() {
-                        let d = &i["defaults"];
-                        let or_default = |v: &Value, dflt: &str| match v {
-                            Value::Null => dflt.to_string(),
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
+                    for i in v.templates {
+                        let d = &i.defaults;
+                        let or = |v: Option<String>, dflt: &str| v.unwrap_or_else(|| dflt.into());
                         t.add_row(vec![
-                            i["name"].as_str().unwrap_or("").to_string(),
-                            or_default(&d["image"], "(host)"),
-                            or_default(&d["cpu"], "-"),
-                            or_default(&d["memory_mb"], "-"),
-                            i["created_at"].as_str().unwrap_or("").to_string(),
+                            i.name.clone(),
+                            or(d.image.clone(), "(host)"),
+                            or(d.cpu.map(|c| c.to_string()), "-"),
+                            or(d.memory_mb.map(|m| m.to_string()), "-"),
+                            i.created_at.to_rfc3339(),
                         ]);
                     }
                     println!("{t}");
                 }
             }
             ClientCmd::Templates(TemplatesCmd::Inspect { name }) => {
-                let v = self
-                    .json_of(self.req(Method::GET, &format!("/templates/{name}")))
-                    .await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                pretty(&self.api.template(&name).await?)?
             }
             ClientCmd::Templates(TemplatesCmd::Rm { name }) => {
-                self.send(self.req(Method::DELETE, &format!("/templates/{name}")))
-                    .await?;
+                self.api.delete_template(&name).await?;
                 if !self.json {
                     println!("{name}");
                 }
             }
             ClientCmd::Backends => {
-                let v = self.json_of(self.req(Method::GET, "/backends")).await?;
+                let v = self.api.backends().await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&v["backends"])?);
+                    pretty(&v.backends)?;
                 } else {
                     let mut t = table(&["NAME", "ISOLATION", "DEFAULT", "CAN"]);
-                    for b in v["backends"].as_array().cloned().unwrap_or_default() {
-                        let can: Vec<String> = b["capabilities"]
-                            .as_object()
-                            .map(|m| {
-                                m.iter()
-                                    .filter(|(_, v)| v.as_bool() == Some(true))
-                                    .map(|(k, _)| k.replace('_', " "))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                    for b in v.backends {
+                        let c = b.capabilities;
+                        let can: Vec<&str> = [
+                            (c.pause, "pause"),
+                            (c.fs_snapshot, "fs snapshot"),
+                            (c.memory_snapshot, "memory snapshot"),
+                            (c.fork, "fork"),
+                            (c.shares_host_kernel, "shares host kernel"),
+                            (c.fd_handover, "fd handover"),
+                        ]
+                        .into_iter()
+                        .filter_map(|(yes, what)| yes.then_some(what))
+                        .collect();
                         t.add_row(vec![
-                            b["name"].as_str().unwrap_or("").to_string(),
-                            b["isolation"].as_str().unwrap_or("").to_string(),
-                            if b["default"] == true { "yes" } else { "" }.to_string(),
+                            b.name,
+                            serde_json::to_value(b.isolation)?
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                            if b.default { "yes" } else { "" }.to_string(),
                             can.join(", "),
                         ]);
                     }
@@ -772,22 +632,17 @@ impl Client {
                 }
             }
             ClientCmd::Images(ImagesCmd::Ls) => {
-                let v = self.json_of(self.req(Method::GET, "/images")).await?;
+                let v = self.api.images().await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&v["images"])?);
+                    pretty(&v.images)?;
                 } else {
                     let mut t = table(&["REFERENCE", "DIGEST", "LAYERS", "SIZE"]);
-                    for i in v["images"].as_array().cloned().unwrap_or_default() {
+                    for i in v.images {
                         t.add_row(vec![
-                            i["reference"].as_str().unwrap_or("").to_string(),
-                            i["digest"]
-                                .as_str()
-                                .unwrap_or("")
-                                .chars()
-                                .take(19)
-                                .collect(),
-                            i["layers"].to_string(),
-                            format!("{:.1} MB", i["size"].as_f64().unwrap_or(0.0) / 1e6),
+                            i.reference,
+                            i.digest.chars().take(19).collect(),
+                            i.layers.to_string(),
+                            format!("{:.1} MB", i.size as f64 / 1e6),
                         ]);
                     }
                     println!("{t}");
@@ -796,56 +651,38 @@ impl Client {
             ClientCmd::Images(ImagesCmd::Pull { reference }) => {
                 let v = self.pull_with_progress(&reference).await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    pretty(&v)?;
                 } else {
-                    println!(
-                        "{} {}",
-                        v["reference"].as_str().unwrap_or(""),
-                        v["digest"].as_str().unwrap_or("")
-                    );
+                    println!("{} {}", v.reference, v.digest);
                 }
             }
             ClientCmd::Images(ImagesCmd::Inspect { reference }) => {
-                let v = self
-                    .json_of(
-                        self.req(Method::GET, "/images/inspect")
-                            .query(&[("reference", &reference)]),
-                    )
-                    .await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                pretty(&self.api.inspect_image(&reference).await?)?
             }
             ClientCmd::Images(ImagesCmd::Rm { reference }) => {
-                self.send(
-                    self.req(Method::DELETE, "/images")
-                        .query(&[("reference", &reference)]),
-                )
-                .await?;
+                self.api.remove_image(&reference).await?;
                 println!("{reference}");
             }
             ClientCmd::Images(ImagesCmd::Prune) => {
-                let v = self
-                    .json_of(self.req(Method::POST, "/images/prune"))
-                    .await?;
+                let v = self.api.prune_images().await?;
                 if self.json {
-                    println!("{v}");
+                    println!("{}", serde_json::to_string(&v)?);
                 } else {
-                    println!("removed {} layers", v["removed_layers"]);
+                    println!("removed {} layers", v.removed_layers);
                 }
             }
             ClientCmd::Ports { id } => {
-                let v = self
-                    .json_of(self.req(Method::GET, &format!("/sandboxes/{id}/ports")))
-                    .await?;
+                let v = self.api.ports(&id).await?;
                 if self.json {
-                    println!("{}", serde_json::to_string_pretty(&v["ports"])?);
+                    pretty(&v.ports)?;
                 } else {
                     let mut t = table(&["PORT", "ADDRESS", "LISTENING", "DECLARED"]);
-                    for p in v["ports"].as_array().cloned().unwrap_or_default() {
+                    for p in v.ports {
                         t.add_row(vec![
-                            p["port"].to_string(),
-                            p["address"].as_str().unwrap_or("").to_string(),
-                            p["listening"].to_string(),
-                            p["declared"].to_string(),
+                            p.port.to_string(),
+                            p.address,
+                            p.listening.to_string(),
+                            p.declared.to_string(),
                         ]);
                     }
                     println!("{t}");
@@ -855,18 +692,12 @@ impl Client {
         Ok(0)
     }
 
-    async fn lifecycle(&self, id: &str, verb: &str) -> Result<()> {
-        let v = self
-            .json_of(self.req(reqwest::Method::POST, &format!("/sandboxes/{id}/{verb}")))
-            .await?;
+    async fn lifecycle(&self, id: &str, verb: Verb) -> Result<()> {
+        let sb = self.api.lifecycle(id, verb).await?;
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            pretty(&sb)?;
         } else {
-            println!(
-                "{} {}",
-                v["id"].as_str().unwrap_or(id),
-                v["state"].as_str().unwrap_or("")
-            );
+            println!("{} {}", sb.id, sb.state);
         }
         Ok(())
     }
@@ -886,25 +717,17 @@ impl Client {
                     f.metadata().await?.permissions().mode() & 0o7777
                 };
                 let body = reqwest::Body::wrap_stream(file_stream(f));
-                let v = self
-                    .json_of(
-                        self.req(reqwest::Method::PUT, &format!("/sandboxes/{id}/files"))
-                            .query(&[("path", path.as_str()), ("mode", &format!("{mode:o}"))])
-                            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                            .body(body),
-                    )
-                    .await?;
+                let opts = Upload {
+                    mode: Some(mode),
+                    ..Default::default()
+                };
+                let info = self.api.upload(&id, &path, &opts, body).await?;
                 if self.json {
-                    println!("{v}");
+                    println!("{}", serde_json::to_string(&info)?);
                 }
             }
             (Some((id, path)), None) => {
-                let mut resp = self
-                    .send(
-                        self.req(reqwest::Method::GET, &format!("/sandboxes/{id}/files"))
-                            .query(&[("path", path.as_str())]),
-                    )
-                    .await?;
+                let mut resp = self.api.download(&id, &path).await?;
                 let mut f: Box<dyn Write> = if dst == "-" {
                     Box::new(std::io::stdout())
                 } else {
@@ -931,43 +754,17 @@ impl Client {
 
     /// Runs a command over the WebSocket exec: output to our stdout and
     /// stderr, our stdin to it, and (with a terminal) raw mode and resizes.
-    async fn interactive(&self, id: &str, mut req: Value, tty: bool) -> Result<i32> {
-        let request = ws_request(self.host.base(), self.key.as_deref(), id)?;
-        let connected = match &self.host {
-            Endpoint::Url(_) => tokio_tungstenite::connect_async_with_config(request, None, true)
-                .await
-                .map(|(ws, _)| futures::future::Either::Left(ws)),
-            Endpoint::Socket(p) => {
-                let unix = tokio::net::UnixStream::connect(p)
-                    .await
-                    .with_context(|| format!("cannot reach the paddock daemon at {}", self.host))?;
-                tokio_tungstenite::client_async_with_config(request, unix, None)
-                    .await
-                    .map(|(ws, _)| futures::future::Either::Right(ws))
-            }
-        };
-        let ws = connected.map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                let detail = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["detail"].as_str().map(String::from))
-                    .unwrap_or(body);
-                anyhow::anyhow!("{}: {detail}", resp.status())
-            }
-            e => anyhow::anyhow!("cannot reach the paddock daemon at {}: {e}", self.host),
-        })?;
+    async fn interactive(&self, id: &str, mut req: w::ExecRequest, tty: bool) -> Result<i32> {
+        let ws = self.api.exec_socket(id).await?;
         let (mut sink, mut stream) = ws.split();
         let raw = tty && crossterm::tty::IsTty::is_tty(&std::io::stdin());
         if tty {
             let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
-            req["pty"] = json!({"rows": rows, "cols": cols});
+            req.pty = Some(w::PtySize { rows, cols });
         }
-        sink.send(Message::Text(req.to_string().into())).await?;
+        let text = |m: &w::WsControl| Message::Text(json!(m).to_string().into());
+        sink.send(Message::Text(serde_json::to_string(&req)?.into()))
+            .await?;
         let _guard = if raw {
             crossterm::terminal::enable_raw_mode()?;
             Some(RawGuard)
@@ -983,9 +780,7 @@ impl Client {
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = tx_in
-                            .send(Message::Text(json!({"type": "eof"}).to_string().into()))
-                            .await;
+                        let _ = tx_in.send(text(&w::WsControl::Eof)).await;
                         break;
                     }
                     Ok(n) => {
@@ -1011,12 +806,8 @@ impl Client {
                 };
                 while sig.recv().await.is_some() {
                     if let Ok((cols, rows)) = crossterm::terminal::size() {
-                        let m = json!({"type": "resize", "rows": rows, "cols": cols});
-                        if tx_w
-                            .send(Message::Text(m.to_string().into()))
-                            .await
-                            .is_err()
-                        {
+                        let m = w::WsControl::Resize { rows, cols };
+                        if tx_w.send(text(&m)).await.is_err() {
                             break;
                         }
                     }
@@ -1036,7 +827,7 @@ impl Client {
         while let Some(msg) = stream.next().await {
             match msg? {
                 Message::Binary(b) if !b.is_empty() => {
-                    if b[0] == 2 {
+                    if b[0] == w::WS_STDERR {
                         stderr.write_all(&b[1..])?;
                         stderr.flush()?;
                     } else {
@@ -1045,18 +836,21 @@ impl Client {
                     }
                 }
                 Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    let v: serde_json::Value =
+                        serde_json::from_str(&t).unwrap_or(serde_json::Value::Null);
                     match v["type"].as_str() {
                         Some("exit") => {
                             drop(_guard);
-                            if v["timed_out"] == json!(true) {
+                            let r: w::ExecResult = serde_json::from_value(v)?;
+                            if r.timed_out {
                                 eprintln!("paddock: the command timed out");
                             }
-                            return Ok(v["exit_code"].as_i64().unwrap_or(1) as i32);
+                            return Ok(r.exit_code);
                         }
                         Some("error") => {
                             drop(_guard);
-                            bail!("{}", v["detail"].as_str().unwrap_or("exec failed"));
+                            let p: w::Problem = serde_json::from_value(v)?;
+                            bail!("{}", p.detail);
                         }
                         _ => {}
                     }
@@ -1090,24 +884,4 @@ fn file_stream(
             Err(e) => Some((Err(e), None)),
         }
     })
-}
-
-/// The WebSocket exec's handshake request for sandbox `id` of the daemon at
-/// `host` (http[s]://...), with the key when there is one.
-pub(crate) fn ws_request(
-    host: &str,
-    key: Option<&str>,
-    id: &str,
-) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
-    let url = format!(
-        "{}/v1/sandboxes/{id}/exec/ws",
-        host.trim_end_matches('/').replacen("http", "ws", 1)
-    );
-    let mut request = url.into_client_request()?;
-    if let Some(k) = key {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {k}").parse()?);
-    }
-    Ok(request)
 }

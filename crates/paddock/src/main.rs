@@ -89,8 +89,7 @@ fn main() {
                 .enable_all()
                 .build()
                 .expect("tokio");
-            let client =
-                cli::Client::new(cli::Endpoint::resolve(opts.host), opts.api_key, opts.json);
+            let client = cli::Client::new(cli::endpoint(opts.host), opts.api_key, opts.json);
             let code = match rt.block_on(client.run(c)) {
                 Ok(code) => code,
                 Err(e) => {

@@ -145,9 +145,7 @@ pub struct ConfigUpdate {
 }
 
 /// What an update changed, as its `config.apply` event records it.
-#[derive(
-    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct ConfigChanges {
     pub mounts_added: Vec<Mount>,

@@ -38,7 +38,7 @@ pub struct PoolConfig {
 }
 
 /// A pool as `GET /v1/pools` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
     /// None: the default host image (or, for a template's pool, the
     /// template's).

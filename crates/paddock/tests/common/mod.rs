@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use paddock_client::wire;
+use serde_json::Value;
 
 /// The daemon under test: this build's, or `PADDOCK_TEST_BIN` (to run the
 /// suite against another build, e.g. an older one to see an attack test
@@ -297,21 +298,11 @@ impl Daemon {
     }
 
     pub fn api(&self) -> Api {
-        Api {
-            base: format!("{}/v1", self.url),
-            key: None,
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .unwrap(),
-        }
+        Api::new(&self.url, None)
     }
 
     pub fn api_with_key(&self, key: &str) -> Api {
-        Api {
-            key: Some(key.to_string()),
-            ..self.api()
-        }
+        Api::new(&self.url, Some(key))
     }
 
     /// Runs the CLI against this daemon, asserting success; its stdout.
@@ -381,10 +372,26 @@ pub fn shared() -> &'static Daemon {
     d
 }
 
+/// The native API, for tests: the typed client (`paddock_client`, what
+/// the CLI and the bench speak) for what a client does, and raw requests
+/// (`req`, `get`, `post`, ...) for what no client would send.
 pub struct Api {
     pub base: String,
     pub key: Option<String>,
     pub http: reqwest::blocking::Client,
+    pub client: paddock_client::Client,
+}
+
+/// The runtime the typed client's calls run on (tests are synchronous).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 pub struct Resp {
@@ -394,6 +401,26 @@ pub struct Resp {
 }
 
 impl Api {
+    pub fn new(url: &str, key: Option<&str>) -> Api {
+        Api {
+            base: format!("{url}/v1"),
+            key: key.map(String::from),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            client: paddock_client::Client::new(
+                paddock_client::Endpoint::Url(url.to_string()),
+                key.map(String::from),
+            ),
+        }
+    }
+
+    /// Runs a typed client call to its end.
+    pub fn call<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        runtime().block_on(f)
+    }
+
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(k) = &self.key {
@@ -423,27 +450,47 @@ impl Api {
         self.send(self.req(reqwest::Method::DELETE, path))
     }
 
-    /// Creates a sandbox (asserting success) and returns its id.
-    pub fn create(&self, spec: Value) -> String {
-        let r = self.post("/sandboxes", spec);
-        assert_eq!(r.status, 201, "create: {}", r.text);
-        assert_eq!(r.body["state"], "running", "{}", r.text);
-        r.body["id"].as_str().unwrap().to_string()
+    /// Creates a sandbox through the client (asserting it is new and
+    /// running) and returns it. The spec is JSON for brevity; it must be a
+    /// `wire::SandboxSpec`.
+    pub fn create_sandbox(&self, spec: Value) -> wire::Sandbox {
+        let spec: wire::SandboxSpec =
+            serde_json::from_value(spec.clone()).unwrap_or_else(|e| panic!("spec {spec}: {e}"));
+        let (sb, created) = self
+            .call(self.client.create(&spec))
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        assert!(created, "create: an existing sandbox {}", sb.id);
+        assert_eq!(sb.state, wire::State::Running, "{sb:?}");
+        sb
     }
 
+    /// Creates a sandbox (asserting success) and returns its id.
+    pub fn create(&self, spec: Value) -> String {
+        self.create_sandbox(spec).id.to_string()
+    }
+
+    /// Runs a command through the client (asserting the API answered).
+    pub fn run(&self, id: &str, req: &wire::ExecRequest) -> wire::ExecResult {
+        self.call(self.client.exec(id, req))
+            .unwrap_or_else(|e| panic!("exec {req:?}: {e}"))
+    }
+
+    /// `run`, with the request and the result as JSON for brevity.
     pub fn exec(&self, id: &str, req: Value) -> Value {
-        let r = self.post(&format!("/sandboxes/{id}/exec"), req);
-        assert_eq!(r.status, 200, "exec: {}", r.text);
-        r.body
+        let typed: wire::ExecRequest =
+            serde_json::from_value(req.clone()).unwrap_or_else(|e| panic!("exec {req}: {e}"));
+        serde_json::to_value(self.run(id, &typed)).unwrap()
     }
 
     pub fn sh(&self, id: &str, script: &str) -> Value {
-        self.exec(id, json!({"shell": script}))
+        serde_json::to_value(self.run(id, &wire::ExecRequest::shell(script))).unwrap()
     }
 
     pub fn destroy(&self, id: &str) {
-        let r = self.delete(&format!("/sandboxes/{id}"));
-        assert_eq!(r.status, 200, "destroy: {}", r.text);
+        let sb = self
+            .call(self.client.destroy(id))
+            .unwrap_or_else(|e| panic!("destroy {id}: {e}"));
+        assert_eq!(sb.state, wire::State::Destroyed, "{sb:?}");
     }
 }
 
@@ -470,7 +517,7 @@ impl<'a> Sb<'a> {
 
 impl Drop for Sb<'_> {
     fn drop(&mut self) {
-        let _ = self.api.delete(&format!("/sandboxes/{}", self.id));
+        let _ = self.api.call(self.api.client.destroy(&self.id));
     }
 }
 

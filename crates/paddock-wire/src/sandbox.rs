@@ -1,0 +1,374 @@
+//! Sandboxes, templates, pools, backends and events.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Container,
+    Gvisor,
+    Microvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Creating,
+    Running,
+    Paused,
+    Stopped,
+    Error,
+    Destroyed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopped => "stopped",
+            State::Error => "error",
+            State::Destroyed => "destroyed",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a caller asks for. Absent numbers take the daemon's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// Idempotency key, unique per owner: `[A-Za-z0-9_-]{1,64}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Image reference; none: the host-based default image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Default: `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// A template whose defaults fill in what this spec leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// CPU cores (fractions allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+    /// Disk in MiB. The container backend keeps a sandbox's files in its
+    /// memory (a tmpfs charged to it), so its disk holds at most
+    /// `memory_mb` less 16 MiB and `/dev/shm` (64 MiB, or a quarter of a
+    /// smaller memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Directories the file API may reach, each with its ACL. None: the
+    /// file API reaches the whole sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Ordered egress rules, first match wins, no match denies. None: all
+    /// egress allowed. Stored and returned; enforced once the egress
+    /// firewall exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<EgressRule>>,
+    /// What to capture on shutdown and restore on start. Stored; acted on
+    /// once snapshots exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotPolicy>,
+    /// `hostname:ip` entries for the sandbox's /etc/hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// Run the main process on a terminal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Record a `resource.usage` event this often (seconds); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_events_secs: Option<u64>,
+}
+
+/// A directory of the sandbox the file API may reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    /// A host directory bound there (absolute, under a root the operator
+    /// allows); none: a private directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Checked longest pattern first; no match denies.
+    #[serde(default)]
+    pub acls: Vec<AclRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Rw,
+    Ro,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// A glob: `*` within a path segment, `**` across segments; `dir/**`
+    /// also matches `dir` itself.
+    pub path: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressAccess {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    pub access: EgressAccess,
+    /// Exact, or `*.suffix`, or `*`.
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// Values injected into matching requests (secrets the sandbox never sees).
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<EgressOverride>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+}
+
+/// What an image reference resolved to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResolvedImage {
+    /// The manifest's digest.
+    pub digest: String,
+    /// Unpacked layer directories, bottom first.
+    pub layers: Vec<String>,
+    pub env: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub exposed_ports: Vec<u16>,
+    /// Compressed size of the layers, bytes.
+    pub size: u64,
+}
+
+/// A spec with every default applied and every field checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxConfig {
+    pub image: Option<String>,
+    pub isolation: Isolation,
+    pub cpu: f64,
+    pub memory_mb: i64,
+    pub disk_mb: i64,
+    pub pids: i64,
+    pub env: BTreeMap<String, String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub cwd: String,
+    pub ttl_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub ports: Vec<u16>,
+    /// The default user of commands (from the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The image's digest and layers, once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_image: Option<ResolvedImage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<EgressRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_events_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    pub id: Uuid,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The template it was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    pub config: SandboxConfig,
+    /// The backend that runs it (`crun`, `runc`, ...; see `/v1/backends`).
+    pub backend: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_active_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// `GET /v1/sandboxes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<Sandbox>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Uuid>,
+}
+
+/// A stored, named image plus sandbox defaults. A sandbox created with
+/// `template` takes them, each overridable.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    pub name: String,
+    pub owner: String,
+    /// The defaults: any field of a sandbox spec but `key` and `template`.
+    pub defaults: SandboxSpec,
+    /// Sandboxes of this template kept booted ahead of time; 0: none.
+    #[serde(default)]
+    pub warm_pool: usize,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<Template>,
+}
+
+/// A warm pool.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolStatus {
+    /// None: the default host image (or, for a template's pool, the
+    /// template's).
+    pub image: Option<String>,
+    /// The template whose sandboxes this pool keeps (yours only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    pub size: usize,
+    pub ready: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolStatus>,
+}
+
+/// What a backend can do beyond start, stop and destroy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Capabilities {
+    /// Freeze and thaw a sandbox's processes.
+    pub pause: bool,
+    /// Save a sandbox's filesystem and start sandboxes from it.
+    pub fs_snapshot: bool,
+    /// Save a running sandbox's memory too (restore resumes its processes).
+    pub memory_snapshot: bool,
+    /// Copy a running sandbox into new ones.
+    pub fork: bool,
+    /// Its sandboxes run on the host's kernel (containers) rather than a
+    /// kernel of their own (gVisor's, a microVM's).
+    pub shares_host_kernel: bool,
+    /// Bulk file data skips the agent protocol (open descriptors handed
+    /// to the daemon).
+    pub fd_handover: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackendInfo {
+    /// Its name: `crun`, `runc`, `runsc`, `qemu`, ...
+    pub name: String,
+    pub isolation: Isolation,
+    /// Whether creates asking for its isolation get it.
+    pub default: bool,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackendList {
+    pub backends: Vec<BackendInfo>,
+}
+
+/// A lifecycle or activity event (the `data` of each SSE event of
+/// `/v1/events` and `/v1/sandboxes/{id}/events`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Daemon-wide sequence number.
+    pub seq: i64,
+    /// Per-sandbox id (monotonic within one sandbox).
+    pub id: i64,
+    pub sandbox_id: Uuid,
+    /// `sandbox.created`, `sandbox.started`, `exec.request`, `fs.response`,
+    /// `config.apply`, `stdio`, `resource.usage`, ...
+    pub kind: String,
+    pub time: DateTime<Utc>,
+    /// The kind's payload: `state` for state changes, `reason` for a
+    /// destroy, `command`/`exit_code` for commands, `path`/`access` for file
+    /// operations, ...
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
