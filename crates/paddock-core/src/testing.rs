@@ -497,6 +497,9 @@ impl Runtime for FakeRuntime {
     }
 
     async fn alive(&self, ids: &[Uuid]) -> HashMap<Uuid, bool> {
+        for id in ids {
+            self.note(format!("alive {id}"));
+        }
         let m = self.sandboxes.lock().unwrap();
         ids.iter()
             .filter_map(|id| {

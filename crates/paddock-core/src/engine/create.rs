@@ -184,7 +184,8 @@ impl Engine {
             .connect(&instance.agent, handover, self.cfg.agent_timeout)
             .await?;
         tracing::debug!(sandbox = %id, connect = ?t0.elapsed(), "agent connected");
-        self.attach(id, agent, instance.clone(), now_ms()).await;
+        self.attach(id, runtime.name(), agent, instance.clone(), now_ms())
+            .await;
         Ok(instance.ip.map(|ip| ip.to_string()))
     }
 
@@ -192,6 +193,7 @@ impl Engine {
     pub(super) async fn attach(
         &self,
         id: Uuid,
+        backend: &str,
         agent: Arc<dyn Agent>,
         instance: Instance,
         active_ms: i64,
@@ -201,6 +203,7 @@ impl Engine {
             id,
             Arc::new(Live {
                 agent,
+                backend: backend.to_string(),
                 instance,
                 last_active_ms: AtomicI64::new(active_ms),
                 persisted_active_ms: AtomicI64::new(active_ms),

@@ -177,7 +177,7 @@ impl Engine {
                     .agents
                     .connect(&inst.agent, handover, self.cfg.agent_timeout)
                     .await?;
-                self.attach(id, agent, inst, now_ms()).await;
+                self.attach(id, rt.name(), agent, inst, now_ms()).await;
             }
         }
         self.transition(id, EventData::resumed(), |s| {

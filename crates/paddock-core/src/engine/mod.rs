@@ -113,6 +113,9 @@ impl Default for EngineConfig {
 /// A running sandbox's live parts.
 struct Live {
     agent: Arc<dyn Agent>,
+    /// The backend that runs it (`Runtime::name`): the one the monitor
+    /// asks whether it is alive.
+    backend: String,
     instance: Instance,
     last_active_ms: AtomicI64,
     persisted_active_ms: AtomicI64,

@@ -195,13 +195,27 @@ impl Engine {
         dead_seen: &mut HashMap<Uuid, u32>,
     ) {
         dead_seen.retain(|id, _| ids.contains(id));
-        // One question per backend, about all of them: each answers for
-        // the sandboxes it runs.
-        let all: Vec<Uuid> = ids.iter().copied().collect();
+        // One question per backend, about the sandboxes it runs (as
+        // recorded when each was attached): two backends of one isolation
+        // may both know a sandbox's id, only its own is asked.
+        let mut by_backend: HashMap<String, Vec<Uuid>> = HashMap::new();
+        for (id, live) in self.live.read().await.iter() {
+            if ids.contains(id) {
+                by_backend
+                    .entry(live.backend.clone())
+                    .or_default()
+                    .push(*id);
+            }
+        }
         let mut seen: HashMap<Uuid, (bool, Arc<dyn Runtime>)> = HashMap::new();
-        for rt in self.runtimes.values() {
-            for (id, alive) in rt.alive(&all).await {
-                seen.entry(id).or_insert((alive, rt.clone()));
+        for (name, ids) in by_backend {
+            let Some(rt) = self.runtimes.get(&name) else {
+                continue;
+            };
+            for (id, alive) in rt.alive(&ids).await {
+                if ids.contains(&id) {
+                    seen.insert(id, (alive, rt.clone()));
+                }
             }
         }
         for &id in ids {

@@ -17,7 +17,7 @@ impl Engine {
                     .lazy(&inst.agent, rt.capabilities().fd_handover)?;
                 // The idle clock goes on from where the store left it.
                 let at = sb.last_active_at.timestamp_millis();
-                self.attach(sb.id, agent, inst, at).await;
+                self.attach(sb.id, rt.name(), agent, inst, at).await;
                 Ok(true)
             }
             (State::Paused, (Liveness::Paused, _)) => Ok(false),

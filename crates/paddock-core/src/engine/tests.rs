@@ -545,6 +545,40 @@ async fn the_monitor_marks_a_sandbox_whose_processes_died() {
     assert_eq!(r.engine.get(&me(), calm.id).unwrap().state, State::Running);
 }
 
+/// Each backend is asked only about the sandboxes it runs: another
+/// backend of the same isolation (docker beside crun, say) may answer for
+/// ids it does not run, and must not hide a death.
+#[tokio::test]
+async fn the_monitor_asks_each_backend_about_its_own_sandboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paddock.db");
+    let (a, b) = (
+        Arc::new(FakeRuntime::named("a", Default::default())),
+        Arc::new(FakeRuntime::named("b", Default::default())),
+    );
+    let e = engine_on(&db, &[a.clone(), b.clone()], &[(Isolation::Container, "a")]).unwrap();
+    let _monitor = e.spawn_monitor();
+    let (sb, _) = e.create(&me(), SandboxSpec::default()).await.unwrap();
+    a.kill(sb.id);
+    let mut state = State::Running;
+    for _ in 0..200 {
+        state = e.get(&me(), sb.id).unwrap().state;
+        if state != State::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, State::Error);
+    let asked = |rt: &FakeRuntime| {
+        rt.calls
+            .lock()
+            .unwrap()
+            .contains(&format!("alive {}", sb.id))
+    };
+    assert!(asked(&a));
+    assert!(!asked(&b), "backend b was asked about a's sandbox");
+}
+
 /// Issue 19, item 2: a host directory is bound only from a root the
 /// operator allows now; one allowed at create and no longer after a restart
 /// with another config is refused when the sandbox starts again.
