@@ -38,7 +38,20 @@ fn claim(path: &Path, what: &str, holder: &str) -> anyhow::Result<File> {
         .truncate(false)
         .open(path)
         .with_context(|| format!("open {}", path.display()))?;
-    match f.try_lock() {
+    // A lock let go a moment ago may still be held by a child forked
+    // meanwhile (until it execs and its close-on-exec copy goes): a few
+    // tries before naming the holder.
+    let mut tries = 0;
+    let locked = loop {
+        match f.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other,
+        }
+    };
+    match locked {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut who = String::new();
