@@ -326,14 +326,19 @@ pub async fn open_write(
                 .map_err(|e| io_status(e, path))?;
         }
     }
+    let mut special = false;
     if let Ok(m) = tokio::fs::metadata(&p).await {
         if m.is_dir() {
             return Err(Status::failed_precondition(format!(
                 "{path}: is a directory"
             )));
         }
+        // A device, FIFO or socket is written into, not replaced by a
+        // file (`/dev/null` is even a mount point in a user namespace,
+        // where a rename over it fails).
+        special = !m.is_file();
     }
-    let (target, tmp) = if atomic && !append {
+    let (target, tmp) = if atomic && !append && !special {
         let name = p
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
