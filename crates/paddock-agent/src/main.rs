@@ -333,12 +333,16 @@ struct Args {
     /// The listening socket the runtime bound for the agent, as this fd.
     listen_fd: i32,
     identity: paddock_proto::identity::Identity,
+    /// Open files per process in the sandbox: the agent lowers its own
+    /// limit to this before it runs anything (every process inherits it).
+    nofile: Option<u64>,
     main: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut listen_fd = None;
+    let mut nofile = None;
     let mut main = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -347,6 +351,15 @@ fn parse_args() -> Result<Args, String> {
                 listen_fd = Some(v.parse::<i32>().ok().filter(|fd| *fd > 2).ok_or(format!(
                     "--listen-fd: {v:?} is not a file descriptor above 2"
                 ))?);
+            }
+            "--nofile" => {
+                let v = it.next().unwrap_or_default();
+                nofile = Some(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|n| *n >= 16)
+                        .ok_or(format!("--nofile: {v:?} is not a count of 16 or more"))?,
+                );
             }
             "--version" => {
                 println!("paddock-agent {}", env!("CARGO_PKG_VERSION"));
@@ -367,6 +380,7 @@ fn parse_args() -> Result<Args, String> {
                 "{} must hold the sandbox's identity (64 hex digits)",
                 paddock_proto::identity::ENV
             ))?,
+        nofile,
         main,
     })
 }
@@ -383,6 +397,31 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(n) = args.nofile {
+        // Lowered here rather than by the OCI runtime: in a user namespace
+        // runc sets a container's limits from outside it (prlimit), which
+        // needs CAP_SYS_RESOURCE; lowering one's own needs nothing. Never
+        // above what the agent has (raising needs the same capability).
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit with a valid, owned struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                let n = n.min(lim.rlim_max);
+                lim.rlim_cur = n;
+                lim.rlim_max = n;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    eprintln!(
+                        "paddock-agent: --nofile {n}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
     // A small runtime: the agent is idle most of its life and must stay
     // light (hundreds of sandboxes share one host).
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -15,6 +15,9 @@
 //! - [`sealed`]: a sealed memfd copy of a runtime binary, run instead of
 //!   the file.
 //! - [`cmd`]: running host commands with their errors as engine errors.
+//! - [`userns`]: each sandbox's range of host ids, claimed host-wide; its
+//!   user namespace (owned by that range's root) with its network
+//!   namespace inside; idmapped mounts.
 
 pub mod cgroup;
 pub mod cmd;
@@ -22,3 +25,4 @@ pub mod net;
 pub mod netlink;
 pub mod sealed;
 pub mod seccomp;
+pub mod userns;

@@ -28,6 +28,10 @@ pub struct NetConfig {
     /// Ports of the gateway address every sandbox may reach (TCP and UDP),
     /// for host services the operator offers them.
     pub host_ports: Vec<u16>,
+    /// Each namespace inside a user namespace of its own, with a range of
+    /// host ids (`userns`); off (`paddock serve --userns off`): owned by
+    /// the host's, its sandbox's root the host's root.
+    pub userns: bool,
 }
 
 impl Default for NetConfig {
@@ -36,6 +40,7 @@ impl Default for NetConfig {
             bridge: "paddock0".into(),
             gateway: Ipv4Addr::new(10, 88, 0, 1),
             host_ports: Vec::new(),
+            userns: true,
         }
     }
 }
@@ -63,6 +68,11 @@ pub struct Slot {
     /// `host-gateway` in its extra hosts).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_gateway: bool,
+    /// The host ids of its user namespace (which owns the network
+    /// namespace): the sandbox's. None: no user namespace (`--userns off`,
+    /// or wired by an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<crate::userns::IdRange>,
 }
 
 impl Slot {
@@ -94,6 +104,8 @@ pub struct Network {
     /// Held by the refill while it wires a namespace: [`Network::drain`]
     /// waits for it, so that none is left behind, pinned, at exit.
     wiring: tokio::sync::Mutex<()>,
+    /// The host's id ranges, claimed per namespace.
+    claims: crate::userns::IdClaims,
 }
 
 /// The MAC address of the sandbox at `ip`: locally administered, unicast,
@@ -375,6 +387,7 @@ impl Network {
             closed: std::sync::atomic::AtomicBool::new(false),
             made: Mutex::new(HashSet::new()),
             wiring: tokio::sync::Mutex::new(()),
+            claims: crate::userns::IdClaims::default(),
         });
         Ok(net)
     }
@@ -420,11 +433,18 @@ impl Network {
         self.refill.notify_one();
     }
 
-    pub fn reserve(&self, ip: Ipv4Addr) {
+    /// Takes what a sandbox already here holds (after a restart): its
+    /// address, and its id range, claimed again.
+    pub fn reserve(&self, s: &Slot) {
         self.used
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(ip);
+            .insert(s.ip);
+        if let Some(r) = s.ids {
+            if let Err(e) = self.claims.adopt(r, &s.netns) {
+                tracing::error!(netns = %s.netns, "{e}");
+            }
+        }
     }
 
     pub fn release(&self, ip: Ipv4Addr) {
@@ -529,15 +549,29 @@ impl Network {
 
     async fn make_slot(&self, background: bool) -> Result<Slot> {
         let tag: String = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
-        let ip = self.allocate()?;
+        let netns = format!("{}{tag}", self.prefix());
+        let ids = match self.cfg.userns {
+            true => Some(self.claims.claim(&netns)?),
+            false => None,
+        };
+        let ip = match self.allocate() {
+            Ok(ip) => ip,
+            Err(e) => {
+                if let Some(r) = ids {
+                    self.claims.release(r, &netns);
+                }
+                return Err(e);
+            }
+        };
         let slot = Slot {
-            netns: format!("{}{tag}", self.prefix()),
+            netns,
             veth: format!("pv{tag}"),
             ip,
             rx_base: 0,
             tx_base: 0,
             mac: Some(mac_text(mac_for(ip))),
             host_gateway: false,
+            ids,
         };
         self.made
             .lock()
@@ -568,6 +602,7 @@ impl Network {
                     mac: mac_for(s.ip),
                     prefix_len: 16,
                     gateway: cfg.gateway,
+                    ids: s.ids,
                 },
                 background,
             )
@@ -604,6 +639,9 @@ impl Network {
             }
         }
         self.release(s.ip);
+        if let Some(r) = s.ids {
+            self.claims.release(r, &s.netns);
+        }
         self.made
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -620,7 +658,12 @@ impl Network {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&self.prefix())
+            // This daemon's names: its prefix and 12 hex digits (bridge
+            // `pd` does not take bridge `pd-x`'s namespaces).
+            let ours = name
+                .strip_prefix(&self.prefix())
+                .is_some_and(|t| t.len() == 12 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+            if ours
                 && !keep.contains(&name)
                 && !made.contains(&name)
                 && crate::netlink::remove(&name).is_ok()
@@ -628,7 +671,9 @@ impl Network {
                 n += 1;
             }
         }
-        n
+        let mut held: Vec<String> = made.into_iter().collect();
+        held.extend(keep.iter().cloned());
+        n + self.claims.gc(&self.prefix(), &held)
     }
 
     /// Removes what `init` set up on the host, once no sandbox uses it
@@ -730,6 +775,7 @@ mod tests {
             tx_base: 0,
             mac: None,
             host_gateway: true,
+            ids: None,
         };
         let rules = ruleset(&cfg, &[Ipv4Addr::new(10, 0, 0, 53)], &[Pin::of(&slot)]);
         for want in [

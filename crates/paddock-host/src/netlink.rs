@@ -32,6 +32,9 @@ pub struct Wiring<'a> {
     pub mac: [u8; 6],
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
+    /// Made inside a user namespace of its own, owned by this range's root
+    /// (`userns::create_with_net`); none: owned by the host's.
+    pub ids: Option<crate::userns::IdRange>,
 }
 
 fn err(what: &str) -> impl Fn(String) -> Error + '_ {
@@ -68,11 +71,16 @@ pub fn create(w: &Wiring<'_>, background: bool) -> Result<(), Error> {
     PREPARED.call_once(|| prepared = prepare_dir());
     prepared?;
     let target = Path::new(NETNS_DIR).join(w.netns);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&target)
-        .map_err(|e| err("create")(e.to_string()))?;
+    match w.ids {
+        Some(r) => crate::userns::create_with_net(r, w.netns, &target)?,
+        None => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
+                .map_err(|e| err("create")(e.to_string()))?;
+        }
+    }
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             if background {
@@ -88,6 +96,7 @@ pub fn create(w: &Wiring<'_>, background: bool) -> Result<(), Error> {
     if result.is_err() {
         let _ = umount2(&target, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&target);
+        crate::userns::remove(w.netns);
     }
     result
 }
@@ -105,15 +114,22 @@ fn create_on_this_thread(w: &Wiring<'_>, target: &Path) -> Result<(), Error> {
         .block_on(async { rtnetlink::new_connection() })
         .map_err(|e| err("netlink")(e.to_string()))?;
     rt.spawn(host_conn);
-    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| err("unshare")(e.to_string()))?;
-    mount(
-        Some("/proc/thread-self/ns/net"),
-        target,
-        Some("none"),
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| err("bind")(e.to_string()))?;
+    if w.ids.is_some() {
+        // Made already, in its user namespace: this thread enters it.
+        let ns = std::fs::File::open(target).map_err(|e| err("open")(e.to_string()))?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| err("setns")(e.to_string()))?;
+    } else {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| err("unshare")(e.to_string()))?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            target,
+            Some("none"),
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| err("bind")(e.to_string()))?;
+    }
     // Ping without CAP_NET_RAW, as Docker allows it: ICMP echo sockets
     // (SOCK_DGRAM) for every group. /proc/sys/net is the namespace of the
     // thread that opens it: this one's, now.
@@ -225,6 +241,7 @@ pub async fn isolate_all(veths: &[String]) -> Result<(), Error> {
 /// Removes a namespace made by [`create`] (or by `ip netns add`); its veth
 /// pair goes with it.
 pub fn remove(netns: &str) -> Result<(), Error> {
+    crate::userns::remove(netns);
     let target = Path::new(NETNS_DIR).join(netns);
     match umount2(&target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}

@@ -30,8 +30,10 @@ fn open_in(root: &OwnedFd, path: &Path) -> nix::Result<OwnedFd> {
     )
 }
 
-/// `mkdir -p path` inside `root`, every component resolved inside it.
-pub fn mkdir_all(root: &Path, path: &str) -> io::Result<()> {
+/// `mkdir -p path` inside `root`, every component resolved inside it; the
+/// directories it makes are `owner`'s (uid and gid; the sandbox's root on
+/// the host, so that its root owns them inside its user namespace).
+pub fn mkdir_all(root: &Path, path: &str, owner: Option<u32>) -> io::Result<()> {
     let rootfd = open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -49,7 +51,18 @@ pub fn mkdir_all(root: &Path, path: &str) -> io::Result<()> {
         };
         let parent = open_in(&rootfd, &sofar)?;
         match mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Ok(()) => {
+                if let Some(id) = owner {
+                    nix::unistd::fchownat(
+                        &parent,
+                        name,
+                        Some(id.into()),
+                        Some(id.into()),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )?;
+                }
+            }
+            Err(Errno::EEXIST) => {}
             Err(e) => return Err(e.into()),
         }
         sofar.push(name);
@@ -75,16 +88,22 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("workspace")).unwrap();
         std::os::unix::fs::symlink("../../outside", root.join("up")).unwrap();
         for p in ["/workspace/made", "/up/made", "/../outside/made"] {
-            let _ = mkdir_all(&root, p);
+            let _ = mkdir_all(&root, p, None);
             assert!(!outside.join("made").exists(), "{p} made a host directory");
         }
         // Inside the root, links resolve as the sandbox sees them.
         std::fs::create_dir_all(root.join("real")).unwrap();
         std::os::unix::fs::symlink("/real", root.join("link")).unwrap();
-        mkdir_all(&root, "/link/a/b").unwrap();
+        mkdir_all(&root, "/link/a/b", None).unwrap();
         assert!(root.join("real/a/b").is_dir());
-        mkdir_all(&root, "/plain/dir").unwrap();
+        mkdir_all(&root, "/plain/dir", None).unwrap();
         assert!(root.join("plain/dir").is_dir());
+        // Made for a sandbox's root: its owner's, what was there stays.
+        use std::os::unix::fs::MetadataExt;
+        mkdir_all(&root, "/plain/dir/owned", Some(1 << 30)).unwrap();
+        let m = std::fs::metadata(root.join("plain/dir/owned")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1 << 30, 1 << 30));
+        assert_eq!(std::fs::metadata(root.join("plain/dir")).unwrap().uid(), 0);
         let _ = std::fs::remove_dir_all(&base);
     }
 }

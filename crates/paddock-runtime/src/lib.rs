@@ -117,6 +117,14 @@ fn host_layout(base: &Path) -> Result<Vec<(String, String)>> {
     ] {
         std::fs::create_dir_all(base.join(d)).map_err(io("base image"))?;
     }
+    // The agent's mount point, there already: a runtime in a user
+    // namespace cannot make it in a directory of the host's root (the
+    // probe runs on this base directly; a sandbox's overlay could).
+    std::fs::create_dir_all(base.join(".paddock")).map_err(io("base image"))?;
+    let agent = base.join(".paddock/paddock-agent");
+    if !agent.exists() {
+        std::fs::write(&agent, b"").map_err(io("base image"))?;
+    }
     use std::os::unix::fs::PermissionsExt;
     for (d, mode) in [("tmp", 0o1777), ("root", 0o700), ("var/tmp", 0o1777)] {
         let p = base.join(d);
@@ -239,7 +247,7 @@ impl ContainerRuntime {
                         for e in rd.flatten() {
                             if let Ok(id) = Uuid::parse_str(&e.file_name().to_string_lossy()) {
                                 if let Some(slot) = rt.slot(id) {
-                                    rt.net.reserve(slot.ip);
+                                    rt.net.reserve(&slot);
                                 }
                             }
                         }
@@ -271,8 +279,44 @@ impl ContainerRuntime {
     }
 
     /// Runs `paddock-agent --version` in a throwaway container with cgroup
-    /// limits, to see that this OCI runtime works on this host.
+    /// limits (in a user namespace of its own when sandboxes get one), to
+    /// see that this OCI runtime works on this host as sandboxes need it.
     async fn probe(&self, data_dir: &Path) -> Result<()> {
+        if !self.net.cfg.userns {
+            return self.probe_with(data_dir, None).await;
+        }
+        let claims = paddock_host::userns::IdClaims::default();
+        let holder = format!("probe-{}", std::process::id());
+        let r = claims.claim(&holder)?;
+        let map = r.map_line();
+        let result = match paddock_host::userns::with_maps(&map, &map) {
+            // Joined by the daemon's descriptor, which the OCI runtime
+            // (root, a child of the daemon) can open.
+            Ok(ns) => {
+                use std::os::fd::AsRawFd;
+                let path = PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    ns.as_raw_fd()
+                ));
+                self.probe_with(data_dir, Some((&path, r))).await
+            }
+            Err(e) => Err(e),
+        };
+        claims.release(r, &holder);
+        result.map_err(|e| match e {
+            Error::Internal(m) => Error::Internal(format!(
+                "{m} (in a user namespace: `paddock serve --userns off` runs sandboxes without one)"
+            )),
+            e => e,
+        })
+    }
+
+    async fn probe_with(
+        &self,
+        data_dir: &Path,
+        userns: Option<(&Path, paddock_host::userns::IdRange)>,
+    ) -> Result<()> {
         let dir = data_dir.join("probe");
         let _ = std::fs::remove_dir_all(&dir);
         let rootfs = dir.join("rootfs");
@@ -294,6 +338,7 @@ impl ContainerRuntime {
             agent: &self.agent,
             host_binds: &self.host_binds,
             netns: None,
+            userns,
             cgroup: &format!("/paddock/{id}"),
             config: &config,
         })?;
@@ -469,18 +514,57 @@ impl ContainerRuntime {
         ] {
             std::fs::create_dir_all(d).map_err(io("sandbox dir"))?;
         }
-        // A named image's layers (top first), or the host-based default.
-        let lower = match &config.resolved_image {
-            Some(img) if !img.layers.is_empty() => img
-                .layers
-                .iter()
-                .rev()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(":"),
-            Some(_) => self.empty_base().to_string_lossy().into_owned(),
-            None => self.base.to_string_lossy().into_owned(),
+        // Its network, and with it its user namespace and range of host
+        // ids, first: recorded at once, so that a failure below gives them
+        // back (the engine destroys a sandbox whose create failed).
+        let mut slot = self.net.take().await?;
+        let record = |slot: &net::Slot| {
+            serde_json::to_string(slot)
+                .map_err(Error::internal)
+                .and_then(|j| std::fs::write(dir.join("net.json"), j).map_err(io("net.json")))
         };
+        if let Err(e) = record(&slot) {
+            self.net.destroy(&slot).await;
+            return Err(e);
+        }
+        let owner = slot.ids.map(|r| r.base);
+        // A named image's layers (top first), or the host-based default.
+        let lowers: Vec<PathBuf> = match &config.resolved_image {
+            Some(img) if !img.layers.is_empty() => {
+                img.layers.iter().rev().map(PathBuf::from).collect()
+            }
+            Some(_) => vec![self.empty_base()],
+            None => vec![self.base.clone()],
+        };
+        // In a user namespace, the layers (root's on the host, shared by
+        // every sandbox) are seen through idmapped mounts, as its root's;
+        // its upper and work directories, where what it writes goes, are
+        // its range's on the host.
+        let staged = match slot.ids {
+            Some(r) => {
+                let ns = paddock_host::userns::open(&slot.netns)?;
+                let mut staged = Staged(Vec::new());
+                for (i, l) in lowers.iter().enumerate() {
+                    let at = dir.join("l").join(i.to_string());
+                    std::fs::create_dir_all(&at).map_err(io("layer mount point"))?;
+                    paddock_host::userns::idmapped_bind(l, &at, &ns, true)?;
+                    staged.0.push(at);
+                }
+                for d in [rw.join("upper"), rw.join("work")] {
+                    std::os::unix::fs::chown(&d, Some(r.base), Some(r.base))
+                        .map_err(io("upper directory"))?;
+                }
+                Some(staged)
+            }
+            None => None,
+        };
+        let lower = staged
+            .as_ref()
+            .map_or(&lowers, |s| &s.0)
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             lower,
@@ -495,7 +579,9 @@ impl ContainerRuntime {
             Some(opts.as_str()),
         )
         .map_err(|e| Error::Internal(format!("mount rootfs overlay: {e}")))?;
-        inroot::mkdir_all(&rootfs, &config.cwd).map_err(|e| {
+        // The overlay holds its own references to the layers' mounts.
+        drop(staged);
+        inroot::mkdir_all(&rootfs, &config.cwd, owner).map_err(|e| {
             Error::invalid(
                 "cwd",
                 format!("{} cannot be made in the image: {e}", config.cwd),
@@ -510,7 +596,7 @@ impl ContainerRuntime {
                     ))
                 }
                 Some(_) => {}
-                None => inroot::mkdir_all(&rootfs, &m.path).map_err(|e| {
+                None => inroot::mkdir_all(&rootfs, &m.path, owner).map_err(|e| {
                     Error::invalid(
                         format!("mounts[{i}].path"),
                         format!("{} cannot be made in the image: {e}", m.path),
@@ -519,22 +605,15 @@ impl ContainerRuntime {
             }
         }
 
-        let mut slot = self.net.take().await?;
         let ip = slot.ip;
         let host_gateway = config
             .extra_hosts
             .iter()
             .any(|h| h.split_once(':').is_some_and(|(_, a)| a == "host-gateway"));
-        let allowed = match host_gateway {
-            true => self.net.allow_host_gateway(&mut slot).await,
-            false => Ok(()),
-        };
-        let recorded = allowed.and_then(|()| serde_json::to_string(&slot).map_err(Error::internal));
-        if let Err(e) =
-            recorded.and_then(|j| std::fs::write(dir.join("net.json"), j).map_err(io("net.json")))
-        {
-            self.net.destroy(&slot).await;
-            return Err(e);
+        if host_gateway {
+            // Recorded with the slot: undone when the sandbox goes.
+            self.net.allow_host_gateway(&mut slot).await?;
+            record(&slot)?;
         }
         let host = spec::hostname(&id.to_string());
         let etc = dir.join("etc");
@@ -574,26 +653,58 @@ impl ContainerRuntime {
         let sock = self.agent_socket(id);
         let _ = std::fs::remove_file(&sock);
         let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(io("agent socket"))?;
-        let netns = self
+        let slot = self
             .slot(id)
-            .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?
-            .path();
+            .ok_or_else(|| Error::Internal(format!("sandbox {id} has no network namespace")))?;
+        let netns = slot.path();
+        let userns_fd = match slot.ids {
+            Some(_) => Some(paddock_host::userns::open(&slot.netns)?),
+            None => None,
+        };
         // Host directories, opened without following symlinks and bound
         // from the daemon's descriptors (until the OCI runtime is done).
-        let (config, _origins) = stage_origins(&dir, config)?;
+        let (config, _origins) = stage_origins(&dir, config, slot.ids)?;
         let config = &config;
+        let host_binds = match config.resolved_image {
+            Some(_) => Vec::new(),
+            None => self.host_binds.clone(),
+        };
+        // In a user namespace, what the sandbox reads of the host's (its
+        // /usr and /etc, and its own hosts, hostname and resolv.conf, which
+        // the daemon writes) is seen through idmapped mounts: root's files
+        // are its root's.
+        let (host_binds, etc_dir, _idmapped) = match &userns_fd {
+            Some(ns) => {
+                let mut staged = Staged(Vec::new());
+                let mut stage = |src: &Path, name: String| -> Result<PathBuf> {
+                    let at = dir.join("h").join(name);
+                    std::fs::create_dir_all(&at).map_err(io("host mount point"))?;
+                    paddock_host::userns::idmapped_bind(src, &at, ns, true)?;
+                    staged.0.push(at.clone());
+                    Ok(at)
+                };
+                let mut binds = Vec::new();
+                for (i, (src, dst)) in host_binds.iter().enumerate() {
+                    let at = stage(Path::new(src), i.to_string())?;
+                    binds.push((at.to_string_lossy().into_owned(), dst.clone()));
+                }
+                let etc = stage(&dir.join("etc"), "etc".into())?;
+                (binds, etc, staged)
+            }
+            None => (host_binds, dir.join("etc"), Staged(Vec::new())),
+        };
+        let userns = slot
+            .ids
+            .map(|r| (paddock_host::userns::path(&slot.netns), r));
         let mut spec = spec::build(&spec::SpecInput {
             id: &id.to_string(),
             rootfs: &dir.join("rootfs"),
             identity: &identity,
-            etc_dir: &dir.join("etc"),
+            etc_dir: &etc_dir,
             agent: &self.agent,
-            host_binds: if config.resolved_image.is_some() {
-                &[]
-            } else {
-                &self.host_binds
-            },
+            host_binds: &host_binds,
             netns: Some(&netns),
+            userns: userns.as_ref().map(|(p, r)| (p.as_path(), *r)),
             cgroup: &cgroup::rel_path(&id),
             config,
         })?;
@@ -671,15 +782,18 @@ impl ContainerRuntime {
     }
 }
 
-/// Host directories bound where the OCI runtime picks them up, unmounted
-/// once it is done (the sandbox keeps its own copy of each mount).
-struct StagedOrigins(Vec<PathBuf>);
+/// Mounts staged in the sandbox's directory where the OCI runtime (or the
+/// overlay) picks them up, unmounted once it is done (the sandbox keeps
+/// its own copy of each mount).
+struct Staged(Vec<PathBuf>);
 
-impl Drop for StagedOrigins {
+impl Drop for Staged {
     fn drop(&mut self) {
         for p in &self.0 {
             let _ = umount2(p, MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_dir(p);
+            if std::fs::remove_dir(p).is_err() {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
@@ -694,11 +808,22 @@ impl Drop for StagedOrigins {
 /// meanwhile. (The OCI runtime cannot be handed `/proc/<daemon>/fd/N`
 /// itself: it mounts from a new mount namespace, and mount(2) refuses a
 /// source whose mount lies in another namespace with EINVAL.)
-fn stage_origins(dir: &Path, config: &SandboxConfig) -> Result<(SandboxConfig, StagedOrigins)> {
+///
+/// In a user namespace (the sandbox's range `ids`), the bind is idmapped
+/// so that the directory's owner (uid and gid) on the host is the
+/// sandbox's root, and no other host user is anyone inside: its root
+/// reads and writes there as the directory's owner would, what it makes is
+/// that owner's on the host, and files of other host users are nobody's
+/// to it, out of reach of its capabilities.
+fn stage_origins(
+    dir: &Path,
+    config: &SandboxConfig,
+    ids: Option<paddock_host::userns::IdRange>,
+) -> Result<(SandboxConfig, Staged)> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     use std::os::fd::AsRawFd;
     let mut config = config.clone();
-    let mut staged = StagedOrigins(Vec::new());
+    let mut staged = Staged(Vec::new());
     for (i, m) in config.mounts.iter_mut().enumerate() {
         let Some(origin) = &m.origin else { continue };
         let field = format!("mounts[{i}].origin");
@@ -713,6 +838,19 @@ fn stage_origins(dir: &Path, config: &SandboxConfig) -> Result<(SandboxConfig, S
         })?;
         let at = dir.join("origins").join(i.to_string());
         std::fs::create_dir_all(&at).map_err(io("host mount point"))?;
+        if let Some(r) = ids {
+            let st = nix::sys::stat::fstat(&fd)
+                .map_err(|e| Error::Internal(format!("{field}: stat {origin}: {e}")))?;
+            let ns = paddock_host::userns::with_maps(
+                &format!("{} {} 1\n", st.st_uid, r.base),
+                &format!("{} {} 1\n", st.st_gid, r.base),
+            )?;
+            paddock_host::userns::idmapped_bind_fd(fd.as_fd(), Path::new(origin), &at, &ns, false)
+                .map_err(|e| Error::Internal(format!("{field}: {e}")))?;
+            staged.0.push(at.clone());
+            m.origin = Some(at.to_string_lossy().into_owned());
+            continue;
+        }
         let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
         mount(
             Some(src.as_str()),
@@ -723,6 +861,17 @@ fn stage_origins(dir: &Path, config: &SandboxConfig) -> Result<(SandboxConfig, S
         )
         .map_err(|e| Error::Internal(format!("{field}: bind {origin}: {e}")))?;
         staged.0.push(at.clone());
+        // The flags on the staged mount itself: in a user namespace crun
+        // (1.8) clones the source and does not remount a writable bind
+        // with the config's flags.
+        mount(
+            None::<&str>,
+            &at,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|e| Error::Internal(format!("{field}: remount {origin}: {e}")))?;
         m.origin = Some(at.to_string_lossy().into_owned());
     }
     Ok((config, staged))

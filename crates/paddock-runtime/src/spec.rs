@@ -71,6 +71,9 @@ pub struct SpecInput<'a> {
     /// Host directories bound read-only (host path, sandbox path).
     pub host_binds: &'a [(String, String)],
     pub netns: Option<&'a Path>,
+    /// The sandbox's user namespace (kept by the daemon, owner of `netns`)
+    /// and its range of host ids; none: the host's.
+    pub userns: Option<(&'a Path, paddock_host::userns::IdRange)>,
     pub cgroup: &'a str,
     pub config: &'a SandboxConfig,
 }
@@ -91,6 +94,12 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
         // (`run`), outside the sandbox's filesystem.
         "--listen-fd".into(),
         "3".into(),
+        // Open files per process, sized to the sandbox's memory (each costs
+        // kernel memory, charged to it): 32 per MiB, from 1024 to 65536,
+        // and never above the daemon's own limit. Set by the agent (see
+        // its `--nofile`), not the OCI runtime.
+        "--nofile".into(),
+        nofile(c.memory_mb).to_string(),
     ];
     let main = c.main_process();
     if !main.is_empty() {
@@ -165,10 +174,16 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
         Some(p) => namespaces.push(json!({"type": "network", "path": p})),
         None => namespaces.push(json!({"type": "network"})),
     }
+    // The maps are the namespace's own (the daemon wrote them); runc wants
+    // them named in the config too.
+    let maps = i.userns.map(|(p, r)| {
+        namespaces.push(json!({"type": "user", "path": p}));
+        json!([{"containerID": 0, "hostID": r.base, "size": paddock_host::userns::RANGE}])
+    });
 
     let period: u64 = 100_000;
     let memory = (c.memory_mb as u64) << 20;
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -180,7 +195,6 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
                 "bounding": CAPS, "effective": CAPS, "permitted": CAPS,
                 "inheritable": [], "ambient": []
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 16384u64, "soft": 16384u64}],
             "noNewPrivileges": true,
             "oomScoreAdj": 500
         },
@@ -201,7 +215,16 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
             "seccomp": crate::syscalls::profile()
         }
     });
+    if let Some(m) = maps {
+        spec["linux"]["uidMappings"] = m.clone();
+        spec["linux"]["gidMappings"] = m;
+    }
     serde_json::from_value(spec).map_err(|e| Error::Internal(format!("OCI spec: {e}")))
+}
+
+/// Open files per process in a sandbox of `memory_mb`.
+pub fn nofile(memory_mb: i64) -> u64 {
+    (memory_mb.max(0) as u64 * 32).clamp(1024, 65536)
 }
 
 pub fn hostname(id: &str) -> String {
@@ -234,6 +257,7 @@ mod tests {
             agent: Path::new("/usr/local/bin/paddock-agent"),
             host_binds: &[("/usr".into(), "/usr".into())],
             netns: Some(Path::new("/var/run/netns/x")),
+            userns: None,
             cgroup: "/paddock/x",
             config: &cfg,
         })

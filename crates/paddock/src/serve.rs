@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// waits for an RCU grace period).
     #[arg(long)]
     pub no_tune_cgroups: bool,
+    /// Each sandbox in a user namespace of its own, its root a range of
+    /// unprivileged host ids (`on`, the default); `off` runs sandboxes as
+    /// the host's root with fewer capabilities (for comparison).
+    #[arg(long, value_enum, default_value = "on")]
+    pub userns: OnOff,
     /// The most of one sandbox's main-process output kept on the host
     /// (`<data-dir>/logs`), in MiB: its log is rotated at half of it.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1048576))]
@@ -553,6 +558,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             bridge: args.bridge.clone(),
             gateway: args.gateway,
             host_ports: args.host_ports.clone(),
+            userns: args.userns == OnOff::On,
         },
         net_pool: if args.cleanup { 0 } else { args.net_pool },
         tune_cgroups: !args.no_tune_cgroups,
@@ -709,4 +715,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     .await;
     engine.shutdown().await;
     Ok(())
+}
+
+/// A switch given as `on` or `off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
 }
