@@ -191,6 +191,38 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(USERNS_DIR).join(name)
 }
 
+/// A child in new namespaces (`flags`), as host user `as_id` (uid and gid,
+/// no supplementary groups) when given, running `sleep` until it is ended
+/// (at most a minute, should the daemon die first). `spawn` returns once
+/// the child has exec'd: its namespaces exist.
+fn spawn_unshared(flags: libc::c_int, as_id: Option<u32>) -> Result<std::process::Child> {
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("60")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe system calls (setgroups, setresgid,
+    // setresuid, unshare), touching no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(id) = as_id {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(id, id, id) != 0
+                    || libc::setresuid(id, id, id) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::unshare(flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| err("spawn")(e.to_string()))
+}
+
 /// Makes a user namespace owned by the range's root and mapping 0..65536
 /// inside onto the range, and a network namespace it owns; binds them at
 /// [`path`]`(name)` and `net_path` (which must not exist).
@@ -205,29 +237,7 @@ pub fn create_with_net(r: IdRange, name: &str, net_path: &Path) -> Result<()> {
     SHARED.call_once(|| shared = share_dir(Path::new(USERNS_DIR)));
     shared?;
     let user_path = path(name);
-    let base = r.base;
-    let mut cmd = std::process::Command::new("sleep");
-    cmd.arg("60")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and makes
-    // only async-signal-safe system calls (setgroups, setresgid,
-    // setresuid, unshare), touching no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(base, base, base) != 0
-                || libc::setresuid(base, base, base) != 0
-                || libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    // `spawn` returns once the child has exec'd: its namespaces exist.
-    let mut child = cmd.spawn().map_err(|e| err("spawn")(e.to_string()))?;
+    let mut child = spawn_unshared(libc::CLONE_NEWUSER | libc::CLONE_NEWNET, Some(r.base))?;
     let pid = child.id();
     let result = (|| -> Result<()> {
         let map = r.map_line();
@@ -264,22 +274,7 @@ pub fn create_with_net(r: IdRange, name: &str, net_path: &Path) -> Result<()> {
 /// A user namespace with these maps (lines of `/proc/<pid>/uid_map`),
 /// for an idmapped mount and nothing else: no process stays in it.
 pub fn with_maps(uid_map: &str, gid_map: &str) -> Result<OwnedFd> {
-    let mut cmd = std::process::Command::new("sleep");
-    cmd.arg("60")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and makes
-    // one async-signal-safe system call.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| err("spawn")(e.to_string()))?;
+    let mut child = spawn_unshared(libc::CLONE_NEWUSER, None)?;
     let pid = child.id();
     let result = std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)
         .map_err(|e| err("uid_map")(e.to_string()))
