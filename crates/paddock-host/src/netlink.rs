@@ -44,21 +44,7 @@ fn err(what: &str) -> impl Fn(String) -> Error + '_ {
 /// Makes [`NETNS_DIR`] a shared mount point, as `ip netns add` does, so that
 /// namespaces bound there are visible in every mount namespace.
 fn prepare_dir() -> Result<(), Error> {
-    std::fs::create_dir_all(NETNS_DIR).map_err(|e| err("mkdir")(e.to_string()))?;
-    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    if mount(None::<&str>, NETNS_DIR, Some("none"), shared, None::<&str>).is_err() {
-        mount(
-            Some(NETNS_DIR),
-            NETNS_DIR,
-            Some("none"),
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| err("bind /run/netns")(e.to_string()))?;
-        mount(None::<&str>, NETNS_DIR, Some("none"), shared, None::<&str>)
-            .map_err(|e| err("share /run/netns")(e.to_string()))?;
-    }
-    Ok(())
+    crate::userns::share_dir(Path::new(NETNS_DIR))
 }
 
 /// Creates and wires the namespace. Blocking: it runs on a thread of its

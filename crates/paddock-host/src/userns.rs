@@ -169,7 +169,10 @@ fn err(what: &str) -> impl Fn(String) -> Error + '_ {
 /// /run/netns, so that namespaces bound there are seen from every mount
 /// namespace.
 pub fn share_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| err("mkdir")(e.to_string()))?;
+    let fail =
+        |what: &str, e: nix::Error| Error::Internal(format!("{}: {what}: {e}", dir.display()));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Internal(format!("{}: mkdir: {e}", dir.display())))?;
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
     if mount(None::<&str>, dir, Some("none"), shared, None::<&str>).is_err() {
         mount(
@@ -179,9 +182,9 @@ pub fn share_dir(dir: &Path) -> Result<()> {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .map_err(|e| err("bind")(e.to_string()))?;
+        .map_err(|e| fail("bind", e))?;
         mount(None::<&str>, dir, Some("none"), shared, None::<&str>)
-            .map_err(|e| err("share")(e.to_string()))?;
+            .map_err(|e| fail("share", e))?;
     }
     Ok(())
 }
