@@ -386,6 +386,13 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
+    // Out of the sandbox's reach: not dumpable, so its processes (the same
+    // user, without CAP_SYS_PTRACE) can neither ptrace the agent nor read
+    // its /proc files: its environment as it started (which held its
+    // identity; `remove_var` does not wipe that copy), memory and
+    // descriptors (the daemon's side of its log, its sockets).
+    // SAFETY: prctl(PR_SET_DUMPABLE) changes only this process's flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let args = parse_args();
     // Nothing the agent runs inherits its identity. (Still single-threaded:
     // no other thread reads the environment.)

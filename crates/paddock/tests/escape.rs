@@ -143,3 +143,36 @@ fn a_chatty_main_process_stays_within_the_log_cap() {
         .unwrap()
         .starts_with("0123456789abcdef"));
 }
+
+/// The agent (PID 1) is out of its sandbox's reach: a process inside, of
+/// the same user, reads neither its starting environment (which held its
+/// identity) nor its memory, cannot open or resolve its descriptors (its
+/// log on the host among them), and cannot ptrace it.
+#[test]
+fn the_agent_is_out_of_its_sandboxs_reach() {
+    let d = shared();
+    let api = d.api();
+    let sb = Sb::new(&api, json!({}));
+    // PTRACE_SEIZE (0x4206) attaches without stopping the agent.
+    let script = "tr '\\0' '\\n' < /proc/1/environ 2>/dev/null | grep -c PADDOCK_AGENT_IDENTITY; \
+         readlink /proc/1/fd/1 2>/dev/null && echo fd-read; \
+         (echo forged >> /proc/1/fd/1) 2>/dev/null && echo fd-written; \
+         head -c 1 /proc/1/mem >/dev/null 2>&1 && echo mem-read; \
+         python3 -c 'import ctypes; l=ctypes.CDLL(None); print(\"ptrace\", l.ptrace(0x4206, 1, 0, 0))'";
+    let r = api.exec(&sb.id, json!({"shell": script, "timeout": 20}));
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("0\n"),
+        "the agent's identity is readable: {r}"
+    );
+    assert!(
+        !out.contains("fd-read"),
+        "an agent descriptor's target is readable: {r}"
+    );
+    assert!(
+        !out.contains("fd-written"),
+        "an agent descriptor is writable: {r}"
+    );
+    assert!(!out.contains("mem-read"), "{r}");
+    assert!(out.contains("ptrace -1"), "PID 1 was attached: {r}");
+}
