@@ -77,16 +77,23 @@ same_enum!(
 same_enum!(core::Access, wire::Access, [Rw, Ro, Deny]);
 same_enum!(core::EgressAccess, wire::EgressAccess, [Allow, Deny]);
 
+/// Structs of the same fields, engine to wire only (answers).
+macro_rules! answer {
+    ($core:path => $wire:ident, [$($plain:ident),*], [$($mapped:ident),*]) => {
+        impl ToWire for $core {
+            type Wire = wire::$wire;
+            fn wire(self) -> wire::$wire {
+                wire::$wire { $($plain: self.$plain,)* $($mapped: self.$mapped.wire(),)* }
+            }
+        }
+    };
+}
+
 /// Structs of the same fields, both ways: `plain` fields are the same type
 /// on both sides, `mapped` ones convert.
 macro_rules! same_struct {
     ($core:ident, [$($plain:ident),*], [$($mapped:ident),*]) => {
-        impl ToWire for core::$core {
-            type Wire = wire::$core;
-            fn wire(self) -> wire::$core {
-                wire::$core { $($plain: self.$plain,)* $($mapped: self.$mapped.wire(),)* }
-            }
-        }
+        answer!(core::$core => $core, [$($plain),*], [$($mapped),*]);
         impl ToEngine for wire::$core {
             type Engine = core::$core;
             fn engine(self) -> core::$core {
@@ -135,18 +142,6 @@ same_struct!(
     [cmd, shell, env, cwd, user, stdin, timeout, max_output_bytes],
     [pty]
 );
-
-/// Structs of the same fields, engine to wire only (answers).
-macro_rules! answer {
-    ($core:path => $wire:ident, [$($plain:ident),*], [$($mapped:ident),*]) => {
-        impl ToWire for $core {
-            type Wire = wire::$wire;
-            fn wire(self) -> wire::$wire {
-                wire::$wire { $($plain: self.$plain,)* $($mapped: self.$mapped.wire(),)* }
-            }
-        }
-    };
-}
 
 answer!(core::ResolvedImage => ResolvedImage,
     [digest, layers, env, entrypoint, cmd, working_dir, user, exposed_ports, size], []);

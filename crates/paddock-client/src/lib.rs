@@ -191,10 +191,6 @@ impl Client {
         &self.endpoint
     }
 
-    pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-
     /// A request to `/v1{path}`, with the key: for what the typed calls do
     /// not cover.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -47,18 +47,9 @@ impl IdRange {
         })
     }
 
-    /// The host id of `inside` (uid or gid).
-    pub fn host(&self, inside: u32) -> u32 {
-        self.base + inside
-    }
-
     /// `/proc/<pid>/uid_map` (and gid_map): the whole range from 0.
     pub fn map_line(&self) -> String {
         format!("0 {} {RANGE}\n", self.base)
-    }
-
-    pub fn contains(&self, host_id: u32) -> bool {
-        (self.base..self.base + RANGE).contains(&host_id)
     }
 }
 
@@ -462,7 +453,6 @@ mod tests {
         assert!(u64::from(last.base) + u64::from(RANGE) <= 1 << 31);
         assert!(IdRange::nth(RANGES).is_none());
         assert_eq!(a.map_line(), "0 1073741824 65536\n");
-        assert!(a.contains(a.host(65535)) && !a.contains(b.base));
     }
 
     #[test]
