@@ -173,11 +173,7 @@ async def surface():
                 hiver.LocalFileSystem(
                     backend="local",
                     mount="/workspace",
-                    acls=[
-                        hiver.ACLRule(path="/workspace/**", access="rw"),
-                        hiver.ACLRule(path="/workspace/ro/**", access="ro"),
-                        hiver.ACLRule(path="/workspace/secret/**", access="deny"),
-                    ],
+                    acls=[hiver.ACLRule(path="/workspace/**", access="rw")],
                 )
             ],
         ),
@@ -235,6 +231,19 @@ async def surface():
     r = await sb.exec("cat /workspace/unicode.txt")
     check(r["stdout"] == "h\u00e9llo", "the uploaded file is in the sandbox")
     await sb.exec("mkdir -p /workspace/ro /workspace/secret && echo s > /workspace/secret/x && echo r > /workspace/ro/y")
+    # Read-only and denied parts, applied to the running sandbox: they hold
+    # for its processes as for the file API.
+    cfg = await sb.get_config()
+    guarded = await sb.apply_config(cfg.model_copy(update={"fs": [hiver.LocalFileSystem(
+        backend="local", mount="/workspace", acls=[
+            hiver.ACLRule(path="/workspace/**", access="rw"),
+            hiver.ACLRule(path="/workspace/ro/**", access="ro"),
+            hiver.ACLRule(path="/workspace/secret/**", access="deny"),
+        ])]}))
+    check(guarded.applied, f"ACLs applied to a running sandbox ({guarded.error})")
+    r = await sb.exec("cat /workspace/secret/x; echo w >> /workspace/ro/y; cat /workspace/ro/y")
+    check(r["stdout"] == "r\n" and "Permission denied" in r["stderr"],
+          f"a process inside can neither read the denied file nor write the read-only one: {r}")
     check(await sb.download_file("/workspace/ro/y") == b"r\n", "ro: reads allowed")
     await expect_error(sb.download_file("/workspace/secret/x"), 403, "ACL deny", "secret")
     await expect_error(sb.list_directory("/workspace/secret"), 403, "ACL deny on a listing")

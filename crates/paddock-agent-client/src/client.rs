@@ -611,6 +611,93 @@ impl AgentClient {
     }
 }
 
+impl AgentClient {
+    /// See [`Agent::guard`]. The descriptors go on a hand-over connection
+    /// of their own (whatever `PADDOCK_FD_HANDOVER` says: they are not
+    /// data that could take the protocol instead).
+    pub async fn guard(
+        &self,
+        path: &str,
+        rules: &[paddock_core::model::AclRule],
+        id_offset: u32,
+        fds: Option<[std::os::fd::OwnedFd; 2]>,
+    ) -> Result<()> {
+        use paddock_core::model::Access;
+        use std::os::fd::AsFd;
+        let rules = rules
+            .iter()
+            .map(|r| pb::AclRule {
+                pattern: r.path.clone(),
+                access: match r.access {
+                    Access::Rw => pb::acl_rule::Access::Rw,
+                    Access::Ro => pb::acl_rule::Access::Ro,
+                    Access::Deny => pb::acl_rule::Access::Deny,
+                } as i32,
+            })
+            .collect();
+        let mut req = pb::GuardRequest {
+            path: path.to_string(),
+            rules,
+            fd_token: Bytes::new(),
+            id_offset,
+        };
+        let mut conn = None;
+        if let Some(fds) = &fds {
+            let at = self.handover_path.as_ref().ok_or_else(|| {
+                Error::Unsupported("guarded mounts on an agent out of the host's reach".into())
+            })?;
+            let token = handover::token();
+            let c = handover::open(at, &self.identity, &token)
+                .await
+                .map_err(handover_error)?;
+            handover::send_fds(&c, &[fds[0].as_fd(), fds[1].as_fd()])
+                .await
+                .map_err(handover_error)?;
+            req.fd_token = Bytes::copy_from_slice(&token);
+            conn = Some(c);
+        }
+        let mut grpc = self.grpc.clone();
+        let r = grpc.guard(req).await;
+        drop(conn);
+        r.map(|_| ()).map_err(|e| match e.code() {
+            tonic::Code::Unimplemented => Error::Unsupported(
+                "guarded mounts with this sandbox's agent, which predates them (recreate the \
+                 sandbox)"
+                    .into(),
+            ),
+            _ => from_agent(e, "mounts"),
+        })
+    }
+
+    pub async fn release_main(&self) -> Result<()> {
+        let mut grpc = self.grpc.clone();
+        grpc.release(pb::Empty {})
+            .await
+            .map(|_| ())
+            .map_err(|e| from_agent(e, "main process"))
+    }
+
+    pub async fn fs_decisions(
+        &self,
+    ) -> Result<impl Stream<Item = Result<paddock_core::agent::FsDecision>> + Send + 'static> {
+        let mut grpc = self.grpc.clone();
+        let r = grpc
+            .fs_decisions(pb::Empty {})
+            .await
+            .map_err(|e| from_agent(e, "fs decisions"))?;
+        Ok(r.into_inner().map(|d| {
+            d.map(|d| paddock_core::agent::FsDecision {
+                mount: d.mount,
+                path: d.path,
+                write: d.write,
+                allowed: d.allowed,
+                dropped: d.dropped,
+            })
+            .map_err(|e| from_agent(e, "fs decisions"))
+        }))
+    }
+}
+
 /// `PADDOCK_FD_HANDOVER=off` in the daemon's environment keeps all data
 /// on the agent protocol, as with backends that cannot hand over: for
 /// tests of that path and for comparing the two (docs/benchmarks.md).
@@ -959,6 +1046,26 @@ impl Agent for AgentClient {
         offset: u64,
     ) -> Result<futures::stream::BoxStream<'static, Result<(u64, Bytes)>>> {
         Ok(AgentClient::main_output(self, offset).await?.boxed())
+    }
+
+    async fn guard(
+        &self,
+        path: &str,
+        rules: &[paddock_core::model::AclRule],
+        id_offset: u32,
+        fds: Option<[std::os::fd::OwnedFd; 2]>,
+    ) -> Result<()> {
+        AgentClient::guard(self, path, rules, id_offset, fds).await
+    }
+
+    async fn release_main(&self) -> Result<()> {
+        AgentClient::release_main(self).await
+    }
+
+    async fn fs_decisions(
+        &self,
+    ) -> Result<futures::stream::BoxStream<'static, Result<paddock_core::agent::FsDecision>>> {
+        Ok(AgentClient::fs_decisions(self).await?.boxed())
     }
 }
 

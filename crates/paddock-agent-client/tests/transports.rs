@@ -222,6 +222,29 @@ impl Agent for FakeAgent {
         // Stays open, as the real one does while the sandbox runs.
         Ok(Response::new(Box::pin(futures::stream::pending())))
     }
+
+    async fn guard(
+        &self,
+        _: Request<pb::GuardRequest>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        Err(Status::unimplemented("no guards here"))
+    }
+
+    async fn release(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    type FsDecisionsStream = BoxStream<pb::FsDecision>;
+
+    async fn fs_decisions(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> std::result::Result<Response<Self::FsDecisionsStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::pending())))
+    }
 }
 
 /// Serves the fake agent on every connection `conns` yields, greeting each

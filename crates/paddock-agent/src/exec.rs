@@ -127,6 +127,11 @@ fn build(start: &ExecStart) -> Result<Command, Status> {
             }
         }
         cmd.current_dir(&start.cwd);
+    } else if let Ok(here) = std::env::current_dir() {
+        // The agent's own directory by its path, looked up again: a mount
+        // guarded since the agent started covers it (the agent's handle
+        // is on the directory beneath).
+        cmd.current_dir(here);
     }
     if !start.user.is_empty() {
         let u = lookup_user(&start.user)?;

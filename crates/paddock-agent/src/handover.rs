@@ -73,3 +73,14 @@ impl Handover {
         handover::send(&self.0, fd).map_err(|e| Status::unavailable(format!("fd hand-over: {e}")))
     }
 }
+
+impl Handover {
+    /// The descriptors the daemon sends on it (a hand-over to the agent).
+    pub async fn receive(self) -> Result<Vec<std::os::fd::OwnedFd>, Status> {
+        let s = tokio::net::UnixStream::from_std(self.0)
+            .map_err(|e| Status::internal(format!("fd hand-over: {e}")))?;
+        handover::receive_fds(&s)
+            .await
+            .map_err(|e| Status::unavailable(format!("fd hand-over: {e}")))
+    }
+}

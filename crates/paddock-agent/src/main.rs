@@ -12,6 +12,7 @@
 
 mod exec;
 mod files;
+mod guard;
 mod handover;
 mod mainlog;
 mod ports;
@@ -53,6 +54,9 @@ struct Service {
     boot_unix_ms: u64,
     handovers: std::sync::Arc<handover::Handovers>,
     main_log: mainlog::MainLog,
+    guards: guard::Guards,
+    /// The main process, while `--hold-main` holds it.
+    held: std::sync::Mutex<Vec<String>>,
 }
 
 #[tonic::async_trait]
@@ -67,8 +71,84 @@ impl Agent for Service {
                 paddock_proto::FEATURE_EXEC_START_HEADER.into(),
                 paddock_proto::handover::FEATURE.into(),
                 paddock_proto::handover::FEATURE_WRITE.into(),
+                paddock_proto::FEATURE_GUARD.into(),
             ],
         }))
+    }
+
+    async fn guard(&self, req: Request<GuardRequest>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let rules: Vec<(String, paddock_acl::Access)> = req
+            .rules
+            .iter()
+            .map(|r| {
+                let a = match r.access() {
+                    acl_rule::Access::Rw => paddock_acl::Access::Rw,
+                    acl_rule::Access::Ro => paddock_acl::Access::Ro,
+                    acl_rule::Access::Deny => paddock_acl::Access::Deny,
+                };
+                (r.pattern.clone(), a)
+            })
+            .collect();
+        let acl = paddock_acl::Acl::new(&rules)
+            .map_err(|(i, e)| Status::invalid_argument(format!("rules[{i}]: {e}")))?;
+        if !req.path.starts_with('/') {
+            return Err(Status::invalid_argument("path: must be absolute"));
+        }
+        let Some(h) = self.handovers.take(&req.fd_token).await? else {
+            return if self.guards.set_rules(&req.path, acl) {
+                Ok(Response::new(Empty {}))
+            } else {
+                Err(Status::not_found(format!("{} is not guarded", req.path)))
+            };
+        };
+        let fds = h.receive().await?;
+        let [fuse, backing]: [std::os::fd::OwnedFd; 2] = fds.try_into().map_err(|_| {
+            Status::invalid_argument(
+                "fd_token: the hand-over must carry /dev/fuse and the directory",
+            )
+        })?;
+        self.guards
+            .serve(&req.path, acl, req.id_offset, fuse, backing)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn release(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        let main = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        if !main.is_empty() {
+            start_main(&self.reaper, &main, &self.main_log)
+                .map_err(|e| Status::internal(format!("main process: {e}")))?;
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    type FsDecisionsStream = BoxStream<FsDecision>;
+
+    async fn fs_decisions(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<Self::FsDecisionsStream>, Status> {
+        let d = self.guards.decisions.clone();
+        let s = futures::stream::unfold(d, |d| async move {
+            let (batch, dropped) = d.next().await;
+            let out: Vec<Result<FsDecision, Status>> = batch
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    Ok(FsDecision {
+                        mount: x.mount,
+                        path: x.path,
+                        write: x.write,
+                        allowed: x.allowed,
+                        dropped: if i == 0 { dropped } else { 0 },
+                    })
+                })
+                .collect();
+            Some((futures::stream::iter(out), d))
+        })
+        .flatten();
+        Ok(Response::new(Box::pin(s)))
     }
 
     type ExecStream = BoxStream<ExecOutput>;
@@ -336,6 +416,9 @@ struct Args {
     /// Open files per process in the sandbox: the agent lowers its own
     /// limit to this before it runs anything (every process inherits it).
     nofile: Option<u64>,
+    /// Start the main process only when the daemon says (`Release`), once
+    /// it has guarded the sandbox's mounts.
+    hold_main: bool,
     main: Vec<String>,
 }
 
@@ -343,6 +426,7 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut listen_fd = None;
     let mut nofile = None;
+    let mut hold_main = false;
     let mut main = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -361,6 +445,7 @@ fn parse_args() -> Result<Args, String> {
                         .ok_or(format!("--nofile: {v:?} is not a count of 16 or more"))?,
                 );
             }
+            "--hold-main" => hold_main = true,
             "--version" => {
                 println!("paddock-agent {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -381,6 +466,7 @@ fn parse_args() -> Result<Args, String> {
                 paddock_proto::identity::ENV
             ))?,
         nofile,
+        hold_main,
         main,
     })
 }
@@ -452,6 +538,11 @@ fn start_main(
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let spawned = {
         let mut cmd = Command::new(&main[0]);
+        if let Ok(here) = std::env::current_dir() {
+            // By its path: a guard mounted since the agent started covers
+            // it, and the agent's own handle is on the directory beneath.
+            cmd.current_dir(here);
+        }
         cmd.args(&main[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::from(w.try_clone()?))
@@ -494,7 +585,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     reaper.start()?;
 
     let main_log = mainlog::MainLog::default();
-    if !args.main.is_empty() {
+    let mut held = Vec::new();
+    if args.hold_main {
+        held = args.main;
+    } else if !args.main.is_empty() {
         start_main(&reaper, &args.main, &main_log)?;
     }
 
@@ -572,6 +666,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 boot_unix_ms,
                 handovers,
                 main_log,
+                guards: Default::default(),
+                held: std::sync::Mutex::new(held),
             })
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20),
@@ -592,6 +688,8 @@ mod tests {
             boot_unix_ms: 0,
             handovers: Default::default(),
             main_log: Default::default(),
+            guards: Default::default(),
+            held: Default::default(),
         };
         let h = s
             .hello(Request::new(HelloRequest::default()))
@@ -603,6 +701,7 @@ mod tests {
             paddock_proto::FEATURE_EXEC_START_HEADER,
             paddock_proto::handover::FEATURE,
             paddock_proto::handover::FEATURE_WRITE,
+            paddock_proto::FEATURE_GUARD,
         ] {
             assert!(h.features.iter().any(|f| f == want), "{want}");
         }

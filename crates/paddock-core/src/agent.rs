@@ -12,9 +12,10 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{
-    ExecControl, ExecEvent, ExecRequest, ExecResult, FileInfo, Platform, Port, WriteOptions,
+    AclRule, ExecControl, ExecEvent, ExecRequest, ExecResult, FileInfo, Platform, Port,
+    WriteOptions,
 };
 use crate::runtime::AgentEndpoint;
 
@@ -83,6 +84,44 @@ pub trait Agent: Send + Sync {
     /// bytes)`, the offset past the one asked for when the agent no longer
     /// held what came between. Ends when the agent goes.
     async fn main_output(&self, offset: u64) -> Result<BoxStream<'static, Result<(u64, Bytes)>>>;
+
+    /// Guards the mount at `path`: every access by a process of the
+    /// sandbox is judged by `rules`. With `fds` (`/dev/fuse` of a FUSE
+    /// filesystem mounted, or about to be, over `path`, and the directory
+    /// it covers) the agent starts serving it; without, the guard already
+    /// there takes the new rules ([`Error::NotFound`] if there is none).
+    /// `id_offset`: the sandbox's ids as the host sees them, less its own.
+    async fn guard(
+        &self,
+        _path: &str,
+        _rules: &[AclRule],
+        _id_offset: u32,
+        _fds: Option<[std::os::fd::OwnedFd; 2]>,
+    ) -> Result<()> {
+        Err(Error::Unsupported("this agent cannot guard mounts".into()))
+    }
+
+    /// Starts the main process the agent holds until its mounts are
+    /// guarded.
+    async fn release_main(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The guards' access decisions as they are made, until dropped.
+    async fn fs_decisions(&self) -> Result<BoxStream<'static, Result<FsDecision>>> {
+        Err(Error::Unsupported("this agent cannot guard mounts".into()))
+    }
+}
+
+/// An access by a process of a sandbox to a guarded mount, as judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsDecision {
+    pub mount: String,
+    pub path: String,
+    pub write: bool,
+    pub allowed: bool,
+    /// Decisions lost before this one (the agent kept the latest only).
+    pub dropped: u64,
 }
 
 /// How the engine reaches agents: from a backend's endpoint to an [`Agent`].

@@ -10,7 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod events;
-pub mod glob;
+pub use paddock_acl::glob;
 pub mod host;
 pub mod hostmount;
 pub mod logs;

@@ -274,13 +274,7 @@ pub struct Mount {
     pub acls: Vec<AclRule>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Rw,
-    Ro,
-    Deny,
-}
+pub use paddock_acl::Access;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -339,24 +333,41 @@ pub struct SnapshotPolicy {
     pub include: Option<Vec<String>>,
 }
 
-/// Whether `path` lies at or under `dir` (both absolute, normalised).
-pub fn path_under(path: &str, dir: &str) -> bool {
-    let dir = dir.trim_end_matches('/');
-    dir.is_empty() || path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
-}
-
 pub use crate::glob::glob_match;
+pub use paddock_acl::path_under;
 
 impl Mount {
     /// The access its ACL grants to `path` (under this mount): the rule
     /// with the longest pattern that matches wins; none denies.
     pub fn access(&self, path: &str) -> Access {
-        let mut rules: Vec<&AclRule> = self.acls.iter().collect();
-        rules.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-        rules
-            .into_iter()
-            .find(|r| glob_match(&r.path, path))
-            .map_or(Access::Deny, |r| r.access)
+        paddock_acl::judge(self.acls.iter().map(|r| (r.path.as_str(), r.access)), path)
+    }
+
+    /// Whether processes inside must be judged on every access (the
+    /// backend guards the mount): some path of it is not read-write for
+    /// all. A mount whose rules grant read-write to all of it is a plain
+    /// directory.
+    pub fn needs_guard(&self) -> bool {
+        let covered = self.acls.iter().any(|r| {
+            r.path
+                .strip_suffix("/**")
+                .is_some_and(|b| !b.contains(['*', '?']) && path_under(&self.path, b))
+        });
+        if covered && self.acls.iter().all(|r| r.access == Access::Rw) {
+            return false;
+        }
+        let rules: Vec<(String, Access)> = self
+            .acls
+            .iter()
+            .map(|r| (r.path.clone(), r.access))
+            .collect();
+        match paddock_acl::Acl::new(&rules) {
+            Ok(acl) => {
+                acl.access(&self.path) != Access::Rw
+                    || acl.uniform_below(&self.path) != Some(Access::Rw)
+            }
+            Err(_) => true,
+        }
     }
 }
 
@@ -1166,6 +1177,31 @@ mod glob_tests {
             acls: vec![],
         };
         assert_eq!(none.access("/data/x"), Access::Deny);
+        assert!(m.needs_guard() && none.needs_guard());
+    }
+
+    #[test]
+    fn only_a_mount_read_write_throughout_goes_unguarded() {
+        let m = |rules: &[(&str, Access)]| Mount {
+            path: "/w".into(),
+            origin: None,
+            acls: rules
+                .iter()
+                .map(|(p, a)| AclRule {
+                    path: p.to_string(),
+                    access: *a,
+                })
+                .collect(),
+        };
+        use Access::*;
+        assert!(!m(&[("/w/**", Rw)]).needs_guard());
+        assert!(!m(&[("/**", Rw)]).needs_guard());
+        assert!(!m(&[("/w/**", Rw), ("/w/*.txt", Rw)]).needs_guard());
+        assert!(m(&[("/w/**", Rw), ("/w/*.env", Deny)]).needs_guard());
+        assert!(m(&[("/w/**", Ro)]).needs_guard());
+        // Only a part of it is granted; the rest is denied.
+        assert!(m(&[("/w/pub/**", Rw)]).needs_guard());
+        assert!(m(&[("/w/*", Rw)]).needs_guard());
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct Capabilities {
     /// The agent can hand the daemon open descriptors (a unix socket on the
     /// host), so that bulk data skips the agent protocol.
     pub fd_handover: bool,
+    /// It can guard a mount ([`Runtime::guard`]): judge every access by
+    /// the sandbox's processes against the mount's ACL.
+    pub guarded_mounts: bool,
 }
 
 /// A backend as the native API lists it.
@@ -165,6 +168,27 @@ pub trait Runtime: Send + Sync {
     /// Removes everything the sandbox had: processes, mounts, cgroups,
     /// network. Idempotent.
     async fn destroy(&self, id: Uuid) -> Result<()>;
+
+    /// Guards the sandbox's mount `m` (its `origin` the host directory the
+    /// engine checked), which needs it ([`crate::model::Mount::needs_guard`]):
+    /// puts a filesystem over its path that `agent` serves, judging every
+    /// access by the mount's rules. For backends with
+    /// [`Capabilities::guarded_mounts`].
+    async fn guard(
+        &self,
+        _id: Uuid,
+        m: &crate::model::Mount,
+        _agent: &dyn crate::agent::Agent,
+    ) -> Result<()> {
+        Err(Error::invalid(
+            "mounts",
+            format!(
+                "the {} backend cannot enforce the ACL of {} on the sandbox's processes",
+                self.name(),
+                m.path
+            ),
+        ))
+    }
 
     /// What is really there now, and how to reach it (after a restart).
     async fn inspect(&self, id: Uuid) -> Result<(Liveness, Option<Instance>)>;

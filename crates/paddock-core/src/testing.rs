@@ -29,6 +29,8 @@ use crate::runtime::{AgentEndpoint, AgentIdentity, Capabilities, Instance, Liven
 #[derive(Default)]
 pub struct FakeAgent {
     files: Mutex<HashMap<String, Vec<u8>>>,
+    /// Its guards' rules, by mount path (it judges nothing with them).
+    pub guards: Mutex<HashMap<String, Vec<crate::model::AclRule>>>,
 }
 
 fn info(path: &str, size: u64) -> FileInfo {
@@ -169,6 +171,27 @@ impl Agent for FakeAgent {
 
     async fn main_output(&self, _offset: u64) -> Result<BoxStream<'static, Result<(u64, Bytes)>>> {
         // Stays open, as the real one does while the sandbox runs.
+        Ok(futures::stream::pending().boxed())
+    }
+
+    async fn guard(
+        &self,
+        path: &str,
+        rules: &[crate::model::AclRule],
+        _id_offset: u32,
+        fds: Option<[std::os::fd::OwnedFd; 2]>,
+    ) -> Result<()> {
+        let mut g = self.guards.lock().unwrap();
+        if fds.is_none() && !g.contains_key(path) {
+            return Err(Error::NotFound {
+                what: format!("{path} is not guarded"),
+            });
+        }
+        g.insert(path.to_string(), rules.to_vec());
+        Ok(())
+    }
+
+    async fn fs_decisions(&self) -> Result<BoxStream<'static, Result<crate::agent::FsDecision>>> {
         Ok(futures::stream::pending().boxed())
     }
 }
@@ -313,6 +336,7 @@ impl Default for FakeRuntime {
             "fake",
             Capabilities {
                 pause: true,
+                guarded_mounts: true,
                 ..Default::default()
             },
         )
@@ -343,6 +367,12 @@ impl FakeRuntime {
 
     fn note(&self, what: String) {
         self.calls.lock().unwrap().push(what);
+    }
+
+    /// The agent of sandbox `id` (its latest boot).
+    pub fn agent(&self, id: Uuid) -> Option<Arc<FakeAgent>> {
+        let path = PathBuf::from(format!("/fake/{}/{id}.sock", self.name));
+        self.agents.lock().unwrap().get(&path).cloned()
     }
 
     fn boot(&self, id: Uuid) -> Result<Instance> {
@@ -428,6 +458,18 @@ impl Runtime for FakeRuntime {
             return Err(Error::Internal("the fake backend was told to fail".into()));
         }
         self.boot(id)
+    }
+
+    /// Starts a guard on its agent (no filesystem: descriptors it never
+    /// reads), noted as "guard <id> <path>".
+    async fn guard(&self, id: Uuid, m: &crate::model::Mount, agent: &dyn Agent) -> Result<()> {
+        self.note(format!("guard {id} {}", m.path));
+        let null = || std::fs::File::open("/dev/null").map(std::os::fd::OwnedFd::from);
+        let fds = [
+            null().map_err(Error::internal)?,
+            null().map_err(Error::internal)?,
+        ];
+        agent.guard(&m.path, &m.acls, 0, Some(fds)).await
     }
 
     async fn start(&self, id: Uuid, _config: &SandboxConfig) -> Result<Instance> {

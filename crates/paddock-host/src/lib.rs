@@ -21,6 +21,7 @@
 
 pub mod cgroup;
 pub mod cmd;
+pub mod fuse;
 pub mod net;
 pub mod netlink;
 pub mod sealed;

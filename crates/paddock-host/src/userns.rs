@@ -343,7 +343,7 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: &OwnedFd, ro: bool) -> R
             OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
         )
     };
-    idmap_tree(fd, src, target, userns, ro)
+    attach(idmap_tree(fd, src, userns, ro)?, target)
 }
 
 /// [`idmapped_bind`] of the directory `src` is open on (an `O_PATH`
@@ -370,12 +370,61 @@ pub fn idmapped_bind_fd(
                 | libc::AT_EMPTY_PATH as libc::c_uint,
         )
     };
-    idmap_tree(fd, what, target, userns, ro)
+    attach(idmap_tree(fd, what, userns, ro)?, target)
 }
 
-/// Idmaps the detached tree `fd` (from open_tree, or -1 for its error)
-/// and attaches it at `target`.
-fn idmap_tree(fd: i64, src: &Path, target: &Path, userns: &OwnedFd, ro: bool) -> Result<()> {
+/// Attaches the detached tree at `target`.
+fn attach(tree: OwnedFd, target: &Path) -> Result<()> {
+    let empty = std::ffi::CString::default();
+    let ctarget = cpath(target)?;
+    // SAFETY: move_mount reads the two NUL-terminated paths; the tree's
+    // descriptor is ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            ctarget.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(err("move_mount")(format!(
+            "{}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// A detached copy of the tree at `src` (an open directory), idmapped
+/// through `userns`'s maps, attached nowhere: its descriptor reaches it.
+pub fn idmapped_clone(
+    src: std::os::fd::BorrowedFd<'_>,
+    what: &Path,
+    userns: &OwnedFd,
+    ro: bool,
+) -> Result<OwnedFd> {
+    let empty = std::ffi::CString::default();
+    // SAFETY: as in idmapped_bind_fd.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            src.as_raw_fd(),
+            empty.as_ptr(),
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | AT_RECURSIVE
+                | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    idmap_tree(fd, what, userns, ro)
+}
+
+/// Idmaps the detached tree `fd` (from open_tree, or -1 for its error).
+fn idmap_tree(fd: i64, src: &Path, userns: &OwnedFd, ro: bool) -> Result<OwnedFd> {
     let empty = std::ffi::CString::default();
     if fd < 0 {
         return Err(err("open_tree")(format!(
@@ -416,27 +465,7 @@ fn idmap_tree(fd: i64, src: &Path, target: &Path, userns: &OwnedFd, ro: bool) ->
             std::io::Error::last_os_error()
         )));
     }
-    let ctarget = cpath(target)?;
-    // SAFETY: move_mount reads the two NUL-terminated paths; the tree's
-    // descriptor is ours.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            ctarget.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc != 0 {
-        return Err(err("move_mount")(format!(
-            "{}: {}",
-            target.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+    Ok(tree)
 }
 
 #[cfg(test)]

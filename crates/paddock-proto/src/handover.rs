@@ -192,6 +192,12 @@ pub fn write_file(fd: OwnedFd, size: u64) -> io::Result<std::fs::File> {
 }
 
 fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    // One descriptor per hand-over; any more are closed as they drop.
+    Ok(recv_fds(fd)?.into_iter().next())
+}
+
+/// One message's descriptors (and its byte).
+fn recv_fds(fd: RawFd) -> io::Result<Vec<OwnedFd>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8; 1];
     let mut iov = [io::IoSliceMut::new(&mut byte)];
@@ -220,8 +226,59 @@ fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
             "the agent closed the hand-over without an answer",
         ));
     }
-    // One descriptor per hand-over; any more are closed as they drop.
-    Ok(got.into_iter().next())
+    Ok(got)
+}
+
+/// The receiving half of a hand-over the other way round (daemon to
+/// agent): the descriptors the next message carries.
+pub async fn receive_fds(s: &UnixStream) -> io::Result<Vec<OwnedFd>> {
+    let wait = async {
+        loop {
+            s.readable().await?;
+            match s.try_io(Interest::READABLE, || recv_fds(s.as_raw_fd())) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no descriptors came on the hand-over",
+        ))
+    })
+}
+
+/// Sends `fds` (at least one) in one message on a hand-over connection.
+pub async fn send_fds(s: &UnixStream, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let byte = [1u8];
+    loop {
+        s.writable().await?;
+        let r = s.try_io(Interest::WRITABLE, || {
+            let iov = [io::IoSlice::new(&byte)];
+            let cmsgs = [ControlMessage::ScmRights(&raw)];
+            sendmsg::<()>(
+                s.as_raw_fd(),
+                &iov,
+                &cmsgs,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map(|_| ())
+            .map_err(io::Error::from)
+        });
+        match r {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                continue
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The agent's half: what a new connection is. `Some(token)` (its first 32

@@ -20,6 +20,9 @@ pub mod output;
 pub const EXEC_START_HEADER: &str = "paddock-exec-start-bin";
 pub const FEATURE_EXEC_START_HEADER: &str = "exec-start-header";
 
+/// The agent feature of `Guard`, `Release` and `FsDecisions`.
+pub const FEATURE_GUARD: &str = "guard";
+
 /// Response metadata of `ReadFile`: the size of the file the agent opened
 /// (from its `fstat`, after following every symlink; absent where the size
 /// says nothing of the bytes, such as a file of `/proc`), and the path it

@@ -595,8 +595,10 @@ impl ContainerRuntime {
                         format!("{o} is not a directory on the host"),
                     ))
                 }
-                Some(_) => {}
-                None => inroot::mkdir_all(&rootfs, &m.path, owner).map_err(|e| {
+                // A guarded host directory is not bound: the guard covers
+                // this directory, and serves the host one behind it.
+                Some(_) if !m.needs_guard() => {}
+                _ => inroot::mkdir_all(&rootfs, &m.path, owner).map_err(|e| {
                     Error::invalid(
                         format!("mounts[{i}].path"),
                         format!("{} cannot be made in the image: {e}", m.path),
@@ -826,6 +828,10 @@ fn stage_origins(
     let mut staged = Staged(Vec::new());
     for (i, m) in config.mounts.iter_mut().enumerate() {
         let Some(origin) = &m.origin else { continue };
+        if m.needs_guard() {
+            // Served by its guard (`Runtime::guard`), not bound.
+            continue;
+        }
         let field = format!("mounts[{i}].origin");
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
@@ -877,6 +883,34 @@ fn stage_origins(
     Ok((config, staged))
 }
 
+/// The host directory `origin` (checked by the engine) for a guard to
+/// serve: opened without following symlinks and, in a user namespace
+/// (`ids`), a detached idmapped copy in which its owner is the sandbox's
+/// root (as `stage_origins` binds it unguarded).
+fn origin_tree(
+    origin: &str,
+    ids: Option<paddock_host::userns::IdRange>,
+) -> Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(nix::fcntl::AT_FDCWD, origin, how).map_err(|e| {
+        Error::forbidden_field(
+            "mounts",
+            format!("{origin} cannot be opened as a directory without following symlinks: {e}"),
+        )
+    })?;
+    let Some(r) = ids else { return Ok(fd) };
+    let st =
+        nix::sys::stat::fstat(&fd).map_err(|e| Error::Internal(format!("stat {origin}: {e}")))?;
+    let ns = paddock_host::userns::with_maps(
+        &format!("{} {} 1\n", st.st_uid, r.base),
+        &format!("{} {} 1\n", st.st_gid, r.base),
+    )?;
+    paddock_host::userns::idmapped_clone(fd.as_fd(), Path::new(origin), &ns, false)
+}
+
 #[async_trait]
 impl Runtime for ContainerRuntime {
     /// The OCI runtime's name: `crun` or `runc`.
@@ -896,6 +930,7 @@ impl Runtime for ContainerRuntime {
             pause: true,
             shares_host_kernel: true,
             fd_handover: true,
+            guarded_mounts: true,
             ..Default::default()
         }
     }
@@ -915,6 +950,40 @@ impl Runtime for ContainerRuntime {
         let inst = inst?;
         tracing::debug!(sandbox = %id, prepare = ?t1, run = ?(t0.elapsed() - t1), "container created");
         Ok(inst)
+    }
+
+    async fn guard(
+        &self,
+        id: Uuid,
+        m: &paddock_core::model::Mount,
+        agent: &dyn paddock_core::Agent,
+    ) -> Result<()> {
+        let pid: u32 = std::fs::read_to_string(self.dir(id).join("init.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| Error::Internal(format!("sandbox {id} has no init process")))?;
+        let ids = self.slot(id).and_then(|s| s.ids);
+        let (path, origin) = (m.path.clone(), m.origin.clone());
+        let (fuse, target, backing) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let target = paddock_host::fuse::open_dir_in(pid, &path)?;
+            let backing = match origin {
+                None => target.try_clone().map_err(io("guarded mount"))?,
+                Some(o) => origin_tree(&o, ids)?,
+            };
+            Ok((paddock_host::fuse::detached()?, target, backing))
+        })
+        .await
+        .map_err(Error::internal)??;
+        let paddock_host::fuse::Detached { dev, mount } = fuse;
+        let offset = ids.map_or(0, |r| r.base);
+        agent
+            .guard(&m.path, &m.acls, offset, Some([dev, backing]))
+            .await?;
+        tokio::task::spawn_blocking(move || {
+            paddock_host::fuse::attach_in(pid, mount.as_fd(), target.as_fd())
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     async fn start(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {

@@ -102,6 +102,10 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
         nofile(c.memory_mb).to_string(),
     ];
     let main = c.main_process();
+    if !main.is_empty() && c.mounts.iter().any(|m| m.needs_guard()) {
+        // Until the engine has guarded them (after the runtime is done).
+        args.push("--hold-main".into());
+    }
     if !main.is_empty() {
         args.push("--".into());
         args.extend(main);
@@ -152,8 +156,9 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
     // Host directories the caller asked for, read-write: the file API's
     // ACLs govern what reaches them through Paddock.
+    // A guarded one is served by the agent instead (`Runtime::guard`).
     for m in &i.config.mounts {
-        if let Some(origin) = &m.origin {
+        if let (Some(origin), false) = (&m.origin, m.needs_guard()) {
             mounts.push(bind(origin, &m.path, false));
         }
     }

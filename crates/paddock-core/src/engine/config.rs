@@ -94,6 +94,7 @@ impl Engine {
                     live.agent.mkdir(&m.path, true, None).await?;
                 }
             }
+            self.regard(&sb, &cur.mounts, &mounts).await?;
             Ok(())
         }
         .await;

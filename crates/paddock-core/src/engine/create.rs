@@ -56,6 +56,7 @@ impl Engine {
         let mut config = spec.resolve(&self.cfg.limits)?;
         self.check_origins(&mut config.mounts)?;
         let runtime = self.runtime(config.isolation)?.clone();
+        Self::check_guardable(runtime.as_ref(), &config.mounts)?;
         // A named image is pulled on the caller's behalf (the pull policy,
         // a claim), also when a warm pool holds it booted.
         let mut image = None;
@@ -184,8 +185,11 @@ impl Engine {
             .connect(&instance.agent, handover, self.cfg.agent_timeout)
             .await?;
         tracing::debug!(sandbox = %id, connect = ?t0.elapsed(), "agent connected");
+        self.guard_mounts(runtime.as_ref(), id, config, agent.as_ref())
+            .await?;
         self.attach(id, runtime.name(), agent, instance.clone(), now_ms())
             .await;
+        self.watch_guards(id, &config.mounts).await;
         Ok(instance.ip.map(|ip| ip.to_string()))
     }
 
@@ -207,6 +211,7 @@ impl Engine {
                 instance,
                 last_active_ms: AtomicI64::new(active_ms),
                 persisted_active_ms: AtomicI64::new(active_ms),
+                watching: Default::default(),
             }),
         );
     }

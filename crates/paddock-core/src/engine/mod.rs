@@ -42,6 +42,7 @@ mod create;
 mod events;
 mod exec;
 mod files;
+mod guards;
 mod images;
 mod lifecycle;
 mod monitor;
@@ -119,6 +120,8 @@ struct Live {
     instance: Instance,
     last_active_ms: AtomicI64,
     persisted_active_ms: AtomicI64,
+    /// Whether its guards' decisions are being recorded (`guards.rs`).
+    watching: std::sync::atomic::AtomicBool,
 }
 
 pub struct Engine {

@@ -18,6 +18,7 @@ impl Engine {
                 // The idle clock goes on from where the store left it.
                 let at = sb.last_active_at.timestamp_millis();
                 self.attach(sb.id, rt.name(), agent, inst, at).await;
+                self.watch_guards(sb.id, &sb.config.mounts).await;
                 Ok(true)
             }
             (State::Paused, (Liveness::Paused, _)) => Ok(false),

@@ -616,3 +616,77 @@ async fn a_host_mount_is_checked_again_at_every_start() {
         .unwrap()
         .contains(&format!("start {}", sb.id)));
 }
+
+/// A mount whose ACL is not read-write throughout is guarded when the
+/// sandbox boots (before its main process is let go), its guard takes new
+/// rules when the config changes, a mount that comes to need a guard gets
+/// one, and one read-write throughout is left alone.
+#[tokio::test]
+async fn guards_follow_the_mounts_acls() {
+    let r = Rig::new();
+    let rule = |p: &str, a| AclRule {
+        path: p.into(),
+        access: a,
+    };
+    let guarded = Mount {
+        path: "/w".into(),
+        origin: None,
+        acls: vec![
+            rule("/w/**", Access::Rw),
+            rule("/w/secret/**", Access::Deny),
+        ],
+    };
+    let open = Mount {
+        path: "/o".into(),
+        origin: None,
+        acls: vec![rule("/o/**", Access::Rw)],
+    };
+    let spec = SandboxSpec {
+        mounts: vec![guarded.clone(), open.clone()],
+        ..Default::default()
+    };
+    let (sb, _) = r.engine.create(&me(), spec).await.unwrap();
+    let calls = r.rt.calls.lock().unwrap().clone();
+    assert!(calls.contains(&format!("guard {} /w", sb.id)), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.ends_with(" /o")), "{calls:?}");
+    let agent = r.rt.agent(sb.id).unwrap();
+    assert_eq!(agent.guards.lock().unwrap()["/w"], guarded.acls);
+    // New rules for /w; /o now has a read-only part.
+    let w2 = Mount {
+        acls: vec![rule("/w/**", Access::Ro)],
+        ..guarded.clone()
+    };
+    let o2 = Mount {
+        acls: vec![rule("/o/**", Access::Rw), rule("/o/ro/**", Access::Ro)],
+        ..open.clone()
+    };
+    let applied = r
+        .engine
+        .update_config(
+            &me(),
+            sb.id,
+            ConfigUpdate {
+                mounts: Some(vec![w2.clone(), o2.clone()]),
+                egress: None,
+                snapshot: None,
+                idle_timeout_secs: None,
+                warnings: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(applied.applied, "{:?}", applied.error);
+    let g = agent.guards.lock().unwrap().clone();
+    assert_eq!(g["/w"], w2.acls);
+    assert_eq!(g["/o"], o2.acls);
+    // A backend that cannot guard refuses such a mount, naming it.
+    let e = Engine::check_guardable(
+        &FakeRuntime::named("plain", Default::default()),
+        &[open, guarded],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::Invalid { ref field, .. } if field == "mounts[1].acls"),
+        "{e}"
+    );
+}
