@@ -669,6 +669,26 @@ impl AgentClient {
         })
     }
 
+    /// See [`Agent::registrar`]: a hand-over connection the agent keeps.
+    pub async fn registrar(&self) -> Result<std::os::unix::net::UnixStream> {
+        let at = self.handover_path.as_ref().ok_or_else(|| {
+            Error::Unsupported("a registrar for an agent out of the host's reach".into())
+        })?;
+        let token = handover::token();
+        let c = handover::open(at, &self.identity, &token)
+            .await
+            .map_err(handover_error)?;
+        let mut grpc = self.grpc.clone();
+        grpc.registrar(pb::RegistrarRequest {
+            fd_token: Bytes::copy_from_slice(&token),
+        })
+        .await
+        .map_err(|e| from_agent(e, "registrar"))?;
+        let s = c.into_std().map_err(handover_error)?;
+        s.set_nonblocking(false).map_err(handover_error)?;
+        Ok(s)
+    }
+
     pub async fn release_main(&self) -> Result<()> {
         let mut grpc = self.grpc.clone();
         grpc.release(pb::Empty {})
@@ -1060,6 +1080,10 @@ impl Agent for AgentClient {
 
     async fn release_main(&self) -> Result<()> {
         AgentClient::release_main(self).await
+    }
+
+    async fn registrar(&self) -> Result<std::os::unix::net::UnixStream> {
+        AgentClient::registrar(self).await
     }
 
     async fn fs_decisions(

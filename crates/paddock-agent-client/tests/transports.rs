@@ -237,6 +237,13 @@ impl Agent for FakeAgent {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn registrar(
+        &self,
+        _: Request<pb::RegistrarRequest>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        Err(Status::unimplemented("no guards here"))
+    }
+
     type FsDecisionsStream = BoxStream<pb::FsDecision>;
 
     async fn fs_decisions(

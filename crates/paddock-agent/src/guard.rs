@@ -97,6 +97,82 @@ impl Decisions {
     }
 }
 
+/// The agent's way to the daemon for FUSE passthrough (a reader's reads
+/// and writes go to the backing file, not through the agent): registering
+/// a backing file (`FUSE_DEV_IOC_BACKING_OPEN`) needs `CAP_SYS_ADMIN` in
+/// the host's user namespace, so the daemon does it on a connection it
+/// hands over (`Registrar`); messages as `paddock_host::fuse` serves them.
+/// Without a daemon (none yet, or it is restarting), files open without
+/// passthrough.
+#[derive(Default)]
+pub struct Registrar {
+    conn: Mutex<Option<std::os::unix::net::UnixStream>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+const REGISTER: u32 = 1;
+const UNREGISTER: u32 = 2;
+
+impl Registrar {
+    pub fn set(&self, s: std::os::unix::net::UnixStream) -> std::io::Result<()> {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+        Ok(())
+    }
+
+    /// The backing id of `file` on the FUSE connection `fuse`.
+    fn register(
+        &self,
+        fuse: std::os::fd::BorrowedFd<'_>,
+        file: std::os::fd::BorrowedFd<'_>,
+    ) -> Option<u32> {
+        self.call(REGISTER, 0, &[fuse, file])
+            .filter(|r| *r > 0)
+            .map(|r| r as u32)
+    }
+
+    fn unregister(&self, fuse: std::os::fd::BorrowedFd<'_>, id: u32) {
+        let _ = self.call(UNREGISTER, id, &[fuse]);
+    }
+
+    /// One request and its answer; a connection that fails is dropped.
+    fn call(&self, op: u32, arg: u32, fds: &[std::os::fd::BorrowedFd<'_>]) -> Option<i32> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::io::Read;
+        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let s = g.as_mut()?;
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut msg = [0u8; 16];
+        msg[..8].copy_from_slice(&seq.to_le_bytes());
+        msg[8..12].copy_from_slice(&op.to_le_bytes());
+        msg[12..].copy_from_slice(&arg.to_le_bytes());
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let sent = sendmsg::<()>(
+            s.as_raw_fd(),
+            &[std::io::IoSlice::new(&msg)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        let mut answer = [0u8; 12];
+        let ok = matches!(sent, Ok(16)) && s.read_exact(&mut answer).is_ok();
+        if !ok || answer[..8] != seq.to_le_bytes() {
+            *g = None;
+            return None;
+        }
+        Some(i32::from_le_bytes(answer[8..].try_into().ok()?))
+    }
+}
+
+/// How an inode's files are open: through the agent (its pages cached), or
+/// passed through to the backing file under one backing id. The kernel
+/// refuses to mix the two on an inode while it is open.
+enum Io {
+    Cached(u32),
+    Passthrough { id: u32, opens: u32 },
+}
+
 type Rules = Arc<RwLock<Arc<Acl>>>;
 
 /// The mounts this agent guards, by path.
@@ -104,6 +180,7 @@ type Rules = Arc<RwLock<Arc<Acl>>>;
 pub struct Guards {
     by_path: Arc<Mutex<HashMap<String, Rules>>>,
     pub decisions: Arc<Decisions>,
+    pub registrar: Arc<Registrar>,
 }
 
 impl Guards {
@@ -141,7 +218,12 @@ impl Guards {
             }
             g.insert(path.to_string(), rules.clone());
         }
+        let dev = fuse.try_clone()?;
         let fs = GuardFs {
+            dev,
+            registrar: self.registrar.clone(),
+            passthrough: false,
+            io: Mutex::new(HashMap::new()),
             mount: path.trim_end_matches('/').to_string(),
             rules,
             offset,
@@ -264,6 +346,13 @@ impl State {
 }
 
 struct GuardFs {
+    /// The FUSE connection (for the daemon to register backing files on).
+    dev: OwnedFd,
+    registrar: Arc<Registrar>,
+    /// The kernel took `FUSE_PASSTHROUGH`.
+    passthrough: bool,
+    /// By inode, how its open files are served.
+    io: Mutex<HashMap<u64, Io>>,
     /// The mount's path in the sandbox, which its rules name.
     mount: String,
     rules: Rules,
@@ -272,7 +361,8 @@ struct GuardFs {
     root: OwnedFd,
     decisions: Arc<Decisions>,
     st: Mutex<State>,
-    files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Open files by handle, with their inode.
+    files: Mutex<HashMap<u64, (Arc<File>, u64)>>,
 }
 
 fn errno(e: nix::errno::Errno) -> Errno {
@@ -546,10 +636,10 @@ impl GuardFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
-            .cloned()
+            .map(|(f, _)| f.clone())
     }
 
-    fn keep(&self, f: File) -> FileHandle {
+    fn keep(&self, f: File, ino: u64) -> FileHandle {
         let fh = {
             let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
             st.next_fh += 1;
@@ -558,11 +648,65 @@ impl GuardFs {
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(f));
+            .insert(fh, (Arc::new(f), ino));
         FileHandle(fh)
     }
 
-    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> R<FileHandle> {
+    /// How a new open of `ino` on backing file `f` is served: the backing
+    /// id to pass it through with, or none (cached, through the agent).
+    fn open_io(&self, ino: u64, f: &File) -> Option<u32> {
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        match io.get_mut(&ino) {
+            Some(Io::Cached(n)) => {
+                *n += 1;
+                return None;
+            }
+            Some(Io::Passthrough { id, opens }) => {
+                *opens += 1;
+                return Some(*id);
+            }
+            None => {}
+        }
+        let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+        let id = if self.passthrough && regular {
+            self.registrar.register(self.dev.as_fd(), f.as_fd())
+        } else {
+            None
+        };
+        io.insert(
+            ino,
+            match id {
+                Some(id) => Io::Passthrough { id, opens: 1 },
+                None => Io::Cached(1),
+            },
+        );
+        id
+    }
+
+    /// A file of `ino` closed; its backing id goes with its last.
+    fn close_io(&self, ino: u64) {
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, id) = match io.get_mut(&ino) {
+            Some(Io::Cached(n)) => {
+                *n = n.saturating_sub(1);
+                (*n == 0, None)
+            }
+            Some(Io::Passthrough { id, opens }) => {
+                *opens = opens.saturating_sub(1);
+                (*opens == 0, Some(*id))
+            }
+            None => (false, None),
+        };
+        if last {
+            io.remove(&ino);
+            drop(io);
+            if let Some(id) = id {
+                self.registrar.unregister(self.dev.as_fd(), id);
+            }
+        }
+    }
+
+    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> R<(FileHandle, Option<u32>)> {
         let rel = self.path_of(ino)?;
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         self.judge(&rel, write)?;
@@ -572,8 +716,13 @@ impl GuardFs {
             libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT | libc::O_NOATIME;
         let oflags =
             OFlag::from_bits_truncate(flags.0 & keep) | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+        // Opened by the agent with the caller's access mode: a file the
+        // agent may not open so is not passed through either (the kernel
+        // opens a passed-through file with the daemon's credentials).
         let fd = self.open_rel(&rel, oflags, Mode::empty())?;
-        Ok(self.keep(File::from(fd)))
+        let f = File::from(fd);
+        let id = self.open_io(ino.0, &f);
+        Ok((self.keep(f, ino.0), id))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -602,7 +751,19 @@ impl GuardFs {
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(m)).map_err(errno)?;
         let st = nix::sys::stat::fstat(&fd).map_err(errno)?;
         let ino = self.st.lock().unwrap_or_else(|e| e.into_inner()).node(rel);
-        Ok((self.attr(ino, &st), self.keep(File::from(fd))))
+        {
+            let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+            match io.get_mut(&ino) {
+                Some(Io::Cached(n)) => *n += 1,
+                // Not while it is passed through elsewhere: made anew
+                // under the same name, after an unlink say.
+                Some(Io::Passthrough { .. }) => return Err(Errno::EBUSY),
+                None => {
+                    io.insert(ino, Io::Cached(1));
+                }
+            }
+        }
+        Ok((self.attr(ino, &st), self.keep(File::from(fd), ino)))
     }
 
     /// Makes a name with `make` (in the parent's directory), judged as a
@@ -755,6 +916,11 @@ const OPENED: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 impl Filesystem for GuardFs {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
+        // Backing files may be on an overlay (the sandbox's root): depth 2.
+        self.passthrough = config
+            .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+            .is_ok()
+            && config.set_max_stack_depth(2).is_ok();
         Ok(())
     }
 
@@ -912,8 +1078,19 @@ impl Filesystem for GuardFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        answer!(reply, self.do_open(ino, flags), |fh| reply
-            .opened(fh, OPENED));
+        match self.do_open(ino, flags) {
+            Err(e) => reply.error(e),
+            Ok((fh, None)) => reply.opened(fh, OPENED),
+            Ok((fh, Some(id))) => {
+                // SAFETY: `id` is a backing id of this session, registered
+                // by the daemon and closed only when the inode's last file
+                // is released (`close_io`); `into_raw` keeps the wrapper
+                // from closing it here.
+                let backing = unsafe { reply.wrap_backing(id) };
+                reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
+                let _ = backing.into_raw();
+            }
+        }
     }
 
     fn read(
@@ -997,10 +1174,14 @@ impl Filesystem for GuardFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files
+        let gone = self
+            .files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
+        if let Some((_, ino)) = gone {
+            self.close_io(ino);
+        }
         reply.ok();
     }
 

@@ -84,3 +84,10 @@ impl Handover {
             .map_err(|e| Status::unavailable(format!("fd hand-over: {e}")))
     }
 }
+
+impl Handover {
+    /// The connection itself, kept for what the call sets up.
+    pub fn into_stream(self) -> UnixStream {
+        self.0
+    }
+}

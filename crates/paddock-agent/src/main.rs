@@ -123,6 +123,19 @@ impl Agent for Service {
         Ok(Response::new(Empty {}))
     }
 
+    async fn registrar(&self, req: Request<RegistrarRequest>) -> Result<Response<Empty>, Status> {
+        let h = self
+            .handovers
+            .take(&req.into_inner().fd_token)
+            .await?
+            .ok_or_else(|| Status::invalid_argument("fd_token: required"))?;
+        self.guards
+            .registrar
+            .set(h.into_stream())
+            .map_err(|e| Status::internal(format!("registrar: {e}")))?;
+        Ok(Response::new(Empty {}))
+    }
+
     type FsDecisionsStream = BoxStream<FsDecision>;
 
     async fn fs_decisions(

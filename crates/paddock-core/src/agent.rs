@@ -107,6 +107,13 @@ pub trait Agent: Send + Sync {
         Ok(())
     }
 
+    /// A connection the agent keeps to ask the daemon, over it, for what
+    /// its guards cannot do themselves (registering backing files for
+    /// FUSE passthrough); the backend serves it.
+    async fn registrar(&self) -> Result<std::os::unix::net::UnixStream> {
+        Err(Error::Unsupported("this agent cannot guard mounts".into()))
+    }
+
     /// The guards' access decisions as they are made, until dropped.
     async fn fs_decisions(&self) -> Result<BoxStream<'static, Result<FsDecision>>> {
         Err(Error::Unsupported("this agent cannot guard mounts".into()))

@@ -153,6 +153,15 @@ pub trait Runtime: Send + Sync {
     /// Starts a stopped sandbox again, with its filesystem as it was.
     async fn start(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance>;
 
+    /// Serves, for a running sandbox's guards, what only the host may do
+    /// (a backend sharing the host's kernel registers backing files for
+    /// FUSE passthrough), for as long as `agent` keeps the connection.
+    /// Called once guards run, and again after a daemon restart; without
+    /// it guards still work, through the agent.
+    async fn serve_guards(&self, _id: Uuid, _agent: &dyn crate::agent::Agent) -> Result<()> {
+        Ok(())
+    }
+
     /// Ends every process; keeps the filesystem.
     async fn stop(&self, id: Uuid) -> Result<()>;
 

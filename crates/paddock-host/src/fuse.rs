@@ -10,7 +10,7 @@
 //! process with threads.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use paddock_core::{Error, Result};
@@ -183,5 +183,161 @@ pub fn attach_in(pid: u32, mount: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Res
             "guarded mount: the child was killed".into(),
         )),
         c => Err(err("move_mount")(std::io::Error::from_raw_os_error(c))),
+    }
+}
+
+/// What `FUSE_DEV_IOC_BACKING_OPEN` takes.
+#[repr(C)]
+struct BackingMap {
+    fd: i32,
+    flags: u32,
+    padding: u64,
+}
+
+nix::ioctl_write_ptr!(backing_open, 229, 1, BackingMap);
+nix::ioctl_write_ptr!(backing_close, 229, 2, u32);
+
+/// Whether `f` is a descriptor of `/dev/fuse`.
+fn is_fuse(f: BorrowedFd<'_>) -> bool {
+    nix::sys::stat::fstat(f).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(10, 229)
+    })
+}
+
+/// Whether the daemon may register `f` for a sandbox whose ids are
+/// `ids` (first host id, count; none: the host's own): a regular file
+/// owned, as the host sees it, by one of the sandbox's users. The kernel
+/// opens a passed-through file with the registrar's credentials (the
+/// daemon's), so a file of anyone else is refused; the agent opened it
+/// with the caller's access mode first.
+fn registrable(f: BorrowedFd<'_>, ids: Option<(u32, u32)>) -> std::result::Result<(), i32> {
+    let st = nix::sys::stat::fstat(f).map_err(|e| e as i32)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(libc::EINVAL);
+    }
+    if let Some((base, n)) = ids {
+        if st.st_uid < base || st.st_uid - base >= n {
+            return Err(libc::EPERM);
+        }
+    }
+    Ok(())
+}
+
+/// Serves an agent's registrations of backing files for FUSE passthrough
+/// on `conn` until it closes (the agent's end: `Registrar` in its guard).
+/// Each request is 16 bytes, `seq: u64, op: u32, arg: u32` (little
+/// endian), with descriptors: op 1 registers the file (second descriptor)
+/// on the FUSE connection (first); op 2 unregisters backing id `arg` on
+/// it. Each answer is `seq: u64, result: i32`: the backing id, 0, or a
+/// negative errno.
+pub fn serve_backings(conn: std::os::unix::net::UnixStream, ids: Option<(u32, u32)>) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::Write;
+    let mut conn = conn;
+    loop {
+        let mut msg = [0u8; 16];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+        let (n, fds) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut msg)];
+            let r = match recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(r) => r,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            if let Ok(cmsgs) = r.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        // SAFETY: the kernel just installed these in this
+                        // process for this message; nothing else owns them.
+                        fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                    }
+                }
+            }
+            (r.bytes, fds)
+        };
+        if n != 16 {
+            return;
+        }
+        let seq = &msg[..8];
+        let op = u32::from_le_bytes(msg[8..12].try_into().expect("4 bytes"));
+        let arg = u32::from_le_bytes(msg[12..16].try_into().expect("4 bytes"));
+        let result: i32 = match (op, fds.as_slice()) {
+            (1, [fuse, file]) if is_fuse(fuse.as_fd()) => {
+                match registrable(file.as_fd(), ids) {
+                    Err(e) => -e,
+                    Ok(()) => {
+                        let map = BackingMap {
+                            fd: file.as_raw_fd(),
+                            flags: 0,
+                            padding: 0,
+                        };
+                        // SAFETY: the ioctl reads `map`, which outlives it,
+                        // on a descriptor checked to be /dev/fuse.
+                        match unsafe { backing_open(fuse.as_raw_fd(), &map) } {
+                            Ok(id) => id,
+                            Err(e) => -(e as i32),
+                        }
+                    }
+                }
+            }
+            (2, [fuse]) if is_fuse(fuse.as_fd()) => {
+                // SAFETY: as above; reads `arg`.
+                match unsafe { backing_close(fuse.as_raw_fd(), &arg) } {
+                    Ok(_) => 0,
+                    Err(e) => -(e as i32),
+                }
+            }
+            _ => -libc::EINVAL,
+        };
+        let mut answer = [0u8; 12];
+        answer[..8].copy_from_slice(seq);
+        answer[8..].copy_from_slice(&result.to_le_bytes());
+        if conn.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon registers, with its own credentials, only regular files
+    /// of the sandbox's users: never another host user's file, nor a
+    /// device or directory, nor a descriptor that is not /dev/fuse.
+    #[test]
+    fn only_the_sandboxs_regular_files_are_registrable() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "x").unwrap();
+        let base = 1 << 30;
+        let open = |p: &Path| std::fs::File::open(p).unwrap();
+        std::os::unix::fs::chown(&f, Some(base + 1000), None).unwrap();
+        assert_eq!(registrable(open(&f).as_fd(), Some((base, 65536))), Ok(()));
+        std::os::unix::fs::chown(&f, Some(4242), None).unwrap();
+        assert_eq!(
+            registrable(open(&f).as_fd(), Some((base, 65536))),
+            Err(libc::EPERM)
+        );
+        std::os::unix::fs::chown(&f, Some(base + 65536), None).unwrap();
+        assert_eq!(
+            registrable(open(&f).as_fd(), Some((base, 65536))),
+            Err(libc::EPERM)
+        );
+        // Without a user namespace the sandbox's users are the host's.
+        assert_eq!(registrable(open(&f).as_fd(), None), Ok(()));
+        assert_eq!(registrable(open(d.path()).as_fd(), None), Err(libc::EINVAL));
+        assert_eq!(
+            registrable(open(Path::new("/dev/null")).as_fd(), None),
+            Err(libc::EINVAL)
+        );
+        assert!(!is_fuse(open(Path::new("/dev/null")).as_fd()));
+        assert!(!is_fuse(open(&f).as_fd()));
     }
 }

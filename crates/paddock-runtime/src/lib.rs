@@ -986,6 +986,19 @@ impl Runtime for ContainerRuntime {
         .map_err(Error::internal)?
     }
 
+    async fn serve_guards(&self, id: Uuid, agent: &dyn paddock_core::Agent) -> Result<()> {
+        let conn = agent.registrar().await?;
+        let ids = self
+            .slot(id)
+            .and_then(|s| s.ids)
+            .map(|r| (r.base, paddock_host::userns::RANGE));
+        std::thread::Builder::new()
+            .name("guard-registrar".into())
+            .spawn(move || paddock_host::fuse::serve_backings(conn, ids))
+            .map_err(io("registrar thread"))?;
+        Ok(())
+    }
+
     async fn start(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
         if !is_mounted(&self.dir(id).join("rootfs")) {
             return Err(Error::Conflict(format!(

@@ -54,6 +54,14 @@ fn host_dir(name: &str) -> PathBuf {
     write("x.key", "KEYFILE\n", 0o644);
     write("pub/dir/a.key", "NESTEDKEY\n", 0o644);
     write("pub/dir/plain", "plain\n", 0o644);
+    // Another host user's files: out of reach of the sandbox's root, with
+    // or without a guard (the agent opens each file as the caller would
+    // before anything may pass through to it).
+    write("pub/theirs", "theirs\n", 0o644);
+    write("pub/private", "PRIVATE\n", 0o600);
+    for f in ["pub/theirs", "pub/private"] {
+        std::os::unix::fs::chown(dir.join(f), Some(4242), Some(4242)).unwrap();
+    }
     dir
 }
 
@@ -152,12 +160,24 @@ fn a_process_inside_cannot_read_a_deny_path_nor_write_a_ro_one() {
         ("mmap-write-ro", format!("{mmap_write} /data/ro/file")),
         ("create-denied", "echo x > /data/secret/new".into()),
         ("create-denied-glob", "echo x > /data/pub/new.key".into()),
+        (
+            "write-another-users",
+            "echo mine >> /data/pub/theirs".into(),
+        ),
+        (
+            "mmap-write-another-users",
+            format!("{mmap_write} /data/pub/theirs"),
+        ),
+        ("read-another-users-private", "cat /data/pub/private".into()),
     ];
     let cmds: Vec<(&str, &str)> = attacks.iter().map(|(l, c)| (*l, c.as_str())).collect();
     let (ok, out) = succeeded(&sb, &cmds);
     assert!(ok.is_empty(), "these got through: {ok:?}\n{out}");
     assert!(
-        !out.contains("TOPSECRET") && !out.contains("KEYFILE") && !out.contains("NESTEDKEY"),
+        !out.contains("TOPSECRET")
+            && !out.contains("KEYFILE")
+            && !out.contains("NESTEDKEY")
+            && !out.contains("PRIVATE"),
         "denied bytes came out: {out}"
     );
     // Listings leave denied files out.
@@ -195,6 +215,10 @@ fn a_process_inside_cannot_read_a_deny_path_nor_write_a_ro_one() {
         "TOPSECRET\n"
     );
     assert!(dir.join("x.key").exists() && dir.join("pub/dir/a.key").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pub/theirs")).unwrap(),
+        "theirs\n"
+    );
     assert!(!dir.join("pub/hard").exists() && !dir.join("pub/rolink").exists());
     assert_eq!(
         std::fs::metadata(dir.join("ro/file")).unwrap().mode() & 0o777,
@@ -394,4 +418,72 @@ fn the_main_process_starts_inside_the_guard() {
     // A command without a directory of its own starts there too.
     let r = api.exec(&sb.id, json!({"shell": "cat secret/key; pwd"}));
     assert!(!r["stdout"].as_str().unwrap().contains("TOPSECRET"), "{r}");
+}
+
+/// A guard outlives its daemon: served by the agent, it holds while the
+/// daemon is down (`kill -9`) and after it comes back, which records the
+/// decisions made since and serves the guard's passthrough again.
+#[test]
+fn a_guard_holds_across_a_daemon_kill() {
+    let dir = host_dir("restart");
+    let d = Daemon::start_with(
+        "127.0.0.1",
+        &["--allow-host-mount", fixture().root.to_str().unwrap()],
+    );
+    let api = d.api();
+    let id = api.create(
+        json!({"mounts": [{"path": "/data", "origin": dir.to_str().unwrap(), "acls": rules()}],
+               "command": ["sh", "-c", "sleep 3; cat /data/secret/key > /tmp/while-down 2>&1; \
+                            cat /data/ro/file >> /tmp/while-down; sleep 600"]}),
+    );
+    d.kill9();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    d.restart();
+    let out = eventually(20, || {
+        let r = api.sh(&id, "cat /tmp/while-down 2>/dev/null");
+        let s = r["stdout"].as_str().unwrap_or_default().to_string();
+        s.contains("read only").then_some(s)
+    });
+    assert!(
+        !out.contains("TOPSECRET"),
+        "read while the daemon was down: {out}"
+    );
+    let r = api.sh(
+        &id,
+        "cat /data/x.key; echo again > /data/pub/after; cat /data/pub/after",
+    );
+    assert!(!r["stdout"].as_str().unwrap().contains("KEYFILE"), "{r}");
+    assert!(r["stdout"].as_str().unwrap().contains("again"), "{r}");
+    // Decisions made while it was down, and since.
+    let http = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let mut seen = (false, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(seen.0 && seen.1) && std::time::Instant::now() < deadline {
+        let Ok(resp) = http
+            .get(format!("{}/sandboxes/{id}/events", api.base))
+            .send()
+        else {
+            continue;
+        };
+        for line in std::io::BufRead::lines(std::io::BufReader::new(resp)).map_while(Result::ok) {
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let Ok(e) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if e["kind"] == "fs.request" && e["data"]["access"] == "denied" {
+                seen.0 |= e["data"]["path"] == "/data/secret/key";
+                seen.1 |= e["data"]["path"] == "/data/x.key";
+            }
+        }
+    }
+    assert!(
+        seen.0 && seen.1,
+        "denials recorded (while down, since): {seen:?}"
+    );
+    api.destroy(&id);
 }

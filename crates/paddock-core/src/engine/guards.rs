@@ -43,6 +43,9 @@ impl Engine {
             any = true;
         }
         if any {
+            if let Err(e) = runtime.serve_guards(id, agent).await {
+                tracing::warn!(sandbox = %id, "guards without passthrough: {e}");
+            }
             agent.release_main().await?;
         }
         Ok(())
@@ -121,7 +124,13 @@ impl Engine {
                 Ok(()) => {}
                 Err(Error::NotFound { .. }) if m.needs_guard() => {
                     Self::check_guardable(rt.as_ref(), std::slice::from_ref(m))?;
+                    let first = !old.iter().any(|o| o.needs_guard());
                     rt.guard(sb.id, m, agent).await?;
+                    if first {
+                        if let Err(e) = rt.serve_guards(sb.id, agent).await {
+                            tracing::warn!(sandbox = %sb.id, "guards without passthrough: {e}");
+                        }
+                    }
                 }
                 Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -139,5 +148,18 @@ impl Engine {
         }
         self.watch_guards(sb.id, new).await;
         Ok(())
+    }
+
+    /// After a restart: the backend serves a running sandbox's guards
+    /// again (in the background: recovery does not wait on agents).
+    pub(super) async fn serve_guards_later(&self, rt: Arc<dyn Runtime>, id: Uuid) {
+        let Some(live) = self.live.read().await.get(&id).cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = rt.serve_guards(id, live.agent.as_ref()).await {
+                tracing::warn!(sandbox = %id, "guards without passthrough: {e}");
+            }
+        });
     }
 }

@@ -50,6 +50,9 @@ impl Engine {
                     keep.push(sb.id);
                     if is_attached {
                         attached.push(sb.id);
+                        if sb.config.mounts.iter().any(|m| m.needs_guard()) {
+                            self.serve_guards_later(rt.clone(), sb.id).await;
+                        }
                     }
                 }
                 Err(e) => {
