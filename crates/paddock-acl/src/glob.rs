@@ -63,6 +63,8 @@ impl Glob {
             return Err(format!("longer than {MAX_PATTERN} bytes"));
         }
         regex::RegexBuilder::new(&translate(pattern))
+            // A name may hold a newline: `**` spans it as any character.
+            .dot_matches_new_line(true)
             .size_limit(1 << 20)
             .build()
             .map(|re| Glob { re })
@@ -135,6 +137,8 @@ mod tests {
         ));
         assert!(!glob_match("docker.io/library/*", "docker.io/library/a/b"));
         assert!(glob_match("**", "anything/at/all"));
+        assert!(glob_match("/w/**", "/w/a\nb/c"));
+        assert!(glob_match("/w/**/*.key", "/w/x\ny/a.key"));
     }
 
     #[test]

@@ -219,6 +219,7 @@ impl Guards {
             g.insert(path.to_string(), rules.clone());
         }
         let dev = fuse.try_clone()?;
+        let root_id = id_of(&nix::sys::stat::fstat(&backing)?);
         let fs = GuardFs {
             dev,
             registrar: self.registrar.clone(),
@@ -229,7 +230,7 @@ impl Guards {
             offset,
             root: backing,
             decisions: self.decisions.clone(),
-            st: Mutex::new(State::new()),
+            st: Mutex::new(State::new(root_id)),
             files: Mutex::new(HashMap::new()),
         };
         let by_path = self.by_path.clone();
@@ -267,6 +268,17 @@ struct Node {
     /// Relative to the mount; empty for its root.
     path: PathBuf,
     lookups: u64,
+    /// The file it is (device, inode): checked on the file reached by
+    /// `path` before anything is done to it, so that a node whose name now
+    /// leads elsewhere (removed, renamed over, changed on the host) acts on
+    /// nothing (`ESTALE`), not on the file that took its place.
+    id: (u64, u64),
+    /// Removed or replaced: no name leads to it any more.
+    gone: bool,
+}
+
+fn id_of(st: &FileStat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
 }
 
 struct Entry {
@@ -284,13 +296,15 @@ struct State {
 }
 
 impl State {
-    fn new() -> State {
+    fn new(root: (u64, u64)) -> State {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT,
             Node {
                 path: PathBuf::new(),
                 lookups: 1,
+                id: root,
+                gone: false,
             },
         );
         let mut by_path = HashMap::new();
@@ -304,19 +318,42 @@ impl State {
         }
     }
 
-    /// The node for `path`, looked up once more.
-    fn node(&mut self, path: PathBuf) -> u64 {
+    /// The node for the file `id` at `path`, looked up once more; a node
+    /// of another file there before is gone.
+    fn node(&mut self, path: PathBuf, id: (u64, u64)) -> u64 {
         if let Some(&ino) = self.by_path.get(&path) {
             if let Some(n) = self.nodes.get_mut(&ino) {
-                n.lookups += 1;
-                return ino;
+                if n.id == id && !n.gone {
+                    n.lookups += 1;
+                    return ino;
+                }
+                if ino != ROOT {
+                    n.gone = true;
+                }
             }
         }
         let ino = self.next_ino;
         self.next_ino += 1;
         self.by_path.insert(path.clone(), ino);
-        self.nodes.insert(ino, Node { path, lookups: 1 });
+        self.nodes.insert(
+            ino,
+            Node {
+                path,
+                lookups: 1,
+                id,
+                gone: false,
+            },
+        );
         ino
+    }
+
+    /// No name leads to the node at `path` any more.
+    fn unlinked(&mut self, path: &Path) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.gone = true;
+            }
+        }
     }
 
     /// Everything at or under `from` is now under `to`.
@@ -393,6 +430,19 @@ fn time(s: i64, ns: i64) -> SystemTime {
     }
 }
 
+/// A mode the agent sets: never set-user-ID (the guard's mount is nosuid,
+/// but a host directory's files are host files, owned on the host by the
+/// directory's owner), set-group-ID only on a directory (where it means
+/// the group its entries take).
+fn safe_mode(mode: u32, file_type: u32) -> u32 {
+    let dir = file_type & libc::S_IFMT == libc::S_IFDIR;
+    let mut m = mode & 0o7777 & !libc::S_ISUID;
+    if !dir {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
 fn parent_and_name(rel: &Path) -> Option<(&Path, &OsStr)> {
     Some((rel.parent()?, rel.file_name()?))
 }
@@ -434,11 +484,46 @@ impl GuardFs {
     }
 
     fn path_of(&self, ino: INodeNo) -> R<PathBuf> {
+        self.node_of(ino).map(|(p, _)| p)
+    }
+
+    /// A live node's path and file.
+    fn node_of(&self, ino: INodeNo) -> R<(PathBuf, (u64, u64))> {
         let st = self.st.lock().unwrap_or_else(|e| e.into_inner());
-        st.nodes
-            .get(&ino.0)
-            .map(|n| n.path.clone())
-            .ok_or(Errno::ESTALE)
+        match st.nodes.get(&ino.0) {
+            Some(n) if !n.gone => Ok((n.path.clone(), n.id)),
+            _ => Err(Errno::ESTALE),
+        }
+    }
+
+    /// `fd` is the node's file.
+    fn same(fd: &impl AsFd, id: (u64, u64)) -> R<FileStat> {
+        let st = nix::sys::stat::fstat(fd).map_err(errno)?;
+        if id_of(&st) == id {
+            Ok(st)
+        } else {
+            Err(Errno::ESTALE)
+        }
+    }
+
+    /// The node's file, opened `O_PATH` without following a symlink at
+    /// its name, and checked to be it.
+    fn pin(&self, rel: &Path, id: (u64, u64)) -> R<(OwnedFd, FileStat)> {
+        let fd = match parent_and_name(rel) {
+            None => self.root.try_clone().map_err(io_errno)?,
+            Some((p, n)) => {
+                let d = self.dir(p)?;
+                nix::fcntl::openat(
+                    &d,
+                    n,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(errno)?
+            }
+        };
+        let st = Self::same(&fd, id)?;
+        Ok((fd, st))
     }
 
     /// Opens `rel` beneath the covered directory, no symlink followed.
@@ -486,11 +571,23 @@ impl GuardFs {
             kind: kind(st.st_mode),
             perm: (st.st_mode & 0o7777) as u16,
             nlink: st.st_nlink as u32,
-            uid: st.st_uid.saturating_add(self.offset),
-            gid: st.st_gid.saturating_add(self.offset),
+            uid: self.host_id(st.st_uid),
+            gid: self.host_id(st.st_gid),
             rdev: st.st_rdev as u32,
             blksize: st.st_blksize as u32,
             flags: 0,
+        }
+    }
+
+    /// An owner as the host sees it. One the sandbox cannot name (the
+    /// overflow id, 65534: another host user's file in a host directory)
+    /// stays the host's 65534, which is no one in the sandbox: its nobody
+    /// must not pass as that file's owner.
+    fn host_id(&self, id: u32) -> u32 {
+        if id == 65534 {
+            id
+        } else {
+            id.saturating_add(self.offset)
         }
     }
 
@@ -534,7 +631,11 @@ impl GuardFs {
 
     fn entry_of(&self, rel: PathBuf) -> R<FileAttr> {
         let st = self.lstat(&rel)?;
-        let ino = self.st.lock().unwrap_or_else(|e| e.into_inner()).node(rel);
+        let ino = self
+            .st
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .node(rel, id_of(&st));
         Ok(self.attr(ino, &st))
     }
 
@@ -553,7 +654,11 @@ impl GuardFs {
             self.record(&rel, false, false);
             return Err(Errno::EACCES);
         }
-        let ino = self.st.lock().unwrap_or_else(|e| e.into_inner()).node(rel);
+        let ino = self
+            .st
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .node(rel, id_of(&st));
         Ok(self.attr(ino, &st))
     }
 
@@ -570,45 +675,47 @@ impl GuardFs {
         fh: Option<FileHandle>,
     ) -> R<FileAttr> {
         use nix::fcntl::AtFlags;
-        let rel = self.path_of(ino)?;
+        let (rel, id) = self.node_of(ino)?;
         self.judge(&rel, true)?;
-        let st = self.lstat(&rel)?;
+        // Everything below is done to this very file, by its descriptor
+        // (through /proc/self/fd where a call takes only a path): the
+        // name may lead elsewhere by the time each call runs.
+        let (fd, st) = self.pin(&rel, id)?;
         let is_link = kind(st.st_mode) == FileType::Symlink;
-        let (d, name): (OwnedFd, OsString) = match parent_and_name(&rel) {
-            Some((p, n)) => (self.dir(p)?, n.to_os_string()),
-            None => (self.dir(Path::new(""))?, OsString::from(".")),
-        };
-        if let Some(s) = size {
+        let by_fd = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Some(size) = size {
             match fh.and_then(|f| self.file(f)) {
-                Some(f) => f.set_len(s).map_err(io_errno)?,
-                None => {
-                    let how = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
-                    let fd = self.open_rel(&rel, how, Mode::empty())?;
-                    File::from(fd).set_len(s).map_err(io_errno)?;
+                Some(f) => f.set_len(size).map_err(io_errno)?,
+                None if kind(st.st_mode) == FileType::RegularFile => {
+                    let how = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+                    let w = nix::fcntl::open(by_fd.as_str(), how, Mode::empty()).map_err(errno)?;
+                    Self::same(&w, id)?;
+                    File::from(w).set_len(size).map_err(io_errno)?;
                 }
+                None => return Err(Errno::EINVAL),
             }
         }
         if uid.is_some() || gid.is_some() {
             let inner = |id: u32| id.checked_sub(self.offset).ok_or(Errno::EINVAL);
             nix::unistd::fchownat(
-                &d,
-                name.as_os_str(),
+                &fd,
+                "",
                 uid.map(inner).transpose()?.map(nix::unistd::Uid::from_raw),
                 gid.map(inner).transpose()?.map(nix::unistd::Gid::from_raw),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
+                AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
             )
             .map_err(errno)?;
         }
         if let (Some(m), false) = (mode, is_link) {
             nix::sys::stat::fchmodat(
-                &d,
-                name.as_os_str(),
-                Mode::from_bits_truncate(m & 0o7777),
+                nix::fcntl::AT_FDCWD,
+                by_fd.as_str(),
+                Mode::from_bits_truncate(safe_mode(m, st.st_mode)),
                 nix::sys::stat::FchmodatFlags::FollowSymlink,
             )
             .map_err(errno)?;
         }
-        if atime.is_some() || mtime.is_some() {
+        if (atime.is_some() || mtime.is_some()) && !is_link {
             use nix::sys::time::TimeSpec;
             let spec = |t: Option<TimeOrNow>| match t {
                 None => TimeSpec::UTIME_OMIT,
@@ -619,15 +726,15 @@ impl GuardFs {
                 }
             };
             nix::sys::stat::utimensat(
-                &d,
-                name.as_os_str(),
+                nix::fcntl::AT_FDCWD,
+                by_fd.as_str(),
                 &spec(atime),
                 &spec(mtime),
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
             )
             .map_err(errno)?;
         }
-        let st = self.lstat(&rel)?;
+        let st = nix::sys::stat::fstat(&fd).map_err(errno)?;
         Ok(self.attr(ino.0, &st))
     }
 
@@ -707,7 +814,7 @@ impl GuardFs {
     }
 
     fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> R<(FileHandle, Option<u32>)> {
-        let rel = self.path_of(ino)?;
+        let (rel, id) = self.node_of(ino)?;
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         self.judge(&rel, write)?;
         // The kernel keeps the offset (appends included); the agent
@@ -720,6 +827,7 @@ impl GuardFs {
         // agent may not open so is not passed through either (the kernel
         // opens a passed-through file with the daemon's credentials).
         let fd = self.open_rel(&rel, oflags, Mode::empty())?;
+        Self::same(&fd, id)?;
         let f = File::from(fd);
         let id = self.open_io(ino.0, &f);
         Ok((self.keep(f, ino.0), id))
@@ -745,12 +853,16 @@ impl GuardFs {
             | OFlag::O_NOFOLLOW
             | OFlag::O_CLOEXEC
             | OFlag::O_NONBLOCK;
-        let m = mode & !umask & 0o7777;
+        let m = safe_mode(mode & !umask, libc::S_IFREG);
         let fd = nix::fcntl::openat(&d, n, oflags, Mode::from_bits_truncate(m)).map_err(errno)?;
         self.give(req, &d, n, None)?;
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(m)).map_err(errno)?;
         let st = nix::sys::stat::fstat(&fd).map_err(errno)?;
-        let ino = self.st.lock().unwrap_or_else(|e| e.into_inner()).node(rel);
+        let ino = self
+            .st
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .node(rel, id_of(&st));
         {
             let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
             match io.get_mut(&ino) {
@@ -796,8 +908,10 @@ impl GuardFs {
             nix::unistd::UnlinkatFlags::NoRemoveDir
         };
         nix::unistd::unlinkat(&d, n, flag).map_err(errno)?;
-        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
-        st.by_path.remove(&rel);
+        self.st
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unlinked(&rel);
         Ok(())
     }
 
@@ -838,22 +952,32 @@ impl GuardFs {
             st.moved(&from, &to);
             st.moved(&tmp, &from);
         } else {
-            st.by_path.remove(&to);
+            st.unlinked(&to);
             st.moved(&from, &to);
         }
         Ok(())
     }
 
     fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> R<FileAttr> {
-        let src = self.path_of(ino)?;
+        let (src, id) = self.node_of(ino)?;
         let to = self.child(newparent, newname)?;
         // The new name writes the same file: the source must be writable.
         self.judge(&src, true)?;
         self.judge(&to, true)?;
-        let (sp, sn) = parent_and_name(&src).ok_or(Errno::EPERM)?;
         let (tp, tn) = parent_and_name(&to).ok_or(Errno::EINVAL)?;
-        let (sd, td) = (self.dir(sp)?, self.dir(tp)?);
-        nix::unistd::linkat(&sd, sn, &td, tn, nix::fcntl::AtFlags::empty()).map_err(errno)?;
+        // This very file, by its descriptor (a link through /proc/self/fd
+        // needs no capability, unlike AT_EMPTY_PATH).
+        let (fd, _) = self.pin(&src, id)?;
+        let by_fd = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let td = self.dir(tp)?;
+        nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            by_fd.as_str(),
+            &td,
+            tn,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .map_err(errno)?;
         self.entry_of(to)
     }
 
@@ -956,7 +1080,14 @@ impl Filesystem for GuardFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let r = match fh.and_then(|f| self.file(f)) {
             Some(f) => nix::sys::stat::fstat(f.as_fd()).map_err(errno),
-            None => self.path_of(ino).and_then(|rel| self.lstat(&rel)),
+            None => self.node_of(ino).and_then(|(rel, id)| {
+                let st = self.lstat(&rel)?;
+                if id_of(&st) == id {
+                    Ok(st)
+                } else {
+                    Err(Errno::ESTALE)
+                }
+            }),
         };
         answer!(reply, r, |st| reply.attr(&TTL, &self.attr(ino.0, &st)));
     }
@@ -1006,7 +1137,7 @@ impl Filesystem for GuardFs {
         if ![SFlag::S_IFREG, SFlag::S_IFIFO, SFlag::S_IFSOCK].contains(&kind) {
             return reply.error(Errno::EPERM);
         }
-        let m = mode & !umask & 0o7777;
+        let m = safe_mode(mode & !umask, kind.bits());
         let r = self.make(req, parent, name, Some(m), |d, n| {
             nix::sys::stat::mknodat(d, n, kind, Mode::from_bits_truncate(m), rdev as u64)
         });
@@ -1022,7 +1153,7 @@ impl Filesystem for GuardFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let m = mode & !umask & 0o7777;
+        let m = safe_mode(mode & !umask, libc::S_IFDIR);
         let r = self.make(req, parent, name, Some(m), |d, n| {
             nix::sys::stat::mkdirat(d, n, Mode::from_bits_truncate(m))
         });
@@ -1311,11 +1442,11 @@ mod tests {
 
     #[test]
     fn renames_move_every_node_below() {
-        let mut st = State::new();
-        let a = st.node("d".into());
-        let b = st.node("d/x".into());
-        let c = st.node("d/x/y".into());
-        let other = st.node("dd".into());
+        let mut st = State::new((0, 1));
+        let a = st.node("d".into(), (0, 2));
+        let b = st.node("d/x".into(), (0, 3));
+        let c = st.node("d/x/y".into(), (0, 4));
+        let other = st.node("dd".into(), (0, 5));
         st.moved(Path::new("d"), Path::new("e/f"));
         assert_eq!(st.nodes[&a].path, Path::new("e/f"));
         assert_eq!(st.nodes[&b].path, Path::new("e/f/x"));
@@ -1323,6 +1454,26 @@ mod tests {
         assert_eq!(st.nodes[&other].path, Path::new("dd"));
         assert_eq!(st.by_path[Path::new("e/f/x/y")], c);
         assert!(!st.by_path.contains_key(Path::new("d/x")));
+        // Another file under a known name: the old node is gone, and acts
+        // on nothing.
+        let d2 = st.node("dd".into(), (0, 9));
+        assert_ne!(d2, other);
+        assert!(st.nodes[&other].gone && !st.nodes[&d2].gone);
+        st.unlinked(Path::new("e/f/x/y"));
+        assert!(st.nodes[&c].gone);
+        assert_eq!(
+            st.node("e/f".into(), (0, 2)),
+            a,
+            "the same file keeps its node"
+        );
+    }
+
+    #[test]
+    fn modes_never_set_uid_and_set_gid_only_on_directories() {
+        assert_eq!(safe_mode(0o4755, libc::S_IFREG), 0o755);
+        assert_eq!(safe_mode(0o2755, libc::S_IFREG), 0o755);
+        assert_eq!(safe_mode(0o6775, libc::S_IFDIR), 0o2775);
+        assert_eq!(safe_mode(0o1777, libc::S_IFDIR), 0o1777);
     }
 
     #[test]

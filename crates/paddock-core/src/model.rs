@@ -344,10 +344,15 @@ impl Mount {
     }
 
     /// Whether processes inside must be judged on every access (the
-    /// backend guards the mount): some path of it is not read-write for
-    /// all. A mount whose rules grant read-write to all of it is a plain
-    /// directory.
+    /// backend guards the mount): a host directory always (a guard added
+    /// to a running sandbox could be passed by a handle taken before it,
+    /// and a host directory's rules must hold from the first access); a
+    /// private one when some path of it is not read-write for all. A
+    /// private mount read-write throughout is a plain directory.
     pub fn needs_guard(&self) -> bool {
+        if self.origin.is_some() {
+            return true;
+        }
         let covered = self.acls.iter().any(|r| {
             r.path
                 .strip_suffix("/**")
@@ -1202,6 +1207,12 @@ mod glob_tests {
         // Only a part of it is granted; the rest is denied.
         assert!(m(&[("/w/pub/**", Rw)]).needs_guard());
         assert!(m(&[("/w/*", Rw)]).needs_guard());
+        // A host directory always.
+        let host = Mount {
+            origin: Some("/srv/data".into()),
+            ..m(&[("/w/**", Rw)])
+        };
+        assert!(host.needs_guard());
     }
 
     #[test]

@@ -223,6 +223,61 @@ fn registrable(f: BorrowedFd<'_>, ids: Option<(u32, u32)>) -> std::result::Resul
     Ok(())
 }
 
+/// This thread's credentials, which the kernel keeps with each backing
+/// file it registers and does that file's I/O with: the sandbox's root as
+/// the file system user (`setfsuid`/`setfsgid`, per thread), and of the
+/// capabilities only `CAP_SYS_ADMIN`, which registering needs (no
+/// `CAP_DAC_OVERRIDE`, `CAP_FSETID`, `CAP_SYS_RESOURCE`: a sandbox's
+/// writes through passthrough get no more than its own would).
+fn narrow_credentials(uid: u32) -> std::io::Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget writes two `Data` (version 3) into `d` and may update
+    // the header's version; both are ours and outlive the call.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: setfsgid and setfsuid change only this thread's file system
+    // ids (the raw system calls; glibc does not broadcast these).
+    unsafe {
+        libc::setfsgid(uid);
+        libc::setfsuid(uid);
+    }
+    d[0].effective = 1 << CAP_SYS_ADMIN;
+    d[1].effective = 0;
+    d[0].inheritable = 0;
+    d[1].inheritable = 0;
+    // SAFETY: capset reads the header and the two `Data`; it changes this
+    // thread's capabilities only.
+    if unsafe { libc::syscall(libc::SYS_capset, &h as *const Header, d.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above; checks what took.
+    let fsuid = unsafe { libc::setfsuid(u32::MAX) } as u32;
+    if fsuid != uid {
+        return Err(std::io::Error::other(format!(
+            "fsuid is {fsuid}, not {uid}"
+        )));
+    }
+    Ok(())
+}
+
 /// Serves an agent's registrations of backing files for FUSE passthrough
 /// on `conn` until it closes (the agent's end: `Registrar` in its guard).
 /// Each request is 16 bytes, `seq: u64, op: u32, arg: u32` (little
@@ -233,6 +288,11 @@ fn registrable(f: BorrowedFd<'_>, ids: Option<(u32, u32)>) -> std::result::Resul
 pub fn serve_backings(conn: std::os::unix::net::UnixStream, ids: Option<(u32, u32)>) {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::io::Write;
+    if let Err(e) = narrow_credentials(ids.map_or(0, |(base, _)| base)) {
+        // Without passthrough rather than with the daemon's credentials.
+        tracing::warn!("guard registrar: {e}");
+        return;
+    }
     let mut conn = conn;
     loop {
         let mut msg = [0u8; 16];

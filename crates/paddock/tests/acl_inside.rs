@@ -487,3 +487,37 @@ fn a_guard_holds_across_a_daemon_kill() {
     );
     api.destroy(&id);
 }
+
+/// A handle on a removed file stays on that file: reopening it (through
+/// /proc/self/fd) after another file took its name does not reach the
+/// newcomer, which its owner's mode keeps from the holder. And no file a
+/// sandbox makes in a host directory is set-user-ID on the host.
+#[test]
+fn a_removed_files_handle_does_not_reach_its_successor() {
+    let dir = host_dir("stale");
+    let api = fixture().d.api();
+    let sb = Sb::new(
+        &api,
+        json!({"mounts": [
+            {"path": "/w", "acls": [{"path": "/w/**", "access": "rw"}, {"path": "/w/ro/**", "access": "ro"}]},
+            {"path": "/data", "origin": dir.to_str().unwrap(), "acls": rules()}]}),
+    );
+    let r = sb.sh(
+        "mkdir -p /w/pub && chmod 777 /w/pub && \
+         setpriv --reuid 1000 --regid 1000 --clear-groups sh -c \
+           'exec 3<>/w/pub/report; rm /w/pub/report; sleep 0.5; cat /proc/self/fd/3; echo mine >&3' & \
+         sleep 0.2; echo ROOTONLY > /w/pub/report; chmod 600 /w/pub/report; wait; \
+         echo after; cat /w/pub/report",
+    );
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.ends_with("after\nROOTONLY\n") && out.matches("ROOTONLY").count() == 1,
+        "{r}"
+    );
+    let r = sb.sh(
+        "cp /bin/true /data/pub/s && chmod 4755 /data/pub/s; chmod 6755 /data/pub/s; echo done",
+    );
+    assert!(r["stdout"].as_str().unwrap().contains("done"), "{r}");
+    let mode = std::fs::metadata(dir.join("pub/s")).unwrap().mode();
+    assert_eq!(mode & 0o6000, 0, "set-ID bits on the host: {mode:o}");
+}

@@ -113,13 +113,33 @@ impl Engine {
             // Not running: it boots with the new mounts.
             return Ok(());
         };
+        let was = |m: &Mount| old.iter().any(|o| o.path == m.path && o.needs_guard());
+        let changed = |m: &Mount| {
+            old.iter()
+                .find(|o| o.path == m.path)
+                .is_none_or(|o| o.acls != m.acls)
+        };
+        let to_guard: Vec<&Mount> = new
+            .iter()
+            .filter(|m| (was(m) || m.needs_guard()) && changed(m))
+            .collect();
+        let gone: Vec<&Mount> = old
+            .iter()
+            .filter(|o| o.needs_guard() && !new.iter().any(|m| m.path == o.path))
+            .collect();
+        if to_guard.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        if sb.state == State::Paused {
+            // Its agent is frozen with the rest of it.
+            return Err(Error::Conflict(format!(
+                "sandbox {} is paused: resume it to change the rules of its guarded mounts",
+                sb.id
+            )));
+        }
         let rt = self.runtime_of(sb)?.clone();
         let agent = live.agent.as_ref();
-        for m in new {
-            let was = old.iter().any(|o| o.path == m.path && o.needs_guard());
-            if !was && !m.needs_guard() {
-                continue;
-            }
+        for m in to_guard {
             match agent.guard(&m.path, &m.acls, 0, None).await {
                 Ok(()) => {}
                 Err(Error::NotFound { .. }) if m.needs_guard() => {
@@ -136,7 +156,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        for o in old.iter().filter(|o| !new.iter().any(|m| m.path == o.path)) {
+        for o in gone {
             let open = [AclRule {
                 path: format!("{}/**", o.path.trim_end_matches('/')),
                 access: Access::Rw,

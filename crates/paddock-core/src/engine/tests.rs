@@ -679,6 +679,36 @@ async fn guards_follow_the_mounts_acls() {
     let g = agent.guards.lock().unwrap().clone();
     assert_eq!(g["/w"], w2.acls);
     assert_eq!(g["/o"], o2.acls);
+    // A paused sandbox's agent is frozen: its guards' rules wait for a
+    // resume, and the update says so instead of hanging.
+    r.engine.pause(&me(), sb.id).await.unwrap();
+    let w3 = Mount {
+        acls: vec![rule("/w/**", Access::Deny)],
+        ..guarded.clone()
+    };
+    let update = |w: &Mount| ConfigUpdate {
+        mounts: Some(vec![w.clone(), o2.clone()]),
+        egress: None,
+        snapshot: None,
+        idle_timeout_secs: None,
+        warnings: vec![],
+    };
+    let paused = r
+        .engine
+        .update_config(&me(), sb.id, update(&w3))
+        .await
+        .unwrap();
+    assert!(!paused.applied);
+    assert!(paused.error.unwrap_or_default().contains("paused"));
+    assert_eq!(agent.guards.lock().unwrap()["/w"], w2.acls);
+    r.engine.resume(&me(), sb.id).await.unwrap();
+    let resumed = r
+        .engine
+        .update_config(&me(), sb.id, update(&w3))
+        .await
+        .unwrap();
+    assert!(resumed.applied, "{:?}", resumed.error);
+    assert_eq!(agent.guards.lock().unwrap()["/w"], w3.acls);
     // A backend that cannot guard refuses such a mount, naming it.
     let e = Engine::check_guardable(
         &FakeRuntime::named("plain", Default::default()),
