@@ -643,13 +643,7 @@ impl AgentClient {
         };
         let mut conn = None;
         if let Some(fds) = &fds {
-            let at = self.handover_path.as_ref().ok_or_else(|| {
-                Error::Unsupported("guarded mounts on an agent out of the host's reach".into())
-            })?;
-            let token = handover::token();
-            let c = handover::open(at, &self.identity, &token)
-                .await
-                .map_err(handover_error)?;
+            let (c, token) = self.handover_for("guarded mounts").await?;
             handover::send_fds(&c, &[fds[0].as_fd(), fds[1].as_fd()])
                 .await
                 .map_err(handover_error)?;
@@ -669,15 +663,23 @@ impl AgentClient {
         })
     }
 
-    /// See [`Agent::registrar`]: a hand-over connection the agent keeps.
-    pub async fn registrar(&self) -> Result<std::os::unix::net::UnixStream> {
+    /// A hand-over connection for `what`, whatever `PADDOCK_FD_HANDOVER`
+    /// says (descriptors a guard needs, not data that could take the
+    /// protocol instead).
+    async fn handover_for(&self, what: &str) -> Result<(tokio::net::UnixStream, handover::Token)> {
         let at = self.handover_path.as_ref().ok_or_else(|| {
-            Error::Unsupported("a registrar for an agent out of the host's reach".into())
+            Error::Unsupported(format!("{what} on an agent out of the host's reach"))
         })?;
         let token = handover::token();
         let c = handover::open(at, &self.identity, &token)
             .await
             .map_err(handover_error)?;
+        Ok((c, token))
+    }
+
+    /// See [`Agent::registrar`]: a hand-over connection the agent keeps.
+    pub async fn registrar(&self) -> Result<std::os::unix::net::UnixStream> {
+        let (c, token) = self.handover_for("a registrar").await?;
         let mut grpc = self.grpc.clone();
         grpc.registrar(pb::RegistrarRequest {
             fd_token: Bytes::copy_from_slice(&token),

@@ -356,21 +356,7 @@ pub fn idmapped_bind_fd(
     userns: &OwnedFd,
     ro: bool,
 ) -> Result<()> {
-    let empty = std::ffi::CString::default();
-    // SAFETY: open_tree reads the empty NUL-terminated path and clones
-    // the tree of the open descriptor; no memory of ours is written.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            src.as_raw_fd(),
-            empty.as_ptr(),
-            OPEN_TREE_CLONE
-                | libc::O_CLOEXEC as libc::c_uint
-                | AT_RECURSIVE
-                | libc::AT_EMPTY_PATH as libc::c_uint,
-        )
-    };
-    attach(idmap_tree(fd, what, userns, ro)?, target)
+    attach(idmapped_clone(src, what, userns, ro)?, target)
 }
 
 /// Attaches the detached tree at `target`.
@@ -408,7 +394,8 @@ pub fn idmapped_clone(
     ro: bool,
 ) -> Result<OwnedFd> {
     let empty = std::ffi::CString::default();
-    // SAFETY: as in idmapped_bind_fd.
+    // SAFETY: open_tree reads the empty NUL-terminated path and clones
+    // the tree of the open descriptor; no memory of ours is written.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,

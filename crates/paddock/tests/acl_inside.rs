@@ -377,22 +377,6 @@ fn a_swapped_symlink_does_not_pass_a_mount_acl() {
     );
 }
 
-fn get_file_within(api: &Api, id: &str, path: &str, secs: u64) -> (u16, Vec<u8>) {
-    let http = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(secs))
-        .build()
-        .unwrap();
-    let r = http
-        .get(format!("{}/sandboxes/{id}/files?path={path}", api.base))
-        .send()
-        .unwrap_or_else(|e| panic!("{path}: no answer within {secs}s: {e}"));
-    let status = r.status().as_u16();
-    let body = r
-        .bytes()
-        .unwrap_or_else(|e| panic!("{path}: body cut off or not within {secs}s: {e:?}"));
-    (status, body.to_vec())
-}
-
 /// The main process starts once the mount is guarded, and in it: started
 /// in the mount (its working directory), it reaches the directory through
 /// the guard, not the one beneath (relative paths included).

@@ -199,24 +199,6 @@ fn paths_cannot_leave_the_sandbox() {
     std::fs::remove_file(&secret).unwrap();
 }
 
-/// Bytes of a download, through a client that gives up after `secs` (so
-/// that a download that hangs fails the test instead of holding it).
-fn get_file_within(api: &Api, id: &str, path: &str, secs: u64) -> (u16, Vec<u8>) {
-    let http = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(secs))
-        .build()
-        .unwrap();
-    let r = http
-        .get(format!("{}/sandboxes/{id}/files?path={path}", api.base))
-        .send()
-        .unwrap_or_else(|e| panic!("{path}: no answer within {secs}s: {e}"));
-    let status = r.status().as_u16();
-    let body = r
-        .bytes()
-        .unwrap_or_else(|e| panic!("{path}: body cut off or not within {secs}s: {e:?}"));
-    (status, body.to_vec())
-}
-
 /// Issue 19, item 9: a download through a symlink was cut to the link's own
 /// length (its lstat size), on the native API and in `paddock cp`, below
 /// and above the size at which the file is handed over to the daemon.

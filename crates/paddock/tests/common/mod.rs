@@ -634,6 +634,24 @@ pub fn get_file(api: &Api, id: &str, path: &str) -> (u16, Vec<u8>) {
     (r.status().as_u16(), r.bytes().unwrap().to_vec())
 }
 
+/// Bytes of a download, through a client that gives up after `secs` (so
+/// that a download that hangs fails the test instead of holding it).
+pub fn get_file_within(api: &Api, id: &str, path: &str, secs: u64) -> (u16, Vec<u8>) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(secs))
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!("{}/sandboxes/{id}/files?path={path}", api.base))
+        .send()
+        .unwrap_or_else(|e| panic!("{path}: no answer within {secs}s: {e}"));
+    let status = r.status().as_u16();
+    let body = r
+        .bytes()
+        .unwrap_or_else(|e| panic!("{path}: body cut off or not within {secs}s: {e:?}"));
+    (status, body.to_vec())
+}
+
 /// Splits a text/event-stream body into (event, JSON data) pairs.
 pub fn sse_events(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
