@@ -101,21 +101,8 @@ pub async fn open(
 /// The daemon's half: waits for what the agent sends on `s`: a
 /// descriptor, or `None` when the agent keeps the data on the gRPC call.
 pub async fn receive(s: &UnixStream) -> io::Result<Option<OwnedFd>> {
-    let wait = async {
-        loop {
-            s.readable().await?;
-            match s.try_io(Interest::READABLE, || recv_fd(s.as_raw_fd())) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the agent sent no descriptor",
-        ))
-    })
+    // One descriptor per hand-over; any more are closed as they drop.
+    Ok(receive_fds(s).await?.into_iter().next())
 }
 
 /// A regular file's status and the type of the filesystem it is on;
@@ -191,11 +178,6 @@ pub fn write_file(fd: OwnedFd, size: u64) -> io::Result<std::fs::File> {
     Ok(fd.into())
 }
 
-fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
-    // One descriptor per hand-over; any more are closed as they drop.
-    Ok(recv_fds(fd)?.into_iter().next())
-}
-
 /// One message's descriptors (and its byte).
 fn recv_fds(fd: RawFd) -> io::Result<Vec<OwnedFd>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -229,8 +211,8 @@ fn recv_fds(fd: RawFd) -> io::Result<Vec<OwnedFd>> {
     Ok(got)
 }
 
-/// The receiving half of a hand-over the other way round (daemon to
-/// agent): the descriptors the next message carries.
+/// The descriptors the next message of a hand-over carries (from the
+/// agent, or the other way round: the daemon's to a guard).
 pub async fn receive_fds(s: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     let wait = async {
         loop {
@@ -244,7 +226,7 @@ pub async fn receive_fds(s: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| {
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "no descriptors came on the hand-over",
+            "no descriptor came on the hand-over",
         ))
     })
 }
