@@ -22,13 +22,20 @@ struct Fixture {
 
 fn fixture() -> &'static Fixture {
     static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
-    F.get_or_init(|| {
+    let mut fresh = false;
+    let f = F.get_or_init(|| {
+        fresh = true;
         let root = std::env::temp_dir().join(format!("paddock-acl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let d = Daemon::start_with("127.0.0.1", &["--allow-host-mount", root.to_str().unwrap()]);
         Fixture { root, d }
-    })
+    });
+    if fresh {
+        // A static is never dropped: its daemon's network goes at exit.
+        clean_up_at_exit(&f.d);
+    }
+    f
 }
 
 /// A fresh host directory for one test, filled with:
