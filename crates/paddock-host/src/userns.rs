@@ -346,19 +346,6 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: &OwnedFd, ro: bool) -> R
     attach(idmap_tree(fd, src, userns, ro)?, target)
 }
 
-/// [`idmapped_bind`] of the directory `src` is open on (an `O_PATH`
-/// descriptor opened without following symlinks): the very directory,
-/// whatever happens to its path.
-pub fn idmapped_bind_fd(
-    src: std::os::fd::BorrowedFd<'_>,
-    what: &Path,
-    target: &Path,
-    userns: &OwnedFd,
-    ro: bool,
-) -> Result<()> {
-    attach(idmapped_clone(src, what, userns, ro)?, target)
-}
-
 /// Attaches the detached tree at `target`.
 fn attach(tree: OwnedFd, target: &Path) -> Result<()> {
     let empty = std::ffi::CString::default();

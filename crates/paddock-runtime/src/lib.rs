@@ -409,14 +409,20 @@ impl ContainerRuntime {
         v["status"].as_str().map(str::to_string)
     }
 
-    /// Whether the sandbox's init process still exists; `None` for a
-    /// sandbox this backend does not run.
-    fn init_alive(&self, id: Uuid) -> Option<bool> {
-        let pid: u32 = std::fs::read_to_string(self.dir(id).join("init.pid"))
+    /// The host pid of the sandbox's init (the agent), as the OCI runtime
+    /// wrote it at its start.
+    fn init_pid(&self, id: Uuid) -> Option<u32> {
+        std::fs::read_to_string(self.dir(id).join("init.pid"))
             .ok()?
             .trim()
             .parse()
-            .ok()?;
+            .ok()
+    }
+
+    /// Whether the sandbox's init process still exists; `None` for a
+    /// sandbox this backend does not run.
+    fn init_alive(&self, id: Uuid) -> Option<bool> {
+        let pid = self.init_pid(id)?;
         // A zombie has exited (nobody reaped it yet: its parent may be the
         // daemon that was killed).
         if !paddock_core::host::process_alive(pid) {
@@ -595,9 +601,8 @@ impl ContainerRuntime {
                         format!("{o} is not a directory on the host"),
                     ))
                 }
-                // A guarded host directory is not bound: the guard covers
-                // this directory, and serves the host one behind it.
-                Some(_) if !m.needs_guard() => {}
+                // A host directory is not bound: its guard covers this
+                // directory and serves the host one behind it.
                 _ => inroot::mkdir_all(&rootfs, &m.path, owner).map_err(|e| {
                     Error::invalid(
                         format!("mounts[{i}].path"),
@@ -663,10 +668,6 @@ impl ContainerRuntime {
             Some(_) => Some(paddock_host::userns::open(&slot.netns)?),
             None => None,
         };
-        // Host directories, opened without following symlinks and bound
-        // from the daemon's descriptors (until the OCI runtime is done).
-        let (config, _origins) = stage_origins(&dir, config, slot.ids)?;
-        let config = &config;
         let host_binds = match config.resolved_image {
             Some(_) => Vec::new(),
             None => self.host_binds.clone(),
@@ -726,9 +727,7 @@ impl ContainerRuntime {
             .and_then(|()| std::fs::rename(&fresh, &config_json))
         {
             let _ = std::fs::remove_file(&fresh);
-            // The old spec names host directories by descriptors of the
-            // daemon that wrote it: never reuse those.
-            if !config_json.exists() || config.mounts.iter().any(|m| m.origin.is_some()) {
+            if !config_json.exists() {
                 return Err(Error::Internal(format!("write config.json: {e}")));
             }
             tracing::warn!(sandbox = %id, "config.json kept from the last start: {e}");
@@ -800,93 +799,17 @@ impl Drop for Staged {
     }
 }
 
-/// Binds each mount's host directory (`origin`, the path the engine
-/// resolved and checked) at `<dir>/origins/<i>`, a directory the sandbox
-/// cannot touch, and names that in the config the OCI runtime gets. The
-/// directory is opened with `openat2(RESOLVE_NO_SYMLINKS)` and bound from
-/// the daemon's descriptor (`/proc/self/fd/N`): a symlink put anywhere on
-/// the path since the check fails the start instead of being followed, and
-/// the bind is of the very directory opened, whatever happens to the path
-/// meanwhile. (The OCI runtime cannot be handed `/proc/<daemon>/fd/N`
-/// itself: it mounts from a new mount namespace, and mount(2) refuses a
-/// source whose mount lies in another namespace with EINVAL.)
-///
-/// In a user namespace (the sandbox's range `ids`), the bind is idmapped
-/// so that the directory's owner (uid and gid) on the host is the
-/// sandbox's root, and no other host user is anyone inside: its root
-/// reads and writes there as the directory's owner would, what it makes is
-/// that owner's on the host, and files of other host users are nobody's
-/// to it, out of reach of its capabilities.
-fn stage_origins(
-    dir: &Path,
-    config: &SandboxConfig,
-    ids: Option<paddock_host::userns::IdRange>,
-) -> Result<(SandboxConfig, Staged)> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    use std::os::fd::AsRawFd;
-    let mut config = config.clone();
-    let mut staged = Staged(Vec::new());
-    for (i, m) in config.mounts.iter_mut().enumerate() {
-        let Some(origin) = &m.origin else { continue };
-        if m.needs_guard() {
-            // Served by its guard (`Runtime::guard`), not bound.
-            continue;
-        }
-        let field = format!("mounts[{i}].origin");
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let fd = openat2(nix::fcntl::AT_FDCWD, origin.as_str(), how).map_err(|e| {
-            Error::forbidden_field(
-                &field,
-                format!("{origin} cannot be opened as a directory without following symlinks: {e}"),
-            )
-        })?;
-        let at = dir.join("origins").join(i.to_string());
-        std::fs::create_dir_all(&at).map_err(io("host mount point"))?;
-        if let Some(r) = ids {
-            let st = nix::sys::stat::fstat(&fd)
-                .map_err(|e| Error::Internal(format!("{field}: stat {origin}: {e}")))?;
-            let ns = paddock_host::userns::with_maps(
-                &format!("{} {} 1\n", st.st_uid, r.base),
-                &format!("{} {} 1\n", st.st_gid, r.base),
-            )?;
-            paddock_host::userns::idmapped_bind_fd(fd.as_fd(), Path::new(origin), &at, &ns, false)
-                .map_err(|e| Error::Internal(format!("{field}: {e}")))?;
-            staged.0.push(at.clone());
-            m.origin = Some(at.to_string_lossy().into_owned());
-            continue;
-        }
-        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        mount(
-            Some(src.as_str()),
-            &at,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| Error::Internal(format!("{field}: bind {origin}: {e}")))?;
-        staged.0.push(at.clone());
-        // The flags on the staged mount itself: in a user namespace crun
-        // (1.8) clones the source and does not remount a writable bind
-        // with the config's flags.
-        mount(
-            None::<&str>,
-            &at,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            None::<&str>,
-        )
-        .map_err(|e| Error::Internal(format!("{field}: remount {origin}: {e}")))?;
-        m.origin = Some(at.to_string_lossy().into_owned());
-    }
-    Ok((config, staged))
-}
-
 /// The host directory `origin` (checked by the engine) for a guard to
-/// serve: opened without following symlinks and, in a user namespace
-/// (`ids`), a detached idmapped copy in which its owner is the sandbox's
-/// root (as `stage_origins` binds it unguarded).
+/// serve; a host directory is never bound in, only served by its guard.
+/// It is opened with `openat2(RESOLVE_NO_SYMLINKS)`: a symlink put anywhere
+/// on the path since the check fails the guard instead of being followed,
+/// and what is served is the very directory opened, whatever happens to
+/// the path meanwhile. In a user namespace (`ids`) it is a detached
+/// idmapped copy in which the directory's owner (uid and gid) on the host
+/// is the sandbox's root and no other host user is anyone inside: its
+/// root reads and writes there as the directory's owner would, what it
+/// makes is that owner's on the host, and files of other host users are
+/// nobody's to it, out of reach of its capabilities.
 fn origin_tree(
     origin: &str,
     ids: Option<paddock_host::userns::IdRange>,
@@ -958,9 +881,8 @@ impl Runtime for ContainerRuntime {
         m: &paddock_core::model::Mount,
         agent: &dyn paddock_core::Agent,
     ) -> Result<()> {
-        let pid: u32 = std::fs::read_to_string(self.dir(id).join("init.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
+        let pid = self
+            .init_pid(id)
             .ok_or_else(|| Error::Internal(format!("sandbox {id} has no init process")))?;
         let ids = self.slot(id).and_then(|s| s.ids);
         let (path, origin) = (m.path.clone(), m.origin.clone());

@@ -154,14 +154,8 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     mounts.push(bind(&etc("hosts"), "/etc/hosts", true));
     mounts.push(bind(&etc("hostname"), "/etc/hostname", true));
     mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
-    // Host directories the caller asked for, read-write: the file API's
-    // ACLs govern what reaches them through Paddock.
-    // A guarded one is served by the agent instead (`Runtime::guard`).
-    for m in &i.config.mounts {
-        if let (Some(origin), false) = (&m.origin, m.needs_guard()) {
-            mounts.push(bind(origin, &m.path, false));
-        }
-    }
+    // Host directories the caller asked for are not bound: each is served
+    // by its guard (`Runtime::guard`), after the OCI runtime is done.
     mounts.push(bind(
         &i.agent.to_string_lossy(),
         "/.paddock/paddock-agent",
