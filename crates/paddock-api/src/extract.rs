@@ -70,3 +70,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         }
     }
 }
+
+/// A JSON body that may be left out (empty, or only whitespace): then
+/// `T::default()`.
+pub struct JsonOrEmpty<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmpty<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body: {e}")))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonOrEmpty(T::default()));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| JsonOrEmpty(v))
+    }
+}

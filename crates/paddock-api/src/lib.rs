@@ -112,6 +112,13 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/platform", get(platform))
         .route("/sandboxes/{id}/logs", get(logs))
         .route("/sandboxes/{id}/events", get(sandbox_events))
+        .route("/sandboxes/{id}/snapshots", post(snapshot))
+        .route("/sandboxes/{id}/fork", post(fork))
+        .route("/snapshots", get(list_snapshots))
+        .route(
+            "/snapshots/{id}",
+            get(inspect_snapshot).delete(delete_snapshot),
+        )
         .route("/events", get(all_events))
         .route(
             "/images",
@@ -285,6 +292,79 @@ lifecycle!(stop, stop, "/v1/sandboxes/{id}/stop");
 lifecycle!(start, start, "/v1/sandboxes/{id}/start");
 lifecycle!(pause, pause, "/v1/sandboxes/{id}/pause");
 lifecycle!(resume, resume, "/v1/sandboxes/{id}/resume");
+
+// ---- snapshots and forks ---------------------------------------------------
+
+/// Captures the sandbox's filesystem (a running one is frozen for the
+/// copy): a snapshot new sandboxes start from (`"snapshot"` in a create).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/snapshots", request_body = w::SnapshotRequest,
+    responses((status = 201, body = w::Snapshot), (status = 404, body = w::Problem),
+              (status = 409, body = w::Problem), (status = 501, body = w::Problem)))]
+async fn snapshot(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    extract::JsonOrEmpty(req): extract::JsonOrEmpty<w::SnapshotRequest>,
+) -> ApiResult<Response> {
+    let sn = st.engine.snapshot(&p, parse_id(&id)?, req.engine()).await?;
+    Ok((StatusCode::CREATED, axum::Json(sn.wire())).into_response())
+}
+
+/// Copies a sandbox into `count` new running ones, each with its
+/// filesystem at one instant and its configuration: all or none.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/fork", request_body = w::ForkRequest,
+    responses((status = 201, body = w::ForkResult), (status = 400, body = w::Problem),
+              (status = 404, body = w::Problem), (status = 501, body = w::Problem)))]
+async fn fork(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    extract::JsonOrEmpty(req): extract::JsonOrEmpty<w::ForkRequest>,
+) -> ApiResult<Response> {
+    let children = st
+        .engine
+        .fork(&p, parse_id(&id)?, req.count, req.memory)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(w::ForkResult {
+            sandboxes: children.wire(),
+        }),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = w::SnapshotList)))]
+async fn list_snapshots(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::SnapshotList>> {
+    Ok(axum::Json(w::SnapshotList {
+        snapshots: st.engine.snapshots(&p)?.wire(),
+    }))
+}
+
+/// A snapshot by its id or its name.
+#[utoipa::path(get, path = "/v1/snapshots/{id}", responses((status = 200, body = w::Snapshot), (status = 404, body = w::Problem)))]
+async fn inspect_snapshot(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<w::Snapshot>> {
+    Ok(axum::Json(st.engine.get_snapshot(&p, &id)?.wire()))
+}
+
+/// Deletes a snapshot (by id or name); sandboxes started from it keep
+/// their files.
+#[utoipa::path(delete, path = "/v1/snapshots/{id}", responses((status = 204), (status = 404, body = w::Problem)))]
+async fn delete_snapshot(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.engine.delete_snapshot(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
 
 // ---- exec ------------------------------------------------------------------
 
@@ -1009,6 +1089,11 @@ async fn version() -> axum::Json<w::Version> {
         logs,
         sandbox_events,
         all_events,
+        snapshot,
+        fork,
+        list_snapshots,
+        inspect_snapshot,
+        delete_snapshot,
         proxy::proxy,
         list_images,
         pull_image,
@@ -1056,6 +1141,11 @@ async fn version() -> axum::Json<w::Version> {
         w::Pruned,
         w::Template,
         w::TemplateList,
+        w::Snapshot,
+        w::SnapshotList,
+        w::SnapshotRequest,
+        w::ForkRequest,
+        w::ForkResult,
         w::Version
     )),
     modifiers(&ErrorResponses)

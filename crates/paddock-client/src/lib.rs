@@ -288,6 +288,41 @@ impl Client {
             .await
     }
 
+    // ---- snapshots and forks ------------------------------------------------
+
+    /// Snapshots a sandbox's filesystem.
+    pub async fn snapshot(&self, id: &str, req: &w::SnapshotRequest) -> Result<w::Snapshot> {
+        self.json(
+            self.request(Method::POST, &format!("/sandboxes/{id}/snapshots"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// Forks a sandbox into `req.count` new running ones.
+    pub async fn fork(&self, id: &str, req: &w::ForkRequest) -> Result<w::ForkResult> {
+        self.json(
+            self.request(Method::POST, &format!("/sandboxes/{id}/fork"))
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn snapshots(&self) -> Result<w::SnapshotList> {
+        self.json(self.request(Method::GET, "/snapshots")).await
+    }
+
+    /// A snapshot by its id or name.
+    pub async fn get_snapshot(&self, id: &str) -> Result<w::Snapshot> {
+        self.json(self.request(Method::GET, &format!("/snapshots/{id}")))
+            .await
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/snapshots/{id}")))
+            .await
+    }
+
     // ---- commands ------------------------------------------------------------
 
     /// Runs a command to its end; its output, buffered.

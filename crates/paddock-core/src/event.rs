@@ -130,6 +130,17 @@ pub struct Usage {
     pub memory_bytes: u64,
 }
 
+/// A snapshot of the sandbox's filesystem was taken (`sandbox.snapshot`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshotted {
+    pub snapshot_id: uuid::Uuid,
+    pub digest: String,
+    pub size_bytes: u64,
+    /// Taken for a fork (not kept as a snapshot of its own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fork: bool,
+}
+
 /// An event's kind and payload.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -150,6 +161,7 @@ pub enum EventData {
     ConfigApply(ConfigApply),
     Stdio(Stdio),
     ResourceUsage(Usage),
+    Snapshot(Snapshotted),
     /// A kind this daemon does not know (written by a newer one): kept as
     /// it was.
     Other {
@@ -226,6 +238,7 @@ impl EventData {
             EventData::ConfigApply(_) => "config.apply",
             EventData::Stdio(_) => "stdio",
             EventData::ResourceUsage(_) => "resource.usage",
+            EventData::Snapshot(_) => "sandbox.snapshot",
             EventData::Other { kind, .. } => kind,
         }
     }
@@ -261,6 +274,7 @@ impl EventData {
             "config.apply" => parse(&data, EventData::ConfigApply),
             "stdio" => parse(&data, EventData::Stdio),
             "resource.usage" => parse(&data, EventData::ResourceUsage),
+            "sandbox.snapshot" => parse(&data, EventData::Snapshot),
             _ => None,
         };
         typed.unwrap_or_else(|| EventData::Other {
@@ -296,6 +310,12 @@ mod tests {
             EventData::error("boom"),
             EventData::died("gone"),
             EventData::Ttl(TtlSet { ttl_secs: 5 }),
+            EventData::Snapshot(Snapshotted {
+                snapshot_id: uuid::Uuid::nil(),
+                digest: "sha256:00".into(),
+                size_bytes: 3,
+                fork: true,
+            }),
             EventData::ExecRequest(ExecRequested {
                 cmd: vec![],
                 shell: Some("ls".into()),

@@ -13,6 +13,7 @@ pub mod events;
 pub use paddock_acl::glob;
 pub mod host;
 pub mod hostmount;
+pub mod layers;
 pub mod logs;
 pub mod model;
 pub mod runtime;
@@ -25,6 +26,7 @@ pub mod text;
 pub use agent::{Agent, AgentConnector, Opened};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
+pub use layers::{Layers, StoredLayer};
 pub use runtime::{
     AgentEndpoint, AgentIdentity, BackendInfo, Capabilities, Instance, Liveness, Runtime,
 };

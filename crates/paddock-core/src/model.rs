@@ -258,6 +258,10 @@ pub struct SandboxSpec {
     /// Record a `resource.usage` event this often (seconds); none: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_events_secs: Option<u64>,
+    /// A snapshot (its id or name) to start from: its files, and its
+    /// configuration for whatever this spec leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
 }
 
 /// A directory of the sandbox the file API may reach.
@@ -458,6 +462,13 @@ pub struct SandboxConfig {
     pub tty: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_events_secs: Option<u64>,
+    /// The snapshot it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<Uuid>,
+    /// Layers above the image's, bottom first: its snapshot's (stored
+    /// layer directories, as the backend stacks them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
 }
 
 /// Checks mounts: absolute, without `..`, unique and not nested; ACL
@@ -766,6 +777,8 @@ impl SandboxSpec {
             extra_hosts: self.extra_hosts.clone(),
             tty: self.tty,
             usage_events_secs: self.usage_events_secs,
+            from_snapshot: None,
+            layers: Vec::new(),
         })
     }
 }
@@ -801,6 +814,7 @@ impl SandboxSpec {
             extra_hosts: or_template(self.extra_hosts, &t.extra_hosts),
             tty: self.tty || t.tty,
             usage_events_secs: self.usage_events_secs.or(t.usage_events_secs),
+            from_snapshot: self.from_snapshot.or_else(|| t.from_snapshot.clone()),
         }
     }
 }
@@ -862,7 +876,98 @@ impl SandboxConfig {
         v.extend(self.command.clone().unwrap_or_default());
         v
     }
+
+    /// This configuration as the defaults of a spec (a sandbox started from
+    /// a snapshot of it takes what its spec leaves out from here).
+    pub fn as_defaults(&self) -> SandboxSpec {
+        SandboxSpec {
+            key: None,
+            labels: BTreeMap::new(),
+            image: self.image.clone(),
+            isolation: Some(self.isolation),
+            template: None,
+            cpu: Some(self.cpu),
+            memory_mb: Some(self.memory_mb),
+            disk_mb: Some(self.disk_mb),
+            pids: Some(self.pids),
+            env: self.env.clone(),
+            entrypoint: self.entrypoint.clone(),
+            command: self.command.clone(),
+            cwd: Some(self.cwd.clone()),
+            ttl_secs: self.ttl_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            ports: self.ports.clone(),
+            mounts: self.mounts.clone(),
+            egress: self.egress.clone(),
+            snapshot: self.snapshot.clone(),
+            extra_hosts: self.extra_hosts.clone(),
+            tty: self.tty,
+            usage_events_secs: self.usage_events_secs,
+            from_snapshot: None,
+        }
+    }
 }
+
+/// A sandbox's filesystem as it was at one instant, kept after the
+/// sandbox is gone: new sandboxes start from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: Uuid,
+    pub owner: String,
+    /// Unique per owner; a create may name the snapshot by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The sandbox it was taken of.
+    pub sandbox_id: Uuid,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The sandbox's configuration then, its image resolved; `layers` are
+    /// the snapshot's own, bottom first.
+    pub config: SandboxConfig,
+    /// The digest of its top layer (`sha256:...`), the one it added.
+    pub digest: String,
+    /// Bytes of file data in its layers.
+    pub size_bytes: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The most layers of snapshots a sandbox stacks above its image: a
+/// snapshot that would have more has them flattened into one.
+pub const MAX_SNAPSHOT_LAYERS: usize = 8;
+
+/// What a snapshot asks for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Keep the processes' memory too (backends with `memory_snapshot`).
+    #[serde(default)]
+    pub memory: bool,
+}
+
+/// Snapshot names: 1-128 bytes of `[A-Za-z0-9_.:-]`, starting with a
+/// letter or digit.
+pub fn validate_snapshot_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "name",
+            "a snapshot name is 1-128 of [A-Za-z0-9_.:-], starting with a letter or digit",
+        ))
+    }
+}
+
+/// The most children one fork makes.
+pub const MAX_FORK: u32 = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sandbox {
@@ -890,6 +995,10 @@ pub struct Sandbox {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// A fork's child until the fork is done (all its children running):
+    /// one left so after a restart is removed, the fork never answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_of: Option<Uuid>,
 }
 
 /// Who is asking. Open (loopback) daemons use [`Principal::local`].

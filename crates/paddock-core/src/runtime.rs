@@ -199,6 +199,15 @@ pub trait Runtime: Send + Sync {
         ))
     }
 
+    /// Copies the sandbox's writable layer (what it wrote over its image
+    /// and snapshot layers) into `into`, which does not exist yet, with
+    /// owners as the sandbox sees them; a `running` sandbox is frozen for
+    /// the copy and thawed after, whatever happens. Returns the bytes of
+    /// file data copied. For backends with [`Capabilities::fs_snapshot`].
+    async fn capture(&self, _id: Uuid, _into: &std::path::Path, _running: bool) -> Result<u64> {
+        Err(self.unsupported("filesystem snapshots"))
+    }
+
     /// What is really there now, and how to reach it (after a restart).
     async fn inspect(&self, id: Uuid) -> Result<(Liveness, Option<Instance>)>;
 

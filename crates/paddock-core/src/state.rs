@@ -22,6 +22,8 @@ pub enum Action {
     UpdateConfig,
     Metrics,
     Logs,
+    /// Capture its filesystem (a snapshot, a fork).
+    Snapshot,
 }
 
 /// What the state says to an action.
@@ -65,6 +67,8 @@ impl State {
             (ExtendTtl | Logs, _) => Proceed,
             (Metrics, Running | Paused) => Proceed,
             (Metrics, _) => Refuse,
+            (Snapshot, Running | Paused | Stopped) => Proceed,
+            (Snapshot, _) => Refuse,
         }
     }
 
@@ -121,7 +125,7 @@ mod tests {
     /// P proceed, A already so, R refused.
     #[test]
     fn the_rule_book() {
-        let table: [(Action, &str); 11] = [
+        let table: [(Action, &str); 12] = [
             //           Cr Ru Pa St Er De
             (UseAgent, "R  P  R  R  R  R"),
             (Stop, "R  P  P  A  R  R"),
@@ -134,6 +138,7 @@ mod tests {
             (UpdateConfig, "P  P  P  P  R  R"),
             (Metrics, "R  P  P  R  R  R"),
             (Logs, "P  P  P  P  P  R"),
+            (Snapshot, "R  P  P  P  R  R"),
         ];
         for (action, row) in table {
             let want: Vec<Verdict> = row

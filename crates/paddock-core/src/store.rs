@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::EventData;
-use crate::model::{Event, ListQuery, Sandbox, Template};
+use crate::model::{Event, ListQuery, Sandbox, Snapshot, Template};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -68,7 +68,30 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sandboxes ADD COLUMN doc_version INTEGER NOT NULL DEFAULT 1;",
     // 5: templates' documents too (see TEMPLATE_DOC).
     "ALTER TABLE templates ADD COLUMN doc_version INTEGER NOT NULL DEFAULT 1;",
+    // 6: snapshots (their layers are directories of the layer store).
+    "CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT,
+        created_at INTEGER NOT NULL,
+        doc_version INTEGER NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX snapshots_owner_name ON snapshots(owner, name) WHERE name IS NOT NULL;
+     CREATE INDEX snapshots_owner ON snapshots(owner, created_at);",
 ];
+
+/// The version of the snapshot document this daemon writes (1: the first).
+pub const SNAPSHOT_DOC: i64 = 1;
+
+fn decode_snapshot(v: i64, doc: &str) -> Result<Snapshot> {
+    if v > SNAPSHOT_DOC {
+        return Err(Error::Internal(format!(
+            "a snapshot record of version {v}, written by a newer Paddock (this one reads up to {SNAPSHOT_DOC})"
+        )));
+    }
+    Ok(serde_json::from_str(doc)?)
+}
 
 /// The version of the template document this daemon writes (1: the first).
 /// A newer one is an error, never rewritten; older ones would be upgraded
@@ -669,6 +692,86 @@ impl Store {
             params![id_or_name, ms(Utc::now())],
         )?;
         Ok(n > 0)
+    }
+
+    /// Records a snapshot (409 when its owner has one of that name).
+    pub fn put_snapshot(tx: &rusqlite::Transaction<'_>, sn: &Snapshot) -> Result<()> {
+        let doc = serde_json::to_string(sn)?;
+        let r = tx.execute(
+            "INSERT INTO snapshots (id, owner, name, created_at, doc_version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![sn.id.to_string(), sn.owner, sn.name, ms(sn.created_at), SNAPSHOT_DOC, doc],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Conflict(format!(
+                    "a snapshot named {:?} already exists",
+                    sn.name.as_deref().unwrap_or_default()
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A snapshot by its id, or by its name among `owner`'s.
+    pub fn find_snapshot(&self, owner: &str, id_or_name: &str) -> Result<Option<Snapshot>> {
+        let doc = self
+            .lock()
+            .query_row(
+                "SELECT doc_version, doc FROM snapshots WHERE owner = ?1 AND (id = ?2 OR name = ?2)
+                 ORDER BY id = ?2 DESC LIMIT 1",
+                params![owner, id_or_name],
+                versioned,
+            )
+            .optional()?;
+        doc.map(|(v, d)| decode_snapshot(v, &d)).transpose()
+    }
+
+    /// `owner`'s snapshots (every one with `None`), oldest first.
+    pub fn list_snapshots(&self, owner: Option<&str>) -> Result<Vec<Snapshot>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT doc_version, doc FROM snapshots WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at, id",
+        )?;
+        let docs = st
+            .query_map(params![owner], versioned)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|(v, d)| decode_snapshot(*v, d)).collect()
+    }
+
+    /// Whether there was one to delete.
+    pub fn delete_snapshot(&self, owner: &str, id: Uuid) -> Result<bool> {
+        Ok(self.lock().execute(
+            "DELETE FROM snapshots WHERE owner = ?1 AND id = ?2",
+            params![owner, id.to_string()],
+        )? > 0)
+    }
+
+    /// Sandboxes still marked as a fork's children (the fork is not done).
+    pub fn forks_pending(&self) -> Result<Vec<Sandbox>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT doc_version, doc FROM sandboxes WHERE state != 'destroyed' AND json_extract(doc, '$.fork_of') IS NOT NULL",
+        )?;
+        let docs = st
+            .query_map([], versioned)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|(v, d)| decode_sandbox(*v, d)).collect()
+    }
+
+    /// The snapshot layers of every sandbox that is not destroyed.
+    pub fn sandbox_layers(&self) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT j.value FROM sandboxes, json_each(json_extract(sandboxes.doc, '$.config.layers')) AS j
+             WHERE sandboxes.state != 'destroyed'",
+        )?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// Sandboxes whose state says something may be running.

@@ -337,6 +337,8 @@ impl Default for FakeRuntime {
             Capabilities {
                 pause: true,
                 guarded_mounts: true,
+                fs_snapshot: true,
+                fork: true,
                 ..Default::default()
             },
         )
@@ -460,6 +462,18 @@ impl Runtime for FakeRuntime {
         self.boot(id)
     }
 
+    /// A layer of one file naming the sandbox, noted as "capture <id>
+    /// <running>".
+    async fn capture(&self, id: Uuid, into: &std::path::Path, running: bool) -> Result<u64> {
+        self.note(format!("capture {id} {running}"));
+        if !self.sandboxes.lock().unwrap().contains_key(&id) {
+            return Err(Error::Conflict(format!("sandbox {id} has no filesystem")));
+        }
+        std::fs::create_dir_all(into).map_err(Error::internal)?;
+        std::fs::write(into.join("from"), id.to_string()).map_err(Error::internal)?;
+        Ok(36)
+    }
+
     /// Starts a guard on its agent (no filesystem: descriptors it never
     /// reads), noted as "guard <id> <path>".
     async fn guard(&self, id: Uuid, m: &crate::model::Mount, agent: &dyn Agent) -> Result<()> {
@@ -552,5 +566,78 @@ impl Runtime for FakeRuntime {
                 ))
             })
             .collect()
+    }
+}
+
+/// A layer store in a directory: layers named by a digest of their files'
+/// names and contents (enough for the engine's tests).
+pub struct FakeLayers {
+    pub root: std::path::PathBuf,
+}
+
+impl crate::layers::Layers for FakeLayers {
+    fn stage(&self) -> Result<std::path::PathBuf> {
+        Ok(self.root.join(format!(".tmp-{}", Uuid::new_v4())))
+    }
+
+    fn commit(&self, staged: &std::path::Path) -> Result<crate::layers::StoredLayer> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut names: Vec<_> = std::fs::read_dir(staged)
+            .map_err(Error::internal)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        let mut bytes = 0;
+        for p in names {
+            let data = std::fs::read(&p).map_err(Error::internal)?;
+            bytes += data.len() as u64;
+            h.update(p.file_name().unwrap().to_string_lossy().as_bytes());
+            h.update(&data);
+        }
+        let hex = hex::encode(h.finalize());
+        let dest = self.root.join(&hex);
+        if dest.exists() {
+            let _ = std::fs::remove_dir_all(staged);
+        } else {
+            std::fs::rename(staged, &dest).map_err(Error::internal)?;
+        }
+        Ok(crate::layers::StoredLayer {
+            path: dest.to_string_lossy().into_owned(),
+            digest: format!("sha256:{hex}"),
+            bytes,
+        })
+    }
+
+    fn flatten(&self, layers: &[String]) -> Result<crate::layers::StoredLayer> {
+        let staged = self.stage()?;
+        std::fs::create_dir_all(&staged).map_err(Error::internal)?;
+        for l in layers {
+            for e in std::fs::read_dir(l).map_err(Error::internal)?.flatten() {
+                std::fs::copy(e.path(), staged.join(e.file_name())).map_err(Error::internal)?;
+            }
+        }
+        self.commit(&staged)
+    }
+
+    fn discard(&self, staged: &std::path::Path) {
+        let _ = std::fs::remove_dir_all(staged);
+    }
+
+    fn gc(&self, keep: &std::collections::HashSet<String>, staged: bool) -> Result<usize> {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.root)
+            .map_err(Error::internal)?
+            .flatten()
+        {
+            let p = e.path();
+            let tmp = e.file_name().to_string_lossy().starts_with(".tmp-");
+            if (tmp && staged) || (!tmp && !keep.contains(&*p.to_string_lossy())) {
+                std::fs::remove_dir_all(&p).map_err(Error::internal)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }

@@ -15,6 +15,9 @@
 //! - [`sealed`]: a sealed memfd copy of a runtime binary, run instead of
 //!   the file.
 //! - [`cmd`]: running host commands with their errors as engine errors.
+//! - [`layer`]: filesystem layers as overlayfs keeps them: a sandbox's
+//!   writable layer copied out with its owners shifted back, stacks
+//!   flattened, each named by its content.
 //! - [`userns`]: each sandbox's range of host ids, claimed host-wide; its
 //!   user namespace (owned by that range's root) with its network
 //!   namespace inside; idmapped mounts.
@@ -22,6 +25,7 @@
 pub mod cgroup;
 pub mod cmd;
 pub mod fuse;
+pub mod layer;
 pub mod net;
 pub mod netlink;
 pub mod sealed;

@@ -534,14 +534,24 @@ impl ContainerRuntime {
             return Err(e);
         }
         let owner = slot.ids.map(|r| r.base);
-        // A named image's layers (top first), or the host-based default.
-        let lowers: Vec<PathBuf> = match &config.resolved_image {
+        // A snapshot's layers over a named image's (top first), or over
+        // the host-based default.
+        let mut lowers: Vec<PathBuf> = config.layers.iter().rev().map(PathBuf::from).collect();
+        match &config.resolved_image {
             Some(img) if !img.layers.is_empty() => {
-                img.layers.iter().rev().map(PathBuf::from).collect()
+                lowers.extend(img.layers.iter().rev().map(PathBuf::from))
             }
-            Some(_) => vec![self.empty_base()],
-            None => vec![self.base.clone()],
-        };
+            Some(_) => lowers.push(self.empty_base()),
+            None => lowers.push(self.base.clone()),
+        }
+        for l in &lowers {
+            if !l.is_dir() {
+                return Err(Error::Unavailable {
+                    what: "the sandbox's filesystem".into(),
+                    reason: format!("layer {} is missing", l.display()),
+                });
+            }
+        }
         // In a user namespace, the layers (root's on the host, shared by
         // every sandbox) are seen through idmapped mounts, as its root's;
         // its upper and work directories, where what it writes goes, are
@@ -851,6 +861,8 @@ impl Runtime for ContainerRuntime {
     fn capabilities(&self) -> paddock_core::Capabilities {
         paddock_core::Capabilities {
             pause: true,
+            fs_snapshot: true,
+            fork: true,
             shares_host_kernel: true,
             fd_handover: true,
             guarded_mounts: true,
@@ -948,6 +960,47 @@ impl Runtime for ContainerRuntime {
 
     async fn pause(&self, id: Uuid) -> Result<()> {
         self.oci(&["pause", &id.to_string()]).await.map(|_| ())
+    }
+
+    /// Copies the overlay's upper directory (a tmpfs: nothing to flush),
+    /// owners shifted back from the sandbox's range, while its processes
+    /// are frozen.
+    async fn capture(&self, id: Uuid, into: &Path, running: bool) -> Result<u64> {
+        let upper = self.dir(id).join("rw").join("upper");
+        if !upper.is_dir() {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} has no filesystem left to capture"
+            )));
+        }
+        let shift = self
+            .slot(id)
+            .and_then(|s| s.ids)
+            .map(|r| paddock_host::layer::Shift {
+                base: r.base,
+                len: paddock_host::userns::RANGE,
+            });
+        if running {
+            self.pause(id).await?;
+        }
+        let into = into.to_path_buf();
+        let copied = tokio::task::spawn_blocking(move || {
+            paddock_host::layer::copy_layer(&upper, &into, shift)
+        })
+        .await;
+        if running {
+            // Thawed whatever the copy came to.
+            if let Err(e) = self.resume(id).await {
+                tracing::warn!(sandbox = %id, "thaw after a capture: {e}");
+            }
+        }
+        match copied.map_err(Error::internal)? {
+            Ok(n) => Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Err(Error::Unavailable {
+                what: "snapshot storage".into(),
+                reason: "the disk holding the daemon's data is full".into(),
+            }),
+            Err(e) => Err(Error::Internal(format!("capture of sandbox {id}: {e}"))),
+        }
     }
 
     async fn resume(&self, id: Uuid) -> Result<()> {

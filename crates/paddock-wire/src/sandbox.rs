@@ -100,9 +100,13 @@ pub struct SandboxSpec {
     /// firewall exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<EgressRule>>,
-    /// What to capture on shutdown and restore on start. Stored; acted on
-    /// once snapshots exist.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What to capture on shutdown and restore on start (hiver's
+    /// snapshot policy).
+    #[serde(
+        default,
+        rename = "snapshot_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub snapshot: Option<SnapshotPolicy>,
     /// `hostname:ip` entries for the sandbox's /etc/hosts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -113,6 +117,10 @@ pub struct SandboxSpec {
     /// Record a `resource.usage` event this often (seconds); none: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_events_secs: Option<u64>,
+    /// A snapshot to start from (its id or name): its files, and its
+    /// configuration for whatever this spec leaves out.
+    #[serde(default, rename = "snapshot", skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
 }
 
 /// A directory of the sandbox the file API may reach.
@@ -238,7 +246,11 @@ pub struct SandboxConfig {
     pub mounts: Vec<Mount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<EgressRule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "snapshot_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub snapshot: Option<SnapshotPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<String>,
@@ -246,6 +258,13 @@ pub struct SandboxConfig {
     pub tty: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_events_secs: Option<u64>,
+    /// The snapshot it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<Uuid>,
+    /// Its snapshot layers above the image's, bottom first (a stack
+    /// deeper than 8 is flattened into one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -371,4 +390,78 @@ pub struct Event {
     /// operations, ...
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
+}
+
+/// A sandbox's filesystem as it was at one instant (`/v1/snapshots`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub id: Uuid,
+    pub owner: String,
+    /// Unique per owner; a create may name the snapshot by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The sandbox it was taken of.
+    pub sandbox_id: Uuid,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The sandbox's configuration when it was taken: what a sandbox
+    /// started from it gets for whatever its spec leaves out.
+    pub config: SandboxConfig,
+    /// The digest of the layer it added (`sha256:...`).
+    pub digest: String,
+    /// Bytes of file data in the layer it added.
+    pub size_bytes: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/snapshots`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `POST /v1/sandboxes/{id}/snapshots`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Unique among the caller's snapshots: 1-128 of `[A-Za-z0-9_.:-]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Keep the processes' memory too: only backends with
+    /// `memory_snapshot` can (a 501 names them otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
+}
+
+/// `POST /v1/sandboxes/{id}/fork`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// How many children: 1 to 100.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Keep the processes' memory too (see `SnapshotRequest::memory`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for ForkRequest {
+    fn default() -> Self {
+        ForkRequest {
+            count: 1,
+            memory: false,
+        }
+    }
+}
+
+/// The children of a fork, running.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkResult {
+    pub sandboxes: Vec<Sandbox>,
 }

@@ -23,7 +23,7 @@ pub enum ClientCmd {
         #[arg(long)]
         template: Option<String>,
         #[command(flatten)]
-        spec: SpecArgs,
+        spec: Box<SpecArgs>,
         /// The main process.
         #[arg(last = true)]
         command: Vec<String>,
@@ -119,6 +119,45 @@ pub enum ClientCmd {
     /// Templates: a named image plus sandbox defaults.
     #[command(subcommand)]
     Templates(TemplatesCmd),
+    /// Snapshot a sandbox's filesystem (and print the snapshot's id).
+    Snapshot {
+        id: String,
+        /// A name to find it by (unique among yours).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Keep the processes' memory too (backends that can).
+        #[arg(long)]
+        memory: bool,
+    },
+    /// Snapshots: list, inspect, remove.
+    #[command(subcommand)]
+    Snapshots(SnapshotsCmd),
+    /// Copy a running sandbox into new ones (and print their ids).
+    Fork {
+        id: String,
+        /// How many copies (1-100).
+        #[arg(long, short = 'n', default_value_t = 1)]
+        count: u32,
+        /// Keep the processes' memory too (backends that can).
+        #[arg(long)]
+        memory: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotsCmd {
+    Ls,
+    /// By id or name.
+    Inspect {
+        id: String,
+    },
+    /// Delete snapshots (by id or name); sandboxes started from them stay.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// What a sandbox (or a template's defaults) is made of.
@@ -150,6 +189,10 @@ pub struct SpecArgs {
     ports: Vec<u16>,
     #[arg(long)]
     isolation: Option<String>,
+    /// Start from this snapshot (its id or name): its files, and its
+    /// settings for what the flags leave out.
+    #[arg(long)]
+    snapshot: Option<String>,
 }
 
 impl SpecArgs {
@@ -175,6 +218,7 @@ impl SpecArgs {
             env: kv(&self.env, "env")?,
             ports: self.ports.clone(),
             command: (!command.is_empty()).then(|| command.to_vec()),
+            from_snapshot: self.snapshot.clone(),
             ..Default::default()
         })
     }
@@ -599,6 +643,75 @@ impl Client {
                     println!("{name}");
                 }
             }
+            ClientCmd::Snapshot {
+                id,
+                name,
+                labels,
+                memory,
+            } => {
+                let req = w::SnapshotRequest {
+                    name,
+                    labels: kv(&labels, "label")?,
+                    memory,
+                };
+                let sn = self.api.snapshot(&id, &req).await?;
+                if self.json {
+                    pretty(&sn)?;
+                } else {
+                    println!("{}", sn.id);
+                }
+            }
+            ClientCmd::Snapshots(SnapshotsCmd::Ls) => {
+                let v = self.api.snapshots().await?;
+                if self.json {
+                    pretty(&v.snapshots)?;
+                } else {
+                    let mut t = table(&["ID", "NAME", "SANDBOX", "IMAGE", "SIZE", "CREATED"]);
+                    for sn in v.snapshots {
+                        t.add_row(vec![
+                            sn.id.to_string(),
+                            sn.name.clone().unwrap_or_default(),
+                            sn.sandbox_id.to_string(),
+                            sn.config.image.clone().unwrap_or_else(|| "(host)".into()),
+                            human_bytes(sn.size_bytes),
+                            sn.created_at.to_rfc3339(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Snapshots(SnapshotsCmd::Inspect { id }) => {
+                pretty(&self.api.get_snapshot(&id).await?)?
+            }
+            ClientCmd::Snapshots(SnapshotsCmd::Rm { ids }) => {
+                let mut failed = 0;
+                for id in ids {
+                    match self.api.delete_snapshot(&id).await {
+                        Ok(()) if !self.json => println!("{id}"),
+                        Ok(()) => {}
+                        Err(e) => {
+                            eprintln!("{id}: {e}");
+                            failed += 1;
+                        }
+                    }
+                }
+                if failed > 0 {
+                    return Ok(1);
+                }
+            }
+            ClientCmd::Fork { id, count, memory } => {
+                let v = self
+                    .api
+                    .fork(&id, &w::ForkRequest { count, memory })
+                    .await?;
+                if self.json {
+                    pretty(&v.sandboxes)?;
+                } else {
+                    for sb in v.sandboxes {
+                        println!("{}", sb.id);
+                    }
+                }
+            }
             ClientCmd::Backends => {
                 let v = self.api.backends().await?;
                 if self.json {
@@ -884,4 +997,19 @@ fn file_stream(
             Err(e) => Some((Err(e), None)),
         }
     })
+}
+
+/// Bytes as a person reads them: `512 B`, `3.2 MiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }

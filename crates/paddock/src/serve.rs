@@ -619,6 +619,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
+    engine.set_layers(Arc::new(paddock_host::layer::LayerStore::new(
+        &args.data_dir.join("images").join("snapshots"),
+    )?));
     let Some(ls) = listeners else {
         let n = engine.destroy_all().await?;
         eprintln!("destroyed {n} sandboxes");

@@ -54,6 +54,33 @@ fn keys_are_required_beyond_loopback_and_principals_are_isolated() {
             .len(),
         0
     );
+    // Nor Alice's snapshots, nor may he take one of her sandbox.
+    let sn = alice.post(
+        &format!("/sandboxes/{id}/snapshots"),
+        json!({"name": "hers"}),
+    );
+    assert_eq!(sn.status, 201, "{}", sn.text);
+    let sid = sn.body["id"].as_str().unwrap().to_string();
+    for path in [format!("/snapshots/{sid}"), "/snapshots/hers".to_string()] {
+        assert_eq!(bob.get(&path).status, 404, "{path}");
+        assert_eq!(bob.delete(&path).status, 404, "{path}");
+    }
+    assert_eq!(bob.get("/snapshots").body["snapshots"], json!([]));
+    assert_eq!(bob.post("/sandboxes", json!({"snapshot": sid})).status, 404);
+    assert_eq!(
+        bob.post("/sandboxes", json!({"snapshot": "hers"})).status,
+        404
+    );
+    assert_eq!(
+        bob.post(&format!("/sandboxes/{id}/snapshots"), json!({}))
+            .status,
+        404
+    );
+    assert_eq!(
+        bob.post(&format!("/sandboxes/{id}/fork"), json!({})).status,
+        404
+    );
+    assert_eq!(alice.get("/snapshots/hers").body["owner"], "alice");
     // Keys are per owner: Bob's "mine" is his own sandbox.
     let bobs = bob.create(json!({"key": "mine"}));
     assert_ne!(bobs, id);

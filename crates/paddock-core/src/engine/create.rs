@@ -53,20 +53,60 @@ impl Engine {
             Some(t) => spec.with_defaults(&t.defaults),
             None => spec,
         };
+        // A snapshot's configuration fills in what is still left out; its
+        // image is the one its layers lie on.
+        let snapshot = match &spec.from_snapshot {
+            Some(s) => Some(
+                self.store
+                    .find_snapshot(&p.id, s)?
+                    .ok_or_else(|| Error::not_found(format!("snapshot {s}")))?,
+            ),
+            None => None,
+        };
+        let spec = match &snapshot {
+            Some(sn) => {
+                if spec.image.is_some() && spec.image != sn.config.image {
+                    return Err(Error::invalid(
+                        "image",
+                        format!(
+                            "a sandbox started from snapshot {} runs its image ({})",
+                            sn.id,
+                            sn.config.image.as_deref().unwrap_or("the default image")
+                        ),
+                    ));
+                }
+                if spec.isolation.is_some_and(|i| i != sn.config.isolation) {
+                    return Err(Error::invalid(
+                        "isolation",
+                        format!(
+                            "a sandbox started from snapshot {} runs as a {}",
+                            sn.id,
+                            sn.config.isolation.as_str()
+                        ),
+                    ));
+                }
+                spec.with_defaults(&sn.config.as_defaults())
+            }
+            None => spec,
+        };
         let mut config = spec.resolve(&self.cfg.limits)?;
         self.check_origins(&mut config.mounts)?;
         let runtime = self.runtime(config.isolation)?.clone();
         Self::check_guardable(runtime.as_ref(), &config.mounts)?;
-        // A named image is pulled on the caller's behalf (the pull policy,
-        // a claim), also when a warm pool holds it booted.
-        let mut image = None;
-        if let Some(reference) = &config.image {
-            // With a key, an existing sandbox is returned before any pull.
-            if let Some(k) = &spec.key {
-                if let Some(existing) = self.store.find_by_key(&p.id, k)? {
-                    return Ok((existing, false));
-                }
+        if snapshot.is_some() && !runtime.capabilities().fs_snapshot {
+            return Err(runtime.unsupported("starting from a snapshot"));
+        }
+        // With a key, an existing sandbox is returned before any pull.
+        if let Some(k) = &spec.key {
+            if let Some(existing) = self.store.find_by_key(&p.id, k)? {
+                return Ok((existing, false));
             }
+        }
+        // A named image is pulled on the caller's behalf (the pull policy,
+        // a claim), also when a warm pool holds it booted. A snapshot's is
+        // on disk already, resolved as it was when the snapshot was taken.
+        let mut image = None;
+        if let (Some(reference), None) = (&config.image, &snapshot) {
             image = Some(self.image_for(p, reference).await?);
         }
         if let Some(pool) = pool {
@@ -77,6 +117,26 @@ impl Engine {
         if let Some(img) = image {
             config.apply_image(&spec, img);
         }
+        if let Some(sn) = snapshot {
+            config.resolved_image = sn.config.resolved_image;
+            config.user = sn.config.user;
+            config.layers = sn.config.layers;
+            config.from_snapshot = Some(sn.id);
+        }
+        self.launch(p, &spec, config, runtime, None).await
+    }
+
+    /// Stores a new sandbox of `config` (`creating`) and boots it; with a
+    /// key `p` already used, returns that sandbox unchanged and `false`.
+    /// A fork's children carry `fork_of` until the fork is done.
+    pub(super) async fn launch(
+        self: &Arc<Self>,
+        p: &Principal,
+        spec: &SandboxSpec,
+        config: SandboxConfig,
+        runtime: Arc<dyn Runtime>,
+        fork_of: Option<Uuid>,
+    ) -> Result<(Sandbox, bool)> {
         let id = Uuid::new_v4();
         let now = Utc::now();
         let sb = Sandbox {
@@ -94,6 +154,7 @@ impl Engine {
             updated_at: now,
             last_active_at: now,
             ip: None,
+            fork_of,
         };
         let life = {
             let _guard = match &spec.key {

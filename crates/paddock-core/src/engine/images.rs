@@ -173,11 +173,19 @@ impl Engine {
                 "pruning the image cache is the operator's".into(),
             ));
         }
+        // Snapshots lie on their images' layers: kept while they are.
+        let snapshots = self
+            .store
+            .list_snapshots(None)?
+            .into_iter()
+            .map(|s| s.config);
         let in_use: Vec<String> = self
             .store
             .live_sandboxes()?
             .into_iter()
-            .filter_map(|sb| sb.config.resolved_image)
+            .map(|sb| sb.config)
+            .chain(snapshots)
+            .filter_map(|c| c.resolved_image)
             .flat_map(|img| img.layers)
             .collect();
         self.images()?.prune(&in_use).await

@@ -95,6 +95,18 @@ impl Engine {
     /// changed hands since the caller read it (a pooled sandbox handed
     /// out), leaves it alone and returns it as it is.
     pub(super) async fn destroy_inner(&self, sb: Sandbox, reason: &str) -> Result<Sandbox> {
+        let done = self.destroy_locked(sb, reason).await?;
+        // Its snapshot layers go once nothing else refers to them (after
+        // its lifecycle lock: every capture takes that before `layer_gc`).
+        if !done.config.layers.is_empty() && done.state == State::Destroyed {
+            if let Err(e) = self.collect_layers(false).await {
+                tracing::warn!("collecting snapshot layers: {e}");
+            }
+        }
+        Ok(done)
+    }
+
+    async fn destroy_locked(&self, sb: Sandbox, reason: &str) -> Result<Sandbox> {
         let _life = self.lifecycles.lock(sb.id).await;
         let sb = match self.store.get_sandbox(sb.id)? {
             Some(now) if now.owner == sb.owner => now,

@@ -23,6 +23,7 @@
 //! | `pool.rs` | warm pools and their hand-over |
 //! | `recovery.rs` | coming back after a restart; shutdown |
 //! | `reaper.rs` | TTLs and idle timeouts |
+//! | `snapshots.rs` | snapshots, forks, and collecting the layers nothing refers to |
 //! | `monitor.rs` | deaths, main-process output, usage events |
 
 use std::collections::{HashMap, HashSet};
@@ -50,6 +51,7 @@ mod observe;
 mod pool;
 mod reaper;
 mod recovery;
+mod snapshots;
 mod templates;
 #[cfg(test)]
 mod tests;
@@ -143,6 +145,11 @@ pub struct Engine {
     logs: Option<crate::logs::LogStore>,
     /// Wakes the monitor when a sandbox is attached.
     attached: tokio::sync::Notify,
+    /// Where snapshot layers are kept (`snapshots.rs`).
+    layers: std::sync::OnceLock<Arc<dyn crate::layers::Layers>>,
+    /// Held shared by captures until what they made is recorded, alone
+    /// by the collection of layers nothing refers to.
+    layer_gc: tokio::sync::RwLock<()>,
     cfg: EngineConfig,
 }
 
@@ -233,6 +240,8 @@ impl Engine {
             pools: Default::default(),
             logs,
             attached: tokio::sync::Notify::new(),
+            layers: Default::default(),
+            layer_gc: Default::default(),
             cfg,
         }))
     }

@@ -21,6 +21,11 @@ impl Engine {
                 self.watch_guards(sb.id, &sb.config.mounts).await;
                 Ok(true)
             }
+            // Frozen for a capture when the daemon died: thawed.
+            (State::Running, (Liveness::Paused, _)) => {
+                rt.resume(sb.id).await?;
+                Box::pin(self.reattach(sb, rt)).await
+            }
             (State::Paused, (Liveness::Paused, _)) => Ok(false),
             (State::Stopped, (Liveness::Stopped, _)) => Ok(false),
             (state, (seen, _)) => Err(Error::Unavailable {
@@ -70,6 +75,14 @@ impl Engine {
         );
         let this = self.clone();
         tokio::spawn(async move { this.verify_agents(attached).await });
+        // A fork the daemon died in never answered: its children go. Then
+        // the layers nothing refers to, and what captures left half made.
+        self.undo_fork(Uuid::nil()).await;
+        match self.collect_layers(true).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} snapshot layers nothing refers to"),
+            Err(e) => tracing::warn!("collecting snapshot layers: {e}"),
+        }
         for rt in self.runtimes.values() {
             match rt.gc(&keep).await {
                 Ok(0) => {}

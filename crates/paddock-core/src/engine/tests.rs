@@ -42,7 +42,21 @@ impl Rig {
         let store = Arc::new(Store::open(db).unwrap());
         let agents = rt.connector();
         let rt: Arc<dyn Runtime> = rt.clone();
-        Engine::new(store, vec![rt], None, agents, cfg).unwrap()
+        let e = Engine::new(store, vec![rt], None, agents, cfg).unwrap();
+        let root = db.with_file_name("layers");
+        std::fs::create_dir_all(&root).unwrap();
+        e.set_layers(Arc::new(crate::testing::FakeLayers { root }));
+        e
+    }
+
+    fn layer_dirs(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.db.with_file_name("layers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     /// A daemon restart: a new engine on the same database and backend.
@@ -719,4 +733,105 @@ async fn guards_follow_the_mounts_acls() {
         matches!(e, Error::Invalid { ref field, .. } if field == "mounts[1].acls"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn snapshots_stack_outlive_their_sandbox_and_their_layers_go_with_the_last_user() {
+    let rig = Rig::new();
+    let e = &rig.engine;
+    let (sb, _) = e.create(&me(), SandboxSpec::default()).await.unwrap();
+    let snap = e
+        .snapshot(
+            &me(),
+            sb.id,
+            SnapshotRequest {
+                name: Some("s1".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(snap.config.layers.len(), 1);
+    assert!(rig
+        .rt
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&format!("capture {} true", sb.id)));
+    assert_eq!(kinds(e, sb.id).last().unwrap(), "sandbox.snapshot");
+    // Another principal sees none of it.
+    let bob = Principal { id: "bob".into() };
+    assert!(matches!(
+        e.get_snapshot(&bob, "s1"),
+        Err(Error::NotFound { .. })
+    ));
+    let from = SandboxSpec {
+        from_snapshot: Some("s1".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        e.create(&bob, from.clone()).await,
+        Err(Error::NotFound { .. })
+    ));
+    // A sandbox from it stacks its layer; its snapshot has both.
+    let (child, _) = e.create(&me(), from).await.unwrap();
+    assert_eq!(child.config.layers, snap.config.layers);
+    assert_eq!(child.config.from_snapshot, Some(snap.id));
+    e.destroy(&me(), sb.id).await.unwrap();
+    let s2 = e
+        .snapshot(&me(), child.id, SnapshotRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(s2.config.layers.len(), 2);
+    assert_eq!(s2.config.layers[0], snap.config.layers[0]);
+    // Deleting the first keeps its layer: the second snapshot and the
+    // child use it. Once nothing does, it goes.
+    e.delete_snapshot(&me(), "s1").await.unwrap();
+    e.collect_layers(false).await.unwrap();
+    assert_eq!(rig.layer_dirs().len(), 2);
+    e.destroy(&me(), child.id).await.unwrap();
+    e.delete_snapshot(&me(), &s2.id.to_string()).await.unwrap();
+    e.collect_layers(false).await.unwrap();
+    assert!(rig.layer_dirs().is_empty(), "{:?}", rig.layer_dirs());
+}
+
+#[tokio::test]
+async fn a_fork_is_all_or_nothing_even_across_a_restart() {
+    let mut rig = Rig::new();
+    let e = rig.engine.clone();
+    let (sb, _) = e.create(&me(), SandboxSpec::default()).await.unwrap();
+    let kids = e.fork(&me(), sb.id, 3, false).await.unwrap();
+    assert_eq!(kids.len(), 3);
+    assert!(kids
+        .iter()
+        .all(|k| k.state == State::Running && k.fork_of.is_none()));
+    assert!(
+        matches!(e.fork(&me(), sb.id, 0, false).await, Err(Error::Invalid { ref field, .. }) if field == "count")
+    );
+    assert!(matches!(
+        e.fork(&me(), sb.id, 1, true).await,
+        Err(Error::Unsupported(_))
+    ));
+    // One child cannot start: none is left behind.
+    let before = e.list_all(&me(), &ListQuery::default()).unwrap().len();
+    rig.rt.fail_creates.store(true, Ordering::Relaxed);
+    assert!(e.fork(&me(), sb.id, 2, false).await.is_err());
+    rig.rt.fail_creates.store(false, Ordering::Relaxed);
+    assert_eq!(
+        e.list_all(&me(), &ListQuery::default()).unwrap().len(),
+        before
+    );
+    // A child the daemon died before finishing: gone after the restart.
+    let mut config = e.get(&me(), sb.id).unwrap().config;
+    config.layers = kids[0].config.layers.clone();
+    let rt: Arc<dyn Runtime> = rig.rt.clone();
+    let (orphan, _) = e
+        .launch(&me(), &SandboxSpec::default(), config, rt, Some(sb.id))
+        .await
+        .unwrap();
+    assert_eq!(orphan.fork_of, Some(sb.id));
+    rig.restart().await;
+    let e = rig.engine.clone();
+    assert_eq!(e.get(&me(), orphan.id).unwrap().state, State::Destroyed);
+    assert_eq!(e.get(&me(), kids[1].id).unwrap().state, State::Running);
 }

@@ -1,0 +1,336 @@
+//! Snapshots of sandboxes' filesystems and forks: the backend copies a
+//! sandbox's writable layer out (frozen for the copy), the layer store
+//! keeps it by its content, and new sandboxes stack it over their image.
+//!
+//! Layers are collected when nothing refers to them: no snapshot and no
+//! sandbox that is not destroyed. A capture holds `layer_gc` shared from
+//! its staging until its snapshot (or fork's children) are recorded;
+//! collection holds it alone.
+
+use super::*;
+use crate::layers::{Layers, StoredLayer};
+use crate::model::{Snapshot, SnapshotRequest, MAX_FORK, MAX_SNAPSHOT_LAYERS};
+
+impl Engine {
+    /// Where snapshot layers are kept (set once, before `recover`).
+    pub fn set_layers(&self, layers: Arc<dyn Layers>) {
+        let _ = self.layers.set(layers);
+    }
+
+    fn layers(&self) -> Result<Arc<dyn Layers>> {
+        self.layers
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::Unsupported("snapshots (this daemon has no layer store)".into()))
+    }
+
+    /// Refuses a snapshot or fork `what` on `rt` that it cannot do: memory
+    /// without `memory_snapshot` (naming the backends that will), files
+    /// without `fs_snapshot`.
+    fn can_capture(rt: &dyn Runtime, memory: bool) -> Result<()> {
+        let caps = rt.capabilities();
+        if memory && !caps.memory_snapshot {
+            return Err(Error::Unsupported(format!(
+                "keeping a sandbox's memory (\"memory\": true) on the {} backend (a container's \
+                 processes cannot be saved on this host: CRIU does not work on its kernel; the \
+                 gVisor (runsc) and microVM (qemu) backends will keep memory)",
+                rt.name()
+            )));
+        }
+        if !caps.fs_snapshot {
+            return Err(rt.unsupported("filesystem snapshots"));
+        }
+        Ok(())
+    }
+
+    /// Copies `sb`'s filesystem out (its lifecycle lock and `layer_gc`
+    /// held by the caller): its layer stack with the new top layer, the
+    /// stack flattened past [`MAX_SNAPSHOT_LAYERS`].
+    async fn capture_layers(
+        &self,
+        rt: &Arc<dyn Runtime>,
+        sb: &Sandbox,
+    ) -> Result<(Vec<String>, StoredLayer)> {
+        let layers = self.layers()?;
+        let running = match sb.state {
+            State::Running => true,
+            State::Paused | State::Stopped => false,
+            _ => {
+                sb.state.check(Action::Snapshot, sb.id)?;
+                false
+            }
+        };
+        let l = layers.clone();
+        let staged = blocking(move || l.stage()).await?;
+        let t0 = std::time::Instant::now();
+        if let Err(e) = rt.capture(sb.id, &staged, running).await {
+            layers.discard(&staged);
+            return Err(e);
+        }
+        let captured = t0.elapsed();
+        let l = layers.clone();
+        let st = staged.clone();
+        let top = match blocking(move || l.commit(&st)).await {
+            Ok(top) => top,
+            Err(e) => {
+                layers.discard(&staged);
+                return Err(e);
+            }
+        };
+        tracing::debug!(sandbox = %sb.id, ?captured, total = ?t0.elapsed(), bytes = top.bytes, "captured");
+        let mut stack = sb.config.layers.clone();
+        stack.push(top.path.clone());
+        if stack.len() > MAX_SNAPSHOT_LAYERS {
+            let l = layers.clone();
+            let flat = blocking(move || l.flatten(&stack)).await?;
+            stack = vec![flat.path];
+        }
+        Ok((stack, top))
+    }
+
+    /// Snapshots sandbox `id`'s filesystem: a consistent copy (a running
+    /// sandbox is frozen for the copy), kept after the sandbox is gone.
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: Uuid,
+        req: SnapshotRequest,
+    ) -> Result<Snapshot> {
+        if let Some(n) = &req.name {
+            crate::model::validate_snapshot_name(n)?;
+        }
+        check_labels(&req.labels)?;
+        let sb = self.get(p, id)?;
+        let rt = self.runtime_of(&sb)?.clone();
+        Self::can_capture(rt.as_ref(), req.memory)?;
+        if let Some(n) = &req.name {
+            if self.store.find_snapshot(&p.id, n)?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "a snapshot named {n:?} already exists"
+                )));
+            }
+        }
+        let _life = self.lifecycles.lock(id).await;
+        let sb = self.get(p, id)?;
+        sb.state.check(Action::Snapshot, id)?;
+        let _gc = self.layer_gc.read().await;
+        let (stack, top) = self.capture_layers(&rt, &sb).await?;
+        let mut config = sb.config.clone();
+        config.layers = stack;
+        let snap = Snapshot {
+            id: Uuid::new_v4(),
+            owner: p.id.clone(),
+            name: req.name,
+            sandbox_id: id,
+            labels: req.labels,
+            config,
+            digest: top.digest.clone(),
+            size_bytes: top.bytes,
+            created_at: Utc::now(),
+        };
+        self.store.tx_events(
+            |tx| {
+                Store::put_snapshot(tx, &snap)?;
+                let ev = Store::append_event(
+                    tx,
+                    id,
+                    &sb.owner,
+                    EventData::Snapshot(ev::Snapshotted {
+                        snapshot_id: snap.id,
+                        digest: top.digest.clone(),
+                        size_bytes: top.bytes,
+                        fork: false,
+                    }),
+                )?;
+                Ok(((), vec![ev]))
+            },
+            |evs| self.bus.publish_all(evs),
+        )?;
+        Ok(snap)
+    }
+
+    /// `p`'s snapshots, oldest first.
+    pub fn snapshots(&self, p: &Principal) -> Result<Vec<Snapshot>> {
+        self.store.list_snapshots(Some(&p.id))
+    }
+
+    /// One of `p`'s snapshots, by its id or name.
+    pub fn get_snapshot(&self, p: &Principal, id_or_name: &str) -> Result<Snapshot> {
+        self.store
+            .find_snapshot(&p.id, id_or_name)?
+            .ok_or_else(|| Error::not_found(format!("snapshot {id_or_name}")))
+    }
+
+    /// Deletes one of `p`'s snapshots; sandboxes started from it keep
+    /// their files (its layers go once nothing refers to them).
+    pub async fn delete_snapshot(self: &Arc<Self>, p: &Principal, id_or_name: &str) -> Result<()> {
+        let sn = self.get_snapshot(p, id_or_name)?;
+        if !self.store.delete_snapshot(&p.id, sn.id)? {
+            return Err(Error::not_found(format!("snapshot {id_or_name}")));
+        }
+        self.collect_layers_later();
+        Ok(())
+    }
+
+    /// Forks sandbox `id` into `count` new running sandboxes, each with its
+    /// filesystem at one instant and its configuration; all or none.
+    pub async fn fork(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: Uuid,
+        count: u32,
+        memory: bool,
+    ) -> Result<Vec<Sandbox>> {
+        if !(1..=MAX_FORK).contains(&count) {
+            return Err(Error::invalid(
+                "count",
+                format!("must be from 1 to {MAX_FORK}"),
+            ));
+        }
+        let sb = self.get(p, id)?;
+        let rt = self.runtime_of(&sb)?.clone();
+        Self::can_capture(rt.as_ref(), memory)?;
+        // Locks in the order every capture and collection takes them: the
+        // sandbox's lifecycle, then `layer_gc`.
+        let life = self.lifecycles.lock(id).await;
+        let sb = self.get(p, id)?;
+        sb.state.check(Action::Snapshot, id)?;
+        let gc = self.layer_gc.read().await;
+        let (stack, top) = self.capture_layers(&rt, &sb).await?;
+        drop(life);
+        self.store.tx_events(
+            |tx| {
+                let ev = Store::append_event(
+                    tx,
+                    id,
+                    &sb.owner,
+                    EventData::Snapshot(ev::Snapshotted {
+                        snapshot_id: Uuid::nil(),
+                        digest: top.digest.clone(),
+                        size_bytes: top.bytes,
+                        fork: true,
+                    }),
+                )?;
+                Ok(((), vec![ev]))
+            },
+            |evs| self.bus.publish_all(evs),
+        )?;
+        let mut config = sb.config.clone();
+        config.layers = stack;
+        let spec = SandboxSpec {
+            labels: sb.labels.clone(),
+            template: sb.template.clone(),
+            ..Default::default()
+        };
+        let runtime = self.runtime(config.isolation)?.clone();
+        let children = futures::future::join_all(
+            (0..count).map(|_| self.launch(p, &spec, config.clone(), runtime.clone(), Some(id))),
+        )
+        .await;
+        drop(gc);
+        let mut made = Vec::new();
+        let mut failed = None;
+        for c in children {
+            match c {
+                Ok((child, _)) => made.push(child),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        // A child that failed to boot is stored as `error`: it goes too.
+        let done = match failed {
+            None => self.finish_fork(&made),
+            Some(e) => Err(e),
+        };
+        match done {
+            Ok(children) => Ok(children),
+            Err(e) => {
+                self.undo_fork(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks a fork's children as its own (no longer `fork_of`), all in one
+    /// transaction.
+    fn finish_fork(&self, made: &[Sandbox]) -> Result<Vec<Sandbox>> {
+        self.store.tx(|tx| {
+            made.iter()
+                .map(|c| {
+                    let mut sb = Store::sandbox_in(tx, c.id)?;
+                    sb.fork_of = None;
+                    Store::put_sandbox(tx, &sb)?;
+                    Ok(sb)
+                })
+                .collect()
+        })
+    }
+
+    /// Destroys every child still marked as a fork of `parent` (`None`:
+    /// of any sandbox, after a restart).
+    pub(super) async fn undo_fork(self: &Arc<Self>, parent: Uuid) {
+        let Ok(all) = self.store.forks_pending() else {
+            return;
+        };
+        for sb in all
+            .into_iter()
+            .filter(|s| s.fork_of == Some(parent) || parent.is_nil())
+        {
+            if let Err(e) = self.destroy_inner(sb.clone(), "fork failed").await {
+                tracing::warn!(sandbox = %sb.id, "removing a failed fork's child: {e}");
+            }
+        }
+        self.collect_layers_later();
+    }
+
+    /// Every layer a snapshot or a sandbox that is not destroyed refers to.
+    fn layers_in_use(&self) -> Result<HashSet<String>> {
+        let mut keep: HashSet<String> = HashSet::new();
+        for sn in self.store.list_snapshots(None)? {
+            keep.extend(sn.config.layers);
+        }
+        keep.extend(self.store.sandbox_layers()?);
+        Ok(keep)
+    }
+
+    /// Removes the layers nothing refers to (and, at start, what captures
+    /// left half made); returns how many.
+    pub(super) async fn collect_layers(&self, at_start: bool) -> Result<usize> {
+        let Ok(layers) = self.layers() else {
+            return Ok(0);
+        };
+        let _alone = self.layer_gc.write().await;
+        let keep = self.layers_in_use()?;
+        blocking(move || layers.gc(&keep, at_start)).await
+    }
+
+    pub(super) fn collect_layers_later(self: &Arc<Self>) {
+        if self.layers.get().is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.collect_layers(false).await {
+                tracing::warn!("collecting snapshot layers: {e}");
+            }
+        });
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("layer store: {e}")))?
+}
+
+fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 128 || v.len() > 1024 || k.contains('\0') || v.contains('\0') {
+            return Err(Error::invalid(
+                "labels",
+                "keys must be 1-128 bytes and values at most 1024 bytes",
+            ));
+        }
+    }
+    Ok(())
+}
