@@ -114,6 +114,13 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/events", get(sandbox_events))
         .route("/sandboxes/{id}/snapshots", post(snapshot))
         .route("/sandboxes/{id}/fork", post(fork))
+        .route("/sandboxes/{id}/volumes", post(attach_volume))
+        .route(
+            "/sandboxes/{id}/volumes/{name}",
+            axum::routing::delete(detach_volume),
+        )
+        .route("/volumes", get(list_volumes).post(create_volume))
+        .route("/volumes/{id}", get(inspect_volume).delete(delete_volume))
         .route("/snapshots", get(list_snapshots))
         .route(
             "/snapshots/{id}",
@@ -364,6 +371,112 @@ async fn delete_snapshot(
 ) -> ApiResult<StatusCode> {
     st.engine.delete_snapshot(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- volumes -----------------------------------------------------------------
+
+fn volume_wire(st: paddock_core::model::VolumeStatus) -> w::Volume {
+    let v = st.volume;
+    w::Volume {
+        id: v.id,
+        owner: v.owner,
+        name: v.name,
+        size_mb: v.size_mb,
+        labels: v.labels,
+        created_at: v.created_at,
+        attached: st.holders.wire(),
+        used_bytes: st.usage.map(|u| u.0),
+        total_bytes: st.usage.map(|u| u.1),
+    }
+}
+
+/// Makes a named, sized volume (an ext4 filesystem of its own) that
+/// outlives sandboxes.
+#[utoipa::path(post, path = "/v1/volumes", request_body = w::VolumeCreate,
+    responses((status = 201, body = w::Volume), (status = 400, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn create_volume(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(req): Json<w::VolumeCreate>,
+) -> ApiResult<Response> {
+    let v = st
+        .engine
+        .create_volume(&p, &req.name, req.size_mb, req.labels)
+        .await?;
+    let st = paddock_core::model::VolumeStatus {
+        volume: v,
+        holders: Vec::new(),
+        usage: None,
+    };
+    Ok((StatusCode::CREATED, axum::Json(volume_wire(st))).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/volumes", responses((status = 200, body = w::VolumeList)))]
+async fn list_volumes(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::VolumeList>> {
+    let mut out = Vec::new();
+    for v in st.engine.volumes(&p)? {
+        out.push(volume_wire(st.engine.get_volume(&p, &v.id.to_string())?));
+    }
+    Ok(axum::Json(w::VolumeList { volumes: out }))
+}
+
+/// A volume by its id or name, with who mounts it and its use.
+#[utoipa::path(get, path = "/v1/volumes/{id}", responses((status = 200, body = w::Volume), (status = 404, body = w::Problem)))]
+async fn inspect_volume(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<w::Volume>> {
+    Ok(axum::Json(volume_wire(st.engine.get_volume(&p, &id)?)))
+}
+
+/// Deletes a volume and its data; 409 while a sandbox mounts it.
+#[utoipa::path(delete, path = "/v1/volumes/{id}", responses((status = 204), (status = 404, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn delete_volume(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.engine.delete_volume(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mounts a volume in a sandbox (running: at once; stopped: at its next
+/// start). Read-write by one sandbox at a time: 409 names the holder.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/volumes", request_body = w::VolumeRequest,
+    responses((status = 200, body = w::Sandbox), (status = 400, body = w::Problem),
+              (status = 404, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn attach_volume(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+    Json(req): Json<w::VolumeRequest>,
+) -> ApiResult<axum::Json<w::Sandbox>> {
+    Ok(axum::Json(
+        st.engine
+            .attach_volume(&p, parse_id(&id)?, req.engine())
+            .await?
+            .wire(),
+    ))
+}
+
+/// Unmounts a volume (by name or id) from a sandbox.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/volumes/{name}",
+    responses((status = 200, body = w::Sandbox), (status = 404, body = w::Problem)))]
+async fn detach_volume(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<axum::Json<w::Sandbox>> {
+    Ok(axum::Json(
+        st.engine
+            .detach_volume(&p, parse_id(&id)?, &name)
+            .await?
+            .wire(),
+    ))
 }
 
 // ---- exec ------------------------------------------------------------------
@@ -1094,6 +1207,12 @@ async fn version() -> axum::Json<w::Version> {
         list_snapshots,
         inspect_snapshot,
         delete_snapshot,
+        create_volume,
+        list_volumes,
+        inspect_volume,
+        delete_volume,
+        attach_volume,
+        detach_volume,
         proxy::proxy,
         list_images,
         pull_image,
@@ -1146,6 +1265,12 @@ async fn version() -> axum::Json<w::Version> {
         w::SnapshotRequest,
         w::ForkRequest,
         w::ForkResult,
+        w::Volume,
+        w::VolumeList,
+        w::VolumeCreate,
+        w::VolumeRequest,
+        w::VolumeMount,
+        w::VolumeHolder,
         w::Version
     )),
     modifiers(&ErrorResponses)

@@ -136,8 +136,11 @@ same_struct!(
         usage_events_secs,
         from_snapshot
     ],
-    [isolation, mounts, egress, snapshot]
+    [isolation, mounts, egress, snapshot, volumes]
 );
+same_struct!(VolumeRequest, [name, path, read_only], []);
+answer!(core::VolumeMount => VolumeMount, [volume, name, path, read_only], []);
+answer!(core::VolumeHolder => VolumeHolder, [sandbox_id, path, read_only], []);
 same_struct!(SnapshotRequest, [name, labels, memory], []);
 same_struct!(
     ExecRequest,
@@ -150,7 +153,7 @@ answer!(core::ResolvedImage => ResolvedImage,
 answer!(core::SandboxConfig => SandboxConfig,
     [image, cpu, memory_mb, disk_mb, pids, env, entrypoint, command, cwd, ttl_secs,
      idle_timeout_secs, ports, user, extra_hosts, tty, usage_events_secs, from_snapshot, layers],
-    [isolation, resolved_image, mounts, egress, snapshot]);
+    [isolation, resolved_image, mounts, egress, snapshot, volumes]);
 answer!(core::Snapshot => Snapshot,
     [id, owner, name, sandbox_id, labels, digest, size_bytes, created_at], [config]);
 answer!(core::Sandbox => Sandbox,
@@ -267,7 +270,11 @@ mod tests {
         o.insert("labels".into(), json!({"a": "b"}));
         o.insert("template".into(), json!("t"));
         let mut api = as_api(spec.clone());
-        let from = api.as_object_mut().unwrap().remove("from_snapshot").unwrap();
+        let from = api
+            .as_object_mut()
+            .unwrap()
+            .remove("from_snapshot")
+            .unwrap();
         api["snapshot"] = from;
         let wire_spec: wire::SandboxSpec = serde_json::from_value(api.clone()).unwrap();
         assert_eq!(serde_json::to_value(&wire_spec).unwrap(), api);

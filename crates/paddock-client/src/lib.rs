@@ -323,6 +323,43 @@ impl Client {
             .await
     }
 
+    // ---- volumes ---------------------------------------------------------------
+
+    pub async fn create_volume(&self, req: &w::VolumeCreate) -> Result<w::Volume> {
+        self.json(self.request(Method::POST, "/volumes").json(req))
+            .await
+    }
+
+    pub async fn volumes(&self) -> Result<w::VolumeList> {
+        self.json(self.request(Method::GET, "/volumes")).await
+    }
+
+    /// A volume by its id or name.
+    pub async fn volume(&self, id: &str) -> Result<w::Volume> {
+        self.json(self.request(Method::GET, &format!("/volumes/{id}")))
+            .await
+    }
+
+    pub async fn delete_volume(&self, id: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/volumes/{id}")))
+            .await
+    }
+
+    /// Mounts a volume in a sandbox.
+    pub async fn attach_volume(&self, id: &str, req: &w::VolumeRequest) -> Result<w::Sandbox> {
+        self.json(
+            self.request(Method::POST, &format!("/sandboxes/{id}/volumes"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// Unmounts a volume (by name or id) from a sandbox.
+    pub async fn detach_volume(&self, id: &str, volume: &str) -> Result<w::Sandbox> {
+        self.json(self.request(Method::DELETE, &format!("/sandboxes/{id}/volumes/{volume}")))
+            .await
+    }
+
     // ---- commands ------------------------------------------------------------
 
     /// Runs a command to its end; its output, buffered.

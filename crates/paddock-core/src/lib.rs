@@ -22,6 +22,7 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod text;
+pub mod volumes;
 
 pub use agent::{Agent, AgentConnector, Opened};
 pub use engine::{Engine, EngineConfig};
@@ -30,3 +31,4 @@ pub use layers::{Layers, StoredLayer};
 pub use runtime::{
     AgentEndpoint, AgentIdentity, BackendInfo, Capabilities, Instance, Liveness, Runtime,
 };
+pub use volumes::VolumeStore;

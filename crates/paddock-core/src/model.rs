@@ -262,6 +262,76 @@ pub struct SandboxSpec {
     /// configuration for whatever this spec leaves out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// Volumes (the caller's, by name) to mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeRequest>,
+}
+
+/// A volume a sandbox asks to mount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRequest {
+    /// The volume's name (or id).
+    pub name: String,
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A volume mounted in a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub volume: Uuid,
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Its directory on the host, as the volume store mounted it.
+    pub source: String,
+}
+
+/// A named, sized filesystem that outlives sandboxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: Uuid,
+    pub owner: String,
+    /// Unique per owner.
+    pub name: String,
+    pub size_mb: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A volume with who mounts it and its use (its filesystem's figures).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeStatus {
+    pub volume: Volume,
+    pub holders: Vec<VolumeHolder>,
+    /// Bytes in use and bytes it holds, if it is mounted on the host.
+    pub usage: Option<(u64, u64)>,
+}
+
+/// Who has a volume mounted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeHolder {
+    pub sandbox_id: Uuid,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// The smallest and largest volume (MiB).
+pub const MIN_VOLUME_MB: u64 = 16;
+pub const MAX_VOLUME_MB: u64 = 1 << 20;
+
+/// Volume names: like template names, `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub fn validate_volume_name(name: &str) -> Result<()> {
+    validate_template_name(name).map_err(|_| {
+        Error::invalid(
+            "name",
+            "a volume name is 1-64 of [A-Za-z0-9_.-], starting with a letter or digit",
+        )
+    })
 }
 
 /// A directory of the sandbox the file API may reach.
@@ -469,6 +539,9 @@ pub struct SandboxConfig {
     /// layer directories, as the backend stacks them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
+    /// Volumes mounted in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// Checks mounts: absolute, without `..`, unique and not nested; ACL
@@ -779,6 +852,7 @@ impl SandboxSpec {
             usage_events_secs: self.usage_events_secs,
             from_snapshot: None,
             layers: Vec::new(),
+            volumes: Vec::new(),
         })
     }
 }
@@ -815,6 +889,7 @@ impl SandboxSpec {
             tty: self.tty || t.tty,
             usage_events_secs: self.usage_events_secs.or(t.usage_events_secs),
             from_snapshot: self.from_snapshot.or_else(|| t.from_snapshot.clone()),
+            volumes: or_template(self.volumes, &t.volumes),
         }
     }
 }
@@ -904,6 +979,8 @@ impl SandboxConfig {
             tty: self.tty,
             usage_events_secs: self.usage_events_secs,
             from_snapshot: None,
+            // A volume is one sandbox's at a time: never taken over.
+            volumes: Vec::new(),
         }
     }
 }

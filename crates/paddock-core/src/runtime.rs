@@ -123,6 +123,8 @@ pub struct Capabilities {
     /// It can guard a mount ([`Runtime::guard`]): judge every access by
     /// the sandbox's processes against the mount's ACL.
     pub guarded_mounts: bool,
+    /// It mounts volumes, at create and into running sandboxes.
+    pub volumes: bool,
 }
 
 /// A backend as the native API lists it.
@@ -206,6 +208,18 @@ pub trait Runtime: Send + Sync {
     /// file data copied. For backends with [`Capabilities::fs_snapshot`].
     async fn capture(&self, _id: Uuid, _into: &std::path::Path, _running: bool) -> Result<u64> {
         Err(self.unsupported("filesystem snapshots"))
+    }
+
+    /// Mounts volume `m` (its `source` on the host) at its path in running
+    /// sandbox `id`. For backends with [`Capabilities::volumes`]; at
+    /// create and start, a sandbox's `volumes` are mounted with the rest.
+    async fn attach_volume(&self, _id: Uuid, _m: &crate::model::VolumeMount) -> Result<()> {
+        Err(self.unsupported("attaching volumes"))
+    }
+
+    /// Unmounts volume `m` from running sandbox `id`.
+    async fn detach_volume(&self, _id: Uuid, _m: &crate::model::VolumeMount) -> Result<()> {
+        Err(self.unsupported("detaching volumes"))
     }
 
     /// What is really there now, and how to reach it (after a restart).

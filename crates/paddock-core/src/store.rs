@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::EventData;
-use crate::model::{Event, ListQuery, Sandbox, Snapshot, Template};
+use crate::model::{Event, ListQuery, Sandbox, Snapshot, Template, Volume, VolumeHolder};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -79,6 +79,15 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE UNIQUE INDEX snapshots_owner_name ON snapshots(owner, name) WHERE name IS NOT NULL;
      CREATE INDEX snapshots_owner ON snapshots(owner, created_at);",
+    // 7: volumes (who holds one is read from the sandboxes' configs).
+    "CREATE TABLE volumes (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX volumes_owner_name ON volumes(owner, name);",
 ];
 
 /// The version of the snapshot document this daemon writes (1: the first).
@@ -747,6 +756,122 @@ impl Store {
             "DELETE FROM snapshots WHERE owner = ?1 AND id = ?2",
             params![owner, id.to_string()],
         )? > 0)
+    }
+
+    /// Records a volume (409 when its owner has one of that name).
+    pub fn insert_volume(&self, v: &Volume) -> Result<()> {
+        let r = self.lock().execute(
+            "INSERT INTO volumes (id, owner, name, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                v.id.to_string(),
+                v.owner,
+                v.name,
+                ms(v.created_at),
+                serde_json::to_string(v)?
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Conflict(format!(
+                    "a volume named {:?} already exists",
+                    v.name
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One of `owner`'s volumes, by id or name.
+    pub fn find_volume(&self, owner: &str, id_or_name: &str) -> Result<Option<Volume>> {
+        let doc: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT doc FROM volumes WHERE owner = ?1 AND (id = ?2 OR name = ?2)
+                 ORDER BY id = ?2 DESC LIMIT 1",
+                params![owner, id_or_name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// `owner`'s volumes (every one with `None`), by name.
+    pub fn list_volumes(&self, owner: Option<&str>) -> Result<Vec<Volume>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT doc FROM volumes WHERE ?1 IS NULL OR owner = ?1 ORDER BY owner, name",
+        )?;
+        let docs = st
+            .query_map(params![owner], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// Deletes a volume's record if no sandbox holds it (in one
+    /// transaction with that check); the holders otherwise.
+    pub fn delete_volume(&self, v: &Volume) -> Result<Vec<VolumeHolder>> {
+        self.tx(|tx| {
+            let holders = Self::volume_holders(tx, v.id)?;
+            if holders.is_empty() {
+                tx.execute(
+                    "DELETE FROM volumes WHERE id = ?1",
+                    params![v.id.to_string()],
+                )?;
+            }
+            Ok(holders)
+        })
+    }
+
+    /// The sandboxes (not destroyed, not failed) that mount volume `id`.
+    pub fn volume_holders(tx: &rusqlite::Connection, id: Uuid) -> Result<Vec<VolumeHolder>> {
+        let mut st = tx.prepare_cached(
+            "SELECT s.id, json_extract(v.value, '$.path'), json_extract(v.value, '$.read_only')
+             FROM sandboxes s, json_each(json_extract(s.doc, '$.config.volumes')) AS v
+             WHERE s.state NOT IN ('destroyed', 'error') AND json_extract(v.value, '$.volume') = ?1",
+        )?;
+        let rows = st
+            .query_map(params![id.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<bool>>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, path, ro)| {
+                Some(VolumeHolder {
+                    sandbox_id: Uuid::parse_str(&s).ok()?,
+                    path,
+                    read_only: ro.unwrap_or(false),
+                })
+            })
+            .collect())
+    }
+
+    /// Refuses (409, naming the holder) a read-write mount of a volume
+    /// another sandbox than `me` mounts read-write.
+    pub fn check_volumes(
+        tx: &rusqlite::Connection,
+        me: Uuid,
+        mounts: &[crate::model::VolumeMount],
+    ) -> Result<()> {
+        for m in mounts.iter().filter(|m| !m.read_only) {
+            if let Some(h) = Self::volume_holders(tx, m.volume)?
+                .into_iter()
+                .find(|h| !h.read_only && h.sandbox_id != me)
+            {
+                return Err(Error::Conflict(format!(
+                    "volume {} is mounted read-write by sandbox {}",
+                    m.name, h.sandbox_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Sandboxes still marked as a fork's children (the fork is not done).

@@ -18,6 +18,8 @@
 //! - [`layer`]: filesystem layers as overlayfs keeps them: a sandbox's
 //!   writable layer copied out with its owners shifted back, stacks
 //!   flattened, each named by its content.
+//! - [`volume`]: volumes as loop-mounted ext4 images, mounted into and
+//!   out of running sandboxes.
 //! - [`userns`]: each sandbox's range of host ids, claimed host-wide; its
 //!   user namespace (owned by that range's root) with its network
 //!   namespace inside; idmapped mounts.
@@ -31,3 +33,4 @@ pub mod netlink;
 pub mod sealed;
 pub mod seccomp;
 pub mod userns;
+pub mod volume;

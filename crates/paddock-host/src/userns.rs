@@ -343,7 +343,7 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: &OwnedFd, ro: bool) -> R
             OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
         )
     };
-    attach(idmap_tree(fd, src, userns, ro)?, target)
+    attach(idmap_tree(fd, src, Some(userns), ro)?, target)
 }
 
 /// Attaches the detached tree at `target`.
@@ -394,11 +394,40 @@ pub fn idmapped_clone(
                 | libc::AT_EMPTY_PATH as libc::c_uint,
         )
     };
-    idmap_tree(fd, what, userns, ro)
+    idmap_tree(fd, what, Some(userns), ro)
+}
+
+/// A detached copy of the tree open at `src`, nosuid and nodev (and
+/// read-only when `ro`), idmapped by `userns` when given.
+pub fn clone_tree(
+    src: std::os::fd::BorrowedFd<'_>,
+    what: &Path,
+    userns: Option<&OwnedFd>,
+    ro: bool,
+) -> Result<OwnedFd> {
+    match userns {
+        Some(ns) => idmapped_clone(src, what, ns, ro),
+        None => {
+            let empty = std::ffi::CString::default();
+            // SAFETY: as in `idmapped_clone`.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    src.as_raw_fd(),
+                    empty.as_ptr(),
+                    OPEN_TREE_CLONE
+                        | libc::O_CLOEXEC as libc::c_uint
+                        | AT_RECURSIVE
+                        | libc::AT_EMPTY_PATH as libc::c_uint,
+                )
+            };
+            idmap_tree(fd, what, None, ro)
+        }
+    }
 }
 
 /// Idmaps the detached tree `fd` (from open_tree, or -1 for its error).
-fn idmap_tree(fd: i64, src: &Path, userns: &OwnedFd, ro: bool) -> Result<OwnedFd> {
+fn idmap_tree(fd: i64, src: &Path, userns: Option<&OwnedFd>, ro: bool) -> Result<OwnedFd> {
     let empty = std::ffi::CString::default();
     if fd < 0 {
         return Err(err("open_tree")(format!(
@@ -410,7 +439,10 @@ fn idmap_tree(fd: i64, src: &Path, userns: &OwnedFd, ro: bool) -> Result<OwnedFd
     // SAFETY: fd was just returned by open_tree and is owned by nothing
     // else.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    let mut set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if userns.is_some() {
+        set |= MOUNT_ATTR_IDMAP;
+    }
     if ro {
         set |= MOUNT_ATTR_RDONLY;
     }
@@ -418,7 +450,7 @@ fn idmap_tree(fd: i64, src: &Path, userns: &OwnedFd, ro: bool) -> Result<OwnedFd
         attr_set: set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |ns| ns.as_raw_fd() as u64),
     };
     // SAFETY: mount_setattr reads `attr` (size given) and the empty path;
     // both outlive the call.

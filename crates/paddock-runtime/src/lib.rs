@@ -337,6 +337,7 @@ impl ContainerRuntime {
             etc_dir: &etc,
             agent: &self.agent,
             host_binds: &self.host_binds,
+            volumes: &[],
             netns: None,
             userns,
             cgroup: &format!("/paddock/{id}"),
@@ -706,6 +707,36 @@ impl ContainerRuntime {
             }
             None => (host_binds, dir.join("etc"), Staged(Vec::new())),
         };
+        // Volumes: their directories on the host, idmapped in a user
+        // namespace like the rest.
+        let mut volumes = Vec::new();
+        let mut staged_volumes = Staged(Vec::new());
+        for (i, v) in config.volumes.iter().enumerate() {
+            let src = match &userns_fd {
+                Some(ns) => {
+                    let at = dir.join("h").join(format!("v{i}"));
+                    std::fs::create_dir_all(&at).map_err(io("volume mount point"))?;
+                    paddock_host::userns::idmapped_bind(
+                        Path::new(&v.source),
+                        &at,
+                        ns,
+                        v.read_only,
+                    )?;
+                    staged_volumes.0.push(at.clone());
+                    at.to_string_lossy().into_owned()
+                }
+                None => v.source.clone(),
+            };
+            inroot::mkdir_all(&dir.join("rootfs"), &v.path, slot.ids.map(|r| r.base)).map_err(
+                |e| {
+                    Error::invalid(
+                        format!("volumes[{i}].path"),
+                        format!("{} cannot be made in the image: {e}", v.path),
+                    )
+                },
+            )?;
+            volumes.push((src, v.path.clone(), v.read_only));
+        }
         let userns = slot
             .ids
             .map(|r| (paddock_host::userns::path(&slot.netns), r));
@@ -716,6 +747,7 @@ impl ContainerRuntime {
             etc_dir: &etc_dir,
             agent: &self.agent,
             host_binds: &host_binds,
+            volumes: &volumes,
             netns: Some(&netns),
             userns: userns.as_ref().map(|(p, r)| (p.as_path(), *r)),
             cgroup: &cgroup::rel_path(&id),
@@ -863,6 +895,7 @@ impl Runtime for ContainerRuntime {
             pause: true,
             fs_snapshot: true,
             fork: true,
+            volumes: true,
             shares_host_kernel: true,
             fd_handover: true,
             guarded_mounts: true,
@@ -960,6 +993,41 @@ impl Runtime for ContainerRuntime {
 
     async fn pause(&self, id: Uuid) -> Result<()> {
         self.oci(&["pause", &id.to_string()]).await.map(|_| ())
+    }
+
+    async fn attach_volume(&self, id: Uuid, m: &paddock_core::model::VolumeMount) -> Result<()> {
+        let pid = self
+            .init_pid(id)
+            .ok_or_else(|| Error::Conflict(format!("sandbox {id} is not running")))?;
+        let slot = self.slot(id);
+        let owner = slot.as_ref().and_then(|s| s.ids).map(|r| r.base);
+        let userns = match slot.as_ref().filter(|s| s.ids.is_some()) {
+            Some(s) => Some(paddock_host::userns::open(&s.netns)?),
+            None => None,
+        };
+        let rootfs = self.dir(id).join("rootfs");
+        inroot::mkdir_all(&rootfs, &m.path, owner).map_err(|e| {
+            Error::invalid(
+                "path",
+                format!("{} cannot be made in the sandbox: {e}", m.path),
+            )
+        })?;
+        let (source, path, ro) = (PathBuf::from(&m.source), m.path.clone(), m.read_only);
+        tokio::task::spawn_blocking(move || {
+            paddock_host::volume::attach_in(pid, &rootfs, &source, &path, userns.as_ref(), ro)
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    async fn detach_volume(&self, id: Uuid, m: &paddock_core::model::VolumeMount) -> Result<()> {
+        let Some(pid) = self.init_pid(id) else {
+            return Ok(());
+        };
+        let path = m.path.clone();
+        tokio::task::spawn_blocking(move || paddock_host::volume::detach_in(pid, &path))
+            .await
+            .map_err(Error::internal)?
     }
 
     /// Copies the overlay's upper directory (a tmpfs: nothing to flush),

@@ -70,6 +70,8 @@ pub struct SpecInput<'a> {
     pub agent: &'a Path,
     /// Host directories bound read-only (host path, sandbox path).
     pub host_binds: &'a [(String, String)],
+    /// Volumes (host path, sandbox path, read-only).
+    pub volumes: &'a [(String, String, bool)],
     pub netns: Option<&'a Path>,
     /// The sandbox's user namespace (kept by the daemon, owner of `netns`)
     /// and its range of host ids; none: the host's.
@@ -154,6 +156,9 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
     mounts.push(bind(&etc("hosts"), "/etc/hosts", true));
     mounts.push(bind(&etc("hostname"), "/etc/hostname", true));
     mounts.push(bind(&etc("resolv.conf"), "/etc/resolv.conf", true));
+    for (src, dst, ro) in i.volumes {
+        mounts.push(bind(src, dst, *ro));
+    }
     // Host directories the caller asked for are not bound: each is served
     // by its guard (`Runtime::guard`), after the OCI runtime is done.
     mounts.push(bind(
@@ -255,6 +260,7 @@ mod tests {
             etc_dir: Path::new("/tmp/etc"),
             agent: Path::new("/usr/local/bin/paddock-agent"),
             host_binds: &[("/usr".into(), "/usr".into())],
+            volumes: &[],
             netns: Some(Path::new("/var/run/netns/x")),
             userns: None,
             cgroup: "/paddock/x",

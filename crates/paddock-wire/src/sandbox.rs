@@ -121,6 +121,79 @@ pub struct SandboxSpec {
     /// configuration for whatever this spec leaves out.
     #[serde(default, rename = "snapshot", skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// Volumes (yours, by name) to mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeRequest>,
+}
+
+/// A volume to mount in a sandbox (at create, or `POST
+/// /v1/sandboxes/{id}/volumes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRequest {
+    /// The volume's name (or id).
+    pub name: String,
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    /// Read-only (any number of sandboxes); read-write: one at a time.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A volume mounted in a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeMount {
+    pub volume: Uuid,
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `POST /v1/volumes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreate {
+    /// Unique among yours: 1-64 of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// Its size (MiB, 16 to 1048576): a full volume is `ENOSPC` inside.
+    pub size_mb: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Who has a volume mounted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeHolder {
+    pub sandbox_id: Uuid,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// A named, sized filesystem that outlives sandboxes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Volume {
+    pub id: Uuid,
+    pub owner: String,
+    pub name: String,
+    pub size_mb: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    /// The sandboxes that mount it.
+    #[serde(default)]
+    pub attached: Vec<VolumeHolder>,
+    /// Bytes in use, and bytes it holds (its filesystem's own figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+}
+
+/// `GET /v1/volumes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeList {
+    pub volumes: Vec<Volume>,
 }
 
 /// A directory of the sandbox the file API may reach.
@@ -265,6 +338,9 @@ pub struct SandboxConfig {
     /// deeper than 8 is flattened into one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
+    /// Volumes mounted in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

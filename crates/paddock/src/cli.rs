@@ -134,6 +134,9 @@ pub enum ClientCmd {
     /// Snapshots: list, inspect, remove.
     #[command(subcommand)]
     Snapshots(SnapshotsCmd),
+    /// Volumes: named, sized filesystems that outlive sandboxes.
+    #[command(subcommand)]
+    Volumes(VolumesCmd),
     /// Copy a running sandbox into new ones (and print their ids).
     Fork {
         id: String,
@@ -143,6 +146,43 @@ pub enum ClientCmd {
         /// Keep the processes' memory too (backends that can).
         #[arg(long)]
         memory: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumesCmd {
+    /// Make a volume (and print its id).
+    Create {
+        name: String,
+        /// MiB (16 to 1048576).
+        #[arg(long)]
+        size: u64,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    Ls,
+    /// By id or name.
+    Inspect {
+        id: String,
+    },
+    /// Delete volumes and their data (refused while mounted).
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Mount a volume in a sandbox: `paddock volumes attach VOLUME ID --path /mnt/data`.
+    Attach {
+        volume: String,
+        sandbox: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Unmount a volume from a sandbox.
+    Detach {
+        volume: String,
+        sandbox: String,
     },
 }
 
@@ -193,6 +233,25 @@ pub struct SpecArgs {
     /// settings for what the flags leave out.
     #[arg(long)]
     snapshot: Option<String>,
+    /// Mount a volume: `NAME:/path[:ro]` (repeatable).
+    #[arg(long = "volume", short = 'v', value_name = "NAME:PATH[:ro]")]
+    volumes: Vec<String>,
+}
+
+/// `NAME:/path[:ro]`.
+fn volume_arg(v: &str) -> Result<w::VolumeRequest> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (name, path, read_only) = match parts.as_slice() {
+        [n, p] => (n, p, false),
+        [n, p, "ro"] => (n, p, true),
+        [n, p, "rw"] => (n, p, false),
+        _ => bail!("--volume {v:?}: NAME:/path or NAME:/path:ro"),
+    };
+    Ok(w::VolumeRequest {
+        name: name.to_string(),
+        path: path.to_string(),
+        read_only,
+    })
 }
 
 impl SpecArgs {
@@ -219,6 +278,11 @@ impl SpecArgs {
             ports: self.ports.clone(),
             command: (!command.is_empty()).then(|| command.to_vec()),
             from_snapshot: self.snapshot.clone(),
+            volumes: self
+                .volumes
+                .iter()
+                .map(|v| volume_arg(v))
+                .collect::<Result<_>>()?,
             ..Default::default()
         })
     }
@@ -697,6 +761,92 @@ impl Client {
                 }
                 if failed > 0 {
                     return Ok(1);
+                }
+            }
+            ClientCmd::Volumes(VolumesCmd::Create { name, size, labels }) => {
+                let v = self
+                    .api
+                    .create_volume(&w::VolumeCreate {
+                        name,
+                        size_mb: size,
+                        labels: kv(&labels, "label")?,
+                    })
+                    .await?;
+                if self.json {
+                    pretty(&v)?;
+                } else {
+                    println!("{}", v.id);
+                }
+            }
+            ClientCmd::Volumes(VolumesCmd::Ls) => {
+                let v = self.api.volumes().await?;
+                if self.json {
+                    pretty(&v.volumes)?;
+                } else {
+                    let mut t = table(&["ID", "NAME", "SIZE", "USED", "ATTACHED", "CREATED"]);
+                    for vol in v.volumes {
+                        let attached: Vec<String> = vol
+                            .attached
+                            .iter()
+                            .map(|h| {
+                                let mode = if h.read_only { "ro" } else { "rw" };
+                                format!("{}:{}:{mode}", h.sandbox_id, h.path)
+                            })
+                            .collect();
+                        t.add_row(vec![
+                            vol.id.to_string(),
+                            vol.name.clone(),
+                            format!("{} MiB", vol.size_mb),
+                            vol.used_bytes.map(human_bytes).unwrap_or_default(),
+                            attached.join(", "),
+                            vol.created_at.to_rfc3339(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Volumes(VolumesCmd::Inspect { id }) => pretty(&self.api.volume(&id).await?)?,
+            ClientCmd::Volumes(VolumesCmd::Rm { ids }) => {
+                let mut failed = 0;
+                for id in ids {
+                    match self.api.delete_volume(&id).await {
+                        Ok(()) if !self.json => println!("{id}"),
+                        Ok(()) => {}
+                        Err(e) => {
+                            eprintln!("{id}: {e}");
+                            failed += 1;
+                        }
+                    }
+                }
+                if failed > 0 {
+                    return Ok(1);
+                }
+            }
+            ClientCmd::Volumes(VolumesCmd::Attach {
+                volume,
+                sandbox,
+                path,
+                read_only,
+            }) => {
+                let sb = self
+                    .api
+                    .attach_volume(
+                        &sandbox,
+                        &w::VolumeRequest {
+                            name: volume,
+                            path,
+                            read_only,
+                        },
+                    )
+                    .await?;
+                if self.json {
+                    pretty(&sb)?;
+                }
+            }
+            ClientCmd::Volumes(VolumesCmd::Detach { volume, sandbox }) => {
+                let sb = self.api.detach_volume(&sandbox, &volume).await?;
+                if self.json {
+                    pretty(&sb)?;
                 }
             }
             ClientCmd::Fork { id, count, memory } => {

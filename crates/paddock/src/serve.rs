@@ -622,8 +622,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     engine.set_layers(Arc::new(paddock_host::layer::LayerStore::new(
         &args.data_dir.join("images").join("snapshots"),
     )?));
+    let volumes = Arc::new(paddock_host::volume::LoopVolumes::new(
+        &args.data_dir.join("volumes"),
+    )?);
+    engine.set_volumes(volumes.clone());
     let Some(ls) = listeners else {
         let n = engine.destroy_all().await?;
+        // Volumes stay, unmounted from the host.
+        volumes.unmount_all();
         eprintln!("destroyed {n} sandboxes");
         return Ok(());
     };

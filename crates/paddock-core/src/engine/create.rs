@@ -123,6 +123,12 @@ impl Engine {
             config.layers = sn.config.layers;
             config.from_snapshot = Some(sn.id);
         }
+        if !spec.volumes.is_empty() {
+            if !runtime.capabilities().volumes {
+                return Err(runtime.unsupported("volumes"));
+            }
+            config.volumes = self.resolve_volumes(p, &spec.volumes, &config).await?;
+        }
         self.launch(p, &spec, config, runtime, None).await
     }
 
@@ -171,6 +177,7 @@ impl Engine {
             let life = self.lifecycles.lock(id).await;
             self.store.tx_events(
                 |tx| {
+                    Store::check_volumes(tx, id, &sb.config.volumes)?;
                     Store::put_sandbox(tx, &sb)?;
                     let ev = Store::append_event(
                         tx,

@@ -154,6 +154,15 @@ impl Engine {
         // one is not bound again (403 naming the mount).
         let mut config = sb.config.clone();
         self.check_origins(&mut config.mounts)?;
+        // Volumes mounted on the host again (after a reboot, say).
+        if let (false, Some(store)) = (config.volumes.is_empty(), self.volumes.get()) {
+            for v in &mut config.volumes {
+                let (store, id) = (store.clone(), v.volume);
+                v.source = tokio::task::spawn_blocking(move || store.source(id))
+                    .await
+                    .map_err(Error::internal)??;
+            }
+        }
         let ip = self.boot(&rt, id, &config, true).await?;
         self.transition(id, EventData::started(), |s| {
             s.state = State::Running;

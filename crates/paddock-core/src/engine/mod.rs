@@ -24,6 +24,7 @@
 //! | `recovery.rs` | coming back after a restart; shutdown |
 //! | `reaper.rs` | TTLs and idle timeouts |
 //! | `snapshots.rs` | snapshots, forks, and collecting the layers nothing refers to |
+//! | `volumes.rs` | volumes: create, mount at create or into a running sandbox, unmount, delete |
 //! | `monitor.rs` | deaths, main-process output, usage events |
 
 use std::collections::{HashMap, HashSet};
@@ -55,6 +56,7 @@ mod snapshots;
 mod templates;
 #[cfg(test)]
 mod tests;
+mod volumes;
 
 pub use config::{ConfigApplied, ConfigChanges, ConfigUpdate};
 use events::{flush, DEFER_FLUSH};
@@ -150,6 +152,8 @@ pub struct Engine {
     /// Held shared by captures until what they made is recorded, alone
     /// by the collection of layers nothing refers to.
     layer_gc: tokio::sync::RwLock<()>,
+    /// Where volumes live (`volumes.rs`).
+    volumes: std::sync::OnceLock<Arc<dyn crate::volumes::VolumeStore>>,
     cfg: EngineConfig,
 }
 
@@ -242,6 +246,7 @@ impl Engine {
             attached: tokio::sync::Notify::new(),
             layers: Default::default(),
             layer_gc: Default::default(),
+            volumes: Default::default(),
             cfg,
         }))
     }

@@ -78,6 +78,11 @@ impl Engine {
         // A fork the daemon died in never answered: its children go. Then
         // the layers nothing refers to, and what captures left half made.
         self.undo_fork(Uuid::nil()).await;
+        match self.collect_volumes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} volumes no record names"),
+            Err(e) => tracing::warn!("collecting volumes: {e}"),
+        }
         match self.collect_layers(true).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} snapshot layers nothing refers to"),

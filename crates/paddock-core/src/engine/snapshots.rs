@@ -117,6 +117,8 @@ impl Engine {
         let (stack, top) = self.capture_layers(&rt, &sb).await?;
         let mut config = sb.config.clone();
         config.layers = stack;
+        // A volume is not the sandbox's filesystem: not kept, not taken.
+        config.volumes.clear();
         let snap = Snapshot {
             id: Uuid::new_v4(),
             owner: p.id.clone(),
@@ -217,6 +219,7 @@ impl Engine {
         )?;
         let mut config = sb.config.clone();
         config.layers = stack;
+        config.volumes.clear();
         let spec = SandboxSpec {
             labels: sb.labels.clone(),
             template: sb.template.clone(),
