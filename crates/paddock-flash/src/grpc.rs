@@ -148,6 +148,8 @@ impl SandboxService for Flash {
                 memory_mb: r.memory_mb,
                 cpu_cores: r.cpu_cores,
                 firecracker_fields: Vec::new(),
+                snapshot_path: None,
+                mem_file_path: None,
             })
             .await
             .map_err(status_of)?;
@@ -204,7 +206,10 @@ impl SandboxService for Flash {
     }
 
     async fn snapshot_sandbox(&self, req: Request<SnapshotRequest>) -> GResult<SnapshotResponse> {
-        let s = self.snapshot(&req.into_inner().id).map_err(status_of)?;
+        let s = self
+            .snapshot(&req.into_inner().id)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(SnapshotResponse {
             snapshot_path: s.snapshot_path,
             mem_file_path: s.mem_file_path,

@@ -251,8 +251,6 @@ async fn start(State(f): State<Flash>, headers: HeaderMap, body: Bytes) -> FResu
     let firecracker_fields = [
         ("kernel_image", &b.kernel_image),
         ("initrd_path", &b.initrd_path),
-        ("snapshot_path", &b.snapshot_path),
-        ("mem_file_path", &b.mem_file_path),
     ]
     .into_iter()
     .filter(|(_, v)| v.is_some())
@@ -266,12 +264,17 @@ async fn start(State(f): State<Flash>, headers: HeaderMap, body: Bytes) -> FResu
             memory_mb: b.memory_mb.unwrap_or(0),
             cpu_cores: b.cpu_cores.unwrap_or(0.0),
             firecracker_fields,
+            snapshot_path: b.snapshot_path,
+            mem_file_path: b.mem_file_path,
         })
         .await
         .map_err(|e| match e {
             // Over HTTP a 404 means "no such sandbox" to the SDK.
             Error::NotFound { what } if what.starts_with("image") => {
                 Error::invalid("image", format!("{what} not found"))
+            }
+            Error::NotFound { what } if what.starts_with("snapshot") => {
+                Error::invalid("snapshot_path", format!("{what} not found"))
             }
             other => other,
         })?;
@@ -341,7 +344,7 @@ async fn metrics(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json
 }
 
 async fn snapshot(State(f): State<Flash>, Path(id): Path<String>) -> FResult<Json<Value>> {
-    let snap = f.snapshot(&id)?;
+    let snap = f.snapshot(&id).await?;
     Ok(Json(json!({
         "snapshot_path": snap.snapshot_path,
         "mem_file_path": snap.mem_file_path,

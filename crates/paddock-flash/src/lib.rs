@@ -37,6 +37,10 @@ pub struct Start {
     pub cpu_cores: f64,
     /// Firecracker-only fields of the HTTP transport, by name, when given.
     pub firecracker_fields: Vec<&'static str>,
+    /// A snapshot to start from (what `snapshot_sandbox` answered as its
+    /// `snapshot_path`), and its memory file (none on this host's backends).
+    pub snapshot_path: Option<String>,
+    pub mem_file_path: Option<String>,
 }
 
 /// Where a snapshot's files are.
@@ -172,13 +176,17 @@ impl Flash {
     /// Creates a sandbox and answers once it takes commands.
     pub async fn start(&self, s: Start) -> Result<Sandbox> {
         let isolation = isolation_of(&s.kind)?;
+        // A memory file: only a backend that keeps memory could restore
+        // it (an empty one, as `snapshot_sandbox` answers, is none).
+        if s.mem_file_path.as_deref().is_some_and(|m| !m.is_empty()) {
+            return Err(Error::Unsupported(
+                "mem_file_path: restoring a sandbox's memory (the container backend keeps \
+                 files only; the gVisor and microVM backends will keep memory)"
+                    .into(),
+            ));
+        }
+        let from = s.snapshot_path.filter(|p| !p.is_empty());
         for f in &s.firecracker_fields {
-            if matches!(*f, "snapshot_path" | "mem_file_path") {
-                return Err(Error::Unsupported(format!(
-                    "{f}: restoring a sandbox from a snapshot (Paddock cannot yet capture a \
-                     sandbox's memory and filesystem)"
-                )));
-            }
             if isolation != Isolation::Microvm {
                 return Err(Error::invalid(
                     *f,
@@ -188,8 +196,11 @@ impl Flash {
         }
         // proto3 cannot tell 0 from unset: 0 is the daemon's default. The
         // engine checks the rest (image, limits, NUL in argv).
+        // A snapshot brings its own image (its layers lie on it): the
+        // SDK's required `image` gives way.
         let spec = SandboxSpec {
-            image: Some(s.image),
+            image: if from.is_some() { None } else { Some(s.image) },
+            from_snapshot: from,
             isolation: Some(isolation),
             command: (!s.command.is_empty()).then_some(s.command),
             memory_mb: (s.memory_mb != 0).then_some(s.memory_mb),
@@ -308,21 +319,29 @@ impl Flash {
         .to_string())
     }
 
-    /// Snapshots capture a sandbox's filesystem and memory; Paddock has no
-    /// snapshot backend yet, so this says so.
-    pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
+    /// Snapshots a sandbox's filesystem (frozen only for the copy, so it
+    /// runs on): `snapshot_path` is the snapshot's id, which `start` takes
+    /// back; `mem_file_path` is empty (containers keep no memory).
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot> {
         let sb = self.sandbox(id)?;
-        Err(no_snapshots(&sb))
+        let snap = self
+            .engine
+            .snapshot(&principal(), sb.id, Default::default())
+            .await?;
+        Ok(Snapshot {
+            snapshot_path: snap.id.to_string(),
+            mem_file_path: String::new(),
+        })
     }
 
-    /// Resumes a paused sandbox (or starts a stopped one). A running one
-    /// has nothing to resume from until snapshots exist.
+    /// Resumes a paused sandbox (or starts a stopped one); a running one
+    /// (a snapshot left it so) is already resumed.
     pub async fn resume(&self, id: &str) -> Result<Sandbox> {
         let sb = self.sandbox(id)?;
         match sb.state {
             State::Paused => self.engine.resume(&principal(), sb.id).await,
             State::Stopped => self.engine.start(&principal(), sb.id).await,
-            State::Running => Err(no_snapshots(&sb)),
+            State::Running => Ok(sb),
             other => Err(Error::Conflict(format!(
                 "sandbox {} is {}: nothing to resume",
                 sb.id,
@@ -330,16 +349,6 @@ impl Flash {
             ))),
         }
     }
-}
-
-fn no_snapshots(sb: &Sandbox) -> Error {
-    Error::Unsupported(format!(
-        "snapshotting (sandbox {} is {}; Paddock cannot yet capture a sandbox's memory and \
-         filesystem, so there is nothing to snapshot or to resume from; pausing through the \
-         native API keeps a sandbox in memory instead)",
-        sb.id,
-        status_word(sb.state)
-    ))
 }
 
 /// The shell's exit code: 128 + the signal for a killed command.
