@@ -42,9 +42,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "crun,runc,podman")]
     pub peers: String,
     /// Only these groups of figures, comma-separated: create, warm, exec,
-    /// sse, ws (exec stdout through either), files, concurrent, image,
-    /// density, restart (default: all but restart).
-    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "concurrent", "image", "density", "restart"])]
+    /// sse, ws (exec stdout through either), files, acl, snapshot,
+    /// concurrent, image, density, restart (default: all but restart).
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "concurrent", "image", "density", "restart"])]
     pub only: Vec<String>,
 }
 
@@ -371,6 +371,139 @@ async fn guarded_read(api: &Api, mib: usize) -> Result<Vec<Value>> {
     .await;
     api.destroy(&id).await?;
     run
+}
+
+/// Snapshots and forks: a snapshot of a sandbox with 64 MiB written, a
+/// create from it against a plain cold create, and forks of a sandbox
+/// with 10 MiB written into 1 and into 10 children; ms.
+async fn snapshot_figures(api: &Api) -> Result<Vec<Value>> {
+    eprintln!(
+        "snapshots: 64 MiB written, 7 snapshots; creates from one; forks of 10 MiB into 1 and 10"
+    );
+    let id = api.create().await?;
+    let run = async {
+        api.exec(&id, w::ExecRequest::shell("head -c 64M /dev/urandom > /workspace/big"))
+            .await?;
+        let (mut snap, mut snaps) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            let t0 = Instant::now();
+            let s = api.c.snapshot(&id, &Default::default()).await?;
+            snap.push(t0.elapsed().as_secs_f64() * 1000.0);
+            snaps.push(s.id.to_string());
+        }
+        let (mut from, mut plain) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let spec = w::SandboxSpec {
+                from_snapshot: Some(snaps[0].clone()),
+                ..bench_spec()
+            };
+            let t0 = Instant::now();
+            let c = api.create_spec(&spec).await?;
+            from.push(t0.elapsed().as_secs_f64() * 1000.0);
+            api.destroy(&c).await?;
+            let t0 = Instant::now();
+            let c = api.create().await?;
+            plain.push(t0.elapsed().as_secs_f64() * 1000.0);
+            api.destroy(&c).await?;
+        }
+        for s in &snaps {
+            api.c.delete_snapshot(s).await?;
+        }
+        api.exec(&id, w::ExecRequest::shell("rm /workspace/big && head -c 10M /dev/urandom > /workspace/ten"))
+            .await?;
+        let mut forks = Vec::new();
+        for count in [1u32, 10] {
+            let mut t = Vec::new();
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let kids = api
+                    .c
+                    .fork(&id, &w::ForkRequest { count, memory: false })
+                    .await?;
+                t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                for k in kids.sandboxes {
+                    api.destroy(&k.id.to_string()).await?;
+                }
+            }
+            forks.push(summary(&format!("fork_{count}_of_10mib"), "ms", t));
+        }
+        let ratio = median(&from) / median(&plain).max(1e-9);
+        let mut out = vec![
+            summary("snapshot_64mib", "ms", snap),
+            summary("create_from_snapshot", "ms", from),
+            summary("create_plain_beside_it", "ms", plain),
+            json!({"figure": "create_from_snapshot_vs_plain", "unit": "x", "n": 10, "p50": ratio, "p99": ratio}),
+        ];
+        out.extend(forks);
+        Ok::<_, anyhow::Error>(out)
+    }
+    .await;
+    api.destroy(&id).await?;
+    run
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// What a user would do without Paddock: `cp -a` of a writable layer
+/// held in memory (a tmpfs, as a sandbox's is) to the disk, then a sync
+/// of that disk: 64 MiB as a snapshot, 10 MiB once and ten times as
+/// forks.
+fn copy_peer() -> Result<Vec<Value>> {
+    eprintln!("peer cp -a: a tmpfs layer copied to disk and synced");
+    let src =
+        std::path::Path::new("/dev/shm").join(format!("paddock-bench-{}", std::process::id()));
+    let dst =
+        std::path::Path::new("/var/tmp").join(format!("paddock-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst)?;
+    let sh = |script: &str| -> Result<()> {
+        let st = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .status()?;
+        if !st.success() {
+            bail!("{script}: {st}");
+        }
+        Ok(())
+    };
+    let (s, d) = (src.display(), dst.display());
+    let result = (|| {
+        sh(&format!("mkdir -p {s}/l64 {s}/l10 && head -c 64M /dev/urandom > {s}/l64/big && head -c 10M /dev/urandom > {s}/l10/ten"))?;
+        let time = |n: usize, layer: &str| -> Result<Vec<f64>> {
+            let mut t = Vec::new();
+            for i in 0..5 {
+                let t0 = Instant::now();
+                let mut script = String::new();
+                for j in 0..n {
+                    script.push_str(&format!("cp -a {s}/{layer} {d}/{i}-{j} && "));
+                }
+                script.push_str(&format!("sync -f {d}"));
+                sh(&script)?;
+                t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                sh(&format!("rm -rf {d}/*"))?;
+            }
+            Ok(t)
+        };
+        let mut out = Vec::new();
+        for (name, n, layer) in [
+            ("snapshot_64mib", 1, "l64"),
+            ("fork_1_of_10mib", 1, "l10"),
+            ("fork_10_of_10mib", 10, "l10"),
+        ] {
+            let mut f = summary(name, "ms", time(n, layer)?);
+            f["peer"] = "cp -a".into();
+            out.push(f);
+        }
+        Ok(out)
+    })();
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_dir_all(&dst);
+    result
 }
 
 /// The bench's calls, over the typed client.
@@ -900,6 +1033,18 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.extend(guarded_read(&api, a.file_mib).await?);
     }
 
+    let mut snapshot_peers = Vec::new();
+    if a.wants("snapshot") {
+        figures.extend(snapshot_figures(&api).await?);
+        match tokio::task::spawn_blocking(copy_peer).await? {
+            Ok(fs) => snapshot_peers = fs,
+            Err(e) => eprintln!("peer cp -a skipped: {e:#}"),
+        }
+        if crate::bench_peers::which("podman").is_none() {
+            eprintln!("peer podman (commit, then run) skipped: not installed");
+        }
+    }
+
     if a.concurrent > 0 && a.wants("concurrent") {
         say(&format!("{} creates at once", a.concurrent));
         let t0 = Instant::now();
@@ -1018,6 +1163,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         f["peer"] = "paddock".into();
     }
     figures.extend(host);
+    figures.extend(snapshot_peers);
     let work = std::env::temp_dir().join(format!("paddock-bench-{}", std::process::id()));
     // Peers have these figures only.
     let peer_figures = ["create", "exec", "sse", "ws", "files"];
