@@ -461,6 +461,37 @@ async def config_fields():
     await sb.aclose()
 
 
+async def snapshot_policy():
+    """A snapshot policy is acted on: at shutdown (and when an idle ttl
+    lapses) the files under `include` are kept under `write_key`, else
+    `restore_key`; a sandbox created with that `restore_key` starts with
+    them, and with nothing else of the old one."""
+    key = f"policy-{RUN}"
+    snap = Snapshot(restore_key=key, include=["/root/**"])
+    a = await hiver.get_or_create_sandbox(f"policy-a-{RUN}", hiver.SandboxConfig(snapshot=snap), gateway_url=URL)
+    r = await a.exec("test -e /root/notes; echo $?; echo kept > /root/notes; mkdir -p /root/deep/er; "
+                     "echo deep > /root/deep/er/f; echo not > /outside")
+    check(r["stdout"] == "1\n", f"a first boot under a new restore_key starts without its files: {r}")
+    await hiver.shutdown(a, gateway_url=URL)
+    b = await hiver.get_or_create_sandbox(
+        f"policy-b-{RUN}",
+        hiver.SandboxConfig(snapshot=Snapshot(restore_key=key, write_key=f"{key}-next", include=["/root/**"])),
+        gateway_url=URL,
+    )
+    r = await b.exec("cat /root/notes /root/deep/er/f; test -e /outside; echo $?")
+    check(r["stdout"] == "kept\ndeep\n1\n", f"restored: the files under include, nothing else: {r}")
+    await b.exec("echo changed > /root/notes")
+    await hiver.shutdown(b, gateway_url=URL)
+    # b wrote to its write_key; restore_key's files are as a left them.
+    for restore, want in [(key, "kept\n"), (f"{key}-next", "changed\n")]:
+        c = await hiver.get_or_create_sandbox(
+            f"policy-{restore}-c", hiver.SandboxConfig(snapshot=Snapshot(restore_key=restore)), gateway_url=URL
+        )
+        r = await c.exec("cat /root/notes")
+        check(r["stdout"] == want, f"{restore}: {r}")
+        await hiver.shutdown(c, gateway_url=URL)
+
+
 async def _stdin_unknown(sb):
     res = await sb._client.post(f"{sb.api_server_url}/v1/exec-stream/{uuid.uuid4()}/stdin", json={"data": "x"})
     if not res.is_success:
@@ -473,6 +504,7 @@ async def main():
     await lifecycle()
     await surface()
     await config_fields()
+    await snapshot_policy()
     print("all hiver checks passed")
 
 

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 
+/// Which paths of a layer (as the sandbox sees them, `/a/b`) to keep.
+pub type Keep = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// A layer in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredLayer {
@@ -27,8 +30,9 @@ pub trait Layers: Send + Sync {
     /// removed), synced to disk.
     fn commit(&self, staged: &Path) -> Result<StoredLayer>;
     /// One stored layer that shows what `layers` (bottom first) show
-    /// stacked.
-    fn flatten(&self, layers: &[String]) -> Result<StoredLayer>;
+    /// stacked; with `keep`, only the paths it keeps (and the directories
+    /// on the way to them).
+    fn flatten(&self, layers: &[String], keep: Option<Keep>) -> Result<StoredLayer>;
     /// Removes a staged tree (a capture that failed).
     fn discard(&self, staged: &Path);
     /// Removes the stored layers not in `keep`, and staged trees when

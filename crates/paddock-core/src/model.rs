@@ -629,7 +629,8 @@ pub fn validate_egress(rules: &[EgressRule]) -> Result<()> {
     Ok(())
 }
 
-fn validate_snapshot(s: &SnapshotPolicy) -> Result<()> {
+/// A snapshot policy's keys and globs, each a 400 naming its field.
+pub fn validate_snapshot(s: &SnapshotPolicy) -> Result<()> {
     for (f, k) in [
         ("snapshot.restore_key", &s.restore_key),
         ("snapshot.write_key", &s.write_key),
@@ -645,6 +646,14 @@ fn validate_snapshot(s: &SnapshotPolicy) -> Result<()> {
             "snapshot.include",
             "must name at least one path",
         ));
+    }
+    for (i, g) in s.include.iter().flatten().enumerate() {
+        let f = format!("snapshot.include[{i}]");
+        no_nul(&f, g)?;
+        if !g.starts_with('/') {
+            return Err(Error::invalid(f, "must be an absolute path glob"));
+        }
+        crate::glob::Glob::new(g).map_err(|e| Error::invalid(f, e))?;
     }
     Ok(())
 }
@@ -1041,6 +1050,13 @@ pub fn validate_snapshot_name(name: &str) -> Result<()> {
             "a snapshot name is 1-128 of [A-Za-z0-9_.:-], starting with a letter or digit",
         ))
     }
+}
+
+/// The name of the snapshot a snapshot policy's key (`restore_key`,
+/// `write_key`) stands for, among its owner's: a sandbox created under the
+/// policy starts from it; one that goes writes it.
+pub fn policy_snapshot_name(key: &str) -> String {
+    format!("policy:{key}")
 }
 
 /// The most children one fork makes.

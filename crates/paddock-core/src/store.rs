@@ -724,6 +724,19 @@ impl Store {
         }
     }
 
+    /// Deletes `owner`'s snapshot named `name`, if there is one.
+    pub fn delete_snapshot_named(
+        tx: &rusqlite::Transaction<'_>,
+        owner: &str,
+        name: &str,
+    ) -> Result<()> {
+        tx.execute(
+            "DELETE FROM snapshots WHERE owner = ?1 AND name = ?2",
+            params![owner, name],
+        )?;
+        Ok(())
+    }
+
     /// A snapshot by its id, or by its name among `owner`'s.
     pub fn find_snapshot(&self, owner: &str, id_or_name: &str) -> Result<Option<Snapshot>> {
         let doc = self

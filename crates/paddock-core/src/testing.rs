@@ -610,12 +610,19 @@ impl crate::layers::Layers for FakeLayers {
         })
     }
 
-    fn flatten(&self, layers: &[String]) -> Result<crate::layers::StoredLayer> {
+    fn flatten(
+        &self,
+        layers: &[String],
+        keep: Option<crate::layers::Keep>,
+    ) -> Result<crate::layers::StoredLayer> {
         let staged = self.stage()?;
         std::fs::create_dir_all(&staged).map_err(Error::internal)?;
         for l in layers {
             for e in std::fs::read_dir(l).map_err(Error::internal)?.flatten() {
-                std::fs::copy(e.path(), staged.join(e.file_name())).map_err(Error::internal)?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.as_ref().is_none_or(|k| k(&format!("/{name}"))) {
+                    std::fs::copy(e.path(), staged.join(&name)).map_err(Error::internal)?;
+                }
             }
         }
         self.commit(&staged)

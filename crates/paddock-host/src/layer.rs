@@ -497,6 +497,40 @@ pub fn digest(dir: &Path) -> std::io::Result<Summary> {
     })
 }
 
+/// Removes from the layer `dir` every entry whose path inside (`/a/b`)
+/// `keep` refuses, but the directories on the way to what it keeps (a
+/// kept directory keeps all below it). Such a directory loses its opaque
+/// mark: restored, it shows the image's other files beside the kept ones.
+pub fn retain(dir: &Path, keep: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
+    fn walk(dir: &Path, rel: &str, keep: &dyn Fn(&str) -> bool) -> std::io::Result<bool> {
+        let mut any = false;
+        for name in sorted_names(dir)? {
+            let p = dir.join(&name);
+            let r = format!("{rel}/{}", name.to_string_lossy());
+            if keep(&r) {
+                any = true;
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p)?;
+            if m.is_dir() && walk(&p, &r, keep)? {
+                any = true;
+                let c = cstr(&p)?;
+                let n = CString::new(OPAQUE).expect("no NUL");
+                // SAFETY: NUL-terminated path and name.
+                let rc = unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) };
+                if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENODATA)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else {
+                remove_any(&p)?;
+            }
+        }
+        Ok(any)
+    }
+    walk(dir, "", keep).map(|_| ())
+}
+
 /// Flushes the filesystem holding `p` to its disk.
 pub fn sync_fs(p: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(p)?;
@@ -563,10 +597,18 @@ impl paddock_core::Layers for LayerStore {
         })
     }
 
-    fn flatten(&self, layers: &[String]) -> paddock_core::Result<paddock_core::StoredLayer> {
+    fn flatten(
+        &self,
+        layers: &[String],
+        keep: Option<paddock_core::layers::Keep>,
+    ) -> paddock_core::Result<paddock_core::StoredLayer> {
         let staged = self.stage()?;
         let paths: Vec<PathBuf> = layers.iter().map(PathBuf::from).collect();
-        if let Err(e) = merge(&paths, &staged) {
+        let made = merge(&paths, &staged).and_then(|_| match &keep {
+            Some(k) => retain(&staged, &**k),
+            None => Ok(()),
+        });
+        if let Err(e) = made {
             self.discard(&staged);
             return Err(engine_err("flatten layers")(e));
         }
@@ -673,6 +715,30 @@ mod tests {
         assert_eq!(digest(&dst).unwrap(), digest(&copy2).unwrap());
         std::fs::write(copy2.join("d/f"), b"hello!").unwrap();
         assert_ne!(digest(&dst).unwrap().digest, digest(&copy2).unwrap().digest);
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    #[test]
+    fn retain_keeps_what_matches_and_the_way_to_it() {
+        if !root() {
+            eprintln!("skipped: needs root (trusted attributes)");
+            return;
+        }
+        let t = tmp("retain");
+        let l = t.join("l");
+        std::fs::create_dir_all(l.join("root/deep")).unwrap();
+        std::fs::create_dir_all(l.join("tmp")).unwrap();
+        std::fs::write(l.join("root/deep/keep.txt"), b"k").unwrap();
+        std::fs::write(l.join("root/drop.bin"), b"d").unwrap();
+        std::fs::write(l.join("tmp/x"), b"x").unwrap();
+        set_xattr(&l.join("root"), OsStr::new(OPAQUE), b"y").unwrap();
+        retain(&l, &|p: &str| p.ends_with(".txt")).unwrap();
+        assert!(l.join("root/deep/keep.txt").exists());
+        assert!(!l.join("root/drop.bin").exists() && !l.join("tmp").exists());
+        assert!(
+            xattrs(&l.join("root")).unwrap().is_empty(),
+            "no longer opaque"
+        );
         std::fs::remove_dir_all(&t).unwrap();
     }
 

@@ -19,10 +19,12 @@
 //!   traffic goes to a dead proxy on loopback, so those fail at once and
 //!   nothing leaves the machine.
 //!
-//! And two kinds of value, dropped by a hook: creates (and templates)
+//! And three kinds of value, dropped by a hook: creates (and templates)
 //! asking for an isolation other than `container`, which this daemon
 //! answers 501 by design (no such backend; tests/lifecycle.rs and the SDK
-//! tests expect it), and those naming an image, which with no registry
+//! tests expect it), snapshots and forks asking to keep memory (`"memory":
+//! true`, 501 by design on containers; tests/snapshots.rs), and those
+//! naming an image, which with no registry
 //! reachable answer 503 (pulls are tested against a loopback registry in
 //! images.rs).
 
@@ -30,7 +32,7 @@ mod common;
 use common::*;
 
 /// Drops generated creates that ask for a backend this daemon lacks or an
-/// image (no registry is reachable).
+/// image (no registry is reachable), and captures that ask for memory.
 const HOOKS: &str = r#"
 import schemathesis
 
@@ -38,7 +40,14 @@ import schemathesis
 def filter_body(ctx, body):
     if not isinstance(body, dict):
         return True
-    return body.get("isolation") in (None, "container") and body.get("image") is None
+    return (body.get("isolation") in (None, "container") and body.get("image") is None
+            and body.get("memory") is not True)
+
+# Every phase's cases (the coverage phase's bodies pass no body filter).
+@schemathesis.hook
+def filter_case(ctx, case):
+    body = case.body
+    return not (isinstance(body, dict) and body.get("memory") is True)
 "#;
 
 #[test]

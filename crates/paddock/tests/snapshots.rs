@@ -24,10 +24,11 @@ echo base > /workspace/doomed";
 
 /// What `WRITE` made, as a line per file: kind, mode, owner, links, mtime
 /// (a directory's size and links are its filesystem's: an overlay's
-/// directory spread over layers counts one link), then the contents'
-/// digests.
+/// directory spread over layers counts one link; and its time changes
+/// when a file is added to it, as the stacking part does), then the
+/// contents' digests.
 const LOOK: &str = "cd /workspace/tree && for f in random sub/text link hard fifo; do
-stat -c '%n %F %a %u:%g %h %Y' \"$f\"; done; stat -c '%n %F %a %u:%g %Y' sub;
+stat -c '%n %F %a %u:%g %h %Y' \"$f\"; done; stat -c '%n %F %a %u:%g' sub;
 sha256sum random sub/text; readlink link";
 
 #[test]
@@ -326,7 +327,13 @@ fn snapshots_survive_kill9_and_a_full_disk_leaves_the_sandbox_running() {
     assert!(!layers.join(".tmp-cut-short").exists());
     let again = api.sh(&id, "sha256sum /workspace/data");
     assert_eq!(again["stdout"].as_str().unwrap(), sum, "thawed and serving");
-    let child = api.create(json!({"snapshot": "kept"}));
+    let child = d
+        .cli_ok(&["create", "--snapshot", "kept"])
+        .trim()
+        .to_string();
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["snapshots", "inspect", "kept"])).unwrap();
+    assert_eq!(shown["id"], snap.as_str());
     assert_eq!(
         api.sh(&child, "sha256sum /workspace/data")["stdout"]
             .as_str()
@@ -364,4 +371,6 @@ fn snapshots_survive_kill9_and_a_full_disk_leaves_the_sandbox_running() {
             .unwrap(),
         sum
     );
+    assert_eq!(d.cli_ok(&["snapshots", "rm", "kept"]).trim(), "kept");
+    assert_eq!(api.get(&format!("/snapshots/{snap}")).status, 404);
 }

@@ -90,6 +90,14 @@ fn one_writer_any_readers_and_mounts_into_running_sandboxes() {
         .cli_ok(&["create", "-v", "shared-vol:/mnt/v"])
         .trim()
         .to_string();
+    let ls = d.cli_ok(&["volumes", "ls"]);
+    assert!(
+        ls.contains("shared-vol") && ls.contains(&format!("{writer}:/mnt/v:rw")),
+        "{ls}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["volumes", "inspect", "shared-vol"])).unwrap();
+    assert_eq!(shown["size_mb"], 16);
     api.sh(&writer, "echo from-writer > /mnt/v/f");
     // A second writer is refused, naming the first.
     let r = api.post(

@@ -36,6 +36,9 @@ impl Engine {
 
         let check = async {
             validate_mounts(&mounts)?;
+            if let Some(s) = &snapshot {
+                crate::model::validate_snapshot(s)?;
+            }
             if idle.is_some_and(|i| i > self.cfg.limits.max_idle_timeout_secs) {
                 return Err(Error::invalid(
                     "idle_timeout_secs",

@@ -123,6 +123,10 @@ impl Engine {
             config.layers = sn.config.layers;
             config.from_snapshot = Some(sn.id);
         }
+        // A snapshot policy's restore_key: the files it kept last time.
+        if config.from_snapshot.is_none() && runtime.capabilities().fs_snapshot {
+            config.layers = self.policy_layers(p, &config)?;
+        }
         if !spec.volumes.is_empty() {
             if !runtime.capabilities().volumes {
                 return Err(runtime.unsupported("volumes"));

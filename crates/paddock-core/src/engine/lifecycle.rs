@@ -116,6 +116,13 @@ impl Engine {
         if !sb.state.check(Action::Destroy, sb.id)? {
             return Ok(sb);
         }
+        if let (Some(_), Ok(rt)) = (&sb.config.snapshot, self.runtime_of(&sb)) {
+            // Its snapshot policy's files kept before it goes (a failure
+            // is logged: the sandbox goes all the same).
+            if let Err(e) = self.write_policy_snapshot(&rt.clone(), &sb).await {
+                tracing::warn!(sandbox = %sb.id, "its snapshot policy's files were not kept: {e}");
+            }
+        }
         self.live.write().await.remove(&sb.id);
         if let Ok(rt) = self.runtime_of(&sb) {
             rt.destroy(sb.id).await?;

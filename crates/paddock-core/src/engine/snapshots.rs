@@ -82,7 +82,7 @@ impl Engine {
         stack.push(top.path.clone());
         if stack.len() > MAX_SNAPSHOT_LAYERS {
             let l = layers.clone();
-            let flat = blocking(move || l.flatten(&stack)).await?;
+            let flat = blocking(move || l.flatten(&stack, None)).await?;
             stack = vec![flat.path];
         }
         Ok((stack, top))
@@ -149,6 +149,104 @@ impl Engine {
             |evs| self.bus.publish_all(evs),
         )?;
         Ok(snap)
+    }
+
+    /// The layers a create under a snapshot policy starts from: those of
+    /// the snapshot its `restore_key` names, if one was written.
+    pub(super) fn policy_layers(
+        &self,
+        p: &Principal,
+        config: &SandboxConfig,
+    ) -> Result<Vec<String>> {
+        let Some(key) = config
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.restore_key.as_ref())
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .store
+            .find_snapshot(&p.id, &crate::model::policy_snapshot_name(key))?
+            .map(|sn| sn.config.layers)
+            .unwrap_or_default())
+    }
+
+    /// Keeps, as a sandbox under a snapshot policy goes (its lifecycle
+    /// lock held), the files under its `include` globs (all, without
+    /// any) as the snapshot named for its `write_key`, else its
+    /// `restore_key`, in place of the one written before.
+    pub(super) async fn write_policy_snapshot(
+        &self,
+        rt: &Arc<dyn Runtime>,
+        sb: &Sandbox,
+    ) -> Result<()> {
+        let Some(policy) = &sb.config.snapshot else {
+            return Ok(());
+        };
+        let Some(key) = policy.write_key.as_ref().or(policy.restore_key.as_ref()) else {
+            return Ok(());
+        };
+        if !rt.capabilities().fs_snapshot
+            || !matches!(sb.state, State::Running | State::Paused | State::Stopped)
+        {
+            return Ok(());
+        }
+        let keep: Option<crate::layers::Keep> = match &policy.include {
+            Some(globs) => {
+                let globs = globs
+                    .iter()
+                    .map(|g| crate::glob::Glob::new(g))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| Error::invalid("snapshot.include", e))?;
+                Some(Arc::new(move |path: &str| {
+                    globs.iter().any(|g| g.is_match(path))
+                }))
+            }
+            None => None,
+        };
+        let layers = self.layers()?;
+        let _gc = self.layer_gc.read().await;
+        let (stack, _) = self.capture_layers(rt, sb).await?;
+        let l = layers.clone();
+        let flat = blocking(move || l.flatten(&stack, keep)).await?;
+        let mut config = sb.config.clone();
+        config.layers = vec![flat.path.clone()];
+        config.volumes.clear();
+        let snap = Snapshot {
+            id: Uuid::new_v4(),
+            owner: sb.owner.clone(),
+            name: Some(crate::model::policy_snapshot_name(key)),
+            sandbox_id: sb.id,
+            labels: Default::default(),
+            config,
+            digest: flat.digest.clone(),
+            size_bytes: flat.bytes,
+            created_at: Utc::now(),
+        };
+        self.store.tx_events(
+            |tx| {
+                Store::delete_snapshot_named(
+                    tx,
+                    &snap.owner,
+                    snap.name.as_deref().unwrap_or_default(),
+                )?;
+                Store::put_snapshot(tx, &snap)?;
+                let ev = Store::append_event(
+                    tx,
+                    sb.id,
+                    &sb.owner,
+                    EventData::Snapshot(ev::Snapshotted {
+                        snapshot_id: snap.id,
+                        digest: flat.digest.clone(),
+                        size_bytes: flat.bytes,
+                        fork: false,
+                    }),
+                )?;
+                Ok(((), vec![ev]))
+            },
+            |evs| self.bus.publish_all(evs),
+        )
     }
 
     /// `p`'s snapshots, oldest first.
