@@ -1089,7 +1089,8 @@ pub struct Sandbox {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
     /// A fork's child until the fork is done (all its children running):
-    /// one left so after a restart is removed, the fork never answered.
+    /// the fork's own id. One left so after a restart is removed: the fork
+    /// never answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fork_of: Option<Uuid>,
 }

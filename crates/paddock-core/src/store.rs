@@ -873,6 +873,18 @@ impl Store {
         me: Uuid,
         mounts: &[crate::model::VolumeMount],
     ) -> Result<()> {
+        for m in mounts {
+            let there: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM volumes WHERE id = ?1",
+                    params![m.volume.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if there.is_none() {
+                return Err(Error::Conflict(format!("volume {} was deleted", m.name)));
+            }
+        }
         for m in mounts.iter().filter(|m| !m.read_only) {
             if let Some(h) = Self::volume_holders(tx, m.volume)?
                 .into_iter()

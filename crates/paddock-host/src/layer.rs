@@ -207,6 +207,37 @@ fn mknod(p: &Path, mode: u32, dev: u64) -> std::io::Result<()> {
     check(unsafe { libc::mknod(c.as_ptr(), mode, dev) })
 }
 
+/// The parts of an open file that hold data, as (offset, length): its
+/// holes are skipped (a sparse file of terabytes in a sandbox's tmpfs
+/// costs a copy only what it holds).
+fn data_segments(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut at: i64 = 0;
+    let end = size as i64;
+    while at < end {
+        // SAFETY: lseek on an open descriptor; no memory involved.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), at, libc::SEEK_DATA) };
+        if data < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                // No data past `at`.
+                Some(libc::ENXIO) => break,
+                // A filesystem without SEEK_DATA: all of it is data.
+                Some(libc::EINVAL) if out.is_empty() => return Ok(vec![(0, size)]),
+                _ => return Err(std::io::Error::last_os_error()),
+            }
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { end } else { hole.min(end) };
+        if hole > data {
+            out.push((data as u64, (hole - data) as u64));
+        }
+        at = hole;
+    }
+    Ok(out)
+}
+
 /// Copies one tree into another, entry by entry.
 struct Copier {
     shift: Option<Shift>,
@@ -276,16 +307,26 @@ impl Copier {
                 .create_new(true)
                 .mode(0o600)
                 .open(to)?;
-            loop {
-                let n = match src.read(&mut self.buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                dst.write_all(&self.buf[..n])?;
-                self.bytes += n as u64;
+            // The data only, holes kept.
+            use std::io::Seek;
+            for (off, len) in data_segments(&src, m.size())? {
+                src.seek(std::io::SeekFrom::Start(off))?;
+                dst.seek(std::io::SeekFrom::Start(off))?;
+                let mut left = len;
+                while left > 0 {
+                    let want = left.min(self.buf.len() as u64) as usize;
+                    let n = match src.read(&mut self.buf[..want]) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    dst.write_all(&self.buf[..n])?;
+                    self.bytes += n as u64;
+                    left -= n as u64;
+                }
             }
+            dst.set_len(m.size())?;
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
         } else if ft.is_char_device() && m.rdev() == 0 {
@@ -454,15 +495,26 @@ pub fn digest(dir: &Path) -> std::io::Result<Summary> {
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(p)?;
-            loop {
-                let n = match f.read(&mut w.buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                w.h.update(&w.buf[..n]);
-                w.bytes += n as u64;
+            // Its data by offset: holes read as nothing (the same file
+            // written densely digests otherwise, which is only a second
+            // copy of the same bytes).
+            use std::io::Seek;
+            for (off, len) in data_segments(&f, m.size())? {
+                w.h.update(format!("@{off}+{len}:"));
+                f.seek(std::io::SeekFrom::Start(off))?;
+                let mut left = len;
+                while left > 0 {
+                    let want = left.min(w.buf.len() as u64) as usize;
+                    let n = match f.read(&mut w.buf[..want]) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    w.h.update(&w.buf[..n]);
+                    w.bytes += n as u64;
+                    left -= n as u64;
+                }
             }
         } else if ft.is_symlink() {
             w.h.update(b"\0");
@@ -590,6 +642,10 @@ impl paddock_core::Layers for LayerStore {
                 return Err(engine_err("store a layer")(e));
             }
         }
+        // The rename itself on disk before the snapshot is recorded.
+        std::fs::File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(engine_err("sync the layer store"))?;
         Ok(paddock_core::StoredLayer {
             path: dest.to_string_lossy().into_owned(),
             digest: sum.digest,
@@ -633,10 +689,14 @@ impl paddock_core::Layers for LayerStore {
         {
             let path = e.path();
             let is_staged = e.file_name().to_string_lossy().starts_with(".tmp-");
+            // Kept by name (the digest), wherever the data dir was named
+            // from when a sandbox recorded it.
             let gone = if is_staged {
                 staged
             } else {
-                !keep.contains(&*path.to_string_lossy())
+                !keep
+                    .iter()
+                    .any(|k| Path::new(k).file_name() == Some(&e.file_name()))
             };
             if gone {
                 remove_any(&path).map_err(engine_err("remove a layer"))?;
@@ -685,9 +745,15 @@ mod tests {
         lchown(&src.join("d/l"), 7, 7).unwrap();
         lchown(&src.join("d"), base, base).unwrap();
         std::fs::set_permissions(src.join("d/f"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        // A sparse file: only what it holds is copied.
+        let sparse = std::fs::File::create(src.join("sparse")).unwrap();
+        sparse.set_len(1 << 40).unwrap();
+        drop(sparse);
         let dst = t.join("layer");
         let n = copy_layer(&src, &dst, Some(Shift { base, len: 65536 })).unwrap();
         assert_eq!(n, 5);
+        let m = std::fs::metadata(dst.join("sparse")).unwrap();
+        assert_eq!((m.len(), m.blocks()), (1 << 40, 0));
         assert_eq!(std::fs::read(dst.join("d/f")).unwrap(), b"hello");
         let m = std::fs::symlink_metadata(dst.join("d/f")).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o4755));

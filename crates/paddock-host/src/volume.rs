@@ -197,17 +197,36 @@ pub fn attach_in(
     crate::fuse::attach_in(pid, tree.as_fd(), target.as_fd())
 }
 
-/// Unmounts `path` in the mount namespace of process `pid` (without
-/// following a symbolic link at its end).
-pub fn detach_in(pid: u32, path: &str) -> Result<()> {
+/// What `openat2` takes.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+/// Unmounts `path` in the mount namespace of process `pid`, only if it is
+/// the mount of the volume whose root is `(dev, ino)`, reached without any
+/// symbolic link; not lazily (a volume still in use is `EBUSY`, a 409).
+/// The caller keeps the sandbox frozen meanwhile, so that nothing inside
+/// can swap the path between the check and the unmount.
+pub fn detach_in(pid: u32, path: &str, root: (u64, u64)) -> Result<()> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
         .map_err(io("the sandbox's mount namespace"))?;
     let cpath =
         std::ffi::CString::new(path).map_err(|_| Error::invalid("path", "NUL in a path"))?;
     let (ns_fd, p) = (ns.as_raw_fd(), cpath.as_ptr());
-    // SAFETY: the child makes only system calls (setns, umount2, _exit) on
-    // a descriptor and a string the parent prepared, touching no lock or
-    // allocator state, and exits without unwinding.
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    let how_ptr = &how as *const OpenHow;
+    // SAFETY: the child makes only system calls (setns, openat2, fstat,
+    // close, umount2, _exit) on a descriptor, a string and a struct the
+    // parent prepared, touching no lock or allocator state, and exits
+    // without unwinding.
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(io("fork")(std::io::Error::last_os_error()));
@@ -218,7 +237,26 @@ pub fn detach_in(pid: u32, path: &str) -> Result<()> {
             if libc::setns(ns_fd, libc::CLONE_NEWNS) != 0 {
                 libc::_exit(100 + *libc::__errno_location() % 100);
             }
-            if libc::umount2(p, libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) != 0 {
+            let fd = libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                p,
+                how_ptr,
+                std::mem::size_of::<OpenHow>(),
+            );
+            if fd < 0 {
+                libc::_exit(*libc::__errno_location() % 100);
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd as i32, &mut st) != 0 {
+                libc::_exit(*libc::__errno_location() % 100);
+            }
+            libc::close(fd as i32);
+            if (st.st_dev, st.st_ino) != root {
+                // Not the volume's mount: nothing to unmount there.
+                libc::_exit(99);
+            }
+            if libc::umount2(p, libc::UMOUNT_NOFOLLOW) != 0 {
                 libc::_exit(*libc::__errno_location() % 100);
             }
             libc::_exit(0);
@@ -234,6 +272,12 @@ pub fn detach_in(pid: u32, path: &str) -> Result<()> {
     }
     match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
         Some(0) => Ok(()),
+        Some(99) => Err(Error::Conflict(format!(
+            "{path} in the sandbox is not the volume's mount"
+        ))),
+        Some(c) if c == libc::EBUSY => Err(Error::Conflict(format!(
+            "the volume at {path} is in use (a process's open files or working directory)"
+        ))),
         Some(c) if (100..200).contains(&c) => {
             Err(io("setns")(std::io::Error::from_raw_os_error(c - 100)))
         }

@@ -996,9 +996,12 @@ impl Runtime for ContainerRuntime {
     }
 
     async fn attach_volume(&self, id: Uuid, m: &paddock_core::model::VolumeMount) -> Result<()> {
-        let pid = self
-            .init_pid(id)
-            .ok_or_else(|| Error::Conflict(format!("sandbox {id} is not running")))?;
+        // The recorded init must still be this sandbox's (in its cgroup): a
+        // reused pid would put the volume in another process's namespace.
+        let pid = match (self.init_alive(id), self.init_pid(id)) {
+            (Some(true), Some(pid)) => pid,
+            _ => return Err(Error::Conflict(format!("sandbox {id} is not running"))),
+        };
         let slot = self.slot(id);
         let owner = slot.as_ref().and_then(|s| s.ids).map(|r| r.base);
         let userns = match slot.as_ref().filter(|s| s.ids.is_some()) {
@@ -1021,13 +1024,26 @@ impl Runtime for ContainerRuntime {
     }
 
     async fn detach_volume(&self, id: Uuid, m: &paddock_core::model::VolumeMount) -> Result<()> {
-        let Some(pid) = self.init_pid(id) else {
-            return Ok(());
+        // Gone with its processes when its init is (a reused pid is not
+        // this sandbox's: nothing of it to unmount).
+        let pid = match (self.init_alive(id), self.init_pid(id)) {
+            (Some(true), Some(pid)) => pid,
+            _ => return Ok(()),
         };
+        use std::os::unix::fs::MetadataExt;
+        let src = std::fs::metadata(&m.source).map_err(io("volume directory"))?;
+        let root = (src.dev(), src.ino());
         let path = m.path.clone();
-        tokio::task::spawn_blocking(move || paddock_host::volume::detach_in(pid, &path))
-            .await
-            .map_err(Error::internal)?
+        // Frozen: nothing inside swaps the path between the check and the
+        // unmount.
+        self.pause(id).await?;
+        let done =
+            tokio::task::spawn_blocking(move || paddock_host::volume::detach_in(pid, &path, root))
+                .await;
+        if let Err(e) = self.resume(id).await {
+            tracing::warn!(sandbox = %id, "thaw after a detach: {e}");
+        }
+        done.map_err(Error::internal)?
     }
 
     /// Copies the overlay's upper directory (a tmpfs: nothing to flush),

@@ -126,6 +126,19 @@ fn one_writer_any_readers_and_mounts_into_running_sandboxes() {
         json!({"name": "shared-vol", "path": "/again"}),
     );
     assert_eq!(att.status, 409, "{}", att.text);
+    // Not while a process inside works in it (the volume would stay in
+    // its hands, recorded free).
+    api.sh(
+        &r2,
+        "cd /late && (setsid sleep 300 > /dev/null 2>&1 &); true",
+    );
+    let busy = api.delete(&format!("/sandboxes/{r2}/volumes/shared-vol"));
+    assert_eq!(busy.status, 409, "{}", busy.text);
+    assert!(busy.text.contains("in use"), "{}", busy.text);
+    api.sh(
+        &r2,
+        "pkill -f 'sleep 300'; while pgrep -f 'sleep 300' > /dev/null; do sleep 0.05; done",
+    );
     // Out of the running sandbox again; then its writer, and another takes it.
     d.cli_ok(&["volumes", "detach", "shared-vol", &r2]);
     assert_eq!(api.sh(&r2, "ls /late | wc -l")["stdout"], "0\n");
@@ -180,12 +193,14 @@ fn bad_volume_requests_are_clear_errors() {
     );
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.body["field"], "volumes[0].name");
-    let r = api.post(
-        "/sandboxes",
-        json!({"volumes": [{"name": "dup", "path": "v"}]}),
-    );
-    assert_eq!(r.status, 400, "{}", r.text);
-    assert_eq!(r.body["field"], "volumes[0].path");
+    for path in ["v", "/proc/x", "/etc/resolv.conf", "/dev"] {
+        let r = api.post(
+            "/sandboxes",
+            json!({"volumes": [{"name": "dup", "path": path}]}),
+        );
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert_eq!(r.body["field"], "volumes[0].path");
+    }
     let r = api.post(
         "/sandboxes",
         json!({"volumes": [{"name": "dup", "path": "/a", "read_only": true}, {"name": "dup", "path": "/b", "read_only": true}]}),

@@ -53,6 +53,22 @@ impl Engine {
             Some(t) => spec.with_defaults(&t.defaults),
             None => spec,
         };
+        // (A pool boots as its own principal: it may not name the owner's
+        // snapshots, volumes or policy files; templates with them keep no
+        // pool.)
+        if p.id == pool::POOL_OWNER && super::templates::owns_things(&spec) {
+            return Err(Error::invalid(
+                "template",
+                "a warm pool cannot boot a template that names snapshots, volumes or a snapshot policy",
+            ));
+        }
+        // Held from the snapshot's lookup until the sandbox that uses its
+        // layers is recorded: no collection may take them meanwhile.
+        let _layers_kept = if spec.from_snapshot.is_some() || spec.snapshot.is_some() {
+            Some(self.layer_gc.read().await)
+        } else {
+            None
+        };
         // A snapshot's configuration fills in what is still left out; its
         // image is the one its layers lie on.
         let snapshot = match &spec.from_snapshot {

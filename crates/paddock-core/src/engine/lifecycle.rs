@@ -116,7 +116,12 @@ impl Engine {
         if !sb.state.check(Action::Destroy, sb.id)? {
             return Ok(sb);
         }
-        if let (Some(_), Ok(rt)) = (&sb.config.snapshot, self.runtime_of(&sb)) {
+        // (Not for a fork's child undone: it never was anyone's.)
+        if let (Some(_), Ok(rt), false) = (
+            &sb.config.snapshot,
+            self.runtime_of(&sb),
+            reason == "fork failed",
+        ) {
             // Its snapshot policy's files kept before it goes (a failure
             // is logged: the sandbox goes all the same).
             if let Err(e) = self.write_policy_snapshot(&rt.clone(), &sb).await {

@@ -96,6 +96,20 @@ impl Engine {
         id: Uuid,
         req: SnapshotRequest,
     ) -> Result<Snapshot> {
+        // In a task of its own: a caller that goes away must not leave the
+        // sandbox frozen, nor a capture half made.
+        let (this, p) = (self.clone(), p.clone());
+        tokio::spawn(async move { this.snapshot_inner(&p, id, req).await })
+            .await
+            .map_err(|e| Error::internal(format!("snapshot of {id}: {e}")))?
+    }
+
+    async fn snapshot_inner(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: Uuid,
+        req: SnapshotRequest,
+    ) -> Result<Snapshot> {
         if let Some(n) = &req.name {
             crate::model::validate_snapshot_name(n)?;
         }
@@ -187,7 +201,8 @@ impl Engine {
         let Some(key) = policy.write_key.as_ref().or(policy.restore_key.as_ref()) else {
             return Ok(());
         };
-        if !rt.capabilities().fs_snapshot
+        if sb.owner == super::pool::POOL_OWNER
+            || !rt.capabilities().fs_snapshot
             || !matches!(sb.state, State::Running | State::Paused | State::Stopped)
         {
             return Ok(());
@@ -281,6 +296,21 @@ impl Engine {
         count: u32,
         memory: bool,
     ) -> Result<Vec<Sandbox>> {
+        // In a task of its own, as a create: a caller that goes away leaves
+        // neither a frozen parent nor children marked as a fork's.
+        let (this, p) = (self.clone(), p.clone());
+        tokio::spawn(async move { this.fork_inner(&p, id, count, memory).await })
+            .await
+            .map_err(|e| Error::internal(format!("fork of {id}: {e}")))?
+    }
+
+    async fn fork_inner(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: Uuid,
+        count: u32,
+        memory: bool,
+    ) -> Result<Vec<Sandbox>> {
         if !(1..=MAX_FORK).contains(&count) {
             return Err(Error::invalid(
                 "count",
@@ -324,8 +354,11 @@ impl Engine {
             ..Default::default()
         };
         let runtime = self.runtime(config.isolation)?.clone();
+        // Children are marked with this fork's own id until all run: an
+        // undo takes them, not another fork's of the same parent.
+        let op = Uuid::new_v4();
         let children = futures::future::join_all(
-            (0..count).map(|_| self.launch(p, &spec, config.clone(), runtime.clone(), Some(id))),
+            (0..count).map(|_| self.launch(p, &spec, config.clone(), runtime.clone(), Some(op))),
         )
         .await;
         drop(gc);
@@ -345,7 +378,7 @@ impl Engine {
         match done {
             Ok(children) => Ok(children),
             Err(e) => {
-                self.undo_fork(id).await;
+                self.undo_fork(op).await;
                 Err(e)
             }
         }
@@ -366,15 +399,15 @@ impl Engine {
         })
     }
 
-    /// Destroys every child still marked as a fork of `parent` (`None`:
-    /// of any sandbox, after a restart).
-    pub(super) async fn undo_fork(self: &Arc<Self>, parent: Uuid) {
+    /// Destroys every child still marked as fork `op`'s (nil: any fork's,
+    /// after a restart).
+    pub(super) async fn undo_fork(self: &Arc<Self>, op: Uuid) {
         let Ok(all) = self.store.forks_pending() else {
             return;
         };
         for sb in all
             .into_iter()
-            .filter(|s| s.fork_of == Some(parent) || parent.is_nil())
+            .filter(|s| s.fork_of == Some(op) || op.is_nil())
         {
             if let Err(e) = self.destroy_inner(sb.clone(), "fork failed").await {
                 tracing::warn!(sandbox = %sb.id, "removing a failed fork's child: {e}");

@@ -26,6 +26,16 @@ impl Engine {
         if defaults.template.is_some() {
             return Err(Error::invalid("template", "a template cannot name another"));
         }
+        // A warm pool's sandboxes are booted as the pool's, not as the
+        // template's owner: nothing of an owner's (snapshots, volumes, a
+        // snapshot policy's files) may be looked up for them.
+        if warm_pool > 0 && owns_things(&defaults) {
+            return Err(Error::invalid(
+                "warm_pool",
+                "a template that starts from a snapshot, mounts volumes or has a snapshot policy \
+                 cannot keep a warm pool",
+            ));
+        }
         let mut config = defaults.resolve(&self.cfg.limits)?;
         self.check_origins(&mut config.mounts)?;
         self.runtime(config.isolation)?;
@@ -86,4 +96,10 @@ impl Engine {
             Err(Error::not_found(format!("template {name:?}")))
         }
     }
+}
+
+/// Whether a spec names what belongs to its caller: a snapshot, volumes, a
+/// snapshot policy.
+pub(super) fn owns_things(spec: &SandboxSpec) -> bool {
+    spec.from_snapshot.is_some() || !spec.volumes.is_empty() || spec.snapshot.is_some()
 }

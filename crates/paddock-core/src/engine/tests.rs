@@ -835,3 +835,34 @@ async fn a_fork_is_all_or_nothing_even_across_a_restart() {
     assert_eq!(e.get(&me(), orphan.id).unwrap().state, State::Destroyed);
     assert_eq!(e.get(&me(), kids[1].id).unwrap().state, State::Running);
 }
+
+/// A warm pool boots as its own principal: a template that names its
+/// owner's snapshots, volumes or snapshot policy keeps none (else a pooled
+/// sandbox would look them up as the pool's, shared by every owner).
+#[tokio::test]
+async fn a_template_naming_its_owners_snapshots_keeps_no_warm_pool() {
+    let rig = Rig::new();
+    let e = &rig.engine;
+    for defaults in [
+        SandboxSpec {
+            from_snapshot: Some("mine".into()),
+            ..Default::default()
+        },
+        SandboxSpec {
+            snapshot: Some(SnapshotPolicy {
+                restore_key: Some("k".into()),
+                write_key: None,
+                include: None,
+            }),
+            ..Default::default()
+        },
+    ] {
+        let r = e.create_template(&me(), "t", defaults.clone(), 2).await;
+        assert!(
+            matches!(r, Err(Error::Invalid { ref field, .. }) if field == "warm_pool"),
+            "{r:?}"
+        );
+        assert!(e.create_template(&me(), "t", defaults, 0).await.is_ok());
+        e.delete_template(&me(), "t").await.unwrap();
+    }
+}

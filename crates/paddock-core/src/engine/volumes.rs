@@ -210,8 +210,15 @@ impl Engine {
             .find(|m| m.name == volume || m.volume.to_string() == volume)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("volume {volume} in sandbox {id}")))?;
-        if sb.state == State::Running {
-            self.runtime_of(&sb)?.detach_volume(id, &m).await?;
+        match sb.state {
+            State::Running => self.runtime_of(&sb)?.detach_volume(id, &m).await?,
+            State::Stopped | State::Error => {}
+            s => {
+                return Err(Error::Conflict(format!(
+                    "sandbox {id} is {}: resume it to detach a volume",
+                    s.as_str()
+                )))
+            }
         }
         self.store.tx(|tx| {
             let mut now = Store::sandbox_in(tx, id)?;
@@ -258,6 +265,23 @@ fn check_volume_path(
         return Err(Error::invalid(field, "cannot be /"));
     }
     let under = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+    // What the sandbox's own mounts and Paddock's files hold.
+    for r in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/.paddock",
+        "/etc/hosts",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+    ] {
+        if under(p, r) {
+            return Err(Error::invalid(
+                field,
+                format!("{path} is the sandbox's own ({r})"),
+            ));
+        }
+    }
     for o in config
         .mounts
         .iter()
