@@ -1040,9 +1040,6 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
             Ok(fs) => snapshot_peers = fs,
             Err(e) => eprintln!("peer cp -a skipped: {e:#}"),
         }
-        if crate::bench_peers::which("podman").is_none() {
-            eprintln!("peer podman (commit, then run) skipped: not installed");
-        }
     }
 
     if a.concurrent > 0 && a.wants("concurrent") {
@@ -1166,7 +1163,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     figures.extend(snapshot_peers);
     let work = std::env::temp_dir().join(format!("paddock-bench-{}", std::process::id()));
     // Peers have these figures only.
-    let peer_figures = ["create", "exec", "sse", "ws", "files"];
+    let peer_figures = ["create", "exec", "sse", "ws", "files", "snapshot"];
     for name in a
         .peers
         .split(',')

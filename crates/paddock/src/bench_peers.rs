@@ -238,6 +238,9 @@ impl OciPeer {
             }
             figures.push(summary("create_to_ready", "ms", t));
         }
+        if a.wants("snapshot") && self.podman {
+            self.snapshots(&mut figures).await?;
+        }
         let stdout = a.wants("ws") || a.wants("sse");
         if !(a.wants("exec") || stdout || a.wants("files")) {
             return Ok(self.named(figures));
@@ -346,6 +349,105 @@ impl OciPeer {
         }
         figures.push(summary("upload", "MB/s", up));
         figures.push(summary("download", "MB/s", down));
+        Ok(())
+    }
+
+    /// What a podman user does for Paddock's snapshot figures: `podman
+    /// commit` of a container that wrote 64 MiB (a snapshot), `podman run`
+    /// of that image (a create from it), and for a fork of one that wrote
+    /// 10 MiB, a commit and then one or ten runs.
+    async fn snapshots(&self, figures: &mut Vec<Value>) -> Result<()> {
+        let tag = std::process::id();
+        let src = format!("pb-{tag}-snap");
+        self.run_d(&src).await?;
+        let image = |i: usize| format!("localhost/paddock-bench-snap-{tag}-{i}:latest");
+        let mut made: Vec<String> = Vec::new();
+        let result = async {
+            self.exec_out(
+                &src,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "dd if=/dev/urandom of=/tmp/big bs=1M count=64 2>/dev/null",
+                ],
+            )
+            .await?;
+            let mut snap = Vec::new();
+            for i in 0..5 {
+                let t0 = Instant::now();
+                let mut c = self.cmd();
+                c.args(["commit", "-q", &src, &image(i)]);
+                self.ok(&mut c, "commit").await?;
+                snap.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            figures.push(summary("snapshot_64mib", "ms", snap));
+            let mut from = Vec::new();
+            for i in 0..5 {
+                let id = format!("pb-{tag}-from-{i}");
+                let t0 = Instant::now();
+                self.run_image(&id, &image(0)).await?;
+                from.push(t0.elapsed().as_secs_f64() * 1000.0);
+                made.push(id);
+            }
+            figures.push(summary("create_from_snapshot", "ms", from));
+            self.exec_out(
+                &src,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "rm /tmp/big && dd if=/dev/urandom of=/tmp/ten bs=1M count=10 2>/dev/null",
+                ],
+            )
+            .await?;
+            for count in [1usize, 10] {
+                let mut t = Vec::new();
+                for round in 0..3 {
+                    let img = image(100 + count * 10 + round);
+                    let t0 = Instant::now();
+                    let mut c = self.cmd();
+                    c.args(["commit", "-q", &src, &img]);
+                    self.ok(&mut c, "commit").await?;
+                    for k in 0..count {
+                        let id = format!("pb-{tag}-fork-{count}-{round}-{k}");
+                        self.run_image(&id, &img).await?;
+                        made.push(id);
+                    }
+                    t.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                figures.push(summary(&format!("fork_{count}_of_10mib"), "ms", t));
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        for id in made.iter().chain(std::iter::once(&src)) {
+            let _ = self.delete(id).await;
+        }
+        let mut c = self.cmd();
+        c.args(["image", "prune", "-f"]);
+        let _ = self.ok(&mut c, "image prune").await;
+        for i in (0..5).chain((0..3).flat_map(|r| [110 + r, 200 + r])) {
+            let mut c = self.cmd();
+            c.args(["rmi", "-f", &image(i)]);
+            let _ = self.ok(&mut c, "rmi").await;
+        }
+        result
+    }
+
+    /// `podman run -d` of `image`.
+    async fn run_image(&self, id: &str, image: &str) -> Result<()> {
+        let mut c = self.cmd();
+        c.args(["run", "-d", "--name", id, image, "/bin/sleep", "100000"]);
+        let log = self.root.join("run.err");
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        if !c.status().await?.success() {
+            bail!(
+                "{} run -d {image}: {}",
+                self.name,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         Ok(())
     }
 }
