@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Paddock needs on Debian 12 (idempotent).
 set -euo pipefail
-pkgs=(runc crun iptables nftables iproute2 protobuf-compiler python3-venv tmux curl ca-certificates docker-registry skopeo umoci busybox-static e2fsprogs mount)
+pkgs=(runc crun iptables nftables iproute2 protobuf-compiler python3-venv tmux curl ca-certificates docker-registry skopeo umoci busybox-static e2fsprogs mount podman)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
