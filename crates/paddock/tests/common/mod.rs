@@ -99,6 +99,8 @@ pub struct Daemon {
     child: Mutex<Option<Child>>,
     /// `stop_for_good` ran.
     gone: std::sync::atomic::AtomicBool,
+    /// Starts again after the port was still held (see `spawn`).
+    bind_retries: AtomicU32,
 }
 
 impl Daemon {
@@ -137,6 +139,7 @@ impl Daemon {
                 .collect(),
             child: Mutex::new(None),
             gone: Default::default(),
+            bind_retries: AtomicU32::new(0),
         };
         d.spawn();
         d
@@ -232,7 +235,18 @@ impl Daemon {
                 .try_wait()
                 .unwrap();
             if let Some(st) = exited {
-                panic!("paddock serve exited ({st}): {}", self.log());
+                // Right after a kill -9 the old daemon's port may still be
+                // the kernel's for a moment (its connections closing):
+                // the daemon says so and exits; it is started again.
+                let log = self.log();
+                let fresh = &log[log_before.len().min(log.len())..];
+                if fresh.contains("Address already in use")
+                    && self.bind_retries.fetch_add(1, Ordering::SeqCst) < 20
+                {
+                    std::thread::sleep(Duration::from_millis(500));
+                    return self.spawn();
+                }
+                panic!("paddock serve exited ({st}): {log}");
             }
             assert!(
                 Instant::now() < deadline,
