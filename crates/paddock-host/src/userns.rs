@@ -380,10 +380,16 @@ pub fn idmapped_clone(
     userns: &OwnedFd,
     ro: bool,
 ) -> Result<OwnedFd> {
+    idmap_tree(open_tree_clone(src), what, Some(userns), ro)
+}
+
+/// `open_tree(OPEN_TREE_CLONE)` of the tree open at `src`: the detached
+/// copy's descriptor, or -1.
+fn open_tree_clone(src: std::os::fd::BorrowedFd<'_>) -> i64 {
     let empty = std::ffi::CString::default();
     // SAFETY: open_tree reads the empty NUL-terminated path and clones
     // the tree of the open descriptor; no memory of ours is written.
-    let fd = unsafe {
+    unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             src.as_raw_fd(),
@@ -393,8 +399,7 @@ pub fn idmapped_clone(
                 | AT_RECURSIVE
                 | libc::AT_EMPTY_PATH as libc::c_uint,
         )
-    };
-    idmap_tree(fd, what, Some(userns), ro)
+    }
 }
 
 /// A detached copy of the tree open at `src`, nosuid and nodev (and
@@ -405,25 +410,7 @@ pub fn clone_tree(
     userns: Option<&OwnedFd>,
     ro: bool,
 ) -> Result<OwnedFd> {
-    match userns {
-        Some(ns) => idmapped_clone(src, what, ns, ro),
-        None => {
-            let empty = std::ffi::CString::default();
-            // SAFETY: as in `idmapped_clone`.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_open_tree,
-                    src.as_raw_fd(),
-                    empty.as_ptr(),
-                    OPEN_TREE_CLONE
-                        | libc::O_CLOEXEC as libc::c_uint
-                        | AT_RECURSIVE
-                        | libc::AT_EMPTY_PATH as libc::c_uint,
-                )
-            };
-            idmap_tree(fd, what, None, ro)
-        }
-    }
+    idmap_tree(open_tree_clone(src), what, userns, ro)
 }
 
 /// Idmaps the detached tree `fd` (from open_tree, or -1 for its error).

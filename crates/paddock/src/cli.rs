@@ -513,6 +513,27 @@ impl Client {
         bail!("the daemon closed the pull stream without a result")
     }
 
+    /// `f` of each id, its id printed when done (not under --json), its
+    /// error said otherwise; whether all went well.
+    async fn each<'a, F, Fut>(&self, ids: &'a [String], f: F) -> bool
+    where
+        F: Fn(&'a str) -> Fut,
+        Fut: std::future::Future<Output = paddock_client::Result<()>>,
+    {
+        let mut ok = true;
+        for id in ids {
+            match f(id).await {
+                Ok(()) if !self.json => println!("{id}"),
+                Ok(()) => {}
+                Err(e) => {
+                    eprintln!("{id}: {e}");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
     fn print_sandboxes(&self, list: &[w::Sandbox]) {
         let mut t = table(&["ID", "STATE", "KEY", "IMAGE", "CPU", "MEMORY", "CREATED"]);
         for s in list {
@@ -748,18 +769,7 @@ impl Client {
                 pretty(&self.api.get_snapshot(&id).await?)?
             }
             ClientCmd::Snapshots(SnapshotsCmd::Rm { ids }) => {
-                let mut failed = 0;
-                for id in ids {
-                    match self.api.delete_snapshot(&id).await {
-                        Ok(()) if !self.json => println!("{id}"),
-                        Ok(()) => {}
-                        Err(e) => {
-                            eprintln!("{id}: {e}");
-                            failed += 1;
-                        }
-                    }
-                }
-                if failed > 0 {
+                if !self.each(&ids, |id| self.api.delete_snapshot(id)).await {
                     return Ok(1);
                 }
             }
@@ -807,18 +817,7 @@ impl Client {
             }
             ClientCmd::Volumes(VolumesCmd::Inspect { id }) => pretty(&self.api.volume(&id).await?)?,
             ClientCmd::Volumes(VolumesCmd::Rm { ids }) => {
-                let mut failed = 0;
-                for id in ids {
-                    match self.api.delete_volume(&id).await {
-                        Ok(()) if !self.json => println!("{id}"),
-                        Ok(()) => {}
-                        Err(e) => {
-                            eprintln!("{id}: {e}");
-                            failed += 1;
-                        }
-                    }
-                }
-                if failed > 0 {
+                if !self.each(&ids, |id| self.api.delete_volume(id)).await {
                     return Ok(1);
                 }
             }

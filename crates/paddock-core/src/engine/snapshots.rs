@@ -144,24 +144,7 @@ impl Engine {
             size_bytes: top.bytes,
             created_at: Utc::now(),
         };
-        self.store.tx_events(
-            |tx| {
-                Store::put_snapshot(tx, &snap)?;
-                let ev = Store::append_event(
-                    tx,
-                    id,
-                    &sb.owner,
-                    EventData::Snapshot(ev::Snapshotted {
-                        snapshot_id: snap.id,
-                        digest: top.digest.clone(),
-                        size_bytes: top.bytes,
-                        fork: false,
-                    }),
-                )?;
-                Ok(((), vec![ev]))
-            },
-            |evs| self.bus.publish_all(evs),
-        )?;
+        self.record_capture(&sb, Some(&snap), &top, false)?;
         Ok(snap)
     }
 
@@ -239,23 +222,37 @@ impl Engine {
             size_bytes: flat.bytes,
             created_at: Utc::now(),
         };
+        self.record_capture(sb, Some(&snap), &flat, true)
+    }
+
+    /// Records what a capture of `sb` made, in one transaction: its
+    /// snapshot, if any (`replace`: in place of its owner's of that name),
+    /// and the sandbox's `sandbox.snapshot` event (a fork's without one).
+    fn record_capture(
+        &self,
+        sb: &Sandbox,
+        snap: Option<&Snapshot>,
+        layer: &StoredLayer,
+        replace: bool,
+    ) -> Result<()> {
         self.store.tx_events(
             |tx| {
-                Store::delete_snapshot_named(
-                    tx,
-                    &snap.owner,
-                    snap.name.as_deref().unwrap_or_default(),
-                )?;
-                Store::put_snapshot(tx, &snap)?;
+                if let Some(sn) = snap {
+                    if replace {
+                        let name = sn.name.as_deref().unwrap_or_default();
+                        Store::delete_snapshot_named(tx, &sn.owner, name)?;
+                    }
+                    Store::put_snapshot(tx, sn)?;
+                }
                 let ev = Store::append_event(
                     tx,
                     sb.id,
                     &sb.owner,
                     EventData::Snapshot(ev::Snapshotted {
-                        snapshot_id: snap.id,
-                        digest: flat.digest.clone(),
-                        size_bytes: flat.bytes,
-                        fork: false,
+                        snapshot_id: snap.map_or(Uuid::nil(), |s| s.id),
+                        digest: layer.digest.clone(),
+                        size_bytes: layer.bytes,
+                        fork: snap.is_none(),
                     }),
                 )?;
                 Ok(((), vec![ev]))
@@ -328,23 +325,7 @@ impl Engine {
         let gc = self.layer_gc.read().await;
         let (stack, top) = self.capture_layers(&rt, &sb).await?;
         drop(life);
-        self.store.tx_events(
-            |tx| {
-                let ev = Store::append_event(
-                    tx,
-                    id,
-                    &sb.owner,
-                    EventData::Snapshot(ev::Snapshotted {
-                        snapshot_id: Uuid::nil(),
-                        digest: top.digest.clone(),
-                        size_bytes: top.bytes,
-                        fork: true,
-                    }),
-                )?;
-                Ok(((), vec![ev]))
-            },
-            |evs| self.bus.publish_all(evs),
-        )?;
+        self.record_capture(&sb, None, &top, false)?;
         let mut config = sb.config.clone();
         config.layers = stack;
         config.volumes.clear();
