@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Creates the virtualenv the SDK tests run in (target/pyenv), with the SDKs
-# pinned in tests/python/requirements.txt, from PyPI. Idempotent.
+# Creates the virtualenvs the SDK tests run in, from PyPI. Idempotent.
+#   target/pyenv                  the SDKs pinned in tests/python/requirements.txt
+#   target/pyenv-agenttier-0.1.1  agenttier's first release
+#                                 (tests/python/requirements-agenttier-0.1.1.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=target/pyenv
-req=tests/python/requirements.txt
-if [[ ! -x $venv/bin/python ]]; then
-  python3 -m venv "$venv"
-fi
-if ! cmp -s "$req" "$venv/.requirements" 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-  cp "$req" "$venv/.requirements"
-fi
+
+# venv VENV REQUIREMENTS: VENV made if missing, REQUIREMENTS installed into
+# it unless the ones last installed are the same.
+venv() {
+  local venv=$1 req=$2
+  if [[ ! -x $venv/bin/python ]]; then
+    python3 -m venv "$venv"
+  fi
+  if ! cmp -s "$req" "$venv/.requirements" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/.requirements"
+  fi
+}
+
+venv target/pyenv tests/python/requirements.txt
+venv target/pyenv-agenttier-0.1.1 tests/python/requirements-agenttier-0.1.1.txt

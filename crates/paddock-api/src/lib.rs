@@ -133,6 +133,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/images/inspect", get(inspect_image))
         .route("/templates", get(list_templates).post(create_template))
+        .route("/policies", get(list_policies))
+        .route(
+            "/policies/{name}",
+            axum::routing::put(put_policy).delete(delete_policy),
+        )
+        .route("/audit", get(audit))
+        .route("/usage", get(usage))
         .route("/pools", get(list_pools))
         .route("/backends", get(list_backends))
         .route(
@@ -165,11 +172,11 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
     let token = bearer(req.headers());
     let principal =
         match token {
-            Some(t) => match st.engine.authenticate(&t) {
-                Ok(p) => p,
+            Some(t) => match st.engine.authenticate(&t).await {
+                Ok(p) => p.via("api"),
                 Err(e) => return Problem::from(e).into_response(),
             },
-            None if !matches!(st.keyless, Keyless::Refused) => Principal::local(),
+            None if !matches!(st.keyless, Keyless::Refused) => Principal::local().via("api"),
             None => return Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "an API key is required: send `Authorization: Bearer <key>` (paddock keys create)",
@@ -191,7 +198,8 @@ type P = Extension<Principal>;
 #[utoipa::path(post, path = "/v1/sandboxes", request_body = w::SandboxSpec,
     responses((status = 201, body = w::Sandbox, description = "created"),
                (status = 200, body = w::Sandbox, description = "an existing sandbox with this key"),
-               (status = 400, body = w::Problem)))]
+               (status = 400, body = w::Problem),
+               (status = 403, body = w::Problem, description = "the operator's policies refuse it: `violations` names each rule broken")))]
 async fn create(
     State(st): State<AppState>,
     Extension(p): P,
@@ -321,6 +329,7 @@ async fn snapshot(
 /// filesystem at one instant and its configuration: all or none.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/fork", request_body = w::ForkRequest,
     responses((status = 201, body = w::ForkResult), (status = 400, body = w::Problem),
+              (status = 403, body = w::Problem, description = "the operator's policies refuse it"),
               (status = 404, body = w::Problem), (status = 501, body = w::Problem)))]
 async fn fork(
     State(st): State<AppState>,
@@ -1111,6 +1120,117 @@ async fn inspect_template(
     Ok(axum::Json(st.engine.get_template(&p, &name)?.wire()))
 }
 
+// ---- governance --------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/policies", responses((status = 200, body = w::PolicyList)))]
+async fn list_policies(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::PolicyList>> {
+    Ok(axum::Json(w::PolicyList {
+        policies: st
+            .engine
+            .policies(&p)?
+            .into_iter()
+            .map(|(x, src)| wire::policy(x, Some(src)))
+            .collect(),
+    }))
+}
+
+/// Writes a policy (the operator's call; the settings file's are 409).
+#[utoipa::path(put, path = "/v1/policies/{name}", request_body = w::Policy,
+    responses((status = 200, body = w::Policy), (status = 400, body = w::Problem),
+               (status = 403, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn put_policy(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+    Json(mut body): Json<w::Policy>,
+) -> ApiResult<axum::Json<w::Policy>> {
+    if !body.name.is_empty() && body.name != name {
+        return Err(Problem::from(Error::invalid(
+            "name",
+            format!("the body names {:?}, the path {name:?}", body.name),
+        )));
+    }
+    body.name = name;
+    let x = st.engine.put_policy(&p, wire::policy_engine(body))?;
+    Ok(axum::Json(wire::policy(
+        x,
+        Some(paddock_core::policy::PolicySource::Api),
+    )))
+}
+
+#[utoipa::path(delete, path = "/v1/policies/{name}", responses((status = 204), (status = 403, body = w::Problem), (status = 404, body = w::Problem)))]
+async fn delete_policy(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.engine.delete_policy(&p, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    /// Records about this sandbox.
+    sandbox: Option<String>,
+    /// Actions starting with this (`sandbox.`, `file.write`).
+    action: Option<String>,
+    /// This principal's (the operator's call; anyone else sees their own).
+    principal: Option<String>,
+    /// Records before this `seq` (the last page's `next`).
+    before: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", params(AuditParams), responses((status = 200, body = w::AuditList), (status = 400, body = w::Problem), (status = 404, body = w::Problem, description = "no such sandbox of yours")))]
+async fn audit(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Query(q): Query<AuditParams>,
+) -> ApiResult<axum::Json<w::AuditList>> {
+    let sandbox = match &q.sandbox {
+        Some(s) => Some(st.engine.find(&p, s)?.id),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::from(Error::invalid("limit", "from 1 to 1000")));
+    }
+    let records = st.engine.audit_log(
+        &p,
+        &paddock_core::audit::AuditQuery {
+            principal: q.principal,
+            sandbox,
+            action: q.action,
+            before: q.before,
+            limit,
+        },
+    )?;
+    let next = (records.len() == limit)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
+    Ok(axum::Json(w::AuditList {
+        records: records.into_iter().map(wire::audit).collect(),
+        next,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/usage", responses((status = 200, body = w::Usage)))]
+async fn usage(State(st): State<AppState>, Extension(p): P) -> ApiResult<axum::Json<w::Usage>> {
+    let u = st.engine.usage(&p)?;
+    Ok(axum::Json(w::Usage {
+        total: u.total,
+        by_state: u.by_state,
+        by_template: u.by_template,
+        avg_startup_ms: u.avg_startup_ms,
+        startup_samples: u.startup_samples,
+    }))
+}
+
 /// Deletes a template; sandboxes created from it are not touched.
 #[utoipa::path(delete, path = "/v1/templates/{name}", responses((status = 204), (status = 404, body = w::Problem)))]
 async fn delete_template(
@@ -1225,6 +1345,11 @@ async fn version() -> axum::Json<w::Version> {
         list_backends,
         inspect_template,
         delete_template,
+        list_policies,
+        put_policy,
+        delete_policy,
+        audit,
+        usage,
         version
     ),
     components(schemas(
@@ -1249,6 +1374,12 @@ async fn version() -> axum::Json<w::Version> {
         w::Capabilities,
         w::Event,
         w::Problem,
+        w::Violation,
+        w::Policy,
+        w::PolicyList,
+        w::AuditRecord,
+        w::AuditList,
+        w::Usage,
         w::SandboxList,
         w::DirListing,
         w::PortList,

@@ -9,17 +9,18 @@ use serde::Serialize;
 /// A problem this API answers with: the wire's [`paddock_wire::Problem`].
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
-pub struct Problem(pub paddock_wire::Problem);
+pub struct Problem(pub Box<paddock_wire::Problem>);
 
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
-        Problem(paddock_wire::Problem {
+        Problem(Box::new(paddock_wire::Problem {
             kind: "about:blank".into(),
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
-        })
+            violations: Vec::new(),
+        }))
     }
 
     pub fn field(mut self, f: impl Into<String>) -> Problem {
@@ -50,7 +51,19 @@ impl From<Error> for Problem {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("{e}");
         }
-        let p = Problem::new(status, e.to_string());
+        let mut p = Problem::new(status, e.to_string());
+        if let Error::PolicyViolation(v) = &e {
+            p.0.violations = v
+                .iter()
+                .map(|v| paddock_wire::Violation {
+                    policy: v.policy.clone(),
+                    rule: v.rule.clone(),
+                    limit: v.limit.clone(),
+                    value: v.value.clone(),
+                    message: v.message.clone(),
+                })
+                .collect();
+        }
         match e.field() {
             Some(field) => p.field(field),
             None => p,

@@ -160,7 +160,7 @@ answer!(core::Sandbox => Sandbox,
     [id, owner, key, labels, template, backend, message, created_at, updated_at,
      last_active_at, expires_at, ip],
     [config, state]);
-answer!(core::Template => Template, [name, owner, warm_pool, created_at], [defaults]);
+answer!(core::Template => Template, [name, owner, description, warm_pool, created_at], [defaults]);
 answer!(core::ExecResult => ExecResult,
     [exit_code, signal, timed_out, stdout, stderr, stdout_truncated, stderr_truncated,
      duration_ms], []);
@@ -193,6 +193,58 @@ impl ToWire for core::Event {
             time: self.time,
             data: serde_json::to_value(&self.data).unwrap_or_default(),
         }
+    }
+}
+
+/// A policy as the API answers it, with where it comes from.
+pub fn policy(
+    x: paddock_core::policy::Policy,
+    source: Option<paddock_core::policy::PolicySource>,
+) -> wire::Policy {
+    wire::Policy {
+        name: x.name,
+        principals: x.principals,
+        groups: x.groups,
+        templates: x.templates,
+        max_sandboxes: x.max_sandboxes,
+        max_ttl_secs: x.max_ttl_secs,
+        max_cpu: x.max_cpu,
+        max_memory_mb: x.max_memory_mb,
+        max_disk_mb: x.max_disk_mb,
+        source: source.map(|s| match s {
+            paddock_core::policy::PolicySource::Config => "config".into(),
+            paddock_core::policy::PolicySource::Api => "api".into(),
+        }),
+    }
+}
+
+/// A policy as the engine takes it (`source` is the daemon's to say).
+pub fn policy_engine(x: wire::Policy) -> paddock_core::policy::Policy {
+    paddock_core::policy::Policy {
+        name: x.name,
+        principals: x.principals,
+        groups: x.groups,
+        templates: x.templates,
+        max_sandboxes: x.max_sandboxes,
+        max_ttl_secs: x.max_ttl_secs,
+        max_cpu: x.max_cpu,
+        max_memory_mb: x.max_memory_mb,
+        max_disk_mb: x.max_disk_mb,
+    }
+}
+
+pub fn audit(a: paddock_core::audit::AuditRecord) -> wire::AuditRecord {
+    wire::AuditRecord {
+        seq: a.seq,
+        at: a.at,
+        principal: a.principal,
+        email: a.email,
+        via: a.via,
+        action: a.action,
+        sandbox: a.sandbox,
+        outcome: a.outcome,
+        error: a.error,
+        detail: a.detail,
     }
 }
 

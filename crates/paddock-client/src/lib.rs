@@ -62,7 +62,7 @@ pub enum Error {
     },
     /// The daemon refused: its problem details.
     #[error("{0}")]
-    Api(w::Problem),
+    Api(Box<w::Problem>),
     /// The connection broke, or a body was not what the API promises.
     #[error("{0}")]
     Protocol(String),
@@ -220,7 +220,7 @@ impl Client {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        Err(Error::Api(problem_of(status.as_u16(), &text)))
+        Err(Error::Api(Box::new(problem_of(status.as_u16(), &text))))
     }
 
     async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T> {
@@ -323,6 +323,36 @@ impl Client {
             .await
     }
 
+    // ---- governance ------------------------------------------------------------
+
+    pub async fn policies(&self) -> Result<w::PolicyList> {
+        self.json(self.request(Method::GET, "/policies")).await
+    }
+
+    pub async fn put_policy(&self, p: &w::Policy) -> Result<w::Policy> {
+        self.json(
+            self.request(Method::PUT, &format!("/policies/{}", p.name))
+                .json(p),
+        )
+        .await
+    }
+
+    pub async fn delete_policy(&self, name: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/policies/{name}")))
+            .await
+    }
+
+    /// The audit log, newest first: `query` is `/v1/audit`'s (`sandbox`,
+    /// `action`, `principal`, `before`, `limit`).
+    pub async fn audit(&self, query: &[(&str, String)]) -> Result<w::AuditList> {
+        self.json(self.request(Method::GET, "/audit").query(query))
+            .await
+    }
+
+    pub async fn usage(&self) -> Result<w::Usage> {
+        self.json(self.request(Method::GET, "/usage")).await
+    }
+
     // ---- volumes ---------------------------------------------------------------
 
     pub async fn create_volume(&self, req: &w::VolumeCreate) -> Result<w::Volume> {
@@ -390,7 +420,7 @@ impl Client {
                 "stdout" => ExecEvent::Stdout(f.decode::<w::OutputChunk>()?.data),
                 "stderr" => ExecEvent::Stderr(f.decode::<w::OutputChunk>()?.data),
                 "exit" => ExecEvent::Exit(f.decode()?),
-                "error" => return Err(Error::Api(f.decode()?)),
+                "error" => return Err(Error::Api(Box::new(f.decode()?))),
                 other => return Err(Error::Protocol(format!("unknown exec event {other:?}"))),
             })
         }))
@@ -436,7 +466,7 @@ impl Client {
                     .as_ref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                Error::Api(problem_of(resp.status().as_u16(), &body))
+                Error::Api(Box::new(problem_of(resp.status().as_u16(), &body)))
             }
             e => Error::Protocol(format!(
                 "cannot reach the paddock daemon at {}: {e}",
@@ -624,7 +654,7 @@ impl Client {
             match f.event.as_str() {
                 "progress" => Some(f.decode().map(PullEvent::Progress)),
                 "pulled" => Some(f.decode().map(PullEvent::Pulled)),
-                "error" => Some(f.decode().and_then(|p| Err(Error::Api(p)))),
+                "error" => Some(f.decode().and_then(|p| Err(Error::Api(Box::new(p))))),
                 _ => None,
             }
         }))
@@ -712,5 +742,6 @@ fn problem_of(status: u16, body: &str) -> w::Problem {
         status,
         detail: body.chars().take(500).collect(),
         field: None,
+        violations: Vec::new(),
     })
 }

@@ -5,6 +5,18 @@ use sha2::{Digest, Sha256};
 
 pub const TOKEN_PREFIX: &str = "pdk_";
 
+/// Turns a bearer token that is not an API key (an OIDC JWT from an issuer
+/// the operator trusts) into a principal. The daemon provides one; the
+/// engine knows no token format but its own keys'.
+#[async_trait::async_trait]
+pub trait TokenVerifier: Send + Sync {
+    /// Whether `token` looks like one of this verifier's (so that its
+    /// refusal is the answer).
+    fn accepts(&self, token: &str) -> bool;
+    /// The principal the token stands for, or `Error::Unauthenticated`.
+    async fn verify(&self, token: &str) -> crate::error::Result<crate::model::Principal>;
+}
+
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

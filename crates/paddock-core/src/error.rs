@@ -24,10 +24,35 @@ pub enum Error {
     /// directory outside the allowed roots): 403, naming the field.
     #[error("{field}: {reason}")]
     ForbiddenField { field: String, reason: String },
+    /// A create or fork breaks the operator's policies: one entry per rule
+    /// broken (403).
+    #[error("policy violation: {}", violations_text(.0))]
+    PolicyViolation(Vec<Violation>),
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// One rule of one policy that a request breaks.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Violation {
+    pub policy: String,
+    /// `templates`, `max_sandboxes`, `max_ttl_secs`, `max_cpu`,
+    /// `max_memory_mb` or `max_disk_mb`.
+    pub rule: String,
+    /// What the rule allows.
+    pub limit: serde_json::Value,
+    /// What the request asked for.
+    pub value: serde_json::Value,
+    pub message: String,
+}
+
+fn violations_text(v: &[Violation]) -> String {
+    v.iter()
+        .map(|v| v.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,6 +5,7 @@
 //! it; isolation backends implement its [`Runtime`] port.
 
 pub mod agent;
+pub mod audit;
 pub mod auth;
 pub mod engine;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod hostmount;
 pub mod layers;
 pub mod logs;
 pub mod model;
+pub mod policy;
 pub mod runtime;
 pub mod state;
 pub mod store;

@@ -716,14 +716,7 @@ impl SandboxSpec {
                 return Err(Error::invalid("key", "must match [A-Za-z0-9_-]{1,64}"));
             }
         }
-        for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > 128 || v.len() > 1024 {
-                return Err(Error::invalid(
-                    "labels",
-                    "keys must be 1-128 bytes and values at most 1024 bytes",
-                ));
-            }
-        }
+        check_labels(&self.labels)?;
         // The defaults are capped by the operator's ceilings too: a host
         // smaller than a default still takes creates that leave it out.
         let cpu = self.cpu.unwrap_or(DEFAULT_CPU.min(limits.max_cpu));
@@ -918,6 +911,9 @@ fn or_template<T: Clone>(mine: Vec<T>, template: &[T]) -> Vec<T> {
 pub struct Template {
     pub name: String,
     pub owner: String,
+    /// What it is for, in a line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// The defaults: any field of a sandbox spec but `key` and `template`.
     pub defaults: SandboxSpec,
     /// Sandboxes of this template kept booted ahead of time (a warm pool,
@@ -931,6 +927,23 @@ pub struct Template {
 pub const MAX_TEMPLATE_POOL: usize = 16;
 /// The most sandboxes one principal's templates may keep pooled in all.
 pub const MAX_POOLED_PER_OWNER: usize = 32;
+
+/// Labels: keys of 1-128 bytes, values of at most 1024, no NUL bytes, at
+/// most 256 of them.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > 256 {
+        return Err(Error::invalid("labels", "at most 256 labels"));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 128 || v.len() > 1024 || k.contains('\0') || v.contains('\0') {
+            return Err(Error::invalid(
+                "labels",
+                "keys must be 1-128 bytes and values at most 1024 bytes",
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Template names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
 pub fn validate_template_name(name: &str) -> Result<()> {
@@ -1096,14 +1109,37 @@ pub struct Sandbox {
 }
 
 /// Who is asking. Open (loopback) daemons use [`Principal::local`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Principal {
+    /// What owns sandboxes: a key's principal, `oidc:<subject>` for a
+    /// token from a trusted issuer, `local` for the operator.
     pub id: String,
+    /// From a token's claims, where it had them.
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// Groups (a token's `groups` claim): what policies may name.
+    pub groups: Vec<String>,
+    /// The API that carried the call (`api`, `hiver`, `flash`,
+    /// `agenttier`, ...), as the audit log records it.
+    pub via: &'static str,
 }
 
 impl Principal {
+    pub fn new(id: impl Into<String>) -> Principal {
+        Principal {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
     pub fn local() -> Principal {
-        Principal { id: "local".into() }
+        Principal::new("local")
+    }
+
+    /// The same principal, as carried by API `via`.
+    pub fn via(mut self, via: &'static str) -> Principal {
+        self.via = via;
+        self
     }
 
     /// The operator: the local principal (loopback without a key, the

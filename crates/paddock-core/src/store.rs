@@ -88,6 +88,23 @@ const MIGRATIONS: &[&str] = &[
         doc TEXT NOT NULL
      );
      CREATE UNIQUE INDEX volumes_owner_name ON volumes(owner, name);",
+    // 8: the audit log, and the policies written through the API (the
+    // settings file's are read at start).
+    "CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        principal TEXT NOT NULL,
+        sandbox TEXT,
+        action TEXT NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE INDEX audit_principal ON audit(principal, seq);
+     CREATE INDEX audit_sandbox ON audit(sandbox, seq) WHERE sandbox IS NOT NULL;
+     CREATE TABLE policies (
+        name TEXT PRIMARY KEY,
+        updated_at INTEGER NOT NULL,
+        doc TEXT NOT NULL
+     );",
 ];
 
 /// The version of the snapshot document this daemon writes (1: the first).
@@ -154,6 +171,8 @@ pub struct Store {
     /// written: the next transaction that writes events writes them first,
     /// or [`Store::flush_deferred`] does.
     deferred: Mutex<Vec<Deferred>>,
+    /// Audit records waiting likewise ([`Store::defer_audit`]).
+    audit: Mutex<Vec<crate::audit::AuditRecord>>,
     /// A flush of deferred events is arranged.
     flush_due: std::sync::atomic::AtomicBool,
     /// Arranges a flush of deferred events (the engine sets it; without
@@ -223,6 +242,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             deferred: Mutex::new(Vec::new()),
+            audit: Mutex::new(Vec::new()),
             flush_due: Default::default(),
             flusher: Mutex::new(None),
         })
@@ -252,8 +272,12 @@ impl Store {
     ) -> Result<T> {
         let mut conn = self.lock();
         let pending = std::mem::take(&mut *self.lock_deferred());
+        let audit = std::mem::take(&mut *self.lock_audit());
         let run = |conn: &mut Connection| -> Result<(T, Vec<Event>)> {
             let tx = conn.transaction()?;
+            for a in &audit {
+                Self::insert_audit(&tx, a)?;
+            }
             let mut evs = Vec::with_capacity(pending.len() + 1);
             for d in &pending {
                 evs.push(Self::append_event_at(
@@ -277,6 +301,18 @@ impl Store {
             Err(e) => {
                 // Rolled back: the deferred events go back to wait for the
                 // next write or a flush.
+                if !audit.is_empty() {
+                    let mut q = self.lock_audit();
+                    let later = std::mem::replace(&mut *q, audit);
+                    q.extend(later);
+                    if q.len() > MAX_DEFERRED {
+                        let n = q.len() - MAX_DEFERRED;
+                        tracing::warn!("dropping {n} audit records that could not be written");
+                        q.drain(..n);
+                    }
+                    drop(q);
+                    self.arm();
+                }
                 if !pending.is_empty() {
                     let mut q = self.lock_deferred();
                     let later = std::mem::replace(&mut *q, pending);
@@ -292,6 +328,120 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    fn lock_audit(&self) -> std::sync::MutexGuard<'_, Vec<crate::audit::AuditRecord>> {
+        self.audit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an audit record with the next transaction that writes
+    /// events, or the flush this arranges (within milliseconds). A crash in
+    /// between loses it.
+    pub fn defer_audit(&self, rec: crate::audit::AuditRecord) {
+        self.lock_audit().push(rec);
+        self.arm();
+    }
+
+    fn insert_audit(tx: &rusqlite::Transaction<'_>, a: &crate::audit::AuditRecord) -> Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO audit (ts, principal, sandbox, action, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            ms(a.at),
+            a.principal,
+            a.sandbox.map(|s| s.to_string()),
+            a.action,
+            serde_json::to_string(a)?
+        ])?;
+        Ok(())
+    }
+
+    /// Audit records, newest first (the engine flushes deferred ones
+    /// first).
+    pub fn audit(&self, q: &crate::audit::AuditQuery) -> Result<Vec<crate::audit::AuditRecord>> {
+        let conn = self.lock();
+        let mut sql = String::from("SELECT seq, doc FROM audit WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(p) = &q.principal {
+            args.push(p.clone().into());
+            sql += &format!(" AND principal = ?{}", args.len());
+        }
+        if let Some(s) = q.sandbox {
+            args.push(s.to_string().into());
+            sql += &format!(" AND sandbox = ?{}", args.len());
+        }
+        if let Some(a) = &q.action {
+            args.push(format!("{}%", a.replace(['%', '_'], "")).into());
+            sql += &format!(" AND action LIKE ?{}", args.len());
+        }
+        if let Some(b) = q.before {
+            args.push(b.into());
+            sql += &format!(" AND seq < ?{}", args.len());
+        }
+        args.push((q.limit.clamp(1, 10_000) as i64).into());
+        sql += &format!(" ORDER BY seq DESC LIMIT ?{}", args.len());
+        let mut st = conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, doc) = row?;
+            let mut rec: crate::audit::AuditRecord = serde_json::from_str(&doc)?;
+            rec.seq = seq;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The policies written through the API, by name.
+    pub fn policies(&self) -> Result<Vec<crate::policy::Policy>> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached("SELECT doc FROM policies ORDER BY name")?;
+        let docs = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// Writes a policy (replacing one of the same name).
+    pub fn put_policy(&self, p: &crate::policy::Policy) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO policies (name, updated_at, doc) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET updated_at = excluded.updated_at, doc = excluded.doc",
+            params![p.name, ms(Utc::now()), serde_json::to_string(p)?],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a policy; whether there was one.
+    pub fn delete_policy(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM policies WHERE name = ?1", params![name])?
+            > 0)
+    }
+
+    /// The mean duration (ms) of successful creates in the audit log, and
+    /// how many there were: `owner`'s, or everyone's.
+    pub fn create_durations(&self, owner: Option<&str>) -> Result<(u64, usize)> {
+        let conn = self.lock();
+        let sql = "SELECT AVG(json_extract(doc, '$.detail.duration_ms')), COUNT(json_extract(doc, '$.detail.duration_ms'))
+             FROM audit WHERE action = 'sandbox.create' AND json_extract(doc, '$.outcome') = 'ok'
+             AND (?1 IS NULL OR principal = ?1)";
+        let (avg, n): (Option<f64>, i64) =
+            conn.query_row(sql, params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((avg.unwrap_or(0.0).round() as u64, n as usize))
+    }
+
+    /// How many sandboxes `owner` holds (every state but `error` and
+    /// `destroyed`), inside a transaction that will add one.
+    pub fn held_in(tx: &rusqlite::Transaction<'_>, owner: &str) -> Result<usize> {
+        Ok(tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM sandboxes WHERE owner = ?1 AND state NOT IN ('error', 'destroyed')",
+            )?
+            .query_row(params![owner], |r| r.get::<_, i64>(0))? as usize)
     }
 
     fn lock_deferred(&self) -> std::sync::MutexGuard<'_, Vec<Deferred>> {
@@ -340,7 +490,7 @@ impl Store {
     pub fn flush_deferred(&self, publish: impl FnOnce(Vec<Event>)) -> Result<()> {
         self.flush_due
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        if self.lock_deferred().is_empty() {
+        if self.lock_deferred().is_empty() && self.lock_audit().is_empty() {
             return Ok(());
         }
         self.tx_events(|_| Ok(((), Vec::new())), publish)

@@ -79,7 +79,9 @@ pub fn status_of(e: Error) -> Status {
         Error::Unsupported(_) => Code::Unimplemented,
         Error::Quota(_) => Code::ResourceExhausted,
         Error::Unauthenticated(_) => Code::Unauthenticated,
-        Error::Forbidden(_) | Error::ForbiddenField { .. } => Code::PermissionDenied,
+        Error::Forbidden(_) | Error::ForbiddenField { .. } | Error::PolicyViolation(_) => {
+            Code::PermissionDenied
+        }
         Error::Timeout(_) => Code::DeadlineExceeded,
         Error::Internal(_) => {
             tracing::error!("flash grpc: {e}");
@@ -255,7 +257,21 @@ impl SandboxService for Flash {
 
 #[cfg(test)]
 mod tests {
-    use super::{fit_message, strip_prefix, tail};
+    use super::{fit_message, status_of, strip_prefix, tail};
+
+    #[test]
+    fn a_policy_breach_is_permission_denied_naming_the_rule() {
+        let e = paddock_core::Error::PolicyViolation(vec![paddock_core::error::Violation {
+            policy: "ops".into(),
+            rule: "max_memory_mb".into(),
+            limit: 512.into(),
+            value: 1024.into(),
+            message: "1024 MiB of memory; policy \"ops\" allows at most 512".into(),
+        }]);
+        let s = status_of(e);
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(s.message().contains("at most 512"), "{}", s.message());
+    }
 
     #[test]
     fn prefixes_are_dropped_from_method_paths() {

@@ -160,6 +160,7 @@ impl IntoResponse for FError {
             Error::Quota(_) => "resource_exhausted",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) | Error::ForbiddenField { .. } => "permission_denied",
+            Error::PolicyViolation(_) => "policy_violation",
             Error::Timeout(_) => "deadline_exceeded",
             Error::Internal(_) => "internal",
         };

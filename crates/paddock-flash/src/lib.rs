@@ -64,7 +64,7 @@ pub struct Flash {
 }
 
 fn principal() -> Principal {
-    Principal::local()
+    Principal::local().via("flash")
 }
 
 /// The request with its path replaced by what `strip` makes of it (the

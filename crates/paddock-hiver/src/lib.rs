@@ -111,7 +111,7 @@ pub fn router(engine: Arc<Engine>, guard: &Guard) -> Router {
 }
 
 fn principal() -> Principal {
-    Principal::local()
+    Principal::local().via("hiver")
 }
 
 // ---- errors ---------------------------------------------------------------

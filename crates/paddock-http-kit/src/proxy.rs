@@ -103,12 +103,34 @@ pub async fn forward_to(
     for h in HOP {
         parts.headers.remove(*h);
     }
+    parts.headers.append(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(SANDBOXED),
+    );
     Ok(Response::from_parts(parts, Body::new(body)).into_response())
 }
+
+/// What every proxied answer carries: a page a sandbox serves is shown on
+/// the daemon's own origin (its API's), so a browser must not treat it as
+/// that origin. A CSP `sandbox` without `allow-same-origin` gives it an
+/// opaque one: its scripts run, but they cannot read the API's answers,
+/// and what they send carries `Origin: null`, which the guard refuses on
+/// keyless requests. (Cookies and storage of the page's own do not work
+/// there; a server that needs them is reached on its port directly.)
+pub const SANDBOXED: &str = "sandbox allow-scripts allow-forms allow-popups allow-modals \
+     allow-downloads allow-pointer-lock allow-presentation";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxied_pages_get_no_origin_of_the_daemons() {
+        assert!(SANDBOXED.starts_with("sandbox "));
+        assert!(!SANDBOXED.contains("allow-same-origin"));
+        assert!(!SANDBOXED.contains("allow-top-navigation"));
+        HeaderValue::from_static(SANDBOXED);
+    }
 
     #[test]
     fn a_port_is_a_number_or_a_named_400() {

@@ -14,7 +14,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         Error::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) | Error::ForbiddenField { .. } => StatusCode::FORBIDDEN,
+        Error::Forbidden(_) | Error::ForbiddenField { .. } | Error::PolicyViolation(_) => {
+            StatusCode::FORBIDDEN
+        }
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -34,6 +36,7 @@ mod tests {
             (Error::Quota("x".into()), 429),
             (Error::Unauthenticated("x".into()), 401),
             (Error::Forbidden("x".into()), 403),
+            (Error::PolicyViolation(vec![]), 403),
             (Error::Timeout("x".into()), 504),
             (Error::Internal("x".into()), 500),
         ] {

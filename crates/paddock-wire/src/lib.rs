@@ -11,12 +11,14 @@
 
 mod exec;
 mod files;
+mod governance;
 mod images;
 mod problem;
 mod sandbox;
 
 pub use exec::*;
 pub use files::*;
+pub use governance::*;
 pub use images::*;
 pub use problem::*;
 pub use sandbox::*;

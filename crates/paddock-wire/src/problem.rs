@@ -17,6 +17,26 @@ pub struct Problem {
     /// The field of the request at fault, when one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For a create or fork the operator's policies refuse (403): each
+    /// rule broken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+/// One rule of one policy a request breaks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Violation {
+    pub policy: String,
+    /// `templates`, `max_sandboxes`, `max_ttl_secs`, `max_cpu`,
+    /// `max_memory_mb` or `max_disk_mb`.
+    pub rule: String,
+    /// What the rule allows.
+    #[schema(value_type = Object)]
+    pub limit: serde_json::Value,
+    /// What the request asked for.
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    pub message: String,
 }
 
 fn about_blank() -> String {

@@ -382,7 +382,11 @@ pub struct SandboxList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Template {
     pub name: String,
+    /// Its owner; `paddock:operator` for the operator's (the settings
+    /// file's), which every principal sees.
     pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// The defaults: any field of a sandbox spec but `key` and `template`.
     pub defaults: SandboxSpec,
     /// Sandboxes of this template kept booted ahead of time; 0: none.

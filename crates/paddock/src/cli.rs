@@ -137,6 +137,28 @@ pub enum ClientCmd {
     /// Volumes: named, sized filesystems that outlive sandboxes.
     #[command(subcommand)]
     Volumes(VolumesCmd),
+    /// The audit log: every mutating call, who made it, through which API,
+    /// and how it ended (newest first; yours, or everyone's for the
+    /// operator).
+    Audit {
+        /// Only this sandbox's (id or key).
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// Only actions starting with this (`sandbox.`, `file.write`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this principal's (the operator's view).
+        #[arg(long)]
+        principal: Option<String>,
+        /// At most this many (1-1000).
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: usize,
+    },
+    /// What your sandboxes come to (everyone's for the operator).
+    Usage,
+    /// Governance policies: list, set, remove.
+    #[command(subcommand)]
+    Policies(PoliciesCmd),
     /// Copy a running sandbox into new ones (and print their ids).
     Fork {
         id: String,
@@ -146,6 +168,40 @@ pub enum ClientCmd {
         /// Keep the processes' memory too (backends that can).
         #[arg(long)]
         memory: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoliciesCmd {
+    /// The policies (all for the operator; those that apply to you else).
+    Ls,
+    /// Write a policy (the operator's call), replacing one of that name.
+    Set {
+        name: String,
+        /// A principal it applies to (glob); repeatable.
+        #[arg(long = "principal")]
+        principals: Vec<String>,
+        /// A group it applies to (glob); repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A template creates may name (glob); repeatable. None: any.
+        #[arg(long = "template")]
+        templates: Vec<String>,
+        #[arg(long)]
+        max_sandboxes: Option<u32>,
+        #[arg(long)]
+        max_ttl_secs: Option<u64>,
+        #[arg(long)]
+        max_cpu: Option<f64>,
+        #[arg(long)]
+        max_memory_mb: Option<i64>,
+        #[arg(long)]
+        max_disk_mb: Option<i64>,
+    },
+    /// Remove policies written through the API.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -744,6 +800,134 @@ impl Client {
                     pretty(&sn)?;
                 } else {
                     println!("{}", sn.id);
+                }
+            }
+            ClientCmd::Audit {
+                sandbox,
+                action,
+                principal,
+                limit,
+            } => {
+                let mut q = vec![("limit", limit.to_string())];
+                for (k, v) in [
+                    ("sandbox", sandbox),
+                    ("action", action),
+                    ("principal", principal),
+                ] {
+                    if let Some(v) = v {
+                        q.push((k, v));
+                    }
+                }
+                let v = self.api.audit(&q).await?;
+                if self.json {
+                    pretty(&v.records)?;
+                } else {
+                    let mut t =
+                        table(&["TIME", "PRINCIPAL", "VIA", "ACTION", "SANDBOX", "OUTCOME"]);
+                    for r in v.records {
+                        t.add_row(vec![
+                            r.at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                            r.principal,
+                            r.via,
+                            r.action,
+                            r.sandbox.map(|s| s.to_string()).unwrap_or_default(),
+                            match r.error {
+                                Some(e) => format!(
+                                    "{}: {}",
+                                    r.outcome,
+                                    e.chars().take(80).collect::<String>()
+                                ),
+                                None => r.outcome,
+                            },
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Usage => {
+                let u = self.api.usage().await?;
+                if self.json {
+                    pretty(&u)?;
+                } else {
+                    println!("sandboxes: {}", u.total);
+                    for (k, n) in &u.by_state {
+                        println!("  {k}: {n}");
+                    }
+                    println!(
+                        "mean create: {} ms over {}",
+                        u.avg_startup_ms, u.startup_samples
+                    );
+                }
+            }
+            ClientCmd::Policies(PoliciesCmd::Ls) => {
+                let v = self.api.policies().await?;
+                if self.json {
+                    pretty(&v.policies)?;
+                } else {
+                    let mut t = table(&["NAME", "SOURCE", "APPLIES TO", "RULES"]);
+                    for x in v.policies {
+                        let mut who: Vec<String> = x.principals.clone();
+                        who.extend(x.groups.iter().map(|g| format!("group:{g}")));
+                        let mut rules = Vec::new();
+                        if let Some(ts) = &x.templates {
+                            rules.push(format!("templates={}", ts.join(",")));
+                        }
+                        for (k, v) in [
+                            ("max_sandboxes", x.max_sandboxes.map(|v| v.to_string())),
+                            ("max_ttl_secs", x.max_ttl_secs.map(|v| v.to_string())),
+                            ("max_cpu", x.max_cpu.map(|v| v.to_string())),
+                            ("max_memory_mb", x.max_memory_mb.map(|v| v.to_string())),
+                            ("max_disk_mb", x.max_disk_mb.map(|v| v.to_string())),
+                        ] {
+                            if let Some(v) = v {
+                                rules.push(format!("{k}={v}"));
+                            }
+                        }
+                        t.add_row(vec![
+                            x.name,
+                            x.source.unwrap_or_default(),
+                            who.join(" "),
+                            rules.join(" "),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Policies(PoliciesCmd::Set {
+                name,
+                principals,
+                groups,
+                templates,
+                max_sandboxes,
+                max_ttl_secs,
+                max_cpu,
+                max_memory_mb,
+                max_disk_mb,
+            }) => {
+                let x = self
+                    .api
+                    .put_policy(&w::Policy {
+                        name,
+                        principals,
+                        groups,
+                        templates: (!templates.is_empty()).then_some(templates),
+                        max_sandboxes,
+                        max_ttl_secs,
+                        max_cpu,
+                        max_memory_mb,
+                        max_disk_mb,
+                        source: None,
+                    })
+                    .await?;
+                if self.json {
+                    pretty(&x)?;
+                } else {
+                    println!("{}", x.name);
+                }
+            }
+            ClientCmd::Policies(PoliciesCmd::Rm { names }) => {
+                if !self.each(&names, |n| self.api.delete_policy(n)).await {
+                    return Ok(1);
                 }
             }
             ClientCmd::Snapshots(SnapshotsCmd::Ls) => {

@@ -5,6 +5,7 @@ mod bench;
 mod bench_peers;
 mod claims;
 mod cli;
+mod oidc;
 mod serve;
 
 use clap::{Parser, Subcommand};

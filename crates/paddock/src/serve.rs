@@ -31,6 +31,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:50051", env = "PADDOCK_FLASH_GRPC_LISTEN",
           value_parser = listen_or_off)]
     pub flash_grpc_listen: Listen,
+    /// Address of the agenttier dialect's REST API (`/api/v1`), or `off`.
+    /// It takes API keys (`X-API-Key`, `Authorization: Bearer`) and tokens
+    /// of the issuers the settings file trusts (`[[oidc]]`); requests
+    /// without one only on loopback without `--require-auth`.
+    #[arg(long, default_value = "127.0.0.1:8090", env = "PADDOCK_AGENTTIER_LISTEN",
+          value_parser = listen_or_off)]
+    pub agenttier_listen: Listen,
     /// The native API's unix socket (mode 0660, owned by root and
     /// `--socket-group`), or `off`. Requests on it need no key: the file's
     /// permissions are the authentication. The CLI uses it when it exists.
@@ -192,6 +199,95 @@ pub struct FileConfig {
     pub max_idle_timeout_secs: Option<u64>,
     #[serde(default)]
     pub max_exec_timeout_secs: Option<f64>,
+    /// The operator's templates, by name, which every principal sees
+    /// (`general-coding` is there unless this redefines it).
+    #[serde(default)]
+    pub templates: std::collections::BTreeMap<String, TemplateConfig>,
+    /// Governance policies (`[[policies]]`), evaluated at every create.
+    #[serde(default)]
+    pub policies: Vec<paddock_core::policy::Policy>,
+    /// Token issuers the daemon trusts (`[[oidc]]`): a bearer token one of
+    /// them signed stands for `principal_prefix` + its subject.
+    #[serde(default)]
+    pub oidc: Vec<paddock_oidc::IssuerConfig>,
+}
+
+/// `[templates.NAME]`: what a create from the template gets unless it
+/// says otherwise.
+#[derive(serde::Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub description: Option<String>,
+    pub image: Option<String>,
+    pub cpu: Option<f64>,
+    pub memory_mb: Option<i64>,
+    pub disk_mb: Option<i64>,
+    pub pids: Option<i64>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub ttl_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The template every daemon has unless its settings file redefines it
+/// (agenttier's README creates from it).
+pub const DEFAULT_TEMPLATE: &str = "general-coding";
+
+/// The operator's templates: the settings file's, and `general-coding`
+/// (the default image: a shell, Python 3, the host's tools) unless the
+/// file has one; each checked as a create would be.
+fn operator_templates(
+    file: &FileConfig,
+    limits: &paddock_core::model::Limits,
+) -> anyhow::Result<Vec<paddock_core::model::Template>> {
+    let mut all = file.templates.clone();
+    all.entry(DEFAULT_TEMPLATE.into())
+        .or_insert(TemplateConfig {
+            description: Some(
+                "A coding sandbox on the default image: a shell, Python 3 and the host's tools, \
+             files in /workspace"
+                    .into(),
+            ),
+            ..Default::default()
+        });
+    let mut out = Vec::new();
+    for (name, t) in all {
+        paddock_core::model::validate_template_name(&name)
+            .map_err(|e| anyhow::anyhow!("[templates.{name}]: {e}"))?;
+        let defaults = paddock_core::model::SandboxSpec {
+            image: t.image,
+            cpu: t.cpu,
+            memory_mb: t.memory_mb,
+            disk_mb: t.disk_mb,
+            pids: t.pids,
+            env: t.env,
+            cwd: t.cwd,
+            command: t.command,
+            ttl_secs: t.ttl_secs,
+            idle_timeout_secs: t.idle_timeout_secs,
+            ports: t.ports,
+            labels: t.labels,
+            ..Default::default()
+        };
+        defaults
+            .resolve(limits)
+            .map_err(|e| anyhow::anyhow!("[templates.{name}]: {e}"))?;
+        out.push(paddock_core::model::Template {
+            name,
+            owner: paddock_core::engine::OPERATOR_TEMPLATES.into(),
+            description: t.description,
+            defaults,
+            warm_pool: 0,
+            created_at: Default::default(),
+        });
+    }
+    Ok(out)
 }
 
 /// The operator's ceilings: a flag, else the settings file, else the
@@ -362,6 +458,7 @@ struct Listeners {
     hiver: Option<tokio::net::TcpListener>,
     flash_http: Option<tokio::net::TcpListener>,
     flash_grpc: Option<tokio::net::TcpListener>,
+    agenttier: Option<tokio::net::TcpListener>,
 }
 
 /// Sends each write at once: streams (SSE, WebSocket) write small frames
@@ -485,6 +582,10 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
             "the flash-sandbox dialect (gRPC)",
         )
         .await?,
+        agenttier: match args.agenttier_listen.0 {
+            Some(addr) => Some(bind(addr, "--agenttier-listen", "the agenttier dialect").await?),
+            None => None,
+        },
         // Last: a taken port is named before the socket is touched.
         socket: match args.socket.as_str() {
             "off" | "" => None,
@@ -508,6 +609,26 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let mut allowed_hosts = file.allowed_hosts.clone();
     allowed_hosts.extend(args.allowed_hosts.iter().cloned());
     let guard = paddock_http_kit::Guard::new(&allowed_hosts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Checked before anything is bound or made: a bad setting fails the
+    // start alone.
+    let limits = limits(&args, &file)?;
+    let templates = operator_templates(&file, &limits)?;
+    let mut seen = std::collections::HashSet::new();
+    for p in &file.policies {
+        p.validate()
+            .map_err(|e| anyhow::anyhow!("[[policies]] {:?}: {e}", p.name))?;
+        if !seen.insert(p.name.clone()) {
+            anyhow::bail!("[[policies]]: two policies named {:?}", p.name);
+        }
+    }
+    let policies = file.policies.clone();
+    let verifier = match file.oidc.is_empty() {
+        true => None,
+        false => Some(
+            paddock_oidc::Verifier::new(file.oidc.clone())
+                .map_err(|e| anyhow::anyhow!("[[oidc]]: {e}"))?,
+        ),
+    };
     let listeners = match args.cleanup {
         true => None,
         false => Some(bind_all(&args).await?),
@@ -518,7 +639,6 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // /proc/self/mountinfo by this path.
     args.data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolve {}", args.data_dir.display()))?;
-    let limits = limits(&args, &file)?;
     let globs = file
         .pull_policy
         .default
@@ -614,11 +734,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             log_max_bytes: args.log_max_mb << 20,
             pull_policy,
             default_backends: args.default_backends.iter().cloned().collect(),
+            templates,
+            policies,
             limits,
             host_mounts,
             ..Default::default()
         },
     )?;
+    if let Some(v) = verifier {
+        engine.set_token_verifier(Arc::new(crate::oidc::Tokens(v)));
+    }
     engine.set_layers(Arc::new(paddock_host::layer::LayerStore::new(
         &args.data_dir.join("images").join("snapshots"),
     )?));
@@ -675,6 +800,22 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             axum::serve(l, app)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
+        );
+    }
+    if let Some(l) = ls.agenttier {
+        let open = l.local_addr().is_ok_and(|a| a.ip().is_loopback()) && !args.require_auth;
+        let keyless = if open {
+            paddock_agenttier::Keyless::Guarded(guard.clone())
+        } else {
+            paddock_agenttier::Keyless::Refused
+        };
+        servers.spawn(
+            axum::serve(
+                no_delay(l),
+                paddock_agenttier::router(engine.clone(), keyless),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
         );
     }
     if let Some(l) = ls.hiver {

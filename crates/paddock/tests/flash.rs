@@ -78,7 +78,7 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 
 #[test]
 fn dialect_listeners_are_configurable_and_can_be_off() {
-    let (h, g, v) = (free_port(), free_port(), free_port());
+    let (h, g, v, a) = (free_port(), free_port(), free_port(), free_port());
     let d = Daemon::start_with(
         "127.0.0.1",
         &[
@@ -88,10 +88,12 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             &format!("127.0.0.1:{g}"),
             "--hiver-listen",
             &format!("127.0.0.1:{v}"),
+            "--agenttier-listen",
+            &format!("127.0.0.1:{a}"),
         ],
     );
     let native: u16 = d.listen.rsplit(':').next().unwrap().parse().unwrap();
-    let mut want = vec![native, h, g, v];
+    let mut want = vec![native, h, g, v, a];
     want.sort();
     assert_eq!(listening_ports(d.pid()), want);
     drop(d);
@@ -105,6 +107,7 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
         "--flash-http-listen",
         "--flash-grpc-listen",
         "--hiver-listen",
+        "--agenttier-listen",
     ] {
         let out = Command::new(bin())
             .args(["serve", flag, "nowhere", "--listen", "127.0.0.1:1"])
@@ -128,6 +131,8 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             "--hiver-listen",
             "off",
             "--flash-http-listen",
+            "off",
+            "--agenttier-listen",
             "off",
             "--listen",
         ])

@@ -132,7 +132,14 @@ fn templates_belong_to_their_principal() {
         201
     );
     assert_eq!(b.get("/templates/mine").status, 404);
-    assert_eq!(b.get("/templates").body["templates"], json!([]));
+    // Bob sees none of alice's: only the operator's.
+    let names: Vec<Value> = b.get("/templates").body["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("general-coding")]);
     let r = b.post("/sandboxes", json!({"template": "mine"}));
     assert_eq!(r.body["field"], "template", "{}", r.text);
     // Bob may have his own of the same name.

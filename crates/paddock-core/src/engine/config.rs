@@ -14,126 +14,137 @@ impl Engine {
         id: Uuid,
         u: ConfigUpdate,
     ) -> Result<ConfigApplied> {
-        let sb = self.get(p, id)?;
-        let cur = &sb.config;
-        let mounts = u.mounts.clone().unwrap_or_else(|| cur.mounts.clone());
-        let egress = u.egress.clone().unwrap_or_else(|| cur.egress.clone());
-        let snapshot = u.snapshot.clone().unwrap_or_else(|| cur.snapshot.clone());
-        let idle = u.idle_timeout_secs.unwrap_or(cur.idle_timeout_secs);
-        let mut mounts = mounts;
-        let (mounts_added, mounts_removed) = added_removed(&cur.mounts, &mounts);
-        let (egress_added, egress_removed) = added_removed(
-            cur.egress.as_deref().unwrap_or_default(),
-            egress.as_deref().unwrap_or_default(),
-        );
-        let changes = ConfigChanges {
-            mounts_added,
-            mounts_removed,
-            egress_added,
-            egress_removed,
-            warnings: u.warnings.clone(),
-        };
+        self.audited(
+            p,
+            "sandbox.config",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                let sb = self.get(p, id)?;
+                let cur = &sb.config;
+                let mounts = u.mounts.clone().unwrap_or_else(|| cur.mounts.clone());
+                let egress = u.egress.clone().unwrap_or_else(|| cur.egress.clone());
+                let snapshot = u.snapshot.clone().unwrap_or_else(|| cur.snapshot.clone());
+                let idle = u.idle_timeout_secs.unwrap_or(cur.idle_timeout_secs);
+                let mut mounts = mounts;
+                let (mounts_added, mounts_removed) = added_removed(&cur.mounts, &mounts);
+                let (egress_added, egress_removed) = added_removed(
+                    cur.egress.as_deref().unwrap_or_default(),
+                    egress.as_deref().unwrap_or_default(),
+                );
+                let changes = ConfigChanges {
+                    mounts_added,
+                    mounts_removed,
+                    egress_added,
+                    egress_removed,
+                    warnings: u.warnings.clone(),
+                };
 
-        let check = async {
-            validate_mounts(&mounts)?;
-            if let Some(s) = &snapshot {
-                crate::model::validate_snapshot(s)?;
-            }
-            if idle.is_some_and(|i| i > self.cfg.limits.max_idle_timeout_secs) {
-                return Err(Error::invalid(
-                    "idle_timeout_secs",
-                    format!(
-                        "must be at most {} seconds",
-                        self.cfg.limits.max_idle_timeout_secs
-                    ),
-                ));
-            }
-            // A host directory already bound keeps its resolved path; a
-            // new one is checked against the operator's roots first.
-            for (i, m) in mounts.iter_mut().enumerate() {
-                if let Some(o) = &m.origin {
-                    if !cur
-                        .mounts
+                let check = async {
+                    validate_mounts(&mounts)?;
+                    if let Some(s) = &snapshot {
+                        crate::model::validate_snapshot(s)?;
+                    }
+                    if idle.is_some_and(|i| i > self.cfg.limits.max_idle_timeout_secs) {
+                        return Err(Error::invalid(
+                            "idle_timeout_secs",
+                            format!(
+                                "must be at most {} seconds",
+                                self.cfg.limits.max_idle_timeout_secs
+                            ),
+                        ));
+                    }
+                    // A host directory already bound keeps its resolved path; a
+                    // new one is checked against the operator's roots first.
+                    for (i, m) in mounts.iter_mut().enumerate() {
+                        if let Some(o) = &m.origin {
+                            if !cur
+                                .mounts
+                                .iter()
+                                .any(|c| c.path == m.path && c.origin == m.origin)
+                            {
+                                m.origin = Some(
+                                    self.cfg
+                                        .host_mounts
+                                        .check(&format!("mounts[{i}].origin"), o)?,
+                                );
+                            }
+                        }
+                    }
+                    if let Some(e) = &egress {
+                        validate_egress(e)?;
+                    }
+                    sb.state.check(Action::UpdateConfig, id)?;
+                    for m in &changes.mounts_added {
+                        if m.origin.is_some()
+                            && !cur
+                                .mounts
+                                .iter()
+                                .any(|c| c.path == m.path && c.origin == m.origin)
+                        {
+                            return Err(Error::invalid(
+                                "mounts",
+                                format!(
+                                    "a host directory cannot be bound at {} while the sandbox runs",
+                                    m.path
+                                ),
+                            ));
+                        }
+                    }
+                    // New private mounts need their directory.
+                    let new_dirs: Vec<&Mount> = changes
+                        .mounts_added
                         .iter()
-                        .any(|c| c.path == m.path && c.origin == m.origin)
-                    {
-                        m.origin = Some(
-                            self.cfg
-                                .host_mounts
-                                .check(&format!("mounts[{i}].origin"), o)?,
-                        );
+                        .filter(|m| {
+                            m.origin.is_none() && !cur.mounts.iter().any(|c| c.path == m.path)
+                        })
+                        .collect();
+                    if !new_dirs.is_empty() {
+                        let (_, live) = self.live_for(p, id).await?;
+                        for m in new_dirs {
+                            live.agent.mkdir(&m.path, true, None).await?;
+                        }
+                    }
+                    self.regard(&sb, &cur.mounts, &mounts).await?;
+                    Ok(())
+                }
+                .await;
+                let event = |ok: bool, err: Option<&Error>| {
+                    EventData::ConfigApply(ev::ConfigApply {
+                        success: ok,
+                        changes: changes.clone(),
+                        error: err.map(|e| e.to_string()),
+                    })
+                };
+                match check {
+                    Err(e) => {
+                        self.emit(&sb, event(false, Some(&e)));
+                        Ok(ConfigApplied {
+                            applied: false,
+                            sandbox: sb,
+                            changes,
+                            error: Some(e.to_string()),
+                        })
+                    }
+                    Ok(()) => {
+                        let data = event(true, None);
+                        let sb = self.transition(id, data, |s| {
+                            s.config.mounts = mounts.clone();
+                            s.config.egress = egress.clone();
+                            s.config.snapshot = snapshot.clone();
+                            s.config.idle_timeout_secs = idle;
+                        })?;
+                        Ok(ConfigApplied {
+                            applied: true,
+                            sandbox: sb,
+                            changes,
+                            error: None,
+                        })
                     }
                 }
-            }
-            if let Some(e) = &egress {
-                validate_egress(e)?;
-            }
-            sb.state.check(Action::UpdateConfig, id)?;
-            for m in &changes.mounts_added {
-                if m.origin.is_some()
-                    && !cur
-                        .mounts
-                        .iter()
-                        .any(|c| c.path == m.path && c.origin == m.origin)
-                {
-                    return Err(Error::invalid(
-                        "mounts",
-                        format!(
-                            "a host directory cannot be bound at {} while the sandbox runs",
-                            m.path
-                        ),
-                    ));
-                }
-            }
-            // New private mounts need their directory.
-            let new_dirs: Vec<&Mount> = changes
-                .mounts_added
-                .iter()
-                .filter(|m| m.origin.is_none() && !cur.mounts.iter().any(|c| c.path == m.path))
-                .collect();
-            if !new_dirs.is_empty() {
-                let (_, live) = self.live_for(p, id).await?;
-                for m in new_dirs {
-                    live.agent.mkdir(&m.path, true, None).await?;
-                }
-            }
-            self.regard(&sb, &cur.mounts, &mounts).await?;
-            Ok(())
-        }
-        .await;
-        let event = |ok: bool, err: Option<&Error>| {
-            EventData::ConfigApply(ev::ConfigApply {
-                success: ok,
-                changes: changes.clone(),
-                error: err.map(|e| e.to_string()),
-            })
-        };
-        match check {
-            Err(e) => {
-                self.emit(&sb, event(false, Some(&e)));
-                Ok(ConfigApplied {
-                    applied: false,
-                    sandbox: sb,
-                    changes,
-                    error: Some(e.to_string()),
-                })
-            }
-            Ok(()) => {
-                let data = event(true, None);
-                let sb = self.transition(id, data, |s| {
-                    s.config.mounts = mounts.clone();
-                    s.config.egress = egress.clone();
-                    s.config.snapshot = snapshot.clone();
-                    s.config.idle_timeout_secs = idle;
-                })?;
-                Ok(ConfigApplied {
-                    applied: true,
-                    sandbox: sb,
-                    changes,
-                    error: None,
-                })
-            }
-        }
+            },
+        )
+        .await
     }
 }
 

@@ -27,7 +27,28 @@ impl Engine {
         p: &Principal,
         spec: SandboxSpec,
     ) -> Result<(Sandbox, bool)> {
-        self.create_inner(p, spec, true).await
+        let mut detail = serde_json::json!({ "template": spec.template, "key": spec.key });
+        let t0 = std::time::Instant::now();
+        let r = self.create_inner(p, spec, true).await;
+        if let Ok((_, true)) = &r {
+            detail["duration_ms"] = serde_json::json!(t0.elapsed().as_millis() as u64);
+        }
+        let sandbox = r.as_ref().ok().map(|(sb, _)| sb.id);
+        self.audit(p, "sandbox.create", sandbox, r.as_ref().err(), detail);
+        r
+    }
+
+    /// `create`, but a key `p` already used is a conflict (409) rather
+    /// than that sandbox: for APIs where a key is a name that must be new.
+    pub async fn create_new(self: &Arc<Self>, p: &Principal, spec: SandboxSpec) -> Result<Sandbox> {
+        let key = spec.key.clone();
+        match self.create(p, spec).await? {
+            (sb, true) => Ok(sb),
+            (_, false) => Err(Error::Conflict(format!(
+                "a sandbox named {:?} already exists",
+                key.unwrap_or_default()
+            ))),
+        }
     }
 
     /// `create`; with `warm`, a spec a warm pool can serve is handed a
@@ -39,7 +60,7 @@ impl Engine {
         warm: bool,
     ) -> Result<(Sandbox, bool)> {
         let template = match &spec.template {
-            Some(name) => Some(self.store.get_template(&p.id, name)?.ok_or_else(|| {
+            Some(name) => Some(self.template_for(p, name)?.ok_or_else(|| {
                 Error::invalid("template", format!("no template named {name:?}"))
             })?),
             None => None,
@@ -118,6 +139,8 @@ impl Engine {
                 return Ok((existing, false));
             }
         }
+        // The operator's policies, on what the create comes to.
+        let max = self.check_policies(p, spec.template.as_deref(), &mut config, 1)?;
         // A named image is pulled on the caller's behalf (the pull policy,
         // a claim), also when a warm pool holds it booted. A snapshot's is
         // on disk already, resolved as it was when the snapshot was taken.
@@ -126,7 +149,7 @@ impl Engine {
             image = Some(self.image_for(p, reference).await?);
         }
         if let Some(pool) = pool {
-            if let Some(out) = self.take_warm(p, pool, &spec, &config).await? {
+            if let Some(out) = self.take_warm(p, pool, &spec, &config, &max).await? {
                 return Ok(out);
             }
         }
@@ -149,7 +172,7 @@ impl Engine {
             }
             config.volumes = self.resolve_volumes(p, &spec.volumes, &config).await?;
         }
-        self.launch(p, &spec, config, runtime, None).await
+        self.launch(p, &spec, config, runtime, None, &max).await
     }
 
     /// Stores a new sandbox of `config` (`creating`) and boots it; with a
@@ -162,6 +185,7 @@ impl Engine {
         config: SandboxConfig,
         runtime: Arc<dyn Runtime>,
         fork_of: Option<Uuid>,
+        max: &Option<(u32, String)>,
     ) -> Result<(Sandbox, bool)> {
         let id = Uuid::new_v4();
         let now = Utc::now();
@@ -197,6 +221,7 @@ impl Engine {
             let life = self.lifecycles.lock(id).await;
             self.store.tx_events(
                 |tx| {
+                    Self::held_check(tx, &p.id, max)?;
                     Store::check_volumes(tx, id, &sb.config.volumes)?;
                     Store::put_sandbox(tx, &sb)?;
                     let ev = Store::append_event(

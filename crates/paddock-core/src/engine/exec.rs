@@ -13,13 +13,22 @@ impl Engine {
     }
 
     pub async fn exec(&self, p: &Principal, id: Uuid, req: &ExecRequest) -> Result<ExecResult> {
-        req.validate(&self.cfg.limits)?;
-        let (sb, live) = self.live_for(p, id).await?;
-        let request = self.emit_alongside(&sb, exec_request_data(&sb, req));
-        let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
-        let request_id = request.await;
-        self.emit_later(&sb, exec_response_data(request_id, &r));
-        r
+        self.audited(
+            p,
+            "sandbox.exec",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                req.validate(&self.cfg.limits)?;
+                let (sb, live) = self.live_for(p, id).await?;
+                let request = self.emit_alongside(&sb, exec_request_data(&sb, req));
+                let r = live.agent.exec(&Self::with_defaults(&sb, req)).await;
+                let request_id = request.await;
+                self.emit_later(&sb, exec_response_data(request_id, &r));
+                r
+            },
+        )
+        .await
     }
 
     /// Starts a command and streams its events; `control` feeds it.
@@ -30,31 +39,40 @@ impl Engine {
         req: &ExecRequest,
         control: mpsc::Receiver<ExecControl>,
     ) -> Result<impl Stream<Item = Result<ExecEvent>> + Send + 'static> {
-        req.validate(&self.cfg.limits)?;
-        let (sb, live) = self.live_for(p, id).await?;
-        let mut data = exec_request_data(&sb, req);
-        if let EventData::ExecRequest(r) = &mut data {
-            r.pty = Some(req.pty.is_some());
-        }
-        let request_id = self.emit(&sb, data);
-        let s = match live
-            .agent
-            .exec_stream(&Self::with_defaults(&sb, req), control)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let r: Result<ExecResult> = Err(e.clone());
-                self.emit_later(&sb, exec_response_data(request_id, &r));
-                return Err(e);
-            }
-        };
-        let engine = self.clone();
-        Ok(s.inspect(move |ev| {
-            if let Ok(ExecEvent::Exit(r)) = ev {
-                engine.emit_later(&sb, exec_response_data(request_id, &Ok(r.clone())));
-            }
-        }))
+        self.audited(
+            p,
+            "sandbox.exec",
+            Some(id),
+            serde_json::json!({"stream": true}),
+            async move {
+                req.validate(&self.cfg.limits)?;
+                let (sb, live) = self.live_for(p, id).await?;
+                let mut data = exec_request_data(&sb, req);
+                if let EventData::ExecRequest(r) = &mut data {
+                    r.pty = Some(req.pty.is_some());
+                }
+                let request_id = self.emit(&sb, data);
+                let s = match live
+                    .agent
+                    .exec_stream(&Self::with_defaults(&sb, req), control)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let r: Result<ExecResult> = Err(e.clone());
+                        self.emit_later(&sb, exec_response_data(request_id, &r));
+                        return Err(e);
+                    }
+                };
+                let engine = self.clone();
+                Ok(s.inspect(move |ev| {
+                    if let Ok(ExecEvent::Exit(r)) = ev {
+                        engine.emit_later(&sb, exec_response_data(request_id, &Ok(r.clone())));
+                    }
+                }))
+            },
+        )
+        .await
     }
 }
 

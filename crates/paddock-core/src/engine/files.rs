@@ -165,26 +165,35 @@ impl Engine {
     where
         S: Stream<Item = Result<Bytes>> + Send + 'static,
     {
-        Self::check_path(path)?;
-        if let Some(m) = opts.mode {
-            if m > 0o7777 {
-                return Err(Error::invalid("mode", "must be at most 0o7777"));
-            }
-        }
-        let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, &live, path, true).await?;
-        let r = live.agent.write_file(path, opts, data.boxed()).await;
-        let size = r.as_ref().map(|i| i.size).unwrap_or(0);
-        self.fs_done(
-            &sb,
-            op,
-            &r,
-            ev::FsResponded {
-                size: Some(size),
-                ..Default::default()
+        self.audited(
+            p,
+            "file.write",
+            Some(id),
+            serde_json::json!({"path": path}),
+            async move {
+                Self::check_path(path)?;
+                if let Some(m) = opts.mode {
+                    if m > 0o7777 {
+                        return Err(Error::invalid("mode", "must be at most 0o7777"));
+                    }
+                }
+                let (sb, live) = self.live_for(p, id).await?;
+                let op = self.fs_begin(&sb, &live, path, true).await?;
+                let r = live.agent.write_file(path, opts, data.boxed()).await;
+                let size = r.as_ref().map(|i| i.size).unwrap_or(0);
+                self.fs_done(
+                    &sb,
+                    op,
+                    &r,
+                    ev::FsResponded {
+                        size: Some(size),
+                        ..Default::default()
+                    },
+                );
+                r
             },
-        );
-        r
+        )
+        .await
     }
 
     pub async fn list_dir(&self, p: &Principal, id: Uuid, path: &str) -> Result<Vec<FileInfo>> {
@@ -206,55 +215,74 @@ impl Engine {
     }
 
     pub async fn remove(&self, p: &Principal, id: Uuid, path: &str, recursive: bool) -> Result<()> {
-        Self::check_path(path)?;
-        let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, &live, path, true).await?;
-        let r = live.agent.remove(path, recursive).await;
-        self.fs_done(
-            &sb,
-            op,
-            &r,
-            ev::FsResponded {
-                removed: Some(true),
-                ..Default::default()
+        self.audited(
+            p,
+            "file.remove",
+            Some(id),
+            serde_json::json!({"path": path}),
+            async move {
+                Self::check_path(path)?;
+                let (sb, live) = self.live_for(p, id).await?;
+                let op = self.fs_begin(&sb, &live, path, true).await?;
+                let r = live.agent.remove(path, recursive).await;
+                self.fs_done(
+                    &sb,
+                    op,
+                    &r,
+                    ev::FsResponded {
+                        removed: Some(true),
+                        ..Default::default()
+                    },
+                );
+                r
             },
-        );
-        r
+        )
+        .await
     }
 
     pub async fn rename(&self, p: &Principal, id: Uuid, from: &str, to: &str) -> Result<()> {
-        Self::check_path(from)
-            .map_err(|_| Error::invalid("from", "must be a path without '..'"))?;
-        Self::check_path(to).map_err(|_| Error::invalid("to", "must be a path without '..'"))?;
-        let (sb, live) = self.live_for(p, id).await?;
-        let op_from = self.fs_begin(&sb, &live, from, true).await?;
-        let op = match self.fs_begin(&sb, &live, to, true).await {
-            Ok(op) => op,
-            Err(e) => {
-                self.fs_done::<()>(&sb, op_from, &Err(e.clone()), Default::default());
-                return Err(e);
-            }
-        };
-        let r = live.agent.rename(from, to).await;
-        self.fs_done(
-            &sb,
-            op_from,
-            &r,
-            ev::FsResponded {
-                renamed_to: Some(to.into()),
-                ..Default::default()
+        self.audited(
+            p,
+            "file.rename",
+            Some(id),
+            serde_json::json!({"from": from, "to": to}),
+            async move {
+                Self::check_path(from)
+                    .map_err(|_| Error::invalid("from", "must be a path without '..'"))?;
+                Self::check_path(to)
+                    .map_err(|_| Error::invalid("to", "must be a path without '..'"))?;
+                let (sb, live) = self.live_for(p, id).await?;
+                let op_from = self.fs_begin(&sb, &live, from, true).await?;
+                let op = match self.fs_begin(&sb, &live, to, true).await {
+                    Ok(op) => op,
+                    Err(e) => {
+                        self.fs_done::<()>(&sb, op_from, &Err(e.clone()), Default::default());
+                        return Err(e);
+                    }
+                };
+                let r = live.agent.rename(from, to).await;
+                self.fs_done(
+                    &sb,
+                    op_from,
+                    &r,
+                    ev::FsResponded {
+                        renamed_to: Some(to.into()),
+                        ..Default::default()
+                    },
+                );
+                self.fs_done(
+                    &sb,
+                    op,
+                    &r,
+                    ev::FsResponded {
+                        renamed_from: Some(from.into()),
+                        ..Default::default()
+                    },
+                );
+                r
             },
-        );
-        self.fs_done(
-            &sb,
-            op,
-            &r,
-            ev::FsResponded {
-                renamed_from: Some(from.into()),
-                ..Default::default()
-            },
-        );
-        r
+        )
+        .await
     }
 
     pub async fn mkdir(
@@ -265,20 +293,29 @@ impl Engine {
         parents: bool,
         mode: Option<u32>,
     ) -> Result<()> {
-        Self::check_path(path)?;
-        let (sb, live) = self.live_for(p, id).await?;
-        let op = self.fs_begin(&sb, &live, path, true).await?;
-        let r = live.agent.mkdir(path, parents, mode).await;
-        self.fs_done(
-            &sb,
-            op,
-            &r,
-            ev::FsResponded {
-                mkdir: Some(true),
-                ..Default::default()
+        self.audited(
+            p,
+            "file.mkdir",
+            Some(id),
+            serde_json::json!({"path": path}),
+            async move {
+                Self::check_path(path)?;
+                let (sb, live) = self.live_for(p, id).await?;
+                let op = self.fs_begin(&sb, &live, path, true).await?;
+                let r = live.agent.mkdir(path, parents, mode).await;
+                self.fs_done(
+                    &sb,
+                    op,
+                    &r,
+                    ev::FsResponded {
+                        mkdir: Some(true),
+                        ..Default::default()
+                    },
+                );
+                r
             },
-        );
-        r
+        )
+        .await
     }
 }
 

@@ -110,17 +110,26 @@ impl Engine {
         reference: &str,
         progress: Option<ProgressFn>,
     ) -> Result<ImageInfo> {
-        if reference.trim().is_empty() {
-            return Err(Error::invalid("reference", "must not be empty"));
-        }
-        let credentials = self.pull_rights(p, reference)?;
-        let info = self
-            .images()?
-            .pull(reference, credentials, progress)
-            .await
-            .map_err(|e| Self::refused(credentials, e))?;
-        self.store.claim_image(&p.id, reference)?;
-        Ok(info)
+        self.audited(
+            p,
+            "image.pull",
+            None,
+            serde_json::json!({"image": reference}),
+            async move {
+                if reference.trim().is_empty() {
+                    return Err(Error::invalid("reference", "must not be empty"));
+                }
+                let credentials = self.pull_rights(p, reference)?;
+                let info = self
+                    .images()?
+                    .pull(reference, credentials, progress)
+                    .await
+                    .map_err(|e| Self::refused(credentials, e))?;
+                self.store.claim_image(&p.id, reference)?;
+                Ok(info)
+            },
+        )
+        .await
     }
 
     /// The images `p` pulled (every cached one for the operator).
@@ -148,46 +157,63 @@ impl Engine {
     /// claim (a sandbox standing on its layers keeps them: a prune never
     /// removes those). The operator's removal drops every claim.
     pub fn remove_image(&self, p: &Principal, reference: &str) -> Result<()> {
-        if p.is_operator() {
-            self.store.release_image(None, reference)?;
-            return self.images()?.remove(reference);
-        }
-        let (held, left) = self.store.release_image(Some(&p.id), reference)?;
-        if !held {
-            return Err(Error::not_found(format!("image {reference} in the cache")));
-        }
-        if left == 0 {
-            match self.images()?.remove(reference) {
-                Err(Error::NotFound { .. }) | Ok(()) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.audited_sync(
+            p,
+            "image.remove",
+            None,
+            serde_json::json!({"image": reference}),
+            || {
+                if p.is_operator() {
+                    self.store.release_image(None, reference)?;
+                    return self.images()?.remove(reference);
+                }
+                let (held, left) = self.store.release_image(Some(&p.id), reference)?;
+                if !held {
+                    return Err(Error::not_found(format!("image {reference} in the cache")));
+                }
+                if left == 0 {
+                    match self.images()?.remove(reference) {
+                        Err(Error::NotFound { .. }) | Ok(()) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Removes unused cached layers; never one a sandbox that still has a
     /// filesystem (running, paused or stopped) stands on. The operator's.
     pub async fn prune_images(&self, p: &Principal) -> Result<usize> {
-        if !p.is_operator() {
-            return Err(Error::Forbidden(
-                "pruning the image cache is the operator's".into(),
-            ));
-        }
-        // Snapshots lie on their images' layers: kept while they are.
-        let snapshots = self
-            .store
-            .list_snapshots(None)?
-            .into_iter()
-            .map(|s| s.config);
-        let in_use: Vec<String> = self
-            .store
-            .live_sandboxes()?
-            .into_iter()
-            .map(|sb| sb.config)
-            .chain(snapshots)
-            .filter_map(|c| c.resolved_image)
-            .flat_map(|img| img.layers)
-            .collect();
-        self.images()?.prune(&in_use).await
+        self.audited(
+            p,
+            "image.prune",
+            None,
+            serde_json::Value::Null,
+            async move {
+                if !p.is_operator() {
+                    return Err(Error::Forbidden(
+                        "pruning the image cache is the operator's".into(),
+                    ));
+                }
+                // Snapshots lie on their images' layers: kept while they are.
+                let snapshots = self
+                    .store
+                    .list_snapshots(None)?
+                    .into_iter()
+                    .map(|s| s.config);
+                let in_use: Vec<String> = self
+                    .store
+                    .live_sandboxes()?
+                    .into_iter()
+                    .map(|sb| sb.config)
+                    .chain(snapshots)
+                    .filter_map(|c| c.resolved_image)
+                    .flat_map(|img| img.layers)
+                    .collect();
+                self.images()?.prune(&in_use).await
+            },
+        )
+        .await
     }
 }

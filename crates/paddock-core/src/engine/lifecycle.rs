@@ -87,8 +87,17 @@ impl Drop for LifeGuard {
 
 impl Engine {
     pub async fn destroy(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let sb = self.get(p, id)?;
-        self.destroy_inner(sb, "deleted").await
+        self.audited(
+            p,
+            "sandbox.destroy",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                let sb = self.get(p, id)?;
+                self.destroy_inner(sb, "deleted").await
+            },
+        )
+        .await
     }
 
     /// Destroys `sb` as it is when its lifecycle lock is free; if it has
@@ -142,84 +151,149 @@ impl Engine {
     }
 
     pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycles.lock(id).await;
-        let sb = self.get(p, id)?;
-        if !sb.state.check(Action::Stop, id)? {
-            return Ok(sb);
-        }
-        self.live.write().await.remove(&id);
-        self.runtime_of(&sb)?.stop(id).await?;
-        self.transition(id, EventData::stopped(), |s| {
-            s.state = State::Stopped;
-        })
+        self.audited(
+            p,
+            "sandbox.stop",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                let _life = self.lifecycles.lock(id).await;
+                let sb = self.get(p, id)?;
+                if !sb.state.check(Action::Stop, id)? {
+                    return Ok(sb);
+                }
+                self.live.write().await.remove(&id);
+                self.runtime_of(&sb)?.stop(id).await?;
+                self.transition(id, EventData::stopped(), |s| {
+                    s.state = State::Stopped;
+                })
+            },
+        )
+        .await
     }
 
     pub async fn start(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycles.lock(id).await;
-        let sb = self.get(p, id)?;
-        if !sb.state.check(Action::Start, id)? {
-            return Ok(sb);
-        }
-        let rt = self.runtime_of(&sb)?.clone();
-        // The operator's allowed roots may have changed since the create
-        // (a restart with another config): a host directory no longer under
-        // one is not bound again (403 naming the mount).
-        let mut config = sb.config.clone();
-        self.check_origins(&mut config.mounts)?;
-        // Volumes mounted on the host again (after a reboot, say).
-        if let (false, Some(store)) = (config.volumes.is_empty(), self.volumes.get()) {
-            for v in &mut config.volumes {
-                let (store, id) = (store.clone(), v.volume);
-                v.source = tokio::task::spawn_blocking(move || store.source(id))
-                    .await
-                    .map_err(Error::internal)??;
-            }
-        }
-        let ip = self.boot(&rt, id, &config, true).await?;
-        self.transition(id, EventData::started(), |s| {
-            s.state = State::Running;
-            s.ip = ip;
-            s.last_active_at = Utc::now();
-        })
+        self.audited(
+            p,
+            "sandbox.start",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                let _life = self.lifecycles.lock(id).await;
+                let sb = self.get(p, id)?;
+                if !sb.state.check(Action::Start, id)? {
+                    return Ok(sb);
+                }
+                let rt = self.runtime_of(&sb)?.clone();
+                // The operator's allowed roots may have changed since the create
+                // (a restart with another config): a host directory no longer under
+                // one is not bound again (403 naming the mount).
+                let mut config = sb.config.clone();
+                self.check_origins(&mut config.mounts)?;
+                // Volumes mounted on the host again (after a reboot, say).
+                if let (false, Some(store)) = (config.volumes.is_empty(), self.volumes.get()) {
+                    for v in &mut config.volumes {
+                        let (store, id) = (store.clone(), v.volume);
+                        v.source = tokio::task::spawn_blocking(move || store.source(id))
+                            .await
+                            .map_err(Error::internal)??;
+                    }
+                }
+                let ip = self.boot(&rt, id, &config, true).await?;
+                self.transition(id, EventData::started(), |s| {
+                    s.state = State::Running;
+                    s.ip = ip;
+                    s.last_active_at = Utc::now();
+                })
+            },
+        )
+        .await
     }
 
     pub async fn pause(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycles.lock(id).await;
-        let sb = self.get(p, id)?;
-        if !sb.state.check(Action::Pause, id)? {
-            return Ok(sb);
-        }
-        self.runtime_of(&sb)?.pause(id).await?;
-        self.transition(id, EventData::paused(), |s| {
-            s.state = State::Paused;
-        })
+        self.audited(
+            p,
+            "sandbox.pause",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                let _life = self.lifecycles.lock(id).await;
+                let sb = self.get(p, id)?;
+                if !sb.state.check(Action::Pause, id)? {
+                    return Ok(sb);
+                }
+                self.runtime_of(&sb)?.pause(id).await?;
+                self.transition(id, EventData::paused(), |s| {
+                    s.state = State::Paused;
+                })
+            },
+        )
+        .await
     }
 
     pub async fn resume(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
-        let _life = self.lifecycles.lock(id).await;
-        let sb = self.get(p, id)?;
-        if !sb.state.check(Action::Resume, id)? {
-            return Ok(sb);
-        }
-        let rt = self.runtime_of(&sb)?.clone();
-        rt.resume(id).await?;
-        if !self.live.read().await.contains_key(&id) {
-            if let (_, Some(inst)) = rt.inspect(id).await? {
-                let handover = rt.capabilities().fd_handover;
-                let agent = self
-                    .agents
-                    .connect(&inst.agent, handover, self.cfg.agent_timeout)
-                    .await?;
-                self.attach(id, rt.name(), agent, inst, now_ms()).await;
-            }
-        }
-        self.transition(id, EventData::resumed(), |s| {
-            s.state = State::Running;
-            s.last_active_at = Utc::now();
-        })
+        self.audited(
+            p,
+            "sandbox.resume",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                let _life = self.lifecycles.lock(id).await;
+                let sb = self.get(p, id)?;
+                if !sb.state.check(Action::Resume, id)? {
+                    return Ok(sb);
+                }
+                let rt = self.runtime_of(&sb)?.clone();
+                rt.resume(id).await?;
+                if !self.live.read().await.contains_key(&id) {
+                    if let (_, Some(inst)) = rt.inspect(id).await? {
+                        let handover = rt.capabilities().fd_handover;
+                        let agent = self
+                            .agents
+                            .connect(&inst.agent, handover, self.cfg.agent_timeout)
+                            .await?;
+                        self.attach(id, rt.name(), agent, inst, now_ms()).await;
+                    }
+                }
+                self.transition(id, EventData::resumed(), |s| {
+                    s.state = State::Running;
+                    s.last_active_at = Utc::now();
+                })
+            },
+        )
+        .await
     }
 
     /// Resets the idle clock (and nothing else).
+    /// Sets labels of a sandbox (`None`: removes it), all at once.
+    pub async fn set_labels(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        labels: std::collections::BTreeMap<String, Option<String>>,
+    ) -> Result<Sandbox> {
+        let keys: Vec<&String> = labels.keys().collect();
+        let detail = serde_json::json!({ "labels": keys });
+        self.audited(p, "sandbox.labels", Some(id), detail, async move {
+            let _life = self.lifecycles.lock(id).await;
+            self.get(p, id)?;
+            self.store.tx(|tx| {
+                let mut sb = Store::sandbox_in(tx, id)?;
+                for (k, v) in &labels {
+                    match v {
+                        Some(v) => sb.labels.insert(k.clone(), v.clone()),
+                        None => sb.labels.remove(k),
+                    };
+                }
+                crate::model::check_labels(&sb.labels)?;
+                sb.updated_at = Utc::now();
+                Store::put_sandbox(tx, &sb)?;
+                Ok(sb)
+            })
+        })
+        .await
+    }
+
     pub async fn touch(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
         let sb = self.get(p, id)?;
         sb.state.check(Action::Touch, id)?;
@@ -234,17 +308,26 @@ impl Engine {
 
     /// Extends a sandbox's TTL to `secs` from now (the hiver `ping`).
     pub async fn extend_ttl(&self, p: &Principal, id: Uuid, secs: u64) -> Result<Sandbox> {
-        if secs > self.cfg.limits.max_ttl_secs {
-            return Err(Error::invalid(
-                "ttl_secs",
-                format!("must be at most {} seconds", self.cfg.limits.max_ttl_secs),
-            ));
-        }
-        let sb = self.get(p, id)?;
-        sb.state.check(Action::ExtendTtl, id)?;
-        self.transition(id, EventData::Ttl(ev::TtlSet { ttl_secs: secs }), |s| {
-            s.expires_at = Some(expiry(Utc::now(), secs));
-        })
+        self.audited(
+            p,
+            "sandbox.extend_ttl",
+            Some(id),
+            serde_json::json!({"secs": secs}),
+            async move {
+                if secs > self.cfg.limits.max_ttl_secs {
+                    return Err(Error::invalid(
+                        "ttl_secs",
+                        format!("must be at most {} seconds", self.cfg.limits.max_ttl_secs),
+                    ));
+                }
+                let sb = self.get(p, id)?;
+                sb.state.check(Action::ExtendTtl, id)?;
+                self.transition(id, EventData::Ttl(ev::TtlSet { ttl_secs: secs }), |s| {
+                    s.expires_at = Some(expiry(Utc::now(), secs));
+                })
+            },
+        )
+        .await
     }
 }
 

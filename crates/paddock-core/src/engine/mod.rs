@@ -19,6 +19,7 @@
 //! | `events.rs` | transitions with their events; reading events |
 //! | `config.rs` | live configuration changes |
 //! | `templates.rs` | templates |
+//! | `governance.rs` | policies, the audit log, usage, the operator's templates |
 //! | `images.rs` | the `Images` port, pull policy, claims |
 //! | `pool.rs` | warm pools and their hand-over |
 //! | `recovery.rs` | coming back after a restart; shutdown |
@@ -44,6 +45,7 @@ mod create;
 mod events;
 mod exec;
 mod files;
+mod governance;
 mod guards;
 mod images;
 mod lifecycle;
@@ -60,6 +62,7 @@ mod volumes;
 
 pub use config::{ConfigApplied, ConfigChanges, ConfigUpdate};
 use events::{flush, DEFER_FLUSH};
+pub use governance::{Usage, OPERATOR_TEMPLATES};
 pub use images::{Images, PullPolicy};
 pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
 
@@ -96,6 +99,12 @@ pub struct EngineConfig {
     /// Which backend (by name) a create of each isolation gets; an
     /// isolation not named here gets the first backend of it registered.
     pub default_backends: HashMap<Isolation, String>,
+    /// The operator's policies (the settings file's; more may be written
+    /// through the API).
+    pub policies: Vec<crate::policy::Policy>,
+    /// The operator's templates, which every principal sees beside its
+    /// own (owned by [`OPERATOR_TEMPLATES`]).
+    pub templates: Vec<Template>,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +120,8 @@ impl Default for EngineConfig {
             log_max_bytes: 16 << 20,
             pull_policy: PullPolicy::default(),
             default_backends: HashMap::new(),
+            policies: Vec::new(),
+            templates: Vec::new(),
         }
     }
 }
@@ -154,6 +165,8 @@ pub struct Engine {
     layer_gc: tokio::sync::RwLock<()>,
     /// Where volumes live (`volumes.rs`).
     volumes: std::sync::OnceLock<Arc<dyn crate::volumes::VolumeStore>>,
+    /// Bearer tokens besides API keys (`set_token_verifier`).
+    verifier: std::sync::OnceLock<Arc<dyn crate::auth::TokenVerifier>>,
     cfg: EngineConfig,
 }
 
@@ -247,6 +260,7 @@ impl Engine {
             layers: Default::default(),
             layer_gc: Default::default(),
             volumes: Default::default(),
+            verifier: Default::default(),
             cfg,
         }))
     }
@@ -312,13 +326,29 @@ impl Engine {
         out
     }
 
-    /// The principal a bearer token stands for.
-    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+    /// Trusts the tokens `v` verifies (OIDC JWTs) besides API keys.
+    pub fn set_token_verifier(&self, v: Arc<dyn crate::auth::TokenVerifier>) {
+        let _ = self.verifier.set(v);
+    }
+
+    /// The principal a bearer token stands for: an API key's, or a token
+    /// the verifier trusts.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        if !token.starts_with(crate::auth::TOKEN_PREFIX) {
+            if let Some(v) = self.verifier.get().filter(|v| v.accepts(token)) {
+                return v.verify(token).await;
+            }
+        }
+        self.authenticate_key(token)
+    }
+
+    /// The principal an API key stands for.
+    pub fn authenticate_key(&self, token: &str) -> Result<Principal> {
         match self
             .store
             .principal_for_hash(&crate::auth::hash_token(token))?
         {
-            Some(id) => Ok(Principal { id }),
+            Some(id) => Ok(Principal::new(id)),
             None => Err(Error::Unauthenticated("unknown or revoked API key".into())),
         }
     }

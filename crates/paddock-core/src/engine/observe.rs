@@ -36,6 +36,51 @@ impl Engine {
         Ok(out)
     }
 
+    /// Declares `port` of the sandbox (`exposed`) or takes it back: what
+    /// the port list reports as declared and dialects publish (agenttier's
+    /// forwarded ports). Taking back one not declared is a 404.
+    pub async fn declare_port(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        port: u16,
+        exposed: bool,
+    ) -> Result<Sandbox> {
+        let action = if exposed {
+            "port.expose"
+        } else {
+            "port.remove"
+        };
+        self.audited(
+            p,
+            action,
+            Some(id),
+            serde_json::json!({ "port": port }),
+            async move {
+                if port == 0 {
+                    return Err(Error::invalid("port", "0 is not a port"));
+                }
+                let _life = self.lifecycles.lock(id).await;
+                let sb = self.get(p, id)?;
+                if !exposed && !sb.config.ports.contains(&port) {
+                    return Err(Error::not_found(format!("port {port} of sandbox {id}")));
+                }
+                self.store.tx(|tx| {
+                    let mut sb = Store::sandbox_in(tx, id)?;
+                    sb.config.ports.retain(|&x| x != port);
+                    if exposed {
+                        sb.config.ports.push(port);
+                        sb.config.ports.sort_unstable();
+                    }
+                    sb.updated_at = Utc::now();
+                    Store::put_sandbox(tx, &sb)?;
+                    Ok(sb)
+                })
+            },
+        )
+        .await
+    }
+
     /// uname(2) as the sandbox sees it, asked of its agent.
     pub async fn platform(&self, p: &Principal, id: Uuid) -> Result<Platform> {
         let (_, live) = self.live_for(p, id).await?;

@@ -125,9 +125,7 @@ impl Pools {
 }
 
 fn pool_principal() -> Principal {
-    Principal {
-        id: POOL_OWNER.into(),
-    }
+    Principal::new(POOL_OWNER).via("pool")
 }
 
 /// The spec less what can be given at hand-over (key, labels, TTL, idle
@@ -277,6 +275,7 @@ impl Engine {
         key: PoolKey,
         spec: &SandboxSpec,
         config: &SandboxConfig,
+        max: &Option<(u32, String)>,
     ) -> Result<Option<(Sandbox, bool)>> {
         let _guard = match &spec.key {
             Some(_) => Some(self.key_lock.lock().await),
@@ -310,6 +309,7 @@ impl Engine {
                     if sb.owner != POOL_OWNER || sb.state != State::Running {
                         return Err(Error::Conflict(format!("pooled sandbox {id} is gone")));
                     }
+                    Self::held_check(tx, &p.id, max)?;
                     sb.owner = p.id.clone();
                     sb.key = spec.key.clone();
                     sb.labels = spec.labels.clone();

@@ -96,12 +96,21 @@ impl Engine {
         id: Uuid,
         req: SnapshotRequest,
     ) -> Result<Snapshot> {
-        // In a task of its own: a caller that goes away must not leave the
-        // sandbox frozen, nor a capture half made.
-        let (this, p) = (self.clone(), p.clone());
-        tokio::spawn(async move { this.snapshot_inner(&p, id, req).await })
-            .await
-            .map_err(|e| Error::internal(format!("snapshot of {id}: {e}")))?
+        self.audited(
+            p,
+            "sandbox.snapshot",
+            Some(id),
+            serde_json::Value::Null,
+            async move {
+                // In a task of its own: a caller that goes away must not leave the
+                // sandbox frozen, nor a capture half made.
+                let (this, p) = (self.clone(), p.clone());
+                tokio::spawn(async move { this.snapshot_inner(&p, id, req).await })
+                    .await
+                    .map_err(|e| Error::internal(format!("snapshot of {id}: {e}")))?
+            },
+        )
+        .await
     }
 
     async fn snapshot_inner(
@@ -113,7 +122,7 @@ impl Engine {
         if let Some(n) = &req.name {
             crate::model::validate_snapshot_name(n)?;
         }
-        check_labels(&req.labels)?;
+        crate::model::check_labels(&req.labels)?;
         let sb = self.get(p, id)?;
         let rt = self.runtime_of(&sb)?.clone();
         Self::can_capture(rt.as_ref(), req.memory)?;
@@ -276,12 +285,21 @@ impl Engine {
     /// Deletes one of `p`'s snapshots; sandboxes started from it keep
     /// their files (its layers go once nothing refers to them).
     pub async fn delete_snapshot(self: &Arc<Self>, p: &Principal, id_or_name: &str) -> Result<()> {
-        let sn = self.get_snapshot(p, id_or_name)?;
-        if !self.store.delete_snapshot(&p.id, sn.id)? {
-            return Err(Error::not_found(format!("snapshot {id_or_name}")));
-        }
-        self.collect_layers_later();
-        Ok(())
+        self.audited(
+            p,
+            "snapshot.delete",
+            None,
+            serde_json::json!({"snapshot": id_or_name}),
+            async move {
+                let sn = self.get_snapshot(p, id_or_name)?;
+                if !self.store.delete_snapshot(&p.id, sn.id)? {
+                    return Err(Error::not_found(format!("snapshot {id_or_name}")));
+                }
+                self.collect_layers_later();
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// Forks sandbox `id` into `count` new running sandboxes, each with its
@@ -293,12 +311,59 @@ impl Engine {
         count: u32,
         memory: bool,
     ) -> Result<Vec<Sandbox>> {
-        // In a task of its own, as a create: a caller that goes away leaves
-        // neither a frozen parent nor children marked as a fork's.
-        let (this, p) = (self.clone(), p.clone());
-        tokio::spawn(async move { this.fork_inner(&p, id, count, memory).await })
-            .await
-            .map_err(|e| Error::internal(format!("fork of {id}: {e}")))?
+        self.audited(
+            p,
+            "sandbox.fork",
+            Some(id),
+            serde_json::json!({"count": count}),
+            async move {
+                // In a task of its own, as a create: a caller that goes away leaves
+                // neither a frozen parent nor children marked as a fork's.
+                let (this, p) = (self.clone(), p.clone());
+                tokio::spawn(async move { this.fork_inner(&p, id, count, memory, None).await })
+                    .await
+                    .map_err(|e| Error::internal(format!("fork of {id}: {e}")))?
+            },
+        )
+        .await
+    }
+
+    /// Forks sandbox `id` into one new sandbox under key `key` (a name
+    /// that must be new: 409 otherwise), with `labels` over the parent's.
+    pub async fn fork_named(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: Uuid,
+        key: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<Sandbox> {
+        let detail = serde_json::json!({ "count": 1, "key": key });
+        self.audited(p, "sandbox.fork", Some(id), detail, async move {
+            if !crate::model::valid_key(key) {
+                return Err(Error::invalid("key", "must match [A-Za-z0-9_-]{1,64}"));
+            }
+            if self.store.find_by_key(&p.id, key)?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "a sandbox named {key:?} already exists"
+                )));
+            }
+            let parent = self.get(p, id)?;
+            let mut all = parent.labels.clone();
+            all.extend(labels);
+            let spec = SandboxSpec {
+                key: Some(key.to_string()),
+                labels: all,
+                template: parent.template.clone(),
+                ..Default::default()
+            };
+            let (this, p) = (self.clone(), p.clone());
+            let mut made =
+                tokio::spawn(async move { this.fork_inner(&p, id, 1, false, Some(spec)).await })
+                    .await
+                    .map_err(|e| Error::internal(format!("fork of {id}: {e}")))??;
+            Ok(made.remove(0))
+        })
+        .await
     }
 
     async fn fork_inner(
@@ -307,6 +372,7 @@ impl Engine {
         id: Uuid,
         count: u32,
         memory: bool,
+        named: Option<SandboxSpec>,
     ) -> Result<Vec<Sandbox>> {
         if !(1..=MAX_FORK).contains(&count) {
             return Err(Error::invalid(
@@ -329,17 +395,19 @@ impl Engine {
         let mut config = sb.config.clone();
         config.layers = stack;
         config.volumes.clear();
-        let spec = SandboxSpec {
+        let max = self.check_policies(p, sb.template.as_deref(), &mut config, count as usize)?;
+        let spec = named.unwrap_or_else(|| SandboxSpec {
             labels: sb.labels.clone(),
             template: sb.template.clone(),
             ..Default::default()
-        };
+        });
         let runtime = self.runtime(config.isolation)?.clone();
         // Children are marked with this fork's own id until all run: an
         // undo takes them, not another fork's of the same parent.
         let op = Uuid::new_v4();
         let children = futures::future::join_all(
-            (0..count).map(|_| self.launch(p, &spec, config.clone(), runtime.clone(), Some(op))),
+            (0..count)
+                .map(|_| self.launch(p, &spec, config.clone(), runtime.clone(), Some(op), &max)),
         )
         .await;
         drop(gc);
@@ -347,7 +415,14 @@ impl Engine {
         let mut failed = None;
         for c in children {
             match c {
-                Ok((child, _)) => made.push(child),
+                Ok((child, true)) => made.push(child),
+                // The key was taken meanwhile: that sandbox is not a child.
+                Ok((_, false)) => {
+                    failed = failed.or(Some(Error::Conflict(format!(
+                        "a sandbox named {:?} already exists",
+                        spec.key.as_deref().unwrap_or_default()
+                    ))))
+                }
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
@@ -436,16 +511,4 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal(format!("layer store: {e}")))?
-}
-
-fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
-    for (k, v) in labels {
-        if k.is_empty() || k.len() > 128 || v.len() > 1024 || k.contains('\0') || v.contains('\0') {
-            return Err(Error::invalid(
-                "labels",
-                "keys must be 1-128 bytes and values at most 1024 bytes",
-            ));
-        }
-    }
-    Ok(())
 }

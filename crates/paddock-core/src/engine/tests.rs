@@ -68,7 +68,7 @@ impl Rig {
 }
 
 fn me() -> Principal {
-    Principal { id: "alice".into() }
+    Principal::new("alice")
 }
 
 fn keyed(key: &str) -> SandboxSpec {
@@ -106,7 +106,7 @@ async fn a_create_by_key_is_idempotent_per_owner() {
     assert!(!made);
     assert_eq!(a.id, b.id);
     // Another owner's key is another sandbox.
-    let bob = Principal { id: "bob".into() };
+    let bob = Principal::new("bob");
     let (c, made) = r.engine.create(&bob, keyed("k")).await.unwrap();
     assert!(made && c.id != a.id);
     assert_eq!(r.rt.count(), 2);
@@ -760,7 +760,7 @@ async fn snapshots_stack_outlive_their_sandbox_and_their_layers_go_with_the_last
         .contains(&format!("capture {} true", sb.id)));
     assert_eq!(kinds(e, sb.id).last().unwrap(), "sandbox.snapshot");
     // Another principal sees none of it.
-    let bob = Principal { id: "bob".into() };
+    let bob = Principal::new("bob");
     assert!(matches!(
         e.get_snapshot(&bob, "s1"),
         Err(Error::NotFound { .. })
@@ -826,7 +826,14 @@ async fn a_fork_is_all_or_nothing_even_across_a_restart() {
     config.layers = kids[0].config.layers.clone();
     let rt: Arc<dyn Runtime> = rig.rt.clone();
     let (orphan, _) = e
-        .launch(&me(), &SandboxSpec::default(), config, rt, Some(sb.id))
+        .launch(
+            &me(),
+            &SandboxSpec::default(),
+            config,
+            rt,
+            Some(sb.id),
+            &None,
+        )
         .await
         .unwrap();
     assert_eq!(orphan.fork_of, Some(sb.id));
@@ -865,4 +872,264 @@ async fn a_template_naming_its_owners_snapshots_keeps_no_warm_pool() {
         assert!(e.create_template(&me(), "t", defaults, 0).await.is_ok());
         e.delete_template(&me(), "t").await.unwrap();
     }
+}
+
+fn governed() -> EngineConfig {
+    let spec = SandboxSpec {
+        memory_mb: Some(256),
+        ..Default::default()
+    };
+    EngineConfig {
+        policies: vec![crate::policy::Policy {
+            name: "small".into(),
+            principals: vec!["alice".into()],
+            groups: vec!["restricted".into()],
+            templates: Some(vec!["coding".into()]),
+            max_sandboxes: Some(1),
+            max_ttl_secs: Some(3600),
+            max_cpu: None,
+            max_memory_mb: Some(512),
+            max_disk_mb: None,
+        }],
+        templates: vec![Template {
+            name: "coding".into(),
+            owner: OPERATOR_TEMPLATES.into(),
+            description: Some("for coding".into()),
+            defaults: spec,
+            warm_pool: 0,
+            created_at: Utc::now(),
+        }],
+        ..config()
+    }
+}
+
+fn from_template(t: &str) -> SandboxSpec {
+    SandboxSpec {
+        template: Some(t.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn policies_refuse_each_broken_rule_and_count_what_is_held() {
+    let r = Rig::with(governed());
+    // The operator's template is everyone's; a create from it gets the
+    // policy's longest TTL when it asks for none.
+    assert_eq!(r.engine.list_templates(&me()).unwrap()[0].name, "coding");
+    let (a, _) = r
+        .engine
+        .create(&me(), from_template("coding"))
+        .await
+        .unwrap();
+    assert_eq!(a.config.memory_mb, 256);
+    assert_eq!(a.config.ttl_secs, Some(3600));
+    // A second one breaks max_sandboxes; a spec breaking more names each.
+    let e = r
+        .engine
+        .create(
+            &me(),
+            SandboxSpec {
+                memory_mb: Some(1024),
+                ttl_secs: Some(7200),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    let Error::PolicyViolation(v) = &e else {
+        panic!("{e:?}")
+    };
+    let rules: Vec<&str> = v.iter().map(|v| v.rule.as_str()).collect();
+    assert_eq!(
+        rules,
+        [
+            "templates",
+            "max_sandboxes",
+            "max_ttl_secs",
+            "max_memory_mb"
+        ]
+    );
+    // Nothing was made.
+    assert_eq!(
+        r.engine.list(&me(), &ListQuery::default()).unwrap().len(),
+        1
+    );
+    // Forks count too.
+    let e = r.engine.fork(&me(), a.id, 1, false).await.unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e:?}");
+    r.engine.destroy(&me(), a.id).await.unwrap();
+    r.engine
+        .create(&me(), from_template("coding"))
+        .await
+        .unwrap();
+    // Bob is not governed, unless he is in the group.
+    let bob = Principal::new("bob");
+    r.engine.create(&bob, SandboxSpec::default()).await.unwrap();
+    let mut bob = bob;
+    bob.groups = vec!["restricted".into()];
+    let e = r
+        .engine
+        .create(&bob, SandboxSpec::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e:?}");
+    // Two creates at once cannot both pass max_sandboxes.
+    let carol = Principal {
+        groups: vec!["restricted".into()],
+        ..Principal::new("carol")
+    };
+    let (x, y) = tokio::join!(
+        r.engine.create(&carol, from_template("coding")),
+        r.engine.create(&carol, from_template("coding"))
+    );
+    assert_eq!(x.is_ok() as u8 + y.is_ok() as u8, 1, "{x:?} {y:?}");
+}
+
+#[tokio::test]
+async fn policies_are_the_operators_to_write() {
+    let r = Rig::with(governed());
+    let p = crate::policy::Policy {
+        name: "bob".into(),
+        principals: vec!["bob".into()],
+        groups: vec![],
+        templates: None,
+        max_sandboxes: Some(0),
+        max_ttl_secs: None,
+        max_cpu: None,
+        max_memory_mb: None,
+        max_disk_mb: None,
+    };
+    let e = r.engine.put_policy(&me(), p.clone()).unwrap_err();
+    assert!(matches!(e, Error::Forbidden(_)), "{e:?}");
+    let op = Principal::local();
+    r.engine.put_policy(&op, p).unwrap();
+    let bob = Principal::new("bob");
+    assert_eq!(r.engine.policies(&bob).unwrap().len(), 1);
+    assert_eq!(r.engine.policies(&op).unwrap().len(), 2);
+    let e = r
+        .engine
+        .create(&bob, SandboxSpec::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e:?}");
+    // The settings file's cannot be changed through the API.
+    let e = r.engine.delete_policy(&op, "small").unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+    r.engine.delete_policy(&op, "bob").unwrap();
+    r.engine.create(&bob, SandboxSpec::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_mutating_call_is_audited_with_its_outcome() {
+    let r = Rig::with(governed());
+    let p = me().via("test");
+    let (a, _) = r.engine.create(&p, from_template("coding")).await.unwrap();
+    r.engine.exec(&p, a.id, &shell("true")).await.unwrap();
+    r.engine.stop(&p, a.id).await.unwrap();
+    r.engine.stop(&p, a.id).await.unwrap();
+    r.engine.exec(&p, a.id, &shell("true")).await.unwrap_err();
+    r.engine
+        .create(&p, SandboxSpec::default())
+        .await
+        .unwrap_err();
+    r.engine.destroy(&p, a.id).await.unwrap();
+    let log = r
+        .engine
+        .audit_log(&p, &crate::audit::AuditQuery::default())
+        .unwrap();
+    let got: Vec<(&str, &str)> = log
+        .iter()
+        .rev()
+        .map(|a| (a.action.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("sandbox.create", "ok"),
+            ("sandbox.exec", "ok"),
+            ("sandbox.stop", "ok"),
+            ("sandbox.stop", "ok"),
+            ("sandbox.exec", "conflict"),
+            ("sandbox.create", "policy_violation"),
+            ("sandbox.destroy", "ok"),
+        ]
+    );
+    assert!(log
+        .iter()
+        .all(|a| a.via == "test" && a.principal == "alice"));
+    assert_eq!(log.last().unwrap().sandbox, Some(a.id));
+    assert!(log[1].detail["violations"].is_array());
+    // Another principal sees none of it; the operator sees all.
+    let bob = Principal::new("bob");
+    assert!(r
+        .engine
+        .audit_log(&bob, &crate::audit::AuditQuery::default())
+        .unwrap()
+        .is_empty());
+    let q = crate::audit::AuditQuery {
+        sandbox: Some(a.id),
+        ..Default::default()
+    };
+    assert_eq!(
+        r.engine.audit_log(&Principal::local(), &q).unwrap().len(),
+        6
+    );
+    let u = r.engine.usage(&p).unwrap();
+    assert_eq!(u.startup_samples, 1);
+    assert_eq!(u.total, 0);
+}
+
+#[tokio::test]
+async fn policies_are_not_escaped_by_odd_ids_own_templates_or_pools() {
+    let mut cfg = governed();
+    cfg.policies[0].principals = vec!["alice".into(), "oidc:*".into()];
+    let r = Rig::with(cfg);
+    // `*` crosses `/` and `:` (an OIDC subject like a CI job's).
+    let odd = Principal::new("oidc:repo:org/x:ref:main");
+    let e = r
+        .engine
+        .create(
+            &odd,
+            SandboxSpec {
+                memory_mb: Some(1024),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e:?}");
+    // A template of her own under an allowed name is not the operator's.
+    r.engine
+        .create_template(
+            &me(),
+            "coding",
+            SandboxSpec {
+                memory_mb: Some(2048),
+                ..Default::default()
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let e = r
+        .engine
+        .create(&me(), from_template("coding"))
+        .await
+        .unwrap_err();
+    let Error::PolicyViolation(v) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(v.iter().any(|v| v.rule == "templates"), "{v:?}");
+    // And no warm pool, whose sandboxes would be booted unjudged.
+    let e = r
+        .engine
+        .create_template(&me(), "pooled", SandboxSpec::default(), 4)
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("warm_pool"), "{e:?}");
+    // Bob, whom no policy holds, may keep one.
+    r.engine
+        .create_template(&Principal::new("bob"), "pooled", SandboxSpec::default(), 1)
+        .await
+        .unwrap();
 }

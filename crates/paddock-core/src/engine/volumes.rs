@@ -32,37 +32,46 @@ impl Engine {
         size_mb: u64,
         labels: std::collections::BTreeMap<String, String>,
     ) -> Result<Volume> {
-        validate_volume_name(name)?;
-        if !(MIN_VOLUME_MB..=MAX_VOLUME_MB).contains(&size_mb) {
-            return Err(Error::invalid(
-                "size_mb",
-                format!("must be from {MIN_VOLUME_MB} to {MAX_VOLUME_MB} (MiB)"),
-            ));
-        }
-        if self.store.find_volume(&p.id, name)?.is_some() {
-            return Err(Error::Conflict(format!(
-                "a volume named {name:?} already exists"
-            )));
-        }
-        let store = self.volume_store()?;
-        let v = Volume {
-            id: Uuid::new_v4(),
-            owner: p.id.clone(),
-            name: name.to_string(),
-            size_mb,
-            labels,
-            created_at: Utc::now(),
-        };
-        let id = v.id;
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.create(id, size_mb))
-            .await
-            .map_err(Error::internal)??;
-        if let Err(e) = self.store.insert_volume(&v) {
-            let _ = tokio::task::spawn_blocking(move || store.remove(id)).await;
-            return Err(e);
-        }
-        Ok(v)
+        self.audited(
+            p,
+            "volume.create",
+            None,
+            serde_json::json!({"volume": name}),
+            async move {
+                validate_volume_name(name)?;
+                if !(MIN_VOLUME_MB..=MAX_VOLUME_MB).contains(&size_mb) {
+                    return Err(Error::invalid(
+                        "size_mb",
+                        format!("must be from {MIN_VOLUME_MB} to {MAX_VOLUME_MB} (MiB)"),
+                    ));
+                }
+                if self.store.find_volume(&p.id, name)?.is_some() {
+                    return Err(Error::Conflict(format!(
+                        "a volume named {name:?} already exists"
+                    )));
+                }
+                let store = self.volume_store()?;
+                let v = Volume {
+                    id: Uuid::new_v4(),
+                    owner: p.id.clone(),
+                    name: name.to_string(),
+                    size_mb,
+                    labels,
+                    created_at: Utc::now(),
+                };
+                let id = v.id;
+                let s = store.clone();
+                tokio::task::spawn_blocking(move || s.create(id, size_mb))
+                    .await
+                    .map_err(Error::internal)??;
+                if let Err(e) = self.store.insert_volume(&v) {
+                    let _ = tokio::task::spawn_blocking(move || store.remove(id)).await;
+                    return Err(e);
+                }
+                Ok(v)
+            },
+        )
+        .await
     }
 
     pub fn volumes(&self, p: &Principal) -> Result<Vec<Volume>> {
@@ -88,18 +97,27 @@ impl Engine {
     /// Deletes one of `p`'s volumes and its data; 409 while a sandbox
     /// holds it.
     pub async fn delete_volume(&self, p: &Principal, id_or_name: &str) -> Result<()> {
-        let v = self.get_volume(p, id_or_name)?.volume;
-        let holders = self.store.delete_volume(&v)?;
-        if let Some(h) = holders.first() {
-            return Err(Error::Conflict(format!(
-                "volume {} is mounted in sandbox {} (detach it first)",
-                v.name, h.sandbox_id
-            )));
-        }
-        let store = self.volume_store()?;
-        tokio::task::spawn_blocking(move || store.remove(v.id))
-            .await
-            .map_err(Error::internal)?
+        self.audited(
+            p,
+            "volume.delete",
+            None,
+            serde_json::json!({"volume": id_or_name}),
+            async move {
+                let v = self.get_volume(p, id_or_name)?.volume;
+                let holders = self.store.delete_volume(&v)?;
+                if let Some(h) = holders.first() {
+                    return Err(Error::Conflict(format!(
+                        "volume {} is mounted in sandbox {} (detach it first)",
+                        v.name, h.sandbox_id
+                    )));
+                }
+                let store = self.volume_store()?;
+                tokio::task::spawn_blocking(move || store.remove(v.id))
+                    .await
+                    .map_err(Error::internal)?
+            },
+        )
+        .await
     }
 
     /// The mounts a create asks for, checked: `p`'s volumes, absolute
@@ -147,86 +165,104 @@ impl Engine {
         id: Uuid,
         req: VolumeRequest,
     ) -> Result<Sandbox> {
-        let _life = self.lifecycles.lock(id).await;
-        let sb = self.get(p, id)?;
-        if !matches!(sb.state, State::Running | State::Stopped) {
-            return Err(Error::Conflict(format!(
-                "sandbox {id} is {}",
-                sb.state.as_str()
-            )));
-        }
-        let rt = self.runtime_of(&sb)?.clone();
-        if !rt.capabilities().volumes {
-            return Err(rt.unsupported("volumes"));
-        }
-        let m = self
-            .resolve_volumes(p, std::slice::from_ref(&req), &sb.config)
-            .await
-            .map_err(|e| match e {
-                Error::Invalid { field, reason } => Error::Invalid {
-                    field: field.trim_start_matches("volumes[0].").to_string(),
-                    reason,
-                },
-                e => e,
-            })?
-            .remove(0);
-        if sb.config.volumes.iter().any(|x| x.volume == m.volume) {
-            return Err(Error::Conflict(format!(
-                "volume {} is mounted in sandbox {id} already",
-                m.name
-            )));
-        }
-        // Recorded first (the read-write check and the record in one
-        // transaction), then mounted; undone if the mount fails.
-        let mounted = self.store.tx(|tx| {
-            let mut now = Store::sandbox_in(tx, id)?;
-            Store::check_volumes(tx, id, std::slice::from_ref(&m))?;
-            now.config.volumes.push(m.clone());
-            now.updated_at = Utc::now();
-            Store::put_sandbox(tx, &now)?;
-            Ok(now)
-        })?;
-        if sb.state == State::Running {
-            if let Err(e) = rt.attach_volume(id, &m).await {
-                let _ = self.store.tx(|tx| {
+        self.audited(
+            p,
+            "volume.attach",
+            Some(id),
+            serde_json::json!({"volume": req.name}),
+            async move {
+                let _life = self.lifecycles.lock(id).await;
+                let sb = self.get(p, id)?;
+                if !matches!(sb.state, State::Running | State::Stopped) {
+                    return Err(Error::Conflict(format!(
+                        "sandbox {id} is {}",
+                        sb.state.as_str()
+                    )));
+                }
+                let rt = self.runtime_of(&sb)?.clone();
+                if !rt.capabilities().volumes {
+                    return Err(rt.unsupported("volumes"));
+                }
+                let m = self
+                    .resolve_volumes(p, std::slice::from_ref(&req), &sb.config)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Invalid { field, reason } => Error::Invalid {
+                            field: field.trim_start_matches("volumes[0].").to_string(),
+                            reason,
+                        },
+                        e => e,
+                    })?
+                    .remove(0);
+                if sb.config.volumes.iter().any(|x| x.volume == m.volume) {
+                    return Err(Error::Conflict(format!(
+                        "volume {} is mounted in sandbox {id} already",
+                        m.name
+                    )));
+                }
+                // Recorded first (the read-write check and the record in one
+                // transaction), then mounted; undone if the mount fails.
+                let mounted = self.store.tx(|tx| {
                     let mut now = Store::sandbox_in(tx, id)?;
-                    now.config.volumes.retain(|x| x.volume != m.volume);
-                    Store::put_sandbox(tx, &now)
-                });
-                return Err(e);
-            }
-        }
-        Ok(mounted)
+                    Store::check_volumes(tx, id, std::slice::from_ref(&m))?;
+                    now.config.volumes.push(m.clone());
+                    now.updated_at = Utc::now();
+                    Store::put_sandbox(tx, &now)?;
+                    Ok(now)
+                })?;
+                if sb.state == State::Running {
+                    if let Err(e) = rt.attach_volume(id, &m).await {
+                        let _ = self.store.tx(|tx| {
+                            let mut now = Store::sandbox_in(tx, id)?;
+                            now.config.volumes.retain(|x| x.volume != m.volume);
+                            Store::put_sandbox(tx, &now)
+                        });
+                        return Err(e);
+                    }
+                }
+                Ok(mounted)
+            },
+        )
+        .await
     }
 
     /// Unmounts a volume (by name or id) from sandbox `id`.
     pub async fn detach_volume(&self, p: &Principal, id: Uuid, volume: &str) -> Result<Sandbox> {
-        let _life = self.lifecycles.lock(id).await;
-        let sb = self.get(p, id)?;
-        let m = sb
-            .config
-            .volumes
-            .iter()
-            .find(|m| m.name == volume || m.volume.to_string() == volume)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("volume {volume} in sandbox {id}")))?;
-        match sb.state {
-            State::Running => self.runtime_of(&sb)?.detach_volume(id, &m).await?,
-            State::Stopped | State::Error => {}
-            s => {
-                return Err(Error::Conflict(format!(
-                    "sandbox {id} is {}: resume it to detach a volume",
-                    s.as_str()
-                )))
-            }
-        }
-        self.store.tx(|tx| {
-            let mut now = Store::sandbox_in(tx, id)?;
-            now.config.volumes.retain(|x| x.volume != m.volume);
-            now.updated_at = Utc::now();
-            Store::put_sandbox(tx, &now)?;
-            Ok(now)
-        })
+        self.audited(
+            p,
+            "volume.detach",
+            Some(id),
+            serde_json::json!({"volume": volume}),
+            async move {
+                let _life = self.lifecycles.lock(id).await;
+                let sb = self.get(p, id)?;
+                let m = sb
+                    .config
+                    .volumes
+                    .iter()
+                    .find(|m| m.name == volume || m.volume.to_string() == volume)
+                    .cloned()
+                    .ok_or_else(|| Error::not_found(format!("volume {volume} in sandbox {id}")))?;
+                match sb.state {
+                    State::Running => self.runtime_of(&sb)?.detach_volume(id, &m).await?,
+                    State::Stopped | State::Error => {}
+                    s => {
+                        return Err(Error::Conflict(format!(
+                            "sandbox {id} is {}: resume it to detach a volume",
+                            s.as_str()
+                        )))
+                    }
+                }
+                self.store.tx(|tx| {
+                    let mut now = Store::sandbox_in(tx, id)?;
+                    now.config.volumes.retain(|x| x.volume != m.volume);
+                    now.updated_at = Utc::now();
+                    Store::put_sandbox(tx, &now)?;
+                    Ok(now)
+                })
+            },
+        )
+        .await
     }
 
     /// Removes volumes a create left half made (the daemon died in it).

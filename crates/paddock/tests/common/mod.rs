@@ -174,6 +174,7 @@ impl Daemon {
             "--hiver-listen",
             "--flash-http-listen",
             "--flash-grpc-listen",
+            "--agenttier-listen",
         ] {
             if !self.extra.iter().any(|a| a == flag) {
                 args.extend([flag.into(), "off".into()]);
@@ -595,20 +596,49 @@ pub fn python() -> String {
     })
 }
 
+/// The interpreter of the second virtualenv scripts/pyenv.sh makes,
+/// target/pyenv-agenttier-0.1.1 (agenttier's first release, from
+/// tests/python/requirements-agenttier-0.1.1.txt), beside `python()`'s:
+/// with `PADDOCK_TEST_PYTHON` set (`<target>/pyenv/bin/python`), that
+/// venv's sibling.
+pub fn python_agenttier_0_1_1() -> String {
+    let bin = match std::env::var("PADDOCK_TEST_PYTHON") {
+        Ok(p) => std::path::Path::new(&p)
+            .parent()
+            .expect("PADDOCK_TEST_PYTHON: a path to an interpreter")
+            .to_path_buf(),
+        Err(_) => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin"),
+    };
+    bin.join("../../pyenv-agenttier-0.1.1/bin/python")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Runs tests/python/`script` against `d` with `env`, and asserts that it
 /// succeeded and printed `done`; on failure shows its output and the end
 /// of the daemon's log.
 pub fn run_sdk_script(script: &str, env: &[(&str, &str)], done: &str, d: &Daemon) {
+    run_sdk_script_with(&python(), script, env, done, d)
+}
+
+/// `run_sdk_script` under the interpreter `python`.
+pub fn run_sdk_script_with(
+    python: &str,
+    script: &str,
+    env: &[(&str, &str)],
+    done: &str,
+    d: &Daemon,
+) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/python")
         .join(script);
-    let out = Command::new(python())
+    let out = Command::new(python)
         .arg(&path)
         .envs(env.iter().copied())
         .env("PADDOCK_URL", &d.url)
         .env("PADDOCK_DATA", &d.data)
         .output()
-        .expect("the test virtualenv (scripts/pyenv.sh makes it)");
+        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/pyenv.sh makes the test virtualenvs)"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
@@ -719,7 +749,8 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
         .args(["serve", "--listen"])
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
-        .args(["--flash-grpc-listen", "off", "--socket", "off"])
+        .args(["--flash-grpc-listen", "off", "--agenttier-listen", "off"])
+        .args(["--socket", "off"])
         .args(args)
         .stdout(f.try_clone().unwrap())
         .stderr(f)
