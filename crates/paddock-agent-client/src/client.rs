@@ -376,10 +376,14 @@ impl AgentClient {
                 .and_then(|v| v.to_bytes().ok())
                 .map(|b| String::from_utf8_lossy(&b).into_owned()),
         };
-        let s = resp.into_inner();
+        let mut s = resp.into_inner();
         if let Some((conn, _)) = handover {
             if let Some(fd) = handover::receive(&conn).await.map_err(handover_error)? {
                 let f = handover::data_file(fd).map_err(handover_error)?;
+                // The call's own (empty) stream read to its end: one dropped
+                // before would be reset, and a connection that resets more
+                // than h2's limit of streams within its window is closed.
+                tokio::spawn(async move { while let Some(Ok(_)) = s.next().await {} });
                 // The daemon's own look at what it reads.
                 let len = f.metadata().map_err(handover_error)?.len();
                 opened.size = Some(len);
@@ -1095,6 +1099,21 @@ impl Agent for AgentClient {
     }
 }
 
+/// Reads a stream to its end and drops what comes, for at most 10 s and
+/// 64 MiB (an agent could send for ever).
+async fn drain(mut s: futures::stream::BoxStream<'static, Result<Bytes>>) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut left: usize = 64 << 20;
+        while let Some(Ok(b)) = s.next().await {
+            left = left.saturating_sub(b.len());
+            if left == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// Ends a byte stream after `n` bytes: a download whose size went out
 /// first never sends more than that (the file may have grown since).
 trait TakeBytes {
@@ -1108,6 +1127,10 @@ where
     fn take_bytes(self, n: u64) -> futures::stream::BoxStream<'static, Result<Bytes>> {
         futures::stream::unfold((self.boxed(), n), |(mut s, left)| async move {
             if left == 0 {
+                // What is left (none, or what the file grew by) is read and
+                // dropped, within bounds, so that the call ends rather than
+                // being reset (see `read_file`).
+                tokio::spawn(drain(s));
                 return None;
             }
             match s.next().await? {

@@ -302,7 +302,28 @@ fn agenttier_holds_against_its_attacks() {
             .filter(|&c| c == 1)
     });
 
-    // 5. A refused call on another's sandbox does not name it for the
+    // 5. An archive of 12000 files: each file's read was dropped before
+    // its call ended (reset), and past h2's limit of such resets the
+    // agent's connection was closed and the zip cut short.
+    sh(
+        "web",
+        "mkdir -p /workspace/many && cd /workspace/many && for i in $(seq 1 12000); do echo $i > f$i; done",
+    );
+    let zip = call(
+        reqwest::Method::GET,
+        "/sandboxes/web/archive?path=/workspace/many",
+        &alice,
+    )
+    .send()
+    .unwrap()
+    .bytes()
+    .unwrap();
+    let count = |sig: &[u8]| zip.windows(4).filter(|w| *w == sig).count();
+    assert_eq!(count(b"PK\x03\x04"), 12000, "every file's entry");
+    assert_eq!(count(b"PK\x05\x06"), 1, "the central directory's end");
+    assert_eq!(sh("web", "cat /workspace/many/f7")["stdout"], "7\n");
+
+    // 6. A refused call on another's sandbox does not name it for the
     // caller.
     let r = call(reqwest::Method::POST, "/sandboxes", &bob)
         .json(&json!({"name": "secret", "namespace": "acquisition", "templateRef": {"name": "general-coding"}}))
