@@ -346,5 +346,13 @@ fn agenttier_holds_against_its_attacks() {
         !log.contains("secret") && !log.contains("acquisition"),
         "{log}"
     );
+    // 7. A query or path the routes cannot read is a 400 in the SDK's
+    // error body, naming what is wrong.
+    for path in ["/audit?limit=1e23", "/sandboxes/%FF"] {
+        let r = call(reqwest::Method::GET, path, &alice).send().unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body: Value = r.json().unwrap();
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
     drop(d);
 }
