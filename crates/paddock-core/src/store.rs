@@ -394,6 +394,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes audit records from before `before`; how many.
+    pub fn prune_audit(&self, before: DateTime<Utc>) -> Result<usize> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM audit WHERE ts < ?1", params![ms(before)])?)
+    }
+
     /// The policies written through the API, by name.
     pub fn policies(&self) -> Result<Vec<crate::policy::Policy>> {
         let conn = self.lock();

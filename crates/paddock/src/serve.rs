@@ -127,6 +127,9 @@ pub struct ServeArgs {
     /// the host's root with fewer capabilities (for comparison).
     #[arg(long, value_enum, default_value = "on")]
     pub userns: OnOff,
+    /// Days the audit log keeps its records (0: for ever).
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(0..=36500))]
+    pub audit_retention_days: u64,
     /// The most of one sandbox's main-process output kept on the host
     /// (`<data-dir>/logs`), in MiB: its log is rotated at half of it.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1048576))]
@@ -736,6 +739,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             default_backends: args.default_backends.iter().cloned().collect(),
             templates,
             policies,
+            audit_retention: (args.audit_retention_days > 0)
+                .then(|| std::time::Duration::from_secs(args.audit_retention_days * 86400)),
             limits,
             host_mounts,
             ..Default::default()

@@ -105,6 +105,8 @@ pub struct EngineConfig {
     /// The operator's templates, which every principal sees beside its
     /// own (owned by [`OPERATOR_TEMPLATES`]).
     pub templates: Vec<Template>,
+    /// How long audit records are kept (`None`: for ever).
+    pub audit_retention: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -122,6 +124,7 @@ impl Default for EngineConfig {
             default_backends: HashMap::new(),
             policies: Vec::new(),
             templates: Vec::new(),
+            audit_retention: Some(Duration::from_secs(90 * 86400)),
         }
     }
 }

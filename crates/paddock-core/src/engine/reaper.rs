@@ -1,4 +1,5 @@
-//! The reaper: TTLs and idle timeouts.
+//! The reaper: TTLs and idle timeouts, and the audit log's records past
+//! their retention.
 
 use super::*;
 
@@ -36,14 +37,47 @@ impl Engine {
         n
     }
 
+    /// Removes audit records older than the retention; how many.
+    pub fn prune_audit(&self) -> usize {
+        let Some(keep) = self.cfg.audit_retention else {
+            return 0;
+        };
+        let Some(before) = chrono::TimeDelta::from_std(keep)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+        else {
+            return 0;
+        };
+        match self.store.prune_audit(before) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!("audit log: {n} records past the retention removed");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!("audit log: pruning: {e}");
+                0
+            }
+        }
+    }
+
     pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(engine.cfg.reap_interval);
+            let mut pruned = std::time::Instant::now() - AUDIT_PRUNE_EVERY;
             loop {
                 tick.tick().await;
                 engine.reap_once().await;
+                if pruned.elapsed() >= AUDIT_PRUNE_EVERY {
+                    pruned = std::time::Instant::now();
+                    engine.prune_audit();
+                }
             }
         })
     }
 }
+
+/// How often the audit log is pruned.
+const AUDIT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);

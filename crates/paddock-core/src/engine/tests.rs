@@ -1077,6 +1077,15 @@ async fn every_mutating_call_is_audited_with_its_outcome() {
     let u = r.engine.usage(&p).unwrap();
     assert_eq!(u.startup_samples, 1);
     assert_eq!(u.total, 0);
+    // Records past the retention go; newer ones stay.
+    assert_eq!(r.engine.prune_audit(), 0);
+    let later = Utc::now() + chrono::TimeDelta::seconds(1);
+    assert_eq!(r.engine.store.prune_audit(later).unwrap(), 7);
+    assert!(r
+        .engine
+        .audit_log(&p, &crate::audit::AuditQuery::default())
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
