@@ -356,3 +356,31 @@ fn agenttier_holds_against_its_attacks() {
     }
     drop(d);
 }
+
+/// Without `--require-auth` a loopback agenttier lets requests without
+/// credentials in as the operator (the SDK's dev mode); with it, they are
+/// 401, and a key still works.
+#[test]
+fn agenttier_dev_mode_is_closed_by_require_auth() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_with(
+        "127.0.0.1",
+        &["--agenttier-listen", &addr, "--require-auth"],
+    );
+    let alice = key(&d, "alice");
+    let url = format!("http://{addr}/api/v1/user/me");
+    let r = reqwest::blocking::get(&url).unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    let r = reqwest::blocking::Client::new()
+        .get(&url)
+        .header("x-api-key", &alice)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let me: serde_json::Value = r.json().unwrap();
+    assert_eq!(me["sub"], "alice");
+    assert_eq!(me["isAdmin"], false);
+    drop(d);
+}
