@@ -176,6 +176,8 @@ fn forbidden_allowed_roots_stop_the_daemon_at_start() {
             .args([
                 "--flash-grpc-listen",
                 "off",
+                "--agenttier-listen",
+                "off",
                 "--socket",
                 "off",
                 "--data-dir",

@@ -31,6 +31,8 @@ fn sandboxes_run_on_runc_too() {
             "off",
             "--flash-grpc-listen",
             "off",
+            "--agenttier-listen",
+            "off",
             "--data-dir",
         ])
         .arg(d.data.join("other"))
