@@ -825,18 +825,12 @@ async fn audit(
             Some(sid) => names
                 .entry(sid)
                 .or_insert_with(|| {
-                    st.engine
-                        .store()
-                        .get_sandbox(sid)
-                        .ok()
-                        .flatten()
-                        .filter(|sb| sb.owner == p.id || p.is_operator())
-                        .and_then(|sb| {
-                            Some((
-                                sb.labels.get(NAMESPACE)?.clone(),
-                                sb.labels.get(NAME)?.clone(),
-                            ))
-                        })
+                    st.engine.get(&p, sid).ok().and_then(|sb| {
+                        Some((
+                            sb.labels.get(NAMESPACE)?.clone(),
+                            sb.labels.get(NAME)?.clone(),
+                        ))
+                    })
                 })
                 .clone(),
             None => None,

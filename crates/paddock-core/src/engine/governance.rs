@@ -139,9 +139,9 @@ impl Engine {
             .map(|x| (x.clone(), PolicySource::Config))
             .collect();
         out.extend(
-            self.store
-                .policies()?
-                .into_iter()
+            self.api_policies()
+                .iter()
+                .cloned()
                 .map(|x| (x, PolicySource::Api)),
         );
         if !p.is_operator() {
@@ -163,7 +163,12 @@ impl Engine {
                     policy.name
                 )));
             }
+            // Store and memory changed together (under the memory's lock).
+            let mut mem = self.api_policies_mut();
             self.store.put_policy(&policy)?;
+            mem.retain(|x| x.name != policy.name);
+            mem.push(policy.clone());
+            mem.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(policy)
         })
     }
@@ -177,11 +182,21 @@ impl Engine {
                     "policy {name:?} is the settings file's; change it there"
                 )));
             }
+            let mut mem = self.api_policies_mut();
             if !self.store.delete_policy(name)? {
                 return Err(Error::not_found(format!("policy {name:?}")));
             }
+            mem.retain(|x| x.name != name);
             Ok(())
         })
+    }
+
+    fn api_policies(&self) -> std::sync::RwLockReadGuard<'_, Vec<Policy>> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn api_policies_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Policy>> {
+        self.policies.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn operator_only(p: &Principal, what: &str) -> Result<()> {
@@ -205,10 +220,10 @@ impl Engine {
             .cloned()
             .collect();
         out.extend(
-            self.store
-                .policies()?
-                .into_iter()
-                .filter(|x| x.applies_to(p)),
+            self.api_policies()
+                .iter()
+                .filter(|x| x.applies_to(p))
+                .cloned(),
         );
         Ok(out)
     }

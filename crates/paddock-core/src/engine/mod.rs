@@ -168,6 +168,9 @@ pub struct Engine {
     layer_gc: tokio::sync::RwLock<()>,
     /// Where volumes live (`volumes.rs`).
     volumes: std::sync::OnceLock<Arc<dyn crate::volumes::VolumeStore>>,
+    /// The policies written through the API (the store's, kept here so
+    /// that a create reads no table for them; `governance.rs`).
+    policies: std::sync::RwLock<Vec<crate::policy::Policy>>,
     /// Bearer tokens besides API keys (`set_token_verifier`).
     verifier: std::sync::OnceLock<Arc<dyn crate::auth::TokenVerifier>>,
     cfg: EngineConfig,
@@ -244,6 +247,7 @@ impl Engine {
                 }
             }
         }
+        let api_policies = store.policies()?;
         Ok(Arc::new(Engine {
             store,
             bus,
@@ -264,6 +268,7 @@ impl Engine {
             layer_gc: Default::default(),
             volumes: Default::default(),
             verifier: Default::default(),
+            policies: std::sync::RwLock::new(api_policies),
             cfg,
         }))
     }
