@@ -626,6 +626,14 @@ def governance():
     check(sb.exec("echo ok").stdout == "ok\n", "group restricted: exec")
     with client(APIKeyAuth(KEY_ALICE)) as alice:
         expect(lambda: alice.get_sandbox(sb.id), NotFoundError, "alice does not see the JWT user's sandbox")
+    # The same token on the native API is the same principal: it sees the
+    # sandbox, and a forged one is 401 there too.
+    r = raw("GET", PADDOCK + "/v1/sandboxes", hr)
+    owners = {x.get("owner") for x in r.json().get("sandboxes", [])} if r.status_code == 200 else set()
+    check(r.status_code == 200 and owners == {"oidc:" + RESTRICTED["sub"]},
+          f"native API with the JWT: its principal's sandboxes ({r.status_code} {owners})")
+    r = raw("GET", PADDOCK + "/v1/sandboxes", {"Authorization": f"Bearer {hr['Authorization'][7:-4]}abcd"})
+    check(r.status_code == 401, f"native API with a forged JWT: 401 ({r.status_code})")
     sb.terminate()
     limited.close()
     rita.close()
