@@ -131,47 +131,43 @@ where
     }
 }
 
-/// The query, or a 400 naming what is wrong with it in agenttier's body.
-pub(crate) struct Query<T>(pub T);
+/// An axum extractor of the request's parts whose refusal is a 400 in
+/// agenttier's body, naming `$what`.
+macro_rules! answered_as_400 {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        pub(crate) struct $name<T>(pub T);
 
-impl<T, S> FromRequestParts<S> for Query<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = AtError;
+        impl<T, S> FromRequestParts<S> for $name<T>
+        where
+            T: serde::de::DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = AtError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, AtError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Query(q.0))
-            .map_err(|e| AtError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))
-    }
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, AtError> {
+                axum::extract::$name::<T>::from_request_parts(parts, state)
+                    .await
+                    .map(|x| $name(x.0))
+                    .map_err(|e| AtError::field(StatusCode::BAD_REQUEST, $what, e.body_text()))
+            }
+        }
+    };
 }
 
-/// The path's parameters, or a 400 in agenttier's body.
-pub(crate) struct Path<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for Path<T>
-where
-    T: serde::de::DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = AtError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, AtError> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| Path(p.0))
-            .map_err(|e| AtError::field(StatusCode::BAD_REQUEST, "path", e.body_text()))
-    }
-}
+answered_as_400!(
+    /// The query.
+    Query,
+    "query"
+);
+answered_as_400!(
+    /// The path's parameters.
+    Path,
+    "path"
+);
 
 // ---- auth ------------------------------------------------------------------
 
