@@ -442,9 +442,15 @@ impl Store {
     }
 
     /// How many sandboxes `owner` holds (every state but `error` and
-    /// `destroyed`), inside a transaction that will add one.
-    pub fn held_in(tx: &rusqlite::Transaction<'_>, owner: &str) -> Result<usize> {
-        Ok(tx
+    /// `destroyed`).
+    pub fn held(&self, owner: &str) -> Result<usize> {
+        Self::held_in(&self.lock(), owner)
+    }
+
+    /// `held`, on a connection or inside a transaction that will add one
+    /// (a transaction is a connection).
+    pub fn held_in(conn: &Connection, owner: &str) -> Result<usize> {
+        Ok(conn
             .prepare_cached(
                 "SELECT COUNT(*) FROM sandboxes WHERE owner = ?1 AND state NOT IN ('error', 'destroyed')",
             )?

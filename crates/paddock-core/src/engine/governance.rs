@@ -275,13 +275,9 @@ impl Engine {
         }))
     }
 
+    /// Counted by the store, not by reading every sandbox's document.
     fn held(&self, p: &Principal) -> Result<usize> {
-        Ok(self
-            .store
-            .list_sandboxes(Some(&p.id), &ListQuery::default())?
-            .iter()
-            .filter(|s| !matches!(s.state, State::Error | State::Destroyed))
-            .count())
+        self.store.held(&p.id)
     }
 
     /// The `max_sandboxes` violation, checked in the transaction that
