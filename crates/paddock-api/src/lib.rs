@@ -1358,6 +1358,7 @@ async fn version() -> axum::Json<w::Version> {
         w::SandboxConfig,
         w::State,
         w::Isolation,
+        w::IdleAction,
         w::ExecRequest,
         w::ExecResult,
         w::OutputChunk,

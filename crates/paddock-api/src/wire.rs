@@ -75,6 +75,7 @@ same_enum!(
     [Creating, Running, Paused, Stopped, Error, Destroyed]
 );
 same_enum!(core::Access, wire::Access, [Rw, Ro, Deny]);
+same_enum!(core::IdleAction, wire::IdleAction, [Destroy, Hibernate]);
 same_enum!(core::EgressAccess, wire::EgressAccess, [Allow, Deny]);
 
 /// Structs of the same fields, engine to wire only (answers).
@@ -134,9 +135,13 @@ same_struct!(
         extra_hosts,
         tty,
         usage_events_secs,
-        from_snapshot
+        from_snapshot,
+        cpu_request,
+        memory_request_mb,
+        bootstrap,
+        wake_on_request
     ],
-    [isolation, mounts, egress, snapshot, volumes]
+    [isolation, mounts, egress, snapshot, volumes, on_idle]
 );
 same_struct!(VolumeRequest, [name, path, read_only], []);
 answer!(core::VolumeMount => VolumeMount, [volume, name, path, read_only], []);
@@ -152,8 +157,9 @@ answer!(core::ResolvedImage => ResolvedImage,
     [digest, layers, env, entrypoint, cmd, working_dir, user, exposed_ports, size], []);
 answer!(core::SandboxConfig => SandboxConfig,
     [image, cpu, memory_mb, disk_mb, pids, env, entrypoint, command, cwd, ttl_secs,
-     idle_timeout_secs, ports, user, extra_hosts, tty, usage_events_secs, from_snapshot, layers],
-    [isolation, resolved_image, mounts, egress, snapshot, volumes]);
+     idle_timeout_secs, ports, user, extra_hosts, tty, usage_events_secs, from_snapshot, layers,
+     cpu_request, memory_request_mb, bootstrap, wake_on_request],
+    [isolation, resolved_image, mounts, egress, snapshot, volumes, on_idle]);
 answer!(core::Snapshot => Snapshot,
     [id, owner, name, sandbox_id, labels, digest, size_bytes, created_at], [config]);
 answer!(core::Sandbox => Sandbox,

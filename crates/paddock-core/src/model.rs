@@ -13,6 +13,26 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+/// What an idle timeout does to a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleAction {
+    /// Destroys it.
+    #[default]
+    Destroy,
+    /// Scales it to zero and keeps its files: a sandbox stops (started
+    /// again by `start`, or by a request to its ports when it wakes on
+    /// request); a workspace's sandbox is snapshotted and destroyed (its
+    /// workspace wakes into a new one from the snapshot).
+    Hibernate,
+}
+
+impl IdleAction {
+    pub fn is_destroy(&self) -> bool {
+        *self == IdleAction::Destroy
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
@@ -74,6 +94,8 @@ pub const DEFAULT_PIDS: i64 = 1024;
 /// The smallest CPU share a sandbox may ask for: 1 ms of CPU time per
 /// 100 ms period, the least a CFS quota takes.
 pub const MIN_CPU: f64 = 0.01;
+/// The largest bootstrap script (bytes).
+pub const MAX_BOOTSTRAP: usize = 256 << 10;
 /// The most output a buffered exec may collect per stream (the daemon
 /// holds it in memory until the command ends).
 pub const MAX_OUTPUT_BYTES: u64 = 256 << 20;
@@ -89,6 +111,18 @@ pub struct Limits {
     pub max_pids: i64,
     pub max_ttl_secs: u64,
     pub max_idle_timeout_secs: u64,
+    pub max_exec_timeout_secs: f64,
+}
+
+/// The most one principal's create may ask for (the operator's ceilings
+/// and the policies that apply to it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ceilings {
+    pub max_cpu: f64,
+    pub max_memory_mb: i64,
+    pub max_disk_mb: i64,
+    pub max_ttl_secs: u64,
+    pub max_sandboxes: Option<u32>,
     pub max_exec_timeout_secs: f64,
 }
 
@@ -265,6 +299,26 @@ pub struct SandboxSpec {
     /// Volumes (the caller's, by name) to mount.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeRequest>,
+    /// CPU cores reserved (a share of the host under contention), at most
+    /// `cpu`; none: no reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<f64>,
+    /// Memory (MiB) kept from reclaim, at most `memory_mb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request_mb: Option<i64>,
+    /// A shell script run once, as root, when the sandbox first boots,
+    /// before its create answers (not again at a restart). One that fails
+    /// fails the create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
+    /// What the idle timeout does (default: destroy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_idle: Option<IdleAction>,
+    /// A request to one of its ports through the daemon's proxies starts
+    /// it again when it is stopped (hibernated), held until the port
+    /// answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake_on_request: bool,
 }
 
 /// A volume a sandbox asks to mount.
@@ -288,6 +342,124 @@ pub struct VolumeMount {
     pub read_only: bool,
     /// Its directory on the host, as the volume store mounted it.
     pub source: String,
+}
+
+/// A workspace: a name whose sandbox comes and goes (scale to zero). Its
+/// sandbox is made from `spec`; hibernating it snapshots that sandbox and
+/// destroys it, waking it starts a new one from the latest snapshot (or
+/// from `source` before the first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workspace {
+    pub id: Uuid,
+    pub owner: String,
+    pub name: String,
+    /// What its sandboxes are made of.
+    #[serde(default)]
+    pub spec: SandboxSpec,
+    /// A snapshot (id or name) its first sandbox starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The sandbox it has now, if awake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Uuid>,
+    /// The snapshot its last hibernation took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_snapshot: Option<Uuid>,
+    /// What its sandbox's idle timeout does: destroy it, or hibernate the
+    /// workspace.
+    #[serde(default)]
+    pub on_idle: IdleAction,
+    /// A request to its sandbox's ports through the proxy wakes it.
+    #[serde(default)]
+    pub wake_on_request: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a new workspace is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceRequest {
+    pub name: String,
+    #[serde(default)]
+    pub spec: SandboxSpec,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub on_idle: IdleAction,
+    #[serde(default)]
+    pub wake_on_request: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Changes to a workspace: each field given replaces (an inner `None`
+/// clears). `expected_current` fences the change: it is refused (409)
+/// unless the workspace's sandbox is that one (`Some(None)`: none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkspaceUpdate {
+    pub current: Option<Option<Uuid>>,
+    pub latest_snapshot: Option<Option<Uuid>>,
+    pub source: Option<Option<String>>,
+    pub spec: Option<SandboxSpec>,
+    pub on_idle: Option<IdleAction>,
+    pub wake_on_request: Option<bool>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub expected_current: Option<Option<Uuid>>,
+}
+
+/// The label that ties a sandbox (and a snapshot) to its workspace.
+pub const WORKSPACE_LABEL: &str = "paddock.workspace";
+
+/// Workspace names: 1-63 of `[a-z0-9-]`, starting and ending with a letter
+/// or digit.
+pub fn validate_workspace_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "name",
+            "a workspace name is 1-63 lower-case letters, digits or '-', starting and ending with a letter or digit",
+        ))
+    }
+}
+
+/// Workspace metadata: at most 16 entries, keys of 1-63 `[a-z0-9-_./]`,
+/// values of at most 512 bytes without control characters.
+pub fn validate_metadata(m: &BTreeMap<String, String>) -> Result<()> {
+    if m.len() > 16 {
+        return Err(Error::invalid("metadata", "at most 16 entries"));
+    }
+    for (k, v) in m {
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'-' | b'_' | b'.' | b'/')
+            });
+        if !key_ok {
+            return Err(Error::invalid(
+                format!("metadata.{k}"),
+                "keys are 1-63 of lower-case letters, digits, '-', '_', '.' or '/'",
+            ));
+        }
+        if v.len() > 512 || v.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                format!("metadata.{k}"),
+                "values are at most 512 bytes, without control characters",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A named, sized filesystem that outlives sandboxes.
@@ -542,6 +714,17 @@ pub struct SandboxConfig {
     /// Volumes mounted in it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request_mb: Option<i64>,
+    /// Run once at its first boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
+    #[serde(default, skip_serializing_if = "IdleAction::is_destroy")]
+    pub on_idle: IdleAction,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake_on_request: bool,
 }
 
 /// Checks mounts: absolute, without `..`, unique and not nested; ACL
@@ -774,6 +957,31 @@ impl SandboxSpec {
                 ));
             }
         }
+        if let Some(r) = self.cpu_request {
+            if !(r.is_finite() && (MIN_CPU..=cpu).contains(&r)) {
+                return Err(Error::invalid(
+                    "cpu_request",
+                    format!("must be from {MIN_CPU} to the sandbox's cpu ({cpu})"),
+                ));
+            }
+        }
+        if let Some(r) = self.memory_request_mb {
+            if !(16..=memory_mb).contains(&r) {
+                return Err(Error::invalid(
+                    "memory_request_mb",
+                    format!("must be from 16 to the sandbox's memory_mb ({memory_mb})"),
+                ));
+            }
+        }
+        if let Some(b) = &self.bootstrap {
+            no_nul("bootstrap", b)?;
+            if b.len() > MAX_BOOTSTRAP {
+                return Err(Error::invalid(
+                    "bootstrap",
+                    format!("must be at most {MAX_BOOTSTRAP} bytes"),
+                ));
+            }
+        }
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(Error::invalid(
@@ -855,6 +1063,11 @@ impl SandboxSpec {
             from_snapshot: None,
             layers: Vec::new(),
             volumes: Vec::new(),
+            cpu_request: self.cpu_request,
+            memory_request_mb: self.memory_request_mb,
+            bootstrap: self.bootstrap.clone(),
+            on_idle: self.on_idle.unwrap_or_default(),
+            wake_on_request: self.wake_on_request,
         })
     }
 }
@@ -892,6 +1105,11 @@ impl SandboxSpec {
             usage_events_secs: self.usage_events_secs.or(t.usage_events_secs),
             from_snapshot: self.from_snapshot.or_else(|| t.from_snapshot.clone()),
             volumes: or_template(self.volumes, &t.volumes),
+            cpu_request: self.cpu_request.or(t.cpu_request),
+            memory_request_mb: self.memory_request_mb.or(t.memory_request_mb),
+            bootstrap: self.bootstrap.or_else(|| t.bootstrap.clone()),
+            on_idle: self.on_idle.or(t.on_idle),
+            wake_on_request: self.wake_on_request || t.wake_on_request,
         }
     }
 }
@@ -1003,6 +1221,13 @@ impl SandboxConfig {
             from_snapshot: None,
             // A volume is one sandbox's at a time: never taken over.
             volumes: Vec::new(),
+            cpu_request: self.cpu_request,
+            memory_request_mb: self.memory_request_mb,
+            // It ran when that sandbox first booted; one started from a
+            // snapshot runs its own spec's, if any.
+            bootstrap: None,
+            on_idle: Some(self.on_idle),
+            wake_on_request: self.wake_on_request,
         }
     }
 }

@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::EventData;
-use crate::model::{Event, ListQuery, Sandbox, Snapshot, Template, Volume, VolumeHolder};
+use crate::model::{
+    Event, ListQuery, Sandbox, Snapshot, Template, Volume, VolumeHolder, Workspace,
+};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -105,6 +107,16 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         doc TEXT NOT NULL
      );",
+    // 9: workspaces (a name whose sandbox comes and goes: hibernated into
+    // a snapshot, woken from it).
+    "CREATE TABLE workspaces (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX workspaces_owner_name ON workspaces(owner, name);",
 ];
 
 /// The version of the snapshot document this daemon writes (1: the first).
@@ -972,6 +984,88 @@ impl Store {
             )
             .optional()?;
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// Stores a new workspace; a name the owner has is a conflict.
+    pub fn insert_workspace(&self, w: &Workspace) -> Result<()> {
+        let r = self.lock().execute(
+            "INSERT INTO workspaces (id, owner, name, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                w.id.to_string(),
+                w.owner,
+                w.name,
+                ms(w.created_at),
+                serde_json::to_string(w)?
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Conflict(format!(
+                    "a workspace named {:?} already exists",
+                    w.name
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a workspace back (by id).
+    pub fn update_workspace(&self, w: &Workspace) -> Result<()> {
+        self.lock().execute(
+            "UPDATE workspaces SET doc = ?2 WHERE id = ?1",
+            params![w.id.to_string(), serde_json::to_string(w)?],
+        )?;
+        Ok(())
+    }
+
+    /// `owner`'s workspace of that name (or id).
+    pub fn find_workspace(&self, owner: &str, id_or_name: &str) -> Result<Option<Workspace>> {
+        let doc: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT doc FROM workspaces WHERE owner = ?1 AND (id = ?2 OR name = ?2)
+                 ORDER BY id = ?2 DESC LIMIT 1",
+                params![owner, id_or_name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// A workspace by id, whoever owns it.
+    pub fn workspace(&self, id: Uuid) -> Result<Option<Workspace>> {
+        let doc: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT doc FROM workspaces WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// `owner`'s workspaces (every one with `None`), by name.
+    pub fn list_workspaces(&self, owner: Option<&str>) -> Result<Vec<Workspace>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT doc FROM workspaces WHERE ?1 IS NULL OR owner = ?1 ORDER BY owner, name",
+        )?;
+        let docs = st
+            .query_map(params![owner], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// Whether there was one to delete.
+    pub fn delete_workspace(&self, id: Uuid) -> Result<bool> {
+        Ok(self.lock().execute(
+            "DELETE FROM workspaces WHERE id = ?1",
+            params![id.to_string()],
+        )? > 0)
     }
 
     /// `owner`'s volumes (every one with `None`), by name.

@@ -219,6 +219,15 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
             "seccomp": crate::syscalls::profile()
         }
     });
+    // Reservations below the limits: a share of the CPUs under contention
+    // (1024 per core, as cgroup v1 counts them; crun maps it to v2's
+    // weight) and memory kept from reclaim.
+    if let Some(r) = c.cpu_request {
+        spec["linux"]["resources"]["cpu"]["shares"] = json!(((r * 1024.0).round() as u64).max(2));
+    }
+    if let Some(r) = c.memory_request_mb {
+        spec["linux"]["resources"]["memory"]["reservation"] = json!((r as u64) << 20);
+    }
     if let Some(m) = maps {
         spec["linux"]["uidMappings"] = m.clone();
         spec["linux"]["gidMappings"] = m;

@@ -16,6 +16,24 @@ pub enum Isolation {
     Microvm,
 }
 
+/// What an idle timeout does to a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleAction {
+    /// Destroys it.
+    #[default]
+    Destroy,
+    /// Stops it and keeps its files (scale to zero): `start`, or a request
+    /// to its ports when it wakes on request, brings it back.
+    Hibernate,
+}
+
+impl IdleAction {
+    pub fn is_destroy(&self) -> bool {
+        *self == IdleAction::Destroy
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -124,6 +142,24 @@ pub struct SandboxSpec {
     /// Volumes (yours, by name) to mount.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeRequest>,
+    /// CPU cores reserved under contention, at most `cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<f64>,
+    /// Memory (MiB) kept from reclaim, at most `memory_mb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request_mb: Option<i64>,
+    /// A shell script run once when the sandbox first boots, before the
+    /// create answers; one that fails fails the create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
+    /// What `idle_timeout_secs` does: `destroy` (the default) or
+    /// `hibernate` (stop, files kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_idle: Option<IdleAction>,
+    /// A request to one of its ports through the proxy starts it again
+    /// when it is stopped, held until the port answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake_on_request: bool,
 }
 
 /// A volume to mount in a sandbox (at create, or `POST
@@ -341,6 +377,16 @@ pub struct SandboxConfig {
     /// Volumes mounted in it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request_mb: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
+    #[serde(default, skip_serializing_if = "IdleAction::is_destroy")]
+    pub on_idle: IdleAction,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake_on_request: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

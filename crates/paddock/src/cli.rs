@@ -279,8 +279,27 @@ pub struct SpecArgs {
     #[arg(long)]
     ttl: Option<u64>,
     /// Seconds of inactivity until it is destroyed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "idle_hibernate")]
     idle_timeout: Option<u64>,
+    /// Inactivity (`90s`, `10m`, `2h`) after which it is hibernated:
+    /// stopped, its files kept, until `start` or (with
+    /// `--wake-on-request`) a request to one of its ports.
+    #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
+    idle_hibernate: Option<u64>,
+    /// Started again by a request to one of its ports through the
+    /// proxy when it is stopped, the request held until the port answers.
+    #[arg(long)]
+    wake_on_request: bool,
+    /// A shell script run once when it first boots, before the create
+    /// answers.
+    #[arg(long, value_name = "SCRIPT")]
+    bootstrap: Option<String>,
+    /// CPU cores reserved under contention (at most --cpu).
+    #[arg(long)]
+    cpu_request: Option<f64>,
+    /// Memory (MiB) kept from reclaim (at most --memory).
+    #[arg(long)]
+    memory_request: Option<i64>,
     #[arg(long = "port")]
     ports: Vec<u16>,
     #[arg(long)]
@@ -292,6 +311,26 @@ pub struct SpecArgs {
     /// Mount a volume: `NAME:/path[:ro]` (repeatable).
     #[arg(long = "volume", short = 'v', value_name = "NAME:PATH[:ro]")]
     volumes: Vec<String>,
+}
+
+/// Seconds in `90`, `90s`, `10m`, `2h` or `1d`.
+fn duration_secs(v: &str) -> std::result::Result<u64, String> {
+    let (n, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{v:?}: a number with s, m, h or d (10m)")),
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{v:?}: a positive number with s, m, h or d (10m)"))
 }
 
 /// `NAME:/path[:ro]`.
@@ -327,7 +366,12 @@ impl SpecArgs {
             disk_mb: self.disk,
             cwd: self.cwd.clone(),
             ttl_secs: self.ttl,
-            idle_timeout_secs: self.idle_timeout,
+            idle_timeout_secs: self.idle_timeout.or(self.idle_hibernate),
+            on_idle: self.idle_hibernate.map(|_| w::IdleAction::Hibernate),
+            wake_on_request: self.wake_on_request,
+            bootstrap: self.bootstrap.clone(),
+            cpu_request: self.cpu_request,
+            memory_request_mb: self.memory_request,
             isolation,
             labels: kv(&self.labels, "label")?,
             env: kv(&self.env, "env")?,

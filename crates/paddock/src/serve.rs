@@ -38,6 +38,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8090", env = "PADDOCK_AGENTTIER_LISTEN",
           value_parser = listen_or_off)]
     pub agenttier_listen: Listen,
+    /// Address of the posthog-hogland dialect's REST API (`/v1`:
+    /// hogboxes and pens), or `off`. Every request needs
+    /// `Authorization: Bearer` with an API key or a token of an issuer the
+    /// settings file trusts.
+    #[arg(long, default_value = "127.0.0.1:8091", env = "PADDOCK_HOGLAND_LISTEN",
+          value_parser = listen_or_off)]
+    pub hogland_listen: Listen,
     /// The native API's unix socket (mode 0660, owned by root and
     /// `--socket-group`), or `off`. Requests on it need no key: the file's
     /// permissions are the authentication. The CLI uses it when it exists.
@@ -462,6 +469,7 @@ struct Listeners {
     flash_http: Option<tokio::net::TcpListener>,
     flash_grpc: Option<tokio::net::TcpListener>,
     agenttier: Option<tokio::net::TcpListener>,
+    hogland: Option<tokio::net::TcpListener>,
 }
 
 /// Sends each write at once: streams (SSE, WebSocket) write small frames
@@ -587,6 +595,10 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
         .await?,
         agenttier: match args.agenttier_listen.0 {
             Some(addr) => Some(bind(addr, "--agenttier-listen", "the agenttier dialect").await?),
+            None => None,
+        },
+        hogland: match args.hogland_listen.0 {
+            Some(addr) => Some(bind(addr, "--hogland-listen", "the hogland dialect").await?),
             None => None,
         },
         // Last: a taken port is named before the socket is touched.
@@ -818,6 +830,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             axum::serve(
                 no_delay(l),
                 paddock_agenttier::router(engine.clone(), keyless),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+        );
+    }
+    if let Some(l) = ls.hogland {
+        servers.spawn(
+            axum::serve(
+                no_delay(l),
+                paddock_hogland::router(engine.clone(), paddock_hogland::Options::default()),
             )
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),

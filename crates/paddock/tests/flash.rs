@@ -78,7 +78,13 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 
 #[test]
 fn dialect_listeners_are_configurable_and_can_be_off() {
-    let (h, g, v, a) = (free_port(), free_port(), free_port(), free_port());
+    let (h, g, v, a, o) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let d = Daemon::start_with(
         "127.0.0.1",
         &[
@@ -90,10 +96,12 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             &format!("127.0.0.1:{v}"),
             "--agenttier-listen",
             &format!("127.0.0.1:{a}"),
+            "--hogland-listen",
+            &format!("127.0.0.1:{o}"),
         ],
     );
     let native: u16 = d.listen.rsplit(':').next().unwrap().parse().unwrap();
-    let mut want = vec![native, h, g, v, a];
+    let mut want = vec![native, h, g, v, a, o];
     want.sort();
     assert_eq!(listening_ports(d.pid()), want);
     drop(d);
@@ -108,6 +116,7 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
         "--flash-grpc-listen",
         "--hiver-listen",
         "--agenttier-listen",
+        "--hogland-listen",
     ] {
         let out = Command::new(bin())
             .args(["serve", flag, "nowhere", "--listen", "127.0.0.1:1"])
@@ -133,6 +142,8 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             "--flash-http-listen",
             "off",
             "--agenttier-listen",
+            "off",
+            "--hogland-listen",
             "off",
             "--listen",
         ])

@@ -178,6 +178,8 @@ fn forbidden_allowed_roots_stop_the_daemon_at_start() {
                 "off",
                 "--agenttier-listen",
                 "off",
+                "--hogland-listen",
+                "off",
                 "--socket",
                 "off",
                 "--data-dir",

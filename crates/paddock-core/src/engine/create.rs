@@ -257,12 +257,20 @@ impl Engine {
         id: Uuid,
         config: SandboxConfig,
     ) -> Result<Sandbox> {
-        match self.boot(&runtime, id, &config, false).await {
+        let booted = match self.boot(&runtime, id, &config, false).await {
+            Ok(ip) => match &config.bootstrap {
+                Some(script) => self.bootstrap(id, &config, script).await.map(|_| ip),
+                None => Ok(ip),
+            },
+            Err(e) => Err(e),
+        };
+        match booted {
             Ok(ip) => self.transition(id, EventData::started(), |s| {
                 s.state = State::Running;
                 s.ip = ip;
             }),
             Err(e) => {
+                self.live.write().await.remove(&id);
                 let msg = e.to_string();
                 let _ = runtime.destroy(id).await;
                 let _ = self.transition(id, EventData::error(&msg), |s| {
@@ -272,6 +280,42 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Runs a sandbox's bootstrap script at its first boot: an exit other
+    /// than 0 fails the create, naming the field.
+    async fn bootstrap(&self, id: Uuid, config: &SandboxConfig, script: &str) -> Result<()> {
+        let live = self.live.read().await.get(&id).cloned();
+        let Some(live) = live else {
+            return Err(Error::internal(format!(
+                "sandbox {id}: no agent after boot"
+            )));
+        };
+        let r = live
+            .agent
+            .exec(&ExecRequest {
+                shell: Some(script.to_string()),
+                user: config.user.clone(),
+                timeout: Some(self.cfg.limits.max_exec_timeout_secs),
+                ..Default::default()
+            })
+            .await?;
+        if r.exit_code == 0 && !r.timed_out {
+            return Ok(());
+        }
+        let tail: String = {
+            let e = r.stderr.trim_end();
+            let start = e.char_indices().rev().nth(511).map_or(0, |(i, _)| i);
+            e[start..].to_string()
+        };
+        Err(Error::invalid(
+            "bootstrap",
+            if r.timed_out {
+                "timed out".to_string()
+            } else {
+                format!("exited {}: {tail}", r.exit_code)
+            },
+        ))
     }
 
     /// Starts (or restarts) the runtime side and connects the agent.

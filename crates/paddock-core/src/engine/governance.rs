@@ -207,6 +207,43 @@ impl Engine {
         }
     }
 
+    /// The most a create by `p` may ask for: the operator's ceilings, and
+    /// the policies that apply to `p`.
+    pub fn ceilings(&self, p: &Principal) -> Result<Ceilings> {
+        let l = &self.cfg.limits;
+        let mut c = Ceilings {
+            max_cpu: l.max_cpu,
+            max_memory_mb: l.max_memory_mb,
+            max_disk_mb: l.max_disk_mb,
+            max_ttl_secs: l.max_ttl_secs,
+            max_sandboxes: None,
+            max_exec_timeout_secs: l.max_exec_timeout_secs,
+        };
+        for x in self.policies_for(p)? {
+            if let Some(v) = x.max_cpu {
+                c.max_cpu = c.max_cpu.min(v);
+            }
+            if let Some(v) = x.max_memory_mb {
+                c.max_memory_mb = c.max_memory_mb.min(v);
+            }
+            if let Some(v) = x.max_disk_mb {
+                c.max_disk_mb = c.max_disk_mb.min(v);
+            }
+            if let Some(v) = x.max_ttl_secs {
+                c.max_ttl_secs = c.max_ttl_secs.min(v);
+            }
+            if let Some(v) = x.max_sandboxes {
+                c.max_sandboxes = Some(c.max_sandboxes.map_or(v, |m: u32| m.min(v)));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The operator's ceilings alone (`paddock serve --max-*`).
+    pub fn limits(&self) -> &Limits {
+        &self.cfg.limits
+    }
+
     /// The policies that apply to `p`.
     pub(super) fn policies_for(&self, p: &Principal) -> Result<Vec<Policy>> {
         if p.id == POOL_OWNER {

@@ -59,6 +59,7 @@ mod templates;
 #[cfg(test)]
 mod tests;
 mod volumes;
+mod workspaces;
 
 pub use config::{ConfigApplied, ConfigChanges, ConfigUpdate};
 use events::{flush, DEFER_FLUSH};

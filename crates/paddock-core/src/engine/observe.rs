@@ -92,6 +92,21 @@ impl Engine {
         if port == 0 {
             return Err(Error::invalid("port", "0 is not a port"));
         }
+        // A hibernated sandbox that wakes on request is started, and the
+        // request held until its port answers.
+        let sb = self.get(p, id)?;
+        if sb.config.wake_on_request && matches!(sb.state, State::Stopped | State::Paused) {
+            match sb.state {
+                State::Stopped => self.start(p, id).await?,
+                _ => self.resume(p, id).await?,
+            };
+            let (_, live) = self.live_for(p, id).await?;
+            if let Some(ip) = live.instance.ip {
+                let addr = SocketAddr::new(ip, port);
+                super::workspaces::wait_for_port(addr, Duration::from_secs(60)).await;
+                return Ok(addr);
+            }
+        }
         let (_, live) = self.live_for(p, id).await?;
         match live.instance.ip {
             Some(ip) => Ok(SocketAddr::new(ip, port)),

@@ -5,8 +5,9 @@ use super::*;
 
 impl Engine {
     /// One pass of the reaper: destroys sandboxes whose TTL or idle timeout
-    /// lapsed. Returns how many it destroyed.
-    pub async fn reap_once(&self) -> usize {
+    /// lapsed, or hibernates those idle that hibernate. Returns how many it
+    /// acted on.
+    pub async fn reap_once(self: &Arc<Self>) -> usize {
         let now = Utc::now();
         let Ok(all) = self.store.live_sandboxes() else {
             return 0;
@@ -25,6 +26,14 @@ impl Engine {
                 }
                 None => false,
             };
+            if idle && !expired && sb.config.on_idle == IdleAction::Hibernate {
+                let id = sb.id;
+                match self.hibernate_idle(sb).await {
+                    Ok(()) => n += 1,
+                    Err(e) => tracing::warn!(sandbox = %id, "reaper: hibernate: {e}"),
+                }
+                continue;
+            }
             if expired || idle {
                 let reason = if expired { "ttl" } else { "idle" };
                 let id = sb.id;

@@ -1150,3 +1150,124 @@ async fn policies_are_not_escaped_by_odd_ids_own_templates_or_pools() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_sandbox_that_hibernates_stops_with_its_files_and_wakes() {
+    let r = Rig::new();
+    let spec: SandboxSpec = serde_json::from_value(
+        json!({"idle_timeout_secs": 1, "on_idle": "hibernate", "wake_on_request": true}),
+    )
+    .unwrap();
+    let (sb, _) = r.engine.create(&me(), spec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(r.engine.reap_once().await, 1);
+    // Stopped (scaled to zero), not destroyed; the next pass leaves it.
+    assert_eq!(r.engine.get(&me(), sb.id).unwrap().state, State::Stopped);
+    assert_eq!(r.engine.reap_once().await, 0);
+    // A proxied request wakes it.
+    r.engine.proxy_target(&me(), sb.id, 8000).await.ok();
+    assert_eq!(r.engine.get(&me(), sb.id).unwrap().state, State::Running);
+}
+
+#[tokio::test]
+async fn a_workspace_hibernates_into_a_snapshot_and_wakes_from_it() {
+    let r = Rig::new();
+    let e = &r.engine;
+    let w = e
+        .create_workspace(
+            &me(),
+            WorkspaceRequest {
+                name: "dev".into(),
+                on_idle: IdleAction::Hibernate,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(w.current.is_none());
+    // A name is the owner's once; another owner's is another workspace.
+    assert!(matches!(
+        e.create_workspace(
+            &me(),
+            WorkspaceRequest {
+                name: "dev".into(),
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        e.create_workspace(
+            &me(),
+            WorkspaceRequest {
+                name: "Dev!".into(),
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(Error::Invalid { .. })
+    ));
+    assert!(e.get_workspace(&Principal::new("bob"), "dev").is_err());
+
+    let w = e.wake_workspace(&me(), "dev").await.unwrap();
+    let first = w.current.unwrap();
+    assert_eq!(e.get(&me(), first).unwrap().state, State::Running);
+    // Waking an awake workspace keeps its sandbox.
+    assert_eq!(
+        e.wake_workspace(&me(), "dev").await.unwrap().current,
+        Some(first)
+    );
+
+    // A fenced change with the wrong sandbox is a conflict.
+    let fenced = WorkspaceUpdate {
+        metadata: Some([("k".to_string(), "v".to_string())].into()),
+        expected_current: Some(None),
+        ..Default::default()
+    };
+    assert!(matches!(
+        e.update_workspace(&me(), "dev", fenced.clone()).await,
+        Err(Error::Conflict(_))
+    ));
+
+    let w = e.hibernate_workspace(&me(), "dev").await.unwrap();
+    assert!(w.current.is_none());
+    let snap = w.latest_snapshot.unwrap();
+    assert_eq!(e.get(&me(), first).unwrap().state, State::Destroyed);
+    // Idempotent.
+    assert_eq!(
+        e.hibernate_workspace(&me(), "dev")
+            .await
+            .unwrap()
+            .latest_snapshot,
+        Some(snap)
+    );
+    e.update_workspace(&me(), "dev", fenced).await.unwrap();
+
+    let w = e.wake_workspace(&me(), "dev").await.unwrap();
+    let second = w.current.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(
+        e.get(&me(), second).unwrap().config.from_snapshot,
+        Some(snap)
+    );
+
+    // Idle, its sandbox hibernates the workspace (a new snapshot, the one
+    // before superseded).
+    e.update_workspace(&me(), "dev", WorkspaceUpdate::default())
+        .await
+        .unwrap();
+    let idle = e.get(&me(), second).unwrap();
+    e.hibernate_idle(idle).await.unwrap();
+    let w = e.get_workspace(&me(), "dev").unwrap();
+    assert!(w.current.is_none());
+    assert_ne!(w.latest_snapshot, Some(snap));
+    assert!(e.get_snapshot(&me(), &snap.to_string()).is_err());
+
+    e.delete_workspace(&me(), "dev", Some(None)).await.unwrap();
+    assert!(e.get_workspace(&me(), "dev").is_err());
+    // Its last snapshot is the owner's still.
+    assert!(e
+        .get_snapshot(&me(), &w.latest_snapshot.unwrap().to_string())
+        .is_ok());
+}

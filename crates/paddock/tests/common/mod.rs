@@ -175,6 +175,7 @@ impl Daemon {
             "--flash-http-listen",
             "--flash-grpc-listen",
             "--agenttier-listen",
+            "--hogland-listen",
         ] {
             if !self.extra.iter().any(|a| a == flag) {
                 args.extend([flag.into(), "off".into()]);
@@ -602,6 +603,12 @@ pub fn python() -> String {
 /// with `PADDOCK_TEST_PYTHON` set (`<target>/pyenv/bin/python`), that
 /// venv's sibling.
 pub fn python_agenttier_0_1_1() -> String {
+    python_in("pyenv-agenttier-0.1.1")
+}
+
+/// The interpreter of the virtualenv `venv` that scripts/pyenv.sh makes
+/// beside `python()`'s (under target/).
+pub fn python_in(venv: &str) -> String {
     let bin = match std::env::var("PADDOCK_TEST_PYTHON") {
         Ok(p) => std::path::Path::new(&p)
             .parent()
@@ -609,7 +616,7 @@ pub fn python_agenttier_0_1_1() -> String {
             .to_path_buf(),
         Err(_) => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin"),
     };
-    bin.join("../../pyenv-agenttier-0.1.1/bin/python")
+    bin.join(format!("../../{venv}/bin/python"))
         .to_string_lossy()
         .into_owned()
 }
@@ -750,6 +757,7 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
         .args(["--flash-grpc-listen", "off", "--agenttier-listen", "off"])
+        .args(["--hogland-listen", "off"])
         .args(["--socket", "off"])
         .args(args)
         .stdout(f.try_clone().unwrap())
