@@ -119,6 +119,27 @@ pub fn router(state: AppState) -> Router {
             "/sandboxes/{id}/volumes/{name}",
             axum::routing::delete(detach_volume),
         )
+        .route("/workspaces", get(list_workspaces).post(create_workspace))
+        .route(
+            "/workspaces/{name}",
+            get(inspect_workspace)
+                .patch(update_workspace)
+                .delete(delete_workspace),
+        )
+        .route("/workspaces/{name}/hibernate", post(hibernate_workspace))
+        .route("/workspaces/{name}/wake", post(wake_workspace))
+        .route(
+            "/workspaces/{name}/proxy/{port}",
+            any(proxy::workspace_proxy_root),
+        )
+        .route(
+            "/workspaces/{name}/proxy/{port}/",
+            any(proxy::workspace_proxy_root),
+        )
+        .route(
+            "/workspaces/{name}/proxy/{port}/{*rest}",
+            any(proxy::workspace_proxy),
+        )
         .route("/volumes", get(list_volumes).post(create_volume))
         .route("/volumes/{id}", get(inspect_volume).delete(delete_volume))
         .route("/snapshots", get(list_snapshots))
@@ -380,6 +401,170 @@ async fn delete_snapshot(
 ) -> ApiResult<StatusCode> {
     st.engine.delete_snapshot(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- workspaces --------------------------------------------------------------
+
+fn workspace_wire(w: paddock_core::model::Workspace) -> w::Workspace {
+    w::Workspace {
+        id: w.id,
+        owner: w.owner,
+        name: w.name,
+        spec: w.spec.wire(),
+        source: w.source,
+        sandbox: w.current,
+        latest_snapshot: w.latest_snapshot,
+        on_idle: w.on_idle.wire(),
+        wake_on_request: w.wake_on_request,
+        metadata: w.metadata,
+        created_at: w.created_at,
+        updated_at: w.updated_at,
+    }
+}
+
+/// Makes a workspace: a name whose sandbox scales to zero. It has none
+/// until it is woken.
+#[utoipa::path(post, path = "/v1/workspaces", request_body = w::WorkspaceCreate,
+    responses((status = 201, body = w::Workspace), (status = 400, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn create_workspace(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(req): Json<w::WorkspaceCreate>,
+) -> ApiResult<Response> {
+    let ws = st
+        .engine
+        .create_workspace(
+            &p,
+            paddock_core::model::WorkspaceRequest {
+                name: req.name,
+                spec: req.spec.engine(),
+                source: req.source,
+                on_idle: req.on_idle.engine(),
+                wake_on_request: req.wake_on_request,
+                metadata: req.metadata,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(workspace_wire(ws))).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/workspaces", responses((status = 200, body = w::WorkspaceList)))]
+async fn list_workspaces(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::WorkspaceList>> {
+    Ok(axum::Json(w::WorkspaceList {
+        workspaces: st
+            .engine
+            .workspaces(&p)?
+            .into_iter()
+            .map(workspace_wire)
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{name}", responses((status = 200, body = w::Workspace), (status = 404, body = w::Problem)))]
+async fn inspect_workspace(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<w::Workspace>> {
+    Ok(axum::Json(workspace_wire(
+        st.engine.get_workspace(&p, &name)?,
+    )))
+}
+
+/// `""` (none) or a sandbox id.
+fn expected_sandbox(v: &str, field: &str) -> ApiResult<Option<uuid::Uuid>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| {
+        Problem::from(paddock_core::Error::invalid(
+            field,
+            "a sandbox id, or \"\" for none",
+        ))
+    })
+}
+
+/// Changes a workspace; with `expected_sandbox`, only while that is its
+/// sandbox (409 otherwise).
+#[utoipa::path(patch, path = "/v1/workspaces/{name}", request_body = w::WorkspaceUpdate,
+    responses((status = 200, body = w::Workspace), (status = 400, body = w::Problem),
+              (status = 404, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn update_workspace(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+    Json(req): Json<w::WorkspaceUpdate>,
+) -> ApiResult<axum::Json<w::Workspace>> {
+    let u = paddock_core::model::WorkspaceUpdate {
+        spec: req.spec.map(|s| s.engine()),
+        source: req.source.map(|s| (!s.is_empty()).then_some(s)),
+        on_idle: req.on_idle.map(|a| a.engine()),
+        wake_on_request: req.wake_on_request,
+        metadata: req.metadata,
+        expected_current: req
+            .expected_sandbox
+            .as_deref()
+            .map(|v| expected_sandbox(v, "expected_sandbox"))
+            .transpose()?,
+        ..Default::default()
+    };
+    Ok(axum::Json(workspace_wire(
+        st.engine.update_workspace(&p, &name, u).await?,
+    )))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct DeleteWorkspaceParams {
+    /// Only while this is its sandbox (`""`: none); 409 otherwise.
+    #[serde(default)]
+    expected_sandbox: Option<String>,
+}
+
+/// Deletes a workspace and its sandbox; its snapshots stay yours.
+#[utoipa::path(delete, path = "/v1/workspaces/{name}", params(DeleteWorkspaceParams),
+    responses((status = 204), (status = 404, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn delete_workspace(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteWorkspaceParams>,
+) -> ApiResult<StatusCode> {
+    let expected = q
+        .expected_sandbox
+        .as_deref()
+        .map(|v| expected_sandbox(v, "expected_sandbox"))
+        .transpose()?;
+    st.engine.delete_workspace(&p, &name, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Snapshots the workspace's sandbox, then destroys it (nothing to do
+/// when it sleeps).
+#[utoipa::path(post, path = "/v1/workspaces/{name}/hibernate", responses((status = 200, body = w::Workspace), (status = 404, body = w::Problem)))]
+async fn hibernate_workspace(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<w::Workspace>> {
+    Ok(axum::Json(workspace_wire(
+        st.engine.hibernate_workspace(&p, &name).await?,
+    )))
+}
+
+/// Gives the workspace a running sandbox: from its latest snapshot when it
+/// sleeps.
+#[utoipa::path(post, path = "/v1/workspaces/{name}/wake", responses((status = 200, body = w::Workspace), (status = 404, body = w::Problem)))]
+async fn wake_workspace(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<w::Workspace>> {
+    Ok(axum::Json(workspace_wire(
+        st.engine.wake_workspace(&p, &name).await?,
+    )))
 }
 
 // ---- volumes -----------------------------------------------------------------
@@ -1327,6 +1512,14 @@ async fn version() -> axum::Json<w::Version> {
         list_snapshots,
         inspect_snapshot,
         delete_snapshot,
+        create_workspace,
+        list_workspaces,
+        inspect_workspace,
+        update_workspace,
+        delete_workspace,
+        hibernate_workspace,
+        wake_workspace,
+        proxy::workspace_proxy,
         create_volume,
         list_volumes,
         inspect_volume,
@@ -1397,6 +1590,10 @@ async fn version() -> axum::Json<w::Version> {
         w::SnapshotRequest,
         w::ForkRequest,
         w::ForkResult,
+        w::Workspace,
+        w::WorkspaceList,
+        w::WorkspaceCreate,
+        w::WorkspaceUpdate,
         w::Volume,
         w::VolumeList,
         w::VolumeCreate,

@@ -47,3 +47,43 @@ async fn forward(
         .await
         .map_err(|(status, msg)| Problem::new(status, msg))
 }
+
+pub async fn workspace_proxy_root(
+    st: State<AppState>,
+    p: Extension<Principal>,
+    Path((name, port)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    forward_workspace(st, p, name, port, String::new(), req).await
+}
+
+/// Forwards any method to a port of the workspace's sandbox; one that
+/// sleeps and wakes on request is woken first, the request held until the
+/// port answers.
+#[utoipa::path(get, path = "/v1/workspaces/{name}/proxy/{port}/{rest}",
+    responses((status = 200, description = "whatever the sandbox's server answers"),
+              (status = 409, body = w::Problem), (status = 502, body = w::Problem)))]
+pub async fn workspace_proxy(
+    st: State<AppState>,
+    p: Extension<Principal>,
+    Path((name, port, rest)): Path<(String, String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    forward_workspace(st, p, name, port, rest, req).await
+}
+
+async fn forward_workspace(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    name: String,
+    port: String,
+    rest: String,
+    req: Request,
+) -> ApiResult<Response> {
+    let port =
+        parse_port(&port).map_err(|(status, msg)| Problem::new(status, msg).field("port"))?;
+    let target = st.engine.workspace_target(&p, &name, port).await?;
+    forward_to(target, &rest, req)
+        .await
+        .map_err(|(status, msg)| Problem::new(status, msg))
+}

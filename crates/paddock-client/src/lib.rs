@@ -353,6 +353,51 @@ impl Client {
         self.json(self.request(Method::GET, "/usage")).await
     }
 
+    // ---- workspaces ------------------------------------------------------------
+
+    pub async fn create_workspace(&self, req: &w::WorkspaceCreate) -> Result<w::Workspace> {
+        self.json(self.request(Method::POST, "/workspaces").json(req))
+            .await
+    }
+
+    pub async fn workspaces(&self) -> Result<w::WorkspaceList> {
+        self.json(self.request(Method::GET, "/workspaces")).await
+    }
+
+    pub async fn workspace(&self, name: &str) -> Result<w::Workspace> {
+        self.json(self.request(Method::GET, &format!("/workspaces/{name}")))
+            .await
+    }
+
+    pub async fn update_workspace(
+        &self,
+        name: &str,
+        req: &w::WorkspaceUpdate,
+    ) -> Result<w::Workspace> {
+        self.json(
+            self.request(Method::PATCH, &format!("/workspaces/{name}"))
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn delete_workspace(&self, name: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/workspaces/{name}")))
+            .await
+    }
+
+    /// Snapshots its sandbox, then destroys it.
+    pub async fn hibernate_workspace(&self, name: &str) -> Result<w::Workspace> {
+        self.json(self.request(Method::POST, &format!("/workspaces/{name}/hibernate")))
+            .await
+    }
+
+    /// Gives it a running sandbox (from its latest snapshot when it sleeps).
+    pub async fn wake_workspace(&self, name: &str) -> Result<w::Workspace> {
+        self.json(self.request(Method::POST, &format!("/workspaces/{name}/wake")))
+            .await
+    }
+
     // ---- volumes ---------------------------------------------------------------
 
     pub async fn create_volume(&self, req: &w::VolumeCreate) -> Result<w::Volume> {

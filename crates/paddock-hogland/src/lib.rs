@@ -113,8 +113,16 @@ impl Problem {
     }
 }
 
-/// Where an engine field is, on hogland's wire.
+/// Where an engine field is, on hogland's wire (a workspace's
+/// `spec.<field>` is a pen's `body.spec.<field>`).
 fn location(field: &str) -> String {
+    if let Some(f) = field.strip_prefix("spec.") {
+        let inner = location(f);
+        return format!(
+            "body.spec.{}",
+            inner.strip_prefix("body.").unwrap_or(&inner)
+        );
+    }
     let f = match field {
         "cpu" => "cpus",
         "memory_mb" => "memory_mib",
@@ -1313,7 +1321,7 @@ async fn me(State(st): State<Hog>, Extension(p): P) -> HResult<Json<Me>> {
     // The principal's first trace here: its oldest box or snapshot ever.
     let first = st
         .engine
-        .list_all(
+        .list(
             &p,
             &ListQuery {
                 include_destroyed: true,

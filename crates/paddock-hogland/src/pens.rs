@@ -130,7 +130,7 @@ fn pen_problem(e: Error) -> Problem {
                 "source" => "source_alias".to_string(),
                 "current" => "current_box_id".to_string(),
                 "latest_snapshot" => "latest_snapshot_id".to_string(),
-                f => f.to_string(),
+                f => return Problem::field(&location(f), reason),
             };
             Problem::field(&format!("body.{f}"), reason)
         }

@@ -232,6 +232,80 @@ pub struct VolumeList {
     pub volumes: Vec<Volume>,
 }
 
+/// `POST /v1/workspaces`: a name whose sandbox scales to zero.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceCreate {
+    /// Unique among yours: 1-63 lower-case letters, digits or `-`.
+    pub name: String,
+    /// What its sandboxes are made of (no key, snapshot or volumes: its
+    /// snapshots are its own).
+    #[serde(default)]
+    pub spec: SandboxSpec,
+    /// A snapshot (id or name) its first sandbox starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What its sandbox's `idle_timeout_secs` does: `hibernate` snapshots
+    /// it and destroys it, `destroy` destroys it.
+    #[serde(default)]
+    pub on_idle: IdleAction,
+    /// A request to its proxy wakes it, held until the port answers.
+    #[serde(default)]
+    pub wake_on_request: bool,
+    /// At most 16 entries; keys of `[a-z0-9-_./]`, values of at most 512
+    /// bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `PATCH /v1/workspaces/{name}`: each field given replaces.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SandboxSpec>,
+    /// `""` clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_idle: Option<IdleAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_on_request: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Refused (409) unless this is its sandbox now (`""`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_sandbox: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Workspace {
+    pub id: Uuid,
+    pub owner: String,
+    pub name: String,
+    pub spec: SandboxSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Its sandbox while awake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Uuid>,
+    /// The snapshot its last hibernation took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_snapshot: Option<Uuid>,
+    pub on_idle: IdleAction,
+    pub wake_on_request: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /v1/workspaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<Workspace>,
+}
+
 /// A directory of the sandbox the file API may reach.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -137,6 +137,10 @@ pub enum ClientCmd {
     /// Volumes: named, sized filesystems that outlive sandboxes.
     #[command(subcommand)]
     Volumes(VolumesCmd),
+    /// Workspaces: names whose sandbox scales to zero (hibernated into a
+    /// snapshot, woken from it).
+    #[command(subcommand)]
+    Workspaces(WorkspacesCmd),
     /// The audit log: every mutating call, who made it, through which API,
     /// and how it ended (newest first; yours, or everyone's for the
     /// operator).
@@ -239,6 +243,43 @@ pub enum VolumesCmd {
     Detach {
         volume: String,
         sandbox: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkspacesCmd {
+    /// Make one: `paddock workspaces create dev --idle-hibernate 10m
+    /// --wake-on-request --port 8000 -- python3 -m http.server 8000`. Its
+    /// sandbox comes with `wake`, or a request to its proxy.
+    Create {
+        name: String,
+        /// The snapshot (id or name) its first sandbox starts from.
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long = "meta", value_name = "K=V")]
+        metadata: Vec<String>,
+        #[command(flatten)]
+        spec: Box<SpecArgs>,
+        /// The main process of its sandboxes.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    Ls,
+    Inspect {
+        name: String,
+    },
+    /// Snapshot its sandbox, then destroy it.
+    Hibernate {
+        name: String,
+    },
+    /// Give it a running sandbox (from its latest snapshot when it sleeps).
+    Wake {
+        name: String,
+    },
+    /// Delete workspaces and their sandboxes (their snapshots stay).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -1074,6 +1115,79 @@ impl Client {
                 let sb = self.api.detach_volume(&sandbox, &volume).await?;
                 if self.json {
                     pretty(&sb)?;
+                }
+            }
+            ClientCmd::Workspaces(WorkspacesCmd::Create {
+                name,
+                source,
+                metadata,
+                spec,
+                command,
+            }) => {
+                let spec = spec.to_spec(&command)?;
+                let req = w::WorkspaceCreate {
+                    name,
+                    source,
+                    on_idle: spec.on_idle.unwrap_or_default(),
+                    wake_on_request: spec.wake_on_request,
+                    metadata: kv(&metadata, "meta")?,
+                    spec,
+                };
+                let ws = self.api.create_workspace(&req).await?;
+                if self.json {
+                    pretty(&ws)?;
+                } else {
+                    println!("{}", ws.name);
+                }
+            }
+            ClientCmd::Workspaces(WorkspacesCmd::Ls) => {
+                let v = self.api.workspaces().await?;
+                if self.json {
+                    pretty(&v.workspaces)?;
+                } else {
+                    let mut t = table(&["NAME", "SANDBOX", "LATEST SNAPSHOT", "ON IDLE", "WAKE"]);
+                    for ws in v.workspaces {
+                        t.add_row(vec![
+                            ws.name.clone(),
+                            ws.sandbox.map_or("-".into(), |s| s.to_string()),
+                            ws.latest_snapshot.map_or("-".into(), |s| s.to_string()),
+                            format!("{:?}", ws.on_idle).to_lowercase(),
+                            if ws.wake_on_request {
+                                "on request"
+                            } else {
+                                "manual"
+                            }
+                            .into(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Workspaces(WorkspacesCmd::Inspect { name }) => {
+                pretty(&self.api.workspace(&name).await?)?
+            }
+            ClientCmd::Workspaces(WorkspacesCmd::Hibernate { name }) => {
+                let ws = self.api.hibernate_workspace(&name).await?;
+                if self.json {
+                    pretty(&ws)?;
+                } else {
+                    println!(
+                        "{}",
+                        ws.latest_snapshot.map_or("-".into(), |s| s.to_string())
+                    );
+                }
+            }
+            ClientCmd::Workspaces(WorkspacesCmd::Wake { name }) => {
+                let ws = self.api.wake_workspace(&name).await?;
+                if self.json {
+                    pretty(&ws)?;
+                } else {
+                    println!("{}", ws.sandbox.map_or("-".into(), |s| s.to_string()));
+                }
+            }
+            ClientCmd::Workspaces(WorkspacesCmd::Rm { names }) => {
+                if !self.each(&names, |n| self.api.delete_workspace(n)).await {
+                    return Ok(1);
                 }
             }
             ClientCmd::Fork { id, count, memory } => {

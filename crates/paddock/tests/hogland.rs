@@ -376,7 +376,8 @@ http.server.HTTPServer(("0.0.0.0", 8000), H).serve_forever()
 /// Scale to zero in the native API and the CLI: a sandbox made with
 /// `paddock create --idle-hibernate 2s --wake-on-request` stops once idle
 /// (its files kept) and a request through the proxy starts it again, held
-/// until its server answers.
+/// until its server answers; a workspace hibernates into a snapshot and a
+/// request to its proxy wakes it into a new sandbox from it.
 #[test]
 fn idle_hibernate_and_wake_on_request_natively() {
     let d = Daemon::start();
@@ -428,5 +429,63 @@ fn idle_hibernate_and_wake_on_request_natively() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-hibernate"));
     api.delete(&format!("/sandboxes/{id}"));
+
+    // A workspace through the CLI: woken, hibernated into a snapshot, and
+    // woken again by a request to its proxy, with its files.
+    let out = d.cli(&[
+        "workspaces",
+        "create",
+        "dev",
+        "--wake-on-request",
+        "--port",
+        "8000",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--directory",
+        "/workspace",
+    ]);
+    assert_eq!(stdout_of(&["workspaces", "create"], out).trim(), "dev");
+    let first = stdout_of(
+        &["workspaces", "wake"],
+        d.cli(&["workspaces", "wake", "dev"]),
+    )
+    .trim()
+    .to_string();
+    let r = api.post(
+        &format!("/sandboxes/{first}/exec"),
+        json!({"shell": "echo from-the-first > /workspace/note.txt"}),
+    );
+    assert_eq!(r.body["exit_code"], 0, "{}", r.body);
+    let snap = stdout_of(
+        &["workspaces", "hibernate"],
+        d.cli(&["workspaces", "hibernate", "dev"]),
+    );
+    assert!(snap.trim().parse::<uuid::Uuid>().is_ok(), "{snap}");
+    assert_eq!(
+        api.get(&format!("/sandboxes/{first}")).body["state"],
+        "destroyed"
+    );
+    let ws = api.get("/workspaces/dev").body;
+    assert!(ws.get("sandbox").is_none(), "{ws}");
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/workspaces/dev/proxy/8000/note.txt", d.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "from-the-first\n");
+    let ws = api.get("/workspaces/dev").body;
+    assert_ne!(ws["sandbox"].as_str(), Some(first.as_str()), "{ws}");
+    // A fenced delete naming another sandbox is refused.
+    let r = api.delete(&format!("/workspaces/dev?expected_sandbox={first}"));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let out = d.cli(&["workspaces", "rm", "dev"]);
+    assert!(out.status.success());
+    assert_eq!(api.get("/workspaces/dev").status, 404);
     drop(d);
 }

@@ -282,7 +282,8 @@ impl Engine {
         }
     }
 
-    /// Runs a sandbox's bootstrap script at its first boot: an exit other
+    /// Runs a sandbox's bootstrap script at its first boot (for at most
+    /// [`BOOTSTRAP_TIMEOUT`]): an exit other
     /// than 0 fails the create, naming the field.
     async fn bootstrap(&self, id: Uuid, config: &SandboxConfig, script: &str) -> Result<()> {
         let live = self.live.read().await.get(&id).cloned();
@@ -296,7 +297,12 @@ impl Engine {
             .exec(&ExecRequest {
                 shell: Some(script.to_string()),
                 user: config.user.clone(),
-                timeout: Some(self.cfg.limits.max_exec_timeout_secs),
+                timeout: Some(
+                    self.cfg
+                        .limits
+                        .max_exec_timeout_secs
+                        .min(BOOTSTRAP_TIMEOUT.as_secs_f64()),
+                ),
                 ..Default::default()
             })
             .await?;
@@ -373,3 +379,7 @@ impl Engine {
         );
     }
 }
+
+/// The longest a bootstrap script runs before its create fails: the
+/// create (and a workspace's wake) waits for it.
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(600);

@@ -26,12 +26,23 @@ impl Engine {
                 }
                 None => false,
             };
-            if idle && !expired && sb.config.on_idle == IdleAction::Hibernate {
-                let id = sb.id;
-                match self.hibernate_idle(sb).await {
-                    Ok(()) => n += 1,
-                    Err(e) => tracing::warn!(sandbox = %id, "reaper: hibernate: {e}"),
-                }
+            // Idle and hibernating, or a workspace's sandbox past its TTL
+            // (a policy's): scaled to zero, its files kept. In a task of
+            // its own: a snapshot takes a while, and a busy workspace must
+            // hold no other sandbox's reaping.
+            let hibernate = if expired {
+                sb.labels.contains_key(WORKSPACE_LABEL)
+            } else {
+                idle && sb.config.on_idle == IdleAction::Hibernate
+            };
+            if hibernate {
+                let (engine, id) = (self.clone(), sb.id);
+                tokio::spawn(async move {
+                    if let Err(e) = engine.hibernate_idle(sb, expired).await {
+                        tracing::warn!(sandbox = %id, "reaper: hibernate: {e}");
+                    }
+                });
+                n += 1;
                 continue;
             }
             if expired || idle {

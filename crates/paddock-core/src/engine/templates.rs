@@ -42,6 +42,14 @@ impl Engine {
                      cannot keep a warm pool",
                 ));
             }
+            // A pool refills one sandbox at a time: a bootstrap would hold
+            // every pool's refill for as long as it runs.
+            if warm_pool > 0 && defaults.bootstrap.is_some() {
+                return Err(Error::invalid(
+                    "warm_pool",
+                    "a template with a bootstrap script cannot keep a warm pool",
+                ));
+            }
             // A pool's sandboxes are booted before any create is judged:
             // a principal the operator's policies hold keeps none.
             if warm_pool > 0 && !self.policies_for(p)?.is_empty() {

@@ -1162,6 +1162,12 @@ async fn an_idle_sandbox_that_hibernates_stops_with_its_files_and_wakes() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(r.engine.reap_once().await, 1);
     // Stopped (scaled to zero), not destroyed; the next pass leaves it.
+    for _ in 0..100 {
+        if r.engine.get(&me(), sb.id).unwrap().state == State::Stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(r.engine.get(&me(), sb.id).unwrap().state, State::Stopped);
     assert_eq!(r.engine.reap_once().await, 0);
     // A proxied request wakes it.
@@ -1258,7 +1264,7 @@ async fn a_workspace_hibernates_into_a_snapshot_and_wakes_from_it() {
         .await
         .unwrap();
     let idle = e.get(&me(), second).unwrap();
-    e.hibernate_idle(idle).await.unwrap();
+    e.hibernate_idle(idle, false).await.unwrap();
     let w = e.get_workspace(&me(), "dev").unwrap();
     assert!(w.current.is_none());
     assert_ne!(w.latest_snapshot, Some(snap));
@@ -1270,4 +1276,129 @@ async fn a_workspace_hibernates_into_a_snapshot_and_wakes_from_it() {
     assert!(e
         .get_snapshot(&me(), &w.latest_snapshot.unwrap().to_string())
         .is_ok());
+}
+
+/// A workspace whose lock is held (a wake running a long bootstrap, say)
+/// holds up no other sandbox's reaping: its hibernation is left for a
+/// later pass.
+#[tokio::test]
+async fn a_busy_workspace_never_stalls_the_reaper() {
+    let r = Rig::new();
+    let e = &r.engine;
+    let spec: SandboxSpec = serde_json::from_value(json!({"idle_timeout_secs": 1})).unwrap();
+    let w = e
+        .create_workspace(
+            &me(),
+            WorkspaceRequest {
+                name: "busy".into(),
+                spec,
+                on_idle: IdleAction::Hibernate,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let boxed = e
+        .wake_workspace(&me(), "busy")
+        .await
+        .unwrap()
+        .current
+        .unwrap();
+    let bob = Principal::new("bob");
+    let ttl: SandboxSpec = serde_json::from_value(json!({"ttl_secs": 1})).unwrap();
+    let (theirs, _) = e.create(&bob, ttl).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let held = e.lifecycles.lock(w.id).await;
+    tokio::time::timeout(Duration::from_secs(2), e.reap_once())
+        .await
+        .expect("the reaper waited on a workspace's lock");
+    assert_eq!(e.get(&bob, theirs.id).unwrap().state, State::Destroyed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(e.get(&me(), boxed).unwrap().state, State::Running);
+    drop(held);
+    // Free again: the next pass hibernates it.
+    e.reap_once().await;
+    for _ in 0..100 {
+        if e.get_workspace(&me(), "busy").unwrap().current.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let w = e.get_workspace(&me(), "busy").unwrap();
+    assert!(w.current.is_none() && w.latest_snapshot.is_some(), "{w:?}");
+}
+
+/// A workspace's sandbox whose TTL lapses (a policy's, say) is
+/// hibernated, not destroyed with its files; and a snapshot another
+/// workspace starts from is never taken away as superseded.
+#[tokio::test]
+async fn a_workspace_sandbox_past_its_ttl_hibernates_and_shared_snapshots_stay() {
+    let r = Rig::new();
+    let e = &r.engine;
+    let spec: SandboxSpec = serde_json::from_value(json!({"ttl_secs": 1})).unwrap();
+    e.create_workspace(
+        &me(),
+        WorkspaceRequest {
+            name: "a".into(),
+            spec,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let first = e.wake_workspace(&me(), "a").await.unwrap().current.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    e.reap_once().await;
+    let mut w = e.get_workspace(&me(), "a").unwrap();
+    for _ in 0..100 {
+        if w.current.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        w = e.get_workspace(&me(), "a").unwrap();
+    }
+    assert!(w.current.is_none(), "{w:?}");
+    let snap = w.latest_snapshot.expect("hibernated into a snapshot");
+    assert_eq!(e.get(&me(), first).unwrap().state, State::Destroyed);
+
+    // Workspace b starts from a's snapshot; a's next hibernation keeps it.
+    e.create_workspace(
+        &me(),
+        WorkspaceRequest {
+            name: "b".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    e.update_workspace(
+        &me(),
+        "b",
+        WorkspaceUpdate {
+            latest_snapshot: Some(Some(snap)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    e.wake_workspace(&me(), "a").await.unwrap();
+    e.hibernate_workspace(&me(), "a").await.unwrap();
+    assert!(e.get_snapshot(&me(), &snap.to_string()).is_ok());
+    e.wake_workspace(&me(), "b").await.unwrap();
+    // A spec no sandbox could be made of is refused at once, naming it.
+    let bad: SandboxSpec = serde_json::from_value(json!({"memory_request_mb": 1 << 30})).unwrap();
+    match e
+        .create_workspace(
+            &me(),
+            WorkspaceRequest {
+                name: "c".into(),
+                spec: bad,
+                ..Default::default()
+            },
+        )
+        .await
+    {
+        Err(Error::Invalid { field, .. }) => assert_eq!(field, "spec.memory_request_mb"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -9,6 +9,10 @@ use super::*;
 /// is answered anyway (the proxy then says the port does not answer).
 const WAKE_PORT_WAIT: Duration = Duration::from_secs(60);
 
+/// The most workspaces one principal keeps (they hold no sandbox while
+/// they sleep, so `max_sandboxes` does not bound them).
+pub const MAX_WORKSPACES_PER_OWNER: usize = 256;
+
 impl Engine {
     /// `p`'s workspace of that name (or id); its sandbox as it is now
     /// (one destroyed meanwhile, by its TTL say, is no longer current).
@@ -57,7 +61,12 @@ impl Engine {
             async move {
                 validate_workspace_name(&req.name)?;
                 validate_metadata(&req.metadata)?;
-                Self::check_workspace_spec(&req.spec)?;
+                self.check_workspace_spec(&req.spec)?;
+                if self.store.list_workspaces(Some(&p.id))?.len() >= MAX_WORKSPACES_PER_OWNER {
+                    return Err(Error::Quota(format!(
+                        "at most {MAX_WORKSPACES_PER_OWNER} workspaces each"
+                    )));
+                }
                 if let Some(s) = &req.source {
                     self.get_snapshot(p, s)
                         .map_err(|_| Error::invalid("source", format!("no snapshot {s:?}")))?;
@@ -84,9 +93,16 @@ impl Engine {
         .await
     }
 
-    /// A workspace's spec: what a sandbox spec may be, less what belongs
-    /// to one sandbox (a key; its snapshot is the workspace's).
-    fn check_workspace_spec(spec: &SandboxSpec) -> Result<()> {
+    /// A workspace's spec: what a sandbox spec may be (checked now, not
+    /// at its first wake), less what belongs to one sandbox (a key; its
+    /// snapshot is the workspace's). Errors name `spec.<field>`.
+    fn check_workspace_spec(&self, spec: &SandboxSpec) -> Result<()> {
+        if spec.template.is_none() {
+            spec.resolve(&self.cfg.limits).map_err(|e| match e {
+                Error::Invalid { field, reason } => Error::invalid(format!("spec.{field}"), reason),
+                e => e,
+            })?;
+        }
         if spec.key.is_some() {
             return Err(Error::invalid(
                 "spec.key",
@@ -151,7 +167,7 @@ impl Engine {
                     w.source = s;
                 }
                 if let Some(spec) = u.spec {
-                    Self::check_workspace_spec(&spec)?;
+                    self.check_workspace_spec(&spec)?;
                     w.spec = spec;
                 }
                 if let Some(a) = u.on_idle {
@@ -228,28 +244,24 @@ impl Engine {
             "workspace.hibernate",
             None,
             serde_json::json!({"name": name}),
-            self.hibernate_inner(p, name, None),
+            async move {
+                let w = self.get_workspace(p, name)?;
+                let _lock = self.lifecycles.lock(w.id).await;
+                self.hibernate_locked(p, self.get_workspace(p, name)?).await
+            },
         )
         .await
     }
 
-    /// With `only`, hibernates only while that sandbox is the current one
-    /// (the reaper's view may be stale).
-    async fn hibernate_inner(
+    /// Hibernates `w`, its lifecycle lock held.
+    async fn hibernate_locked(
         self: &Arc<Self>,
         p: &Principal,
-        name: &str,
-        only: Option<Uuid>,
+        mut w: Workspace,
     ) -> Result<Workspace> {
-        let w = self.get_workspace(p, name)?;
-        let _lock = self.lifecycles.lock(w.id).await;
-        let mut w = self.get_workspace(p, name)?;
         let Some(current) = w.current else {
             return Ok(w);
         };
-        if only.is_some_and(|o| o != current) {
-            return Ok(w);
-        }
         let snap = self
             .snapshot(
                 p,
@@ -271,9 +283,19 @@ impl Engine {
         w.current = None;
         w.updated_at = Utc::now();
         self.store.update_workspace(&w)?;
-        // The snapshot before, if the workspace took it, is superseded.
+        // The snapshot before, if the workspace took it and no other
+        // workspace starts from it, is superseded.
         if let Some(old) = previous {
-            if let Ok(sn) = self.get_snapshot(p, &old.to_string()) {
+            let others = self
+                .store
+                .list_workspaces(Some(&w.owner))?
+                .into_iter()
+                .any(|o| {
+                    o.id != w.id
+                        && (o.latest_snapshot == Some(old)
+                            || o.source.as_deref() == Some(&old.to_string()))
+                });
+            if let (false, Ok(sn)) = (others, self.get_snapshot(p, &old.to_string())) {
                 if sn.labels.get(WORKSPACE_LABEL) == Some(&w.id.to_string()) {
                     if let Err(e) = self.delete_snapshot(p, &old.to_string()).await {
                         tracing::warn!(workspace = %w.id, "superseded snapshot {old}: {e}");
@@ -292,7 +314,24 @@ impl Engine {
             "workspace.wake",
             None,
             serde_json::json!({"name": name}),
-            async move {
+            // In a task of its own: a caller that goes away must not leave
+            // a sandbox booted that the workspace does not know.
+            {
+                let (this, p, name) = (self.clone(), p.clone(), name.to_string());
+                async move {
+                    let what = format!("wake of {name}");
+                    tokio::spawn(async move { this.wake_inner(&p, &name).await })
+                        .await
+                        .map_err(|e| Error::internal(format!("{what}: {e}")))?
+                }
+            },
+        )
+        .await
+    }
+
+    async fn wake_inner(self: &Arc<Self>, p: &Principal, name: &str) -> Result<Workspace> {
+        {
+            {
                 let w = self.get_workspace(p, name)?;
                 let _lock = self.lifecycles.lock(w.id).await;
                 let mut w = self.get_workspace(p, name)?;
@@ -322,9 +361,8 @@ impl Engine {
                 w.updated_at = Utc::now();
                 self.store.update_workspace(&w)?;
                 Ok(w)
-            },
-        )
-        .await
+            }
+        }
     }
 
     /// Where a request to a workspace's port goes: its sandbox, woken
@@ -360,9 +398,13 @@ impl Engine {
         Ok(addr)
     }
 
-    /// The reaper's hibernation of an idle sandbox: its workspace's, when
-    /// it has one; else the sandbox stops (files kept).
-    pub(super) async fn hibernate_idle(self: &Arc<Self>, sb: Sandbox) -> Result<()> {
+    /// The reaper's hibernation of a sandbox idle past its timeout (or,
+    /// with `expired`, past its TTL, when it belongs to a workspace): the
+    /// workspace hibernates when it is its current sandbox; else the
+    /// sandbox stops (files kept), or is destroyed when its TTL lapsed.
+    /// Never waits for a workspace's lock: one busy (a wake, a
+    /// hibernation) is left for the next pass.
+    pub(super) async fn hibernate_idle(self: &Arc<Self>, sb: Sandbox, expired: bool) -> Result<()> {
         let p = Principal::new(sb.owner.clone()).via("reaper");
         let ws = sb
             .labels
@@ -371,22 +413,45 @@ impl Engine {
             .map(|w| self.store.workspace(w))
             .transpose()?
             .flatten()
-            .filter(|w| w.owner == sb.owner);
-        match ws {
-            Some(w) => {
-                self.audited(
-                    &p,
-                    "workspace.hibernate",
-                    None,
-                    serde_json::json!({"name": w.name, "reason": "idle"}),
-                    self.hibernate_inner(&p, &w.name, Some(sb.id)),
-                )
-                .await?;
-            }
-            None => {
+            .filter(|w| w.owner == sb.owner && w.current == Some(sb.id));
+        let Some(w) = ws else {
+            if expired {
+                self.destroy_inner(sb, "ttl").await?;
+            } else {
                 self.stop(&p, sb.id).await?;
             }
+            return Ok(());
+        };
+        let Some(_lock) = self.lifecycles.try_lock(w.id) else {
+            return Ok(());
+        };
+        // Looked at again under the lock: still its sandbox, still idle.
+        let Some(w) = self.store.workspace(w.id)? else {
+            return Ok(());
+        };
+        if w.current != Some(sb.id) {
+            return Ok(());
         }
+        if !expired {
+            let last = self
+                .live
+                .read()
+                .await
+                .get(&sb.id)
+                .map(|l| l.last_active_ms.load(Ordering::Relaxed));
+            let secs = sb.config.idle_timeout_secs.unwrap_or(0) as i64;
+            if last.is_some_and(|l| now_ms() - l < secs.saturating_mul(1000)) {
+                return Ok(());
+            }
+        }
+        self.audited(
+            &p,
+            "workspace.hibernate",
+            None,
+            serde_json::json!({"name": w.name, "reason": if expired { "ttl" } else { "idle" }}),
+            self.hibernate_locked(&p, w.clone()),
+        )
+        .await?;
         Ok(())
     }
 }
