@@ -42,9 +42,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "crun,runc,podman")]
     pub peers: String,
     /// Only these groups of figures, comma-separated: create, warm, exec,
-    /// sse, ws (exec stdout through either), files, acl, snapshot,
+    /// sse, ws (exec stdout through either), files, acl, snapshot, wake,
     /// concurrent, image, density, restart (default: all but restart).
-    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "concurrent", "image", "density", "restart"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "wake", "concurrent", "image", "density", "restart"])]
     pub only: Vec<String>,
 }
 
@@ -439,6 +439,75 @@ async fn snapshot_figures(api: &Api) -> Result<Vec<Value>> {
     }
     .await;
     api.destroy(&id).await?;
+    run
+}
+
+/// Scale to zero: a workspace whose sandbox serves HTTP (busybox httpd,
+/// its main process) hibernated, then woken by a request to its proxy;
+/// the time to that request's answer, beside a plain create from the same
+/// snapshot (the floor a wake cannot beat).
+async fn wake_figures(api: &Api) -> Result<Vec<Value>> {
+    eprintln!(
+        "wake: a hibernated workspace woken by a request, 10 times; creates from its snapshot"
+    );
+    let name = format!("bench-wake-{}", std::process::id());
+    let spec = w::SandboxSpec {
+        ports: vec![8000],
+        command: Some(
+            ["busybox", "httpd", "-f", "-p", "8000", "-h", "/workspace"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        ..bench_spec()
+    };
+    api.c
+        .create_workspace(&w::WorkspaceCreate {
+            name: name.clone(),
+            spec: spec.clone(),
+            wake_on_request: true,
+            ..Default::default()
+        })
+        .await?;
+    let run = async {
+        let ws = api.c.wake_workspace(&name).await?;
+        let id = ws.sandbox.context("woken without a sandbox")?.to_string();
+        api.exec(&id, w::ExecRequest::shell("echo hi > /workspace/index.html"))
+            .await?;
+        let (mut wake, mut from) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let ws = api.c.hibernate_workspace(&name).await?;
+            let snap = ws.latest_snapshot.context("no snapshot")?.to_string();
+            let t0 = Instant::now();
+            let r = api
+                .c
+                .send(api.c.request(
+                    reqwest::Method::GET,
+                    &format!("/workspaces/{name}/proxy/8000/index.html"),
+                ))
+                .await?;
+            let body = r.text().await?;
+            wake.push(t0.elapsed().as_secs_f64() * 1000.0);
+            if body != "hi\n" {
+                bail!("the woken workspace answered {body:?}");
+            }
+            let spec = w::SandboxSpec {
+                from_snapshot: Some(snap),
+                ..spec.clone()
+            };
+            let t0 = Instant::now();
+            let c = api.create_spec(&spec).await?;
+            from.push(t0.elapsed().as_secs_f64() * 1000.0);
+            api.destroy(&c).await?;
+        }
+        let over = median(&wake) - median(&from);
+        Ok::<_, anyhow::Error>(vec![
+            summary("wake_on_request_to_answer", "ms", wake),
+            summary("create_from_its_snapshot", "ms", from),
+            json!({"figure": "wake_over_create_from_snapshot", "unit": "ms", "n": 10, "p50": over, "p99": over}),
+        ])
+    }
+    .await;
+    api.c.delete_workspace(&name).await?;
     run
 }
 
@@ -1040,6 +1109,10 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
             Ok(fs) => snapshot_peers = fs,
             Err(e) => eprintln!("peer cp -a skipped: {e:#}"),
         }
+    }
+
+    if a.wants("wake") {
+        figures.extend(wake_figures(&api).await?);
     }
 
     if a.concurrent > 0 && a.wants("concurrent") {
