@@ -108,6 +108,7 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
         "--flash-grpc-listen",
         "--hiver-listen",
         "--agenttier-listen",
+        "--ssh-listen",
     ] {
         let out = Command::new(bin())
             .args(["serve", flag, "nowhere", "--listen", "127.0.0.1:1"])
@@ -133,6 +134,8 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             "--flash-http-listen",
             "off",
             "--agenttier-listen",
+            "off",
+            "--ssh-listen",
             "off",
             "--listen",
         ])

@@ -178,6 +178,8 @@ fn forbidden_allowed_roots_stop_the_daemon_at_start() {
                 "off",
                 "--agenttier-listen",
                 "off",
+                "--ssh-listen",
+                "off",
                 "--socket",
                 "off",
                 "--data-dir",

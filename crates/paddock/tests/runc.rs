@@ -33,6 +33,8 @@ fn sandboxes_run_on_runc_too() {
             "off",
             "--agenttier-listen",
             "off",
+            "--ssh-listen",
+            "off",
             "--data-dir",
         ])
         .arg(d.data.join("other"))

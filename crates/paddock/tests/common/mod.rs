@@ -175,6 +175,7 @@ impl Daemon {
             "--flash-http-listen",
             "--flash-grpc-listen",
             "--agenttier-listen",
+            "--ssh-listen",
         ] {
             if !self.extra.iter().any(|a| a == flag) {
                 args.extend([flag.into(), "off".into()]);
@@ -750,6 +751,7 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
         .args(["--flash-grpc-listen", "off", "--agenttier-listen", "off"])
+        .args(["--ssh-listen", "off"])
         .args(["--socket", "off"])
         .args(args)
         .stdout(f.try_clone().unwrap())
