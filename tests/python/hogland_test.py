@@ -666,6 +666,27 @@ def ssh_access():
           f"ssh_command ({b.view.ssh_command!r})")
     check(ALICE.get(b.id).view.ssh_command == b.view.ssh_command, "get: the same ssh_command")
     check(b.exec(["true"]).exit_code == 0, "an ssh-public box takes exec too")
+    # The command as shown, with the key's private half, reaches the box
+    # (OpenSSH's client, against Paddock's SSH gateway).
+    key_file = os.environ.get("HOG_SSH_KEY_FILE")
+    if key_file:
+        import shlex
+        import subprocess
+        argv = shlex.split(b.view.ssh_command)
+        argv[1:1] = ["-i", key_file, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                     "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+        b.write_file("/tmp/ssh-marker", b"via-ssh\n")
+        r = subprocess.run(argv + ["cat /tmp/ssh-marker; exit 5"], capture_output=True, timeout=60)
+        check(r.returncode == 5 and r.stdout == b"via-ssh\n",
+              f"ssh_command with the box's key runs a command in it ({r.returncode}, {r.stdout!r}, {r.stderr!r})")
+        # Another box of alice's without that key registered: the box's own
+        # key opens only its box.
+        other = made(ALICE.create(name=f"{P}-nokey"))
+        argv2 = list(argv)
+        argv2[-1] = argv2[-1].replace(b.id, other.id)
+        r = subprocess.run(argv2 + ["true"], capture_output=True, timeout=60)
+        check(r.returncode == 255, f"the key opens no other box ({r.returncode}, {r.stderr!r})")
+        kill(other)
     kill(b)
     # access_type "none" (0.5.0's default) from either version: accepted, and
     # never echoed to 0.1.0, whose model rejects it.
@@ -963,7 +984,7 @@ def main():
         listing()
         isolation(box)
         validation(box)
-        pass  # TEMP ssh_access()
+        ssh_access()
         kill(box)
         gone(ALICE, box.id)
         if V05:

@@ -159,6 +159,8 @@ pub fn router(state: AppState) -> Router {
             "/policies/{name}",
             axum::routing::put(put_policy).delete(delete_policy),
         )
+        .route("/ssh-keys", get(list_ssh_keys).post(add_ssh_key))
+        .route("/ssh-keys/{id}", axum::routing::delete(delete_ssh_key))
         .route("/audit", get(audit))
         .route("/usage", get(usage))
         .route("/pools", get(list_pools))
@@ -1356,6 +1358,64 @@ async fn delete_policy(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ---- SSH keys --------------------------------------------------------------
+
+fn ssh_key_wire(k: paddock_core::model::SshKey) -> w::SshKey {
+    w::SshKey {
+        id: k.id,
+        name: k.name,
+        public_key: k.public_key,
+        fingerprint: k.fingerprint,
+        sandbox: k.sandbox,
+        created_at: k.created_at,
+    }
+}
+
+/// The caller's SSH public keys (those of destroyed sandboxes went with
+/// them).
+#[utoipa::path(get, path = "/v1/ssh-keys", responses((status = 200, body = w::SshKeyList)))]
+async fn list_ssh_keys(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::SshKeyList>> {
+    Ok(axum::Json(w::SshKeyList {
+        ssh_keys: st
+            .engine
+            .ssh_keys(&p)?
+            .into_iter()
+            .map(ssh_key_wire)
+            .collect(),
+    }))
+}
+
+/// Registers an SSH public key: it opens the SSH gateway to every sandbox
+/// of the caller, or to `sandbox` alone. A malformed key is 400 naming
+/// `public_key`; the same key twice for the same scope, or a name taken,
+/// 409.
+#[utoipa::path(post, path = "/v1/ssh-keys", request_body = w::SshKeyCreate,
+    responses((status = 201, body = w::SshKey), (status = 400, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn add_ssh_key(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(req): Json<w::SshKeyCreate>,
+) -> ApiResult<Response> {
+    let k = st
+        .engine
+        .add_ssh_key(&p, req.name, &req.public_key, req.sandbox)?;
+    Ok((StatusCode::CREATED, axum::Json(ssh_key_wire(k))).into_response())
+}
+
+/// Removes one of the caller's SSH keys, by id or name.
+#[utoipa::path(delete, path = "/v1/ssh-keys/{id}", responses((status = 204), (status = 404, body = w::Problem)))]
+async fn delete_ssh_key(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.engine.delete_ssh_key(&p, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
@@ -1541,6 +1601,9 @@ async fn version() -> axum::Json<w::Version> {
         list_policies,
         put_policy,
         delete_policy,
+        list_ssh_keys,
+        add_ssh_key,
+        delete_ssh_key,
         audit,
         usage,
         version
@@ -1571,6 +1634,9 @@ async fn version() -> axum::Json<w::Version> {
         w::Violation,
         w::Policy,
         w::PolicyList,
+        w::SshKey,
+        w::SshKeyCreate,
+        w::SshKeyList,
         w::AuditRecord,
         w::AuditList,
         w::Usage,

@@ -323,6 +323,23 @@ impl Client {
             .await
     }
 
+    // ---- SSH keys --------------------------------------------------------------
+
+    pub async fn ssh_keys(&self) -> Result<w::SshKeyList> {
+        self.json(self.request(Method::GET, "/ssh-keys")).await
+    }
+
+    pub async fn add_ssh_key(&self, req: &w::SshKeyCreate) -> Result<w::SshKey> {
+        self.json(self.request(Method::POST, "/ssh-keys").json(req))
+            .await
+    }
+
+    /// Removes a key by its id or name.
+    pub async fn delete_ssh_key(&self, id: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/ssh-keys/{id}")))
+            .await
+    }
+
     // ---- governance ------------------------------------------------------------
 
     pub async fn policies(&self) -> Result<w::PolicyList> {

@@ -462,6 +462,25 @@ pub fn validate_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// A principal's SSH public key: it opens the SSH gateway to every
+/// sandbox of its owner, or only to `sandbox`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SshKey {
+    pub id: Uuid,
+    pub owner: String,
+    /// Unique per owner.
+    pub name: String,
+    /// One authorized_keys line (`ssh-ed25519 AAAA... comment`), as
+    /// OpenSSH writes it.
+    pub public_key: String,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// The one sandbox it opens (`None`: every sandbox of its owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A named, sized filesystem that outlives sandboxes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Volume {

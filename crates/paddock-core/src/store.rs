@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::EventData;
 use crate::model::{
-    Event, ListQuery, Sandbox, Snapshot, Template, Volume, VolumeHolder, Workspace,
+    Event, ListQuery, Sandbox, Snapshot, SshKey, Template, Volume, VolumeHolder, Workspace,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -117,7 +117,24 @@ const MIGRATIONS: &[&str] = &[
         doc TEXT NOT NULL
      );
      CREATE UNIQUE INDEX workspaces_owner_name ON workspaces(owner, name);",
+    // 10: principals' SSH public keys, each account-wide or for one
+    // sandbox (the SSH gateway's logins).
+    SSH_KEYS_MIGRATION,
 ];
+
+/// The SSH keys' table (migration 10; its number is its place in
+/// `MIGRATIONS`).
+const SSH_KEYS_MIGRATION: &str = "CREATE TABLE ssh_keys (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        sandbox TEXT,
+        created_at INTEGER NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX ssh_keys_owner_name ON ssh_keys(owner, name);
+     CREATE INDEX ssh_keys_fingerprint ON ssh_keys(fingerprint, owner);";
 
 /// The version of the snapshot document this daemon writes (1: the first).
 pub const SNAPSHOT_DOC: i64 = 1;
@@ -1194,6 +1211,86 @@ impl Store {
             out.push(decode_sandbox(v, &d)?);
         }
         Ok(out)
+    }
+}
+
+/// SSH keys (`engine/ssh_keys.rs`).
+impl Store {
+    /// Records a key (409 when its owner has one of that name).
+    pub fn insert_ssh_key(&self, k: &SshKey) -> Result<()> {
+        let r = self.lock().execute(
+            "INSERT INTO ssh_keys (id, owner, name, fingerprint, sandbox, created_at, doc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                k.id.to_string(),
+                k.owner,
+                k.name,
+                k.fingerprint,
+                k.sandbox.map(|s| s.to_string()),
+                ms(k.created_at),
+                serde_json::to_string(k)?
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Conflict(format!(
+                    "an SSH key named {:?} already exists",
+                    k.name
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `owner`'s keys, oldest first. Keys of a sandbox that is destroyed
+    /// or gone are removed first: they went with it.
+    pub fn list_ssh_keys(&self, owner: &str) -> Result<Vec<SshKey>> {
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM ssh_keys WHERE owner = ?1 AND sandbox IS NOT NULL AND sandbox NOT IN
+             (SELECT id FROM sandboxes WHERE owner = ?1 AND state != 'destroyed')",
+            params![owner],
+        )?;
+        let mut st = conn
+            .prepare_cached("SELECT doc FROM ssh_keys WHERE owner = ?1 ORDER BY created_at, id")?;
+        let docs = st
+            .query_map(params![owner], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// Every key with this fingerprint, whoever registered it.
+    pub fn ssh_keys_by_fingerprint(&self, fingerprint: &str) -> Result<Vec<SshKey>> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(
+            "SELECT doc FROM ssh_keys WHERE fingerprint = ?1 ORDER BY owner, created_at",
+        )?;
+        let docs = st
+            .query_map(params![fingerprint], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// Removes one of `owner`'s keys by id or name; the key removed.
+    pub fn delete_ssh_key(&self, owner: &str, id_or_name: &str) -> Result<Option<SshKey>> {
+        self.tx(|tx| {
+            let doc: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT id, doc FROM ssh_keys WHERE owner = ?1 AND (id = ?2 OR name = ?2)
+                     ORDER BY id = ?2 DESC LIMIT 1",
+                    params![owner, id_or_name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((id, doc)) = doc else {
+                return Ok(None);
+            };
+            tx.execute("DELETE FROM ssh_keys WHERE id = ?1", params![id])?;
+            Ok(Some(serde_json::from_str(&doc)?))
+        })
     }
 }
 

@@ -40,17 +40,9 @@ pub mod wire;
 
 use wire::*;
 
-/// Where the SSH gateway listens, for `BoxView.ssh_command`.
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    /// `host:port` of `paddock serve --ssh-listen`, if it runs.
-    pub ssh: Option<std::net::SocketAddr>,
-}
-
 #[derive(Clone)]
 struct Hog {
     engine: Arc<Engine>,
-    opts: Options,
 }
 
 /// Labels that carry what the engine does not keep.
@@ -293,8 +285,8 @@ async fn auth(State(st): State<Hog>, mut req: Request, next: Next) -> Response {
 type P = Extension<Principal>;
 
 /// The router: every route under `/v1`.
-pub fn router(engine: Arc<Engine>, opts: Options) -> Router {
-    let st = Hog { engine, opts };
+pub fn router(engine: Arc<Engine>) -> Router {
+    let st = Hog { engine };
     let v1 = Router::new()
         .route("/me", get(me))
         .route("/limits", get(limits))
@@ -424,11 +416,12 @@ impl Hog {
             node: "paddock".into(),
             owner_id: sb.owner.clone(),
             public_ip: None,
-            ssh_command: self
-                .opts
-                .ssh
-                .filter(|_| ssh)
-                .map(|a| format!("ssh -p {} {}@{}", a.port(), sb.id, a.ip())),
+            // The gateway's command, when it runs (`--ssh-listen`).
+            ssh_command: if ssh {
+                self.engine.ssh_command(sb)
+            } else {
+                None
+            },
             web_url: spec
                 .web_port
                 .map(|_| format!("{}/v1/hogboxes/{}/web/", base_url(h), sb.id)),
@@ -463,7 +456,13 @@ pub(crate) fn sandbox_spec(
     }
     let access = req.access();
     if let Some(k) = &req.ssh_public_key {
-        check_ssh_key(k).map_err(|m| Problem::field(&format!("{prefix}.ssh_public_key"), m))?;
+        paddock_core::engine::check_ssh_public_key(k).map_err(|e| {
+            let msg = match e {
+                Error::Invalid { reason, .. } => reason,
+                e => e.to_string(),
+            };
+            Problem::field(&format!("{prefix}.ssh_public_key"), msg)
+        })?;
     } else if access != Access::None && req.snapshot_id.is_none() {
         return Err(Problem::field(
             &format!("{prefix}.ssh_public_key"),
@@ -534,43 +533,6 @@ pub(crate) fn sandbox_spec(
     })
 }
 
-/// One authorized_keys line: a key type, base64 of a blob that names the
-/// same type, an optional comment.
-fn check_ssh_key(line: &str) -> Result<(), String> {
-    let line = line.trim();
-    if line.len() > 1000 || line.contains('\n') {
-        return Err("expected one authorized_keys line of at most 1000 bytes".into());
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
-        return Err("expected \"<type> <base64 key> [comment]\"".into());
-    };
-    use base64::Engine as _;
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| "the key is not base64".to_string())?;
-    let named = blob
-        .get(..4)
-        .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
-        .and_then(|n| blob.get(4..4 + n));
-    if named != Some(kind.as_bytes()) {
-        return Err(format!("not a {kind} public key"));
-    }
-    const TYPES: &[&str] = &[
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    ];
-    if !TYPES.contains(&kind) {
-        return Err(format!("key type {kind:?} is not supported"));
-    }
-    Ok(())
-}
-
 async fn create(
     State(st): State<Hog>,
     Extension(p): P,
@@ -622,6 +584,16 @@ async fn create(
         spec.from_snapshot = Some(sn.id.to_string());
     }
     let (sb, _) = st.engine.create(&p, spec).await?;
+    // The key opens this box through the SSH gateway.
+    if let (true, Some(k)) = (req.access() != Access::None, &req.ssh_public_key) {
+        if let Err(e) = st
+            .engine
+            .add_ssh_key(&p, Some(format!("hogbox-{}", sb.id)), k, Some(sb.id))
+        {
+            let _ = st.engine.destroy(&p, sb.id).await;
+            return Err(e.into());
+        }
+    }
     Ok((StatusCode::CREATED, Json(st.view(&headers, &sb))).into_response())
 }
 

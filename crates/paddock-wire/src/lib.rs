@@ -15,6 +15,7 @@ mod governance;
 mod images;
 mod problem;
 mod sandbox;
+mod ssh;
 
 pub use exec::*;
 pub use files::*;
@@ -22,6 +23,7 @@ pub use governance::*;
 pub use images::*;
 pub use problem::*;
 pub use sandbox::*;
+pub use ssh::*;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

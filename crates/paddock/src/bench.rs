@@ -43,9 +43,18 @@ pub struct BenchArgs {
     pub peers: String,
     /// Only these groups of figures, comma-separated: create, warm, exec,
     /// sse, ws (exec stdout through either), files, acl, snapshot, wake,
-    /// concurrent, image, density, restart (default: all but restart).
-    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "wake", "concurrent", "image", "density", "restart"])]
+    /// concurrent, image, density, ssh, restart (default: all but
+    /// restart).
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "wake", "concurrent", "image", "density", "ssh", "restart"])]
     pub only: Vec<String>,
+    /// The daemon's SSH gateway (`serve --ssh-listen`), for the `ssh`
+    /// figures: `ssh box true` there, and `ssh localhost true` against a
+    /// private host sshd beside it.
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    pub ssh: std::net::SocketAddr,
+    /// Round trips for the `ssh` figures.
+    #[arg(long, default_value_t = 30)]
+    pub ssh_runs: usize,
 }
 
 impl BenchArgs {
@@ -1102,6 +1111,23 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
         figures.extend(guarded_read(&api, a.file_mib).await?);
     }
 
+    let mut ssh_peers = Vec::new();
+    if a.wants("ssh") {
+        say(&format!(
+            "ssh round trip: {} × `ssh box true` through {}, and `ssh localhost true` to the host's sshd",
+            a.ssh_runs, a.ssh
+        ));
+        let id = api.create().await?;
+        match crate::bench_ssh::figures(&api.c, a.ssh, &id, a.ssh_runs).await {
+            Ok((ours, peers)) => {
+                figures.extend(ours);
+                ssh_peers = peers;
+            }
+            Err(e) => eprintln!("ssh round trip: not measured: {e:#}"),
+        }
+        api.destroy(&id).await?;
+    }
+
     let mut snapshot_peers = Vec::new();
     if a.wants("snapshot") {
         figures.extend(snapshot_figures(&api).await?);
@@ -1234,6 +1260,7 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
     }
     figures.extend(host);
     figures.extend(snapshot_peers);
+    figures.extend(ssh_peers);
     let work = std::env::temp_dir().join(format!("paddock-bench-{}", std::process::id()));
     // Peers have these figures only.
     let peer_figures = ["create", "exec", "sse", "ws", "files", "snapshot"];

@@ -163,6 +163,27 @@ pub enum ClientCmd {
     /// Governance policies: list, set, remove.
     #[command(subcommand)]
     Policies(PoliciesCmd),
+    /// Your SSH public keys, which open the SSH gateway (`paddock serve
+    /// --ssh-listen`): list, add, remove.
+    #[command(subcommand)]
+    SshKeys(SshKeysCmd),
+    /// Open a shell in a sandbox (or run a command) through the SSH
+    /// gateway: runs `ssh -p PORT ID@HOST [-- COMMAND]` with your ssh.
+    Ssh {
+        /// The sandbox's id or key.
+        id: String,
+        /// The gateway's address (`paddock serve --ssh-listen`).
+        #[arg(long, default_value = "127.0.0.1:2222", env = "PADDOCK_SSH")]
+        gateway: std::net::SocketAddr,
+        /// Print the ssh command instead of running it.
+        #[arg(long)]
+        print: bool,
+        /// Arguments for ssh before the destination (`-i KEY`, `-L ...`).
+        #[arg(long = "ssh-arg", value_name = "ARG", allow_hyphen_values = true)]
+        ssh_args: Vec<String>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Copy a running sandbox into new ones (and print their ids).
     Fork {
         id: String,
@@ -172,6 +193,28 @@ pub enum ClientCmd {
         /// Keep the processes' memory too (backends that can).
         #[arg(long)]
         memory: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SshKeysCmd {
+    Ls,
+    /// Register a public key (`paddock ssh-keys add ~/.ssh/id_ed25519.pub`;
+    /// `-` reads it from stdin) and print its id.
+    Add {
+        /// A `.pub` file, or `-`.
+        file: String,
+        /// Default: the key's comment, else its fingerprint.
+        #[arg(long)]
+        name: Option<String>,
+        /// The one sandbox (id or key) the key opens; default: all yours.
+        #[arg(long)]
+        sandbox: Option<String>,
+    },
+    /// Remove keys, by id or name.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
 }
 
@@ -1008,6 +1051,87 @@ impl Client {
                     pretty(&x)?;
                 } else {
                     println!("{}", x.name);
+                }
+            }
+            ClientCmd::SshKeys(SshKeysCmd::Ls) => {
+                let v = self.api.ssh_keys().await?;
+                if self.json {
+                    pretty(&v.ssh_keys)?;
+                } else {
+                    let mut t = table(&["ID", "NAME", "FINGERPRINT", "SANDBOX", "CREATED"]);
+                    for k in v.ssh_keys {
+                        t.add_row(vec![
+                            k.id.to_string(),
+                            k.name,
+                            k.fingerprint,
+                            k.sandbox.map_or_else(|| "(all)".into(), |s| s.to_string()),
+                            k.created_at.to_rfc3339(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::SshKeys(SshKeysCmd::Add {
+                file,
+                name,
+                sandbox,
+            }) => {
+                let public_key = if file == "-" {
+                    let mut s = String::new();
+                    tokio::io::stdin().read_to_string(&mut s).await?;
+                    s
+                } else {
+                    std::fs::read_to_string(&file).with_context(|| format!("read {file}"))?
+                };
+                let sandbox = match sandbox {
+                    Some(s) => Some(self.api.get(&s).await?.id),
+                    None => None,
+                };
+                let k = self
+                    .api
+                    .add_ssh_key(&w::SshKeyCreate {
+                        name,
+                        public_key,
+                        sandbox,
+                    })
+                    .await?;
+                if self.json {
+                    pretty(&k)?;
+                } else {
+                    println!("{}", k.id);
+                }
+            }
+            ClientCmd::SshKeys(SshKeysCmd::Rm { ids }) => {
+                if !self.each(&ids, |n| self.api.delete_ssh_key(n)).await {
+                    return Ok(1);
+                }
+            }
+            ClientCmd::Ssh {
+                id,
+                gateway,
+                print,
+                ssh_args,
+                command,
+            } => {
+                let sb = self.api.get(&id).await?;
+                let mut argv = vec!["ssh".to_string()];
+                if gateway.port() != 22 {
+                    argv.extend(["-p".to_string(), gateway.port().to_string()]);
+                }
+                argv.extend(ssh_args);
+                argv.push(format!("{}@{}", sb.id, gateway.ip()));
+                if !command.is_empty() {
+                    argv.push("--".into());
+                    argv.extend(command);
+                }
+                if print {
+                    println!("{}", argv.join(" "));
+                } else {
+                    let status = std::process::Command::new(&argv[0])
+                        .args(&argv[1..])
+                        .status()
+                        .context("run ssh")?;
+                    return Ok(status.code().unwrap_or(255));
                 }
             }
             ClientCmd::Policies(PoliciesCmd::Rm { names }) => {

@@ -3,6 +3,7 @@
 mod agent_bin;
 mod bench;
 mod bench_peers;
+mod bench_ssh;
 mod claims;
 mod cli;
 mod oidc;

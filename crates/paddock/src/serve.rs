@@ -45,6 +45,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8091", env = "PADDOCK_HOGLAND_LISTEN",
           value_parser = listen_or_off)]
     pub hogland_listen: Listen,
+    /// Address of the SSH gateway (`ssh <sandbox id>@host`: shells,
+    /// commands, scp/sftp, `ssh -L`), or `off`. Public-key logins only,
+    /// with the keys principals register (`paddock ssh-keys add`).
+    #[arg(long, default_value = "127.0.0.1:2222", env = "PADDOCK_SSH_LISTEN",
+          value_parser = listen_or_off)]
+    pub ssh_listen: Listen,
     /// The native API's unix socket (mode 0660, owned by root and
     /// `--socket-group`), or `off`. Requests on it need no key: the file's
     /// permissions are the authentication. The CLI uses it when it exists.
@@ -470,6 +476,7 @@ struct Listeners {
     flash_grpc: Option<tokio::net::TcpListener>,
     agenttier: Option<tokio::net::TcpListener>,
     hogland: Option<tokio::net::TcpListener>,
+    ssh: Option<tokio::net::TcpListener>,
 }
 
 /// Sends each write at once: streams (SSE, WebSocket) write small frames
@@ -599,6 +606,10 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
         },
         hogland: match args.hogland_listen.0 {
             Some(addr) => Some(bind(addr, "--hogland-listen", "the hogland dialect").await?),
+            None => None,
+        },
+        ssh: match args.ssh_listen.0 {
+            Some(addr) => Some(bind(addr, "--ssh-listen", "the SSH gateway").await?),
             None => None,
         },
         // Last: a taken port is named before the socket is touched.
@@ -837,13 +848,22 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(l) = ls.hogland {
         servers.spawn(
-            axum::serve(
-                no_delay(l),
-                paddock_hogland::router(engine.clone(), paddock_hogland::Options::default()),
-            )
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+            axum::serve(no_delay(l), paddock_hogland::router(engine.clone()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
         );
+    }
+    if let Some(l) = ls.ssh {
+        let key = paddock_ssh::host_key(&args.data_dir.join("ssh_host_ed25519_key"))?;
+        if let Ok(addr) = l.local_addr() {
+            engine.set_ssh_address(addr);
+        }
+        servers.spawn(paddock_ssh::serve(
+            l,
+            engine.clone(),
+            key,
+            stopped(stop_rx.clone()),
+        ));
     }
     if let Some(l) = ls.hiver {
         servers.spawn(

@@ -117,6 +117,7 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
         "--hiver-listen",
         "--agenttier-listen",
         "--hogland-listen",
+        "--ssh-listen",
     ] {
         let out = Command::new(bin())
             .args(["serve", flag, "nowhere", "--listen", "127.0.0.1:1"])
@@ -144,6 +145,8 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             "--agenttier-listen",
             "off",
             "--hogland-listen",
+            "off",
+            "--ssh-listen",
             "off",
             "--listen",
         ])

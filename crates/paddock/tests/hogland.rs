@@ -4,7 +4,9 @@
 //! daemon. Both declare Python 3.12; scripts/pyenv.sh installs them on
 //! this machine's 3.11 with `--ignore-requires-python` (they need 3.11's
 //! `typing.Self`, nothing newer). tests/python/hogland_test.py drives each
-//! SDK's whole surface, sync and async; the other tests here attack the
+//! SDK's whole surface, sync and async, and reaches a box made with
+//! `access_type="ssh-public"` through the SSH gateway with OpenSSH's
+//! client and the command the box shows; the other tests here attack the
 //! dialect and check scale to zero through the native API and the CLI.
 
 mod common;
@@ -103,11 +105,14 @@ fn hogland_sdks_against_paddock() {
     )
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
+    let ssh = format!("127.0.0.1:{}", free_port());
     let d = Daemon::start_with(
         "127.0.0.1",
         &[
             "--hogland-listen",
             &addr,
+            "--ssh-listen",
+            &ssh,
             "--config",
             &cfg.to_string_lossy(),
         ],
@@ -131,6 +136,7 @@ fn hogland_sdks_against_paddock() {
     assert_eq!(r.status, 201, "{}", r.body);
     api.delete(&format!("/sandboxes/{id}"));
     let pubkey = ssh_key(&work);
+    let private_key = work.join("id_ed25519").to_string_lossy().into_owned();
 
     let url = format!("http://{addr}");
     let pem = pem.to_string_lossy().into_owned();
@@ -151,6 +157,7 @@ fn hogland_sdks_against_paddock() {
                 ("HOG_RUN", run),
                 ("HOG_SNAPSHOT_ALIAS", "hog-base"),
                 ("HOG_SSH_PUBKEY", &pubkey),
+                ("HOG_SSH_KEY_FILE", &private_key),
             ],
             "all hogland checks passed",
             &d,

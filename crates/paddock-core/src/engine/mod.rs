@@ -26,6 +26,7 @@
 //! | `reaper.rs` | TTLs and idle timeouts |
 //! | `snapshots.rs` | snapshots, forks, and collecting the layers nothing refers to |
 //! | `volumes.rs` | volumes: create, mount at create or into a running sandbox, unmount, delete |
+//! | `ssh_keys.rs` | principals' SSH keys, the SSH gateway's logins and its address |
 //! | `monitor.rs` | deaths, main-process output, usage events |
 
 use std::collections::{HashMap, HashSet};
@@ -55,6 +56,7 @@ mod pool;
 mod reaper;
 mod recovery;
 mod snapshots;
+mod ssh_keys;
 mod templates;
 #[cfg(test)]
 mod tests;
@@ -66,6 +68,7 @@ use events::{flush, DEFER_FLUSH};
 pub use governance::{Usage, OPERATOR_TEMPLATES};
 pub use images::{Images, PullPolicy};
 pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
+pub use ssh_keys::check_ssh_public_key;
 
 use crate::agent::{Agent, AgentConnector};
 use crate::error::{Error, Result};
@@ -174,6 +177,8 @@ pub struct Engine {
     policies: std::sync::RwLock<Vec<crate::policy::Policy>>,
     /// Bearer tokens besides API keys (`set_token_verifier`).
     verifier: std::sync::OnceLock<Arc<dyn crate::auth::TokenVerifier>>,
+    /// Where the SSH gateway listens, if it does (`ssh_keys.rs`).
+    ssh_addr: std::sync::OnceLock<SocketAddr>,
     cfg: EngineConfig,
 }
 
@@ -269,6 +274,7 @@ impl Engine {
             layer_gc: Default::default(),
             volumes: Default::default(),
             verifier: Default::default(),
+            ssh_addr: Default::default(),
             policies: std::sync::RwLock::new(api_policies),
             cfg,
         }))

@@ -1402,3 +1402,113 @@ async fn a_workspace_sandbox_past_its_ttl_hibernates_and_shared_snapshots_stay()
         other => panic!("{other:?}"),
     }
 }
+
+// ---- SSH keys -------------------------------------------------------------
+
+const KEY_A: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAQZpSZxLUrh352XvpRMfWR3aigcnRW3zqD1Pzv0KRH9 alice@laptop";
+const KEY_A_FP: &str = "SHA256:5iNlev9LqQ/6/xM2KAjQTPVtnFSdVXjWjRviWzS1MFs";
+const KEY_B: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBMQfpZ7OqIjq8VsAZrZv87S7SQpke7kbEtI+cWNASCtsuYYSsxyMNvgl5yRIBd7lH7KTKbwuP0rWi3JlO/2B6+k=";
+
+#[tokio::test]
+async fn ssh_keys_are_checked_named_listed_and_deleted() {
+    let r = Rig::new();
+    assert_eq!(check_ssh_public_key(KEY_A).unwrap(), KEY_A_FP);
+    for bad in [
+        "",
+        "ssh-ed25519",
+        "ssh-ed25519 not-base64!",
+        "-----BEGIN OPENSSH PRIVATE KEY-----",
+        &format!("{KEY_A}\n{KEY_B}"),
+    ] {
+        let e = r.engine.add_ssh_key(&me(), None, bad, None).unwrap_err();
+        assert_eq!(e.field(), Some("public_key"), "{bad:?}: {e}");
+    }
+    let k = r
+        .engine
+        .add_ssh_key(&me(), None, &format!("  {KEY_A}\n"), None)
+        .unwrap();
+    assert_eq!(k.name, "alice@laptop");
+    assert_eq!(k.fingerprint, KEY_A_FP);
+    assert_eq!(k.public_key, KEY_A);
+    // The same key again, account-wide: a conflict.
+    let e = r.engine.add_ssh_key(&me(), None, KEY_A, None).unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    // No comment: named by its fingerprint.
+    let b = r.engine.add_ssh_key(&me(), None, KEY_B, None).unwrap();
+    assert!(
+        b.name.starts_with("SHA256:") && !b.name.contains('/'),
+        "{}",
+        b.name
+    );
+    // Another principal's sandbox is not one a key can be scoped to.
+    let (sb, _) = r
+        .engine
+        .create(&Principal::new("bob"), keyed("b"))
+        .await
+        .unwrap();
+    let e = r
+        .engine
+        .add_ssh_key(&me(), Some("x".into()), KEY_B, Some(sb.id))
+        .unwrap_err();
+    assert_eq!(e.field(), Some("sandbox"), "{e}");
+    let e = r
+        .engine
+        .add_ssh_key(&me(), Some("\u{7}".into()), KEY_B, None)
+        .unwrap_err();
+    assert_eq!(e.field(), Some("name"), "{e}");
+    assert_eq!(r.engine.ssh_keys(&me()).unwrap().len(), 2);
+    assert!(r
+        .engine
+        .ssh_keys(&Principal::new("bob"))
+        .unwrap()
+        .is_empty());
+    r.engine.delete_ssh_key(&me(), "alice@laptop").unwrap();
+    r.engine.delete_ssh_key(&me(), &b.id.to_string()).unwrap();
+    assert!(r.engine.delete_ssh_key(&me(), "alice@laptop").is_err());
+    assert!(r.engine.ssh_keys(&me()).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ssh_login_takes_account_keys_and_scoped_keys_for_their_box_only() {
+    let r = Rig::new();
+    let bob = Principal::new("bob");
+    let (a1, _) = r.engine.create(&me(), keyed("a1")).await.unwrap();
+    let (a2, _) = r.engine.create(&me(), keyed("a2")).await.unwrap();
+    let (b1, _) = r.engine.create(&bob, keyed("b1")).await.unwrap();
+    // Nothing registered: nothing opens.
+    assert!(r.engine.ssh_login(&a1.id.to_string(), KEY_A).is_err());
+    // KEY_A account-wide for alice: both her boxes, by id or key.
+    r.engine.add_ssh_key(&me(), None, KEY_A, None).unwrap();
+    let (p, id) = r.engine.ssh_login(&a1.id.to_string(), KEY_A).unwrap();
+    assert_eq!((p.id.as_str(), p.via, id), ("alice", "ssh", a1.id));
+    assert_eq!(r.engine.ssh_login("a2", KEY_A).unwrap().1, a2.id);
+    // ... never bob's.
+    assert!(r.engine.ssh_login(&b1.id.to_string(), KEY_A).is_err());
+    assert!(r.engine.ssh_login("b1", KEY_A).is_err());
+    // KEY_B scoped to a1: a1 only.
+    r.engine
+        .add_ssh_key(&me(), None, KEY_B, Some(a1.id))
+        .unwrap();
+    assert_eq!(
+        r.engine.ssh_login(&a1.id.to_string(), KEY_B).unwrap().1,
+        a1.id
+    );
+    assert!(r.engine.ssh_login(&a2.id.to_string(), KEY_B).is_err());
+    assert!(r.engine.ssh_login("a2", KEY_B).is_err());
+    // Bob registering alice's key opens bob's boxes, not more of alice's.
+    r.engine.add_ssh_key(&bob, None, KEY_B, None).unwrap();
+    assert_eq!(
+        r.engine.ssh_login(&b1.id.to_string(), KEY_B).unwrap().0.id,
+        "bob"
+    );
+    assert!(r.engine.ssh_login(&a2.id.to_string(), KEY_B).is_err());
+    // A destroyed box opens no more, and its scoped key goes with it.
+    r.engine.destroy(&me(), a1.id).await.unwrap();
+    assert!(r.engine.ssh_login(&a1.id.to_string(), KEY_A).is_err());
+    assert!(r.engine.ssh_login(&a1.id.to_string(), KEY_B).is_err());
+    assert_eq!(r.engine.ssh_keys(&me()).unwrap().len(), 1);
+    // Garbage is refused, not a panic.
+    assert!(r.engine.ssh_login("", "").is_err());
+    assert!(r.engine.ssh_login("x", "ssh-ed25519 AAAA").is_err());
+}

@@ -176,6 +176,7 @@ impl Daemon {
             "--flash-grpc-listen",
             "--agenttier-listen",
             "--hogland-listen",
+            "--ssh-listen",
         ] {
             if !self.extra.iter().any(|a| a == flag) {
                 args.extend([flag.into(), "off".into()]);
@@ -758,6 +759,7 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
         .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
         .args(["--flash-grpc-listen", "off", "--agenttier-listen", "off"])
         .args(["--hogland-listen", "off"])
+        .args(["--ssh-listen", "off"])
         .args(["--socket", "off"])
         .args(args)
         .stdout(f.try_clone().unwrap())
