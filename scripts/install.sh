@@ -20,7 +20,8 @@ nohup /usr/local/bin/paddock serve >>/var/log/paddock.log 2>&1 </dev/null &
 for _ in $(seq 1 100); do
   if curl -fsS http://127.0.0.1:7070/healthz >/dev/null 2>&1; then
     echo "paddock serve is up on http://127.0.0.1:7070 (log: /var/log/paddock.log)"
-    echo "SDK dialects: hiver-py on :10000, flash-sandbox on :8080 (HTTP) and :50051 (gRPC)"
+    echo "SDK dialects: hiver-py on :10000, flash-sandbox on :8080 (HTTP) and :50051 (gRPC),"
+    echo "  agenttier on :8090, posthog-hogland on :8091; the SSH gateway on :2222"
     exit 0
   fi
   sleep 0.1
