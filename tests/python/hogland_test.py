@@ -658,6 +658,36 @@ def validation(box):
         expect(lambda: ALICE.create(web_port=0), ValueError, "0.5.0 create(web_port=0): ValueError (client-side)")
 
 
+def ssh_run(command, key_file, remote):
+    """Runs a box's ssh_command with the key's private half; the result."""
+    import shlex
+    import subprocess
+    argv = shlex.split(command)
+    argv[1:1] = ["-i", key_file, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    return subprocess.run(argv + [remote], capture_output=True, timeout=60)
+
+
+def pen_ssh():
+    section("0.5.0 a pen's boxes open to its SSH key")
+    key_file = os.environ.get("HOG_SSH_KEY_FILE")
+    if not key_file:
+        return
+    name = f"{P}-sshpen"
+    ALICE.create_pen(name, spec={"access_type": "ssh-public", "ssh_public_key": SSH_KEY})
+    try:
+        for round_ in ("first wake", "wake after hibernate"):
+            pen = ALICE.wake_pen(name)
+            box = ALICE.get(pen.current_box_id)
+            check(box.view.ssh_command, f"{round_}: ssh_command ({box.view.ssh_command})")
+            r = ssh_run(box.view.ssh_command, key_file, "echo pen-ssh")
+            check(r.returncode == 0 and r.stdout == b"pen-ssh\n",
+                  f"{round_}: the pen's key opens its box ({r.returncode}, {r.stderr!r})")
+            ALICE.hibernate_pen(name)
+    finally:
+        ALICE.delete_pen(name)
+
+
 def ssh_access():
     section("access_type ssh-public")
     b = made(ALICE.create(access_type="ssh-public", ssh_public_key=SSH_KEY, name=f"{P}-ssh"))
@@ -990,6 +1020,7 @@ def main():
         if V05:
             web_port()
             pens(idle)
+            pen_ssh()
         asyncio.run(async_part())
         if V05:
             finish_long(long_)

@@ -387,8 +387,29 @@ async fn wake_pen(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> HResult<Json<Pen>> {
+    let before = st.engine.get_workspace(&p, &name)?.current;
     let w = st.engine.wake_workspace(&p, &name).await?;
+    st.register_key(&p, &w, before);
     Ok(Json(pen_of(&headers, &w)))
+}
+
+impl Hog {
+    /// A pen's box made by a wake opens to the pen's SSH key, as a box
+    /// created with one does.
+    fn register_key(&self, p: &Principal, w: &Workspace, before: Option<uuid::Uuid>) {
+        let (Some(id), Some(key)) = (w.current, w.spec.labels.get(SSH_KEY)) else {
+            return;
+        };
+        if Some(id) == before || w.spec.labels.get(ACCESS).map(String::as_str) == Some("none") {
+            return;
+        }
+        if let Err(e) = self
+            .engine
+            .add_ssh_key(p, Some(format!("hogbox-{id}")), key, Some(id))
+        {
+            tracing::warn!(pen = %w.name, "the pen's SSH key for box {id}: {e}");
+        }
+    }
 }
 
 async fn pen_web_root(st: State<Hog>, p: P, Path(name): Path<String>, req: Request) -> Response {
@@ -421,7 +442,11 @@ async fn pen_web_to(
             .get(WEB_PORT)
             .and_then(|v| v.parse::<u16>().ok())
             .ok_or_else(|| Problem::not_found(format_args!("a web_port of pen {name:?}")))?;
-        Ok::<_, Problem>(st.engine.workspace_target(&p, &name, port).await?)
+        let target = st.engine.workspace_target(&p, &name, port).await?;
+        if let Ok(now) = st.engine.get_workspace(&p, &name) {
+            st.register_key(&p, &now, w.current);
+        }
+        Ok::<_, Problem>(target)
     }
     .await;
     match r {

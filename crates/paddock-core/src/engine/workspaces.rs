@@ -262,6 +262,14 @@ impl Engine {
         let Some(current) = w.current else {
             return Ok(w);
         };
+        // Frozen first: nothing written after the capture is lost with
+        // the sandbox (a sandbox that will not pause is captured frozen
+        // for the copy alone).
+        if self.get(p, current)?.state == State::Running {
+            if let Err(e) = self.pause(p, current).await {
+                tracing::warn!(workspace = %w.id, sandbox = %current, "hibernate: pause: {e}");
+            }
+        }
         let snap = self
             .snapshot(
                 p,
