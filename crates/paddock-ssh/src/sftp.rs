@@ -22,8 +22,29 @@ use russh_sftp::server::StatusReply;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// The most bytes written ahead of the next one a handle holds.
+/// The most bytes written ahead of the next one a session holds, over all
+/// its handles.
 const MAX_AHEAD: usize = 64 << 20;
+/// The most every session of the daemon holds so, together: what a
+/// client that opens many sessions can make the daemon keep.
+const MAX_AHEAD_ALL: usize = 512 << 20;
+
+/// Bytes held ahead of a gap by every session.
+static AHEAD_ALL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Takes `n` bytes of the daemon-wide budget, if there is room.
+fn reserve_ahead(n: usize) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    AHEAD_ALL
+        .fetch_update(SeqCst, SeqCst, |cur| {
+            cur.checked_add(n).filter(|&t| t <= MAX_AHEAD_ALL)
+        })
+        .is_ok()
+}
+
+fn release_ahead(n: usize) {
+    AHEAD_ALL.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+}
 /// The most a read answers (clients ask for 32 KiB to 255 KiB).
 const MAX_READ: u32 = 256 << 10;
 /// Open handles per session.
@@ -71,6 +92,13 @@ struct Reader {
     buf: BytesMut,
     base: u64,
     eof: bool,
+}
+
+impl Drop for Writer {
+    /// What it held ahead goes back to the daemon's budget.
+    fn drop(&mut self) {
+        release_ahead(self.ahead_bytes);
+    }
 }
 
 struct Writer {
@@ -268,6 +296,14 @@ impl Sftp {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<(), StatusReply> {
+        let session_ahead: usize = self
+            .handles
+            .values()
+            .map(|h| match h {
+                Open::Write(w) => w.ahead_bytes,
+                _ => 0,
+            })
+            .sum();
         let Some(Open::Write(w)) = self.handles.get_mut(handle) else {
             return Err(reply(StatusCode::Failure, "not a file open for writing"));
         };
@@ -278,20 +314,25 @@ impl Sftp {
             ));
         }
         if offset > w.next {
-            if w.ahead_bytes + data.len() > MAX_AHEAD {
+            let n = data.len();
+            if session_ahead + n > MAX_AHEAD || !reserve_ahead(n) {
                 return Err(reply(
                     StatusCode::Failure,
                     "too much written ahead of a gap",
                 ));
             }
-            w.ahead_bytes += data.len();
-            w.ahead.insert(offset, data);
+            w.ahead_bytes += n;
+            if let Some(old) = w.ahead.insert(offset, data) {
+                w.ahead_bytes -= old.len();
+                release_ahead(old.len());
+            }
             return Ok(());
         }
         let mut pieces = vec![data];
         let mut next = w.next + pieces[0].len() as u64;
         while let Some(d) = w.ahead.remove(&next) {
             w.ahead_bytes -= d.len();
+            release_ahead(d.len());
             next += d.len() as u64;
             pieces.push(d);
         }
@@ -414,7 +455,7 @@ impl russh_sftp::server::Handler for Sftp {
                     ));
                 }
                 drop(w.tx.take());
-                match w.task.await {
+                match (&mut w.task).await {
                     Ok(Ok(_)) => Ok(ok(id)),
                     Ok(Err(e)) => Err(engine_error(e)),
                     Err(_) => Err(reply(StatusCode::Failure, "the write failed")),
@@ -618,5 +659,58 @@ impl russh_sftp::server::Handler for Sftp {
             .await
             .map_err(engine_error)?;
         Ok(ok(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paddock_core::model::SandboxSpec;
+    use paddock_core::store::Store;
+    use paddock_core::testing::FakeRuntime;
+    use paddock_core::{EngineConfig, Runtime};
+
+    /// One session writing ahead of a gap on many handles: the daemon
+    /// keeps at most `MAX_AHEAD` for it (each handle's own bound let a
+    /// session hold 256 × 64 MiB).
+    #[tokio::test]
+    async fn writes_ahead_of_a_gap_are_bounded_per_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("paddock.db")).unwrap());
+        let rt = Arc::new(FakeRuntime::default());
+        let agents = rt.connector();
+        let cfg = EngineConfig {
+            agent_timeout: std::time::Duration::from_secs(5),
+            ..Default::default()
+        };
+        let engine = Engine::new(store, vec![rt as Arc<dyn Runtime>], None, agents, cfg).unwrap();
+        let p = Principal::new("alice");
+        let (sb, _) = engine.create(&p, SandboxSpec::default()).await.unwrap();
+        let mut h = Sftp {
+            engine,
+            p,
+            id: sb.id,
+            home: "/".into(),
+            handles: HashMap::new(),
+            next: 0,
+        };
+        let chunk = vec![0u8; 1 << 20];
+        let mut held = 0;
+        for i in 0..6 {
+            let w = h.open_write(&format!("/f{i}"), None, false, 0);
+            let handle = h.add(Open::Write(w)).unwrap();
+            // Byte 0 never comes: everything after it waits.
+            for k in 1..=20u64 {
+                if h.write_at(&handle, k << 20, chunk.clone()).await.is_err() {
+                    break;
+                }
+                held += chunk.len();
+            }
+        }
+        assert!(held <= MAX_AHEAD, "the session holds {held} bytes ahead");
+        assert!(AHEAD_ALL.load(std::sync::atomic::Ordering::SeqCst) <= MAX_AHEAD);
+        // Its handles gone, the daemon's budget is whole again.
+        drop(h);
+        assert_eq!(AHEAD_ALL.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }
