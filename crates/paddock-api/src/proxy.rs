@@ -16,7 +16,7 @@ pub async fn proxy_root(
     Path((id, port)): Path<(String, String)>,
     req: Request,
 ) -> ApiResult<Response> {
-    forward(st, p, id, port, String::new(), req).await
+    forward(st, p, Target::Sandbox(id), port, String::new(), req).await
 }
 
 /// Forwards any method to `http://<sandbox>:{port}/{rest}`; WebSocket
@@ -29,20 +29,30 @@ pub async fn proxy(
     Path((id, port, rest)): Path<(String, String, String)>,
     req: Request,
 ) -> ApiResult<Response> {
-    forward(st, p, id, port, rest, req).await
+    forward(st, p, Target::Sandbox(id), port, rest, req).await
+}
+
+/// What a proxied request goes to.
+enum Target {
+    Sandbox(String),
+    /// A workspace's sandbox, woken when it sleeps and wakes on request.
+    Workspace(String),
 }
 
 async fn forward(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    id: String,
+    to: Target,
     port: String,
     rest: String,
     req: Request,
 ) -> ApiResult<Response> {
     let port =
         parse_port(&port).map_err(|(status, msg)| Problem::new(status, msg).field("port"))?;
-    let target = st.engine.proxy_target(&p, parse_id(&id)?, port).await?;
+    let target = match to {
+        Target::Sandbox(id) => st.engine.proxy_target(&p, parse_id(&id)?, port).await?,
+        Target::Workspace(name) => st.engine.workspace_target(&p, &name, port).await?,
+    };
     forward_to(target, &rest, req)
         .await
         .map_err(|(status, msg)| Problem::new(status, msg))
@@ -54,7 +64,7 @@ pub async fn workspace_proxy_root(
     Path((name, port)): Path<(String, String)>,
     req: Request,
 ) -> ApiResult<Response> {
-    forward_workspace(st, p, name, port, String::new(), req).await
+    forward(st, p, Target::Workspace(name), port, String::new(), req).await
 }
 
 /// Forwards any method to a port of the workspace's sandbox; one that
@@ -69,21 +79,5 @@ pub async fn workspace_proxy(
     Path((name, port, rest)): Path<(String, String, String)>,
     req: Request,
 ) -> ApiResult<Response> {
-    forward_workspace(st, p, name, port, rest, req).await
-}
-
-async fn forward_workspace(
-    State(st): State<AppState>,
-    Extension(p): Extension<Principal>,
-    name: String,
-    port: String,
-    rest: String,
-    req: Request,
-) -> ApiResult<Response> {
-    let port =
-        parse_port(&port).map_err(|(status, msg)| Problem::new(status, msg).field("port"))?;
-    let target = st.engine.workspace_target(&p, &name, port).await?;
-    forward_to(target, &rest, req)
-        .await
-        .map_err(|(status, msg)| Problem::new(status, msg))
+    forward(st, p, Target::Workspace(name), port, rest, req).await
 }

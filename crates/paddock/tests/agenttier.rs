@@ -10,50 +10,10 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::Command;
 
 const KID: &str = "paddock-agenttier-test";
 const ISSUER: &str = "https://issuer.agenttier.paddock.test";
 const AUDIENCE: &str = "paddock-agenttier-test";
-
-/// Writes an RSA private key (PKCS#8 PEM) to `key` and the JWKS of its
-/// public half, under `KID`, to `jwks`, with the test venv's
-/// `cryptography`.
-fn key_pair(key: &Path, jwks: &Path) {
-    const GEN: &str = r#"
-import base64, json, sys
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-key, jwks, kid = sys.argv[1:]
-k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-with open(key, "wb") as f:
-    f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()))
-n = k.public_key().public_numbers()
-b64 = lambda i: base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
-with open(jwks, "w") as f:
-    json.dump({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
-                         "n": b64(n.n), "e": b64(n.e)}]}, f)
-"#;
-    let out = Command::new(python())
-        .args(["-c", GEN])
-        .arg(key)
-        .arg(jwks)
-        .arg(KID)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (scripts/pyenv.sh makes the test virtualenv)",
-                python()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "key pair: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The settings file: two templates, a policy for a principal and one for
 /// a group, and the OIDC issuer whose keys are in `jwks`.
@@ -91,17 +51,6 @@ jwks_file = "{}"
     )
 }
 
-fn key(d: &Daemon, name: &str) -> String {
-    let k = stdout_of(
-        &["keys", "create", "--name", name],
-        d.cli(&["keys", "create", "--name", name]),
-    )
-    .trim()
-    .to_string();
-    assert!(k.starts_with("pdk_"), "keys create {name}: {k}");
-    k
-}
-
 #[test]
 fn agenttier_sdks_against_paddock() {
     let work = std::env::temp_dir().join(format!("paddock-agenttier-{}", std::process::id()));
@@ -112,7 +61,7 @@ fn agenttier_sdks_against_paddock() {
         work.join("jwks.json"),
         work.join("paddock.toml"),
     );
-    key_pair(&pem, &jwks);
+    oidc_key_pair(&python(), &pem, &jwks, KID);
     std::fs::write(&cfg, settings(&jwks)).unwrap();
 
     let addr = format!("127.0.0.1:{}", free_port());
@@ -125,7 +74,11 @@ fn agenttier_sdks_against_paddock() {
             &cfg.to_string_lossy(),
         ],
     );
-    let (alice, bob, limited) = (key(&d, "alice"), key(&d, "bob"), key(&d, "limited"));
+    let (alice, bob, limited) = (
+        api_key(&d, "alice"),
+        api_key(&d, "bob"),
+        api_key(&d, "limited"),
+    );
     let url = format!("http://{addr}");
     let pem = pem.to_string_lossy().into_owned();
     // The newest release, then the first: one after the other (each
@@ -169,7 +122,7 @@ fn agenttier_holds_against_its_attacks() {
     use std::time::{Duration, Instant};
     let addr = format!("127.0.0.1:{}", free_port());
     let d = Daemon::start_with("127.0.0.1", &["--agenttier-listen", &addr]);
-    let (alice, bob) = (key(&d, "alice"), key(&d, "bob"));
+    let (alice, bob) = (api_key(&d, "alice"), api_key(&d, "bob"));
     let at = format!("http://{addr}/api/v1");
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -367,7 +320,7 @@ fn agenttier_dev_mode_is_closed_by_require_auth() {
         "127.0.0.1",
         &["--agenttier-listen", &addr, "--require-auth"],
     );
-    let alice = key(&d, "alice");
+    let alice = api_key(&d, "alice");
     let url = format!("http://{addr}/api/v1/user/me");
     let r = reqwest::blocking::get(&url).unwrap();
     assert_eq!(r.status(), 401);

@@ -5,16 +5,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn key(d: &Daemon, name: &str) -> String {
-    let out = d.cli(&["keys", "create", "--name", name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[test]
 fn keys_are_required_beyond_loopback_and_principals_are_isolated() {
     let d = Daemon::start_on("0.0.0.0");
@@ -24,8 +14,8 @@ fn keys_are_required_beyond_loopback_and_principals_are_isolated() {
     assert_eq!(anon.post("/sandboxes", json!({})).status, 401);
     assert_eq!(d.api_with_key("pdk_bogus").get("/sandboxes").status, 401);
 
-    let ka = key(&d, "alice");
-    let kb = key(&d, "bob");
+    let ka = api_key(&d, "alice");
+    let kb = api_key(&d, "bob");
     assert_ne!(ka, kb);
     let alice = d.api_with_key(&ka);
     let bob = d.api_with_key(&kb);

@@ -20,50 +20,6 @@ const KID: &str = "paddock-hogland-test";
 const ISSUER: &str = "https://issuer.hogland.paddock.test";
 const AUDIENCE: &str = "hogland";
 
-/// Writes an RSA private key (PKCS#8 PEM) to `key` and the JWKS of its
-/// public half, under `KID`, to `jwks`.
-fn key_pair(python: &str, key: &Path, jwks: &Path) {
-    const GEN: &str = r#"
-import base64, json, sys
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-key, jwks, kid = sys.argv[1:]
-k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-with open(key, "wb") as f:
-    f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()))
-n = k.public_key().public_numbers()
-b64 = lambda i: base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
-with open(jwks, "w") as f:
-    json.dump({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
-                         "n": b64(n.n), "e": b64(n.e)}]}, f)
-"#;
-    let out = Command::new(python)
-        .args(["-c", GEN])
-        .arg(key)
-        .arg(jwks)
-        .arg(KID)
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/pyenv.sh makes the test virtualenvs)"));
-    assert!(
-        out.status.success(),
-        "key pair: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn key(d: &Daemon, name: &str) -> String {
-    let k = stdout_of(
-        &["keys", "create", "--name", name],
-        d.cli(&["keys", "create", "--name", name]),
-    )
-    .trim()
-    .to_string();
-    assert!(k.starts_with("pdk_"), "keys create {name}: {k}");
-    k
-}
-
 /// An ed25519 key pair made by OpenSSH's `ssh-keygen`; its public line.
 fn ssh_key(dir: &Path) -> String {
     let key = dir.join("id_ed25519");
@@ -95,7 +51,7 @@ fn hogland_sdks_against_paddock() {
     );
     let v01 = python_in("pyenv-hogland-0.1.0");
     let v05 = python_in("pyenv-hogland-0.5.0");
-    key_pair(&v05, &pem, &jwks);
+    oidc_key_pair(&v05, &pem, &jwks, KID);
     std::fs::write(
         &cfg,
         format!(
@@ -117,7 +73,7 @@ fn hogland_sdks_against_paddock() {
             &cfg.to_string_lossy(),
         ],
     );
-    let (alice, bob) = (key(&d, "alice"), key(&d, "bob"));
+    let (alice, bob) = (api_key(&d, "alice"), api_key(&d, "bob"));
     // A snapshot of alice's, named, made through the native API: a create
     // may start from it as `alias:<name>`.
     let api = d.api_with_key(&alice);
@@ -176,7 +132,7 @@ fn hogland_sdks_against_paddock() {
 fn hogland_holds_against_its_attacks() {
     let addr = format!("127.0.0.1:{}", free_port());
     let d = Daemon::start_with("127.0.0.1", &["--hogland-listen", &addr]);
-    let (alice, bob) = (key(&d, "alice"), key(&d, "bob"));
+    let (alice, bob) = (api_key(&d, "alice"), api_key(&d, "bob"));
     let base = format!("http://{addr}/v1");
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))

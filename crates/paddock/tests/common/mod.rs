@@ -793,3 +793,51 @@ pub fn stdout_of(args: &[&str], out: std::process::Output) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A new API key (`pdk_...`) of principal `name`, made by the CLI.
+pub fn api_key(d: &Daemon, name: &str) -> String {
+    let out = d.cli(&["keys", "create", "--name", name]);
+    assert!(
+        out.status.success(),
+        "keys create {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let k = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(k.starts_with("pdk_"), "keys create {name}: {k}");
+    k
+}
+
+/// Writes an RSA private key (PKCS#8 PEM) to `key` and the JWKS of its
+/// public half, under `kid`, to `jwks`, with `python`'s `cryptography`
+/// (a test virtualenv's): an OIDC issuer's keys for tests that sign
+/// tokens.
+pub fn oidc_key_pair(python: &str, key: &std::path::Path, jwks: &std::path::Path, kid: &str) {
+    const GEN: &str = r#"
+import base64, json, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+key, jwks, kid = sys.argv[1:]
+k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+with open(key, "wb") as f:
+    f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()))
+n = k.public_key().public_numbers()
+b64 = lambda i: base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+with open(jwks, "w") as f:
+    json.dump({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                         "n": b64(n.n), "e": b64(n.e)}]}, f)
+"#;
+    let out = Command::new(python)
+        .args(["-c", GEN])
+        .arg(key)
+        .arg(jwks)
+        .arg(kid)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/pyenv.sh makes the test virtualenvs)"));
+    assert!(
+        out.status.success(),
+        "key pair: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
