@@ -208,22 +208,39 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| Problem::new(e.status(), format!("body: {}", e.body_text())))?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(Body_)
-            .map_err(|e| {
-                let inner = e.inner();
-                if inner.is_syntax() || inner.is_eof() {
-                    return Problem::new(StatusCode::BAD_REQUEST, format!("body: {inner}"));
-                }
-                let path = e.path().to_string();
-                let loc = if path == "." {
-                    "body".to_string()
-                } else {
-                    format!("body.{path}")
-                };
-                Problem::field(&loc, inner.to_string())
-            })
+        parse_body(&bytes).map(Body_)
+    }
+}
+
+/// A JSON body: a syntax error is a 400, a field of the wrong type a 422
+/// naming it (`body.<path>`).
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> HResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return Problem::new(StatusCode::BAD_REQUEST, format!("body: {inner}"));
+        }
+        let path = e.path().to_string();
+        let loc = if path == "." {
+            "body".to_string()
+        } else {
+            format!("body.{path}")
+        };
+        Problem::field(&loc, inner.to_string())
+    })
+}
+
+/// A page's size: 50 by default (or 0), 1 to 1000.
+pub(crate) fn page_limit(limit: Option<i64>) -> HResult<usize> {
+    match limit {
+        None | Some(0) => Ok(50),
+        Some(n @ 1..=1000) => Ok(n as usize),
+        Some(n) => Err(Problem::invalid(vec![ErrorDetail::new(
+            "query.limit",
+            "expected from 1 to 1000",
+        )
+        .with(n)])),
     }
 }
 
@@ -633,17 +650,7 @@ async fn list(
     headers: HeaderMap,
     Query(q): Query<ListParams>,
 ) -> HResult<Json<BoxList>> {
-    let limit = match q.limit {
-        None | Some(0) => 50,
-        Some(n @ 1..=1000) => n as usize,
-        Some(n) => {
-            return Err(Problem::invalid(vec![ErrorDetail::new(
-                "query.limit",
-                "expected from 1 to 1000",
-            )
-            .with(n)]))
-        }
-    };
+    let limit = page_limit(q.limit)?;
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(
             c.parse::<uuid::Uuid>()
@@ -972,16 +979,7 @@ async fn exec_stream(
 
 async fn exec_stream_inner(st: Hog, p: Principal, id: String, body: Bytes) -> HResult<Response> {
     let sb = st.sandbox(&p, &id)?;
-    let body: ExecBody = {
-        let de = &mut serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            if e.inner().is_syntax() || e.inner().is_eof() {
-                Problem::new(StatusCode::BAD_REQUEST, format!("body: {}", e.inner()))
-            } else {
-                Problem::field(&format!("body.{}", e.path()), e.inner().to_string())
-            }
-        })?
-    };
+    let body: ExecBody = parse_body(&body)?;
     let req = exec_request(body, false)?;
     runnable(&sb)?;
     let (control, control_rx) = mpsc::channel(8);

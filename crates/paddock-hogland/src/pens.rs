@@ -222,17 +222,7 @@ async fn list_pens(
     headers: HeaderMap,
     Query(q): Query<PenListParams>,
 ) -> HResult<Json<PenList>> {
-    let limit = match q.limit {
-        None | Some(0) => 50,
-        Some(n @ 1..=1000) => n as usize,
-        Some(n) => {
-            return Err(Problem::invalid(vec![ErrorDetail::new(
-                "query.limit",
-                "expected from 1 to 1000",
-            )
-            .with(n)]))
-        }
-    };
+    let limit = page_limit(q.limit)?;
     // By name; the cursor is the last name given.
     let all = st.engine.workspaces(&p)?;
     let after = q.cursor.filter(|c| !c.is_empty());
@@ -443,8 +433,11 @@ async fn pen_web_to(
             .and_then(|v| v.parse::<u16>().ok())
             .ok_or_else(|| Problem::not_found(format_args!("a web_port of pen {name:?}")))?;
         let target = st.engine.workspace_target(&p, &name, port).await?;
-        if let Ok(now) = st.engine.get_workspace(&p, &name) {
-            st.register_key(&p, &now, w.current);
+        // Read again only when the request woke it into a new box.
+        if w.current.is_none() {
+            if let Ok(now) = st.engine.get_workspace(&p, &name) {
+                st.register_key(&p, &now, None);
+            }
         }
         Ok::<_, Problem>(target)
     }

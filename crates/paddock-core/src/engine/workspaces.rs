@@ -383,14 +383,10 @@ impl Engine {
         port: u16,
     ) -> Result<SocketAddr> {
         let w = self.get_workspace(p, name)?;
-        let running = match w.current {
-            Some(id) => self.get(p, id)?.state == State::Running,
-            None => false,
-        };
-        if running {
-            return self
-                .proxy_target(p, w.current.unwrap_or_default(), port)
-                .await;
+        if let Some(id) = w.current {
+            if self.get(p, id)?.state == State::Running {
+                return self.proxy_target(p, id, port).await;
+            }
         }
         if !w.wake_on_request {
             return Err(Error::Conflict(format!(
