@@ -302,7 +302,7 @@ impl At {
 /// A conflict over a name, said with the name (the engine knows its key).
 fn taken(e: Error, ns: &str, name: &str) -> AtError {
     match e {
-        Error::Conflict(_) => AtError::new(
+        Error::Conflict(_) | Error::Exists(_) => AtError::new(
             StatusCode::CONFLICT,
             format!("a sandbox named {name:?} already exists in namespace {ns:?}"),
         ),

@@ -54,7 +54,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound { .. } => "not_found",
-            Error::Conflict(_) => "conflict",
+            Error::Conflict(_) | Error::Exists(_) => "conflict",
             Error::Invalid { .. } => "invalid",
             Error::Unavailable { .. } => "unavailable",
             Error::Unsupported(_) => "unsupported",

@@ -8,6 +8,10 @@ pub enum Error {
     NotFound { what: String },
     #[error("{0}")]
     Conflict(String),
+    /// A name (or key, or binding) already taken: a conflict that dialects
+    /// with a status of its own (gRPC's `ALREADY_EXISTS`) tell apart.
+    #[error("{0}")]
+    Exists(String),
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
     #[error("{what} is unavailable: {reason}")]

@@ -569,7 +569,7 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Conflict(
+                Err(Error::Exists(
                     "a sandbox with this key already exists".into(),
                 ))
             }
@@ -748,7 +748,7 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Conflict(format!(
+                Err(Error::Exists(format!(
                     "a template named {:?} already exists",
                     t.name
                 )))
@@ -907,7 +907,7 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Conflict(format!(
+                Err(Error::Exists(format!(
                     "a snapshot named {:?} already exists",
                     sn.name.as_deref().unwrap_or_default()
                 )))
@@ -980,7 +980,7 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Conflict(format!(
+                Err(Error::Exists(format!(
                     "a volume named {:?} already exists",
                     v.name
                 )))
@@ -1020,7 +1020,7 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Conflict(format!(
+                Err(Error::Exists(format!(
                     "a workspace named {:?} already exists",
                     w.name
                 )))
@@ -1236,7 +1236,7 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Conflict(format!(
+                Err(Error::Exists(format!(
                     "an SSH key named {:?} already exists",
                     k.name
                 )))

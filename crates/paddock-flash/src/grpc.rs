@@ -74,7 +74,7 @@ pub fn status_of(e: Error) -> Status {
     let code = match &e {
         Error::NotFound { .. } => Code::NotFound,
         Error::Invalid { .. } => Code::InvalidArgument,
-        Error::Conflict(_) => Code::FailedPrecondition,
+        Error::Conflict(_) | Error::Exists(_) => Code::FailedPrecondition,
         Error::Unavailable { .. } => Code::Unavailable,
         Error::Unsupported(_) => Code::Unimplemented,
         Error::Quota(_) => Code::ResourceExhausted,

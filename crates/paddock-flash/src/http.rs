@@ -154,7 +154,7 @@ impl IntoResponse for FError {
             Error::NotFound { what } if what.starts_with("sandbox") => "sandbox_not_found",
             Error::NotFound { .. } => "not_found",
             Error::Invalid { .. } => "invalid_argument",
-            Error::Conflict(_) => "failed_precondition",
+            Error::Conflict(_) | Error::Exists(_) => "failed_precondition",
             Error::Unavailable { .. } => "unavailable",
             Error::Unsupported(_) => "not_implemented",
             Error::Quota(_) => "resource_exhausted",

@@ -8,7 +8,7 @@ use paddock_core::Error;
 pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::Conflict(_) | Error::Exists(_) => StatusCode::CONFLICT,
         Error::Invalid { .. } => StatusCode::BAD_REQUEST,
         Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,

@@ -44,7 +44,7 @@ impl Engine {
         let key = spec.key.clone();
         match self.create(p, spec).await? {
             (sb, true) => Ok(sb),
-            (_, false) => Err(Error::Conflict(format!(
+            (_, false) => Err(Error::Exists(format!(
                 "a sandbox named {:?} already exists",
                 key.unwrap_or_default()
             ))),

@@ -349,7 +349,7 @@ impl Engine {
                     tracing::debug!(sandbox = %id, "handed out from the warm pool");
                     return Ok(Some((sb, true)));
                 }
-                Err(Error::Conflict(_)) => continue,
+                Err(Error::Conflict(_) | Error::Exists(_)) => continue,
                 Err(e) => {
                     // Still the pool's: keep it, first in line.
                     self.pools.ready().entry(key).or_default().push_front(id);

@@ -128,7 +128,7 @@ impl Engine {
         Self::can_capture(rt.as_ref(), req.memory)?;
         if let Some(n) = &req.name {
             if self.store.find_snapshot(&p.id, n)?.is_some() {
-                return Err(Error::Conflict(format!(
+                return Err(Error::Exists(format!(
                     "a snapshot named {n:?} already exists"
                 )));
             }
@@ -343,7 +343,7 @@ impl Engine {
                 return Err(Error::invalid("key", "must match [A-Za-z0-9_-]{1,64}"));
             }
             if self.store.find_by_key(&p.id, key)?.is_some() {
-                return Err(Error::Conflict(format!(
+                return Err(Error::Exists(format!(
                     "a sandbox named {key:?} already exists"
                 )));
             }
@@ -418,7 +418,7 @@ impl Engine {
                 Ok((child, true)) => made.push(child),
                 // The key was taken meanwhile: that sandbox is not a child.
                 Ok((_, false)) => {
-                    failed = failed.or(Some(Error::Conflict(format!(
+                    failed = failed.or(Some(Error::Exists(format!(
                         "a sandbox named {:?} already exists",
                         spec.key.as_deref().unwrap_or_default()
                     ))))

@@ -104,7 +104,7 @@ impl Engine {
                 .iter()
                 .any(|k| k.fingerprint == fingerprint && k.sandbox == sandbox)
             {
-                return Err(Error::Conflict(format!(
+                return Err(Error::Exists(format!(
                     "the key {fingerprint} is already registered{}",
                     match sandbox {
                         Some(id) => format!(" for sandbox {id}"),

@@ -62,7 +62,7 @@ impl Engine {
             self.check_origins(&mut config.mounts)?;
             self.runtime(config.isolation)?;
             if self.store.get_template(&p.id, name)?.is_some() {
-                return Err(Error::Conflict(format!(
+                return Err(Error::Exists(format!(
                     "a template named {name:?} already exists"
                 )));
             }

@@ -1201,7 +1201,7 @@ async fn a_workspace_hibernates_into_a_snapshot_and_wakes_from_it() {
             }
         )
         .await,
-        Err(Error::Conflict(_))
+        Err(Error::Exists(_))
     ));
     assert!(matches!(
         e.create_workspace(
@@ -1433,7 +1433,7 @@ async fn ssh_keys_are_checked_named_listed_and_deleted() {
     assert_eq!(k.public_key, KEY_A);
     // The same key again, account-wide: a conflict.
     let e = r.engine.add_ssh_key(&me(), None, KEY_A, None).unwrap_err();
-    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    assert!(matches!(e, Error::Exists(_)), "{e}");
     // No comment: named by its fingerprint.
     let b = r.engine.add_ssh_key(&me(), None, KEY_B, None).unwrap();
     assert!(

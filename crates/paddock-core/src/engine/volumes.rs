@@ -46,7 +46,7 @@ impl Engine {
                     ));
                 }
                 if self.store.find_volume(&p.id, name)?.is_some() {
-                    return Err(Error::Conflict(format!(
+                    return Err(Error::Exists(format!(
                         "a volume named {name:?} already exists"
                     )));
                 }
