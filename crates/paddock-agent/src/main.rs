@@ -432,14 +432,20 @@ struct Args {
     /// Start the main process only when the daemon says (`Release`), once
     /// it has guarded the sandbox's mounts.
     hold_main: bool,
+    /// Start the main process again whenever it exits.
+    restart_main: bool,
     main: Vec<String>,
 }
+
+/// `--restart-main`: read by `start_main` (also when `Release` starts it).
+static RESTART_MAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut listen_fd = None;
     let mut nofile = None;
     let mut hold_main = false;
+    let mut restart_main = false;
     let mut main = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -459,6 +465,7 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--hold-main" => hold_main = true,
+            "--restart-main" => restart_main = true,
             "--version" => {
                 println!("paddock-agent {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -480,6 +487,7 @@ fn parse_args() -> Result<Args, String> {
             ))?,
         nofile,
         hold_main,
+        restart_main,
         main,
     })
 }
@@ -548,6 +556,27 @@ fn start_main(
     main: &[String],
     log: &mainlog::MainLog,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    start_main_after(reaper, main, log, std::time::Duration::ZERO)
+}
+
+/// The pause before a restart: 1 s, doubled (to 30 s) each time the main
+/// process lived less than 10 s.
+fn next_backoff(last: std::time::Duration, lived: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    if lived >= Duration::from_secs(10) || last.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        (last * 2).min(Duration::from_secs(30))
+    }
+}
+
+fn start_main_after(
+    reaper: &reaper::Reaper,
+    main: &[String],
+    log: &mainlog::MainLog,
+    backoff: std::time::Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let started = std::time::Instant::now();
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let spawned = {
         let mut cmd = Command::new(&main[0]);
@@ -574,12 +603,21 @@ fn start_main(
     match spawned {
         Ok((_child, exit)) => {
             let log = log.clone();
+            let (reaper, main) = (reaper.clone(), main.to_vec());
             tokio::spawn(async move {
                 if let Ok(e) = exit.await {
                     // What it wrote before it ended comes first (a
                     // background process may keep the pipe open: not long).
                     let _ = tokio::time::timeout(std::time::Duration::from_millis(100), done).await;
                     log.push(format!("[paddock] main process ended: {e:?}\n").as_bytes());
+                    if RESTART_MAIN.load(std::sync::atomic::Ordering::Relaxed) {
+                        let wait = next_backoff(backoff, started.elapsed());
+                        tokio::time::sleep(wait).await;
+                        log.push(b"[paddock] main process restarted (restart policy always)\n");
+                        if let Err(e) = start_main_after(&reaper, &main, &log, wait) {
+                            eprintln!("paddock-agent: restarting the main process: {e}");
+                        }
+                    }
                 }
             });
         }
@@ -598,6 +636,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     reaper.start()?;
 
     let main_log = mainlog::MainLog::default();
+    RESTART_MAIN.store(args.restart_main, std::sync::atomic::Ordering::Relaxed);
     let mut held = Vec::new();
     if args.hold_main {
         held = args.main;
@@ -693,6 +732,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_main_process_that_keeps_exiting_is_restarted_ever_later() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        assert_eq!(next_backoff(Duration::ZERO, s(0)), s(1));
+        assert_eq!(next_backoff(s(1), s(2)), s(2));
+        assert_eq!(next_backoff(s(16), s(2)), s(30));
+        assert_eq!(next_backoff(s(30), s(2)), s(30));
+        // One that ran a while starts over.
+        assert_eq!(next_backoff(s(30), s(11)), s(1));
+    }
 
     #[tokio::test]
     async fn hello_announces_the_start_in_metadata() {

@@ -161,6 +161,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/ssh-keys", get(list_ssh_keys).post(add_ssh_key))
         .route("/ssh-keys/{id}", axum::routing::delete(delete_ssh_key))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/rotate-key", post(rotate_token_key))
+        .route("/tokens/{jti}", axum::routing::delete(revoke_token))
         .route("/audit", get(audit))
         .route("/usage", get(usage))
         .route("/pools", get(list_pools))
@@ -1416,6 +1419,83 @@ async fn delete_ssh_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ---- tokens ------------------------------------------------------------------
+
+fn token_wire(t: paddock_core::model::TokenInfo) -> w::TokenInfo {
+    w::TokenInfo {
+        jti: t.jti,
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        scope: w::TokenScope {
+            read_only: t.scope.read_only,
+            sandboxes: t.scope.sandboxes,
+        },
+    }
+}
+
+/// The caller's standing tokens (never the tokens themselves).
+#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = w::TokenList)))]
+async fn list_tokens(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::TokenList>> {
+    Ok(axum::Json(w::TokenList {
+        tokens: st.engine.tokens(&p)?.into_iter().map(token_wire).collect(),
+    }))
+}
+
+/// Makes a bearer token (a JWT the daemon signs) for the caller, living
+/// `ttl_secs` (a day by default, 30 days at most), narrowed to read-only
+/// and/or to some of the caller's sandboxes. Shown once; revoked by its
+/// `jti`. A token made with a token is at most as wide as it.
+#[utoipa::path(post, path = "/v1/tokens", request_body = w::TokenCreate,
+    responses((status = 201, body = w::TokenCreated), (status = 400, body = w::Problem), (status = 403, body = w::Problem), (status = 404, body = w::Problem)))]
+async fn create_token(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(req): Json<w::TokenCreate>,
+) -> ApiResult<Response> {
+    let t = st.engine.create_token(
+        &p,
+        req.ttl_secs,
+        paddock_core::tokens::TokenScope {
+            read_only: req.read_only,
+            sandboxes: req.sandboxes,
+        },
+    )?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(w::TokenCreated {
+            token: t.token,
+            info: token_wire(t.info),
+        }),
+    )
+        .into_response())
+}
+
+/// Revokes one of the caller's tokens: refused from then on.
+#[utoipa::path(delete, path = "/v1/tokens/{jti}", responses((status = 204), (status = 404, body = w::Problem)))]
+async fn revoke_token(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(jti): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.engine.revoke_token(&p, &jti)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new signing key for the daemon's tokens (the operator's); tokens
+/// signed before stay valid until they expire.
+#[utoipa::path(post, path = "/v1/tokens/rotate-key", responses((status = 200, body = w::KeyRotated), (status = 403, body = w::Problem)))]
+async fn rotate_token_key(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::KeyRotated>> {
+    Ok(axum::Json(w::KeyRotated {
+        kid: st.engine.rotate_token_key(&p)?,
+    }))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
@@ -1602,6 +1682,10 @@ async fn version() -> axum::Json<w::Version> {
         put_policy,
         delete_policy,
         list_ssh_keys,
+        list_tokens,
+        create_token,
+        revoke_token,
+        rotate_token_key,
         add_ssh_key,
         delete_ssh_key,
         audit,
@@ -1615,6 +1699,7 @@ async fn version() -> axum::Json<w::Version> {
         w::State,
         w::Isolation,
         w::IdleAction,
+        w::RestartPolicy,
         w::ExecRequest,
         w::ExecResult,
         w::OutputChunk,
@@ -1637,6 +1722,12 @@ async fn version() -> axum::Json<w::Version> {
         w::SshKey,
         w::SshKeyCreate,
         w::SshKeyList,
+        w::TokenScope,
+        w::TokenCreate,
+        w::TokenInfo,
+        w::TokenCreated,
+        w::TokenList,
+        w::KeyRotated,
         w::AuditRecord,
         w::AuditList,
         w::Usage,

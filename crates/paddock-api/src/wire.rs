@@ -75,7 +75,12 @@ same_enum!(
     [Creating, Running, Paused, Stopped, Error, Destroyed]
 );
 same_enum!(core::Access, wire::Access, [Rw, Ro, Deny]);
-same_enum!(core::IdleAction, wire::IdleAction, [Destroy, Hibernate]);
+same_enum!(
+    core::IdleAction,
+    wire::IdleAction,
+    [Destroy, Hibernate, Suspend]
+);
+same_enum!(core::RestartPolicy, wire::RestartPolicy, [Never, Always]);
 same_enum!(core::EgressAccess, wire::EgressAccess, [Allow, Deny]);
 
 /// Structs of the same fields, engine to wire only (answers).
@@ -141,7 +146,7 @@ same_struct!(
         bootstrap,
         wake_on_request
     ],
-    [isolation, mounts, egress, snapshot, volumes, on_idle]
+    [isolation, mounts, egress, snapshot, volumes, on_idle, restart]
 );
 same_struct!(VolumeRequest, [name, path, read_only], []);
 answer!(core::VolumeMount => VolumeMount, [volume, name, path, read_only], []);
@@ -159,7 +164,7 @@ answer!(core::SandboxConfig => SandboxConfig,
     [image, cpu, memory_mb, disk_mb, pids, env, entrypoint, command, cwd, ttl_secs,
      idle_timeout_secs, ports, user, extra_hosts, tty, usage_events_secs, from_snapshot, layers,
      cpu_request, memory_request_mb, bootstrap, wake_on_request],
-    [isolation, resolved_image, mounts, egress, snapshot, volumes, on_idle]);
+    [isolation, resolved_image, mounts, egress, snapshot, volumes, on_idle, restart]);
 answer!(core::Snapshot => Snapshot,
     [id, owner, name, sandbox_id, labels, digest, size_bytes, created_at], [config]);
 answer!(core::Sandbox => Sandbox,

@@ -340,6 +340,27 @@ impl Client {
             .await
     }
 
+    // ---- tokens ----------------------------------------------------------------
+
+    pub async fn tokens(&self) -> Result<w::TokenList> {
+        self.json(self.request(Method::GET, "/tokens")).await
+    }
+
+    pub async fn create_token(&self, req: &w::TokenCreate) -> Result<w::TokenCreated> {
+        self.json(self.request(Method::POST, "/tokens").json(req))
+            .await
+    }
+
+    pub async fn revoke_token(&self, jti: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/tokens/{jti}")))
+            .await
+    }
+
+    pub async fn rotate_token_key(&self) -> Result<w::KeyRotated> {
+        self.json(self.request(Method::POST, "/tokens/rotate-key"))
+            .await
+    }
+
     // ---- governance ------------------------------------------------------------
 
     pub async fn policies(&self) -> Result<w::PolicyList> {

@@ -24,6 +24,7 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod text;
+pub mod tokens;
 pub mod volumes;
 
 pub use agent::{Agent, AgentConnector, Opened};

@@ -25,6 +25,28 @@ pub enum IdleAction {
     /// request); a workspace's sandbox is snapshotted and destroyed (its
     /// workspace wakes into a new one from the snapshot).
     Hibernate,
+    /// Pauses it, its memory kept (woken by `resume`, or by a request to
+    /// its ports when it wakes on request). Its network's traffic counts as
+    /// activity besides calls.
+    Suspend,
+}
+
+/// What becomes of a sandbox's main process when it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartPolicy {
+    /// Nothing: the sandbox runs on without it.
+    #[default]
+    Never,
+    /// Started again (after 1 s, doubling up to 30 s while it keeps
+    /// exiting within 10 s).
+    Always,
+}
+
+impl RestartPolicy {
+    pub fn is_never(&self) -> bool {
+        *self == RestartPolicy::Never
+    }
 }
 
 impl IdleAction {
@@ -319,6 +341,9 @@ pub struct SandboxSpec {
     /// answers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wake_on_request: bool,
+    /// What becomes of the main process when it exits (default: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
 }
 
 /// A volume a sandbox asks to mount.
@@ -744,6 +769,8 @@ pub struct SandboxConfig {
     pub on_idle: IdleAction,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wake_on_request: bool,
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_never")]
+    pub restart: RestartPolicy,
 }
 
 /// Checks mounts: absolute, without `..`, unique and not nested; ACL
@@ -1087,6 +1114,7 @@ impl SandboxSpec {
             bootstrap: self.bootstrap.clone(),
             on_idle: self.on_idle.unwrap_or_default(),
             wake_on_request: self.wake_on_request,
+            restart: self.restart.unwrap_or_default(),
         })
     }
 }
@@ -1129,6 +1157,7 @@ impl SandboxSpec {
             bootstrap: self.bootstrap.or_else(|| t.bootstrap.clone()),
             on_idle: self.on_idle.or(t.on_idle),
             wake_on_request: self.wake_on_request || t.wake_on_request,
+            restart: self.restart.or(t.restart),
         }
     }
 }
@@ -1247,6 +1276,7 @@ impl SandboxConfig {
             bootstrap: None,
             on_idle: Some(self.on_idle),
             wake_on_request: self.wake_on_request,
+            restart: Some(self.restart),
         }
     }
 }
@@ -1366,6 +1396,11 @@ pub struct Principal {
     /// The API that carried the call (`api`, `hiver`, `flash`,
     /// `agenttier`, ...), as the audit log records it.
     pub via: &'static str,
+    /// What a token narrows the principal to (`None`: all it may do).
+    pub scope: Option<crate::tokens::TokenScope>,
+    /// The API key the call came with, directly or through a token made
+    /// from it (such a token dies with the key).
+    pub key: Option<String>,
 }
 
 impl Principal {
@@ -1901,4 +1936,22 @@ mod tests {
         };
         assert!(matches!(r.validate(&l), Err(Error::Invalid { field, .. }) if field == "timeout"));
     }
+}
+
+/// A token Paddock signed for a principal, as listed (never the token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub jti: String,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub scope: crate::tokens::TokenScope,
+}
+
+/// A token just made: the only time it is shown.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub info: TokenInfo,
 }

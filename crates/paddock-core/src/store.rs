@@ -120,6 +120,22 @@ const MIGRATIONS: &[&str] = &[
     // 10: principals' SSH public keys, each account-wide or for one
     // sandbox (the SSH gateway's logins).
     SSH_KEYS_MIGRATION,
+    // 11: networks (branch `net`).
+    "",
+    // 12: proxies and domains (branch `ingress`).
+    "",
+    // 13: tokens Paddock signed that are listed and revocable (scoped
+    // tokens; a session exchanged from an API key is not kept: it dies
+    // with its key).
+    "CREATE TABLE tokens (
+        jti TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        doc TEXT NOT NULL
+     );
+     CREATE INDEX tokens_owner ON tokens(owner, created_at);",
 ];
 
 /// The SSH keys' table (migration 10; its number is its place in
@@ -867,6 +883,84 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// The API key a token hashes to, if it stands: (its id, its
+    /// principal).
+    pub fn key_for_hash(&self, hash: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, principal FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Whether the API key `id` stands (is neither revoked nor gone).
+    pub fn key_stands(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT 1 FROM api_keys WHERE id = ?1 AND revoked_at IS NULL",
+                params![id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Records a token Paddock signed (listed and revocable).
+    pub fn put_token(&self, t: &crate::model::TokenInfo) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO tokens (jti, owner, created_at, expires_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                t.jti,
+                t.owner,
+                ms(t.created_at),
+                ms(t.expires_at),
+                serde_json::to_string(t)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// `owner`'s tokens that are neither expired nor revoked, oldest
+    /// first; the expired are removed first.
+    pub fn list_tokens(&self, owner: &str) -> Result<Vec<crate::model::TokenInfo>> {
+        let conn = self.lock();
+        let now = ms(Utc::now());
+        conn.execute("DELETE FROM tokens WHERE expires_at < ?1", params![now])?;
+        let mut st = conn.prepare_cached(
+            "SELECT doc FROM tokens WHERE owner = ?1 AND revoked_at IS NULL ORDER BY created_at, jti",
+        )?;
+        let docs = st
+            .query_map(params![owner], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// Revokes `owner`'s token `jti`; false if it has none standing.
+    pub fn revoke_token(&self, owner: &str, jti: &str) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE tokens SET revoked_at = ?3 WHERE owner = ?1 AND jti = ?2 AND revoked_at IS NULL",
+            params![owner, jti, ms(Utc::now())],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Whether the token `jti` is recorded and not revoked.
+    pub fn token_stands(&self, jti: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT 1 FROM tokens WHERE jti = ?1 AND revoked_at IS NULL",
+                params![jti],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     pub fn list_keys(&self) -> Result<Vec<ApiKey>> {

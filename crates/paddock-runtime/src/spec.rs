@@ -108,6 +108,9 @@ pub fn build(i: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec> {
         // Until the engine has guarded them (after the runtime is done).
         args.push("--hold-main".into());
     }
+    if !main.is_empty() && c.restart == paddock_core::model::RestartPolicy::Always {
+        args.push("--restart-main".into());
+    }
     if !main.is_empty() {
         args.push("--".into());
         args.extend(main);

@@ -16,6 +16,7 @@ mod images;
 mod problem;
 mod sandbox;
 mod ssh;
+mod tokens;
 
 pub use exec::*;
 pub use files::*;
@@ -24,6 +25,7 @@ pub use images::*;
 pub use problem::*;
 pub use sandbox::*;
 pub use ssh::*;
+pub use tokens::*;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -26,6 +26,28 @@ pub enum IdleAction {
     /// Stops it and keeps its files (scale to zero): `start`, or a request
     /// to its ports when it wakes on request, brings it back.
     Hibernate,
+    /// Pauses it, memory kept: `resume`, or a request to its ports when it
+    /// wakes on request, brings it back. Traffic on its network counts as
+    /// activity.
+    Suspend,
+}
+
+/// What becomes of a sandbox's main process when it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartPolicy {
+    /// Nothing: the sandbox runs on without it.
+    #[default]
+    Never,
+    /// Started again (after 1 s, doubling to 30 s while it keeps exiting
+    /// within 10 s).
+    Always,
+}
+
+impl RestartPolicy {
+    pub fn is_never(&self) -> bool {
+        *self == RestartPolicy::Never
+    }
 }
 
 impl IdleAction {
@@ -152,14 +174,18 @@ pub struct SandboxSpec {
     /// create answers; one that fails fails the create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<String>,
-    /// What `idle_timeout_secs` does: `destroy` (the default) or
-    /// `hibernate` (stop, files kept).
+    /// What `idle_timeout_secs` does: `destroy` (the default),
+    /// `hibernate` (stop, files kept) or `suspend` (pause, memory kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_idle: Option<IdleAction>,
     /// A request to one of its ports through the proxy starts it again
     /// when it is stopped, held until the port answers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wake_on_request: bool,
+    /// What becomes of the main process when it exits: `never` (the
+    /// default: the sandbox runs on) or `always` (started again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
 }
 
 /// A volume to mount in a sandbox (at create, or `POST
@@ -461,6 +487,8 @@ pub struct SandboxConfig {
     pub on_idle: IdleAction,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wake_on_request: bool,
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_never")]
+    pub restart: RestartPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -167,6 +167,10 @@ pub enum ClientCmd {
     /// --ssh-listen`): list, add, remove.
     #[command(subcommand)]
     SshKeys(SshKeysCmd),
+    /// Bearer tokens the daemon signs for you, scoped and expiring: make,
+    /// list, revoke (and, for the operator, rotate the signing key).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
     /// Open a shell in a sandbox (or run a command) through the SSH
     /// gateway: runs `ssh -p PORT ID@HOST [-- COMMAND]` with your ssh.
     Ssh {
@@ -194,6 +198,30 @@ pub enum ClientCmd {
         #[arg(long)]
         memory: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Make a token and print it (the only time it is shown).
+    Create {
+        /// How long it lives (`90s`, `1h`, `7d`; default a day, 30 days
+        /// at most).
+        #[arg(long, value_parser = duration_secs)]
+        ttl: Option<u64>,
+        /// It changes nothing: no exec, no writes, no lifecycle.
+        #[arg(long)]
+        read_only: bool,
+        /// Only this sandbox (id or key; repeat for more): nothing else
+        /// is seen, and no sandbox is made.
+        #[arg(long = "sandbox", value_name = "ID")]
+        sandboxes: Vec<String>,
+    },
+    /// Your standing tokens (never the tokens themselves).
+    Ls,
+    /// Revoke tokens by id (`jti`): refused from then on.
+    Revoke { jtis: Vec<String> },
+    /// A new signing key (the operator's); tokens already made stay valid.
+    RotateKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -363,13 +391,23 @@ pub struct SpecArgs {
     #[arg(long)]
     ttl: Option<u64>,
     /// Seconds of inactivity until it is destroyed.
-    #[arg(long, conflicts_with = "idle_hibernate")]
+    #[arg(long, conflicts_with_all = ["idle_hibernate", "idle_suspend"])]
     idle_timeout: Option<u64>,
     /// Inactivity (`90s`, `10m`, `2h`) after which it is hibernated:
     /// stopped, its files kept, until `start` or (with
     /// `--wake-on-request`) a request to one of its ports.
-    #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
+    #[arg(long, value_name = "DURATION", value_parser = duration_secs,
+          conflicts_with = "idle_suspend")]
     idle_hibernate: Option<u64>,
+    /// Inactivity (no calls and no traffic on its network) after which it
+    /// is suspended: paused, its memory kept, until `resume` or (with
+    /// `--wake-on-request`) a request to one of its ports.
+    #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
+    idle_suspend: Option<u64>,
+    /// Start the main process again whenever it exits (`always`), or
+    /// leave the sandbox running without it (`never`, the default).
+    #[arg(long, value_name = "POLICY", value_parser = ["always", "never"])]
+    restart: Option<String>,
     /// Started again by a request to one of its ports through the
     /// proxy when it is stopped, the request held until the port answers.
     #[arg(long)]
@@ -450,8 +488,19 @@ impl SpecArgs {
             disk_mb: self.disk,
             cwd: self.cwd.clone(),
             ttl_secs: self.ttl,
-            idle_timeout_secs: self.idle_timeout.or(self.idle_hibernate),
-            on_idle: self.idle_hibernate.map(|_| w::IdleAction::Hibernate),
+            idle_timeout_secs: self
+                .idle_timeout
+                .or(self.idle_hibernate)
+                .or(self.idle_suspend),
+            on_idle: match (self.idle_hibernate, self.idle_suspend) {
+                (Some(_), _) => Some(w::IdleAction::Hibernate),
+                (_, Some(_)) => Some(w::IdleAction::Suspend),
+                _ => None,
+            },
+            restart: self.restart.as_deref().map(|r| match r {
+                "always" => w::RestartPolicy::Always,
+                _ => w::RestartPolicy::Never,
+            }),
             wake_on_request: self.wake_on_request,
             bootstrap: self.bootstrap.clone(),
             cpu_request: self.cpu_request,
@@ -1099,6 +1148,75 @@ impl Client {
                     pretty(&k)?;
                 } else {
                     println!("{}", k.id);
+                }
+            }
+            ClientCmd::Tokens(TokensCmd::Create {
+                ttl,
+                read_only,
+                sandboxes,
+            }) => {
+                let mut ids = Vec::new();
+                for s in &sandboxes {
+                    ids.push(self.api.get(s).await?.id);
+                }
+                let t = self
+                    .api
+                    .create_token(&w::TokenCreate {
+                        ttl_secs: ttl.unwrap_or(0),
+                        read_only,
+                        sandboxes: (!ids.is_empty()).then_some(ids),
+                    })
+                    .await?;
+                if self.json {
+                    pretty(&t)?;
+                } else {
+                    println!("{}", t.token);
+                    eprintln!(
+                        "token {} expires {}",
+                        t.info.jti,
+                        t.info.expires_at.to_rfc3339()
+                    );
+                }
+            }
+            ClientCmd::Tokens(TokensCmd::Ls) => {
+                let v = self.api.tokens().await?;
+                if self.json {
+                    pretty(&v.tokens)?;
+                } else {
+                    let mut t = table(&["JTI", "SCOPE", "CREATED", "EXPIRES"]);
+                    for k in v.tokens {
+                        let mut scope = Vec::new();
+                        if k.scope.read_only {
+                            scope.push("read-only".to_string());
+                        }
+                        if let Some(s) = &k.scope.sandboxes {
+                            scope.push(format!("{} sandboxes", s.len()));
+                        }
+                        t.add_row(vec![
+                            k.jti,
+                            if scope.is_empty() {
+                                "(all)".into()
+                            } else {
+                                scope.join(", ")
+                            },
+                            k.created_at.to_rfc3339(),
+                            k.expires_at.to_rfc3339(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Tokens(TokensCmd::Revoke { jtis }) => {
+                if !self.each(&jtis, |n| self.api.revoke_token(n)).await {
+                    return Ok(1);
+                }
+            }
+            ClientCmd::Tokens(TokensCmd::RotateKey) => {
+                let k = self.api.rotate_token_key().await?;
+                if self.json {
+                    pretty(&k)?;
+                } else {
+                    println!("{}", k.kid);
                 }
             }
             ClientCmd::SshKeys(SshKeysCmd::Rm { ids }) => {

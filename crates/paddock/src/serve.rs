@@ -772,6 +772,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = verifier {
         engine.set_token_verifier(Arc::new(crate::oidc::Tokens(v)));
     }
+    // The keys the daemon signs its own tokens with (sessions, scoped
+    // tokens), rotated on schedule, kept across restarts.
+    engine.set_token_keys(paddock_core::tokens::KeyRing::open(Some(
+        &args.data_dir.join("token-keys"),
+    ))?);
     engine.set_layers(Arc::new(paddock_host::layer::LayerStore::new(
         &args.data_dir.join("images").join("snapshots"),
     )?));

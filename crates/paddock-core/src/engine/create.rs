@@ -29,7 +29,10 @@ impl Engine {
     ) -> Result<(Sandbox, bool)> {
         let mut detail = serde_json::json!({ "template": spec.template, "key": spec.key });
         let t0 = std::time::Instant::now();
-        let r = self.create_inner(p, spec, true).await;
+        let r = match self.check_scope(p, "sandbox.create", None) {
+            Ok(()) => self.create_inner(p, spec, true).await,
+            Err(e) => Err(e),
+        };
         if let Ok((_, true)) = &r {
             detail["duration_ms"] = serde_json::json!(t0.elapsed().as_millis() as u64);
         }
@@ -374,6 +377,7 @@ impl Engine {
                 instance,
                 last_active_ms: AtomicI64::new(active_ms),
                 persisted_active_ms: AtomicI64::new(active_ms),
+                net_bytes: Default::default(),
                 watching: Default::default(),
             }),
         );

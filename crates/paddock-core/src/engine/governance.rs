@@ -34,7 +34,10 @@ impl Engine {
         detail: serde_json::Value,
         f: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let r = f.await;
+        let r = match self.check_scope(p, action, sandbox) {
+            Ok(()) => f.await,
+            Err(e) => Err(e),
+        };
         self.audit(p, action, sandbox, r.as_ref().err(), detail);
         r
     }
@@ -48,7 +51,7 @@ impl Engine {
         detail: serde_json::Value,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let r = f();
+        let r = self.check_scope(p, action, sandbox).and_then(|()| f());
         self.audit(p, action, sandbox, r.as_ref().err(), detail);
         r
     }

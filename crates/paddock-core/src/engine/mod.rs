@@ -27,6 +27,7 @@
 //! | `snapshots.rs` | snapshots, forks, and collecting the layers nothing refers to |
 //! | `volumes.rs` | volumes: create, mount at create or into a running sandbox, unmount, delete |
 //! | `ssh_keys.rs` | principals' SSH keys, the SSH gateway's logins and its address |
+//! | `tokens.rs` | tokens Paddock signs (sessions, scoped tokens), revocation, scopes |
 //! | `monitor.rs` | deaths, main-process output, usage events |
 
 use std::collections::{HashMap, HashSet};
@@ -52,6 +53,7 @@ mod images;
 mod lifecycle;
 mod monitor;
 mod observe;
+pub mod pending;
 mod pool;
 mod reaper;
 mod recovery;
@@ -60,6 +62,7 @@ mod ssh_keys;
 mod templates;
 #[cfg(test)]
 mod tests;
+mod tokens;
 mod volumes;
 mod workspaces;
 
@@ -69,6 +72,7 @@ pub use governance::{Usage, OPERATOR_TEMPLATES};
 pub use images::{Images, PullPolicy};
 pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
 pub use ssh_keys::check_ssh_public_key;
+pub use tokens::{DEFAULT_TOKEN_SECS, SESSION_SECS};
 
 use crate::agent::{Agent, AgentConnector};
 use crate::error::{Error, Result};
@@ -142,6 +146,8 @@ struct Live {
     instance: Instance,
     last_active_ms: AtomicI64,
     persisted_active_ms: AtomicI64,
+    /// Bytes its network moved when last looked at (`reaper.rs`).
+    net_bytes: std::sync::atomic::AtomicU64,
     /// Whether its guards' decisions are being recorded (`guards.rs`).
     watching: std::sync::atomic::AtomicBool,
 }
@@ -179,6 +185,8 @@ pub struct Engine {
     verifier: std::sync::OnceLock<Arc<dyn crate::auth::TokenVerifier>>,
     /// Where the SSH gateway listens, if it does (`ssh_keys.rs`).
     ssh_addr: std::sync::OnceLock<SocketAddr>,
+    /// The keys Paddock signs its tokens with (`tokens.rs`).
+    token_keys: std::sync::OnceLock<crate::tokens::KeyRing>,
     cfg: EngineConfig,
 }
 
@@ -275,6 +283,7 @@ impl Engine {
             volumes: Default::default(),
             verifier: Default::default(),
             ssh_addr: Default::default(),
+            token_keys: Default::default(),
             policies: std::sync::RwLock::new(api_policies),
             cfg,
         }))
@@ -349,6 +358,9 @@ impl Engine {
     /// The principal a bearer token stands for: an API key's, or a token
     /// the verifier trusts.
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        if !token.starts_with(crate::auth::TOKEN_PREFIX) && self.is_own_token(token) {
+            return self.verify_own_token(token);
+        }
         if !token.starts_with(crate::auth::TOKEN_PREFIX) {
             if let Some(v) = self.verifier.get().filter(|v| v.accepts(token)) {
                 return v.verify(token).await;
@@ -359,11 +371,11 @@ impl Engine {
 
     /// The principal an API key stands for.
     pub fn authenticate_key(&self, token: &str) -> Result<Principal> {
-        match self
-            .store
-            .principal_for_hash(&crate::auth::hash_token(token))?
-        {
-            Some(id) => Ok(Principal::new(id)),
+        match self.store.key_for_hash(&crate::auth::hash_token(token))? {
+            Some((key, id)) => Ok(Principal {
+                key: Some(key),
+                ..Principal::new(id)
+            }),
             None => Err(Error::Unauthenticated("unknown or revoked API key".into())),
         }
     }
@@ -371,13 +383,21 @@ impl Engine {
     /// The sandbox, if `p` may see it.
     pub fn get(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
         match self.store.get_sandbox(id)? {
-            Some(sb) if sb.owner == p.id => Ok(sb),
+            Some(sb)
+                if sb.owner == p.id && p.scope.as_ref().is_none_or(|s| s.allows_sandbox(id)) =>
+            {
+                Ok(sb)
+            }
             _ => Err(Error::not_found(format!("sandbox {id}"))),
         }
     }
 
     pub fn list(&self, p: &Principal, q: &ListQuery) -> Result<Vec<Sandbox>> {
-        self.store.list_sandboxes(Some(&p.id), q)
+        let mut all = self.store.list_sandboxes(Some(&p.id), q)?;
+        if let Some(s) = &p.scope {
+            all.retain(|sb| s.allows_sandbox(sb.id));
+        }
+        Ok(all)
     }
 
     /// Every sandbox of `p` that `q` selects, read page by page (`q`'s
@@ -391,9 +411,12 @@ impl Engine {
         };
         let mut out = Vec::new();
         loop {
-            let page = self.list(p, &q)?;
+            let mut page = self.store.list_sandboxes(Some(&p.id), &q)?;
             let n = page.len();
             q.after = page.last().map(|s| s.id);
+            if let Some(s) = &p.scope {
+                page.retain(|sb| s.allows_sandbox(sb.id));
+            }
             out.extend(page);
             if n < PAGE {
                 return Ok(out);
@@ -443,7 +466,7 @@ impl Engine {
     /// Looks a sandbox up by its key, or by its id.
     pub fn find(&self, p: &Principal, key_or_id: &str) -> Result<Sandbox> {
         if let Some(sb) = self.store.find_by_key(&p.id, key_or_id)? {
-            return Ok(sb);
+            return self.get(p, sb.id);
         }
         match Uuid::parse_str(key_or_id) {
             Ok(id) => self.get(p, id),

@@ -15,6 +15,9 @@ impl Engine {
         let mut n = 0;
         for sb in all {
             let expired = sb.expires_at.is_some_and(|t| t <= now);
+            if sb.config.on_idle == IdleAction::Suspend && sb.state == State::Running {
+                self.note_traffic(&sb).await;
+            }
             let idle = match sb.config.idle_timeout_secs {
                 Some(secs) => {
                     let last = match self.live.read().await.get(&sb.id) {
@@ -35,6 +38,17 @@ impl Engine {
             } else {
                 idle && sb.config.on_idle == IdleAction::Hibernate
             };
+            if idle && !expired && sb.config.on_idle == IdleAction::Suspend {
+                let (engine, id) = (self.clone(), sb.id);
+                let owner = Principal::new(sb.owner.clone()).via("reaper");
+                tokio::spawn(async move {
+                    if let Err(e) = engine.pause(&owner, id).await {
+                        tracing::warn!(sandbox = %id, "reaper: suspend: {e}");
+                    }
+                });
+                n += 1;
+                continue;
+            }
             if hibernate {
                 let (engine, id) = (self.clone(), sb.id);
                 tokio::spawn(async move {
@@ -55,6 +69,24 @@ impl Engine {
             }
         }
         n
+    }
+
+    /// Counts traffic on `sb`'s network since the last look as activity
+    /// (an idle timeout that suspends is about the network, not only
+    /// calls).
+    async fn note_traffic(&self, sb: &Sandbox) {
+        let Some(live) = self.live.read().await.get(&sb.id).cloned() else {
+            return;
+        };
+        let Ok(rt) = self.runtime_of(sb) else {
+            return;
+        };
+        if let Ok(m) = rt.metrics(sb.id).await {
+            let seen = m.net_rx_bytes.wrapping_add(m.net_tx_bytes);
+            if live.net_bytes.swap(seen, Ordering::Relaxed) != seen {
+                self.mark_active(sb, &live);
+            }
+        }
     }
 
     /// Removes audit records older than the retention; how many.

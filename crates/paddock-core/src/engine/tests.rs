@@ -1512,3 +1512,116 @@ async fn ssh_login_takes_account_keys_and_scoped_keys_for_their_box_only() {
     assert!(r.engine.ssh_login("", "").is_err());
     assert!(r.engine.ssh_login("x", "ssh-ed25519 AAAA").is_err());
 }
+
+#[tokio::test]
+async fn tokens_are_exchanged_scoped_revoked_and_die_with_their_key() {
+    let r = Rig::new();
+    let e = &r.engine;
+    let (kid, key) = crate::auth::new_token();
+    e.store()
+        .insert_key(&kid, "k", "alice", &crate::auth::hash_token(&key))
+        .unwrap();
+    let alice = e.authenticate(&key).await.unwrap();
+    let (a, _) = e.create(&alice, SandboxSpec::default()).await.unwrap();
+    let (b, _) = e.create(&alice, SandboxSpec::default()).await.unwrap();
+
+    // A session from the key: alice, with everything alice may.
+    let s = e.exchange_key(&key).unwrap();
+    let p = e.authenticate(&s.token).await.unwrap();
+    assert_eq!((p.id.as_str(), p.scope.as_ref()), ("alice", None));
+    assert!(e.exchange_key("pdk_nope").is_err());
+
+    // A read-only token sees and reads, changes nothing.
+    let ro = e
+        .create_token(
+            &p,
+            0,
+            crate::tokens::TokenScope {
+                read_only: true,
+                sandboxes: None,
+            },
+        )
+        .unwrap();
+    let day = (ro.info.expires_at - ro.info.created_at).num_seconds();
+    assert_eq!(day, 86400);
+    let rp = e.authenticate(&ro.token).await.unwrap();
+    assert_eq!(e.list(&rp, &ListQuery::default()).unwrap().len(), 2);
+    assert!(e.get(&rp, a.id).is_ok());
+    for refused in [
+        e.stop(&rp, a.id).await.map(|_| ()),
+        e.create(&rp, SandboxSpec::default()).await.map(|_| ()),
+        e.exec(&rp, a.id, &shell("true")).await.map(|_| ()),
+        e.create_token(&rp, 60, Default::default()).map(|_| ()),
+    ] {
+        assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+    }
+
+    // One scoped to sandbox a: b is not there at all, a is alice's.
+    let only_a = e
+        .create_token(
+            &p,
+            60,
+            crate::tokens::TokenScope {
+                read_only: false,
+                sandboxes: Some(vec![a.id]),
+            },
+        )
+        .unwrap();
+    let ap = e.authenticate(&only_a.token).await.unwrap();
+    let seen: Vec<Uuid> = e
+        .list(&ap, &ListQuery::default())
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(seen, vec![a.id]);
+    assert!(matches!(e.get(&ap, b.id), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        e.stop(&ap, b.id).await,
+        Err(Error::Forbidden(_) | Error::NotFound { .. })
+    ));
+    assert!(e.exec(&ap, a.id, &shell("true")).await.is_ok());
+    assert!(matches!(
+        e.create(&ap, SandboxSpec::default()).await,
+        Err(Error::Forbidden(_))
+    ));
+    // Someone else's sandbox cannot be put in a scope.
+    let bob = Principal::new("bob");
+    assert!(e
+        .create_token(
+            &bob,
+            60,
+            crate::tokens::TokenScope {
+                read_only: false,
+                sandboxes: Some(vec![a.id]),
+            }
+        )
+        .is_err());
+    // Too long a life: 400 naming the field.
+    let long = e
+        .create_token(&p, 400 * 86400, Default::default())
+        .unwrap_err();
+    assert_eq!(long.field(), Some("expires_in"));
+
+    // Listed without the token; revoked: refused at once.
+    let listed = e.tokens(&p).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().any(|t| t.jti == only_a.info.jti));
+    e.revoke_token(&p, &only_a.info.jti).unwrap();
+    assert!(matches!(
+        e.authenticate(&only_a.token).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    assert!(e.revoke_token(&bob, &ro.info.jti).is_err());
+    assert_eq!(e.tokens(&p).unwrap().len(), 1);
+
+    // A rotation keeps what was signed before it.
+    e.rotate_token_key(&Principal::local()).unwrap();
+    assert!(e.authenticate(&ro.token).await.is_ok());
+    assert!(e.rotate_token_key(&p).is_err());
+
+    // The key revoked: its session and its tokens go with it.
+    e.store().revoke_key(&kid).unwrap();
+    assert!(e.authenticate(&s.token).await.is_err());
+    assert!(e.authenticate(&ro.token).await.is_err());
+}

@@ -1,0 +1,100 @@
+//! Stand-ins for the engine calls two branches in flight bring (networks;
+//! proxies and domains), with their agreed signatures, so that the boxd
+//! dialect builds before they land. Removed when they merge.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub id: String,
+    pub owner: String,
+    pub name: Option<String>,
+    pub subnet: String,
+    pub status: String,
+    pub is_default: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub sandbox: Uuid,
+    pub name: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainBinding {
+    pub domain: String,
+    pub sandbox: Uuid,
+    pub owner: String,
+}
+
+fn pending<T>(what: &str) -> Result<T> {
+    Err(Error::Unsupported(what.to_string()))
+}
+
+impl Engine {
+    pub async fn default_network(&self, p: &Principal) -> Result<Network> {
+        Ok(Network {
+            id: format!("net-default-{}", p.id),
+            owner: p.id.clone(),
+            name: None,
+            subnet: String::new(),
+            status: "ready".into(),
+            is_default: true,
+        })
+    }
+    pub async fn create_network(&self, _p: &Principal, _name: Option<&str>) -> Result<Network> {
+        pending("networks")
+    }
+    pub fn networks(&self, _p: &Principal) -> Result<Vec<Network>> {
+        Ok(Vec::new())
+    }
+    pub fn proxies(&self, _p: &Principal, _id: Uuid) -> Result<Vec<Proxy>> {
+        Ok(Vec::new())
+    }
+    pub async fn create_proxy(
+        &self,
+        _p: &Principal,
+        _id: Uuid,
+        _name: &str,
+        _port: u16,
+    ) -> Result<Proxy> {
+        pending("proxies")
+    }
+    pub async fn delete_proxy(&self, _p: &Principal, _id: Uuid, _name: &str) -> Result<()> {
+        pending("proxies")
+    }
+    pub async fn set_proxy_port(
+        &self,
+        _p: &Principal,
+        id: Uuid,
+        name: &str,
+        port: u16,
+    ) -> Result<Proxy> {
+        Ok(Proxy {
+            sandbox: id,
+            name: name.into(),
+            port,
+        })
+    }
+    pub async fn bind_domain(
+        &self,
+        _p: &Principal,
+        _domain: &str,
+        _id: Uuid,
+    ) -> Result<DomainBinding> {
+        pending("domains")
+    }
+    pub async fn unbind_domain(&self, _p: &Principal, _domain: &str) -> Result<()> {
+        pending("domains")
+    }
+    pub fn domains(&self, _p: &Principal) -> Result<Vec<DomainBinding>> {
+        Ok(Vec::new())
+    }
+    pub fn proxy_host(&self, _sb: &Sandbox, _proxy: &str) -> Option<String> {
+        None
+    }
+    pub fn ingress_url(&self, _sb: &Sandbox, _proxy: &str) -> Option<String> {
+        None
+    }
+}
