@@ -126,6 +126,9 @@ MAX_MESSAGE = int(os.environ["PADDOCK_BOXD_MAX_MESSAGE"])
 NATIVE = os.environ["PADDOCK_URL"].rstrip("/") + "/v1"
 for _k in ("BOXD_TOKEN", "BOXD_ENVIRONMENT"):  # nothing but the harness's config
     os.environ.pop(_k, None)
+# With BOXD_API_KEY set, the SDK ignores a `token=` (it exchanges the key):
+# the environment's key is set only where the script reads it (README).
+os.environ.pop("BOXD_API_KEY")
 
 OK, INVALID, NOT_FOUND, EXISTS = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
                                   grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS)
@@ -467,8 +470,14 @@ def auth():
     if bare.startswith("127.") or bare.startswith("localhost"):
         with Compute(api_key=KEY, api_url=bare) as c:
             check(c.whoami().user_id == me.user_id, f"a bare {bare} is plaintext to the SDK, and works")
-    with Compute() as c:  # BOXD_API_KEY + BOXD_API_URL + BOXD_EXCHANGE_URL
-        check(c.whoami().user_id == me.user_id, "Compute() reads BOXD_API_KEY and the URLs from the environment")
+    os.environ["BOXD_API_KEY"] = KEY
+    try:
+        with Compute() as c:  # BOXD_API_KEY + BOXD_API_URL + BOXD_EXCHANGE_URL
+            check(c.whoami().user_id == me.user_id, "Compute() reads BOXD_API_KEY and the URLs from the environment")
+        with Compute(token="not-a-jwt") as c:
+            check(c.whoami().user_id == me.user_id, "with BOXD_API_KEY set, the SDK exchanges the key (a token= is ignored)")
+    finally:
+        os.environ.pop("BOXD_API_KEY")
     with Compute(api_key="pdk_not-a-key") as c:
         expect(c.whoami, AuthenticationError, "a wrong API key: AuthenticationError")
 
