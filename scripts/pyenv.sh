@@ -5,6 +5,8 @@
 #                                 (tests/python/requirements-agenttier-0.1.1.txt)
 #   target/pyenv-hogland-0.1.0    posthog-hogland 0.1.0 and 0.5.0
 #   target/pyenv-hogland-0.5.0    (tests/python/requirements-hogland-*.txt)
+#   target/pyenv-boxd-0.1.5.dev25 boxd 0.1.5.dev25
+#                                 (tests/python/requirements-boxd-0.1.5.dev25.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +32,4 @@ venv target/pyenv-agenttier-0.1.1 tests/python/requirements-agenttier-0.1.1.txt
 for v in 0.1.0 0.5.0; do
   venv target/pyenv-hogland-$v tests/python/requirements-hogland-$v.txt --ignore-requires-python
 done
+venv target/pyenv-boxd-0.1.5.dev25 tests/python/requirements-boxd-0.1.5.dev25.txt

@@ -176,6 +176,7 @@ impl Daemon {
             "--flash-grpc-listen",
             "--agenttier-listen",
             "--hogland-listen",
+            "--boxd-listen",
             "--ssh-listen",
         ] {
             if !self.extra.iter().any(|a| a == flag) {
@@ -758,7 +759,7 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(["--hiver-listen", "off", "--flash-http-listen", "off"])
         .args(["--flash-grpc-listen", "off", "--agenttier-listen", "off"])
-        .args(["--hogland-listen", "off"])
+        .args(["--hogland-listen", "off", "--boxd-listen", "off"])
         .args(["--ssh-listen", "off"])
         .args(["--socket", "off"])
         .args(args)
