@@ -26,6 +26,7 @@
 //! | `reaper.rs` | TTLs and idle timeouts |
 //! | `snapshots.rs` | snapshots, forks, and collecting the layers nothing refers to |
 //! | `volumes.rs` | volumes: create, mount at create or into a running sandbox, unmount, delete |
+//! | `networks.rs` | private networks: default and named ones, membership, peers' names |
 //! | `ssh_keys.rs` | principals' SSH keys, the SSH gateway's logins and its address |
 //! | `monitor.rs` | deaths, main-process output, usage events |
 
@@ -51,6 +52,7 @@ mod guards;
 mod images;
 mod lifecycle;
 mod monitor;
+mod networks;
 mod observe;
 mod pool;
 mod reaper;
@@ -179,6 +181,12 @@ pub struct Engine {
     verifier: std::sync::OnceLock<Arc<dyn crate::auth::TokenVerifier>>,
     /// Where the SSH gateway listens, if it does (`ssh_keys.rs`).
     ssh_addr: std::sync::OnceLock<SocketAddr>,
+    /// One network create or delete at a time (`networks.rs`): subnets
+    /// and default networks are handed out under it.
+    networks: tokio::sync::Mutex<()>,
+    /// One update of a network's peers at a time (`networks.rs`), so that
+    /// the last to write read the latest members.
+    peers: tokio::sync::Mutex<()>,
     cfg: EngineConfig,
 }
 
@@ -275,6 +283,8 @@ impl Engine {
             volumes: Default::default(),
             verifier: Default::default(),
             ssh_addr: Default::default(),
+            networks: Default::default(),
+            peers: Default::default(),
             policies: std::sync::RwLock::new(api_policies),
             cfg,
         }))
