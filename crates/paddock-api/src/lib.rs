@@ -140,6 +140,11 @@ pub fn router(state: AppState) -> Router {
             "/workspaces/{name}/proxy/{port}/{*rest}",
             any(proxy::workspace_proxy),
         )
+        .route("/networks", get(list_networks).post(create_network))
+        .route(
+            "/networks/{id}",
+            get(inspect_network).delete(delete_network),
+        )
         .route("/volumes", get(list_volumes).post(create_volume))
         .route("/volumes/{id}", get(inspect_volume).delete(delete_volume))
         .route("/snapshots", get(list_snapshots))
@@ -225,7 +230,8 @@ type P = Extension<Principal>;
     responses((status = 201, body = w::Sandbox, description = "created"),
                (status = 200, body = w::Sandbox, description = "an existing sandbox with this key"),
                (status = 400, body = w::Problem),
-               (status = 403, body = w::Problem, description = "the operator's policies refuse it: `violations` names each rule broken")))]
+               (status = 403, body = w::Problem, description = "the operator's policies refuse it: `violations` names each rule broken"),
+               (status = 404, body = w::Problem, description = "the snapshot or network it names is not one of yours")))]
 async fn create(
     State(st): State<AppState>,
     Extension(p): P,
@@ -570,6 +576,54 @@ async fn wake_workspace(
     Ok(axum::Json(workspace_wire(
         st.engine.wake_workspace(&p, &name).await?,
     )))
+}
+
+// ---- networks ----------------------------------------------------------------
+
+/// Makes a private network (a bridge and subnet of its own): sandboxes
+/// created with `"network"` naming it reach each other by address and by
+/// name, and no other sandbox.
+#[utoipa::path(post, path = "/v1/networks", request_body = w::NetworkCreate,
+    responses((status = 201, body = w::Network), (status = 400, body = w::Problem), (status = 409, body = w::Problem), (status = 429, body = w::Problem)))]
+async fn create_network(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Json(req): Json<w::NetworkCreate>,
+) -> ApiResult<Response> {
+    let n = st.engine.create_network(&p, req.name.as_deref()).await?;
+    Ok((StatusCode::CREATED, axum::Json(n.wire())).into_response())
+}
+
+/// Your networks, oldest first (your default network once made).
+#[utoipa::path(get, path = "/v1/networks", responses((status = 200, body = w::NetworkList)))]
+async fn list_networks(
+    State(st): State<AppState>,
+    Extension(p): P,
+) -> ApiResult<axum::Json<w::NetworkList>> {
+    Ok(axum::Json(w::NetworkList {
+        networks: st.engine.networks(&p)?.wire(),
+    }))
+}
+
+/// A network by its id or name (`default`: your default network).
+#[utoipa::path(get, path = "/v1/networks/{id}", responses((status = 200, body = w::Network), (status = 404, body = w::Problem)))]
+async fn inspect_network(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<w::Network>> {
+    Ok(axum::Json(st.engine.get_network(&p, &id)?.wire()))
+}
+
+/// Deletes a network; 409 while a sandbox is on it.
+#[utoipa::path(delete, path = "/v1/networks/{id}", responses((status = 204), (status = 404, body = w::Problem), (status = 409, body = w::Problem)))]
+async fn delete_network(
+    State(st): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.engine.delete_network(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- volumes -----------------------------------------------------------------
@@ -1660,6 +1714,10 @@ async fn version() -> axum::Json<w::Version> {
         hibernate_workspace,
         wake_workspace,
         proxy::workspace_proxy,
+        create_network,
+        list_networks,
+        inspect_network,
+        delete_network,
         create_volume,
         list_volumes,
         inspect_volume,
@@ -1751,6 +1809,9 @@ async fn version() -> axum::Json<w::Version> {
         w::WorkspaceList,
         w::WorkspaceCreate,
         w::WorkspaceUpdate,
+        w::Network,
+        w::NetworkList,
+        w::NetworkCreate,
         w::Volume,
         w::VolumeList,
         w::VolumeCreate,

@@ -144,7 +144,8 @@ same_struct!(
         cpu_request,
         memory_request_mb,
         bootstrap,
-        wake_on_request
+        wake_on_request,
+        network
     ],
     [isolation, mounts, egress, snapshot, volumes, on_idle, restart]
 );
@@ -163,8 +164,10 @@ answer!(core::ResolvedImage => ResolvedImage,
 answer!(core::SandboxConfig => SandboxConfig,
     [image, cpu, memory_mb, disk_mb, pids, env, entrypoint, command, cwd, ttl_secs,
      idle_timeout_secs, ports, user, extra_hosts, tty, usage_events_secs, from_snapshot, layers,
-     cpu_request, memory_request_mb, bootstrap, wake_on_request],
+     cpu_request, memory_request_mb, bootstrap, wake_on_request, network],
     [isolation, resolved_image, mounts, egress, snapshot, volumes, on_idle, restart]);
+answer!(core::Network => Network,
+    [id, owner, name, subnet, status, is_default, created_at], []);
 answer!(core::Snapshot => Snapshot,
     [id, owner, name, sandbox_id, labels, digest, size_bytes, created_at], [config]);
 answer!(core::Sandbox => Sandbox,

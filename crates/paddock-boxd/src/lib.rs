@@ -100,18 +100,6 @@ async fn too_large_is_exhausted(mut r: axum::response::Response) -> axum::respon
     r
 }
 
-/// Serves the dialect on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    engine: Arc<Engine>,
-    opts: Options,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, opts))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 /// An engine error as the status the SDK maps (§3 of the wire spec).
 pub(crate) fn status(e: Error) -> Status {
     let msg = e.to_string();

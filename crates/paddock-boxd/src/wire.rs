@@ -68,12 +68,14 @@ pub fn user_labels(sb: &Sandbox) -> std::collections::HashMap<String, String> {
 }
 
 /// The network a box is on (its id), if any.
-pub fn network_of(_sb: &Sandbox) -> Option<String> {
-    None
+pub fn network_of(sb: &Sandbox) -> Option<String> {
+    sb.config.network.clone()
 }
 
 /// Puts a new box on `network` (a name or id; `default`: its owner's).
-pub fn set_network(_spec: &mut SandboxSpec, _network: Option<String>) {}
+pub fn set_network(spec: &mut SandboxSpec, network: Option<String>) {
+    spec.network = network;
+}
 
 /// A box's name as given, or a new one: a DNS label (it is a host name
 /// under the ingress's zone), at most 63 bytes.

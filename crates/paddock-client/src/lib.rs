@@ -436,6 +436,31 @@ impl Client {
             .await
     }
 
+    // ---- networks --------------------------------------------------------------
+
+    /// Makes a private network.
+    pub async fn create_network(&self, req: &w::NetworkCreate) -> Result<w::Network> {
+        self.json(self.request(Method::POST, "/networks").json(req))
+            .await
+    }
+
+    /// Your networks.
+    pub async fn networks(&self) -> Result<w::NetworkList> {
+        self.json(self.request(Method::GET, "/networks")).await
+    }
+
+    /// A network by its id or name (`default`: your default network).
+    pub async fn network(&self, id: &str) -> Result<w::Network> {
+        self.json(self.request(Method::GET, &format!("/networks/{id}")))
+            .await
+    }
+
+    /// Deletes a network (refused while a sandbox is on it).
+    pub async fn delete_network(&self, id: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/networks/{id}")))
+            .await
+    }
+
     // ---- volumes ---------------------------------------------------------------
 
     pub async fn create_volume(&self, req: &w::VolumeCreate) -> Result<w::Volume> {

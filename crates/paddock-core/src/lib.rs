@@ -32,6 +32,6 @@ pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use layers::{Layers, StoredLayer};
 pub use runtime::{
-    AgentEndpoint, AgentIdentity, BackendInfo, Capabilities, Instance, Liveness, Runtime,
+    AgentEndpoint, AgentIdentity, BackendInfo, Capabilities, Instance, Liveness, Peer, Runtime,
 };
 pub use volumes::VolumeStore;

@@ -344,6 +344,12 @@ pub struct SandboxSpec {
     /// What becomes of the main process when it exits (default: nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartPolicy>,
+    /// A private network to join (one of the caller's, by id or name, or
+    /// `default`: the caller's default network): its sandboxes reach each
+    /// other by address and by name. None: isolated (reaches no other
+    /// sandbox, and none reaches it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// A volume a sandbox asks to mount.
@@ -548,6 +554,64 @@ pub fn validate_volume_name(name: &str) -> Result<()> {
             "a volume name is 1-64 of [A-Za-z0-9_.-], starting with a letter or digit",
         )
     })
+}
+
+/// A private network of one principal: a bridge and subnet of its own on
+/// the host. Its sandboxes reach each other on any port, by address and by
+/// name (their key and id); nothing else reaches them, and they reach no
+/// other sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// `net-<12 hex>`.
+    pub id: String,
+    pub owner: String,
+    /// Unique per owner; none for the default network and unnamed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its subnet (CIDR), from the daemon's range.
+    pub subnet: String,
+    /// `ready`.
+    pub status: String,
+    /// The principal's default network (one each, made on first use).
+    #[serde(default)]
+    pub is_default: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The name that stands for a principal's default network.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// The most networks one principal may have (its default one included).
+pub const MAX_NETWORKS_PER_OWNER: usize = 16;
+
+/// Network names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, not `default` (the
+/// default network's) and not the shape of an id (`net-` and 12 hex).
+pub fn validate_network_name(name: &str) -> Result<()> {
+    validate_template_name(name).map_err(|_| {
+        Error::invalid(
+            "name",
+            "a network name is 1-64 of [A-Za-z0-9_.-], starting with a letter or digit",
+        )
+    })?;
+    if name == DEFAULT_NETWORK {
+        return Err(Error::invalid(
+            "name",
+            "\"default\" names the default network",
+        ));
+    }
+    if is_network_id(name) {
+        return Err(Error::invalid(
+            "name",
+            "a network name cannot look like a network id (net-<12 hex>)",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `s` has the shape of a network id.
+pub fn is_network_id(s: &str) -> bool {
+    s.strip_prefix("net-")
+        .is_some_and(|h| h.len() == 12 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// A directory of the sandbox the file API may reach.
@@ -771,6 +835,9 @@ pub struct SandboxConfig {
     pub wake_on_request: bool,
     #[serde(default, skip_serializing_if = "RestartPolicy::is_never")]
     pub restart: RestartPolicy,
+    /// The id of the network it is on; none: isolated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Checks mounts: absolute, without `..`, unique and not nested; ACL
@@ -1115,6 +1182,8 @@ impl SandboxSpec {
             on_idle: self.on_idle.unwrap_or_default(),
             wake_on_request: self.wake_on_request,
             restart: self.restart.unwrap_or_default(),
+            // Resolved by the engine (a network is the caller's).
+            network: None,
         })
     }
 }
@@ -1158,6 +1227,7 @@ impl SandboxSpec {
             on_idle: self.on_idle.or(t.on_idle),
             wake_on_request: self.wake_on_request || t.wake_on_request,
             restart: self.restart.or(t.restart),
+            network: self.network.or_else(|| t.network.clone()),
         }
     }
 }
@@ -1277,6 +1347,8 @@ impl SandboxConfig {
             on_idle: Some(self.on_idle),
             wake_on_request: self.wake_on_request,
             restart: Some(self.restart),
+            // Its network only when asked for again (it may be gone).
+            network: None,
         }
     }
 }

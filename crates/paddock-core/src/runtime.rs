@@ -125,6 +125,16 @@ pub struct Capabilities {
     pub guarded_mounts: bool,
     /// It mounts volumes, at create and into running sandboxes.
     pub volumes: bool,
+    /// It puts sandboxes on private networks ([`Runtime::ensure_network`]).
+    pub networks: bool,
+}
+
+/// Another sandbox on a sandbox's network, as its name resolution knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// Its names: its id, its hostname, its key.
+    pub names: Vec<String>,
 }
 
 /// A backend as the native API lists it.
@@ -220,6 +230,27 @@ pub trait Runtime: Send + Sync {
     /// Unmounts volume `m` from running sandbox `id`.
     async fn detach_volume(&self, _id: Uuid, _m: &crate::model::VolumeMount) -> Result<()> {
         Err(self.unsupported("detaching volumes"))
+    }
+
+    /// Sets up private network `id` on the host: a bridge and subnet of its
+    /// own, its sandboxes reaching each other and nothing else. `subnet`:
+    /// the one recorded for it (after a restart: set up again as it was);
+    /// none: a free one. Answers its subnet (CIDR). Idempotent. For
+    /// backends with [`Capabilities::networks`]; a create whose config
+    /// names the network puts the sandbox on it.
+    async fn ensure_network(&self, _id: &str, _subnet: Option<&str>) -> Result<String> {
+        Err(self.unsupported("networks"))
+    }
+
+    /// Removes network `id` from the host (no sandbox is on it).
+    async fn remove_network(&self, _id: &str) -> Result<()> {
+        Err(self.unsupported("networks"))
+    }
+
+    /// Tells sandbox `id` (on a network) the names of the other sandboxes
+    /// on it, replacing what it knew.
+    async fn set_peers(&self, _id: Uuid, _peers: &[Peer]) -> Result<()> {
+        Ok(())
     }
 
     /// What is really there now, and how to reach it (after a restart).

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::EventData;
 use crate::model::{
-    Event, ListQuery, Sandbox, Snapshot, SshKey, Template, Volume, VolumeHolder, Workspace,
+    Event, ListQuery, Network, Sandbox, Snapshot, SshKey, Template, Volume, VolumeHolder, Workspace,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -120,8 +120,18 @@ const MIGRATIONS: &[&str] = &[
     // 10: principals' SSH public keys, each account-wide or for one
     // sandbox (the SSH gateway's logins).
     SSH_KEYS_MIGRATION,
-    // 11: networks (branch `net`).
-    "",
+    // 11: private networks (their members are read from the sandboxes'
+    // configs); one default network per owner.
+    "CREATE TABLE networks (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT,
+        is_default INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX networks_owner_name ON networks(owner, name) WHERE name IS NOT NULL;
+     CREATE UNIQUE INDEX networks_owner_default ON networks(owner) WHERE is_default = 1;",
     // 12: proxies and domains (branch `ingress`).
     "",
     // 13: tokens Paddock signed that are listed and revocable (scoped
@@ -1095,6 +1105,113 @@ impl Store {
             )
             .optional()?;
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// Records a network (a name its owner has, or a second default, is
+    /// [`Error::Exists`]).
+    pub fn insert_network(&self, n: &Network) -> Result<()> {
+        let r = self.lock().execute(
+            "INSERT INTO networks (id, owner, name, is_default, created_at, doc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                n.id,
+                n.owner,
+                n.name,
+                n.is_default,
+                ms(n.created_at),
+                serde_json::to_string(n)?
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Exists(match &n.name {
+                    Some(name) => format!("a network named {name:?} already exists"),
+                    None => "the default network exists already".to_string(),
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One of `owner`'s networks, by id or name.
+    pub fn find_network(&self, owner: &str, id_or_name: &str) -> Result<Option<Network>> {
+        let doc: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT doc FROM networks WHERE owner = ?1 AND (id = ?2 OR name = ?2)
+                 ORDER BY id = ?2 DESC LIMIT 1",
+                params![owner, id_or_name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// `owner`'s default network, if it has one yet.
+    pub fn default_network(&self, owner: &str) -> Result<Option<Network>> {
+        let doc: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT doc FROM networks WHERE owner = ?1 AND is_default = 1",
+                params![owner],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// `owner`'s networks (every one with `None`), oldest first.
+    pub fn list_networks(&self, owner: Option<&str>) -> Result<Vec<Network>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT doc FROM networks WHERE ?1 IS NULL OR owner = ?1 ORDER BY owner, created_at, id",
+        )?;
+        let docs = st
+            .query_map(params![owner], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
+    /// The sandboxes (neither destroyed nor failed) on network `id`.
+    pub fn network_members(tx: &rusqlite::Connection, id: &str) -> Result<Vec<Sandbox>> {
+        let mut st = tx.prepare_cached(
+            "SELECT doc_version, doc FROM sandboxes
+             WHERE state NOT IN ('destroyed', 'error') AND json_extract(doc, '$.config.network') = ?1
+             ORDER BY created_at",
+        )?;
+        let rows = st
+            .query_map(params![id], versioned)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.iter().map(|(v, d)| decode_sandbox(*v, d)).collect()
+    }
+
+    /// Refuses (409) a sandbox on a network that is gone: checked in the
+    /// transaction that stores it.
+    pub fn check_network(tx: &rusqlite::Connection, id: &str) -> Result<()> {
+        let there: Option<i64> = tx
+            .query_row("SELECT 1 FROM networks WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match there {
+            Some(_) => Ok(()),
+            None => Err(Error::Conflict(format!("network {id} was deleted"))),
+        }
+    }
+
+    /// Deletes a network's record if no sandbox is on it (in one
+    /// transaction with that check); its members otherwise.
+    pub fn delete_network(&self, id: &str) -> Result<Vec<Sandbox>> {
+        self.tx(|tx| {
+            let members = Self::network_members(tx, id)?;
+            if members.is_empty() {
+                tx.execute("DELETE FROM networks WHERE id = ?1", params![id])?;
+            }
+            Ok(members)
+        })
     }
 
     /// Stores a new workspace; a name the owner has is a conflict.

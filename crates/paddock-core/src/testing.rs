@@ -328,6 +328,10 @@ pub struct FakeRuntime {
     agents: Agents,
     pub calls: Calls,
     pub fail_creates: std::sync::atomic::AtomicBool,
+    /// Its networks: id → (subnet's third octet, the last host number given).
+    networks: Mutex<HashMap<String, (u8, u8)>>,
+    /// What each sandbox was last told of its peers.
+    peers: Mutex<HashMap<Uuid, Vec<crate::runtime::Peer>>>,
 }
 
 impl Default for FakeRuntime {
@@ -339,6 +343,7 @@ impl Default for FakeRuntime {
                 guarded_mounts: true,
                 fs_snapshot: true,
                 fork: true,
+                networks: true,
                 ..Default::default()
             },
         )
@@ -357,7 +362,30 @@ impl FakeRuntime {
             agents: Agents::default(),
             calls: Calls::default(),
             fail_creates: Default::default(),
+            networks: Mutex::default(),
+            peers: Mutex::default(),
         }
+    }
+
+    /// The networks it has set up (ids).
+    pub fn network_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.networks.lock().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// What sandbox `id` was last told of its peers: (address, names).
+    pub fn peers_of(&self, id: Uuid) -> Vec<(String, Vec<String>)> {
+        self.peers
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|v| {
+                v.iter()
+                    .map(|p| (p.ip.to_string(), p.names.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The connector that reaches this backend's agents.
@@ -454,12 +482,62 @@ impl Runtime for FakeRuntime {
         self.caps
     }
 
-    async fn create(&self, id: Uuid, _config: &SandboxConfig) -> Result<Instance> {
+    async fn create(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {
         self.note(format!("create {id}"));
         if self.fail_creates.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Internal("the fake backend was told to fail".into()));
         }
-        self.boot(id)
+        // On a network: an address of its subnet.
+        let ip = match &config.network {
+            Some(n) => {
+                let mut nets = self.networks.lock().unwrap();
+                let (net, last) = nets
+                    .get_mut(n)
+                    .ok_or_else(|| Error::Internal(format!("no network {n} here")))?;
+                *last += 1;
+                Some(std::net::IpAddr::from([10, 99, *net, *last]))
+            }
+            None => None,
+        };
+        let mut inst = self.boot(id)?;
+        if let Some(ip) = ip {
+            inst.ip = Some(ip);
+            if let Some(s) = self.sandboxes.lock().unwrap().get_mut(&id) {
+                s.instance.ip = Some(ip);
+            }
+        }
+        Ok(inst)
+    }
+
+    async fn ensure_network(&self, id: &str, subnet: Option<&str>) -> Result<String> {
+        self.note(format!("ensure_network {id}"));
+        let mut nets = self.networks.lock().unwrap();
+        if let Some((n, _)) = nets.get(id) {
+            return Ok(format!("10.99.{n}.0/24"));
+        }
+        let n = match subnet {
+            Some(s) => s
+                .split('.')
+                .nth(2)
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| Error::Internal(format!("subnet {s}")))?,
+            None => (1..=250u8)
+                .find(|k| !nets.values().any(|(n, _)| n == k))
+                .ok_or_else(|| Error::Quota("no free network subnets".into()))?,
+        };
+        nets.insert(id.to_string(), (n, 1));
+        Ok(format!("10.99.{n}.0/24"))
+    }
+
+    async fn remove_network(&self, id: &str) -> Result<()> {
+        self.note(format!("remove_network {id}"));
+        self.networks.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    async fn set_peers(&self, id: Uuid, peers: &[crate::runtime::Peer]) -> Result<()> {
+        self.peers.lock().unwrap().insert(id, peers.to_vec());
+        Ok(())
     }
 
     /// A layer of one file naming the sandbox, noted as "capture <id>

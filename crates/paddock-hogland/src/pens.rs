@@ -107,7 +107,8 @@ fn pen_of(h: &HeaderMap, w: &Workspace) -> Pen {
         metadata: w.metadata.clone(),
         on_idle: match w.on_idle {
             IdleAction::Destroy => "destroy",
-            IdleAction::Hibernate => "hibernate",
+            // A pen never suspends (its on_idle is destroy or hibernate).
+            IdleAction::Hibernate | IdleAction::Suspend => "hibernate",
         },
         wake: if w.wake_on_request {
             "on-request"

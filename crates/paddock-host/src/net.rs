@@ -11,8 +11,18 @@
 //! to its own addresses, except DNS to a nameserver of their resolv.conf,
 //! ping to the gateway, the ports the operator lists (`--host-port`), the
 //! gateway for a sandbox that asked for `host-gateway`, and replies.
+//!
+//! Private networks: each a bridge of its own ([`net_bridge`], named after
+//! the daemon's bridge) with a /24 carved out of the half of the daemon's
+//! /16 that its default bridge's sandboxes never get addresses from
+//! ([`Network::allocate`]); its ports are not isolated, so its sandboxes
+//! reach each other on any port, and the `inet` filter lets through only
+//! what goes from a network's bridge to the same bridge: every other path
+//! between this daemon's bridges is dropped, and each network's gateway is
+//! the only host address its sandboxes reach (DNS, ping, host ports),
+//! like the default bridge's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
@@ -73,6 +83,74 @@ pub struct Slot {
     /// or wired by an older daemon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<crate::userns::IdRange>,
+    /// The private network it is on; none: the default bridge, isolated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<SlotNetwork>,
+}
+
+/// A slot's private network, as the slot records it (the filter's
+/// elements for its bridge are rebuilt from it at start).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotNetwork {
+    pub id: String,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+}
+
+/// A private network set up on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PrivateNet {
+    /// Its place among this daemon's network subnets.
+    index: u8,
+    bridge: String,
+    gateway: Ipv4Addr,
+}
+
+/// How many private networks one daemon can hold: the /24s of half its /16.
+pub const MAX_NETWORKS: u8 = 128;
+
+/// The third octet where this daemon's network subnets start: the half of
+/// its /16 its gateway is not in.
+fn net_base(cfg: &NetConfig) -> u8 {
+    if cfg.gateway.octets()[2] < 128 {
+        128
+    } else {
+        0
+    }
+}
+
+/// The gateway of network subnet `index`: `a.b.c.1` of its /24.
+fn net_gateway(cfg: &NetConfig, index: u8) -> Ipv4Addr {
+    let o = cfg.gateway.octets();
+    Ipv4Addr::new(o[0], o[1], net_base(cfg) + index, 1)
+}
+
+fn net_subnet(cfg: &NetConfig, index: u8) -> String {
+    let o = cfg.gateway.octets();
+    format!("{}.{}.{}.0/24", o[0], o[1], net_base(cfg) + index)
+}
+
+/// The start of this daemon's network bridges' names: its bridge's name,
+/// or, for one too long to leave room (IFNAMSIZ), its first three
+/// characters and a hash of the whole.
+fn net_prefix(cfg: &NetConfig) -> String {
+    let b = &cfg.bridge;
+    let stem = if b.len() <= 11 {
+        b.clone()
+    } else {
+        // FNV-1a: stable across builds (the names outlive the process).
+        let mut h: u32 = 0x811c_9dc5;
+        for byte in b.bytes() {
+            h = (h ^ byte as u32).wrapping_mul(0x0100_0193);
+        }
+        format!("{}{h:08x}", &b[..3])
+    };
+    format!("{stem}-n")
+}
+
+/// The bridge of network subnet `index` (at most 15 characters).
+fn net_bridge(cfg: &NetConfig, index: u8) -> String {
+    format!("{}{index:02x}", net_prefix(cfg))
 }
 
 impl Slot {
@@ -106,6 +184,8 @@ pub struct Network {
     wiring: tokio::sync::Mutex<()>,
     /// The host's id ranges, claimed per namespace.
     claims: crate::userns::IdClaims,
+    /// The private networks set up, by id ([`Network::ensure_network`]).
+    nets: Mutex<HashMap<String, PrivateNet>>,
 }
 
 /// The MAC address of the sandbox at `ip`: locally administered, unicast,
@@ -140,6 +220,8 @@ struct Pin {
     mac: String,
     ip: Ipv4Addr,
     host_gateway: bool,
+    /// Its private network's bridge and gateway.
+    network: Option<(String, Ipv4Addr)>,
 }
 
 impl Pin {
@@ -149,6 +231,7 @@ impl Pin {
             mac: s.mac.clone().unwrap_or_else(|| mac_text(mac_for(s.ip))),
             ip: s.ip,
             host_gateway: s.host_gateway,
+            network: s.network.as_ref().map(|n| (n.bridge.clone(), n.gateway)),
         }
     }
 
@@ -163,12 +246,24 @@ impl Pin {
     }
 }
 
+/// The `inet` filter's elements for a private network's bridge: what goes
+/// from it to itself passes, and its gateway is the address its sandboxes
+/// reach of the host.
+fn net_elements(op: &str, t: &str, bridge: &str, gateway: Ipv4Addr) -> String {
+    format!(
+        "{op} element inet {t} same {{ \"{bridge}\" . \"{bridge}\" }}\n\
+         {op} element inet {t} gateways {{ \"{bridge}\" . {gateway} }}\n"
+    )
+}
+
 /// The nftables tables, replaced whole in one transaction: the chains, the
-/// sets, and the ports of `pins` (sandboxes already running).
+/// sets, and the ports of `pins` (sandboxes already running), with the
+/// private networks they are on.
 fn ruleset(cfg: &NetConfig, dns: &[Ipv4Addr], pins: &[Pin]) -> String {
     let t = table(cfg);
     let b = &cfg.bridge;
     let gw = cfg.gateway;
+    let nb = format!("{}*", net_prefix(cfg));
     let elements = |items: Vec<String>| {
         if items.is_empty() {
             String::new()
@@ -207,25 +302,37 @@ table inet {t} {{
   set dns {{ type ipv4_addr; {dns} }}
   set host_ports {{ type inet_service; {ports} }}
   set host_gateway {{ type ipv4_addr; {hostgw} }}
+  set gateways {{ type ifname . ipv4_addr; elements = {{ "{b}" . {gw} }} }}
+  set same {{ type ifname . ifname; }}
   chain input {{
     type filter hook input priority filter; policy accept;
-    iifname != "{b}" accept
+    iifname != "{b}" iifname != "{nb}" accept
     ct state established,related accept
     ip daddr @dns meta l4proto {{ tcp, udp }} th dport 53 accept
-    ip daddr {gw} icmp type echo-request accept
-    ip daddr {gw} meta l4proto {{ tcp, udp }} th dport @host_ports accept
-    ip daddr {gw} ip saddr @host_gateway accept
+    iifname . ip daddr @gateways icmp type echo-request accept
+    iifname . ip daddr @gateways meta l4proto {{ tcp, udp }} th dport @host_ports accept
+    iifname . ip daddr @gateways ip saddr @host_gateway accept
     counter drop
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    iifname . oifname @same accept
     iifname "{b}" oifname "{b}" counter drop
+    iifname "{b}" oifname "{nb}" counter drop
+    iifname "{nb}" oifname "{b}" counter drop
+    iifname "{nb}" oifname "{nb}" counter drop
   }}
 }}
 "#
     );
+    let mut nets = HashSet::new();
     for p in pins {
         out.push_str(&p.elements("add", &t));
+        if let Some((bridge, gw)) = &p.network {
+            if nets.insert(bridge.clone()) {
+                out.push_str(&net_elements("add", &t, bridge, *gw));
+            }
+        }
     }
     out
 }
@@ -253,8 +360,10 @@ fn subnet(cfg: &NetConfig) -> String {
 /// The iptables rules (table, then chain, match and target) that let
 /// sandboxes on the bridge reach out: NAT of the bridge's subnet, and
 /// forwarding to and from it.
-fn rules(cfg: &NetConfig) -> [(&'static str, Vec<String>); 3] {
+fn rules(cfg: &NetConfig) -> [(&'static str, Vec<String>); 5] {
     let b = &cfg.bridge;
+    // The private networks' bridges (`+`: iptables' wildcard).
+    let nb = format!("{}+", net_prefix(cfg));
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     [
         (
@@ -272,6 +381,8 @@ fn rules(cfg: &NetConfig) -> [(&'static str, Vec<String>); 3] {
         ),
         ("filter", args(&["FORWARD", "-i", b, "-j", "ACCEPT"])),
         ("filter", args(&["FORWARD", "-o", b, "-j", "ACCEPT"])),
+        ("filter", args(&["FORWARD", "-i", &nb, "-j", "ACCEPT"])),
+        ("filter", args(&["FORWARD", "-o", &nb, "-j", "ACCEPT"])),
     ]
 }
 
@@ -374,7 +485,11 @@ impl Network {
                 what: "sandbox networking".into(),
                 reason: format!("the sandbox network filter (nftables) could not be set up: {e}"),
             })?;
-        let veths: Vec<String> = pins.iter().map(|p| p.veth.clone()).collect();
+        let veths: Vec<String> = pins
+            .iter()
+            .filter(|p| p.network.is_none())
+            .map(|p| p.veth.clone())
+            .collect();
         if let Err(e) = crate::netlink::isolate_all(&veths).await {
             tracing::warn!("{e}");
         }
@@ -388,6 +503,7 @@ impl Network {
             made: Mutex::new(HashSet::new()),
             wiring: tokio::sync::Mutex::new(()),
             claims: crate::userns::IdClaims::default(),
+            nets: Mutex::new(HashMap::new()),
         });
         Ok(net)
     }
@@ -411,7 +527,7 @@ impl Network {
                 if n.closed.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                match n.make_slot(true).await {
+                match n.make_slot(true, None).await {
                     Ok(slot) if n.closed.load(std::sync::atomic::Ordering::SeqCst) => {
                         n.destroy(&slot).await;
                         return;
@@ -454,17 +570,199 @@ impl Network {
             .remove(&ip);
     }
 
-    fn allocate(&self) -> Result<Ipv4Addr> {
+    /// A free address: on the default bridge, from the half of the /16
+    /// that private networks' subnets are not carved from; on a network,
+    /// from its /24.
+    fn allocate(&self, network: Option<&SlotNetwork>) -> Result<Ipv4Addr> {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         let o = self.cfg.gateway.octets();
-        for n in 2u32..65534 {
+        let range = match network {
+            Some(n) => {
+                let g = n.gateway.octets();
+                let base = u32::from(g[2]) << 8;
+                base + 2..base + 255
+            }
+            None if net_base(&self.cfg) == 0 => (128 << 8)..65534,
+            None => 2..(128 << 8),
+        };
+        for n in range {
             let ip = Ipv4Addr::new(o[0], o[1], (n >> 8) as u8, (n & 0xff) as u8);
             if ip != self.cfg.gateway && !used.contains(&ip) {
                 used.insert(ip);
                 return Ok(ip);
             }
         }
-        Err(Error::Quota("no free sandbox addresses left".into()))
+        Err(Error::Quota(match network {
+            Some(n) => format!("no free addresses left on network {}", n.id),
+            None => "no free sandbox addresses left".into(),
+        }))
+    }
+
+    /// Sets up private network `id` (idempotent): its bridge, with the
+    /// address of its gateway, and the filter's elements for it. `subnet`:
+    /// the one it had (after a restart); none: a free one. Answers its
+    /// subnet.
+    pub async fn ensure_network(&self, id: &str, subnet: Option<&str>) -> Result<String> {
+        let known = self
+            .nets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let index = match (known, subnet) {
+            (Some(n), _) => n.index,
+            (None, Some(s)) => (0..MAX_NETWORKS)
+                .find(|k| net_subnet(&self.cfg, *k) == s)
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "network {id}: subnet {s} is not one of this daemon's (--gateway {} changed?)",
+                        self.cfg.gateway
+                    ))
+                })?,
+            (None, None) => self.free_index().await?,
+        };
+        let bridge = net_bridge(&self.cfg, index);
+        let gateway = net_gateway(&self.cfg, index);
+        let b = bridge.as_str();
+        if run("ip", &["link", "show", b]).await.is_err() {
+            run("ip", &["link", "add", b, "type", "bridge"]).await?;
+        }
+        let cidr = format!("{gateway}/24");
+        let addrs = run("ip", &["-o", "addr", "show", "dev", b]).await?;
+        if !addrs.contains(&format!(" {cidr} ")) {
+            run("ip", &["addr", "add", &cidr, "dev", b]).await?;
+        }
+        let mac = mac_text(mac_for(gateway));
+        let now = std::fs::read_to_string(format!("/sys/class/net/{b}/address"));
+        if now.map(|m| m.trim() != mac).unwrap_or(true) {
+            run("ip", &["link", "set", "dev", b, "address", &mac]).await?;
+        }
+        run("ip", &["link", "set", b, "up"]).await?;
+        nft(&net_elements("add", &table(&self.cfg), b, gateway)).await?;
+        self.nets.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id.to_string(),
+            PrivateNet {
+                index,
+                bridge: bridge.clone(),
+                gateway,
+            },
+        );
+        Ok(net_subnet(&self.cfg, index))
+    }
+
+    /// A network subnet no network of this daemon has, no sandbox has an
+    /// address in, and no other interface routes.
+    async fn free_index(&self) -> Result<u8> {
+        let taken: HashSet<u8> = self
+            .nets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|n| n.index)
+            .collect();
+        let used: HashSet<u8> = self
+            .used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|ip| ip.octets()[2])
+            .collect();
+        let routes = run("ip", &["-o", "route", "show"])
+            .await
+            .unwrap_or_default();
+        for k in 0..MAX_NETWORKS {
+            let third = net_base(&self.cfg) + k;
+            if taken.contains(&k) || used.contains(&third) {
+                continue;
+            }
+            let subnet = net_subnet(&self.cfg, k);
+            let bridge = net_bridge(&self.cfg, k);
+            let elsewhere = routes.lines().any(|l| {
+                l.starts_with(&format!("{subnet} ")) && !l.contains(&format!(" dev {bridge} "))
+            });
+            if !elsewhere {
+                return Ok(k);
+            }
+        }
+        Err(Error::Quota(format!(
+            "this daemon holds {MAX_NETWORKS} networks, all it has room for"
+        )))
+    }
+
+    /// Removes private network `id` (no sandbox is on it): its bridge and
+    /// its filter elements.
+    pub async fn remove_network(&self, id: &str) -> Result<()> {
+        let gone = self
+            .nets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(n) = gone {
+            self.remove_bridge(&n.bridge, n.gateway).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_bridge(&self, bridge: &str, gateway: Ipv4Addr) {
+        let script = net_elements("delete", &table(&self.cfg), bridge, gateway);
+        for line in script.lines() {
+            let _ = nft(line).await;
+        }
+        if run("ip", &["link", "show", bridge]).await.is_ok() {
+            if let Err(e) = run("ip", &["link", "del", bridge]).await {
+                tracing::warn!("remove bridge {bridge}: {e}");
+            }
+        }
+    }
+
+    /// This daemon's network bridges on the host now: (index, name).
+    fn net_bridges(&self) -> Vec<(u8, String)> {
+        let prefix = net_prefix(&self.cfg);
+        let Ok(rd) = std::fs::read_dir("/sys/class/net") else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let k = name.strip_prefix(&prefix)?;
+                let k = u8::from_str_radix(k, 16)
+                    .ok()
+                    .filter(|k| *k < MAX_NETWORKS)?;
+                (net_bridge(&self.cfg, k) == name).then_some((k, name))
+            })
+            .collect()
+    }
+
+    /// The network `id` as a slot records it.
+    fn slot_network(&self, id: &str) -> Result<SlotNetwork> {
+        let n = self
+            .nets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("network {id} is not set up on this host")))?;
+        Ok(SlotNetwork {
+            id: id.to_string(),
+            bridge: n.bridge,
+            gateway: n.gateway,
+        })
+    }
+
+    /// A namespace wired to private network `id` (never pooled: its
+    /// bridge and addresses are the network's).
+    pub async fn take_on(&self, id: &str) -> Result<Slot> {
+        let network = self.slot_network(id)?;
+        let mut slot = self.make_slot(false, Some(network)).await?;
+        slot.rx_base = slot.counter("rx_bytes");
+        slot.tx_base = slot.counter("tx_bytes");
+        Ok(slot)
+    }
+
+    /// The gateway address of a sandbox's slot: its network's, or the
+    /// default bridge's.
+    pub fn gateway_of(&self, s: &Slot) -> Ipv4Addr {
+        s.network.as_ref().map_or(self.cfg.gateway, |n| n.gateway)
     }
 
     /// Names of this daemon's namespaces start with its bridge's name.
@@ -487,7 +785,7 @@ impl Network {
         };
         let mut slot = match pooled {
             Some(s) => s,
-            None => self.make_slot(false).await?,
+            None => self.make_slot(false, None).await?,
         };
         slot.rx_base = slot.counter("rx_bytes");
         slot.tx_base = slot.counter("tx_bytes");
@@ -503,22 +801,26 @@ impl Network {
         if s.host_gateway && self.deny_host_gateway(&s).await.is_ok() {
             s.host_gateway = false;
         }
-        let keep = !self.closed.load(std::sync::atomic::Ordering::SeqCst) && s.path().exists() && {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            // Only namespaces this process made: one left from before a
-            // restart goes, with the rest of its sandbox.
-            let ours = self
-                .made
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&s.netns);
-            if ours && pool.len() < self.pool_size * 2 {
-                pool.push(s.clone());
-                true
-            } else {
-                false
-            }
-        };
+        // A network's slot is its network's: never pooled.
+        let keep = !self.closed.load(std::sync::atomic::Ordering::SeqCst)
+            && s.network.is_none()
+            && s.path().exists()
+            && {
+                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                // Only namespaces this process made: one left from before a
+                // restart goes, with the rest of its sandbox.
+                let ours = self
+                    .made
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&s.netns);
+                if ours && pool.len() < self.pool_size * 2 {
+                    pool.push(s.clone());
+                    true
+                } else {
+                    false
+                }
+            };
         if !keep {
             self.destroy(&s).await;
         }
@@ -547,14 +849,14 @@ impl Network {
         .map(|_| ())
     }
 
-    async fn make_slot(&self, background: bool) -> Result<Slot> {
+    async fn make_slot(&self, background: bool, network: Option<SlotNetwork>) -> Result<Slot> {
         let tag: String = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
         let netns = format!("{}{tag}", self.prefix());
         let ids = match self.cfg.userns {
             true => Some(self.claims.claim(&netns)?),
             false => None,
         };
-        let ip = match self.allocate() {
+        let ip = match self.allocate(network.as_ref()) {
             Ok(ip) => ip,
             Err(e) => {
                 if let Some(r) = ids {
@@ -572,6 +874,7 @@ impl Network {
             mac: Some(mac_text(mac_for(ip))),
             host_gateway: false,
             ids,
+            network,
         };
         self.made
             .lock()
@@ -594,15 +897,30 @@ impl Network {
         let cfg = self.cfg.clone();
         tokio::task::spawn_blocking(move || {
             crate::netlink::create(
-                &crate::netlink::Wiring {
-                    netns: &s.netns,
-                    veth: &s.veth,
-                    bridge: &cfg.bridge,
-                    ip: s.ip,
-                    mac: mac_for(s.ip),
-                    prefix_len: 16,
-                    gateway: cfg.gateway,
-                    ids: s.ids,
+                &match &s.network {
+                    None => crate::netlink::Wiring {
+                        netns: &s.netns,
+                        veth: &s.veth,
+                        bridge: &cfg.bridge,
+                        ip: s.ip,
+                        mac: mac_for(s.ip),
+                        prefix_len: 16,
+                        gateway: cfg.gateway,
+                        ids: s.ids,
+                        isolated: true,
+                    },
+                    // Its ports reach each other: not isolated.
+                    Some(n) => crate::netlink::Wiring {
+                        netns: &s.netns,
+                        veth: &s.veth,
+                        bridge: &n.bridge,
+                        ip: s.ip,
+                        mac: mac_for(s.ip),
+                        prefix_len: 24,
+                        gateway: n.gateway,
+                        ids: s.ids,
+                        isolated: false,
+                    },
                 },
                 background,
             )
@@ -673,7 +991,23 @@ impl Network {
         }
         let mut held: Vec<String> = made.into_iter().collect();
         held.extend(keep.iter().cloned());
-        n + self.claims.gc(&self.prefix(), &held)
+        n += self.claims.gc(&self.prefix(), &held);
+        // Bridges of networks no record names (the engine set up those it
+        // knows before this).
+        let known: HashSet<String> = self
+            .nets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|n| n.bridge.clone())
+            .collect();
+        for (k, bridge) in self.net_bridges() {
+            if !known.contains(&bridge) {
+                self.remove_bridge(&bridge, net_gateway(&self.cfg, k)).await;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Removes what `init` set up on the host, once no sandbox uses it
@@ -702,6 +1036,11 @@ impl Network {
         if run("ip", &["link", "show", b]).await.is_ok() {
             if let Err(e) = run("ip", &["link", "del", b]).await {
                 tracing::warn!("remove bridge {b}: {e}");
+            }
+        }
+        for (_, bridge) in self.net_bridges() {
+            if let Err(e) = run("ip", &["link", "del", &bridge]).await {
+                tracing::warn!("remove bridge {bridge}: {e}");
             }
         }
     }
@@ -776,16 +1115,63 @@ mod tests {
             mac: None,
             host_gateway: true,
             ids: None,
+            network: None,
         };
-        let rules = ruleset(&cfg, &[Ipv4Addr::new(10, 0, 0, 53)], &[Pin::of(&slot)]);
+        assert_eq!(net_bridge(&cfg, 5), "pd-t.1-n05");
+        let on = Slot {
+            veth: "pvy".into(),
+            ip: Ipv4Addr::new(10, 88, 133, 2),
+            host_gateway: false,
+            network: Some(SlotNetwork {
+                id: "net-x".into(),
+                bridge: net_bridge(&cfg, 5),
+                gateway: net_gateway(&cfg, 5),
+            }),
+            ..slot.clone()
+        };
+        let rules = ruleset(
+            &cfg,
+            &[Ipv4Addr::new(10, 0, 0, 53)],
+            &[Pin::of(&slot), Pin::of(&on)],
+        );
         for want in [
             "elements = { 10.0.0.53 }",
             "elements = { 8080 }",
             "elements = { 10.88.1.2 }",
             "iifname \"pd-t.1\" oifname \"pd-t.1\" counter drop",
             "add element bridge paddock_pd_t_1 macs { \"pvx\" . 02:50:0a:58:01:02 }",
+            "iifname != \"pd-t.1\" iifname != \"pd-t.1-n*\" accept",
+            "iifname \"pd-t.1-n*\" oifname \"pd-t.1-n*\" counter drop",
+            "add element inet paddock_pd_t_1 same { \"pd-t.1-n05\" . \"pd-t.1-n05\" }",
+            "add element inet paddock_pd_t_1 gateways { \"pd-t.1-n05\" . 10.88.133.1 }",
         ] {
             assert!(rules.contains(want), "{want} missing from {rules}");
         }
+    }
+
+    #[test]
+    fn network_subnets_and_bridges_stay_out_of_the_default_range_and_ifnamsiz() {
+        let cfg = NetConfig {
+            bridge: "a-fifteen-chars".into(),
+            gateway: Ipv4Addr::new(10, 120, 0, 1),
+            ..Default::default()
+        };
+        assert_eq!(net_subnet(&cfg, 0), "10.120.128.0/24");
+        assert_eq!(net_subnet(&cfg, 127), "10.120.255.0/24");
+        assert_eq!(net_gateway(&cfg, 3), Ipv4Addr::new(10, 120, 131, 1));
+        for k in [0, 0x7f] {
+            let b = net_bridge(&cfg, k);
+            assert!(b.len() <= 15, "{b}");
+            assert!(
+                b.starts_with("a-f") && b.ends_with(&format!("-n{k:02x}")),
+                "{b}"
+            );
+        }
+        // A gateway in the upper half: networks take the lower one.
+        let up = NetConfig {
+            gateway: Ipv4Addr::new(10, 120, 200, 1),
+            ..cfg
+        };
+        assert_eq!(net_subnet(&up, 0), "10.120.0.0/24");
     }
 }

@@ -35,6 +35,9 @@ pub struct Wiring<'a> {
     /// Made inside a user namespace of its own, owned by this range's root
     /// (`userns::create_with_net`); none: owned by the host's.
     pub ids: Option<crate::userns::IdRange>,
+    /// An isolated bridge port (the default bridge's); a private network's
+    /// ports reach each other.
+    pub isolated: bool,
 }
 
 fn err(what: &str) -> impl Fn(String) -> Error + '_ {
@@ -189,7 +192,11 @@ async fn wire(w: &Wiring<'_>, host: &Handle, ns: &Handle, host_ns: i32) -> Resul
         .execute()
         .await
         .map_err(ctx("attach to bridge"))?;
-    isolate(host, w.veth).await
+    if w.isolated {
+        isolate(host, w.veth).await
+    } else {
+        Ok(())
+    }
 }
 
 /// Makes the bridge port `veth` isolated (`bridge link set dev VETH isolated

@@ -524,7 +524,12 @@ impl ContainerRuntime {
         // Its network, and with it its user namespace and range of host
         // ids, first: recorded at once, so that a failure below gives them
         // back (the engine destroys a sandbox whose create failed).
-        let mut slot = self.net.take().await?;
+        // On a private network: a namespace wired to its bridge (not from
+        // the pool, whose namespaces are the default bridge's).
+        let mut slot = match &config.network {
+            Some(n) => self.net.take_on(n).await?,
+            None => self.net.take().await?,
+        };
         let record = |slot: &net::Slot| {
             serde_json::to_string(slot)
                 .map_err(Error::internal)
@@ -641,12 +646,16 @@ impl ContainerRuntime {
         for h in &config.extra_hosts {
             if let Some((name, addr)) = h.split_once(':') {
                 let addr = if addr == "host-gateway" {
-                    self.net.cfg.gateway.to_string()
+                    self.net.gateway_of(&slot).to_string()
                 } else {
                     addr.to_string()
                 };
                 hosts.push_str(&format!("{addr}\t{name}\n"));
             }
+        }
+        if config.network.is_some() {
+            // Its peers' names go below this ([`Runtime::set_peers`]).
+            std::fs::write(dir.join("hosts.base"), &hosts).map_err(io("hosts"))?;
         }
         std::fs::write(etc.join("hosts"), hosts).map_err(io("hosts"))?;
         std::fs::write(etc.join("hostname"), format!("{host}\n")).map_err(io("hostname"))?;
@@ -899,8 +908,37 @@ impl Runtime for ContainerRuntime {
             shares_host_kernel: true,
             fd_handover: true,
             guarded_mounts: true,
+            networks: true,
             ..Default::default()
         }
+    }
+
+    async fn ensure_network(&self, id: &str, subnet: Option<&str>) -> Result<String> {
+        self.net.ensure_network(id, subnet).await
+    }
+
+    async fn remove_network(&self, id: &str) -> Result<()> {
+        self.net.remove_network(id).await
+    }
+
+    /// Rewrites the sandbox's /etc/hosts (its own lines, then one per
+    /// peer), in place: the file is bound into the sandbox read-only, so
+    /// its inode must stay.
+    async fn set_peers(&self, id: Uuid, peers: &[paddock_core::Peer]) -> Result<()> {
+        let dir = self.dir(id);
+        let mut hosts = std::fs::read_to_string(dir.join("hosts.base")).map_err(io("hosts"))?;
+        if !peers.is_empty() {
+            hosts.push_str("# the other sandboxes of its network\n");
+        }
+        for p in peers {
+            let mut names = p.names.clone();
+            if let Some(first) = p.names.first() {
+                names.insert(1, spec::hostname(first));
+            }
+            names.dedup();
+            hosts.push_str(&format!("{}\t{}\n", p.ip, names.join(" ")));
+        }
+        std::fs::write(dir.join("etc/hosts"), hosts).map_err(io("hosts"))
     }
 
     async fn create(&self, id: Uuid, config: &SandboxConfig) -> Result<Instance> {

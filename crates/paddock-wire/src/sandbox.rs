@@ -186,6 +186,12 @@ pub struct SandboxSpec {
     /// default: the sandbox runs on) or `always` (started again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartPolicy>,
+    /// A private network of yours to join (its id or name, or `default`:
+    /// your default network, made on first use): its sandboxes reach each
+    /// other by address and by name (key or id), nothing else reaches
+    /// them. None: isolated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// A volume to mount in a sandbox (at create, or `POST
@@ -256,6 +262,40 @@ pub struct Volume {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VolumeList {
     pub volumes: Vec<Volume>,
+}
+
+/// `POST /v1/networks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    /// Unique among yours: 1-64 of `[A-Za-z0-9_.-]`, starting with a
+    /// letter or digit; not `default`. None: unnamed (known by its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A private network: a bridge and subnet of its own; its sandboxes reach
+/// each other on any port, by address and by name, and no other sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    /// `net-<12 hex>`.
+    pub id: String,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its subnet (CIDR).
+    pub subnet: String,
+    /// `ready`.
+    pub status: String,
+    /// Your default network (`"network": "default"` joins it).
+    pub is_default: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/networks`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkList {
+    pub networks: Vec<Network>,
 }
 
 /// `POST /v1/workspaces`: a name whose sandbox scales to zero.
@@ -489,6 +529,9 @@ pub struct SandboxConfig {
     pub wake_on_request: bool,
     #[serde(default, skip_serializing_if = "RestartPolicy::is_never")]
     pub restart: RestartPolicy,
+    /// The id of the private network it is on; none: isolated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -137,6 +137,10 @@ pub enum ClientCmd {
     /// Volumes: named, sized filesystems that outlive sandboxes.
     #[command(subcommand)]
     Volumes(VolumesCmd),
+    /// Private networks: sandboxes on one reach each other by address and
+    /// by name, and no other sandbox.
+    #[command(subcommand)]
+    Networks(NetworksCmd),
     /// Workspaces: names whose sandbox scales to zero (hibernated into a
     /// snapshot, woken from it).
     #[command(subcommand)]
@@ -318,6 +322,27 @@ pub enum VolumesCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum NetworksCmd {
+    /// Make a private network (and print its id); `paddock create
+    /// --network NAME` puts a sandbox on it.
+    Create {
+        /// Unique among yours (none: known by its id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Ls,
+    /// By id or name (`default`: your default network).
+    Inspect {
+        id: String,
+    },
+    /// Delete networks (refused while a sandbox is on one).
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum WorkspacesCmd {
     /// Make one: `paddock workspaces create dev --idle-hibernate 10m
     /// --wake-on-request --port 8000 -- python3 -m http.server 8000`. Its
@@ -433,6 +458,11 @@ pub struct SpecArgs {
     /// Mount a volume: `NAME:/path[:ro]` (repeatable).
     #[arg(long = "volume", short = 'v', value_name = "NAME:PATH[:ro]")]
     volumes: Vec<String>,
+    /// Join a private network of yours (its id or name, or `default`):
+    /// its sandboxes reach each other by address and by name. Without
+    /// it: isolated.
+    #[arg(long)]
+    network: Option<String>,
 }
 
 /// Seconds in `90`, `90s`, `10m`, `2h` or `1d`.
@@ -516,6 +546,7 @@ impl SpecArgs {
                 .iter()
                 .map(|v| volume_arg(v))
                 .collect::<Result<_>>()?,
+            network: self.network.clone(),
             ..Default::default()
         })
     }
@@ -1357,6 +1388,45 @@ impl Client {
                 let sb = self.api.detach_volume(&sandbox, &volume).await?;
                 if self.json {
                     pretty(&sb)?;
+                }
+            }
+            ClientCmd::Networks(NetworksCmd::Create { name }) => {
+                let n = self.api.create_network(&w::NetworkCreate { name }).await?;
+                if self.json {
+                    pretty(&n)?;
+                } else {
+                    println!("{}", n.id);
+                }
+            }
+            ClientCmd::Networks(NetworksCmd::Ls) => {
+                let v = self.api.networks().await?;
+                if self.json {
+                    pretty(&v.networks)?;
+                } else {
+                    let mut t = table(&["ID", "NAME", "SUBNET", "STATUS", "CREATED"]);
+                    for n in v.networks {
+                        let name = match (&n.name, n.is_default) {
+                            (Some(name), _) => name.clone(),
+                            (None, true) => "(default)".into(),
+                            (None, false) => String::new(),
+                        };
+                        t.add_row(vec![
+                            n.id.clone(),
+                            name,
+                            n.subnet.clone(),
+                            n.status.clone(),
+                            n.created_at.to_rfc3339(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Networks(NetworksCmd::Inspect { id }) => {
+                pretty(&self.api.network(&id).await?)?
+            }
+            ClientCmd::Networks(NetworksCmd::Rm { ids }) => {
+                if !self.each(&ids, |id| self.api.delete_network(id)).await {
+                    return Ok(1);
                 }
             }
             ClientCmd::Workspaces(WorkspacesCmd::Create {

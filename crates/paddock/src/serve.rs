@@ -45,6 +45,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8091", env = "PADDOCK_HOGLAND_LISTEN",
           value_parser = listen_or_off)]
     pub hogland_listen: Listen,
+    /// Address of the boxd dialect (gRPC `boxd.api.v1.BoxdApi` over h2c
+    /// and its token exchange `POST /api/v1/auth/token`, on one port: the
+    /// SDK's 9443), or `off`. Every RPC needs a bearer: a token the
+    /// exchange signed for an API key, a scoped token, an API key, or a
+    /// token of an issuer the settings file trusts.
+    #[arg(long, default_value = "127.0.0.1:9443", env = "PADDOCK_BOXD_LISTEN",
+          value_parser = listen_or_off)]
+    pub boxd_listen: Listen,
     /// Address of the SSH gateway (`ssh <sandbox id>@host`: shells,
     /// commands, scp/sftp, `ssh -L`), or `off`. Public-key logins only,
     /// with the keys principals register (`paddock ssh-keys add`).
@@ -476,6 +484,7 @@ struct Listeners {
     flash_grpc: Option<tokio::net::TcpListener>,
     agenttier: Option<tokio::net::TcpListener>,
     hogland: Option<tokio::net::TcpListener>,
+    boxd: Option<tokio::net::TcpListener>,
     ssh: Option<tokio::net::TcpListener>,
 }
 
@@ -606,6 +615,10 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
         },
         hogland: match args.hogland_listen.0 {
             Some(addr) => Some(bind(addr, "--hogland-listen", "the hogland dialect").await?),
+            None => None,
+        },
+        boxd: match args.boxd_listen.0 {
+            Some(addr) => Some(bind(addr, "--boxd-listen", "the boxd dialect").await?),
             None => None,
         },
         ssh: match args.ssh_listen.0 {
@@ -854,6 +867,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = ls.hogland {
         servers.spawn(
             axum::serve(no_delay(l), paddock_hogland::router(engine.clone()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+    }
+    if let Some(l) = ls.boxd {
+        let opts = paddock_boxd::Options::default();
+        servers.spawn(
+            axum::serve(no_delay(l), paddock_boxd::router(engine.clone(), opts))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );

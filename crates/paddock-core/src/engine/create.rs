@@ -175,6 +175,9 @@ impl Engine {
             }
             config.volumes = self.resolve_volumes(p, &spec.volumes, &config).await?;
         }
+        if let Some(n) = &spec.network {
+            config.network = Some(self.resolve_network(p, n, runtime.as_ref()).await?);
+        }
         self.launch(p, &spec, config, runtime, None, &max).await
     }
 
@@ -226,6 +229,9 @@ impl Engine {
                 |tx| {
                     Self::held_check(tx, &p.id, max)?;
                     Store::check_volumes(tx, id, &sb.config.volumes)?;
+                    if let Some(n) = &sb.config.network {
+                        Store::check_network(tx, n)?;
+                    }
                     Store::put_sandbox(tx, &sb)?;
                     let ev = Store::append_event(
                         tx,
@@ -268,10 +274,18 @@ impl Engine {
             Err(e) => Err(e),
         };
         match booted {
-            Ok(ip) => self.transition(id, EventData::started(), |s| {
-                s.state = State::Running;
-                s.ip = ip;
-            }),
+            Ok(ip) => {
+                let sb = self.transition(id, EventData::started(), |s| {
+                    s.state = State::Running;
+                    s.ip = ip;
+                })?;
+                // Its peers learn its name, and it theirs, before the
+                // create answers.
+                if let Some(n) = &config.network {
+                    self.refresh_peers(n).await;
+                }
+                Ok(sb)
+            }
             Err(e) => {
                 self.live.write().await.remove(&id);
                 let msg = e.to_string();

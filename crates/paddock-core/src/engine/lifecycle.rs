@@ -144,10 +144,14 @@ impl Engine {
         if let Some(logs) = &self.logs {
             logs.remove(sb.id);
         }
-        self.transition(sb.id, EventData::destroyed(reason), |s| {
+        let done = self.transition(sb.id, EventData::destroyed(reason), |s| {
             s.state = State::Destroyed;
             s.ip = None;
-        })
+        })?;
+        if let Some(n) = &sb.config.network {
+            self.refresh_peers(n).await;
+        }
+        Ok(done)
     }
 
     pub async fn stop(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {

@@ -26,6 +26,7 @@
 //! | `reaper.rs` | TTLs and idle timeouts |
 //! | `snapshots.rs` | snapshots, forks, and collecting the layers nothing refers to |
 //! | `volumes.rs` | volumes: create, mount at create or into a running sandbox, unmount, delete |
+//! | `networks.rs` | private networks: default and named ones, membership, peers' names |
 //! | `ssh_keys.rs` | principals' SSH keys, the SSH gateway's logins and its address |
 //! | `tokens.rs` | tokens Paddock signs (sessions, scoped tokens), revocation, scopes |
 //! | `monitor.rs` | deaths, main-process output, usage events |
@@ -52,6 +53,7 @@ mod guards;
 mod images;
 mod lifecycle;
 mod monitor;
+mod networks;
 mod observe;
 pub mod pending;
 mod pool;
@@ -187,6 +189,12 @@ pub struct Engine {
     ssh_addr: std::sync::OnceLock<SocketAddr>,
     /// The keys Paddock signs its tokens with (`tokens.rs`).
     token_keys: std::sync::OnceLock<crate::tokens::KeyRing>,
+    /// One network create or delete at a time (`networks.rs`): subnets
+    /// and default networks are handed out under it.
+    networks: tokio::sync::Mutex<()>,
+    /// One update of a network's peers at a time (`networks.rs`), so that
+    /// the last to write read the latest members.
+    peers: tokio::sync::Mutex<()>,
     cfg: EngineConfig,
 }
 
@@ -284,6 +292,8 @@ impl Engine {
             verifier: Default::default(),
             ssh_addr: Default::default(),
             token_keys: Default::default(),
+            networks: Default::default(),
+            peers: Default::default(),
             policies: std::sync::RwLock::new(api_policies),
             cfg,
         }))

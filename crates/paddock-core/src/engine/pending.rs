@@ -1,18 +1,8 @@
-//! Stand-ins for the engine calls two branches in flight bring (networks;
-//! proxies and domains), with their agreed signatures, so that the boxd
+//! Stand-ins for the engine calls a branch in flight brings (proxies and
+//! domains), with their agreed signatures, so that the boxd
 //! dialect builds before they land. Removed when they merge.
 
 use super::*;
-
-#[derive(Debug, Clone)]
-pub struct Network {
-    pub id: String,
-    pub owner: String,
-    pub name: Option<String>,
-    pub subnet: String,
-    pub status: String,
-    pub is_default: bool,
-}
 
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -33,22 +23,6 @@ fn pending<T>(what: &str) -> Result<T> {
 }
 
 impl Engine {
-    pub async fn default_network(&self, p: &Principal) -> Result<Network> {
-        Ok(Network {
-            id: format!("net-default-{}", p.id),
-            owner: p.id.clone(),
-            name: None,
-            subnet: String::new(),
-            status: "ready".into(),
-            is_default: true,
-        })
-    }
-    pub async fn create_network(&self, _p: &Principal, _name: Option<&str>) -> Result<Network> {
-        pending("networks")
-    }
-    pub fn networks(&self, _p: &Principal) -> Result<Vec<Network>> {
-        Ok(Vec::new())
-    }
     pub fn proxies(&self, _p: &Principal, _id: Uuid) -> Result<Vec<Proxy>> {
         Ok(Vec::new())
     }

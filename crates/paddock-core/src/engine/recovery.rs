@@ -43,6 +43,8 @@ impl Engine {
     /// ones are checked with their agents in the background
     /// (`verify_agents`), after this returns.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        // Networks first: the sandboxes on them are served again below.
+        self.recover_networks().await;
         let mut keep = Vec::new();
         let mut attached = Vec::new();
         for sb in self.store.live_sandboxes()? {

@@ -145,5 +145,8 @@ impl Engine {
 /// Whether a spec names what belongs to its caller: a snapshot, volumes, a
 /// snapshot policy.
 pub(super) fn owns_things(spec: &SandboxSpec) -> bool {
-    spec.from_snapshot.is_some() || !spec.volumes.is_empty() || spec.snapshot.is_some()
+    spec.from_snapshot.is_some()
+        || !spec.volumes.is_empty()
+        || spec.snapshot.is_some()
+        || spec.network.is_some()
 }

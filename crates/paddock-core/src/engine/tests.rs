@@ -1625,3 +1625,181 @@ async fn tokens_are_exchanged_scoped_revoked_and_die_with_their_key() {
     assert!(e.authenticate(&s.token).await.is_err());
     assert!(e.authenticate(&ro.token).await.is_err());
 }
+
+fn on(net: &str, key: &str) -> SandboxSpec {
+    SandboxSpec {
+        key: Some(key.into()),
+        network: Some(net.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn networks_are_their_owners_and_named_once() {
+    let r = Rig::new();
+    let bob = Principal::new("bob");
+    let n = r.engine.create_network(&me(), Some("lab")).await.unwrap();
+    assert!(n.id.starts_with("net-") && n.id.len() == 16, "{}", n.id);
+    assert_eq!(n.status, "ready");
+    assert!(!n.is_default);
+    assert!(n.subnet.ends_with("/24"), "{}", n.subnet);
+    assert!(matches!(
+        r.engine.create_network(&me(), Some("lab")).await,
+        Err(Error::Exists(_))
+    ));
+    // Bob may have one of the same name; he sees neither of alice's.
+    let b = r.engine.create_network(&bob, Some("lab")).await.unwrap();
+    assert_ne!(b.subnet, n.subnet);
+    for who in [n.id.as_str(), "lab"] {
+        assert_eq!(r.engine.get_network(&me(), who).unwrap().id, n.id);
+    }
+    assert!(matches!(
+        r.engine.get_network(&bob, &n.id),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        r.engine.delete_network(&bob, &n.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    // Nor may he put a sandbox on it.
+    assert!(matches!(
+        r.engine.create(&bob, on(&n.id, "x")).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(r.engine.networks(&bob).unwrap().len(), 1);
+    // Names are checked, naming the field.
+    for bad in [
+        "",
+        "default",
+        "-x",
+        "a b",
+        "net-0123456789ab",
+        &"x".repeat(65),
+    ] {
+        match r.engine.create_network(&me(), Some(bad)).await {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "name", "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // Unnamed ones are fine, any number of them (up to the cap).
+    r.engine.create_network(&me(), None).await.unwrap();
+    r.engine.create_network(&me(), None).await.unwrap();
+    assert_eq!(r.engine.networks(&me()).unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_default_network_is_made_once_on_first_use() {
+    let r = Rig::new();
+    assert!(matches!(
+        r.engine.get_network(&me(), "default"),
+        Err(Error::NotFound { .. })
+    ));
+    let m = me();
+    let (a, b) = tokio::join!(r.engine.default_network(&m), r.engine.default_network(&m));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id, b.id);
+    assert!(a.is_default && a.name.is_none());
+    assert_eq!(r.engine.get_network(&me(), "default").unwrap().id, a.id);
+    // A create naming "default" joins it; bob's default is his own.
+    let (sb, _) = r.engine.create(&me(), on("default", "s")).await.unwrap();
+    assert_eq!(sb.config.network.as_deref(), Some(a.id.as_str()));
+    let (bs, _) = r
+        .engine
+        .create(&Principal::new("bob"), on("default", "s"))
+        .await
+        .unwrap();
+    assert_ne!(bs.config.network, sb.config.network);
+    assert_eq!(r.engine.networks(&me()).unwrap().len(), 1);
+    // Without a network, a sandbox stays isolated.
+    let (iso, _) = r.engine.create(&me(), keyed("iso")).await.unwrap();
+    assert_eq!(iso.config.network, None);
+}
+
+#[tokio::test]
+async fn a_network_is_deleted_only_once_empty_and_members_know_each_other() {
+    let r = Rig::new();
+    let n = r.engine.create_network(&me(), Some("lab")).await.unwrap();
+    let (a, _) = r.engine.create(&me(), on("lab", "web")).await.unwrap();
+    let (b, _) = r.engine.create(&me(), on(&n.id, "db")).await.unwrap();
+    let (c, _) = r.engine.create(&me(), keyed("alone")).await.unwrap();
+    assert!(a.ip.is_some() && b.ip.is_some());
+    // Each knows the other by id and key, and only the other.
+    let pa = r.rt.peers_of(a.id);
+    assert_eq!(
+        pa,
+        vec![(b.ip.clone().unwrap(), vec![b.id.to_string(), "db".into()])]
+    );
+    assert_eq!(
+        r.rt.peers_of(b.id),
+        vec![(a.ip.clone().unwrap(), vec![a.id.to_string(), "web".into()])]
+    );
+    assert!(r.rt.peers_of(c.id).is_empty());
+    // Refused while a sandbox is on it, stopped ones too.
+    r.engine.stop(&me(), a.id).await.unwrap();
+    r.engine.destroy(&me(), b.id).await.unwrap();
+    assert!(r.rt.peers_of(a.id).is_empty(), "b left");
+    match r.engine.delete_network(&me(), "lab").await {
+        Err(Error::Conflict(m)) => assert!(m.contains(&a.id.to_string()), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    r.engine.destroy(&me(), a.id).await.unwrap();
+    r.engine.delete_network(&me(), "lab").await.unwrap();
+    assert!(r.rt.network_ids().is_empty());
+    assert!(matches!(
+        r.engine.get_network(&me(), "lab"),
+        Err(Error::NotFound { .. })
+    ));
+    // A network that is gone cannot be joined.
+    assert!(matches!(
+        r.engine.create(&me(), on("lab", "late")).await,
+        Err(Error::NotFound { .. })
+    ));
+    // The name is free again.
+    r.engine.create_network(&me(), Some("lab")).await.unwrap();
+}
+
+#[tokio::test]
+async fn networks_have_a_cap_per_principal_and_come_back_after_a_restart() {
+    let mut r = Rig::new();
+    for i in 0..crate::model::MAX_NETWORKS_PER_OWNER {
+        r.engine
+            .create_network(&me(), Some(&format!("n{i}")))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        r.engine.create_network(&me(), None).await,
+        Err(Error::Quota(_))
+    ));
+    assert!(matches!(
+        r.engine.default_network(&me()).await,
+        Err(Error::Quota(_))
+    ));
+    // Another principal is not held back by alice's.
+    r.engine
+        .default_network(&Principal::new("bob"))
+        .await
+        .unwrap();
+    let before = r.engine.networks(&me()).unwrap();
+    r.rt.calls.lock().unwrap().clear();
+    r.restart().await;
+    assert_eq!(r.engine.networks(&me()).unwrap(), before);
+    let calls = r.rt.calls.lock().unwrap().clone();
+    for n in &before {
+        assert!(
+            calls.contains(&format!("ensure_network {}", n.id)),
+            "{} not set up again: {calls:?}",
+            n.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_fork_joins_its_parents_network() {
+    let r = Rig::new();
+    r.engine.create_network(&me(), Some("lab")).await.unwrap();
+    let (a, _) = r.engine.create(&me(), on("lab", "web")).await.unwrap();
+    let kids = r.engine.fork(&me(), a.id, 1, false).await.unwrap();
+    assert_eq!(kids[0].config.network, a.config.network);
+    assert_eq!(r.rt.peers_of(a.id).len(), 1);
+}
