@@ -27,6 +27,7 @@
 //! | `snapshots.rs` | snapshots, forks, and collecting the layers nothing refers to |
 //! | `volumes.rs` | volumes: create, mount at create or into a running sandbox, unmount, delete |
 //! | `ssh_keys.rs` | principals' SSH keys, the SSH gateway's logins and its address |
+//! | `ingress.rs` | proxies, bound domains, and what a `Host` routes to |
 //! | `monitor.rs` | deaths, main-process output, usage events |
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,7 @@ mod files;
 mod governance;
 mod guards;
 mod images;
+mod ingress;
 mod lifecycle;
 mod monitor;
 mod observe;
@@ -67,6 +69,7 @@ pub use config::{ConfigApplied, ConfigChanges, ConfigUpdate};
 use events::{flush, DEFER_FLUSH};
 pub use governance::{Usage, OPERATOR_TEMPLATES};
 pub use images::{Images, PullPolicy};
+pub use ingress::{host_name, IngressConfig, IngressRoute, MAX_DOMAINS, MAX_PROXIES};
 pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
 pub use ssh_keys::check_ssh_public_key;
 
@@ -179,6 +182,8 @@ pub struct Engine {
     verifier: std::sync::OnceLock<Arc<dyn crate::auth::TokenVerifier>>,
     /// Where the SSH gateway listens, if it does (`ssh_keys.rs`).
     ssh_addr: std::sync::OnceLock<SocketAddr>,
+    /// The ingress's zone and port, once it listens (`ingress.rs`).
+    ingress: std::sync::OnceLock<ingress::IngressConfig>,
     cfg: EngineConfig,
 }
 
@@ -275,6 +280,7 @@ impl Engine {
             volumes: Default::default(),
             verifier: Default::default(),
             ssh_addr: Default::default(),
+            ingress: Default::default(),
             policies: std::sync::RwLock::new(api_policies),
             cfg,
         }))

@@ -177,6 +177,7 @@ impl Daemon {
             "--agenttier-listen",
             "--hogland-listen",
             "--ssh-listen",
+            "--ingress-listen",
         ] {
             if !self.extra.iter().any(|a| a == flag) {
                 args.extend([flag.into(), "off".into()]);
@@ -760,6 +761,7 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
         .args(["--flash-grpc-listen", "off", "--agenttier-listen", "off"])
         .args(["--hogland-listen", "off"])
         .args(["--ssh-listen", "off"])
+        .args(["--ingress-listen", "off"])
         .args(["--socket", "off"])
         .args(args)
         .stdout(f.try_clone().unwrap())
