@@ -146,7 +146,8 @@ fn serving<'a>(api: &'a Api, key: &str) -> Sb<'a> {
 #[test]
 fn named_default_auto_and_bound_domains_over_verified_https() {
     let r = rig();
-    let alice = r.d.api_with_key(&api_key(&r.d, "alice-routes"));
+    let alice_key = api_key(&r.d, "alice-routes");
+    let alice = r.d.api_with_key(&alice_key);
     let sb = serving(&alice, "web");
     // No proxy yet: the name reaches nothing.
     assert_eq!(curl(r, &format!("web.{ZONE}"), "/", &[]).0, 404);
@@ -211,14 +212,19 @@ fn named_default_auto_and_bound_domains_over_verified_https() {
         alice.get("/domains").body["domains"][0]["domain"],
         "app.example.test"
     );
-    // Unknown names in the zone: 404.
-    for host in [
-        format!("nope.{ZONE}"),
-        format!("x.web.{ZONE}"),
-        format!("a.b.c.{ZONE}"),
-    ] {
+    // Unknown names in the zone: 404; deeper than any route, no
+    // certificate (the handshake fails).
+    for host in [format!("nope.{ZONE}"), format!("x.web.{ZONE}")] {
         assert_eq!(curl(r, &host, "/", &[]).0, 404, "{host}");
     }
+    assert_eq!(curl(r, &format!("a.b.c.{ZONE}"), "/", &[]).0, 0);
+    let (st, _) = curl(
+        r,
+        &format!("web.{ZONE}"),
+        "/",
+        &["-H", &format!("Host: a.b.c.{ZONE}")],
+    );
+    assert_eq!(st, 404);
     // The CA is what verified all this: without it curl refuses.
     let out = std::process::Command::new("curl")
         .args(["-sS", "--resolve"])
@@ -235,7 +241,8 @@ fn named_default_auto_and_bound_domains_over_verified_https() {
     let pem = r.d.cli_ok(&["ingress", "ca"]);
     assert_eq!(pem, std::fs::read_to_string(&r.ca).unwrap());
     // The CLI's proxies and domains.
-    let out = r.d.cli_ok(&["proxies", "ls", &sb.id]);
+    let out =
+        r.d.cli_ok(&["--api-key", &alice_key, "proxies", "ls", &sb.id]);
     assert!(out.contains("api") && out.contains("8080"), "{out}");
     // Gone with the sandbox.
     drop(sb);

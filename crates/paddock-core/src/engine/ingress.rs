@@ -50,6 +50,7 @@ impl IngressConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IngressRoute {
     pub sandbox: Uuid,
+    /// `""` for a `<port>-<id>` whose sandbox is not there (nobody's).
     pub owner: String,
     /// 0: the lowest port the sandbox listens on.
     pub port: u16,
@@ -305,13 +306,16 @@ impl Engine {
         };
         if name.is_empty() {
             if let Some((port, id)) = port_id_label(label) {
-                let sb = self.store.get_sandbox(id)?.ok_or_else(nf)?;
-                if sb.state == State::Destroyed {
-                    return Err(nf());
-                }
+                // A sandbox that is not there is a route nobody owns:
+                // `ingress_authorize` refuses it as it refuses another
+                // principal's, so that nobody learns which ids exist.
+                let owner = match self.store.get_sandbox(id)? {
+                    Some(sb) if sb.state != State::Destroyed => sb.owner,
+                    _ => String::new(),
+                };
                 return Ok(Some(IngressRoute {
                     sandbox: id,
-                    owner: sb.owner,
+                    owner,
                     port,
                     needs_owner: true,
                 }));
@@ -351,7 +355,7 @@ impl Engine {
             ));
         };
         let p = self.authenticate(token).await?;
-        if p.id != r.owner {
+        if r.owner.is_empty() || p.id != r.owner {
             return Err(Error::not_found("host"));
         }
         Ok(())

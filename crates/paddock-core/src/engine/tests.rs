@@ -1721,6 +1721,20 @@ async fn host_names_never_reach_another_principals_sandbox() {
         Err(Error::Unauthenticated(_))
     ));
     e.ingress_authorize(&route, Some(&alice_key)).await.unwrap();
+    // A sandbox that is not there: the same answers, never a 404 that a
+    // caller without a bearer could tell from a 401.
+    let nobody = e
+        .ingress_route(&format!("80-{}.paddock.localhost", Uuid::new_v4()))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        e.ingress_authorize(&nobody, None).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    assert!(matches!(
+        e.ingress_authorize(&nobody, Some(&alice_key)).await,
+        Err(Error::NotFound { .. })
+    ));
     // Gone with the sandbox.
     e.destroy(&me(), a.id).await.unwrap();
     assert_eq!(e.ingress_route("shop.example.com").unwrap(), None);
