@@ -2,6 +2,7 @@
 //! proxy, and `/openapi.json`. An adapter over the engine, nothing more.
 
 mod extract;
+mod ingress;
 mod problem;
 pub mod proxy;
 pub mod wire;
@@ -108,6 +109,23 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy_root))
         .route("/sandboxes/{id}/proxy/{port}/", any(proxy::proxy_root))
         .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
+        .route(
+            "/sandboxes/{id}/proxies",
+            get(ingress::list_proxies).post(ingress::create_proxy),
+        )
+        .route(
+            "/sandboxes/{id}/proxies/{name}",
+            axum::routing::put(ingress::set_proxy_port).delete(ingress::delete_proxy),
+        )
+        .route(
+            "/domains",
+            get(ingress::list_domains).post(ingress::bind_domain),
+        )
+        .route(
+            "/domains/{domain}",
+            axum::routing::delete(ingress::unbind_domain),
+        )
+        .route("/ingress", get(ingress::ingress))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/platform", get(platform))
         .route("/sandboxes/{id}/logs", get(logs))
@@ -1746,6 +1764,14 @@ async fn version() -> axum::Json<w::Version> {
         rotate_token_key,
         add_ssh_key,
         delete_ssh_key,
+        ingress::list_proxies,
+        ingress::create_proxy,
+        ingress::set_proxy_port,
+        ingress::delete_proxy,
+        ingress::list_domains,
+        ingress::bind_domain,
+        ingress::unbind_domain,
+        ingress::ingress,
         audit,
         usage,
         version
@@ -1786,6 +1812,14 @@ async fn version() -> axum::Json<w::Version> {
         w::TokenCreated,
         w::TokenList,
         w::KeyRotated,
+        w::Proxy,
+        w::ProxyList,
+        w::ProxyCreate,
+        w::ProxyPort,
+        w::Domain,
+        w::DomainList,
+        w::DomainBind,
+        w::Ingress,
         w::AuditRecord,
         w::AuditList,
         w::Usage,

@@ -1273,7 +1273,7 @@ impl Boxd {
         })
     }
 
-    fn proxy_info(&self, sb: &Sandbox, x: &paddock_core::engine::pending::Proxy) -> pb::ProxyInfo {
+    fn proxy_info(&self, sb: &Sandbox, x: &paddock_core::model::Proxy) -> pb::ProxyInfo {
         let host = self.engine.proxy_host(sb, &x.name).unwrap_or_default();
         pb::ProxyInfo {
             name: x.name.clone(),

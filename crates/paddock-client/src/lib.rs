@@ -361,6 +361,65 @@ impl Client {
             .await
     }
 
+    // ---- ingress ---------------------------------------------------------------
+
+    /// A sandbox's proxies (by its id), the default first.
+    pub async fn proxies(&self, id: &str) -> Result<w::ProxyList> {
+        self.json(self.request(Method::GET, &format!("/sandboxes/{id}/proxies")))
+            .await
+    }
+
+    /// Makes a proxy (`""` or `default`: the default one; port 0: auto).
+    pub async fn create_proxy(&self, id: &str, name: &str, port: u16) -> Result<w::Proxy> {
+        let body = w::ProxyCreate {
+            name: name.to_string(),
+            port,
+        };
+        self.json(
+            self.request(Method::POST, &format!("/sandboxes/{id}/proxies"))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn set_proxy_port(&self, id: &str, name: &str, port: u16) -> Result<w::Proxy> {
+        let name = if name.is_empty() { "default" } else { name };
+        self.json(
+            self.request(Method::PUT, &format!("/sandboxes/{id}/proxies/{name}"))
+                .json(&w::ProxyPort { port }),
+        )
+        .await
+    }
+
+    pub async fn delete_proxy(&self, id: &str, name: &str) -> Result<()> {
+        let name = if name.is_empty() { "default" } else { name };
+        self.empty(self.request(Method::DELETE, &format!("/sandboxes/{id}/proxies/{name}")))
+            .await
+    }
+
+    pub async fn domains(&self) -> Result<w::DomainList> {
+        self.json(self.request(Method::GET, "/domains")).await
+    }
+
+    pub async fn bind_domain(&self, domain: &str, sandbox: uuid::Uuid) -> Result<w::Domain> {
+        let body = w::DomainBind {
+            domain: domain.to_string(),
+            sandbox,
+        };
+        self.json(self.request(Method::POST, "/domains").json(&body))
+            .await
+    }
+
+    pub async fn unbind_domain(&self, domain: &str) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/domains/{domain}")))
+            .await
+    }
+
+    /// Where the ingress is, and Paddock's CA.
+    pub async fn ingress(&self) -> Result<w::Ingress> {
+        self.json(self.request(Method::GET, "/ingress")).await
+    }
+
     // ---- governance ------------------------------------------------------------
 
     pub async fn policies(&self) -> Result<w::PolicyList> {

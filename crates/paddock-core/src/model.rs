@@ -512,6 +512,114 @@ pub struct SshKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// A sandbox's published port: what the ingress routes
+/// `<name>.<box>.<zone>` (or, for the default proxy, `<box>.<zone>` and the
+/// sandbox's bound domains) to. Proxies are explicit: a sandbox has none
+/// until its owner makes one; they go with the sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proxy {
+    pub sandbox: Uuid,
+    /// A DNS label; `""` is the sandbox's default proxy.
+    pub name: String,
+    /// 0: the lowest port the sandbox listens on, found at each request.
+    pub port: u16,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An external domain bound to a sandbox: the ingress routes a request
+/// whose `Host` is the domain to the sandbox's default proxy (or, without
+/// one, to the lowest port it listens on). Unique daemon-wide; goes with
+/// the sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainBinding {
+    /// Lowercase, without a trailing dot.
+    pub domain: String,
+    pub sandbox: Uuid,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Whether `s` is a DNS label as host names use it: 1-63 of `a-z`, `0-9`
+/// and `-`, neither first nor last a hyphen (lowercase only: callers
+/// lowercase what is case-insensitive).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A proxy's name as the engine keeps it (`""` for the default proxy,
+/// which `default` also names), or a 400 naming `field`.
+pub fn proxy_name(field: &str, name: &str) -> Result<String> {
+    if name.is_empty() || name == "default" {
+        return Ok(String::new());
+    }
+    if !is_dns_label(name) {
+        return Err(Error::invalid(
+            field,
+            format!("{name:?} is not a DNS label (1-63 of a-z, 0-9 and -, not first or last)"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// A domain as bindings keep it: lowercase, without a trailing dot, two
+/// labels or more, each a DNS label, at most 253 bytes, not an address;
+/// or a 400 naming `field`.
+pub fn normalize_domain(field: &str, domain: &str) -> Result<String> {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    let bad = |why: &str| Err(Error::invalid(field, format!("{domain:?}: {why}")));
+    if d.is_empty() || d.len() > 253 {
+        return bad("a domain name is 1 to 253 bytes");
+    }
+    if d.parse::<std::net::IpAddr>().is_ok() {
+        return bad("an address is not a domain name");
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    if labels.len() < 2 {
+        return bad("a domain name has two labels or more (example.com)");
+    }
+    if let Some(l) = labels.iter().find(|l| !is_dns_label(l)) {
+        return bad(&format!(
+            "{l:?} is not a DNS label (1-63 of a-z, 0-9 and -, not first or last)"
+        ));
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad("a top-level domain is not all digits");
+    }
+    Ok(d)
+}
+
+/// The host label a sandbox's key claims, if it can be one: the key
+/// lowercased, a DNS label, and neither an id nor the `<port>-<id>` form
+/// (which name sandboxes by id: a key must never take them over).
+pub fn key_host_label(key: &str) -> Option<String> {
+    let l = key.to_ascii_lowercase();
+    if !is_dns_label(&l) || Uuid::parse_str(&l).is_ok() || port_id_label(&l).is_some() {
+        return None;
+    }
+    Some(l)
+}
+
+/// `<port>-<id>` (E2B's host form): the port (1-65535) and the id.
+pub fn port_id_label(label: &str) -> Option<(u16, Uuid)> {
+    let (port, id) = label.split_once('-')?;
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port: u16 = port.parse().ok().filter(|&p| p > 0)?;
+    if id.len() != 36 {
+        return None;
+    }
+    Some((port, Uuid::parse_str(id).ok()?))
+}
+
 /// A named, sized filesystem that outlives sandboxes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Volume {

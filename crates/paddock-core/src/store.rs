@@ -132,8 +132,30 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE UNIQUE INDEX networks_owner_name ON networks(owner, name) WHERE name IS NOT NULL;
      CREATE UNIQUE INDEX networks_owner_default ON networks(owner) WHERE is_default = 1;",
-    // 12: proxies and domains (branch `ingress`).
-    "",
+    // 12: the ingress: proxies (a sandbox's published ports, by name; ""
+    // is its default), domains bound to sandboxes (unique daemon-wide),
+    // and the host names sandboxes' keys claim (a key is unique per owner
+    // only: the first sandbox to take a label daemon-wide has it until it
+    // is destroyed). All go with the sandbox (`put_sandbox`).
+    "CREATE TABLE proxies (
+        sandbox TEXT NOT NULL,
+        name TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (sandbox, name)
+     );
+     CREATE TABLE domains (
+        domain TEXT PRIMARY KEY,
+        sandbox TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE INDEX domains_owner ON domains(owner, domain);
+     CREATE INDEX domains_sandbox ON domains(sandbox);
+     CREATE TABLE host_names (
+        label TEXT PRIMARY KEY,
+        sandbox TEXT NOT NULL UNIQUE
+     );",
     // 13: tokens Paddock signed that are listed and revocable (scoped
     // tokens; a session exchanged from an API key is not kept: it dies
     // with its key).
@@ -591,16 +613,37 @@ impl Store {
                 SANDBOX_DOC
             ]);
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Exists(
+                return Err(Error::Exists(
                     "a sandbox with this key already exists".into(),
                 ))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        Self::put_ingress(tx, sb)
+    }
+
+    /// What the ingress keeps of a sandbox follows it: a destroyed one's
+    /// proxies, domains and host name go; a live one with a key that can
+    /// be a host label claims it, if no other sandbox has.
+    fn put_ingress(tx: &rusqlite::Transaction<'_>, sb: &Sandbox) -> Result<()> {
+        let id = sb.id.to_string();
+        if sb.state == crate::model::State::Destroyed {
+            for q in [
+                "DELETE FROM host_names WHERE sandbox = ?1",
+                "DELETE FROM proxies WHERE sandbox = ?1",
+                "DELETE FROM domains WHERE sandbox = ?1",
+            ] {
+                tx.prepare_cached(q)?.execute([&id])?;
+            }
+        } else if let Some(label) = sb.key.as_deref().and_then(crate::model::key_host_label) {
+            tx.prepare_cached("INSERT OR IGNORE INTO host_names (label, sandbox) VALUES (?1, ?2)")?
+                .execute([&label, &id])?;
+        }
+        Ok(())
     }
 
     /// Appends an event, giving it the next per-sandbox id and the next
@@ -1422,6 +1465,193 @@ impl Store {
             out.push(decode_sandbox(v, &d)?);
         }
         Ok(out)
+    }
+}
+
+/// The ingress's records (`engine/ingress.rs`).
+impl Store {
+    /// A sandbox's proxies, the default first, then by name.
+    pub fn proxies(&self, sandbox: Uuid) -> Result<Vec<crate::model::Proxy>> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(
+            "SELECT name, port, created_at FROM proxies WHERE sandbox = ?1 ORDER BY name",
+        )?;
+        let rows = st
+            .query_map([sandbox.to_string()], |r| {
+                Ok(crate::model::Proxy {
+                    sandbox,
+                    name: r.get(0)?,
+                    port: r.get(1)?,
+                    created_at: from_ms(r.get(2)?),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn proxy(&self, sandbox: Uuid, name: &str) -> Result<Option<crate::model::Proxy>> {
+        let conn = self.lock();
+        let r = conn
+            .prepare_cached(
+                "SELECT port, created_at FROM proxies WHERE sandbox = ?1 AND name = ?2",
+            )?
+            .query_row(params![sandbox.to_string(), name], |r| {
+                Ok(crate::model::Proxy {
+                    sandbox,
+                    name: name.to_string(),
+                    port: r.get(0)?,
+                    created_at: from_ms(r.get(1)?),
+                })
+            })
+            .optional()?;
+        Ok(r)
+    }
+
+    /// Writes a proxy: a new one (`replace` false: `Exists` when the name
+    /// is taken) or a new port for one (made when missing).
+    pub fn put_proxy(
+        tx: &rusqlite::Transaction<'_>,
+        p: &crate::model::Proxy,
+        replace: bool,
+    ) -> Result<()> {
+        let q = if replace {
+            "INSERT INTO proxies (sandbox, name, port, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(sandbox, name) DO UPDATE SET port = excluded.port"
+        } else {
+            "INSERT INTO proxies (sandbox, name, port, created_at) VALUES (?1, ?2, ?3, ?4)"
+        };
+        let r = tx.prepare_cached(q)?.execute(params![
+            p.sandbox.to_string(),
+            p.name,
+            p.port,
+            ms(p.created_at)
+        ]);
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Exists(match p.name.as_str() {
+                    "" => format!("sandbox {} already has a default proxy", p.sandbox),
+                    n => format!("sandbox {} already has a proxy named {n:?}", p.sandbox),
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn count_proxies(tx: &rusqlite::Transaction<'_>, sandbox: Uuid) -> Result<usize> {
+        let n: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM proxies WHERE sandbox = ?1")?
+            .query_row([sandbox.to_string()], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    /// Removes a proxy; whether there was one.
+    pub fn delete_proxy(&self, sandbox: Uuid, name: &str) -> Result<bool> {
+        let n = self.lock().execute(
+            "DELETE FROM proxies WHERE sandbox = ?1 AND name = ?2",
+            params![sandbox.to_string(), name],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Binds a domain (`Exists` when it is bound, to anyone).
+    pub fn insert_domain(
+        tx: &rusqlite::Transaction<'_>,
+        d: &crate::model::DomainBinding,
+    ) -> Result<()> {
+        let r = tx
+            .prepare_cached(
+                "INSERT INTO domains (domain, sandbox, owner, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                d.domain,
+                d.sandbox.to_string(),
+                d.owner,
+                ms(d.created_at)
+            ]);
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::Exists(format!(
+                    "domain {:?} is already bound",
+                    d.domain
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn count_domains(tx: &rusqlite::Transaction<'_>, owner: &str) -> Result<usize> {
+        let n: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM domains WHERE owner = ?1")?
+            .query_row([owner], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    fn domain_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::model::DomainBinding> {
+        let sandbox: String = r.get(1)?;
+        Ok(crate::model::DomainBinding {
+            domain: r.get(0)?,
+            sandbox: Uuid::parse_str(&sandbox).unwrap_or_default(),
+            owner: r.get(2)?,
+            created_at: from_ms(r.get(3)?),
+        })
+    }
+
+    pub fn domain(&self, domain: &str) -> Result<Option<crate::model::DomainBinding>> {
+        let conn = self.lock();
+        let r = conn
+            .prepare_cached(
+                "SELECT domain, sandbox, owner, created_at FROM domains WHERE domain = ?1",
+            )?
+            .query_row([domain], Self::domain_row)
+            .optional()?;
+        Ok(r)
+    }
+
+    /// `owner`'s bindings, by domain.
+    pub fn domains(&self, owner: &str) -> Result<Vec<crate::model::DomainBinding>> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(
+            "SELECT domain, sandbox, owner, created_at FROM domains WHERE owner = ?1 ORDER BY domain",
+        )?;
+        let rows = st
+            .query_map([owner], Self::domain_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Unbinds one of `owner`'s domains; whether it was theirs.
+    pub fn delete_domain(&self, owner: &str, domain: &str) -> Result<bool> {
+        let n = self.lock().execute(
+            "DELETE FROM domains WHERE domain = ?1 AND owner = ?2",
+            params![domain, owner],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The sandbox that holds a host label, if one does.
+    pub fn host_name(&self, label: &str) -> Result<Option<Uuid>> {
+        let conn = self.lock();
+        let r: Option<String> = conn
+            .prepare_cached("SELECT sandbox FROM host_names WHERE label = ?1")?
+            .query_row([label], |r| r.get(0))
+            .optional()?;
+        Ok(r.and_then(|s| Uuid::parse_str(&s).ok()))
+    }
+
+    /// The host label a sandbox holds, if it does.
+    pub fn host_name_of(&self, sandbox: Uuid) -> Result<Option<String>> {
+        let conn = self.lock();
+        let r = conn
+            .prepare_cached("SELECT label FROM host_names WHERE sandbox = ?1")?
+            .query_row([sandbox.to_string()], |r| r.get(0))
+            .optional()?;
+        Ok(r)
     }
 }
 

@@ -48,13 +48,52 @@ pub fn parse_port(port: &str) -> Result<u16, (StatusCode, String)> {
 pub async fn forward_to(
     target: std::net::SocketAddr,
     rest: &str,
-    mut req: Request,
+    req: Request,
 ) -> Result<Response, (StatusCode, String)> {
-    let port = target.port();
     let pq = match req.uri().query() {
         Some(q) => format!("/{rest}?{q}"),
         None => format!("/{rest}"),
     };
+    forward(target, &pq, req, &Forward::default()).await
+}
+
+/// How [`forward`] treats a request besides its path.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// Keep the client's `Host` (the ingress: the server sees the name it
+    /// was reached by) rather than the target's address.
+    pub keep_host: bool,
+    /// Drop the client's `Authorization` (a daemon's credential).
+    pub strip_auth: bool,
+    /// Mark answers `Content-Security-Policy: sandbox` ([`SANDBOXED`]):
+    /// pages shown on the daemon's own origin.
+    pub sandboxed: bool,
+    /// `X-Forwarded-For`, `-Host` and `-Proto` to set: the client's
+    /// address, the `Host` it asked for and its scheme.
+    pub forwarded: Option<(std::net::IpAddr, String, &'static str)>,
+}
+
+impl Default for Forward {
+    fn default() -> Forward {
+        Forward {
+            keep_host: false,
+            strip_auth: true,
+            sandboxed: true,
+            forwarded: None,
+        }
+    }
+}
+
+/// Forwards `req` to `http://{target}{pq}` (`pq`: a path and query),
+/// passing WebSocket upgrades through, as `how` says. Errors: 400 for a
+/// path that makes no URI, 502 when nothing answers on the port.
+pub async fn forward(
+    target: std::net::SocketAddr,
+    pq: &str,
+    mut req: Request,
+    how: &Forward,
+) -> Result<Response, (StatusCode, String)> {
+    let port = target.port();
     let uri: Uri = format!("http://{target}{pq}").parse().map_err(|_| {
         (
             StatusCode::BAD_REQUEST,
@@ -68,15 +107,45 @@ pub async fn forward_to(
         None
     };
     let (mut parts, body) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     parts.uri = uri;
     if !upgrade {
         for h in HOP {
             parts.headers.remove(*h);
         }
     }
-    parts.headers.remove(header::AUTHORIZATION);
-    if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
-        parts.headers.insert(header::HOST, v);
+    if how.strip_auth {
+        parts.headers.remove(header::AUTHORIZATION);
+    }
+    match (how.keep_host, host) {
+        (true, Some(h)) => {
+            parts.headers.insert(header::HOST, h);
+        }
+        _ => {
+            if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    if let Some((ip, host, proto)) = &how.forwarded {
+        // Ours alone: what the client sent under these names is not
+        // passed on as if we had said it.
+        parts.headers.remove("forwarded");
+        for (name, v) in [
+            ("x-forwarded-for", ip.to_string()),
+            ("x-forwarded-host", host.clone()),
+            ("x-forwarded-proto", proto.to_string()),
+        ] {
+            parts.headers.remove(name);
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                parts.headers.insert(name, v);
+            }
+        }
     }
     let out = Request::from_parts(parts, body);
     let mut resp = client().request(out).await.map_err(|e| {
@@ -103,10 +172,12 @@ pub async fn forward_to(
     for h in HOP {
         parts.headers.remove(*h);
     }
-    parts.headers.append(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(SANDBOXED),
-    );
+    if how.sandboxed {
+        parts.headers.append(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(SANDBOXED),
+        );
+    }
     Ok(Response::from_parts(parts, Body::new(body)).into_response())
 }
 

@@ -43,15 +43,18 @@ pub struct BenchArgs {
     pub peers: String,
     /// Only these groups of figures, comma-separated: create, warm, exec,
     /// sse, ws (exec stdout through either), files, acl, snapshot, wake,
-    /// concurrent, image, density, ssh, restart (default: all but
-    /// restart).
-    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "wake", "concurrent", "image", "density", "ssh", "restart"])]
+    /// ingress, concurrent, image, density, ssh, restart (default: all
+    /// but restart).
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "wake", "ingress", "concurrent", "image", "density", "ssh", "restart"])]
     pub only: Vec<String>,
     /// The daemon's SSH gateway (`serve --ssh-listen`), for the `ssh`
     /// figures: `ssh box true` there, and `ssh localhost true` against a
     /// private host sshd beside it.
     #[arg(long, default_value = "127.0.0.1:2222")]
     pub ssh: std::net::SocketAddr,
+    /// Requests each way for the `ingress` figures.
+    #[arg(long, default_value_t = 300)]
+    pub ingress_runs: usize,
     /// Round trips for the `ssh` figures.
     #[arg(long, default_value_t = 30)]
     pub ssh_runs: usize,
@@ -520,6 +523,99 @@ async fn wake_figures(api: &Api) -> Result<Vec<Value>> {
     run
 }
 
+/// The same small request (a 3-byte page from busybox httpd in a sandbox)
+/// through the ingress (HTTPS, `<box>.<zone>`, Paddock's CA trusted) and
+/// through the native API's path proxy (`/v1/sandboxes/{id}/proxy/8000/`),
+/// alternating, each over a kept-alive connection; and their ratio.
+async fn ingress_figures(api: &Api, host: &str, runs: usize) -> Result<Vec<Value>> {
+    let info = api.c.ingress().await?;
+    let (true, Some(zone), Some(port), Some(scheme)) =
+        (info.enabled, info.zone, info.port, info.scheme)
+    else {
+        bail!("the daemon runs no ingress (paddock serve --ingress-listen)");
+    };
+    eprintln!("ingress: {runs} requests through {scheme} <box>.{zone} and through the path proxy");
+    let spec = w::SandboxSpec {
+        command: Some(
+            ["busybox", "httpd", "-f", "-p", "8000", "-h", "/workspace"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        ..bench_spec()
+    };
+    let id = api.create_spec(&spec).await?;
+    let run = async {
+        api.exec(&id, w::ExecRequest::shell("echo hi > /workspace/index.html"))
+            .await?;
+        api.c.create_proxy(&id, "", 8000).await?;
+        let name = format!("{id}.{zone}");
+        let ip: std::net::IpAddr = url_host(host)?
+            .parse()
+            .context("--host names no address")?;
+        let mut b = reqwest::Client::builder()
+            .resolve(&name, std::net::SocketAddr::new(ip, port))
+            .pool_max_idle_per_host(1);
+        if let Some(pem) = &info.ca_pem {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+        }
+        let ing = b.build()?;
+        let ing_url = format!("{scheme}://{name}:{port}/index.html");
+        let (mut via_ingress, mut via_path) = (Vec::new(), Vec::new());
+        let path = format!("/sandboxes/{id}/proxy/8000/index.html");
+        // Until httpd listens.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !api
+            .c
+            .send(api.c.request(reqwest::Method::GET, &path))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if Instant::now() > until {
+                bail!("httpd in the sandbox did not answer within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in 0..runs + 20 {
+            let t0 = Instant::now();
+            let body = ing.get(&ing_url).send().await?.error_for_status()?.text().await?;
+            let t_ing = t0.elapsed().as_secs_f64() * 1000.0;
+            if body != "hi\n" {
+                bail!("the ingress answered {body:?}");
+            }
+            let t0 = Instant::now();
+            let r = api.c.send(api.c.request(reqwest::Method::GET, &path)).await?;
+            let body = r.text().await?;
+            let t_path = t0.elapsed().as_secs_f64() * 1000.0;
+            if body != "hi\n" {
+                bail!("the path proxy answered {body:?}");
+            }
+            if i >= 20 {
+                via_ingress.push(t_ing);
+                via_path.push(t_path);
+            }
+        }
+        let ratio = median(&via_ingress) / median(&via_path);
+        Ok::<_, anyhow::Error>(vec![
+            summary("ingress_request", "ms", via_ingress),
+            summary("path_proxy_request", "ms", via_path),
+            json!({"figure": "ingress_over_path_proxy", "unit": "x", "n": runs, "p50": ratio, "p99": ratio}),
+        ])
+    }
+    .await;
+    api.destroy(&id).await?;
+    run
+}
+
+/// The host of a URL (`http://127.0.0.1:7070` → `127.0.0.1`).
+fn url_host(url: &str) -> Result<String> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("--host {url}"))?;
+    Ok(u.host_str()
+        .context("--host has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -941,8 +1037,9 @@ async fn restart_daemon(api: &Api, ids: &[String]) -> Result<(f64, f64, std::pat
 
 pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs) -> Result<i32> {
     let api = Api {
-        c: paddock_client::Client::new(Endpoint::Url(host), key),
+        c: paddock_client::Client::new(Endpoint::Url(host.clone()), key),
     };
+    let url = host.clone();
     let mut figures = Vec::new();
     let say = |s: &str| {
         if !json_out {
@@ -1139,6 +1236,10 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
 
     if a.wants("wake") {
         figures.extend(wake_figures(&api).await?);
+    }
+
+    if a.wants("ingress") {
+        figures.extend(ingress_figures(&api, &url, a.ingress_runs).await?);
     }
 
     if a.concurrent > 0 && a.wants("concurrent") {

@@ -175,6 +175,18 @@ pub enum ClientCmd {
     /// list, revoke (and, for the operator, rotate the signing key).
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// A sandbox's proxies, which the ingress (`paddock serve
+    /// --ingress-listen`) publishes: list, create, set a port, remove.
+    #[command(subcommand)]
+    Proxies(ProxiesCmd),
+    /// External domains bound to your sandboxes (the ingress routes them
+    /// to the sandbox's default proxy): list, bind, unbind.
+    #[command(subcommand)]
+    Domains(DomainsCmd),
+    /// The ingress: `ca` prints Paddock's CA (PEM) for clients to trust,
+    /// `info` where it listens.
+    #[command(subcommand)]
+    Ingress(IngressCmd),
     /// Open a shell in a sandbox (or run a command) through the SSH
     /// gateway: runs `ssh -p PORT ID@HOST [-- COMMAND]` with your ssh.
     Ssh {
@@ -248,6 +260,53 @@ pub enum SshKeysCmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProxiesCmd {
+    /// The sandbox's proxies (by id or key) with their URLs.
+    Ls { id: String },
+    /// Publish a port under a name (`default`: `<box>.<zone>`; port 0 or
+    /// none: the lowest port the sandbox listens on); prints the URL.
+    Create {
+        id: String,
+        #[arg(default_value = "default")]
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+    /// Point a proxy at another port (`default` is made when missing).
+    SetPort { id: String, name: String, port: u16 },
+    /// Remove proxies by name.
+    Rm {
+        id: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainsCmd {
+    Ls,
+    /// Bind a domain to a sandbox (id or key).
+    Bind {
+        domain: String,
+        sandbox: String,
+    },
+    /// Unbind domains.
+    Unbind {
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IngressCmd {
+    /// Paddock's CA certificate (PEM), which signs the ingress's
+    /// certificates: `paddock ingress ca > ca.pem; curl --cacert ca.pem`.
+    Ca,
+    /// Where the ingress listens and its zone.
+    Info,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1237,6 +1296,27 @@ impl Client {
                     println!("{t}");
                 }
             }
+            ClientCmd::Proxies(ProxiesCmd::Ls { id }) => {
+                let sb = self.api.get(&id).await?;
+                let v = self.api.proxies(&sb.id.to_string()).await?;
+                if self.json {
+                    pretty(&v.proxies)?;
+                } else {
+                    let mut t = table(&["NAME", "PORT", "URL", "CREATED"]);
+                    for p in v.proxies {
+                        t.add_row(vec![
+                            p.name,
+                            match p.port {
+                                0 => "auto".into(),
+                                n => n.to_string(),
+                            },
+                            p.url.unwrap_or_else(|| "(ingress off)".into()),
+                            p.created_at.to_rfc3339(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
             ClientCmd::Tokens(TokensCmd::Revoke { jtis }) => {
                 if !self.each(&jtis, |n| self.api.revoke_token(n)).await {
                     return Ok(1);
@@ -1248,6 +1328,85 @@ impl Client {
                     pretty(&k)?;
                 } else {
                     println!("{}", k.kid);
+                }
+            }
+            ClientCmd::Proxies(ProxiesCmd::Create { id, name, port }) => {
+                let sb = self.api.get(&id).await?;
+                let p = self
+                    .api
+                    .create_proxy(&sb.id.to_string(), &name, port)
+                    .await?;
+                if self.json {
+                    pretty(&p)?;
+                } else {
+                    println!("{}", p.url.unwrap_or(p.name));
+                }
+            }
+            ClientCmd::Proxies(ProxiesCmd::SetPort { id, name, port }) => {
+                let sb = self.api.get(&id).await?;
+                let p = self
+                    .api
+                    .set_proxy_port(&sb.id.to_string(), &name, port)
+                    .await?;
+                if self.json {
+                    pretty(&p)?;
+                } else {
+                    println!("{}", p.url.unwrap_or(p.name));
+                }
+            }
+            ClientCmd::Proxies(ProxiesCmd::Rm { id, names }) => {
+                let sb = self.api.get(&id).await?.id.to_string();
+                if !self.each(&names, |n| self.api.delete_proxy(&sb, n)).await {
+                    return Ok(1);
+                }
+            }
+            ClientCmd::Domains(DomainsCmd::Ls) => {
+                let v = self.api.domains().await?;
+                if self.json {
+                    pretty(&v.domains)?;
+                } else {
+                    let mut t = table(&["DOMAIN", "SANDBOX", "CREATED"]);
+                    for d in v.domains {
+                        t.add_row(vec![
+                            d.domain,
+                            d.sandbox.to_string(),
+                            d.created_at.to_rfc3339(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            ClientCmd::Domains(DomainsCmd::Bind { domain, sandbox }) => {
+                let sb = self.api.get(&sandbox).await?;
+                let d = self.api.bind_domain(&domain, sb.id).await?;
+                if self.json {
+                    pretty(&d)?;
+                } else {
+                    println!("{}", d.domain);
+                }
+            }
+            ClientCmd::Domains(DomainsCmd::Unbind { domains }) => {
+                if !self.each(&domains, |d| self.api.unbind_domain(d)).await {
+                    return Ok(1);
+                }
+            }
+            ClientCmd::Ingress(cmd) => {
+                let i = self.api.ingress().await?;
+                match cmd {
+                    _ if self.json => pretty(&i)?,
+                    IngressCmd::Ca => match i.ca_pem {
+                        Some(pem) => print!("{pem}"),
+                        None => {
+                            eprintln!("the ingress is off, or serves the operator's certificate");
+                            return Ok(1);
+                        }
+                    },
+                    IngressCmd::Info => match (i.enabled, i.zone, i.port, i.scheme) {
+                        (true, Some(z), Some(p), Some(s)) => {
+                            println!("zone {z}, {s} on port {p}")
+                        }
+                        _ => println!("the ingress is off"),
+                    },
                 }
             }
             ClientCmd::SshKeys(SshKeysCmd::Rm { ids }) => {

@@ -59,6 +59,25 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:2222", env = "PADDOCK_SSH_LISTEN",
           value_parser = listen_or_off)]
     pub ssh_listen: Listen,
+    /// Address of the ingress (HTTPS), or `off`: requests routed by `Host`
+    /// to sandboxes' proxies (`<name>.<box>.<zone>`, `<box>.<zone>`), to
+    /// bound domains' sandboxes, and E2B-style `<port>-<id>.<zone>` (any
+    /// port, the owner's bearer only). Certificates: `[ingress] cert/key`
+    /// in the settings file, else minted by Paddock's own CA
+    /// (`<data-dir>/ingress-ca.pem`; `paddock ingress ca` prints it).
+    #[arg(long, default_value = "127.0.0.1:8443", env = "PADDOCK_INGRESS_LISTEN",
+          value_parser = listen_or_off)]
+    pub ingress_listen: Listen,
+    /// Address of the ingress over plain HTTP besides (or, with
+    /// `--ingress-listen off`, instead of) HTTPS, or `off` (the default).
+    #[arg(long, default_value = "off", env = "PADDOCK_INGRESS_HTTP_LISTEN",
+          value_parser = listen_or_off)]
+    pub ingress_http_listen: Listen,
+    /// The ingress's DNS zone: sandboxes are `<box>.<zone>`. Point a
+    /// wildcard record (`*.<zone>`, `*.*.<zone>`) at the ingress;
+    /// `*.localhost` resolves to loopback on most systems.
+    #[arg(long, default_value = "paddock.localhost", env = "PADDOCK_ZONE", value_parser = zone)]
+    pub zone: String,
     /// The native API's unix socket (mode 0660, owned by root and
     /// `--socket-group`), or `off`. Requests on it need no key: the file's
     /// permissions are the authentication. The CLI uses it when it exists.
@@ -234,6 +253,25 @@ pub struct FileConfig {
     /// them signed stands for `principal_prefix` + its subject.
     #[serde(default)]
     pub oidc: Vec<paddock_oidc::IssuerConfig>,
+    /// `[ingress]`: the operator's certificate for the ingress.
+    #[serde(default)]
+    pub ingress: IngressFileConfig,
+}
+
+/// `[ingress]`: `cert` (a PEM chain) and `key` (PEM) the ingress serves
+/// for every name instead of minting its own (it must cover
+/// `*.<zone>` and `*.*.<zone>`, and bound domains).
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct IngressFileConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+fn zone(s: &str) -> Result<String, String> {
+    paddock_core::engine::host_name(s)
+        .filter(|z| z.parse::<std::net::IpAddr>().is_err())
+        .ok_or_else(|| format!("{s:?} is not a DNS name"))
 }
 
 /// `[templates.NAME]`: what a create from the template gets unless it
@@ -486,6 +524,8 @@ struct Listeners {
     hogland: Option<tokio::net::TcpListener>,
     boxd: Option<tokio::net::TcpListener>,
     ssh: Option<tokio::net::TcpListener>,
+    ingress: Option<tokio::net::TcpListener>,
+    ingress_http: Option<tokio::net::TcpListener>,
 }
 
 /// Sends each write at once: streams (SSE, WebSocket) write small frames
@@ -625,6 +665,14 @@ async fn bind_all(args: &ServeArgs) -> anyhow::Result<Listeners> {
             Some(addr) => Some(bind(addr, "--ssh-listen", "the SSH gateway").await?),
             None => None,
         },
+        ingress: match args.ingress_listen.0 {
+            Some(addr) => Some(bind(addr, "--ingress-listen", "the ingress (HTTPS)").await?),
+            None => None,
+        },
+        ingress_http: match args.ingress_http_listen.0 {
+            Some(addr) => Some(bind(addr, "--ingress-http-listen", "the ingress (HTTP)").await?),
+            None => None,
+        },
         // Last: a taken port is named before the socket is touched.
         socket: match args.socket.as_str() {
             "off" | "" => None,
@@ -661,6 +709,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let policies = file.policies.clone();
+    let ingress_cert = match (&file.ingress.cert, &file.ingress.key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => anyhow::bail!("[ingress]: give both cert and key, or neither"),
+    };
     let verifier = match file.oidc.is_empty() {
         true => None,
         false => Some(
@@ -872,7 +925,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(l) = ls.boxd {
-        let opts = paddock_boxd::Options::default();
+        let opts = paddock_boxd::Options {
+            zone: args.zone.trim_end_matches('.').to_ascii_lowercase(),
+            ..Default::default()
+        };
         servers.spawn(
             axum::serve(no_delay(l), paddock_boxd::router(engine.clone(), opts))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -917,6 +973,57 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(std::io::Error::other)
         });
+    }
+    if ls.ingress.is_some() || ls.ingress_http.is_some() {
+        let tls = match &ls.ingress {
+            Some(_) => {
+                let (cfg, ca) = paddock_ingress::tls::server_config(
+                    engine.clone(),
+                    &args.data_dir,
+                    ingress_cert
+                        .as_ref()
+                        .map(|(c, k)| (c.as_path(), k.as_path())),
+                )
+                .map_err(|e| anyhow::anyhow!("the ingress's TLS: {e}"))?;
+                if let Some(ca) = &ca {
+                    tracing::info!(
+                        "the ingress's certificates are signed by Paddock's CA {} (clients trust it; `paddock ingress ca` prints it)",
+                        ca.path.display()
+                    );
+                }
+                Some((cfg, ca))
+            }
+            None => None,
+        };
+        let (port, scheme) = match (&ls.ingress, &ls.ingress_http) {
+            (Some(l), _) => (l.local_addr()?.port(), "https"),
+            (None, Some(l)) => (l.local_addr()?.port(), "http"),
+            _ => unreachable!(),
+        };
+        engine.set_ingress(paddock_core::engine::IngressConfig {
+            zone: args.zone.clone(),
+            port,
+            scheme,
+            ca_pem: tls
+                .as_ref()
+                .and_then(|(_, ca)| ca.as_ref().map(|c| c.pem.clone())),
+        });
+        tracing::info!(zone = %args.zone, "the ingress routes <name>.<box>.{0}, <box>.{0}, <port>-<id>.{0} and bound domains", args.zone);
+        if let (Some(l), Some((cfg, _))) = (ls.ingress, tls) {
+            servers.spawn(paddock_ingress::serve_tls(
+                l,
+                engine.clone(),
+                cfg,
+                stopped(stop_rx.clone()),
+            ));
+        }
+        if let Some(l) = ls.ingress_http {
+            servers.spawn(paddock_ingress::serve_http(
+                l,
+                engine.clone(),
+                stopped(stop_rx.clone()),
+            ));
+        }
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("signal handler")?;

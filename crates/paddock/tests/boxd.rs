@@ -65,7 +65,7 @@ fn ssh_key(dir: &Path) -> String {
 
 /// The ingress's CA, which the daemon writes under its data dir.
 fn ingress_ca(d: &Daemon) -> String {
-    let ca = d.data.join("ingress/ca.pem");
+    let ca = d.data.join("ingress-ca.pem");
     eventually(20, || ca.is_file().then_some(()));
     ca.to_string_lossy().into_owned()
 }

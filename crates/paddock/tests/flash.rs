@@ -118,6 +118,8 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
         "--agenttier-listen",
         "--hogland-listen",
         "--ssh-listen",
+        "--ingress-listen",
+        "--ingress-http-listen",
     ] {
         let out = Command::new(bin())
             .args(["serve", flag, "nowhere", "--listen", "127.0.0.1:1"])
@@ -147,6 +149,8 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             "--hogland-listen",
             "off",
             "--ssh-listen",
+            "off",
+            "--ingress-listen",
             "off",
             "--listen",
         ])

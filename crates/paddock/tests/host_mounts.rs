@@ -182,6 +182,8 @@ fn forbidden_allowed_roots_stop_the_daemon_at_start() {
                 "off",
                 "--ssh-listen",
                 "off",
+                "--ingress-listen",
+                "off",
                 "--socket",
                 "off",
                 "--data-dir",

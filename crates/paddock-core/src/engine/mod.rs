@@ -29,6 +29,7 @@
 //! | `networks.rs` | private networks: default and named ones, membership, peers' names |
 //! | `ssh_keys.rs` | principals' SSH keys, the SSH gateway's logins and its address |
 //! | `tokens.rs` | tokens Paddock signs (sessions, scoped tokens), revocation, scopes |
+//! | `ingress.rs` | proxies, bound domains, and what a `Host` routes to |
 //! | `monitor.rs` | deaths, main-process output, usage events |
 
 use std::collections::{HashMap, HashSet};
@@ -51,11 +52,11 @@ mod files;
 mod governance;
 mod guards;
 mod images;
+mod ingress;
 mod lifecycle;
 mod monitor;
 mod networks;
 mod observe;
-pub mod pending;
 mod pool;
 mod reaper;
 mod recovery;
@@ -72,6 +73,7 @@ pub use config::{ConfigApplied, ConfigChanges, ConfigUpdate};
 use events::{flush, DEFER_FLUSH};
 pub use governance::{Usage, OPERATOR_TEMPLATES};
 pub use images::{Images, PullPolicy};
+pub use ingress::{host_name, IngressConfig, IngressRoute, MAX_DOMAINS, MAX_PROXIES};
 pub use pool::{PoolConfig, PoolStatus, POOL_OWNER};
 pub use ssh_keys::check_ssh_public_key;
 pub use tokens::{DEFAULT_TOKEN_SECS, SESSION_SECS};
@@ -195,6 +197,8 @@ pub struct Engine {
     /// One update of a network's peers at a time (`networks.rs`), so that
     /// the last to write read the latest members.
     peers: tokio::sync::Mutex<()>,
+    /// The ingress's zone and port, once it listens (`ingress.rs`).
+    ingress: std::sync::OnceLock<ingress::IngressConfig>,
     cfg: EngineConfig,
 }
 
@@ -294,6 +298,7 @@ impl Engine {
             token_keys: Default::default(),
             networks: Default::default(),
             peers: Default::default(),
+            ingress: Default::default(),
             policies: std::sync::RwLock::new(api_policies),
             cfg,
         }))

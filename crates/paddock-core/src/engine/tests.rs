@@ -1803,3 +1803,231 @@ async fn a_fork_joins_its_parents_network() {
     assert_eq!(kids[0].config.network, a.config.network);
     assert_eq!(r.rt.peers_of(a.id).len(), 1);
 }
+
+fn ingress_rig() -> Rig {
+    let r = Rig::new();
+    r.engine.set_ingress(IngressConfig {
+        zone: "Paddock.Localhost.".into(),
+        port: 8443,
+        scheme: "https",
+        ca_pem: None,
+    });
+    r
+}
+
+#[tokio::test]
+async fn proxies_are_explicit_named_and_go_with_the_sandbox() {
+    let r = ingress_rig();
+    let e = &r.engine;
+    let sb = e.create(&me(), keyed("web")).await.unwrap().0;
+    assert!(e.proxies(&me(), sb.id).unwrap().is_empty());
+    e.create_proxy(&me(), sb.id, "api", 8080).await.unwrap();
+    e.create_proxy(&me(), sb.id, "", 0).await.unwrap();
+    let names: Vec<String> = e
+        .proxies(&me(), sb.id)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["", "api"], "the default first");
+    assert!(matches!(
+        e.create_proxy(&me(), sb.id, "api", 1).await,
+        Err(Error::Exists(_))
+    ));
+    assert!(matches!(
+        e.create_proxy(&me(), sb.id, "default", 1).await,
+        Err(Error::Exists(_))
+    ));
+    for bad in ["API", "a_b", "-a", &"a".repeat(64), "a.b"] {
+        match e.create_proxy(&me(), sb.id, bad, 1).await {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "name"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // Someone else's sandbox is not there.
+    let bob = Principal::new("bob");
+    assert!(matches!(
+        e.create_proxy(&bob, sb.id, "x", 1).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.proxies(&bob, sb.id),
+        Err(Error::NotFound { .. })
+    ));
+    // set_proxy_port: the default made when missing, another must exist.
+    e.delete_proxy(&me(), sb.id, "default").await.unwrap();
+    let p = e.set_proxy_port(&me(), sb.id, "", 3000).await.unwrap();
+    assert_eq!((p.name.as_str(), p.port), ("", 3000));
+    assert_eq!(
+        e.set_proxy_port(&me(), sb.id, "api", 9).await.unwrap().port,
+        9
+    );
+    assert!(matches!(
+        e.set_proxy_port(&me(), sb.id, "nope", 9).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.delete_proxy(&me(), sb.id, "nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    // URLs name the box by its key's label.
+    assert_eq!(
+        e.ingress_url(&sb, "api").as_deref(),
+        Some("https://api.web.paddock.localhost:8443")
+    );
+    assert_eq!(
+        e.proxy_host(&sb, "").as_deref(),
+        Some("web.paddock.localhost")
+    );
+    let route = e
+        .ingress_route("API.web.paddock.localhost:8443")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (route.sandbox, route.port, route.needs_owner),
+        (sb.id, 9, false)
+    );
+    let route = e
+        .ingress_route(&format!("{}.paddock.localhost", sb.id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(route.port, 3000);
+    e.destroy(&me(), sb.id).await.unwrap();
+    assert!(matches!(
+        e.ingress_route("web.paddock.localhost"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(e.store().proxies(sb.id).unwrap().is_empty());
+    assert_eq!(e.store().host_name("web").unwrap(), None);
+}
+
+#[tokio::test]
+async fn host_names_never_reach_another_principals_sandbox() {
+    let r = ingress_rig();
+    let e = &r.engine;
+    let bob = Principal::new("bob");
+    let a = e.create(&me(), keyed("shop")).await.unwrap().0;
+    e.create_proxy(&me(), a.id, "", 80).await.unwrap();
+    // Bob's box with the same key does not get alice's name; it is
+    // reached by its id.
+    let b = e.create(&bob, keyed("shop")).await.unwrap().0;
+    e.create_proxy(&bob, b.id, "", 81).await.unwrap();
+    let route = e.ingress_route("shop.paddock.localhost").unwrap().unwrap();
+    assert_eq!(route.sandbox, a.id);
+    assert_eq!(
+        e.proxy_host(&b, "").unwrap(),
+        format!("{}.paddock.localhost", b.id)
+    );
+    // A key that is alice's id, or the `<port>-<id>` of her box, claims
+    // nothing.
+    for key in [a.id.to_string(), format!("80-{}", a.id)] {
+        let sb = e.create(&bob, keyed(&key)).await.unwrap().0;
+        e.create_proxy(&bob, sb.id, "", 81).await.unwrap();
+        let host = format!("{key}.paddock.localhost");
+        let route = e.ingress_route(&host).unwrap().unwrap();
+        assert_eq!(route.sandbox, a.id, "{host}");
+    }
+    assert!(
+        e.ingress_route(&format!("80-{}.paddock.localhost", a.id))
+            .unwrap()
+            .unwrap()
+            .needs_owner
+    );
+    // Alice's domain: bound once, for good; bob can neither bind nor
+    // unbind it.
+    e.bind_domain(&me(), "Shop.Example.COM.", a.id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        e.bind_domain(&bob, "shop.example.com", b.id).await,
+        Err(Error::Exists(_))
+    ));
+    assert!(matches!(
+        e.unbind_domain(&bob, "shop.example.com").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.bind_domain(&bob, "x.example.com", a.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    let route = e.ingress_route("shop.example.com").unwrap().unwrap();
+    assert_eq!((route.sandbox, route.port), (a.id, 80));
+    assert_eq!(e.domains(&me()).unwrap().len(), 1);
+    assert!(e.domains(&bob).unwrap().is_empty());
+    for bad in [
+        "localhost",
+        "a..b",
+        "10.0.0.1",
+        "x.paddock.localhost",
+        "a_b.com",
+        "*.x.com",
+    ] {
+        match e.bind_domain(&me(), bad, a.id).await {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "domain"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // Foreign hosts are not the ingress's; unknown names in it are 404.
+    for h in [
+        "evil.com",
+        "127.0.0.1:8443",
+        "[::1]:8443",
+        "paddock.localhost.evil.com",
+    ] {
+        assert_eq!(e.ingress_route(h).unwrap(), None, "{h}");
+    }
+    for h in [
+        "nope.paddock.localhost",
+        "a.b.c.paddock.localhost",
+        "paddock.localhost",
+    ] {
+        assert!(
+            matches!(e.ingress_route(h), Err(Error::NotFound { .. })),
+            "{h}"
+        );
+    }
+    // The port form needs the owner's bearer.
+    let key = |who: &str| {
+        let (id, token) = crate::auth::new_token();
+        e.store()
+            .insert_key(&id, who, who, &crate::auth::hash_token(&token))
+            .unwrap();
+        token
+    };
+    let (alice_key, bob_key) = (key("alice"), key("bob"));
+    let route = e
+        .ingress_route(&format!("80-{}.paddock.localhost", a.id))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        e.ingress_authorize(&route, None).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    assert!(matches!(
+        e.ingress_authorize(&route, Some(&bob_key)).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.ingress_authorize(&route, Some("pdk_forged")).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    e.ingress_authorize(&route, Some(&alice_key)).await.unwrap();
+    // A sandbox that is not there: the same answers, never a 404 that a
+    // caller without a bearer could tell from a 401.
+    let nobody = e
+        .ingress_route(&format!("80-{}.paddock.localhost", Uuid::new_v4()))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        e.ingress_authorize(&nobody, None).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    assert!(matches!(
+        e.ingress_authorize(&nobody, Some(&alice_key)).await,
+        Err(Error::NotFound { .. })
+    ));
+    // Gone with the sandbox.
+    e.destroy(&me(), a.id).await.unwrap();
+    assert_eq!(e.ingress_route("shop.example.com").unwrap(), None);
+    assert!(e.domains(&me()).unwrap().is_empty());
+}

@@ -178,6 +178,7 @@ impl Daemon {
             "--hogland-listen",
             "--boxd-listen",
             "--ssh-listen",
+            "--ingress-listen",
         ] {
             if !self.extra.iter().any(|a| a == flag) {
                 args.extend([flag.into(), "off".into()]);
@@ -761,6 +762,7 @@ pub fn serve_briefly(args: &[&str], secs: u64) -> (Option<std::process::ExitStat
         .args(["--flash-grpc-listen", "off", "--agenttier-listen", "off"])
         .args(["--hogland-listen", "off", "--boxd-listen", "off"])
         .args(["--ssh-listen", "off"])
+        .args(["--ingress-listen", "off"])
         .args(["--socket", "off"])
         .args(args)
         .stdout(f.try_clone().unwrap())
