@@ -742,6 +742,7 @@ impl BoxdApi for Boxd {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let sb = self.find(&p, &r.vm_id)?;
+        absolute(&r.path)?;
         let (size, mut s) = self
             .engine
             .read_file(&p, sb.id, &r.path)
@@ -985,6 +986,9 @@ impl BoxdApi for Boxd {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let sb = self.find(&p, &r.vm_id)?;
+        // The disk is a thing named, not a field's value: unknown is
+        // NOT_FOUND.
+        self.engine.get_volume(&p, &r.disk_id).map_err(st)?;
         self.engine
             .attach_volume(
                 &p,
@@ -1300,6 +1304,7 @@ impl Boxd {
         parts: Vec<Bytes>,
         size: u64,
     ) -> Result<(), Status> {
+        absolute(path)?;
         let opts = WriteOptions {
             mkdir_parents: true,
             atomic: true,
@@ -1322,6 +1327,18 @@ fn proxy_vm<'a>(vm: &'a str, vm_name: &'a str) -> &'a str {
         vm_name
     } else {
         vm
+    }
+}
+
+/// A path in a box is absolute (there is no working directory to be
+/// relative to).
+fn absolute(path: &str) -> Result<(), Status> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "path: {path:?} is not absolute"
+        )))
     }
 }
 
