@@ -330,6 +330,13 @@ type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 /// process group).
 struct KillOnDrop(Option<mpsc::Sender<ExecControl>>);
 
+impl KillOnDrop {
+    /// The command exited: nothing to kill.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(c) = self.0.take() {
@@ -622,68 +629,53 @@ impl BoxdApi for Boxd {
                 }
             }
         });
-        let (tx, rx) = mpsc::channel::<Result<pb::ExecChunk, Status>>(16);
+        // The output, mapped as it comes (no task between: a round trip
+        // counts every hop). Dropped by tonic when the caller goes: the
+        // guard then kills the command.
         let guard = KillOnDrop(Some(ctl));
-        tokio::spawn(async move {
-            let _guard = guard;
-            tokio::pin!(s);
-            loop {
-                let ev = tokio::select! {
-                    ev = s.next() => ev,
-                    _ = tx.closed() => return,
-                };
-                let chunk = match ev {
-                    Some(Ok(ExecEvent::Stdout(b))) => pb::ExecChunk {
-                        data: b.to_vec(),
-                        ..Default::default()
-                    },
-                    Some(Ok(ExecEvent::Stderr(b))) => pb::ExecChunk {
-                        data: b.to_vec(),
-                        is_stderr: true,
-                        ..Default::default()
-                    },
-                    Some(Ok(ExecEvent::Started { .. })) => continue,
-                    Some(Ok(ExecEvent::Exit(res))) => {
-                        if res.timed_out {
-                            let _ = tx
-                                .send(Err(Status::deadline_exceeded("the command timed out")))
-                                .await;
-                            return;
-                        }
-                        // Last: any frame after it would set the SDK's
-                        // exit code again.
-                        let code = match res.signal {
-                            Some(sig) if res.exit_code < 0 => 128 + sig,
-                            _ => res.exit_code,
-                        };
-                        let _ = tx
-                            .send(Ok(pb::ExecChunk {
+        let out =
+            futures::stream::unfold((Box::pin(s), Some(guard)), |(mut s, guard)| async move {
+                let guard = guard?;
+                loop {
+                    let chunk = match s.next().await {
+                        Some(Ok(ExecEvent::Stdout(b))) if !b.is_empty() => pb::ExecChunk {
+                            data: b.to_vec(),
+                            ..Default::default()
+                        },
+                        Some(Ok(ExecEvent::Stderr(b))) if !b.is_empty() => pb::ExecChunk {
+                            data: b.to_vec(),
+                            is_stderr: true,
+                            ..Default::default()
+                        },
+                        Some(Ok(ExecEvent::Exit(res))) => {
+                            guard.disarm();
+                            if res.timed_out {
+                                let e = Status::deadline_exceeded("the command timed out");
+                                return Some((Err(e), (s, None)));
+                            }
+                            // Last: any frame after it would set the SDK's
+                            // exit code again.
+                            let code = match res.signal {
+                                Some(sig) if res.exit_code < 0 => 128 + sig,
+                                _ => res.exit_code,
+                            };
+                            let exit = pb::ExecChunk {
                                 exit_code: code,
                                 ..Default::default()
-                            }))
-                            .await;
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        let _ = tx.send(Err(st(e))).await;
-                        return;
-                    }
-                    None => {
-                        let _ = tx
-                            .send(Err(Status::internal("the command ended without an exit")))
-                            .await;
-                        return;
-                    }
-                };
-                if chunk.data.is_empty() {
-                    continue;
+                            };
+                            return Some((Ok(exit), (s, None)));
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Some((Err(st(e)), (s, None))),
+                        None => {
+                            let e = Status::internal("the command ended without an exit");
+                            return Some((Err(e), (s, None)));
+                        }
+                    };
+                    return Some((Ok(chunk), (s, Some(guard))));
                 }
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            });
+        ok(Box::pin(out))
     }
 
     async fn upload_file(&self, req: Request<pb::UploadFileRequest>) -> R<pb::UploadFileResponse> {

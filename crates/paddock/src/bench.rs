@@ -43,15 +43,23 @@ pub struct BenchArgs {
     pub peers: String,
     /// Only these groups of figures, comma-separated: create, warm, exec,
     /// sse, ws (exec stdout through either), files, acl, snapshot, wake,
-    /// ingress, concurrent, image, density, ssh, restart (default: all
-    /// but restart).
-    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "wake", "ingress", "concurrent", "image", "density", "ssh", "restart"])]
+    /// ingress, concurrent, image, density, ssh, boxd, restart (default:
+    /// all but restart).
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "warm", "exec", "sse", "ws", "files", "acl", "snapshot", "wake", "ingress", "concurrent", "image", "density", "ssh", "boxd", "restart"])]
     pub only: Vec<String>,
     /// The daemon's SSH gateway (`serve --ssh-listen`), for the `ssh`
     /// figures: `ssh box true` there, and `ssh localhost true` against a
     /// private host sshd beside it.
     #[arg(long, default_value = "127.0.0.1:2222")]
     pub ssh: std::net::SocketAddr,
+    /// The daemon's boxd dialect (`serve --boxd-listen`), for the `boxd`
+    /// figures: `true` through its gRPC Exec stream beside the native
+    /// API's exec.
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    pub boxd: std::net::SocketAddr,
+    /// Round trips each way for the `boxd` figures.
+    #[arg(long, default_value_t = 200)]
+    pub boxd_runs: usize,
     /// Requests each way for the `ingress` figures.
     #[arg(long, default_value_t = 300)]
     pub ingress_runs: usize,
@@ -616,7 +624,7 @@ fn url_host(url: &str) -> Result<String> {
         .to_string())
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -1240,6 +1248,19 @@ pub async fn run(host: String, key: Option<String>, json_out: bool, a: BenchArgs
 
     if a.wants("ingress") {
         figures.extend(ingress_figures(&api, &url, a.ingress_runs).await?);
+    }
+
+    if a.wants("boxd") {
+        say(&format!(
+            "boxd exec round trip: {} × `true` through {}'s gRPC Exec and through the native API",
+            a.boxd_runs, a.boxd
+        ));
+        let id = api.create().await?;
+        match crate::bench_boxd::figures(&api.c, a.boxd, &id, a.boxd_runs).await {
+            Ok(fs) => figures.extend(fs),
+            Err(e) => eprintln!("boxd exec round trip: not measured: {e:#}"),
+        }
+        api.destroy(&id).await?;
     }
 
     if a.concurrent > 0 && a.wants("concurrent") {

@@ -2,6 +2,7 @@
 
 mod agent_bin;
 mod bench;
+mod bench_boxd;
 mod bench_peers;
 mod bench_ssh;
 mod claims;
