@@ -38,6 +38,11 @@ mod wire;
 use pb::boxd_api_server::{BoxdApi, BoxdApiServer};
 use wire::*;
 
+/// The largest `UploadFileStream` (streamed into the file, never held).
+const MAX_UPLOAD: u64 = 16 << 30;
+/// Stdin goes to a command in pieces of at most this many bytes.
+const STDIN_PIECE: usize = 256 << 10;
+
 /// The label every box made through this dialect carries.
 pub const BOX_LABEL: &str = "boxd.box";
 
@@ -589,7 +594,7 @@ impl BoxdApi for Boxd {
             timeout: timeout.map(|d| d.as_secs_f64().max(0.001)),
             ..Default::default()
         };
-        let (ctl, ctl_rx) = mpsc::channel::<ExecControl>(64);
+        let (ctl, ctl_rx) = mpsc::channel::<ExecControl>(8);
         let s = self
             .engine
             .exec_stream(&p, sb.id, &er, ctl_rx)
@@ -611,13 +616,20 @@ impl BoxdApi for Boxd {
                         }
                     }
                     Ok(Some(c)) => {
-                        if !c.data.is_empty()
-                            && input
-                                .send(ExecControl::Stdin(Bytes::from(c.data)))
+                        // In pieces, through a short queue: what waits for
+                        // a command that does not read is bounded.
+                        let data = Bytes::from(c.data);
+                        let mut at = 0;
+                        while at < data.len() {
+                            let end = (at + STDIN_PIECE).min(data.len());
+                            if input
+                                .send(ExecControl::Stdin(data.slice(at..end)))
                                 .await
                                 .is_err()
-                        {
-                            return;
+                            {
+                                return;
+                            }
+                            at = end;
                         }
                     }
                     Ok(None) => {
@@ -699,32 +711,58 @@ impl BoxdApi for Boxd {
             .await?
             .ok_or_else(|| Status::invalid_argument("the first chunk names vm_id and path"))?;
         let sb = self.find(&p, &first.vm_id)?;
-        if first.total_size > self.opts.max_message as u64 * 16 {
+        absolute(&first.path)?;
+        let total = first.total_size;
+        if total > MAX_UPLOAD {
             return Err(Status::resource_exhausted(format!(
-                "total_size: {} bytes is past the largest upload ({} bytes)",
-                first.total_size,
-                self.opts.max_message * 16
+                "total_size: {total} bytes is past the largest upload ({MAX_UPLOAD} bytes)"
             )));
         }
-        let mut parts = vec![Bytes::from(first.data)];
-        let mut n = parts[0].len() as u64;
-        while let Some(c) = s.message().await? {
-            n += c.data.len() as u64;
-            if n > first.total_size {
-                return Err(Status::invalid_argument(
-                    "total_size: more bytes came than it said",
-                ));
+        // Streamed into the file as the chunks come (never held whole):
+        // exactly `total_size` bytes, or the write is abandoned.
+        let head = Bytes::from(first.data);
+        let seen = head.len() as u64;
+        let rest = futures::stream::unfold(Some((s, seen)), move |st| async move {
+            let (mut s, seen) = st?;
+            match s.message().await {
+                Ok(Some(c)) => {
+                    let seen = seen + c.data.len() as u64;
+                    if seen > total {
+                        let e = Error::invalid("total_size", "more bytes came than it said");
+                        return Some((Err(e), None));
+                    }
+                    Some((Ok(Bytes::from(c.data)), Some((s, seen))))
+                }
+                Ok(None) if seen == total => None,
+                Ok(None) => Some((
+                    Err(Error::invalid(
+                        "total_size",
+                        format!("{total} bytes said, {seen} came"),
+                    )),
+                    None,
+                )),
+                Err(e) => Some((Err(Error::invalid("data", e.message().to_string())), None)),
             }
-            parts.push(Bytes::from(c.data));
+        });
+        if seen > total {
+            return Err(Status::invalid_argument(
+                "total_size: more bytes came than it said",
+            ));
         }
-        if n != first.total_size {
-            return Err(Status::invalid_argument(format!(
-                "total_size: {} bytes said, {n} came",
-                first.total_size
-            )));
-        }
-        self.write(&p, &sb, &first.path, parts, n).await?;
-        ok(pb::UploadFileResponse { bytes_written: n })
+        let data = futures::stream::once(async move { Ok(head) }).chain(rest);
+        let opts = WriteOptions {
+            mkdir_parents: true,
+            atomic: true,
+            size: Some(total),
+            ..Default::default()
+        };
+        self.engine
+            .write_file(&p, sb.id, &first.path, &opts, data)
+            .await
+            .map_err(|e| st(path_field(e)))?;
+        ok(pb::UploadFileResponse {
+            bytes_written: total,
+        })
     }
 
     async fn download_file(
@@ -740,7 +778,7 @@ impl BoxdApi for Boxd {
             .read_file(&p, sb.id, &r.path)
             .await
             .map_err(|e| st(path_field(e)))?;
-        let max = self.opts.max_message - 1024;
+        let max = self.opts.max_message.saturating_sub(1024).max(1);
         if size.is_some_and(|n| n as usize > max) {
             return Err(Status::resource_exhausted(format!(
                 "{}: {} bytes is past the largest message ({max} bytes)",

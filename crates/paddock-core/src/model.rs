@@ -1581,6 +1581,9 @@ pub struct Principal {
     /// The API key the call came with, directly or through a token made
     /// from it (such a token dies with the key).
     pub key: Option<String>,
+    /// The token (its `jti`) the call came with, when it is one the daemon
+    /// made for a principal: a token made with it dies with it.
+    pub token: Option<String>,
 }
 
 impl Principal {
@@ -2127,6 +2130,10 @@ pub struct TokenInfo {
     pub expires_at: DateTime<Utc>,
     #[serde(default)]
     pub scope: crate::tokens::TokenScope,
+    /// The token it was made with, if it was: revoking that one ends
+    /// this one too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// A token just made: the only time it is shown.

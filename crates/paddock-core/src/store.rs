@@ -1003,17 +1003,20 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Whether the token `jti` is recorded and not revoked.
-    pub fn token_stands(&self, jti: &str) -> Result<bool> {
-        Ok(self
+    /// The token `jti` as recorded, if it is and is not revoked.
+    pub fn standing_token(&self, jti: &str) -> Result<Option<crate::model::TokenInfo>> {
+        let doc: Option<String> = self
             .lock()
             .query_row(
-                "SELECT 1 FROM tokens WHERE jti = ?1 AND revoked_at IS NULL",
+                "SELECT doc FROM tokens WHERE jti = ?1 AND revoked_at IS NULL",
                 params![jti],
-                |_| Ok(()),
+                |r| r.get(0),
             )
-            .optional()?
-            .is_some())
+            .optional()?;
+        match doc {
+            Some(d) => Ok(Some(serde_json::from_str(&d)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn list_keys(&self) -> Result<Vec<ApiKey>> {

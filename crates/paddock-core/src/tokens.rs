@@ -74,6 +74,9 @@ pub struct Claims {
     /// The API key it came from, if it did: the token dies with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The token it was made with, if it was (it dies with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     #[serde(default, skip_serializing_if = "TokenScope::is_full")]
     pub scope: TokenScope,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +315,7 @@ mod tests {
             exp: now + exp_in,
             kind: "token".into(),
             key: None,
+            parent: None,
             scope: TokenScope {
                 read_only: true,
                 sandboxes: None,

@@ -139,6 +139,11 @@ pub struct CaFile {
 pub struct Resolver {
     engine: Arc<Engine>,
     source: Source,
+    /// Domains (and their subdomains) the operator vouches for: the only
+    /// bound domains Paddock's CA signs for. Anyone may bind any domain,
+    /// and clients trust this CA: without such a list it would sign
+    /// `github.com` for whoever bound it.
+    mint_domains: Vec<String>,
 }
 
 enum Source {
@@ -172,7 +177,17 @@ impl Resolver {
                 return rest.split('.').count() <= 2;
             }
         }
-        matches!(self.engine.store().domain(name), Ok(Some(_)))
+        self.vouched(name) && matches!(self.engine.store().domain(name), Ok(Some(_)))
+    }
+
+    /// Whether `name` lies under a domain the operator vouches for.
+    fn vouched(&self, name: &str) -> bool {
+        self.mint_domains.iter().any(|d| {
+            name == d
+                || name
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|r| r.ends_with('.'))
+        })
     }
 }
 
@@ -219,6 +234,7 @@ pub fn server_config(
     engine: Arc<Engine>,
     data_dir: &Path,
     operator: Option<(&Path, &Path)>,
+    mint_domains: &[String],
 ) -> Result<(Arc<rustls::ServerConfig>, Option<CaFile>), String> {
     let (source, ca_pem) = match operator {
         Some((cert, key)) => {
@@ -254,7 +270,15 @@ pub fn server_config(
             )
         }
     };
-    let resolver = Arc::new(Resolver { engine, source });
+    let mint_domains = mint_domains
+        .iter()
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    let resolver = Arc::new(Resolver {
+        engine,
+        source,
+        mint_domains,
+    });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

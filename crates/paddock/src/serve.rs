@@ -266,6 +266,12 @@ pub struct FileConfig {
 pub struct IngressFileConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Domains the operator vouches for: Paddock's CA signs for a bound
+    /// domain only under one of these (anyone may bind any name, and
+    /// clients trust the CA). Others are served with the operator's
+    /// `cert`, or not over HTTPS.
+    #[serde(default)]
+    pub mint_domains: Vec<String>,
 }
 
 fn zone(s: &str) -> Result<String, String> {
@@ -714,6 +720,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("[ingress]: give both cert and key, or neither"),
     };
+    let mut mint_domains = Vec::new();
+    for d in &file.ingress.mint_domains {
+        match paddock_core::engine::host_name(d) {
+            Some(n) if n.contains('.') => mint_domains.push(n),
+            _ => anyhow::bail!("[ingress] mint_domains: {d:?} is not a domain (a.b at least)"),
+        }
+    }
     let verifier = match file.oidc.is_empty() {
         true => None,
         false => Some(
@@ -983,6 +996,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     ingress_cert
                         .as_ref()
                         .map(|(c, k)| (c.as_path(), k.as_path())),
+                    &mint_domains,
                 )
                 .map_err(|e| anyhow::anyhow!("the ingress's TLS: {e}"))?;
                 if let Some(ca) = &ca {

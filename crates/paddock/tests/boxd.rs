@@ -30,7 +30,12 @@ const VENV: &str = "pyenv-boxd-0.1.5.dev25";
 /// of at most 512 MiB (the quota and policy refusals).
 fn settings() -> String {
     format!(
-        r#"[[policies]]
+        r#"# Paddock's CA signs for bound domains under example.test (the
+# script's) only.
+[ingress]
+mint_domains = ["example.test"]
+
+[[policies]]
 name = "alice-plan"
 principals = ["alice"]
 max_sandboxes = {ALICE_MAX_VMS}

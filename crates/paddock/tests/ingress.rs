@@ -66,9 +66,14 @@ fn rig() -> &'static Rig {
     static R: OnceLock<Rig> = OnceLock::new();
     R.get_or_init(|| {
         let (https, http) = (free_port(), free_port());
+        // Paddock's CA signs for bound domains under example.test only.
+        let cfg = std::env::temp_dir().join(format!("paddock-ingress-{}.toml", std::process::id()));
+        std::fs::write(&cfg, "[ingress]\nmint_domains = [\"example.test\"]\n").unwrap();
         let d = Daemon::start_with(
             "127.0.0.1",
             &[
+                "--config",
+                &cfg.to_string_lossy(),
                 "--ingress-listen",
                 &format!("127.0.0.1:{https}"),
                 "--ingress-http-listen",
@@ -212,6 +217,17 @@ fn named_default_auto_and_bound_domains_over_verified_https() {
         alice.get("/domains").body["domains"][0]["domain"],
         "app.example.test"
     );
+    // A domain the operator does not vouch for: anyone may bind it, and
+    // the plain listener routes it, but Paddock's CA (which clients
+    // trust) signs nothing for it: no certificate for github.com.
+    let g = alice.post(
+        "/domains",
+        json!({"domain": "github.com", "sandbox": sb.id}),
+    );
+    assert_eq!(g.status, 201, "{}", g.text);
+    let (st, body) = curl(r, "github.com", "/", &[]);
+    assert_eq!(st, 0, "Paddock's CA signed github.com: {body}");
+    assert_eq!(alice.delete("/domains/github.com").status, 204);
     // Unknown names in the zone: 404; deeper than any route, no
     // certificate (the handshake fails).
     for host in [format!("nope.{ZONE}"), format!("x.web.{ZONE}")] {

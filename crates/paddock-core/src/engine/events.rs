@@ -88,14 +88,22 @@ impl Engine {
             self.get(p, id)?;
         }
         self.flush_events();
-        Ok(self.bus.subscribe(
+        let all = self.bus.subscribe(
             self.store.clone(),
             Subscription {
                 owner: Some(p.id.clone()),
                 sandbox,
                 after,
             },
-        ))
+        );
+        // A token scoped to some sandboxes sees their events alone.
+        let scope = p.scope.clone().filter(|s| s.sandboxes.is_some());
+        Ok(match scope {
+            None => all.left_stream(),
+            Some(s) => all
+                .filter(move |ev| std::future::ready(s.allows_sandbox(ev.sandbox_id)))
+                .right_stream(),
+        })
     }
 
     /// The daemon-wide sequence number of the newest event: subscribe

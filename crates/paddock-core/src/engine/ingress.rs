@@ -358,7 +358,15 @@ impl Engine {
         if r.owner.is_empty() || p.id != r.owner {
             return Err(Error::not_found("host"));
         }
-        Ok(())
+        // A token narrower than its principal: only its sandboxes, and
+        // not when it is read-only (a request to a port may change
+        // anything).
+        if let Some(s) = &p.scope {
+            if !s.allows_sandbox(r.sandbox) {
+                return Err(Error::not_found("host"));
+            }
+        }
+        self.check_scope(&p, "sandbox.proxy", Some(r.sandbox))
     }
 
     /// Where a route's request goes: its port, or (0) the lowest port the

@@ -92,6 +92,9 @@ impl Engine {
         if port == 0 {
             return Err(Error::invalid("port", "0 is not a port"));
         }
+        // A request to a port may change anything: not for a read-only
+        // token, and only to a scoped token's own sandboxes.
+        self.check_scope(p, "sandbox.proxy", Some(id))?;
         // A hibernated sandbox that wakes on request is started, and the
         // request held until its port answers.
         let sb = self.get(p, id)?;

@@ -2031,3 +2031,127 @@ async fn host_names_never_reach_another_principals_sandbox() {
     assert_eq!(e.ingress_route("shop.example.com").unwrap(), None);
     assert!(e.domains(&me()).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_narrowed_token_reaches_no_port_beyond_its_scope() {
+    let r = ingress_rig();
+    let e = &r.engine;
+    let (kid, key) = crate::auth::new_token();
+    e.store()
+        .insert_key(&kid, "k", "alice", &crate::auth::hash_token(&key))
+        .unwrap();
+    let alice = e.authenticate(&key).await.unwrap();
+    let a = e.create(&alice, keyed("a")).await.unwrap().0;
+    let b = e.create(&alice, keyed("b")).await.unwrap().0;
+    let scoped = |read_only, sandboxes| crate::tokens::TokenScope {
+        read_only,
+        sandboxes,
+    };
+    let only_a = e
+        .create_token(&alice, 60, scoped(false, Some(vec![a.id])))
+        .unwrap()
+        .token;
+    let ro = e
+        .create_token(&alice, 60, scoped(true, None))
+        .unwrap()
+        .token;
+    // `<port>-<id>` of b with a token for a alone, or a read-only one:
+    // refused; the key itself, or a's own port with a's token: let
+    // through.
+    let route_b = e
+        .ingress_route(&format!("80-{}.paddock.localhost", b.id))
+        .unwrap()
+        .unwrap();
+    let route_a = e
+        .ingress_route(&format!("80-{}.paddock.localhost", a.id))
+        .unwrap()
+        .unwrap();
+    assert!(e.ingress_authorize(&route_b, Some(&only_a)).await.is_err());
+    assert!(e.ingress_authorize(&route_b, Some(&ro)).await.is_err());
+    assert!(e.ingress_authorize(&route_a, Some(&only_a)).await.is_ok());
+    assert!(e.ingress_authorize(&route_b, Some(&key)).await.is_ok());
+    // The path proxy's target the same.
+    let pa = e.authenticate(&only_a).await.unwrap();
+    let pr = e.authenticate(&ro).await.unwrap();
+    assert!(e.proxy_target(&pa, b.id, 80).await.is_err());
+    assert!(matches!(
+        e.proxy_target(&pr, a.id, 80).await,
+        Err(Error::Forbidden(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_narrowed_token_reaches_nothing_of_its_principals_beyond_it() {
+    let r = Rig::new();
+    let e = &r.engine;
+    let (kid, key) = crate::auth::new_token();
+    e.store()
+        .insert_key(&kid, "k", "alice", &crate::auth::hash_token(&key))
+        .unwrap();
+    let alice = e.authenticate(&key).await.unwrap();
+    let a = e.create(&alice, keyed("a")).await.unwrap().0;
+    let b = e.create(&alice, keyed("b")).await.unwrap().0;
+    let only_a = e
+        .create_token(
+            &alice,
+            3600,
+            crate::tokens::TokenScope {
+                read_only: false,
+                sandboxes: Some(vec![a.id]),
+            },
+        )
+        .unwrap();
+    let ap = e.authenticate(&only_a.token).await.unwrap();
+    // Events: a's alone, not b's.
+    e.touch(&alice, b.id).await.unwrap();
+    e.exec(&alice, b.id, &shell("echo secret-of-b"))
+        .await
+        .unwrap();
+    e.exec(&alice, a.id, &shell("echo mine")).await.unwrap();
+    let mut evs = Box::pin(e.events(&ap, None, 0).unwrap());
+    let mut seen = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), evs.next()).await {
+        seen.push(ev.sandbox_id);
+    }
+    assert!(
+        !seen.is_empty() && seen.iter().all(|id| *id == a.id),
+        "{seen:?}"
+    );
+    // Another of alice's volumes cannot be attached to its sandbox.
+    let attach = e
+        .attach_volume(
+            &ap,
+            a.id,
+            VolumeRequest {
+                name: "prod-data".into(),
+                path: "/mnt/data".into(),
+                read_only: true,
+            },
+        )
+        .await;
+    assert!(matches!(attach, Err(Error::Forbidden(_))), "{attach:?}");
+    // Nor may a token register an SSH key (it would outlive it), even a
+    // full one.
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk0jZ8S5kt1FvQaAFJpzi0xw4LEkyc7vJ5nX9fCVx4p t@x";
+    assert!(matches!(
+        e.add_ssh_key(&ap, None, KEY, Some(a.id)),
+        Err(Error::Forbidden(_))
+    ));
+    let full = e.create_token(&alice, 3600, Default::default()).unwrap();
+    let fp = e.authenticate(&full.token).await.unwrap();
+    assert!(matches!(
+        e.add_ssh_key(&fp, None, KEY, None),
+        Err(Error::Forbidden(_))
+    ));
+    // A token made with a token lives no longer than it, and dies with it.
+    let child = e.create_token(&fp, 30 * 86400, Default::default()).unwrap();
+    assert!(child.info.expires_at <= full.info.expires_at);
+    assert_eq!(child.info.parent.as_deref(), Some(full.info.jti.as_str()));
+    assert!(e.authenticate(&child.token).await.is_ok());
+    e.revoke_token(&alice, &full.info.jti).unwrap();
+    assert!(matches!(
+        e.authenticate(&child.token).await,
+        Err(Error::Unauthenticated(_))
+    ));
+}

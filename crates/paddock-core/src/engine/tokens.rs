@@ -15,6 +15,10 @@ pub const MAX_TOKENS: usize = 1000;
 /// Actions a token scoped to sandboxes may not take even on its own
 /// sandboxes: they make others.
 const MAKES_SANDBOXES: &[&str] = &["sandbox.fork"];
+/// Actions a token scoped to sandboxes may not take on its own sandboxes
+/// either: they reach what its principal has beyond them (another
+/// volume), or outlive the token (an SSH key).
+const REACHES_BEYOND: &[&str] = &["volume.attach", "ssh_key.add"];
 
 impl Engine {
     /// Keeps the signing keys in `ring` (the daemon's, in its data dir);
@@ -28,6 +32,7 @@ impl Engine {
             .get_or_init(|| KeyRing::open(None).expect("an in-memory key ring"))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sign(
         &self,
         p: &Principal,
@@ -35,9 +40,15 @@ impl Engine {
         secs: u64,
         scope: TokenScope,
         key: Option<String>,
+        parent: Option<(String, chrono::DateTime<Utc>)>,
     ) -> Result<IssuedToken> {
         let now = Utc::now();
-        let exp = now + chrono::TimeDelta::seconds(secs as i64);
+        let mut exp = now + chrono::TimeDelta::seconds(secs as i64);
+        // A token made with a token lives no longer than it.
+        if let Some((_, until)) = &parent {
+            exp = exp.min(*until);
+        }
+        let parent = parent.map(|(jti, _)| jti);
         let jti = format!("tok-{}", Uuid::new_v4().simple());
         let claims = Claims {
             iss: ISSUER.into(),
@@ -47,6 +58,7 @@ impl Engine {
             exp: exp.timestamp(),
             kind: kind.into(),
             key,
+            parent: parent.clone(),
             scope: scope.clone(),
             email: p.email.clone(),
             name: p.name.clone(),
@@ -61,6 +73,7 @@ impl Engine {
                 created_at: chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
                 expires_at: chrono::DateTime::from_timestamp(exp.timestamp(), 0).unwrap_or(exp),
                 scope,
+                parent,
             },
         })
     }
@@ -78,6 +91,7 @@ impl Engine {
             SESSION_SECS,
             TokenScope::default(),
             Some(key),
+            None,
         )
     }
 
@@ -118,7 +132,17 @@ impl Engine {
                     "{MAX_TOKENS} standing tokens: revoke some first"
                 )));
             }
-            let t = self.sign(p, "token", secs, scope, p.key.clone())?;
+            let parent = match &p.token {
+                Some(jti) => {
+                    let t = self
+                        .store
+                        .standing_token(jti)?
+                        .ok_or_else(|| Error::Unauthenticated("token: revoked".into()))?;
+                    Some((t.jti, t.expires_at))
+                }
+                None => None,
+            };
+            let t = self.sign(p, "token", secs, scope, p.key.clone(), parent)?;
             self.store.put_token(&t.info)?;
             Ok(t)
         })
@@ -165,8 +189,16 @@ impl Engine {
     /// expiry, then revocation and its API key.
     pub(super) fn verify_own_token(&self, token: &str) -> Result<Principal> {
         let c = self.ring().verify(token)?;
-        if c.kind == "token" && !self.store.token_stands(&c.jti)? {
-            return Err(Error::Unauthenticated("token: revoked".into()));
+        if c.kind == "token" {
+            // It, and every token it was made with, still stands.
+            let mut next = Some(c.jti.clone());
+            for _ in 0..64 {
+                let Some(jti) = next else { break };
+                match self.store.standing_token(&jti)? {
+                    Some(t) => next = t.parent,
+                    None => return Err(Error::Unauthenticated("token: revoked".into())),
+                }
+            }
         }
         if let Some(key) = &c.key {
             if !self.store.key_stands(key)? {
@@ -182,6 +214,7 @@ impl Engine {
             groups: c.groups,
             scope: (!c.scope.is_full()).then_some(c.scope),
             key: c.key,
+            token: (c.kind == "token").then_some(c.jti),
             ..Default::default()
         })
     }
@@ -194,6 +227,11 @@ impl Engine {
         action: &str,
         sandbox: Option<Uuid>,
     ) -> Result<()> {
+        if p.token.is_some() && action == "ssh_key.add" {
+            return Err(Error::Forbidden(
+                "ssh_key.add: a key would outlive this token: register it with an API key".into(),
+            ));
+        }
         let Some(scope) = &p.scope else {
             return Ok(());
         };
@@ -204,7 +242,8 @@ impl Engine {
         }
         if scope.sandboxes.is_some() {
             let allowed = sandbox.is_some_and(|id| scope.allows_sandbox(id))
-                && !MAKES_SANDBOXES.contains(&action);
+                && !MAKES_SANDBOXES.contains(&action)
+                && !REACHES_BEYOND.contains(&action);
             if !allowed {
                 return Err(Error::Forbidden(format!(
                     "{action}: this token is limited to its sandboxes"
