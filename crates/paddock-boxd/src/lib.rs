@@ -802,12 +802,17 @@ impl BoxdApi for Boxd {
     async fn whoami(&self, req: Request<pb::WhoamiRequest>) -> R<pb::WhoamiResponse> {
         let p = self.principal(&req).await?;
         let keys = self.engine.ssh_keys(&p).map_err(st)?;
-        let net = self.engine.default_network(&p).await.map_err(st)?;
+        // Made on first use; a caller that may make nothing (a read-only
+        // token) or a backend without networks sees none.
+        let net_id = match self.engine.default_network(&p).await {
+            Ok(n) => n.id,
+            Err(_) => String::new(),
+        };
         ok(pb::WhoamiResponse {
             user_id: p.id.clone(),
             display_name: p.name.clone().unwrap_or_else(|| p.id.clone()),
             pubkey_fingerprints: keys.into_iter().map(|k| k.fingerprint).collect(),
-            default_network_id: net.id,
+            default_network_id: net_id,
             billing: Some(self.billing(&p)?),
         })
     }
@@ -1199,8 +1204,9 @@ impl BoxdApi for Boxd {
         req: Request<pb::ListNetworksRequest>,
     ) -> R<pb::ListNetworksResponse> {
         let p = self.principal(&req).await?;
-        // The default network is listed too, made if it was not yet.
-        self.engine.default_network(&p).await.map_err(st)?;
+        // The default network is listed too, made if it was not yet (if
+        // the caller may).
+        let _ = self.engine.default_network(&p).await;
         ok(pb::ListNetworksResponse {
             networks: self
                 .engine

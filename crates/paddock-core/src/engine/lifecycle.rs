@@ -299,6 +299,9 @@ impl Engine {
     }
 
     pub async fn touch(&self, p: &Principal, id: Uuid) -> Result<Sandbox> {
+        // Not audited (a keep-alive, called often), but a change: not for
+        // a read-only token.
+        self.check_scope(p, "sandbox.touch", Some(id))?;
         let sb = self.get(p, id)?;
         sb.state.check(Action::Touch, id)?;
         let now = now_ms();
