@@ -21,7 +21,8 @@ for _ in $(seq 1 100); do
   if curl -fsS http://127.0.0.1:7070/healthz >/dev/null 2>&1; then
     echo "paddock serve is up on http://127.0.0.1:7070 (log: /var/log/paddock.log)"
     echo "SDK dialects: hiver-py on :10000, flash-sandbox on :8080 (HTTP) and :50051 (gRPC),"
-    echo "  agenttier on :8090, posthog-hogland on :8091; the SSH gateway on :2222"
+    echo "  agenttier on :8090, posthog-hogland on :8091, boxd on :9443 (gRPC and its token exchange);"
+    echo "  the SSH gateway on :2222; the ingress (HTTPS, *.paddock.localhost) on :8443"
     exit 0
   fi
   sleep 0.1

@@ -256,6 +256,10 @@ pub struct FileConfig {
     /// `[ingress]`: the operator's certificate for the ingress.
     #[serde(default)]
     pub ingress: IngressFileConfig,
+    /// `[boxd]`: where boxd's billing calls send people, if the operator
+    /// bills (else they answer FAILED_PRECONDITION).
+    #[serde(default)]
+    pub boxd: BoxdFileConfig,
 }
 
 /// `[ingress]`: `cert` (a PEM chain) and `key` (PEM) the ingress serves
@@ -272,6 +276,15 @@ pub struct IngressFileConfig {
     /// `cert`, or not over HTTPS.
     #[serde(default)]
     pub mint_domains: Vec<String>,
+}
+
+/// `[boxd]`: `checkout_url` and `portal_url`, what boxd's
+/// `CreateCheckoutSession` and `CreateBillingPortalSession` answer.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BoxdFileConfig {
+    pub checkout_url: Option<String>,
+    pub portal_url: Option<String>,
 }
 
 fn zone(s: &str) -> Result<String, String> {
@@ -720,6 +733,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("[ingress]: give both cert and key, or neither"),
     };
+    for (name, u) in [
+        ("checkout_url", &file.boxd.checkout_url),
+        ("portal_url", &file.boxd.portal_url),
+    ] {
+        if let Some(u) = u {
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() > 2048 {
+                anyhow::bail!("[boxd] {name}: {u:?} is not an http(s) URL");
+            }
+        }
+    }
     let mut mint_domains = Vec::new();
     for d in &file.ingress.mint_domains {
         match paddock_core::engine::host_name(d) {
@@ -940,6 +963,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = ls.boxd {
         let opts = paddock_boxd::Options {
             zone: args.zone.trim_end_matches('.').to_ascii_lowercase(),
+            checkout_url: file.boxd.checkout_url.clone(),
+            portal_url: file.boxd.portal_url.clone(),
             ..Default::default()
         };
         servers.spawn(

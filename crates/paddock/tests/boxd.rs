@@ -14,7 +14,6 @@ use base64::Engine;
 use common::registry::*;
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,25 +46,6 @@ max_sandboxes = 1
 max_memory_mb = 512
 "#
     )
-}
-
-/// An ed25519 public key line made by OpenSSH's `ssh-keygen`.
-fn ssh_key(dir: &Path) -> String {
-    let key = dir.join("id_ed25519");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "boxd-test", "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen (openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(key.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 /// The ingress's CA, which the daemon writes under its data dir.
@@ -141,7 +121,7 @@ fn boxd_sdk_against_paddock() {
     // fingerprint.
     let r = d.api_with_key(&alice).post(
         "/ssh-keys",
-        json!({"name": "laptop", "public_key": ssh_key(&work)}),
+        json!({"name": "laptop", "public_key": ssh_keygen(&work, "boxd-test")}),
     );
     assert_eq!(r.status, 201, "{}", r.text);
     let fingerprint = r.body["fingerprint"].as_str().unwrap().to_string();

@@ -12,32 +12,11 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const KID: &str = "paddock-hogland-test";
 const ISSUER: &str = "https://issuer.hogland.paddock.test";
 const AUDIENCE: &str = "hogland";
-
-/// An ed25519 key pair made by OpenSSH's `ssh-keygen`; its public line.
-fn ssh_key(dir: &Path) -> String {
-    let key = dir.join("id_ed25519");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "hogland-test", "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen (openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(key.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 #[test]
 fn hogland_sdks_against_paddock() {
@@ -91,7 +70,7 @@ fn hogland_sdks_against_paddock() {
     );
     assert_eq!(r.status, 201, "{}", r.body);
     api.delete(&format!("/sandboxes/{id}"));
-    let pubkey = ssh_key(&work);
+    let pubkey = ssh_keygen(&work, "hogland-test");
     let private_key = work.join("id_ed25519").to_string_lossy().into_owned();
 
     let url = format!("http://{addr}");

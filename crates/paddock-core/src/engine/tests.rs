@@ -1513,15 +1513,21 @@ async fn ssh_login_takes_account_keys_and_scoped_keys_for_their_box_only() {
     assert!(r.engine.ssh_login("x", "ssh-ed25519 AAAA").is_err());
 }
 
-#[tokio::test]
-async fn tokens_are_exchanged_scoped_revoked_and_die_with_their_key() {
-    let r = Rig::new();
-    let e = &r.engine;
+/// An API key of alice's: its id, the key, and the principal it stands for.
+async fn keyed_alice(e: &Arc<Engine>) -> (String, String, Principal) {
     let (kid, key) = crate::auth::new_token();
     e.store()
         .insert_key(&kid, "k", "alice", &crate::auth::hash_token(&key))
         .unwrap();
     let alice = e.authenticate(&key).await.unwrap();
+    (kid, key, alice)
+}
+
+#[tokio::test]
+async fn tokens_are_exchanged_scoped_revoked_and_die_with_their_key() {
+    let r = Rig::new();
+    let e = &r.engine;
+    let (kid, key, alice) = keyed_alice(e).await;
     let (a, _) = e.create(&alice, SandboxSpec::default()).await.unwrap();
     let (b, _) = e.create(&alice, SandboxSpec::default()).await.unwrap();
 
@@ -2036,11 +2042,7 @@ async fn host_names_never_reach_another_principals_sandbox() {
 async fn a_narrowed_token_reaches_no_port_beyond_its_scope() {
     let r = ingress_rig();
     let e = &r.engine;
-    let (kid, key) = crate::auth::new_token();
-    e.store()
-        .insert_key(&kid, "k", "alice", &crate::auth::hash_token(&key))
-        .unwrap();
-    let alice = e.authenticate(&key).await.unwrap();
+    let (_, key, alice) = keyed_alice(e).await;
     let a = e.create(&alice, keyed("a")).await.unwrap().0;
     let b = e.create(&alice, keyed("b")).await.unwrap().0;
     let scoped = |read_only, sandboxes| crate::tokens::TokenScope {
@@ -2084,11 +2086,7 @@ async fn a_narrowed_token_reaches_no_port_beyond_its_scope() {
 async fn a_narrowed_token_reaches_nothing_of_its_principals_beyond_it() {
     let r = Rig::new();
     let e = &r.engine;
-    let (kid, key) = crate::auth::new_token();
-    e.store()
-        .insert_key(&kid, "k", "alice", &crate::auth::hash_token(&key))
-        .unwrap();
-    let alice = e.authenticate(&key).await.unwrap();
+    let (_, _, alice) = keyed_alice(e).await;
     let a = e.create(&alice, keyed("a")).await.unwrap().0;
     let b = e.create(&alice, keyed("b")).await.unwrap().0;
     let only_a = e

@@ -844,3 +844,47 @@ with open(jwks, "w") as f:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A WebSocket echo server (Python, no library): a box's port 9001
+/// answering the upgrade and echoing each short text frame unmasked.
+pub const WS_ECHO: &str = r#"
+import socket, base64, hashlib
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9001)); s.listen(5)
+while True:
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req:
+        req += c.recv(4096)
+    key = [l.split(b": ")[1] for l in req.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key")][0]
+    acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    while True:
+        d = c.recv(4096)
+        if len(d) < 6: break
+        n = d[1] & 0x7f
+        mask = d[2:6]
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(d[6:6 + n]))
+        c.sendall(bytes([d[0], n]) + payload)
+    c.close()
+"#;
+
+/// An ed25519 key pair made by OpenSSH's `ssh-keygen` in `dir`; its
+/// public line.
+pub fn ssh_keygen(dir: &std::path::Path, comment: &str) -> String {
+    let key = dir.join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(key.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
