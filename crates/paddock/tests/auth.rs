@@ -149,7 +149,7 @@ fn scoped_tokens_narrow_expire_and_are_revoked() {
     // The CLI makes one scoped to sandbox "a".
     let out = {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_paddock"));
-        c.args(["tokens", "create", "--sandbox", "a", "--ttl", "1h"])
+        c.args(["tokens", "create", "--sandbox", a.as_str(), "--ttl", "1h"])
             .env("PADDOCK_HOST", &d.url)
             .env("PADDOCK_API_KEY", &ka);
         c.output().unwrap()
@@ -165,10 +165,12 @@ fn scoped_tokens_narrow_expire_and_are_revoked() {
     assert_eq!(seen.as_array().unwrap().len(), 1, "{seen}");
     assert_eq!(seen[0]["id"], a.as_str());
     assert_eq!(sa.get(&format!("/sandboxes/{b}")).status, 404);
+    // Acting on it: refused by the token's scope (its principal's own
+    // sandbox: nothing to hide from the holder).
     assert_eq!(
         sa.post(&format!("/sandboxes/{b}/exec"), json!({"cmd": ["true"]}))
             .status,
-        404
+        403
     );
     let e = sa.post(&format!("/sandboxes/{a}/exec"), json!({"cmd": ["true"]}));
     assert_eq!(e.status, 200, "{}", e.text);
