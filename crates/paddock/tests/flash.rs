@@ -118,6 +118,7 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
         "--agenttier-listen",
         "--hogland-listen",
         "--ssh-listen",
+        "--boxd-listen",
         "--ingress-listen",
         "--ingress-http-listen",
     ] {
@@ -147,6 +148,8 @@ fn dialect_listeners_are_configurable_and_can_be_off() {
             "--agenttier-listen",
             "off",
             "--hogland-listen",
+            "off",
+            "--boxd-listen",
             "off",
             "--ssh-listen",
             "off",

@@ -180,6 +180,8 @@ fn forbidden_allowed_roots_stop_the_daemon_at_start() {
                 "off",
                 "--hogland-listen",
                 "off",
+                "--boxd-listen",
+                "off",
                 "--ssh-listen",
                 "off",
                 "--ingress-listen",

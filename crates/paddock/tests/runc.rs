@@ -35,6 +35,8 @@ fn sandboxes_run_on_runc_too() {
             "off",
             "--hogland-listen",
             "off",
+            "--boxd-listen",
+            "off",
             "--ssh-listen",
             "off",
             "--data-dir",
