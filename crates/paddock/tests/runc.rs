@@ -39,6 +39,8 @@ fn sandboxes_run_on_runc_too() {
             "off",
             "--ssh-listen",
             "off",
+            "--ingress-listen",
+            "off",
             "--data-dir",
         ])
         .arg(d.data.join("other"))
